@@ -1,0 +1,32 @@
+"""tkx: train, evaluate and serve Tk-Instruct models with JAX/Flax."""
+import setuptools
+
+setuptools.setup(
+    name="tkx",
+    version="0.1.0",
+    description="Tk-Instruct (Super-NaturalInstructions) training and evaluation on JAX/Flax, t5x-style.",
+    packages=setuptools.find_packages(include=["tkx", "tkx.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax==0.10.2",
+        "jaxlib==0.10.2",
+        "flax==0.12.8",
+        "optax==0.2.8",
+        "orbax-checkpoint==0.12.8",
+        "seqio==0.0.20",
+        "tensorflow-cpu==2.21.0",
+        "tensorflow-datasets==4.9.10",
+        "gin-config==0.5.0",
+        "sentencepiece",
+        "rouge-score",
+        "safetensors",
+        "numpy",
+        "tqdm",
+    ],
+    extras_require={
+        "test": ["pytest"],
+        # Hugging Face interop (import/export checkpoints, parity tests, benchmarks).
+        "hf": ["torch==2.13.0", "transformers"],
+    },
+    entry_points={"console_scripts": ["tkx=tkx.cli:main"]},
+)
