@@ -1,0 +1,110 @@
+"""T5 model hyper-parameters.
+
+One frozen dataclass covers T5 1.0, T5 1.1 / LM-adapted and mT5; the families
+differ only in values (activations, tied logits, vocabulary), which live in
+`gin_configs/models/<family>/<size>.gin`. Gin sees the class as
+`network.T5Config`, the name t5x model gin files use.
+"""
+import dataclasses
+import os
+from typing import Any, Sequence
+
+import gin
+import jax.numpy as jnp
+
+# gin_configs/ sits beside the tkx package in the checkout.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+GIN_CONFIGS_DIR = os.path.join(REPO_ROOT, "gin_configs")
+
+
+@gin.configurable(module="network")
+@dataclasses.dataclass(frozen=True)
+class T5Config:
+  """Global hyper-parameters of a T5 encoder-decoder (t5x field names)."""
+  vocab_size: int
+  emb_dim: int = 512
+  num_heads: int = 8
+  head_dim: int = 64
+  mlp_dim: int = 2048
+  num_encoder_layers: int = 6
+  num_decoder_layers: int = 6
+  # ("relu",) is T5 1.0; ("gelu", "linear") is the gated GELU of T5 1.1 / mT5.
+  mlp_activations: Sequence[str] = ("relu",)
+  # True: logits = decoder output @ embedding.T / sqrt(emb_dim) (T5 1.0).
+  logits_via_embedding: bool = True
+  dropout_rate: float = 0.1
+  dtype: Any = "float32"  # activations / computation
+  param_dtype: Any = "float32"  # stored parameters
+  relative_attention_num_buckets: int = 32
+  relative_attention_max_distance: int = 128
+  layer_norm_epsilon: float = 1e-6
+
+  def __post_init__(self):
+    # Gin and JSON hand over lists and strings; keep the dataclass hashable and canonical.
+    object.__setattr__(self, "mlp_activations", tuple(self.mlp_activations))
+    for name in ("dtype", "param_dtype"):
+      object.__setattr__(self, name, jnp.dtype(getattr(self, name)).name)
+    for name in ("vocab_size", "emb_dim", "num_heads", "head_dim", "mlp_dim"):
+      if int(getattr(self, name)) <= 0:
+        raise ValueError(f"T5Config.{name} must be positive, got {getattr(self, name)!r}")
+    for act in self.mlp_activations:
+      if act not in ACTIVATIONS:
+        raise ValueError(f"T5Config.mlp_activations: unknown activation {act!r}; "
+                         f"choose from {sorted(ACTIVATIONS)}")
+
+  @property
+  def activation_dtype(self):
+    return jnp.dtype(self.dtype)
+
+  @property
+  def parameter_dtype(self):
+    return jnp.dtype(self.param_dtype)
+
+  def replace(self, **changes) -> "T5Config":
+    return dataclasses.replace(self, **changes)
+
+
+# Names accepted in mlp_activations. "gelu" is the tanh approximation, which is
+# what T5 1.1 was trained with (HF calls it "gelu_new").
+ACTIVATIONS = ("relu", "gelu", "gelu_new", "gelu_exact", "silu", "swish", "linear")
+
+
+def parse_gin(gin_files: Sequence[str] = (), bindings: Sequence[str] = (), *, clear: bool = True):
+  """Parses model gin files (paths may be relative to the repo root) and bindings.
+
+  Imports the modules whose configurables model gin files name, so that the
+  files parse even when only `T5Config` is needed afterwards.
+  """
+  from tkx.models import models as _models  # noqa: F401  (registers models.*, network.*)
+  try:  # vocab.get_vocabulary is referenced by VOCABULARY in model gin files.
+    from tkx.data import vocab as _vocab  # noqa: F401
+  except ImportError:
+    pass
+  if clear:
+    gin.clear_config()
+  gin.add_config_file_search_path(REPO_ROOT)
+  resolved = []
+  for path in gin_files or ():
+    if not os.path.exists(path) and os.path.exists(os.path.join(REPO_ROOT, path)):
+      path = os.path.join(REPO_ROOT, path)
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"gin file not found: {path}")
+    resolved.append(path)
+  # skip_unknown: a model file may name configurables of modules this process
+  # never imports (e.g. vocab on a machine without the data package).
+  gin.parse_config_files_and_bindings(resolved, list(bindings or ()), skip_unknown=True)
+
+
+def load_config_from_gin(gin_files: Sequence[str] = (), bindings: Sequence[str] = (), *,
+                         clear: bool = True) -> T5Config:
+  """Returns the `network.T5Config` a set of model gin files describes.
+
+  Parses the files (clearing gin's global config first unless clear=False) and
+  builds only the config: vocabularies are not loaded, so real-size files that
+  name gs:// vocabularies work offline.
+  """
+  parse_gin(gin_files, bindings, clear=clear)
+  try:
+    return T5Config()
+  except TypeError as e:
+    raise ValueError(f"gin files {list(gin_files)} do not bind network.T5Config fully: {e}") from e

@@ -1,0 +1,458 @@
+"""T5 encoder-decoder in Flax linen, with t5x parameter names and logical axes.
+
+Every parameter is created through `nn.with_logical_partitioning`, so the
+variables from `init` carry `nn.LogicallyPartitioned` boxes and
+`nn.get_partition_spec(variables)` gives the logical axes of every parameter
+(see `models.EncoderDecoderModel.params_logical_axes`). Activations are
+constrained with `nn.with_logical_constraint` (a no-op without axis rules).
+
+Conventions taken from T5 / t5x:
+  * RMS layer norm without mean subtraction or bias, pre-norm residual blocks.
+  * No biases anywhere; attention logits are not scaled by 1/sqrt(head_dim):
+    the scaling is folded into the query kernel initialisation.
+  * One relative position bias table per stack, shared by its layers;
+    bidirectional buckets in the encoder, causal buckets in the decoder.
+  * Tied logits (T5 1.0) divide by sqrt(emb_dim); T5 1.1 / mT5 use an untied
+    `decoder/logits_dense`.
+  * Parameters are stored in `param_dtype`, computation runs in `dtype`;
+    logits and softmaxes are float32.
+"""
+import functools
+from typing import Any, Callable, Optional, Sequence
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from tkx.models.config import T5Config
+
+Array = jax.Array
+Initializer = Callable[..., Array]
+
+# Large negative bias for masked attention positions (float32 softmax).
+_MASK_VALUE = -1e10
+
+
+
+def _activation(name: str) -> Callable[[Array], Array]:
+  if name == "relu":
+    return nn.relu
+  if name in ("gelu", "gelu_new"):  # tanh approximation = HF gelu_new (T5 1.1)
+    return functools.partial(nn.gelu, approximate=True)
+  if name == "gelu_exact":
+    return functools.partial(nn.gelu, approximate=False)
+  if name in ("silu", "swish"):
+    return nn.silu
+  if name == "linear":
+    return lambda x: x
+  raise ValueError(f"unknown activation {name!r}")
+
+
+def _param(module: nn.Module, name: str, init: Initializer, shape: Sequence[int], dtype,
+           axes: Sequence[str]) -> Array:
+  """Creates a parameter boxed with its logical axis names (unboxed on use)."""
+  return module.param(name, nn.with_logical_partitioning(init, tuple(axes)), tuple(shape), dtype)
+
+
+# -----------------------------------------------------------------------------
+# Building blocks.
+# -----------------------------------------------------------------------------
+class LayerNorm(nn.Module):
+  """T5 RMS norm: x / sqrt(mean(x^2) + eps) * scale, statistics in float32."""
+  epsilon: float = 1e-6
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    x = jnp.asarray(x, jnp.float32)
+    mean2 = jnp.mean(jnp.square(x), axis=-1, keepdims=True)
+    y = jnp.asarray(x * jax.lax.rsqrt(mean2 + self.epsilon), self.dtype)
+    scale = _param(self, "scale", nn.initializers.ones, (x.shape[-1],), self.param_dtype, ("embed",))
+    return y * jnp.asarray(scale, self.dtype)
+
+
+class Dense(nn.Module):
+  """Bias-free dense layer with a 2-D kernel [in, out] and named axes."""
+  features: int
+  kernel_axes: Sequence[str]
+  kernel_init: Initializer = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kernel = _param(self, "kernel", self.kernel_init, (x.shape[-1], self.features),
+                    self.param_dtype, self.kernel_axes)
+    return jnp.dot(jnp.asarray(x, self.dtype), jnp.asarray(kernel, self.dtype))
+
+
+class Embed(nn.Module):
+  """Token embedding [vocab, embed]; `attend` gives tied logits."""
+  num_embeddings: int
+  features: int
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  embedding_init: Initializer = nn.initializers.normal(stddev=1.0)
+
+  def setup(self):
+    self.embedding = _param(self, "embedding", self.embedding_init,
+                            (self.num_embeddings, self.features), self.param_dtype, ("vocab", "embed"))
+
+  def __call__(self, ids: Array) -> Array:
+    if not jnp.issubdtype(ids.dtype, jnp.integer):
+      raise ValueError(f"token ids must be integers, got {ids.dtype}")
+    return jnp.take(jnp.asarray(self.embedding, self.dtype), ids, axis=0)
+
+  def attend(self, query: Array, dtype=jnp.float32) -> Array:
+    return jnp.dot(jnp.asarray(query, dtype), jnp.asarray(self.embedding, dtype).T)
+
+
+@functools.lru_cache(maxsize=None)
+def _bucket_table(bidirectional: bool, num_buckets: int, max_distance: int) -> np.ndarray:
+  """Bucket of every distance n = query_pos - key_pos, tabulated on the host.
+
+  Index n + max_distance for n in [-max_distance, max_distance]; larger
+  distances are clipped (they all fall in the last bucket). Tabulating with
+  numpy float32 keeps bucket edges identical to T5's float32 formula instead
+  of depending on how a device rounds log().
+  """
+  n = np.arange(-max_distance, max_distance + 1, dtype=np.int64)
+  ret = np.zeros_like(n)
+  if bidirectional:
+    num_buckets //= 2
+    ret += (n < 0).astype(np.int64) * num_buckets
+    n = np.abs(n)
+  else:
+    n = np.maximum(n, 0)
+  max_exact = num_buckets // 2
+  is_small = n < max_exact
+  with np.errstate(divide="ignore"):
+    scaled = (np.log(n.astype(np.float32) / np.float32(max_exact)) /
+              np.float32(np.log(max_distance / max_exact)) * np.float32(num_buckets - max_exact))
+  val_if_large = max_exact + np.where(is_small, 0, scaled).astype(np.int64)
+  val_if_large = np.minimum(val_if_large, num_buckets - 1)
+  ret += np.where(is_small, n, val_if_large)
+  return ret.astype(np.int32)
+
+
+def relative_position_bucket(relative_position: Array, bidirectional: bool, num_buckets: int,
+                             max_distance: int) -> Array:
+  """T5's bucket of relative_position = key_pos - query_pos."""
+  table = jnp.asarray(_bucket_table(bidirectional, num_buckets, max_distance))
+  n = jnp.clip(-relative_position, -max_distance, max_distance) + max_distance
+  return table[n]
+
+
+class RelativePositionBiases(nn.Module):
+  """Per-head scalar bias from bucketed relative positions: rel_embedding [heads, buckets]."""
+  num_buckets: int
+  max_distance: int
+  num_heads: int
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  embedding_init: Initializer = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")
+
+  @nn.compact
+  def __call__(self, query_positions: Array, key_positions: Array, bidirectional: bool) -> Array:
+    """query_positions [b|1, q], key_positions [b|1, k] -> bias [b|1, heads, q, k]."""
+    rel = key_positions[:, None, :] - query_positions[:, :, None]  # [b, q, k]
+    buckets = relative_position_bucket(rel, bidirectional, self.num_buckets, self.max_distance)
+    table = _param(self, "rel_embedding", self.embedding_init, (self.num_heads, self.num_buckets),
+                   self.param_dtype, ("heads", "relpos_buckets"))
+    bias = jnp.take(jnp.asarray(table, self.dtype), buckets, axis=1)  # [heads, b, q, k]
+    return jnp.transpose(bias, (1, 0, 2, 3))
+
+
+class MultiHeadDotProductAttention(nn.Module):
+  """T5 attention with 2-D q/k/v/out kernels ([embed, joined_kv], [joined_kv, embed]).
+
+  With decode=True the layer keeps an autoregressive cache ("cache" collection):
+  `cached_key`/`cached_value` [batch, max_len, heads, head_dim] and a scalar
+  `cache_index`. The first decode=True call (inputs of length max_len) only
+  creates the cache; later calls take one token each.
+  """
+  num_heads: int
+  head_dim: int
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  dropout_rate: float = 0.0
+  kernel_init: Initializer = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
+
+  @nn.compact
+  def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Optional[Array] = None,
+               bias: Optional[Array] = None, *, decode: bool = False,
+               deterministic: bool = True) -> Array:
+    joined = self.num_heads * self.head_dim
+    # T5 does not scale attention logits by 1/sqrt(head_dim); the factor lives in
+    # the query initialisation instead (equivalent under Adafactor).
+    depth_scaling = float(np.sqrt(self.head_dim))
+    query_init = lambda *a: self.kernel_init(*a) / depth_scaling  # noqa: E731
+    dense = functools.partial(Dense, features=joined, kernel_axes=("embed", "joined_kv"),
+                              dtype=self.dtype, param_dtype=self.param_dtype)
+    split = lambda x: x.reshape(x.shape[:2] + (self.num_heads, self.head_dim))  # noqa: E731
+    query = split(dense(kernel_init=query_init, name="query")(inputs_q))
+    key = split(dense(kernel_init=self.kernel_init, name="key")(inputs_kv))
+    value = split(dense(kernel_init=self.kernel_init, name="value")(inputs_kv))
+    axes = ("batch", "length", "heads", "kv")
+    query = nn.with_logical_constraint(query, axes)
+    key = nn.with_logical_constraint(key, axes)
+    value = nn.with_logical_constraint(value, axes)
+
+    if decode:
+      is_initialized = self.has_variable("cache", "cached_key")
+      cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
+      cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
+      cache_index = self.variable("cache", "cache_index", lambda: jnp.array(0, dtype=jnp.int32))
+      if is_initialized:
+        batch, max_length, num_heads, head_dim = cached_key.value.shape
+        if inputs_q.shape[1] != 1:
+          raise ValueError(f"cached decoding takes one token per step, got length {inputs_q.shape[1]}")
+        idx = cache_index.value
+        key = jax.lax.dynamic_update_slice(cached_key.value, key.astype(cached_key.value.dtype),
+                                           (0, idx, 0, 0))
+        value = jax.lax.dynamic_update_slice(cached_value.value,
+                                             value.astype(cached_value.value.dtype), (0, idx, 0, 0))
+        cached_key.value, cached_value.value = key, value
+        cache_index.value = idx + 1
+        # Only positions already written are visible.
+        step_mask = (jnp.arange(max_length) <= idx)[None, None, None, :]
+        mask = step_mask if mask is None else jnp.logical_and(mask, step_mask)
+        if bias is not None:  # bias rows cover all max_length query positions; keep row idx.
+          bias = jax.lax.dynamic_slice(bias, (0, 0, idx, 0), (bias.shape[0], bias.shape[1], 1, bias.shape[3]))
+
+    logits = jnp.einsum("bqhd,bkhd->bhqk", query, key).astype(jnp.float32)
+    if bias is not None:
+      logits = logits + bias.astype(jnp.float32)
+    if mask is not None:
+      logits = jnp.where(mask, logits, _MASK_VALUE)
+    weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+    if not deterministic and self.dropout_rate > 0.0:
+      weights = nn.Dropout(rate=self.dropout_rate)(weights, deterministic=False)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights, value.astype(self.dtype))
+    out = out.reshape(out.shape[:2] + (joined,))
+    out = nn.with_logical_constraint(out, ("batch", "length", "joined_kv"))
+    return Dense(features=inputs_q.shape[-1], kernel_axes=("joined_kv", "embed"),
+                 kernel_init=self.kernel_init, dtype=self.dtype, param_dtype=self.param_dtype,
+                 name="out")(out)
+
+
+class MlpBlock(nn.Module):
+  """wi (or gated wi_0 * wi_1 ...) -> dropout -> wo."""
+  mlp_dim: int
+  activations: Sequence[str] = ("relu",)
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  kernel_init: Initializer = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+
+  @nn.compact
+  def __call__(self, inputs: Array, deterministic: bool = True) -> Array:
+    hidden = None
+    for i, act in enumerate(self.activations):
+      name = "wi" if len(self.activations) == 1 else f"wi_{i}"
+      x = Dense(self.mlp_dim, ("embed", "mlp"), self.kernel_init, self.dtype, self.param_dtype,
+                name=name)(inputs)
+      x = _activation(act)(x)
+      hidden = x if hidden is None else hidden * x
+    hidden = nn.with_logical_constraint(hidden, ("batch", "length", "mlp"))
+    hidden = nn.Dropout(rate=self.dropout_rate, broadcast_dims=(-2,))(hidden, deterministic=deterministic)
+    return Dense(inputs.shape[-1], ("mlp", "embed"), self.kernel_init, self.dtype, self.param_dtype,
+                 name="wo")(hidden)
+
+
+def _dropout(rate):
+  # t5x shares the residual dropout mask along the length axis.
+  return nn.Dropout(rate=rate, broadcast_dims=(-2,))
+
+
+class EncoderLayer(nn.Module):
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, x, mask, bias, deterministic: bool = True):
+    cfg = self.config
+    dt, pdt = cfg.activation_dtype, cfg.parameter_dtype
+    norm = functools.partial(LayerNorm, epsilon=cfg.layer_norm_epsilon, dtype=dt, param_dtype=pdt)
+    y = norm(name="pre_attention_layer_norm")(x)
+    y = MultiHeadDotProductAttention(cfg.num_heads, cfg.head_dim, dt, pdt, cfg.dropout_rate,
+                                     name="attention")(y, y, mask, bias, deterministic=deterministic)
+    x = x + _dropout(cfg.dropout_rate)(y, deterministic=deterministic)
+    y = norm(name="pre_mlp_layer_norm")(x)
+    y = MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, dt, pdt, name="mlp")(
+        y, deterministic=deterministic)
+    x = x + _dropout(cfg.dropout_rate)(y, deterministic=deterministic)
+    return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+
+class DecoderLayer(nn.Module):
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, x, encoded, decoder_mask, encoder_decoder_mask, bias, *,
+               deterministic: bool = True, decode: bool = False):
+    cfg = self.config
+    dt, pdt = cfg.activation_dtype, cfg.parameter_dtype
+    norm = functools.partial(LayerNorm, epsilon=cfg.layer_norm_epsilon, dtype=dt, param_dtype=pdt)
+    attention = functools.partial(MultiHeadDotProductAttention, cfg.num_heads, cfg.head_dim, dt, pdt,
+                                  cfg.dropout_rate)
+    y = norm(name="pre_self_attention_layer_norm")(x)
+    y = attention(name="self_attention")(y, y, decoder_mask, bias, decode=decode,
+                                         deterministic=deterministic)
+    x = x + _dropout(cfg.dropout_rate)(y, deterministic=deterministic)
+    y = norm(name="pre_cross_attention_layer_norm")(x)
+    y = attention(name="encoder_decoder_attention")(y, encoded, encoder_decoder_mask,
+                                                    deterministic=deterministic)
+    x = x + _dropout(cfg.dropout_rate)(y, deterministic=deterministic)
+    y = norm(name="pre_mlp_layer_norm")(x)
+    y = MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, dt, pdt, name="mlp")(
+        y, deterministic=deterministic)
+    x = x + _dropout(cfg.dropout_rate)(y, deterministic=deterministic)
+    return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+
+def _positions(tokens: Array, positions: Optional[Array]) -> Array:
+  if positions is not None:
+    return positions
+  return jnp.arange(tokens.shape[-1], dtype=jnp.int32)[None, :]
+
+
+class Encoder(nn.Module):
+  config: T5Config
+  shared_embedding: nn.Module
+
+  @nn.compact
+  def __call__(self, tokens, mask, positions=None, deterministic: bool = True):
+    cfg = self.config
+    x = self.shared_embedding(tokens.astype(jnp.int32))
+    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    x = _dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    pos = _positions(tokens, positions)
+    bias = RelativePositionBiases(cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance,
+                                  cfg.num_heads, cfg.activation_dtype, cfg.parameter_dtype,
+                                  name="relpos_bias")(pos, pos, bidirectional=True)
+    for i in range(cfg.num_encoder_layers):
+      x = EncoderLayer(cfg, name=f"layers_{i}")(x, mask, bias, deterministic)
+    x = LayerNorm(cfg.layer_norm_epsilon, cfg.activation_dtype, cfg.parameter_dtype,
+                  name="encoder_norm")(x)
+    return _dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+
+
+class Decoder(nn.Module):
+  config: T5Config
+  shared_embedding: nn.Module
+
+  @nn.compact
+  def __call__(self, encoded, decoder_input_tokens, decoder_mask=None, encoder_decoder_mask=None,
+               positions=None, *, deterministic: bool = True, decode: bool = False,
+               max_decode_length: Optional[int] = None):
+    cfg = self.config
+    x = self.shared_embedding(decoder_input_tokens.astype(jnp.int32))
+    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    x = _dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    relpos = RelativePositionBiases(cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance,
+                                    cfg.num_heads, cfg.activation_dtype, cfg.parameter_dtype,
+                                    name="relpos_bias")
+    if decode:
+      # The bias covers every cache position; each attention keeps the row of its cache index.
+      length = max_decode_length or decoder_input_tokens.shape[-1]
+      if decoder_input_tokens.shape[-1] == 1 and not max_decode_length:
+        raise ValueError("decode=True with one-token inputs needs max_decode_length")
+      pos = jnp.arange(length, dtype=jnp.int32)[None, :]
+    else:
+      pos = _positions(decoder_input_tokens, positions)
+    bias = relpos(pos, pos, bidirectional=False)
+    for i in range(cfg.num_decoder_layers):
+      x = DecoderLayer(cfg, name=f"layers_{i}")(x, encoded, decoder_mask, encoder_decoder_mask, bias,
+                                                deterministic=deterministic, decode=decode)
+    x = LayerNorm(cfg.layer_norm_epsilon, cfg.activation_dtype, cfg.parameter_dtype,
+                  name="decoder_norm")(x)
+    x = _dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    if cfg.logits_via_embedding:
+      # T5 1.0 ties the output layer to the embedding and rescales by 1/sqrt(d_model).
+      logits = self.shared_embedding.attend(x) / jnp.sqrt(jnp.float32(x.shape[-1]))
+    else:
+      logits = Dense(cfg.vocab_size, ("embed", "vocab"), dtype=jnp.float32,
+                     param_dtype=cfg.parameter_dtype, name="logits_dense")(x)
+    return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
+
+
+# -----------------------------------------------------------------------------
+# Masks.
+# -----------------------------------------------------------------------------
+def make_attention_mask(query_input: Array, key_input: Array, pairwise_fn=jnp.multiply) -> Array:
+  """[b, q], [b, k] -> bool [b, 1, q, k]."""
+  mask = pairwise_fn(query_input[..., :, None], key_input[..., None, :])
+  return mask[:, None].astype(bool)
+
+
+def make_decoder_mask(decoder_target_tokens: Array, decoder_segment_ids: Optional[Array] = None) -> Array:
+  """Causal mask over non-padding target positions, restricted to one segment when packed."""
+  valid = decoder_target_tokens > 0
+  mask = make_attention_mask(valid, valid)
+  length = decoder_target_tokens.shape[-1]
+  causal = jnp.tril(jnp.ones((length, length), dtype=bool))[None, None]
+  mask = jnp.logical_and(mask, causal)
+  if decoder_segment_ids is not None:
+    mask = jnp.logical_and(mask, make_attention_mask(decoder_segment_ids, decoder_segment_ids, jnp.equal))
+  return mask
+
+
+# -----------------------------------------------------------------------------
+# The model.
+# -----------------------------------------------------------------------------
+@gin.configurable(module="network")
+class Transformer(nn.Module):
+  """T5 encoder-decoder; the interface of t5x's `network.Transformer`."""
+  config: T5Config
+
+  def setup(self):
+    cfg = self.config
+    self.token_embedder = Embed(cfg.vocab_size, cfg.emb_dim, dtype=cfg.activation_dtype,
+                                param_dtype=cfg.parameter_dtype)
+    self.encoder = Encoder(cfg, shared_embedding=self.token_embedder)
+    self.decoder = Decoder(cfg, shared_embedding=self.token_embedder)
+
+  def encode(self, encoder_input_tokens, encoder_segment_ids=None, encoder_positions=None, *,
+             enable_dropout: bool = True):
+    valid = encoder_input_tokens > 0
+    mask = make_attention_mask(valid, valid)
+    if encoder_segment_ids is not None:
+      mask = jnp.logical_and(mask, make_attention_mask(encoder_segment_ids, encoder_segment_ids, jnp.equal))
+    return self.encoder(encoder_input_tokens, mask, encoder_positions, deterministic=not enable_dropout)
+
+  def decode(self, encoded, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens,
+             encoder_segment_ids=None, decoder_segment_ids=None, decoder_positions=None, *,
+             enable_dropout: bool = True, decode: bool = False,
+             max_decode_length: Optional[int] = None):
+    if decode:
+      # One query per step: causality comes from the cache index, padding is irrelevant.
+      decoder_mask = None
+      encoder_decoder_mask = make_attention_mask(jnp.ones_like(decoder_target_tokens),
+                                                 encoder_input_tokens > 0)
+    else:
+      decoder_mask = make_decoder_mask(decoder_target_tokens, decoder_segment_ids)
+      encoder_decoder_mask = make_attention_mask(decoder_target_tokens > 0, encoder_input_tokens > 0)
+    if encoder_segment_ids is not None:
+      if decode:
+        raise ValueError("packed inputs (segment ids) are not supported with decode=True")
+      encoder_decoder_mask = jnp.logical_and(
+          encoder_decoder_mask, make_attention_mask(decoder_segment_ids, encoder_segment_ids, jnp.equal))
+    return self.decoder(encoded, decoder_input_tokens, decoder_mask, encoder_decoder_mask,
+                        decoder_positions, deterministic=not enable_dropout, decode=decode,
+                        max_decode_length=max_decode_length)
+
+  def __call__(self, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens, *,
+               encoder_segment_ids=None, decoder_segment_ids=None, encoder_positions=None,
+               decoder_positions=None, enable_dropout: bool = True, decode: bool = False,
+               max_decode_length: Optional[int] = None):
+    """Teacher-forced logits [batch, target_length, vocab] (float32)."""
+    if (encoder_segment_ids is None) != (decoder_segment_ids is None):
+      raise ValueError("give both encoder_segment_ids and decoder_segment_ids (packed) or neither")
+    encoded = self.encode(encoder_input_tokens, encoder_segment_ids, encoder_positions,
+                          enable_dropout=enable_dropout)
+    return self.decode(encoded, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens,
+                       encoder_segment_ids, decoder_segment_ids, decoder_positions,
+                       enable_dropout=enable_dropout, decode=decode, max_decode_length=max_decode_length)
