@@ -1,0 +1,156 @@
+"""One process of the multi-process training check (launched by tests/test_multihost_training.py).
+
+    python tests/multihost_worker.py --coordinator_address 127.0.0.1:PORT --num_processes 2 \
+        --process_id 0 --meshes 8x1,4x2 --out result_0.json
+
+Each process joins `jax.distributed` through `tkx.multihost.initialize`, builds a
+`tkx.partitioning.Partitioner` per mesh ("DATAxMODEL" over all global devices),
+trains the tiny model for a few steps, feeding only its own rows of every global
+batch through `host_local_to_global`, and writes the losses as JSON. The test
+runs the same `train_losses` in one process over 8 devices and compares.
+
+`make_problem` (model + batches) and `make_train_step` (a plain AdamW step) are
+the swap points for the real model and trainer.
+"""
+import argparse
+import json
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tkx import multihost, partitioning  # noqa: E402
+
+GLOBAL_BATCH_SIZE = 8
+
+
+class Problem:
+    """What to train: variable init, a loss on (params, batch), and the global batch of each step."""
+
+    def __init__(self, init_variables, loss_fn, global_batch):
+        self.init_variables = init_variables  # rng -> Flax variables (logical axes annotated)
+        self.loss_fn = loss_fn                # (params, batch) -> scalar loss
+        self.global_batch = global_batch      # step -> dict of numpy arrays [GLOBAL_BATCH_SIZE, ...]
+
+
+class TinyMlp:
+    """Stand-in model (embedding + MLP with logical axes) for checks that need no T5."""
+
+    @staticmethod
+    def module():
+        import flax.linen as nn
+        from flax.linen import partitioning as nn_partitioning
+
+        class Mlp(nn.Module):
+            @nn.compact
+            def __call__(self, tokens):
+                embedding = nn_partitioning.param_with_axes(
+                    "embedding", nn.initializers.normal(1.0), (32, 16), axes=("vocab", "embed"))
+                wi = nn_partitioning.param_with_axes(
+                    "wi", nn.initializers.lecun_normal(), (16, 64), axes=("embed", "mlp"))
+                wo = nn_partitioning.param_with_axes(
+                    "wo", nn.initializers.lecun_normal(), (64, 16), axes=("mlp", "embed"))
+                hidden = nn_partitioning.with_sharding_constraint(
+                    nn.relu(embedding[tokens] @ wi), ("batch", "length", "mlp"))
+                return (hidden @ wo) @ embedding.T
+        return Mlp()
+
+
+def _random_batches(vocab_size, length, seed=0):
+    def global_batch(step):
+        rng = np.random.default_rng(seed + step)
+        return {"inputs": rng.integers(1, vocab_size, (GLOBAL_BATCH_SIZE, length), dtype=np.int32),
+                "targets": rng.integers(1, vocab_size, (GLOBAL_BATCH_SIZE, length), dtype=np.int32)}
+    return global_batch
+
+
+def make_problem(name: str = "mlp") -> Problem:
+    """Model + batches by name (fixed seeds, so every process builds the same)."""
+    if name == "mlp":
+        module = TinyMlp.module()
+
+        def loss_fn(params, batch):
+            logits = module.apply({"params": params}, batch["inputs"])
+            return optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"]).mean()
+
+        return Problem(lambda rng: module.init(rng, jnp.ones((1, 6), jnp.int32)), loss_fn,
+                       _random_batches(32, 6))
+    raise ValueError(f"multihost_worker: unknown problem {name!r}")
+
+
+def make_train_step(loss_fn, tx):
+    """A plain AdamW step; `tkx.trainer`'s step can replace it."""
+    def train_step(state, batch):
+        params, opt_state = state
+        loss, grads = jax.value_and_grad(loss_fn)(params, batch)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), loss
+    return train_step
+
+
+def train_losses(partitioner: partitioning.Partitioner, problem: Problem, num_steps: int = 5,
+                 learning_rate: float = 1e-3) -> list:
+    """Trains `num_steps` steps on the partitioner's mesh; every host feeds its own rows."""
+    import flax.linen as nn
+    abstract = jax.eval_shape(problem.init_variables, jax.random.key(0))
+    param_shardings = partitioner.get_shardings(abstract)["params"]
+    init = partitioner.partition(lambda rng: nn.unbox(problem.init_variables(rng))["params"],
+                                 in_shardings=None, out_shardings=param_shardings)
+    params = init(jax.random.key(0))
+    tx = optax.adamw(learning_rate)
+    opt_shardings = partitioner.optimizer_state_shardings(jax.eval_shape(tx.init, params), params,
+                                                          param_shardings)
+    opt_state = partitioner.partition(tx.init, in_shardings=(param_shardings,),
+                                      out_shardings=opt_shardings)(params)
+    state_shardings = (param_shardings, opt_shardings)
+    batch_shardings = jax.tree_util.tree_map(lambda _: partitioner.data_sharding, problem.global_batch(0))
+    step = partitioner.partition(make_train_step(problem.loss_fn, tx),
+                                 in_shardings=(state_shardings, batch_shardings),
+                                 out_shardings=(state_shardings, partitioner.replicated), donate_argnums=(0,))
+    layout = partitioner.get_data_layout(GLOBAL_BATCH_SIZE)
+    rows = slice(layout.shard_id * layout.per_host_batch_size, (layout.shard_id + 1) * layout.per_host_batch_size)
+    state, losses = (params, opt_state), []
+    for step_index in range(num_steps):
+        local = {k: v[rows] for k, v in problem.global_batch(step_index).items()}
+        state, loss = step(state, partitioner.host_local_to_global(local))
+        losses.append(float(loss))
+    return losses
+
+
+def parse_mesh(text: str) -> dict:
+    data, model = (int(v) for v in text.lower().split("x"))
+    return dict(data_axis_size=data, model_axis_size=model)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--coordinator_address")
+    parser.add_argument("--num_processes", type=int)
+    parser.add_argument("--process_id", type=int)
+    parser.add_argument("--meshes", default="8x1", help="comma-separated DATAxMODEL mesh shapes")
+    parser.add_argument("--problem", default="mlp", help="what to train: mlp | t5")
+    parser.add_argument("--num_steps", type=int, default=5)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    multihost.initialize(args.coordinator_address, args.num_processes, args.process_id)
+    problem = make_problem(args.problem)
+    result = {"process_index": jax.process_index(), "process_count": jax.process_count(),
+              "local_devices": jax.local_device_count(), "losses": {}, "layouts": {}}
+    for mesh in args.meshes.split(","):
+        partitioner = partitioning.Partitioner(**parse_mesh(mesh))
+        layout = partitioner.get_data_layout(GLOBAL_BATCH_SIZE)
+        result["layouts"][mesh] = [layout.shard_id, layout.num_shards, layout.is_first_host_in_replica_set]
+        result["losses"][mesh] = train_losses(partitioner, problem, args.num_steps)
+        print(f"process {jax.process_index()} mesh {mesh}: losses {result['losses'][mesh]}", flush=True)
+    with open(args.out, "w") as f:
+        json.dump(result, f)
+    multihost.sync("multihost_worker_done")
+
+
+if __name__ == "__main__":
+    main()
