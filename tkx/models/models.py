@@ -287,8 +287,8 @@ class EncoderDecoderModel:
         self._compute_logits_from_slice, params=params,
         encoded_inputs=_expand(encoded, num_decodes), raw_inputs=_expand(inputs, num_decodes),
         max_decode_length=max_decode_length)
-    if rng is not None:
-      decode_kwargs["rng"] = rng
+    if rng is not None:  # t5x's name for the sampling key
+      decode_kwargs["decode_rng"] = rng
     decodes, scores = decode_fn(inputs=jnp.zeros((batch_size, 1), jnp.int32), cache=cache,
                                 tokens_to_logits=tokens_to_logits, eos_id=self.eos_id,
                                 max_decode_len=max_decode_length, num_decodes=num_decodes, **decode_kwargs)
