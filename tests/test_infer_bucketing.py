@@ -1,0 +1,120 @@
+"""Length buckets: planning, padding, and outputs identical to unbucketed decoding."""
+import jax
+import numpy as np
+import pytest
+
+from tkx import infer
+
+
+def test_bucket_length_picks_smallest_fitting_bucket():
+  assert infer.bucket_length(1, (128, 256)) == 128
+  assert infer.bucket_length(128, (256, 128)) == 128
+  assert infer.bucket_length(129, (128, 256)) == 256
+  with pytest.raises(ValueError, match="longer than the largest length bucket 256"):
+    infer.bucket_length(257, (128, 256))
+
+
+def test_plan_batches_groups_by_bucket_keeps_order_and_caps_batch():
+  lengths = [3, 40, 5, 7, 33, 2, 64, 9]
+  plan = infer.plan_batches(lengths, batch_size=2, buckets=(8, 16, 64))
+  assert plan == [(8, [0, 2]), (8, [3, 5]), (16, [7]), (64, [1, 4]), (64, [6])]
+  # every example appears exactly once
+  assert sorted(i for _, idx in plan for i in idx) == list(range(len(lengths)))
+
+
+def test_cut_to_budget_counts_eos_and_keeps_first_tokens():
+  assert infer.cut_to_budget([5, 6, 7], 4) == ([5, 6, 7, 1], False)
+  assert infer.cut_to_budget([5, 6, 7, 8], 4) == ([5, 6, 7, 1], True)
+
+
+def test_trim_output_stops_at_eos_and_drops_padding():
+  assert infer.trim_output([7, 8, 1, 9, 0]) == [7, 8]
+  assert infer.trim_output([7, 0, 8]) == [7, 8]
+  assert infer.trim_output([1, 5]) == []
+
+
+def test_decode_config_validates_and_maps_to_decoding_fns():
+  from tkx import decoding
+  assert infer.DecodeConfig().decode_fn_and_kwargs() == (decoding.greedy, {})
+  fn, kwargs = infer.DecodeConfig(num_beams=4, alpha=0.6).decode_fn_and_kwargs()
+  assert fn is decoding.beam_search and kwargs == {"num_decodes": 4, "alpha": 0.6}
+  fn, kwargs = infer.DecodeConfig(temperature=0.7, top_k=5, top_p=0.9).decode_fn_and_kwargs()
+  assert fn is decoding.temperature_sample and kwargs == {"temperature": 0.7, "topk": 5, "topp": 0.9}
+  with pytest.raises(ValueError, match="not both"):
+    infer.DecodeConfig(num_beams=2, temperature=1.0)
+  with pytest.raises(ValueError, match="set temperature > 0"):
+    infer.DecodeConfig(top_k=5)
+  with pytest.raises(ValueError, match="top_p"):
+    infer.DecodeConfig(temperature=1.0, top_p=0.0)
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+  from tkx.data import vocab as vocab_lib
+  from tkx.models import config as config_lib
+  cfg = config_lib.T5Config(vocab_size=1024, emb_dim=32, num_heads=2, head_dim=16, mlp_dim=64,
+                            num_encoder_layers=2, num_decoder_layers=2, mlp_activations=("gelu", "linear"),
+                            logits_via_embedding=False, dropout_rate=0.0)
+  vocabulary = vocab_lib.get_vocabulary()
+  model = infer.build_model(cfg, vocabulary)
+  params = model.get_initial_variables(jax.random.PRNGKey(3), {"encoder_input_tokens": (1, 8),
+                                                               "decoder_input_tokens": (1, 8)})["params"]
+  return model, params
+
+
+def _random_inputs(num, lengths, seed=0):
+  rng = np.random.RandomState(seed)
+  return [list(rng.randint(3, 1000, size=n - 1)) + [1] for n in lengths[:num]]
+
+
+@pytest.mark.parametrize("decode_config", [infer.DecodeConfig(max_decode_length=12),
+                                           infer.DecodeConfig(num_beams=3, max_decode_length=10)],
+                         ids=["greedy", "beam3"])
+def test_bucketed_outputs_equal_unbucketed_decoding(tiny_model, decode_config):
+  """Bucketed, padded, batched decoding == each example decoded alone at its exact length."""
+  from tkx import partitioning
+  model, params = tiny_model
+  lengths = [5, 17, 3, 30, 9, 64, 12, 2, 40, 7, 33]
+  inputs = _random_inputs(len(lengths), lengths)
+  predictor = infer.Predictor(model, params, partitioner=partitioning.Partitioner(num_partitions=2),
+                              batch_size=4, decode_config=decode_config, input_buckets=(8, 16, 64))
+  bucketed = predictor.predict_ids(inputs, progress=False)
+  # Three buckets at one batch shape each: three programs, whatever the number of batches.
+  assert predictor.compiled_shapes == {(4, 8), (4, 16), (4, 64)}
+
+  decode_fn, kwargs = decode_config.decode_fn_and_kwargs()
+  for ids, got in zip(inputs, bucketed):
+    batch = {"encoder_input_tokens": np.asarray([ids], np.int32),
+             "decoder_input_tokens": np.zeros((1, decode_config.max_decode_length), np.int32)}
+    alone = model.predict_batch(params, batch, decode_fn=decode_fn,
+                                max_decode_length=decode_config.max_decode_length, **kwargs)
+    alone = np.asarray(alone).reshape(-1, decode_config.max_decode_length)[-1]
+    assert got == infer.trim_output(alone)
+  assert any(len(out) > 0 for out in bucketed)
+
+
+def test_empty_inputs_get_empty_outputs_without_decoding(tiny_model):
+  model, params = tiny_model
+  predictor = infer.Predictor(model, params, batch_size=8, decode_config=infer.DecodeConfig(max_decode_length=4),
+                              input_buckets=(8,))
+  out = predictor.predict_ids([[], [1], [5, 6, 1]], progress=False)
+  assert out[0] == [] and out[1] == []
+  assert predictor.compiled_shapes == {(8, 8)}
+
+
+def test_batch_size_must_divide_over_data_axis(tiny_model):
+  from tkx import partitioning
+  model, params = tiny_model
+  with pytest.raises(ValueError, match="multiple of the data axis size 8"):
+    infer.Predictor(model, params, partitioner=partitioning.Partitioner(num_partitions=1), batch_size=4)
+
+
+def test_sampling_is_reproducible_with_a_seed(tiny_model):
+  model, params = tiny_model
+  inputs = _random_inputs(3, [6, 9, 4], seed=1)
+  cfg = infer.DecodeConfig(temperature=1.0, top_k=20, max_decode_length=8, seed=5)
+  a = infer.Predictor(model, params, batch_size=8, decode_config=cfg, input_buckets=(16,)).predict_ids(
+      inputs, progress=False)
+  b = infer.Predictor(model, params, batch_size=8, decode_config=cfg, input_buckets=(16,)).predict_ids(
+      inputs, progress=False)
+  assert a == b

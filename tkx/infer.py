@@ -1,0 +1,485 @@
+"""Decoding into predictions: length buckets, tkx checkpoints, predictions files.
+
+A whole evaluation should compile a handful of XLA programs, not one per batch.
+So inputs are grouped by length into a few buckets (`input_buckets`, e.g. 128,
+256, 512, 1024 tokens), every batch of a bucket is padded to that length, and a
+last, partial batch is filled up to `batch_size` with dummy rows (a lone EOS)
+whose outputs are dropped. Each (batch_size, bucket) pair is one program. The
+encoder masks padding, so a row's output does not depend on its bucket.
+
+Decoding runs under a `tkx.partitioning.Partitioner` as training does: the
+parameters keep their logical-axis shardings ("model" axis) and the batch is
+split over "data". On several hosts every host builds the same global batch and
+feeds the rows its devices hold; the outputs are gathered on every host.
+
+Layers here:
+- `DecodeConfig`: greedy / beam search / sampling settings -> `tkx.decoding` fn + kwargs.
+- `Predictor`: token ids in, token ids out (bucketing, padding, progress).
+- `load_checkpoint`: a tkx checkpoint dir -> config, model, params, vocabulary.
+- `predict_mixture` / `predict_input_file`: `tkx infer`'s two modes.
+"""
+import dataclasses
+import difflib
+import json
+import logging
+import os
+import time
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+# Input lengths are rounded up to one of these (the encoding budget is 1024).
+DEFAULT_INPUT_BUCKETS = (128, 256, 512, 1024)
+DEFAULT_MAX_DECODE_LENGTH = 128
+PAD_ID = 0
+EOS_ID = 1
+
+
+# ----------------------------------------------------------------------------- decoding settings
+@gin.configurable(module="infer")
+@dataclasses.dataclass(frozen=True)
+class DecodeConfig:
+  """How to decode: greedy (default), beam search (`num_beams` > 1) or sampling (`temperature` > 0).
+
+  `alpha` is the beam search length penalty. Sampling draws from the softmax at
+  `temperature`, optionally restricted to the `top_k` most likely tokens and/or
+  the smallest set of tokens whose probability reaches `top_p`; `seed` makes it
+  reproducible.
+  """
+  num_beams: int = 1
+  alpha: float = 1.0  # Hugging Face's default length_penalty
+  temperature: float = 0.0
+  top_k: int = 0
+  top_p: float = 1.0
+  max_decode_length: int = DEFAULT_MAX_DECODE_LENGTH
+  seed: int = 0
+
+  def __post_init__(self):
+    if self.num_beams < 1:
+      raise ValueError(f"num_beams must be >= 1, got {self.num_beams}")
+    if self.temperature < 0:
+      raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+    if self.num_beams > 1 and self.temperature > 0:
+      raise ValueError("choose beam search (num_beams > 1) or sampling (temperature > 0), not both")
+    if self.top_k < 0:
+      raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+    if not 0.0 < self.top_p <= 1.0:
+      raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+    if (self.top_k or self.top_p < 1.0) and self.temperature == 0:
+      raise ValueError("top_k / top_p only apply to sampling; set temperature > 0")
+    if self.max_decode_length < 1:
+      raise ValueError(f"max_decode_length must be >= 1, got {self.max_decode_length}")
+
+  @property
+  def method(self) -> str:
+    if self.num_beams > 1:
+      return "beam_search"
+    return "sample" if self.temperature > 0 else "greedy"
+
+  @property
+  def uses_rng(self) -> bool:
+    return self.method == "sample"
+
+  def decode_fn_and_kwargs(self) -> Tuple[Callable, Dict[str, Any]]:
+    """The `tkx.decoding` function and its keyword arguments (without `rng`)."""
+    from tkx import decoding
+    if self.method == "beam_search":
+      return decoding.beam_search, {"num_decodes": self.num_beams, "alpha": self.alpha}
+    if self.method == "sample":
+      # tkx.decoding reads topp=0 as "off".
+      return decoding.temperature_sample, {"temperature": self.temperature, "topk": self.top_k,
+                                           "topp": self.top_p if self.top_p < 1.0 else 0.0}
+    return decoding.greedy, {}
+
+
+# ----------------------------------------------------------------------------- bucketing
+def bucket_length(length: int, buckets: Sequence[int]) -> int:
+  """The smallest bucket that holds `length` tokens."""
+  for bucket in sorted(buckets):
+    if length <= bucket:
+      return bucket
+  raise ValueError(f"an input of {length} tokens is longer than the largest length bucket "
+                   f"{max(buckets)}; cut inputs to the budget first")
+
+
+def plan_batches(lengths: Sequence[int], batch_size: int,
+                 buckets: Sequence[int]) -> List[Tuple[int, List[int]]]:
+  """Groups example indices into batches of one bucket each: [(bucket, [index, ...]), ...].
+
+  Examples keep their order within a bucket; each batch holds at most
+  `batch_size` indices (the last batch of a bucket may hold fewer).
+  """
+  by_bucket: Dict[int, List[int]] = {}
+  for index, length in enumerate(lengths):
+    by_bucket.setdefault(bucket_length(length, buckets), []).append(index)
+  plan = []
+  for bucket in sorted(by_bucket):
+    indices = by_bucket[bucket]
+    for start in range(0, len(indices), batch_size):
+      plan.append((bucket, indices[start:start + batch_size]))
+  return plan
+
+
+def trim_output(tokens: Sequence[int], eos_id: int = EOS_ID, pad_id: int = PAD_ID) -> List[int]:
+  """Decoded ids up to (not including) the first EOS, without padding."""
+  out = []
+  for token in np.asarray(tokens).tolist():
+    if token == eos_id:
+      break
+    if token != pad_id:
+      out.append(int(token))
+  return out
+
+
+def cut_to_budget(ids: Sequence[int], max_input_length: int, eos_id: int = EOS_ID) -> Tuple[List[int], bool]:
+  """Input ids (no EOS) -> ids ending in EOS of at most `max_input_length` tokens, and whether it was cut.
+
+  As the Tk-Instruct collator, an over-long source keeps its first tokens; the
+  budget counts EOS, so at most `max_input_length - 1` text tokens stay.
+  """
+  ids = list(ids)
+  cut = len(ids) + 1 > max_input_length
+  if cut:
+    ids = ids[:max_input_length - 1]
+  return ids + [eos_id], cut
+
+
+# ----------------------------------------------------------------------------- predictor
+class Predictor:
+  """Decodes lists of token ids in length-bucketed, fixed-shape batches.
+
+  Args:
+    model: an `EncoderDecoderModel` (has `predict_batch`).
+    params: its parameters (placed by the partitioner when not yet sharded).
+    partitioner: a `tkx.partitioning.Partitioner` (default: one model partition).
+    batch_size: global batch size; a multiple of the data axis size.
+    decode_config: a `DecodeConfig`.
+    input_buckets: allowed encoder lengths.
+    param_shardings: shardings of `params` (default: from the model's logical axes).
+  """
+
+  def __init__(self, model, params, *, partitioner=None, batch_size: int = 8,
+               decode_config: Optional[DecodeConfig] = None,
+               input_buckets: Sequence[int] = DEFAULT_INPUT_BUCKETS, param_shardings=None):
+    from tkx import partitioning
+    self.model = model
+    self.partitioner = partitioner or partitioning.Partitioner(num_partitions=1)
+    self.decode_config = decode_config or DecodeConfig()
+    self.input_buckets = tuple(sorted(set(int(b) for b in input_buckets)))
+    if not self.input_buckets or self.input_buckets[0] < 1:
+      raise ValueError(f"input_buckets must be positive lengths, got {input_buckets}")
+    data_size = self.partitioner.data_axis_size
+    if batch_size < 1 or batch_size % data_size:
+      raise ValueError(f"batch_size {batch_size} must be a positive multiple of the data axis size "
+                       f"{data_size} (the batch is split over the 'data' mesh axis)")
+    self.batch_size = batch_size
+    vocab = getattr(model, "output_vocabulary", None)
+    self.eos_id = getattr(vocab, "eos_id", EOS_ID) if vocab is not None else EOS_ID
+    self.pad_id = getattr(vocab, "pad_id", PAD_ID) if vocab is not None else PAD_ID
+    if param_shardings is None:
+      param_shardings = param_shardings_for(model, self.partitioner)
+    self.param_shardings = param_shardings
+    self.params = jax.device_put(params, param_shardings)
+    # Shapes decoded so far: each is one compiled program.
+    self.compiled_shapes = set()
+    self._rng = jax.random.PRNGKey(self.decode_config.seed)
+    self._num_batches = 0
+    self._predict = self._build_predict_fn()
+
+  def _build_predict_fn(self):
+    decode_fn, decode_kwargs = self.decode_config.decode_fn_and_kwargs()
+    max_decode_length = self.decode_config.max_decode_length
+    model, uses_rng = self.model, self.decode_config.uses_rng
+
+    def predict(params, encoder_input_tokens, rng):
+      batch = {
+          "encoder_input_tokens": encoder_input_tokens,
+          # Only its shape matters to decoding (t5x convention).
+          "decoder_input_tokens": jnp.zeros((encoder_input_tokens.shape[0], max_decode_length),
+                                            jnp.int32),
+      }
+      kwargs = dict(decode_kwargs)
+      if uses_rng:
+        kwargs["decode_rng"] = rng
+      out = model.predict_batch(params, batch, decode_fn=decode_fn,
+                                max_decode_length=max_decode_length, **kwargs)
+      out = out[0] if isinstance(out, tuple) else out
+      return out[:, -1, :] if out.ndim == 3 else out  # best decode when several come back
+
+    p = self.partitioner
+    return p.partition(predict, in_shardings=(self.param_shardings, p.data_sharding, p.replicated),
+                       out_shardings=p.data_sharding)
+
+  def _run_batch(self, rows: np.ndarray) -> np.ndarray:
+    """[batch_size, bucket] global ids -> [batch_size, max_decode_length] outputs on this host."""
+    layout = self.partitioner.get_data_layout(self.batch_size)
+    per_host = self.batch_size // layout.num_shards
+    local = rows[layout.shard_id * per_host:(layout.shard_id + 1) * per_host]
+    global_rows = self.partitioner.host_local_to_global(local)
+    rng = jax.random.fold_in(self._rng, self._num_batches)
+    self._num_batches += 1
+    self.compiled_shapes.add(rows.shape)
+    out = self._predict(self.params, global_rows, rng)
+    return np.asarray(self.partitioner.global_to_host(out))
+
+  def predict_ids(self, inputs: Sequence[Sequence[int]], *, progress: bool = True,
+                  desc: str = "decoding") -> List[List[int]]:
+    """Token ids (each ending in EOS, within the largest bucket) -> output ids (no EOS).
+
+    An empty input (no token, or only EOS) is not decoded; its output is empty.
+    """
+    inputs = [list(ids) for ids in inputs]
+    outputs: List[Optional[List[int]]] = [None] * len(inputs)
+    todo = []
+    for index, ids in enumerate(inputs):
+      if not ids or ids == [self.eos_id]:
+        outputs[index] = []
+      else:
+        todo.append(index)
+    plan = plan_batches([len(inputs[i]) for i in todo], self.batch_size, self.input_buckets)
+    bar = _Progress(len(todo), desc=desc, enabled=progress)
+    for bucket, batch_positions in plan:
+      rows = np.full((self.batch_size, bucket), self.pad_id, np.int32)
+      rows[:, 0] = self.eos_id  # dummy rows: a lone EOS
+      for row, position in enumerate(batch_positions):
+        ids = inputs[todo[position]]
+        rows[row, :] = self.pad_id
+        rows[row, :len(ids)] = ids
+      decoded = self._run_batch(rows)
+      for row, position in enumerate(batch_positions):
+        outputs[todo[position]] = trim_output(decoded[row], self.eos_id, self.pad_id)
+      bar.update(len(batch_positions))
+    bar.close()
+    return outputs  # type: ignore[return-value]
+
+
+class _Progress:
+  """tqdm bar (examples/s and ETA) on a terminal; periodic log lines otherwise."""
+
+  def __init__(self, total: int, desc: str, enabled: bool = True, log_every_s: float = 30.0):
+    self.total, self.desc, self.done = total, desc, 0
+    self.start = self.last_log = time.time()
+    self.log_every_s = log_every_s
+    self.bar = None
+    self.enabled = enabled and total > 0
+    if self.enabled:
+      import tqdm
+      self.bar = tqdm.tqdm(total=total, desc=desc, unit="ex", dynamic_ncols=True,
+                           mininterval=1.0, smoothing=0.1)
+
+  def update(self, n: int):
+    self.done += n
+    if self.bar is not None:
+      self.bar.update(n)
+    now = time.time()
+    if self.enabled and (now - self.last_log >= self.log_every_s or self.done == self.total):
+      self.last_log = now
+      rate = self.done / max(now - self.start, 1e-9)
+      eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+      log.info("%s: %d/%d examples, %.2f examples/s, ETA %.0f s", self.desc, self.done,
+               self.total, rate, eta)
+
+  def close(self):
+    if self.bar is not None:
+      self.bar.close()
+
+
+# ----------------------------------------------------------------------------- model + checkpoint
+_INIT_SHAPES = {"encoder_input_tokens": (1, 8), "decoder_input_tokens": (1, 8)}
+
+
+def param_shardings_for(model, partitioner):
+  """NamedShardings of the model's params from their logical axes (no allocation)."""
+  return partitioner.logical_to_sharding(model.params_logical_axes(_INIT_SHAPES))
+
+
+def abstract_params_for(model, partitioner):
+  """ShapeDtypeStructs of the params carrying their shardings (for `orbax_io.load_params`)."""
+  shapes = model.params_shapes(_INIT_SHAPES)
+  return jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                shapes, param_shardings_for(model, partitioner))
+
+
+@dataclasses.dataclass
+class LoadedCheckpoint:
+  path: str
+  config: Any  # tkx.models.config.T5Config
+  model: Any  # tkx.models.models.EncoderDecoderModel
+  params: Any
+  vocabulary: Any  # seqio.Vocabulary
+
+
+def checkpoint_root(path: str) -> str:
+  """The dir holding `model.gin` for a checkpoint dir or one of its `checkpoint_<step>/` dirs."""
+  path = os.path.normpath(os.fspath(path))
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"checkpoint {path} does not exist")
+  if os.path.isfile(os.path.join(path, "model.gin")):
+    return path
+  parent = os.path.dirname(path)
+  if os.path.basename(path).startswith("checkpoint_") and os.path.isfile(os.path.join(parent, "model.gin")):
+    return parent
+  raise FileNotFoundError(f"{path} is not a tkx checkpoint: no model.gin in it (a tkx checkpoint dir holds "
+                          "checkpoint_<step>/, model.gin and optionally spm.model; make one with "
+                          "`tkx train` or `tkx import-checkpoint`)")
+
+
+def build_model(config, vocabulary):
+  from tkx.models import models, network
+  return models.EncoderDecoderModel(network.Transformer(config), vocabulary, vocabulary)
+
+
+def load_vocabulary_for_checkpoint(root: str, vocab_path: Optional[str] = None):
+  """`--vocab` if given, else the checkpoint's `spm.model`, else what its model.gin names (default: embedded)."""
+  from tkx.data import vocab as vocab_lib
+  if vocab_path:
+    return vocab_lib.get_vocabulary(vocab_path)
+  spm = os.path.join(root, "spm.model")
+  if os.path.isfile(spm):
+    return vocab_lib.get_vocabulary(spm)
+  return vocab_lib.get_vocabulary()  # gin bindings from model.gin apply
+
+
+def load_checkpoint(path: str, *, partitioner=None, vocab_path: Optional[str] = None,
+                    gin_bindings: Sequence[str] = ()) -> LoadedCheckpoint:
+  """Reads a tkx checkpoint: `model.gin` -> config and model, orbax params, vocabulary.
+
+  `path` may be the checkpoint dir (newest step is used) or one `checkpoint_<step>/`.
+  """
+  from tkx import partitioning
+  from tkx.checkpoints import orbax_io
+  from tkx.models import config as config_lib
+  root = checkpoint_root(path)
+  config = config_lib.load_config_from_gin([os.path.join(root, "model.gin")], list(gin_bindings))
+  vocabulary = load_vocabulary_for_checkpoint(root, vocab_path)
+  vocab_size = getattr(vocabulary, "vocab_size", None)
+  if vocab_size is not None and vocab_size > config.vocab_size:
+    raise ValueError(f"{root}: the vocabulary has {vocab_size} ids but model.gin sets "
+                     f"network.T5Config.vocab_size = {config.vocab_size}")
+  model = build_model(config, vocabulary)
+  partitioner = partitioner or partitioning.Partitioner(num_partitions=1)
+  step_path = path if os.path.basename(os.path.normpath(path)).startswith("checkpoint_") else root
+  log.info("loading parameters from %s", orbax_io.find_step_dir(step_path))
+  params = orbax_io.load_params(step_path, abstract_params_for(model, partitioner))
+  return LoadedCheckpoint(path=root, config=config, model=model, params=params, vocabulary=vocabulary)
+
+
+# ----------------------------------------------------------------------------- texts
+def encode_texts(vocabulary, texts: Sequence[str], max_input_length: int,
+                 names: Optional[Sequence[str]] = None) -> Tuple[List[List[int]], List[int]]:
+  """Texts -> ids ending in EOS, cut to the budget; returns (ids, indices of cut inputs).
+
+  Inputs over the budget are cut (first tokens kept, as the encoding rule does)
+  and reported in one warning.
+  """
+  ids_list, cut_indices = [], []
+  eos = getattr(vocabulary, "eos_id", EOS_ID)
+  for index, text in enumerate(texts):
+    if not text.strip():
+      ids_list.append([])
+      continue
+    ids, cut = cut_to_budget(vocabulary.encode(text), max_input_length, eos)
+    ids_list.append(ids)
+    if cut:
+      cut_indices.append(index)
+  if cut_indices:
+    shown = [names[i] if names else str(i) for i in cut_indices[:10]]
+    log.warning("%d input(s) longer than %d tokens were cut to the budget (first tokens kept): %s%s",
+                len(cut_indices), max_input_length, ", ".join(shown),
+                " ..." if len(cut_indices) > 10 else "")
+  return ids_list, cut_indices
+
+
+def decode_ids(vocabulary, outputs: Sequence[Sequence[int]]) -> List[str]:
+  return [vocabulary.decode(list(ids)) if ids else "" for ids in outputs]
+
+
+def predict_texts(predictor: Predictor, vocabulary, texts: Sequence[str], *, max_input_length: int = 1024,
+                  names: Optional[Sequence[str]] = None, progress: bool = True) -> List[str]:
+  """Texts -> predicted texts (empty input -> empty prediction, with a warning)."""
+  ids, _ = encode_texts(vocabulary, texts, min(max_input_length, max(predictor.input_buckets)), names)
+  empty = [names[i] if names else str(i) for i, x in enumerate(ids) if not x]
+  if empty:
+    log.warning("%d empty input(s) get an empty prediction: %s%s", len(empty), ", ".join(empty[:10]),
+                " ..." if len(empty) > 10 else "")
+  return decode_ids(vocabulary, predictor.predict_ids(ids, progress=progress))
+
+
+# ----------------------------------------------------------------------------- files
+def prediction_record(task: Mapping[str, Any], instance: Mapping[str, Any], prediction: str) -> dict:
+  """One line of Tk-Instruct's `predicted_examples.jsonl`: task fields, `Instance`, `prediction`."""
+  record = {k: v for k, v in task.items() if k not in ("Instances", "Instruction Source")}
+  record["Instance"] = {"id": instance["id"], "input": instance["input"], "output": list(instance["output"])}
+  record["prediction"] = prediction
+  return record
+
+
+def write_jsonl(path: str, records: Iterable[Mapping[str, Any]]) -> int:
+  """Writes JSON lines to a temp file and renames it, so a failed run leaves no half file."""
+  path = os.fspath(path)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = f"{path}.tmp-{os.getpid()}"
+  count = 0
+  try:
+    with open(tmp, "w", encoding="utf-8") as f:
+      for record in records:
+        f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        count += 1
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+  return count
+
+
+def read_input_file(path: str) -> List[dict]:
+  """`{"id", "inputs"}` JSON lines (other fields are kept); errors name the file, line and field."""
+  records, seen = [], set()
+  with open(path, encoding="utf-8") as f:
+    for line_no, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{line_no}: malformed JSON ({e})") from e
+      if not isinstance(record, dict):
+        raise ValueError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
+      if "inputs" not in record:
+        raise ValueError(f"{path}:{line_no}: field 'inputs' is missing")
+      if not isinstance(record["inputs"], str):
+        raise ValueError(f"{path}:{line_no}: field 'inputs' must be a string, got "
+                         f"{type(record['inputs']).__name__}")
+      if "id" not in record:
+        raise ValueError(f"{path}:{line_no}: field 'id' is missing")
+      if record["id"] in seen:
+        raise ValueError(f"{path}:{line_no}: field 'id' repeats {record['id']!r}")
+      seen.add(record["id"])
+      records.append(record)
+  if not records:
+    raise ValueError(f"{path}: no input lines")
+  return records
+
+
+def predict_input_file(predictor: Predictor, vocabulary, input_file: str, output_file: str, *,
+                       max_input_length: int = 1024, progress: bool = True) -> int:
+  """Adds `prediction` to each `{"id", "inputs"}` line of `input_file`; returns the number written."""
+  records = read_input_file(input_file)
+  predictions = predict_texts(predictor, vocabulary, [r["inputs"] for r in records],
+                              max_input_length=max_input_length, names=[str(r["id"]) for r in records],
+                              progress=progress)
+  return write_jsonl(output_file, ({**r, "prediction": p} for r, p in zip(records, predictions)))
+
+
+# ----------------------------------------------------------------------------- mixtures
+def close_matches_message(kind: str, name: str, known: Iterable[str]) -> str:
+  known = sorted(known)
+  close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
+  hint = f"; did you mean {', '.join(close)}?" if close else (
+      f"; known {kind}s include {', '.join(known[:5])}" if known else f"; no {kind} is registered")
+  return f"unknown {kind} {name!r}{hint}"
