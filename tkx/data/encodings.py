@@ -233,3 +233,28 @@ def vocabulary_token_fns(vocabulary, clean_up_tokenization_spaces: bool = True):
     return clean_up_tokenization(decoded) if clean_up_tokenization_spaces else decoded
 
   return token_count, truncate
+
+
+def make_example(task: dict, instance: dict, encoding, *, split: str, seed: int = 42,
+                 max_source_length: int = 1024, token_count=None, truncate=None) -> dict:
+  """One model example as text: the fields every consumer (SeqIO, `tkx convert`) shares.
+
+  `targets` is the training reference: drawn from the outputs (seeded by `seed` and
+  the instance id) for training splits, the first output for evaluation splits.
+  `references` keeps every output for scoring.
+  """
+  from tkx.data import ni  # pylint: disable=g-import-not-at-top
+
+  if split in ni.EVAL_SPLITS:
+    target = instance["output"][0]
+  else:
+    target = select_target(instance, seed)
+  return {
+      "id": instance["id"],
+      "task": task["Task"],
+      "category": ni.task_category(task),
+      "inputs": encode_source(task, instance, encoding, max_source_length=max_source_length,
+                              token_count=token_count, truncate=truncate, seed=seed),
+      "targets": target,
+      "references": list(instance["output"]),
+  }
