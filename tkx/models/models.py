@@ -299,3 +299,13 @@ class EncoderDecoderModel:
   def predict_batch(self, params: PyTree, batch: Mapping[str, Array], rng: Optional[Array] = None,
                     **kwargs) -> Array:
     return self.predict_batch_with_aux(params, batch, rng, **kwargs)[0]
+
+
+def get_model_from_gin(gin_files=(), bindings=(), *, clear: bool = True) -> EncoderDecoderModel:
+  """Parses model gin files (see `config.parse_gin`) and builds `models.EncoderDecoderModel()`.
+
+  This loads the vocabulary VOCABULARY names (the real T5 ones live on gs://).
+  """
+  from tkx.models import config as config_lib
+  config_lib.parse_gin(gin_files, bindings, clear=clear)
+  return EncoderDecoderModel()
