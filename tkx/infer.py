@@ -150,6 +150,9 @@ def cut_to_budget(ids: Sequence[int], max_input_length: int, eos_id: int = EOS_I
 
 
 # ----------------------------------------------------------------------------- predictor
+_PREDICT_FN_CACHE: Dict[tuple, Any] = {}
+
+
 class Predictor:
   """Decodes lists of token ids in length-bucketed, fixed-shape batches.
 
@@ -189,7 +192,14 @@ class Predictor:
     self.compiled_shapes = set()
     self._rng = jax.random.PRNGKey(self.decode_config.seed)
     self._num_batches = 0
-    self._predict = self._build_predict_fn()
+    # Predictors of the same model, settings and mesh (e.g. an eval every N training
+    # steps) share one jitted function, hence its compiled programs.
+    key = (model, dataclasses.replace(self.decode_config, seed=0), self.partitioner)
+    if key not in _PREDICT_FN_CACHE:
+      if len(_PREDICT_FN_CACHE) >= 8:
+        _PREDICT_FN_CACHE.pop(next(iter(_PREDICT_FN_CACHE)))
+      _PREDICT_FN_CACHE[key] = self._build_predict_fn()
+    self._predict = _PREDICT_FN_CACHE[key]
 
   def _build_predict_fn(self):
     decode_fn, decode_kwargs = self.decode_config.decode_fn_and_kwargs()
