@@ -16,7 +16,6 @@ import os
 import pathlib
 
 import gin
-import seqio
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 EMBEDDED_NI_DIR = REPO_ROOT / "tasks"
@@ -53,6 +52,7 @@ def get_vocabulary(path=None, extra_ids=None):
         extra_ids = _DEFAULT_EXTRA_IDS.get(path, 0)
     if "://" not in path and not os.path.exists(path):
         raise FileNotFoundError(f"SentencePiece model not found: {path}")
+    import seqio  # pylint: disable=g-import-not-at-top  # (TensorFlow: only when a vocabulary is built)
     return seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
 
 

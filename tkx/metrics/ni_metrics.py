@@ -5,6 +5,9 @@
 - ROUGE-1 and ROUGE-L F-measure from `rouge_score`: on the default track with
   its default tokenizer and the Porter stemmer; on the x-lingual track with
   GPT-2 byte-level BPE tokens stripped of "Ġ" (see `xlingual_tokenizer`), no stemming.
+- ROUGE is computed as rouge_score does (its tokenizers, its F formula), with
+  each text tokenised once and the LCS found bit-parallel: the same numbers,
+  much faster on long inputs (tests compare with `rouge_score.RougeScorer`).
 - Each example scores the maximum over its references; a metric is the mean
   over examples x 100, rounded to 4 decimals (per group when grouped).
 - Categories are a task's first `Categories` entry; grouped keys follow the
@@ -20,6 +23,8 @@ import functools
 import string
 
 from rouge_score import rouge_scorer
+from rouge_score import scoring
+from rouge_score import tokenizers
 
 METRICS = ("exact_match", "rouge1", "rougeL")
 DEFAULT_METRIC = "rougeL"
@@ -64,19 +69,62 @@ def exact_match_score(prediction, reference, xlingual=False):
 
 @functools.lru_cache(maxsize=None)
 def _scorer(rouge_type, xlingual):
+    """rouge_score's own scorer, configured as the original (kept as the reference implementation)."""
     if xlingual:
         from tkx.metrics import xlingual_tokenizer  # pylint: disable=g-import-not-at-top
         return rouge_scorer.RougeScorer([rouge_type], tokenizer=xlingual_tokenizer.get_xlingual_tokenizer())
     return rouge_scorer.RougeScorer([rouge_type], use_stemmer=True)
 
 
+@functools.lru_cache(maxsize=None)
+def _tokenizer(xlingual):
+    if xlingual:
+        from tkx.metrics import xlingual_tokenizer  # pylint: disable=g-import-not-at-top
+        return xlingual_tokenizer.get_xlingual_tokenizer()
+    return tokenizers.DefaultTokenizer(use_stemmer=True)  # what RougeScorer(use_stemmer=True) builds
+
+
+@functools.lru_cache(maxsize=16384)
+def _tokens(text, xlingual):
+    # A prediction meets every reference of its example: tokenise (and stem) it once.
+    return tuple(_tokenizer(xlingual).tokenize(text))
+
+
+def _lcs_length(a, b):
+    """Length of the longest common subsequence, bit-parallel (Allison-Dix / Crochemore et al.).
+
+    Equal to rouge_score's O(len(a) * len(b)) table, in O(len(b)) big-int operations.
+    """
+    if len(a) < len(b):
+        a, b = b, a
+    matches = {}
+    for i, token in enumerate(a):
+        matches[token] = matches.get(token, 0) | (1 << i)
+    full = (1 << len(a)) - 1
+    v = full
+    for token in b:
+        u = v & matches.get(token, 0)
+        v = ((v + u) | (v - u)) & full
+    return len(a) - v.bit_count()
+
+
+def _rouge_fmeasures(prediction, reference, xlingual):
+    """(ROUGE-1 F, ROUGE-L F) exactly as rouge_score computes them, tokenising each text once."""
+    pred, ref = _tokens(prediction, xlingual), _tokens(reference, xlingual)
+    overlap = sum((collections.Counter(pred) & collections.Counter(ref)).values())
+    rouge1 = scoring.fmeasure(overlap / max(len(pred), 1), overlap / max(len(ref), 1))
+    if not pred or not ref:
+        return rouge1, 0
+    lcs = _lcs_length(ref, pred)
+    return rouge1, scoring.fmeasure(lcs / len(pred), lcs / len(ref))
+
+
 def rouge1_score(prediction, reference, xlingual=False):
-    # rouge_score's positional order is (target, prediction): pass both by name.
-    return _scorer("rouge1", xlingual).score(target=reference, prediction=prediction)["rouge1"].fmeasure
+    return _rouge_fmeasures(prediction, reference, xlingual)[0]
 
 
 def rougeL_score(prediction, reference, xlingual=False):  # pylint: disable=invalid-name
-    return _scorer("rougeL", xlingual).score(target=reference, prediction=prediction)["rougeL"].fmeasure
+    return _rouge_fmeasures(prediction, reference, xlingual)[1]
 
 
 _SCORE_FNS = {"exact_match": exact_match_score, "rouge1": rouge1_score, "rougeL": rougeL_score}
@@ -103,8 +151,12 @@ def example_scores(predictions, references, xlingual=False, progress=False):
     if progress:
         import tqdm  # pylint: disable=g-import-not-at-top
         pairs = tqdm.tqdm(pairs, total=len(predictions), desc="scoring", unit="example")
-    return [{metric: float(metric_max_over_references(_SCORE_FNS[metric], prediction, refs, xlingual))
-             for metric in METRICS} for prediction, refs in pairs]
+    scores = []
+    for prediction, refs in pairs:
+        rouges = [_rouge_fmeasures(prediction, ref, xlingual) for ref in refs]
+        scores.append({"exact_match": float(max(exact_match_score(prediction, ref) for ref in refs)),
+                       "rouge1": max(r[0] for r in rouges), "rougeL": max(r[1] for r in rouges)})
+    return scores
 
 
 def aggregate(scores):
