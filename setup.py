@@ -16,6 +16,7 @@ setuptools.setup(
         "seqio==0.0.20",
         "tensorflow-cpu==2.21.0",
         "tensorflow-datasets==4.9.10",
+        "importlib_resources",  # tensorflow-datasets 4.9.10 imports it when building a dataset
         "gin-config==0.5.0",
         "sentencepiece",
         "rouge-score",
