@@ -70,7 +70,10 @@ def _random_batches(vocab_size, length, seed=0):
 
 
 def make_problem(name: str = "mlp") -> Problem:
-    """Model + batches by name (fixed seeds, so every process builds the same)."""
+    """Model + batches by name: "mlp" (TinyMlp) or "t5" (the tiny T5 of `tkx.models`).
+
+    Fixed seeds, so every process builds the same parameters and global batches.
+    """
     if name == "mlp":
         module = TinyMlp.module()
 
@@ -80,6 +83,28 @@ def make_problem(name: str = "mlp") -> Problem:
 
         return Problem(lambda rng: module.init(rng, jnp.ones((1, 6), jnp.int32)), loss_fn,
                        _random_batches(32, 6))
+    if name == "t5":
+        from tkx.models import config as t5_config
+        from tkx.models import models, network
+        cfg = t5_config.T5Config(vocab_size=64, emb_dim=16, num_heads=4, head_dim=4, mlp_dim=32,
+                                 num_encoder_layers=1, num_decoder_layers=1, mlp_activations=("gelu", "linear"),
+                                 logits_via_embedding=False, dropout_rate=0.0)
+        model = models.EncoderDecoderModel(network.Transformer(cfg))
+        shapes = {"encoder_input_tokens": (1, 12), "decoder_input_tokens": (1, 6)}
+
+        def t5_batch(step):
+            rng = np.random.default_rng(100 + step)
+            targets = rng.integers(2, 64, (GLOBAL_BATCH_SIZE, 6), dtype=np.int32)
+            targets[::2, 4:] = 0  # padded targets in half the rows
+            inputs = rng.integers(2, 64, (GLOBAL_BATCH_SIZE, 12), dtype=np.int32)
+            return {"encoder_input_tokens": inputs,
+                    "decoder_input_tokens": np.concatenate(
+                        [np.zeros((GLOBAL_BATCH_SIZE, 1), np.int32), targets[:, :-1]], axis=1),
+                    "decoder_target_tokens": targets,
+                    "decoder_loss_weights": (targets > 0).astype(np.float32)}
+
+        return Problem(lambda rng: model.get_initial_variables(rng, shapes, unbox=False),
+                       lambda params, batch: model.loss_fn(params, batch, None)[0], t5_batch)
     raise ValueError(f"multihost_worker: unknown problem {name!r}")
 
 
@@ -133,7 +158,7 @@ def main(argv=None):
     parser.add_argument("--num_processes", type=int)
     parser.add_argument("--process_id", type=int)
     parser.add_argument("--meshes", default="8x1", help="comma-separated DATAxMODEL mesh shapes")
-    parser.add_argument("--problem", default="mlp", help="what to train: mlp | t5")
+    parser.add_argument("--problem", default="t5", help="what to train: t5 | mlp")
     parser.add_argument("--num_steps", type=int, default=5)
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)

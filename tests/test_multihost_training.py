@@ -84,13 +84,21 @@ def _check_against_one_process(results, problem, meshes):
 
 @pytest.mark.multiprocess
 def test_two_processes_match_one_process_mlp(tmp_path):
-    meshes = ["8x1", "2x4", "1x8"]
+    meshes = ["4x2", "1x8"]
     results = _run_workers("mlp", meshes, tmp_path, timeout_s=240)
     # Data layout: "data" spans both hosts (shards 0 and 1) until the model axis spans them (one shared shard).
-    assert [r["layouts"]["8x1"] for r in results] == [[0, 2, True], [1, 2, True]]
-    assert [r["layouts"]["2x4"] for r in results] == [[0, 2, True], [1, 2, True]]
+    assert [r["layouts"]["4x2"] for r in results] == [[0, 2, True], [1, 2, True]]
     assert [r["layouts"]["1x8"] for r in results] == [[0, 1, True], [0, 1, False]]
     _check_against_one_process(results, "mlp", meshes)
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_two_processes_match_one_process_t5(tmp_path):
+    meshes = ["8x1", "2x4"]
+    results = _run_workers("t5", meshes, tmp_path, timeout_s=420)
+    assert [r["layouts"]["2x4"] for r in results] == [[0, 2, True], [1, 2, True]]
+    _check_against_one_process(results, "t5", meshes)
 
 
 @pytest.mark.multiprocess
