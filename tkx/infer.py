@@ -107,6 +107,11 @@ def bucket_length(length: int, buckets: Sequence[int]) -> int:
                    f"{max(buckets)}; cut inputs to the budget first")
 
 
+def buckets_up_to(max_input_length: int, buckets: Sequence[int] = DEFAULT_INPUT_BUCKETS) -> Tuple[int, ...]:
+  """The buckets below `max_input_length`, plus `max_input_length` itself as the last one."""
+  return tuple(sorted({int(b) for b in buckets if b < max_input_length} | {int(max_input_length)}))
+
+
 def plan_batches(lengths: Sequence[int], batch_size: int,
                  buckets: Sequence[int]) -> List[Tuple[int, List[int]]]:
   """Groups example indices into batches of one bucket each: [(bucket, [index, ...]), ...].
@@ -344,15 +349,27 @@ def build_model(config, vocabulary):
   return models.EncoderDecoderModel(network.Transformer(config), vocabulary, vocabulary)
 
 
-def load_vocabulary_for_checkpoint(root: str, vocab_path: Optional[str] = None):
-  """`--vocab` if given, else the checkpoint's `spm.model`, else what its model.gin names (default: embedded)."""
+def _sentinel_ids_for(spm_path: str, vocab_size: int) -> int:
+  """T5 convention: 100 sentinel ids after the pieces when the embedding has room for them.
+
+  (T5: 32,000 pieces + 100 <= 32,128; mT5: 250,000 + 100 <= 250,112; the
+  embedded 1,000-piece model in a 1,024-row embedding: none.)
+  """
+  import sentencepiece as spm
+  pieces = spm.SentencePieceProcessor(model_file=spm_path).get_piece_size()
+  return 100 if pieces + 100 <= vocab_size else 0
+
+
+def load_vocabulary_for_checkpoint(root: str, config, vocab_path: Optional[str] = None):
+  """`vocab_path` if given, else the checkpoint's `spm.model`, else what its model.gin names (default: embedded)."""
   from tkx.data import vocab as vocab_lib
-  if vocab_path:
-    return vocab_lib.get_vocabulary(vocab_path)
-  spm = os.path.join(root, "spm.model")
-  if os.path.isfile(spm):
-    return vocab_lib.get_vocabulary(spm)
-  return vocab_lib.get_vocabulary()  # gin bindings from model.gin apply
+  path = vocab_path or (os.path.join(root, "spm.model") if os.path.isfile(os.path.join(root, "spm.model"))
+                        else None)
+  if path and "://" not in path:
+    return vocab_lib.get_vocabulary(path, extra_ids=_sentinel_ids_for(path, config.vocab_size))
+  if path:
+    return vocab_lib.get_vocabulary(path)
+  return vocab_lib.get_vocabulary()  # bindings of model.gin (vocab.get_vocabulary.path) apply
 
 
 def load_checkpoint(path: str, *, partitioner=None, vocab_path: Optional[str] = None,
@@ -365,8 +382,10 @@ def load_checkpoint(path: str, *, partitioner=None, vocab_path: Optional[str] = 
   from tkx.checkpoints import orbax_io
   from tkx.models import config as config_lib
   root = checkpoint_root(path)
-  config = config_lib.load_config_from_gin([os.path.join(root, "model.gin")], list(gin_bindings))
-  vocabulary = load_vocabulary_for_checkpoint(root, vocab_path)
+  # clear=False: keep the bindings of a run gin file parsed before (eval.gin, infer.gin).
+  config = config_lib.load_config_from_gin([os.path.join(root, "model.gin")], list(gin_bindings),
+                                           clear=False)
+  vocabulary = load_vocabulary_for_checkpoint(root, config, vocab_path)
   vocab_size = getattr(vocabulary, "vocab_size", None)
   if vocab_size is not None and vocab_size > config.vocab_size:
     raise ValueError(f"{root}: the vocabulary has {vocab_size} ids but model.gin sets "
@@ -423,10 +442,8 @@ def predict_texts(predictor: Predictor, vocabulary, texts: Sequence[str], *, max
 # ----------------------------------------------------------------------------- files
 def prediction_record(task: Mapping[str, Any], instance: Mapping[str, Any], prediction: str) -> dict:
   """One line of Tk-Instruct's `predicted_examples.jsonl`: task fields, `Instance`, `prediction`."""
-  record = {k: v for k, v in task.items() if k not in ("Instances", "Instruction Source")}
-  record["Instance"] = {"id": instance["id"], "input": instance["input"], "output": list(instance["output"])}
-  record["prediction"] = prediction
-  return record
+  from tkx.metrics import baselines  # the one writer of this format (`tkx baseline` uses it too)
+  return baselines.prediction_record(task, instance, prediction)
 
 
 def write_jsonl(path: str, records: Iterable[Mapping[str, Any]]) -> int:
@@ -493,3 +510,77 @@ def close_matches_message(kind: str, name: str, known: Iterable[str]) -> str:
   hint = f"; did you mean {', '.join(close)}?" if close else (
       f"; known {kind}s include {', '.join(known[:5])}" if known else f"; no {kind} is registered")
   return f"unknown {kind} {name!r}{hint}"
+
+
+def resolve_mixture_or_task(name: str):
+  """`seqio.get_mixture_or_task(name)`, or an error listing close names."""
+  import seqio
+  known = set(seqio.MixtureRegistry.names()) | set(seqio.TaskRegistry.names())
+  if name not in known:
+    raise ValueError(close_matches_message("mixture or task", name, known) +
+                     " (NI mixtures are named <prefix>_<track>_<split>_<encoding>, e.g. ni_default_test_def_pos2;"
+                     " pass --ni_dir to register another checkout)")
+  return seqio.get_mixture_or_task(name)
+
+
+def ni_subtasks(name: str) -> List[Any]:
+  """The NI SeqIO tasks of a mixture (or the task itself), each with its `tkx.data.tasks` spec."""
+  from tkx.data import tasks as tasks_lib
+  mixture_or_task = resolve_mixture_or_task(name)
+  subtasks = list(getattr(mixture_or_task, "tasks", [mixture_or_task]))
+  for task in subtasks:
+    try:
+      tasks_lib.task_spec(task.name)
+    except KeyError:
+      raise ValueError(f"{task.name!r} (in {name!r}) is not an NI task registered by "
+                       "tkx.data.tasks.register_ni; predictions files need the NI task fields") from None
+  return subtasks
+
+
+def _text(value) -> str:
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def task_inputs(task, split: str, sequence_length: Mapping[str, int]) -> List[Tuple[str, List[int]]]:
+  """(instance id, input ids ending in EOS) of one NI SeqIO task, in dataset order."""
+  ds = task.get_dataset(sequence_length=dict(sequence_length), split=split, shuffle=False, num_epochs=1,
+                        use_cached=False)
+  return [(_text(ex["id"]), [int(t) for t in ex["inputs"]]) for ex in ds.as_numpy_iterator()]
+
+
+def records_for_task(seqio_task_name: str, ids: Sequence[str], predictions: Sequence[str]) -> List[dict]:
+  """Tk-Instruct records for the predictions of one NI SeqIO task (instances looked up by id)."""
+  from tkx.data import tasks as tasks_lib
+  spec = tasks_lib.task_spec(seqio_task_name)
+  task, instances = spec.load()
+  by_id = {instance["id"]: instance for instance in instances}
+  records = []
+  for instance_id, prediction in zip(ids, predictions):
+    if instance_id not in by_id:
+      raise ValueError(f"task {spec.ni_task!r} ({spec.ni_dir}): instance id {instance_id!r} from the SeqIO "
+                       "dataset is not among the selected instances of the task file")
+    records.append(prediction_record(task, by_id[instance_id], prediction))
+  return records
+
+
+def predict_mixture(predictor: Predictor, vocabulary, name: str, *, max_input_length: int = 1024,
+                    max_target_length: int = 128, progress: bool = True) -> List[dict]:
+  """Decodes every instance of an NI mixture or task -> Tk-Instruct predictions records.
+
+  All tasks are decoded together, so batches are full across task boundaries.
+  """
+  subtasks = ni_subtasks(name)
+  lengths = {"inputs": max_input_length, "targets": max_target_length}
+  per_task = []
+  for task in subtasks:
+    split = task.splits[0]
+    per_task.append((task.name, task_inputs(task, split, lengths)))
+  flat = [ids for _, examples in per_task for _, ids in examples]
+  log.info("%s: decoding %d examples of %d task(s)", name, len(flat), len(per_task))
+  texts = decode_ids(vocabulary, predictor.predict_ids(flat, progress=progress, desc=name))
+  records, start = [], 0
+  for task_name, examples in per_task:
+    preds = texts[start:start + len(examples)]
+    start += len(examples)
+    records.extend(records_for_task(task_name, [i for i, _ in examples], preds))
+  return records

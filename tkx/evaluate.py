@@ -1,0 +1,223 @@
+"""Evaluation of a test mixture with `seqio.Evaluator` and the NI metrics.
+
+`seqio.Evaluator` builds and caches each task's examples, calls our predict
+function, decodes the tokens with the task vocabulary, applies the task
+postprocessor (which hands the metric functions every reference) and runs the
+task's metric functions (`tkx.metrics.seqio_metrics.ni_metrics`): that gives
+per-task metrics exactly as SeqIO computes them. All tasks are decoded in one
+length-bucketed pass first (`tkx.infer.Predictor`), so batches stay full across
+task boundaries; the evaluator's per-task predict calls then read the result.
+
+The predictions are also written as Tk-Instruct's `predicted_examples.jsonl`
+and scored with `tkx.metrics.ni_metrics.score_predictions` for the overall,
+per-category and per-task tables (the numbers the Tk-Instruct scoring script
+gives on the same file). Outputs in `output_dir`:
+  predicted_examples.jsonl   one record per instance
+  metrics.json               {"overall", "per_category", "per_task", "official_categories",
+                              "flat", "seqio_task_metrics", "settings"}
+  eval/                      TensorBoard summaries (tf.summary) at the checkpoint's step
+"""
+import dataclasses
+import json
+import logging
+import os
+import re
+import time
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import gin
+import numpy as np
+
+from tkx import infer
+
+log = logging.getLogger(__name__)
+
+PREDICTIONS_FILE = "predicted_examples.jsonl"
+METRICS_FILE = "metrics.json"
+SUMMARY_DIR = "eval"
+
+
+def _text(value) -> str:
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _input_ids(features: Mapping[str, Any]) -> List[int]:
+  """The unpadded encoder ids of a cached task example (they end in EOS)."""
+  return [int(t) for t in features["inputs"]]
+
+
+def run_evaluation(predictor: "infer.Predictor", vocabulary, mixture_or_task_name: str, *,
+                   output_dir: Optional[str] = None, step: Optional[int] = None,
+                   max_input_length: int = 1024, max_target_length: int = 128,
+                   xlingual: bool = False, progress: bool = True, print_tables: bool = True,
+                   settings: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+  """Decodes and scores an NI mixture (or task) with `seqio.Evaluator`; returns the results dict.
+
+  Usable from the trainer: build a `Predictor` on the current params and call this.
+  """
+  import seqio
+  from tkx.metrics import ni_metrics
+
+  subtasks = infer.ni_subtasks(mixture_or_task_name)
+  splits = {task.splits[0] for task in subtasks}
+  if len(splits) != 1:
+    raise ValueError(f"{mixture_or_task_name}: its tasks have different splits {sorted(splits)}")
+  split = splits.pop()
+  start = time.time()
+  evaluator = seqio.Evaluator(
+      mixture_or_task_name, feature_converter=seqio.EncDecFeatureConverter(pack=False), eval_split=split,
+      sequence_length={"inputs": max_input_length, "targets": max_target_length},
+      use_memory_cache=True, async_compute_metrics=False)
+  eval_tasks = list(evaluator.eval_tasks)
+  if not eval_tasks:
+    raise ValueError(f"{mixture_or_task_name}: no task with split {split!r} and metric functions to evaluate")
+
+  # One decoding pass over every task's examples.
+  examples = {}  # task name -> [(id, input ids)]
+  for task in eval_tasks:
+    examples[task.name] = [(_text(ex["id"]), _input_ids(ex))
+                           for ex in evaluator.cached_task_datasets[task.name].as_numpy_iterator()]
+  flat = [ids for task in eval_tasks for _, ids in examples[task.name]]
+  log.info("%s: %d examples in %d tasks (split %s)", mixture_or_task_name, len(flat), len(eval_tasks), split)
+  outputs = predictor.predict_ids(flat, progress=progress, desc=f"eval {mixture_or_task_name}")
+  outputs_by_task, offset = {}, 0
+  for task in eval_tasks:
+    n = len(examples[task.name])
+    outputs_by_task[task.name] = outputs[offset:offset + n]
+    offset += n
+  decode_seconds = time.time() - start
+
+  # The evaluator hands predict_fn each task's cached, enumerated model dataset.
+  task_of_dataset = {id(evaluator.cached_model_datasets[t.name]): t.name for t in eval_tasks}
+
+  width = predictor.decode_config.max_decode_length + 1
+  eos = predictor.eos_id
+
+  def predict_fn(dataset, model_feature_shapes=None):
+    # Fixed-width rows as t5x returns them (SeqIO stacks them): ids, EOS, padding.
+    del model_feature_shapes
+    task_outputs = outputs_by_task[task_of_dataset[id(dataset)]]
+    rows = []
+    for index, _ in dataset.as_numpy_iterator():
+      row = np.zeros(width, np.int32)
+      ids = task_outputs[int(index)] + [eos]
+      row[:len(ids)] = ids
+      rows.append((int(index), row))
+    return rows
+
+  metrics_future, _ = evaluator.evaluate(compute_metrics=True, step=step, predict_fn=predict_fn)
+  seqio_task_metrics = {name: {k: float(v) for k, v in metrics.items()}
+                        for name, metrics in metrics_future.result().items()}
+  evaluator.close()
+
+  records = []
+  for task in eval_tasks:
+    ids = [i for i, _ in examples[task.name]]
+    texts = infer.decode_ids(vocabulary, outputs_by_task[task.name])
+    records.extend(infer.records_for_task(task.name, ids, texts))
+  results = ni_metrics.score_predictions(records, xlingual=xlingual)
+  results["seqio_task_metrics"] = seqio_task_metrics
+  results["settings"] = dict(settings or {}, mixture_or_task_name=mixture_or_task_name, split=split,
+                             step=step, num_examples=len(records), decode_seconds=round(decode_seconds, 2),
+                             examples_per_second=round(len(records) / max(decode_seconds, 1e-9), 3),
+                             decode_config=dataclasses.asdict(predictor.decode_config),
+                             batch_size=predictor.batch_size, input_buckets=list(predictor.input_buckets))
+  if print_tables:
+    print(ni_metrics.format_tables(results), end="")
+  if output_dir:
+    write_outputs(output_dir, records, results, step)
+  return results
+
+
+def write_outputs(output_dir: str, records: Sequence[dict], results: Mapping[str, Any],
+                  step: Optional[int]) -> None:
+  """Predictions file, metrics JSON and TensorBoard summaries (primary host only)."""
+  from tkx import multihost
+  if not multihost.is_primary_host():
+    return
+  os.makedirs(output_dir, exist_ok=True)
+  infer.write_jsonl(os.path.join(output_dir, PREDICTIONS_FILE), records)
+  tmp = os.path.join(output_dir, METRICS_FILE + ".tmp")
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(results, f, indent=2, ensure_ascii=False)
+    f.write("\n")
+  os.replace(tmp, os.path.join(output_dir, METRICS_FILE))
+  write_summaries(os.path.join(output_dir, SUMMARY_DIR), results, step or 0)
+  log.info("wrote %s, %s and TensorBoard summaries to %s", PREDICTIONS_FILE, METRICS_FILE, output_dir)
+
+
+def _summary_name(text: str) -> str:
+  return re.sub(r"[^A-Za-z0-9_.\-/]", "_", text)
+
+
+def summary_scalars(results: Mapping[str, Any]) -> Dict[str, float]:
+  """Flat {tag: value} of the tables: overall/<m>, category/<c>/<m>, task/<t>/<m>."""
+  from tkx.metrics import ni_metrics
+  scalars = {}
+  for metric in ni_metrics.METRICS:
+    scalars[f"overall/{metric}"] = results["overall"][metric]
+  for category, row in results["per_category"].items():
+    for metric in ni_metrics.METRICS:
+      scalars[f"category/{_summary_name(category)}/{metric}"] = row[metric]
+  for task, row in results["per_task"].items():
+    for metric in ni_metrics.METRICS:
+      scalars[f"task/{_summary_name(task)}/{metric}"] = row[metric]
+  return scalars
+
+
+def write_summaries(log_dir: str, results: Mapping[str, Any], step: int) -> None:
+  """TensorBoard scalars via `tf.summary.write` with the scalars plugin's metadata.
+
+  (`tf.summary.scalar` itself lives in the tensorboard package, which tensorflow
+  does not require; the event files are the same.)
+  """
+  import tensorflow as tf
+  from tensorflow.core.framework import summary_pb2
+  metadata = summary_pb2.SummaryMetadata(plugin_data=summary_pb2.SummaryMetadata.PluginData(
+      plugin_name="scalars"))
+  writer = tf.summary.create_file_writer(log_dir)
+  with writer.as_default():
+    for tag, value in summary_scalars(results).items():
+      tf.summary.write(tag, tf.constant(float(value), tf.float32), step=int(step), metadata=metadata)
+  writer.flush()
+  writer.close()
+
+
+def checkpoint_step(path: str) -> int:
+  """The step of the checkpoint that `load_checkpoint` reads (for summaries)."""
+  from tkx.checkpoints import orbax_io
+  match = re.search(r"checkpoint_(\d+)$", os.path.normpath(orbax_io.find_step_dir(path)))
+  return int(match.group(1)) if match else 0
+
+
+@gin.configurable(module="evaluate")
+def evaluate(*, checkpoint_path: str, output_dir: str, ni_dir: Optional[str] = None, track: str = "default",
+             split: str = "test", encoding: str = "def_pos2", mixture_or_task_name: Optional[str] = None,
+             batch_size: int = 8, decode_config: Optional["infer.DecodeConfig"] = None, partitioner=None,
+             input_buckets: Sequence[int] = infer.DEFAULT_INPUT_BUCKETS, max_input_length: int = 1024,
+             max_target_length: int = 128, max_num_instances_per_task: Optional[int] = None,
+             vocab_path: Optional[str] = None, progress: bool = True) -> Dict[str, Any]:
+  """Evaluates a tkx checkpoint on an NI test mixture (`tkx eval`).
+
+  Registers the checkout's `<track>/<split>` tasks for `encoding` with the
+  checkpoint's vocabulary (or uses `mixture_or_task_name` as registered), then
+  `run_evaluation`. Returns the results dict (also in output_dir/metrics.json).
+  """
+  from tkx import partitioning
+  from tkx.data import tasks as tasks_lib
+  partitioner = partitioner or partitioning.Partitioner(num_partitions=1)
+  loaded = infer.load_checkpoint(checkpoint_path, partitioner=partitioner, vocab_path=vocab_path)
+  if mixture_or_task_name is None:
+    tasks_lib.register_ni(ni_dir, tracks=(track,), encodings=(encoding,), vocabulary=loaded.vocabulary,
+                          splits=(split,), max_num_instances_per_task=max_num_instances_per_task,
+                          max_source_length=max_input_length)
+    mixture_or_task_name = tasks_lib.mixture_name(track, split, encoding)
+  predictor = infer.Predictor(loaded.model, loaded.params, partitioner=partitioner, batch_size=batch_size,
+                              decode_config=decode_config or infer.DecodeConfig(),
+                              input_buckets=infer.buckets_up_to(max_input_length, input_buckets))
+  settings = {"checkpoint": os.path.abspath(checkpoint_path), "ni_dir": os.path.abspath(ni_dir) if ni_dir
+              else tasks_lib.EMBEDDED_NI_DIR, "track": track, "encoding": encoding}
+  return run_evaluation(predictor, loaded.vocabulary, mixture_or_task_name, output_dir=output_dir,
+                        step=checkpoint_step(checkpoint_path), max_input_length=max_input_length,
+                        max_target_length=max_target_length, xlingual=track == "xlingual",
+                        progress=progress, settings=settings)
