@@ -92,7 +92,8 @@ def parse_gin(gin_files: Sequence[str] = (), bindings: Sequence[str] = (), *, cl
     resolved.append(path)
   # skip_unknown: a model file may name configurables of modules this process
   # never imports (e.g. vocab on a machine without the data package).
-  gin.parse_config_files_and_bindings(resolved, list(bindings or ()), skip_unknown=True)
+  gin.parse_config_files_and_bindings(resolved, list(bindings or ()), skip_unknown=True,
+                                      finalize_config=False)  # callers may import or bind more later
 
 
 def load_config_from_gin(gin_files: Sequence[str] = (), bindings: Sequence[str] = (), *,
