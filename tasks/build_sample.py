@@ -4,14 +4,15 @@ Every task here is synthetic and written for tkx: short inputs, short outputs an
 small label sets, so a tiny T5 trained for minutes on a CPU visibly learns, and
 test tasks that resemble training tasks (comparisons, analogies, titles,
 sentiment, grammar fixes), so the default split's test tasks are reachable.
+Three Finnish tasks (`*_fi`) make up the x-lingual track's split.
 
 Run from the repository root:
 
     python tasks/build_sample.py            # task JSONs + split files
     python tasks/build_sample.py --spm      # ... and retrain tasks/spm/tkx_sample.model
 
-The output does not depend on the machine: a fixed seed per task, sorted JSON
-keys are not used (the official field order is kept), and ids are content hashes.
+The output does not depend on the machine: a fixed seed per task, the official
+field order, and instance ids that are hashes of task name, index and input.
 """
 import argparse
 import hashlib
