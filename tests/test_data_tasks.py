@@ -157,3 +157,17 @@ def test_names_are_sanitised_and_bad_input_is_reported(tmp_path, throwaway_vocab
   assert "odd_default_train_def_pos2_task1_odd_man_out" in seqio.TaskRegistry.names()
   with pytest.raises(ValueError, match="pos<k>"):
     tasks.register_ni(root, encodings=("definition",), vocabulary=throwaway_vocab, prefix="odd")
+
+
+def test_embedded_sample_is_registered_on_import(embedded_ni_dir):
+  if not (embedded_ni_dir / "spm" / "tkx_sample.model").exists():
+    pytest.skip("embedded vocabulary tasks/spm/tkx_sample.model not built")
+  for track in ("default", "xlingual"):
+    for split in ni.list_splits(embedded_ni_dir, track):
+      for encoding in tasks.EMBEDDED_ENCODINGS:
+        mixture = seqio.get_mixture_or_task(tasks.mixture_name(track, split, encoding))
+        assert len(mixture.tasks) == len(ni.read_split(embedded_ni_dir, track, split))
+  name = seqio.get_mixture_or_task("ni_default_test_def_pos2").tasks[0].name
+  example = next(seqio.get_mixture_or_task(name).get_dataset(LENGTHS, split="test", shuffle=False)
+                 .as_numpy_iterator())
+  assert example["inputs"][-1] == 1 and example["references"].shape[0] >= 1
