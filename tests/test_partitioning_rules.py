@@ -207,3 +207,29 @@ def test_host_local_to_global_keeps_values_and_checks_shapes():
         partitioner.host_local_to_global({"inputs": np.zeros((6, 3), np.int32)})
     with pytest.raises(ValueError, match="scalar"):
         partitioner.host_local_to_global({"step": np.int32(3)})
+
+
+def test_uneven_dimensions_stay_unsharded():
+    partitioner = Partitioner(num_partitions=4)
+
+    class Odd(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            w = nn_partitioning.param_with_axes("w", nn.initializers.zeros, (8, 6), axes=("embed", "mlp"))
+            v = nn_partitioning.param_with_axes("v", nn.initializers.zeros, (8, 12), axes=("embed", "mlp"))
+            return x @ w, x @ v
+
+    abstract = jax.eval_shape(Odd().init, jax.random.key(0), jnp.ones((1, 8)))
+    shardings = partitioner.get_shardings(abstract)["params"]
+    assert shardings["w"].spec == P(None, None)   # 6 is not divisible by model=4
+    assert shardings["v"].spec == P(None, "model")
+
+
+def test_gin_configures_the_partitioner():
+    import gin
+    gin.parse_config("tkx_partitioning_test/partitioning.Partitioner.num_partitions = 4\n"
+                     "tkx_partitioning_test/partitioning.Partitioner.shard_params_over_data = True")
+    with gin.config_scope("tkx_partitioning_test"):
+        partitioner = Partitioner()
+    assert (partitioner.data_axis_size, partitioner.model_axis_size) == (2, 4)
+    assert partitioner.logical_to_mesh_axes(P("vocab", "embed")) == P("model", "data")

@@ -235,8 +235,28 @@ class Partitioner:
         return result
 
     def get_shardings(self, variables):
-        """NamedShardings for a Flax variables tree, from its logical annotations."""
-        return self.logical_to_sharding(self.get_logical_axes(variables))
+        """NamedShardings for a Flax variables tree, from its logical annotations.
+
+        A dimension the mesh axis does not divide evenly is left unsharded (logged).
+        """
+        shardings = self.logical_to_sharding(self.get_logical_axes(variables))
+        leaves = dict(jax.tree_util.tree_flatten_with_path(nn.unbox(flax.core.unfreeze(variables)))[0])
+
+        def fit(path, sharding):
+            leaf = leaves.get(path)
+            if leaf is None or not hasattr(leaf, "shape"):
+                return sharding
+            spec = self._divisible_spec(leaf.shape, tuple(sharding.spec) + (None,) * (
+                len(leaf.shape) - len(sharding.spec)))
+            if tuple(spec) != tuple(sharding.spec) + (None,) * (len(spec) - len(sharding.spec)):
+                logging.warning("Partitioner: %s of shape %s cannot be split as %s on mesh %s; "
+                                "leaving the uneven dimensions unsharded", jax.tree_util.keystr(path),
+                                leaf.shape, sharding.spec, dict(self.mesh.shape))
+                return NamedSharding(self.mesh, spec)
+            return sharding
+
+        return jax.tree_util.tree_map_with_path(fit, shardings,
+                                                is_leaf=lambda x: isinstance(x, NamedSharding))
 
     def optimizer_state_shardings(self, opt_state, params, params_shardings):
         """Shardings for an optax state from the params' shardings.
@@ -339,6 +359,9 @@ class Partitioner:
                 if group & other:
                     raise ValueError("Partitioner: hosts hold partly overlapping data rows; "
                                      "use a mesh whose model axis stays within or spans whole hosts")
+        if jax.process_index() not in rows_by_process:
+            raise ValueError(f"Partitioner: process {jax.process_index()} has no device in this mesh "
+                             "and cannot feed data")
         mine = frozenset(rows_by_process[jax.process_index()])
         shard_id = groups.index(mine)
         same_replica = [p for p, rows in rows_by_process.items() if frozenset(rows) == mine]
