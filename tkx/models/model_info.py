@@ -1,0 +1,268 @@
+"""Model sizing without allocation: parameter counts, bytes per device, FLOPs.
+
+Everything works on `jax.eval_shape` results, so an 11B model is sized on a
+laptop. Bytes per device follow the logical axis rules of `tkx.partitioning`
+(t5x's standard rules) on a (data, model) mesh; a mesh axis that does not
+divide a dimension leaves it replicated, as the partitioner does.
+
+FLOPs of one training step (forward + backward = 3 x forward), for a batch of
+B examples with Li input and Lt target tokens, counting each multiply-add as
+2 FLOPs and ignoring norms, softmaxes and embedding lookups:
+  forward = 2 * B * [ Li * N_enc + Lt * N_dec + Li * N_cross_kv + Lt * N_logits ]
+          + 2 * B * 2 * hd * [ L_enc * Li^2 + L_dec * (Lt^2 + Lt * Li) ]
+where N_enc = encoder matmul params, N_dec = decoder matmul params except the
+cross-attention key/value kernels (N_cross_kv, applied to the Li encoder
+outputs), N_logits = emb_dim * vocab (tied or not), hd = heads * head_dim, and
+the second line is the attention scores and weighted sums (QK^T and AV,
+computed densely: no causal saving). FLOPs per token divide by B * (Li + Lt).
+The usual 6 * N * tokens estimate is reported beside it.
+"""
+import dataclasses
+import math
+from typing import Any, Dict, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import PartitionSpec
+
+from tkx.models import config as config_lib
+from tkx.models import models, network
+
+MODULES = ("token_embedder", "encoder", "decoder", "logits")
+
+
+def _fallback_rules(shard_params_over_data: bool):
+  # t5x's standard rules; used only when tkx.partitioning is unavailable.
+  return [("batch", "data"), ("vocab", "model"), ("mlp", "model"), ("heads", "model"),
+          ("joined_kv", "model"), ("kv", None), ("embed", "data" if shard_params_over_data else None),
+          ("relpos_buckets", None), ("length", None)]
+
+
+def logical_axis_rules(shard_params_over_data: bool = False):
+  try:
+    from tkx import partitioning
+    return list(partitioning.standard_logical_axis_rules(shard_params_over_data))
+  except ImportError:
+    return _fallback_rules(shard_params_over_data)
+
+
+def build_model(config: config_lib.T5Config) -> models.EncoderDecoderModel:
+  return models.EncoderDecoderModel(network.Transformer(config))
+
+
+_SHAPES = {"encoder_input_tokens": (1, 1), "decoder_input_tokens": (1, 1)}
+
+
+def abstract_params(config: config_lib.T5Config):
+  """(ShapeDtypeStruct tree, logical PartitionSpec tree) of the parameters."""
+  model = build_model(config)
+  return model.params_shapes(_SHAPES), model.params_logical_axes(_SHAPES)
+
+
+def _path(path) -> str:
+  parts = []
+  for k in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(k, attr):
+        parts.append(str(getattr(k, attr)))
+        break
+    else:
+      parts.append(str(k))
+  return "/".join(parts)
+
+
+def module_of(path: str) -> str:
+  if path.startswith("decoder/logits_dense"):
+    return "logits"
+  return path.split("/", 1)[0]
+
+
+def count_params(config: config_lib.T5Config) -> Dict[str, int]:
+  """Parameter count per module (token_embedder, encoder, decoder, logits) and total."""
+  shapes, _ = abstract_params(config)
+  counts = {m: 0 for m in MODULES}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]:
+    counts[module_of(_path(path))] += int(np.prod(leaf.shape))
+  counts["total"] = sum(counts[m] for m in MODULES)
+  return counts
+
+
+def mesh_spec(shape: Sequence[int], logical: PartitionSpec, rules, mesh_shape: Dict[str, int]) -> tuple:
+  """Mesh axes per dimension; axes that do not divide the dimension are dropped."""
+  spec = tuple(nn.logical_to_mesh_axes(tuple(logical), rules)) if len(logical) else ()
+  spec = spec + (None,) * (len(shape) - len(spec))
+  out = []
+  for size, axes in zip(shape, spec):
+    names = axes if isinstance(axes, tuple) else ((axes,) if axes else ())
+    ways = int(np.prod([mesh_shape.get(a, 1) for a in names])) if names else 1
+    out.append(axes if ways > 1 and size % ways == 0 else None)
+  return tuple(out)
+
+
+def _shard_factor(spec: tuple, mesh_shape: Dict[str, int]) -> int:
+  factor = 1
+  for axes in spec:
+    for a in (axes if isinstance(axes, tuple) else ((axes,) if axes else ())):
+      factor *= mesh_shape.get(a, 1)
+  return factor
+
+
+def _optimizer(name: str):
+  from tkx import optimizers
+  if name == "adafactor":
+    return optimizers.adafactor(1e-3)
+  if name == "adamw":
+    return optimizers.adamw(1e-3)
+  raise ValueError(f"unknown optimizer {name!r}; choose adafactor or adamw")
+
+
+@dataclasses.dataclass
+class MemoryReport:
+  mesh_shape: Dict[str, int]
+  param_bytes_total: int
+  param_bytes_per_device: int
+  optimizer: str
+  optimizer_bytes_total: int
+  optimizer_bytes_per_device: int
+
+
+def memory_per_device(config: config_lib.T5Config, data: int = 1, model: int = 1,
+                      shard_params_over_data: bool = False, optimizer: str = "adafactor") -> MemoryReport:
+  """Bytes of parameters and optimizer state on each device of a data x model mesh.
+
+  Optimizer state leaves are matched to the parameter whose path they carry:
+  same shape -> the parameter's sharding; one dimension fewer (Adafactor's
+  factored row/column statistics) -> that sharding without the dropped
+  dimension; anything else (step counts) -> replicated.
+  """
+  if data < 1 or model < 1:
+    raise ValueError(f"mesh sizes must be >= 1, got data={data} model={model}")
+  mesh_shape = {"data": data, "model": model}
+  rules = logical_axis_rules(shard_params_over_data)
+  shapes, logical = abstract_params(config)
+  is_spec = lambda x: isinstance(x, PartitionSpec)  # noqa: E731
+  logical_by_path = {_path(p): s for p, s in jax.tree_util.tree_flatten_with_path(logical, is_leaf=is_spec)[0]}
+  param_spec, param_shape = {}, {}
+  total = per_device = 0
+  for p, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]:
+    path = _path(p)
+    spec = mesh_spec(leaf.shape, logical_by_path[path], rules, mesh_shape)
+    param_spec[path], param_shape[path] = spec, tuple(leaf.shape)
+    nbytes = int(np.prod(leaf.shape)) * leaf.dtype.itemsize
+    total += nbytes
+    per_device += math.ceil(nbytes / _shard_factor(spec, mesh_shape))
+
+  opt_state = jax.eval_shape(_optimizer(optimizer).init, shapes)
+  opt_total = opt_per_device = 0
+  for p, leaf in jax.tree_util.tree_flatten_with_path(opt_state)[0]:
+    shape = tuple(getattr(leaf, "shape", ()))
+    nbytes = int(np.prod(shape)) * np.dtype(leaf.dtype).itemsize
+    opt_total += nbytes
+    path = _path(p)
+    match = next((q for q in param_spec if path == q or path.endswith("/" + q)), None)
+    spec = ()
+    if match is not None and shape:
+      pshape, pspec = param_shape[match], param_spec[match]
+      if shape == pshape:
+        spec = pspec
+      elif len(shape) == len(pshape) - 1:
+        for dropped in range(len(pshape)):
+          if pshape[:dropped] + pshape[dropped + 1:] == shape:
+            spec = pspec[:dropped] + pspec[dropped + 1:]
+            break
+    opt_per_device += math.ceil(nbytes / _shard_factor(spec, mesh_shape))
+  return MemoryReport(mesh_shape, total, per_device, optimizer, opt_total, opt_per_device)
+
+
+def _matmul_params(config: config_lib.T5Config) -> Dict[str, int]:
+  e, hd, m = config.emb_dim, config.num_heads * config.head_dim, config.mlp_dim
+  mlp = len(config.mlp_activations) * e * m + m * e
+  attention = 4 * e * hd
+  return {
+      "encoder": config.num_encoder_layers * (attention + mlp),
+      "decoder": config.num_decoder_layers * (attention + 2 * e * hd + mlp),  # self-attn + cross q/out
+      "cross_kv": config.num_decoder_layers * 2 * e * hd,
+      "logits": e * config.vocab_size,
+  }
+
+
+def train_step_flops(config: config_lib.T5Config, batch_size: int, inputs_length: int,
+                     targets_length: int) -> Dict[str, float]:
+  """FLOPs of one training step (formula in the module docstring)."""
+  n = _matmul_params(config)
+  b, li, lt = batch_size, inputs_length, targets_length
+  hd = config.num_heads * config.head_dim
+  dense = 2 * b * (li * n["encoder"] + lt * n["decoder"] + li * n["cross_kv"] + lt * n["logits"])
+  attention = 2 * b * 2 * hd * (config.num_encoder_layers * li * li +
+                                config.num_decoder_layers * (lt * lt + lt * li))
+  forward = dense + attention
+  tokens = b * (li + lt)
+  total_params = count_params(config)["total"]
+  return {
+      "forward": float(forward),
+      "train_step": float(3 * forward),
+      "attention_fraction": attention / forward,
+      "per_token": 3 * forward / tokens,
+      "six_n_per_token": 6.0 * total_params,
+      "tokens": float(tokens),
+  }
+
+
+def human(n: float, unit: str = "") -> str:
+  for suffix, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+    if abs(n) >= scale:
+      return f"{n / scale:.3g}{suffix}{unit}"
+  return f"{n:.3g}{unit}"
+
+
+def human_bytes(n: float) -> str:
+  for suffix, scale in (("TiB", 2 ** 40), ("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+    if n >= scale:
+      return f"{n / scale:.2f} {suffix}"
+  return f"{int(n)} B"
+
+
+def report(config: config_lib.T5Config, *, data: int = 1, model: int = 1, shard_params_over_data: bool = False,
+           optimizer: str = "adafactor", batch_size: int = 1, inputs_length: int = 1024,
+           targets_length: int = 128) -> Dict[str, Any]:
+  """Everything `tkx model-info` prints, as a dict."""
+  return {
+      "config": dataclasses.asdict(config),
+      "params": count_params(config),
+      "memory": dataclasses.asdict(memory_per_device(config, data, model, shard_params_over_data, optimizer)),
+      "flops": train_step_flops(config, batch_size, inputs_length, targets_length),
+      "shapes": {"batch_size": batch_size, "inputs_length": inputs_length, "targets_length": targets_length},
+      "shard_params_over_data": shard_params_over_data,
+  }
+
+
+def format_report(info: Dict[str, Any]) -> str:
+  c, p, mem, fl, sh = info["config"], info["params"], info["memory"], info["flops"], info["shapes"]
+  lines = [
+      f"model: emb {c['emb_dim']}, heads {c['num_heads']} x {c['head_dim']}, mlp {c['mlp_dim']} "
+      f"{'/'.join(c['mlp_activations'])}, layers {c['num_encoder_layers']}+{c['num_decoder_layers']}, "
+      f"vocab {c['vocab_size']}, logits {'tied' if c['logits_via_embedding'] else 'untied'}, "
+      f"dtype {c['dtype']} (params {c['param_dtype']})",
+      "",
+      f"{'module':<16}{'parameters':>16}{'share':>9}",
+  ]
+  for m in MODULES + ("total",):
+    lines.append(f"{m:<16}{p[m]:>16,}{p[m] / p['total']:>9.1%}")
+  ms = mem["mesh_shape"]
+  lines += [
+      "",
+      f"mesh data={ms['data']} x model={ms['model']} ({ms['data'] * ms['model']} devices), "
+      f"params over data: {'yes' if info['shard_params_over_data'] else 'no'}",
+      f"{'':<24}{'total':>14}{'per device':>14}",
+      f"{'parameters':<24}{human_bytes(mem['param_bytes_total']):>14}{human_bytes(mem['param_bytes_per_device']):>14}",
+      f"{mem['optimizer'] + ' state':<24}{human_bytes(mem['optimizer_bytes_total']):>14}"
+      f"{human_bytes(mem['optimizer_bytes_per_device']):>14}",
+      f"{'params + state':<24}{human_bytes(mem['param_bytes_total'] + mem['optimizer_bytes_total']):>14}"
+      f"{human_bytes(mem['param_bytes_per_device'] + mem['optimizer_bytes_per_device']):>14}",
+      "",
+      f"training FLOPs (batch {sh['batch_size']}, inputs {sh['inputs_length']}, targets {sh['targets_length']}):",
+      f"  per step {human(fl['train_step'], 'FLOP')}, per token {human(fl['per_token'], 'FLOP')} "
+      f"(attention {fl['attention_fraction']:.1%} of it; 6N estimate {human(fl['six_n_per_token'], 'FLOP')})",
+  ]
+  return "\n".join(lines)
