@@ -466,6 +466,10 @@ def write_jsonl(path: str, records: Iterable[Mapping[str, Any]]) -> int:
 
 def read_input_file(path: str) -> List[dict]:
   """`{"id", "inputs"}` JSON lines (other fields are kept); errors name the file, line and field."""
+
+  def fail(line_no, field, message):
+    raise ValueError(f"{path}, line {line_no}, field {field!r}: {message}")
+
   records, seen = [], set()
   with open(path, encoding="utf-8") as f:
     for line_no, line in enumerate(f, 1):
@@ -474,22 +478,21 @@ def read_input_file(path: str) -> List[dict]:
       try:
         record = json.loads(line)
       except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{line_no}: malformed JSON ({e})") from e
+        fail(line_no, "<json>", f"malformed JSON ({e})")
       if not isinstance(record, dict):
-        raise ValueError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
+        fail(line_no, "<json>", f"expected a JSON object, got {type(record).__name__}")
       if "inputs" not in record:
-        raise ValueError(f"{path}:{line_no}: field 'inputs' is missing")
+        fail(line_no, "inputs", "missing")
       if not isinstance(record["inputs"], str):
-        raise ValueError(f"{path}:{line_no}: field 'inputs' must be a string, got "
-                         f"{type(record['inputs']).__name__}")
+        fail(line_no, "inputs", f"must be a string, got {type(record['inputs']).__name__}")
       if "id" not in record:
-        raise ValueError(f"{path}:{line_no}: field 'id' is missing")
+        fail(line_no, "id", "missing")
       if record["id"] in seen:
-        raise ValueError(f"{path}:{line_no}: field 'id' repeats {record['id']!r}")
+        fail(line_no, "id", f"repeats {record['id']!r}")
       seen.add(record["id"])
       records.append(record)
   if not records:
-    raise ValueError(f"{path}: no input lines")
+    raise ValueError(f"{path}: no input lines (the file is empty)")
   return records
 
 
@@ -500,6 +503,8 @@ def predict_input_file(predictor: Predictor, vocabulary, input_file: str, output
   predictions = predict_texts(predictor, vocabulary, [r["inputs"] for r in records],
                               max_input_length=max_input_length, names=[str(r["id"]) for r in records],
                               progress=progress)
+  if jax.process_index() != 0:  # one writer on many hosts
+    return len(records)
   return write_jsonl(output_file, ({**r, "prediction": p} for r, p in zip(records, predictions)))
 
 
