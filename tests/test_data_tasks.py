@@ -171,3 +171,22 @@ def test_embedded_sample_is_registered_on_import(embedded_ni_dir):
   example = next(seqio.get_mixture_or_task(name).get_dataset(LENGTHS, split="test", shuffle=False)
                  .as_numpy_iterator())
   assert example["inputs"][-1] == 1 and example["references"].shape[0] >= 1
+
+
+def test_default_ni_metrics_score_reference_lists(toy_dir, throwaway_vocab):  # noqa: F811
+  tasks.register_ni(toy_dir, encodings=("def",), vocabulary=throwaway_vocab, prefix="toym", splits=("test",))
+  name = "toym_default_test_def_task103_toy_test"
+  assert seqio.get_mixture_or_task(name).metric_fns == [tasks.ni_metrics]
+  evaluator = seqio.Evaluator(mixture_or_task_name=name, feature_converter=seqio.EncDecFeatureConverter(pack=False),
+                              eval_split="test", sequence_length=LENGTHS, use_memory_cache=False)
+  # Instance i of the toy test task has references ["<2i>", "n<2i>"]; predict the *second* one:
+  # only a metric that sees every reference scores 100.
+  def predict_fn(dataset, model_feature_shapes=None):
+    del model_feature_shapes
+    # Fixed-length rows (EOS then padding), as a model's decoder returns them.
+    return [(i, (throwaway_vocab.encode(f"n{2 * i}") + [1] + [0] * 16)[:16])
+            for i, _ in enumerate(dataset.as_numpy_iterator())]
+  metrics, _ = evaluator.evaluate(compute_metrics=True, predict_fn=predict_fn, score_fn=None)
+  result = metrics.result()[name]
+  assert result["exact_match"] == pytest.approx(100.0)
+  assert tasks.default_metric_fns("xlingual") == [tasks.ni_metrics_xlingual]

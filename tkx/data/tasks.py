@@ -101,6 +101,16 @@ def ni_metrics(targets, predictions):
   return seqio_metrics.ni_metrics(targets, predictions)
 
 
+def ni_metrics_xlingual(targets, predictions):
+  """`tkx.metrics.seqio_metrics.ni_metrics_xlingual` (language-neutral ROUGE), imported lazily."""
+  from tkx.metrics import seqio_metrics  # pylint: disable=g-import-not-at-top
+  return seqio_metrics.ni_metrics_xlingual(targets, predictions)
+
+
+def default_metric_fns(track: str) -> List[Callable]:
+  return [ni_metrics_xlingual] if track == "xlingual" else [ni_metrics]
+
+
 # --------------------------------------------------------------------------- sources
 
 
@@ -218,9 +228,9 @@ def _register(ni_dir, tracks, splits, encodings, vocabulary, *, prefix, max_num_
   for encoding in encodings:
     enc.parse_encoding(encoding)  # fail early on a bad name
   vocabulary = vocabulary if vocabulary is not None else _default_vocabulary()
-  metric_fns = [ni_metrics] if metric_fns is None else list(metric_fns)
   registered = []
   for track in tracks:
+    track_metric_fns = default_metric_fns(track) if metric_fns is None else list(metric_fns)
     for split in (ni.list_splits(ni_dir, track) if splits is None else splits):
       cap = (ni.default_max_num_instances(split) if max_num_instances_per_task == _USE_SPLIT_DEFAULT
              else max_num_instances_per_task)
@@ -248,7 +258,7 @@ def _register(ni_dir, tracks, splits, encodings, vocabulary, *, prefix, max_num_
                             max_num_instances_per_task=cap, seed=seed,
                             max_source_length=max_source_length, source=source, tfds_name=tfds_name,
                             tfds_data_dir=tfds_data_dir)
-          _add_task(name, spec, vocabulary, metric_fns)
+          _add_task(name, spec, vocabulary, track_metric_fns)
           task_names.append(name)
         mixture = mixture_name(track, split, encoding, prefix)
         _add_mixture(mixture, task_names)
@@ -282,7 +292,8 @@ def register_ni(ni_dir=None, tracks: Sequence[str] = ("default",),
     source: `json` reads the checkout; `tfds` reads records prepared by
       `tkx.data.tfds_ni` (builder config named after the track) from `tfds_data_dir`.
     tfds_data_dir: TFDS data directory for `source="tfds"`.
-    metric_fns: SeqIO metric functions; None means the NI metrics.
+    metric_fns: SeqIO metric functions; None means the NI metrics (`ni_metrics`, or
+      `ni_metrics_xlingual` for the xlingual track).
   """
   return _register(EMBEDDED_NI_DIR if ni_dir is None else ni_dir, tuple(tracks), splits,
                    tuple(encodings), vocabulary, prefix=prefix,
