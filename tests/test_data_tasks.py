@@ -190,3 +190,33 @@ def test_default_ni_metrics_score_reference_lists(toy_dir, throwaway_vocab):  # 
   result = metrics.result()[name]
   assert result["exact_match"] == pytest.approx(100.0)
   assert tasks.default_metric_fns("xlingual") == [tasks.ni_metrics_xlingual]
+
+
+def test_registering_a_1600_task_checkout_takes_seconds(tmp_path, throwaway_vocab):  # noqa: F811
+  names = [f"task{i:04d}_synthetic-name" for i in range(1600)]
+  (tmp_path / "tasks").mkdir()
+  for name in names:
+    (tmp_path / "tasks" / f"{name}.json").write_text("not even JSON: registration must not read it")
+  write_checkout(tmp_path, {}, {("default", "train"): names[:1500], ("default", "test"): names[1500:]})
+  start = time.perf_counter()
+  mixtures = tasks.register_ni(tmp_path, encodings=("def_pos2", "tk_instruct"), vocabulary=throwaway_vocab,
+                               prefix="big")
+  elapsed = time.perf_counter() - start
+  assert len(mixtures) == 4 and elapsed < 10.0, elapsed
+  assert len(seqio.get_mixture_or_task("big_default_train_tk_instruct").tasks) == 1500
+  # The JSON is opened only when a dataset is built, and a bad file is reported then.
+  with pytest.raises(ni.NIDataError, match="malformed JSON"):
+    seqio.get_mixture_or_task("big_default_test_def_pos2_task1500_synthetic_name").get_dataset(
+        LENGTHS, split="test")
+
+
+def test_register_ni_is_gin_configurable(toy_dir, throwaway_vocab):  # noqa: F811
+  import gin
+  with gin.unlock_config():
+    gin.parse_config([f"register_ni.ni_dir = '{toy_dir}'", "register_ni.encodings = ['pos1', 'name_def']",
+                      "register_ni.prefix = 'gintoy'", "register_ni.splits = ['test']"])
+  try:
+    assert tasks.register_ni(vocabulary=throwaway_vocab) == ["gintoy_default_test_pos1",
+                                                             "gintoy_default_test_name_def"]
+  finally:
+    gin.clear_config()
