@@ -43,7 +43,8 @@ def launch(args_for_process, tmp_path, timeout_s):
     procs = []
     for process_id in range(NUM_PROCESSES):
         cmd = [sys.executable] + args_for_process(process_id) + [
-            "--coordinator_address", address, "--num_processes", str(NUM_PROCESSES), "--process_id", str(process_id)]
+            "--coordinator_address", address, "--num_processes", str(NUM_PROCESSES),
+            "--process_id", str(process_id)]
         log = open(tmp_path / f"log_{process_id}.txt", "w")
         procs.append((subprocess.Popen(cmd, env=_child_env(), cwd=REPO_ROOT, stdout=log,
                                        stderr=subprocess.STDOUT), log))

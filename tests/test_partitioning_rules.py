@@ -156,7 +156,8 @@ def test_activation_constraints_inside_the_model_take_effect():
     assert out.sharding.spec == P("data", None, "model")
 
 
-@pytest.mark.parametrize("make_tx", [lambda: optax.adamw(1e-3), lambda: optax.adafactor(1e-3, min_dim_size_to_factor=4)],
+@pytest.mark.parametrize("make_tx", [lambda: optax.adamw(1e-3),
+                                     lambda: optax.adafactor(1e-3, min_dim_size_to_factor=4)],
                          ids=["adamw", "adafactor"])
 def test_optimizer_state_follows_params(make_tx):
     partitioner = Partitioner(num_partitions=2, shard_params_over_data=True)

@@ -164,7 +164,8 @@ class Partitioner:
                 rules = [rule for rule in rules if rule[0] != "embed"] + [("embed", DATA_AXIS)]
         for rule in rules:
             if len(rule) != 2 or not isinstance(rule[0], str):
-                raise ValueError(f"Partitioner: logical axis rule {rule!r} is not a (logical name, mesh axis) pair")
+                raise ValueError(f"Partitioner: logical axis rule {rule!r} is not a "
+                                 "(logical name, mesh axis) pair")
             targets = rule[1] if isinstance(rule[1], (tuple, list)) else (rule[1],)
             for target in targets:
                 if target is not None and target not in MESH_AXES:
@@ -393,7 +394,8 @@ class Partitioner:
                 return x
             x = np.asarray(x)
             if x.ndim == 0:
-                raise ValueError("Partitioner.host_local_to_global: batch leaves need a batch dimension, got a scalar")
+                raise ValueError("Partitioner.host_local_to_global: batch leaves need a batch dimension, "
+                                 "got a scalar")
             global_shape = (x.shape[0] * num_shards,) + x.shape[1:]
             if global_shape[0] % self.data_axis_size:
                 raise ValueError(f"Partitioner.host_local_to_global: global batch {global_shape[0]} "
