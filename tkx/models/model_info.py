@@ -18,6 +18,7 @@ computed densely: no causal saving). FLOPs per token divide by B * (Li + Lt).
 The usual 6 * N * tokens estimate is reported beside it.
 """
 import dataclasses
+import functools
 import math
 from typing import Any, Dict, Optional, Sequence
 
@@ -54,8 +55,9 @@ def build_model(config: config_lib.T5Config) -> models.EncoderDecoderModel:
 _SHAPES = {"encoder_input_tokens": (1, 1), "decoder_input_tokens": (1, 1)}
 
 
+@functools.lru_cache(maxsize=8)  # tracing a 24+24-layer model takes seconds; configs are hashable
 def abstract_params(config: config_lib.T5Config):
-  """(ShapeDtypeStruct tree, logical PartitionSpec tree) of the parameters."""
+  """(ShapeDtypeStruct tree, logical PartitionSpec tree) of the parameters (do not mutate)."""
   model = build_model(config)
   return model.params_shapes(_SHAPES), model.params_logical_axes(_SHAPES)
 
