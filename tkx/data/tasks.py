@@ -150,7 +150,9 @@ def _num_instances(spec: NITaskSpec) -> int:
 
 def instance_count_rate(task: seqio.Task) -> float:
   """Mixture rate: the number of selected instances of the task (loaded on first use)."""
-  return float(_num_instances(_SPECS[task.name]))
+  # The count does not depend on the encoding: share one cache entry across encodings.
+  spec = dataclasses.replace(_SPECS[task.name], encoding="", max_source_length=0)
+  return float(_num_instances(spec))
 
 
 def _iter_examples(spec: NITaskSpec, vocabulary) -> Iterable[dict]:
