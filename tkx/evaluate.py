@@ -118,6 +118,7 @@ def run_evaluation(predictor: "infer.Predictor", vocabulary, mixture_or_task_nam
   results = ni_metrics.score_predictions(records, xlingual=xlingual)
   results["seqio_task_metrics"] = seqio_task_metrics
   results["settings"] = dict(settings or {}, mixture_or_task_name=mixture_or_task_name, split=split,
+                             output_dir=os.path.abspath(output_dir) if output_dir else None,
                              step=step, num_examples=len(records), decode_seconds=round(decode_seconds, 2),
                              examples_per_second=round(len(records) / max(decode_seconds, 1e-9), 3),
                              decode_config=dataclasses.asdict(predictor.decode_config),
@@ -205,7 +206,7 @@ def evaluate(*, checkpoint_path: str, output_dir: str, ni_dir: Optional[str] = N
   """
   from tkx import partitioning
   from tkx.data import tasks as tasks_lib
-  partitioner = partitioner or partitioning.Partitioner(num_partitions=1)
+  partitioner = partitioner or partitioning.Partitioner()  # gin bindings apply
   loaded = infer.load_checkpoint(checkpoint_path, partitioner=partitioner, vocab_path=vocab_path)
   if mixture_or_task_name is None:
     tasks_lib.register_ni(ni_dir, tracks=(track,), encodings=(encoding,), vocabulary=loaded.vocabulary,
@@ -221,3 +222,28 @@ def evaluate(*, checkpoint_path: str, output_dir: str, ni_dir: Optional[str] = N
                         step=checkpoint_step(checkpoint_path), max_input_length=max_input_length,
                         max_target_length=max_target_length, xlingual=track == "xlingual",
                         progress=progress, settings=settings)
+
+
+@gin.configurable(module="evaluate")
+def generation_eval(*, model, params, step: int, model_dir: str, mixture_or_task_name: str = gin.REQUIRED,
+                    batch_size: int = 8, decode_config: Optional["infer.DecodeConfig"] = None, partitioner=None,
+                    input_buckets: Sequence[int] = infer.DEFAULT_INPUT_BUCKETS, max_input_length: int = 1024,
+                    max_target_length: int = 128) -> Dict[str, float]:
+  """A `trainer.train(generation_eval_fn=...)` hook: decode + NI metrics on the current params.
+
+  Writes `<model_dir>/generation_eval/step_<step>/` (predictions, metrics.json,
+  summaries) and returns {"generation/<metric>": overall value}. In gin:
+    trainer.train.generation_eval_fn = @evaluate.generation_eval
+    evaluate.generation_eval.mixture_or_task_name = 'ni_default_test_def_pos2'
+  """
+  from tkx import partitioning
+  from tkx.metrics import ni_metrics
+  partitioner = partitioner or partitioning.Partitioner()  # gin bindings apply
+  predictor = infer.Predictor(model, params, partitioner=partitioner, batch_size=batch_size,
+                              decode_config=decode_config or infer.DecodeConfig(),
+                              input_buckets=infer.buckets_up_to(max_input_length, input_buckets))
+  output_dir = os.path.join(model_dir, "generation_eval", f"step_{step}") if "://" not in model_dir else None
+  results = run_evaluation(predictor, model.output_vocabulary, mixture_or_task_name, output_dir=output_dir,
+                           step=step, max_input_length=max_input_length, max_target_length=max_target_length,
+                           progress=False, print_tables=False)
+  return {f"generation/{m}": float(results["overall"][m]) for m in ni_metrics.METRICS}

@@ -366,10 +366,31 @@ def load_vocabulary_for_checkpoint(root: str, config, vocab_path: Optional[str] 
   path = vocab_path or (os.path.join(root, "spm.model") if os.path.isfile(os.path.join(root, "spm.model"))
                         else None)
   if path and "://" not in path:
-    return vocab_lib.get_vocabulary(path, extra_ids=_sentinel_ids_for(path, config.vocab_size))
+    try:  # model.gin may say how many sentinel ids the model was trained with
+      extra_ids = gin.query_parameter("vocab.get_vocabulary.extra_ids")
+    except ValueError:
+      extra_ids = None
+    if extra_ids is None:
+      extra_ids = _sentinel_ids_for(path, config.vocab_size)
+    return vocab_lib.get_vocabulary(path, extra_ids=extra_ids)
   if path:
     return vocab_lib.get_vocabulary(path)
   return vocab_lib.get_vocabulary()  # bindings of model.gin (vocab.get_vocabulary.path) apply
+
+
+def _config_from_model_gin(path: str, gin_bindings: Sequence[str] = ()):
+  """The `T5Config` a checkpoint's model.gin binds (plain, or scoped under MODEL/ as an operative config)."""
+  from tkx.models import config as config_lib
+  try:
+    # clear=False: keep the bindings of a run gin file parsed before (eval.gin, infer.gin).
+    return config_lib.load_config_from_gin([path], list(gin_bindings), clear=False)
+  except ValueError as plain_error:
+    # An operative config (gin.operative_config_str) scopes the bindings: MODEL/T5Config.emb_dim = ...
+    try:
+      with gin.config_scope("MODEL"):
+        return config_lib.T5Config()
+    except TypeError:
+      raise ValueError(f"{path}: does not bind network.T5Config (plainly or under MODEL/): {plain_error}") from None
 
 
 def load_checkpoint(path: str, *, partitioner=None, vocab_path: Optional[str] = None,
@@ -382,9 +403,7 @@ def load_checkpoint(path: str, *, partitioner=None, vocab_path: Optional[str] = 
   from tkx.checkpoints import orbax_io
   from tkx.models import config as config_lib
   root = checkpoint_root(path)
-  # clear=False: keep the bindings of a run gin file parsed before (eval.gin, infer.gin).
-  config = config_lib.load_config_from_gin([os.path.join(root, "model.gin")], list(gin_bindings),
-                                           clear=False)
+  config = _config_from_model_gin(os.path.join(root, "model.gin"), gin_bindings)
   vocabulary = load_vocabulary_for_checkpoint(root, config, vocab_path)
   vocab_size = getattr(vocabulary, "vocab_size", None)
   if vocab_size is not None and vocab_size > config.vocab_size:

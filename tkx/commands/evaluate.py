@@ -40,7 +40,6 @@ _FLAG_TO_ARG = {
 def main(args):
   infer_command.setup_logging()
   infer_command.parse_gin(args)
-  import gin
   from tkx import evaluate, infer
   if not args.gin_files and not args.checkpoint:
     raise ValueError("tkx eval needs --checkpoint (or a gin file that sets evaluate.evaluate.checkpoint_path, "
@@ -61,7 +60,7 @@ def main(args):
   settings = results["settings"]
   print(f"\n{settings['num_examples']} examples, {settings['examples_per_second']} examples/s decoding; "
         f"wrote {evaluate.PREDICTIONS_FILE}, {evaluate.METRICS_FILE} and eval/ summaries to "
-        f"{kwargs.get('output_dir') or gin.query_parameter('evaluate.evaluate.output_dir')}")
+        f"{settings['output_dir']}")
   return 0
 
 
