@@ -9,8 +9,8 @@ trains the tiny model for a few steps, feeding only its own rows of every global
 batch through `host_local_to_global`, and writes the losses as JSON. The test
 runs the same `train_losses` in one process over 8 devices and compares.
 
-`make_problem` (model + batches) and `make_train_step` (a plain AdamW step) are
-the swap points for the real model and trainer.
+`make_problem` (model + batches) and `STEPS` (a plain AdamW step, or
+`tkx.trainer.make_train_step` with Adafactor and micro-batches) are the swap points.
 """
 import argparse
 import json
@@ -32,10 +32,11 @@ GLOBAL_BATCH_SIZE = 8
 class Problem:
     """What to train: variable init, a loss on (params, batch), and the global batch of each step."""
 
-    def __init__(self, init_variables, loss_fn, global_batch):
+    def __init__(self, init_variables, loss_fn, global_batch, model=None):
         self.init_variables = init_variables  # rng -> Flax variables (logical axes annotated)
         self.loss_fn = loss_fn                # (params, batch) -> scalar loss
         self.global_batch = global_batch      # step -> dict of numpy arrays [GLOBAL_BATCH_SIZE, ...]
+        self.model = model                    # an EncoderDecoderModel, for tkx.trainer's step
 
 
 class TinyMlp:
@@ -104,12 +105,12 @@ def make_problem(name: str = "mlp") -> Problem:
                     "decoder_loss_weights": (targets > 0).astype(np.float32)}
 
         return Problem(lambda rng: model.get_initial_variables(rng, shapes, unbox=False),
-                       lambda params, batch: model.loss_fn(params, batch, None)[0], t5_batch)
+                       lambda params, batch: model.loss_fn(params, batch, None)[0], t5_batch, model)
     raise ValueError(f"multihost_worker: unknown problem {name!r}")
 
 
 def make_train_step(loss_fn, tx):
-    """A plain AdamW step; `tkx.trainer`'s step can replace it."""
+    """A plain optax step: state (params, opt_state) -> (state, loss)."""
     def train_step(state, batch):
         params, opt_state = state
         loss, grads = jax.value_and_grad(loss_fn)(params, batch)
@@ -118,31 +119,67 @@ def make_train_step(loss_fn, tx):
     return train_step
 
 
-def train_losses(partitioner: partitioning.Partitioner, problem: Problem, num_steps: int = 5,
-                 learning_rate: float = 1e-3) -> list:
-    """Trains `num_steps` steps on the partitioner's mesh; every host feeds its own rows."""
+def _plain_adamw(partitioner, problem, param_shardings, learning_rate):
+    """(init_state(rng), state_shardings, step) for the plain AdamW step."""
     import flax.linen as nn
+    tx = optax.adamw(learning_rate)
+    abstract_params = nn.unbox(jax.eval_shape(problem.init_variables, jax.random.key(0)))["params"]
+    opt_shardings = partitioner.optimizer_state_shardings(jax.eval_shape(tx.init, abstract_params),
+                                                          abstract_params, param_shardings)
+
+    def init_state(rng):
+        params = nn.unbox(problem.init_variables(rng))["params"]
+        return params, tx.init(params)
+
+    return init_state, (param_shardings, opt_shardings), make_train_step(problem.loss_fn, tx)
+
+
+def _tkx_trainer(partitioner, problem, param_shardings, learning_rate):
+    """The same for `tkx.trainer.make_train_step`: t5x Adafactor (factored), 2 micro-batches."""
+    import flax.linen as nn
+    from tkx import optimizers, trainer
+    tx = optimizers.adafactor(learning_rate, min_dim_size_to_factor=8)
+    abstract_params = nn.unbox(jax.eval_shape(problem.init_variables, jax.random.key(0)))["params"]
+    opt_shardings = partitioner.optimizer_state_shardings(jax.eval_shape(tx.init, abstract_params),
+                                                          abstract_params, param_shardings)
+    replicated = partitioner.replicated
+    state_shardings = trainer.TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings,
+                                         rng=replicated)
+
+    def init_state(rng):
+        params = nn.unbox(problem.init_variables(rng))["params"]
+        return trainer.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                                  rng=jax.random.PRNGKey(1))
+
+    trainer_step = trainer.make_train_step(problem.model, tx, learning_rate, num_microbatches=2)
+
+    def step(state, batch):
+        state, metrics = trainer_step(state, batch)
+        return state, metrics["loss"]
+
+    return init_state, state_shardings, step
+
+
+STEPS = {"plain": _plain_adamw, "trainer": _tkx_trainer}
+
+
+def train_losses(partitioner: partitioning.Partitioner, problem: Problem, num_steps: int = 5,
+                 learning_rate: float = 1e-3, step: str = "plain") -> list:
+    """Trains `num_steps` steps on the partitioner's mesh; every host feeds its own rows."""
     abstract = jax.eval_shape(problem.init_variables, jax.random.key(0))
     param_shardings = partitioner.get_shardings(abstract)["params"]
-    init = partitioner.partition(lambda rng: nn.unbox(problem.init_variables(rng))["params"],
-                                 in_shardings=None, out_shardings=param_shardings)
-    params = init(jax.random.key(0))
-    tx = optax.adamw(learning_rate)
-    opt_shardings = partitioner.optimizer_state_shardings(jax.eval_shape(tx.init, params), params,
-                                                          param_shardings)
-    opt_state = partitioner.partition(tx.init, in_shardings=(param_shardings,),
-                                      out_shardings=opt_shardings)(params)
-    state_shardings = (param_shardings, opt_shardings)
+    init_state, state_shardings, train_step = STEPS[step](partitioner, problem, param_shardings, learning_rate)
+    state = partitioner.partition(init_state, in_shardings=None, out_shardings=state_shardings)(
+        jax.random.key(0))
     batch_shardings = jax.tree_util.tree_map(lambda _: partitioner.data_sharding, problem.global_batch(0))
-    step = partitioner.partition(make_train_step(problem.loss_fn, tx),
-                                 in_shardings=(state_shardings, batch_shardings),
-                                 out_shardings=(state_shardings, partitioner.replicated), donate_argnums=(0,))
+    p_step = partitioner.partition(train_step, in_shardings=(state_shardings, batch_shardings),
+                                   out_shardings=(state_shardings, partitioner.replicated), donate_argnums=(0,))
     layout = partitioner.get_data_layout(GLOBAL_BATCH_SIZE)
     rows = slice(layout.shard_id * layout.per_host_batch_size, (layout.shard_id + 1) * layout.per_host_batch_size)
-    state, losses = (params, opt_state), []
+    losses = []
     for step_index in range(num_steps):
         local = {k: v[rows] for k, v in problem.global_batch(step_index).items()}
-        state, loss = step(state, partitioner.host_local_to_global(local))
+        state, loss = p_step(state, partitioner.host_local_to_global(local))
         losses.append(float(loss))
     return losses
 
@@ -159,6 +196,8 @@ def main(argv=None):
     parser.add_argument("--process_id", type=int)
     parser.add_argument("--meshes", default="8x1", help="comma-separated DATAxMODEL mesh shapes")
     parser.add_argument("--problem", default="t5", help="what to train: t5 | mlp")
+    parser.add_argument("--step", default="plain", choices=sorted(STEPS),
+                        help="plain AdamW step, or tkx.trainer's step (Adafactor, 2 micro-batches; t5 only)")
     parser.add_argument("--num_steps", type=int, default=5)
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
@@ -170,7 +209,7 @@ def main(argv=None):
         partitioner = partitioning.Partitioner(**parse_mesh(mesh))
         layout = partitioner.get_data_layout(GLOBAL_BATCH_SIZE)
         result["layouts"][mesh] = [layout.shard_id, layout.num_shards, layout.is_first_host_in_replica_set]
-        result["losses"][mesh] = train_losses(partitioner, problem, args.num_steps)
+        result["losses"][mesh] = train_losses(partitioner, problem, args.num_steps, step=args.step)
         print(f"process {jax.process_index()} mesh {mesh}: losses {result['losses'][mesh]}", flush=True)
     with open(args.out, "w") as f:
         json.dump(result, f)

@@ -65,18 +65,19 @@ def launch(args_for_process, tmp_path, timeout_s):
     return logs
 
 
-def _run_workers(problem, meshes, tmp_path, timeout_s):
-    launch(lambda i: [WORKER, "--problem", problem, "--meshes", ",".join(meshes),
+def _run_workers(problem, meshes, tmp_path, timeout_s, step="plain"):
+    launch(lambda i: [WORKER, "--problem", problem, "--step", step, "--meshes", ",".join(meshes),
                       "--out", str(tmp_path / f"result_{i}.json")], tmp_path, timeout_s)
     return [json.loads((tmp_path / f"result_{i}.json").read_text()) for i in range(NUM_PROCESSES)]
 
 
-def _check_against_one_process(results, problem, meshes):
+def _check_against_one_process(results, problem, meshes, step="plain"):
     assert [r["process_count"] for r in results] == [NUM_PROCESSES] * NUM_PROCESSES
     assert [r["local_devices"] for r in results] == [4] * NUM_PROCESSES
     for mesh in meshes:
         reference = multihost_worker.train_losses(
-            partitioning.Partitioner(**multihost_worker.parse_mesh(mesh)), multihost_worker.make_problem(problem))
+            partitioning.Partitioner(**multihost_worker.parse_mesh(mesh)), multihost_worker.make_problem(problem),
+            step=step)
         for result in results:
             np.testing.assert_allclose(result["losses"][mesh], reference, rtol=1e-5, atol=1e-5,
                                        err_msg=f"mesh {mesh}, process {result['process_index']}")
@@ -96,10 +97,11 @@ def test_two_processes_match_one_process_mlp(tmp_path):
 @pytest.mark.slow
 @pytest.mark.multiprocess
 def test_two_processes_match_one_process_t5(tmp_path):
+    """The tiny T5 with tkx.trainer's step (Adafactor, 2 micro-batches), data-parallel and 2x4."""
     meshes = ["8x1", "2x4"]
-    results = _run_workers("t5", meshes, tmp_path, timeout_s=420)
+    results = _run_workers("t5", meshes, tmp_path, timeout_s=420, step="trainer")
     assert [r["layouts"]["2x4"] for r in results] == [[0, 2, True], [1, 2, True]]
-    _check_against_one_process(results, "t5", meshes)
+    _check_against_one_process(results, "t5", meshes, step="trainer")
 
 
 @pytest.mark.multiprocess
