@@ -188,6 +188,8 @@ def temperature_sample(
   length = _max_decode_len(inputs, max_decode_len)
   batch = inputs.shape[0]
   n = int(num_decodes)
+  if n < 1:
+    raise ValueError(f"num_decodes must be >= 1, got {num_decodes}")
   rows = batch * n
   if decode_rng is None:
     decode_rng = jax.random.PRNGKey(0)
@@ -326,7 +328,10 @@ def beam_search(
   `length_penalty_type="hf"` (default, for parity with HF and the released
   Tk-Instruct evaluation) divides by `len ** alpha`; `"t5x"` by t5x's brevity
   penalty `((5 + len) / 6) ** alpha`. `alpha` is HF's `length_penalty` (HF
-  default 1.0; t5x's default 0.6).
+  default 1.0; t5x's default 0.6). Only the penalty changes: the search itself
+  stays HF's (t5x's own beam search also finishes candidates ranked K..2K and
+  stops when no live beam can beat the worst finished one at max length, so its
+  outputs can differ from either setting here).
 
   Returns:
     sequences [batch, K, max_decode_len] and their scores [batch, K], ascending
@@ -334,6 +339,8 @@ def beam_search(
   """
   del decode_rng  # deterministic
   length = _max_decode_len(inputs, max_decode_len)
+  if int(num_decodes) < 1:
+    raise ValueError(f"beam_search needs num_decodes (beams) >= 1, got {num_decodes}")
   if early_stopping not in (True, False, "never"):
     raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
   divisors = _divisor_table(length, alpha, length_penalty_type)  # [length + 1], by generated length

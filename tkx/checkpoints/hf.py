@@ -377,10 +377,13 @@ _EMBEDDING_ALIASES = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weigh
 
 
 def hf_to_params(state_dict: Mapping[str, np.ndarray], config: T5Config, *, source: str = "checkpoint",
-                 dtype=np.float32) -> Dict[str, Any]:
-    """Nested t5x-named params (numpy, `dtype`) from an HF T5 state dict."""
-    params: Dict[str, Any] = {}
-    used = set()
+                 dtype=np.float32, consume: bool = False) -> Dict[str, Any]:
+    """Nested t5x-named params (numpy, `dtype`) from an HF T5 state dict.
+
+    `consume=True` deletes each tensor from `state_dict` once converted, so that an
+    11B checkpoint is not held twice in host memory.
+    """
+    entries = []
     for hf_name, path, transpose in _name_map(config):
         if hf_name == "lm_head.weight" and hf_name not in state_dict:
             # Unscaled logits through the shared embedding (a transformers >= 5 "tied" T5 1.1).
@@ -388,22 +391,13 @@ def hf_to_params(state_dict: Mapping[str, np.ndarray], config: T5Config, *, sour
         if hf_name not in state_dict:
             raise CheckpointFormatError(f"{source}: tensor {hf_name!r} is missing "
                                         f"(config: {_describe(config)})")
-        value = np.asarray(state_dict[hf_name])
-        used.add(hf_name)
-        expected_ndim = 1 if path[-1] == "scale" else 2
-        if value.ndim != expected_ndim:
-            raise CheckpointFormatError(f"{source}: tensor {hf_name!r} has shape {value.shape}, "
-                                        f"expected {expected_ndim}-D")
-        value = value.T if transpose else value
-        node = params
-        for key in path[:-1]:
-            node = node.setdefault(key, {})
-        node[path[-1]] = np.ascontiguousarray(value.astype(dtype))
-    shared = np.asarray(state_dict["shared.weight"])
+        entries.append((hf_name, path, transpose))
+    used = {name for name, _, _ in entries}
+    shared = state_dict["shared.weight"]
     for alias in _EMBEDDING_ALIASES + (("lm_head.weight",) if config.logits_via_embedding else ()):
         if alias in state_dict:
             used.add(alias)
-            if not np.array_equal(np.asarray(state_dict[alias]), shared):
+            if not np.array_equal(np.asarray(state_dict[alias]), np.asarray(shared)):
                 raise CheckpointFormatError(
                     f"{source}: tensor {alias!r} differs from 'shared.weight' but config.json scales the decoder "
                     f"output for tied logits (tie_word_embeddings / scale_decoder_outputs); t5x-style models "
@@ -412,6 +406,27 @@ def hf_to_params(state_dict: Mapping[str, np.ndarray], config: T5Config, *, sour
     if unused:
         raise CheckpointFormatError(f"{source}: unexpected tensors not used by the config "
                                     f"({_describe(config)}): {unused[:8]}{' ...' if len(unused) > 8 else ''}")
+
+    params: Dict[str, Any] = {}
+    remaining_uses = {}
+    for hf_name, _, _ in entries:
+        remaining_uses[hf_name] = remaining_uses.get(hf_name, 0) + 1
+    for hf_name, path, transpose in entries:
+        value = np.asarray(state_dict[hf_name])
+        expected_ndim = 1 if path[-1] == "scale" else 2
+        if value.ndim != expected_ndim:
+            raise CheckpointFormatError(f"{source}: tensor {hf_name!r} has shape {value.shape}, "
+                                        f"expected {expected_ndim}-D")
+        node = params
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = np.ascontiguousarray(value.T if transpose else value, dtype=dtype)
+        remaining_uses[hf_name] -= 1
+        if consume and not remaining_uses[hf_name]:
+            del state_dict[hf_name]
+    if consume:
+        for alias in _EMBEDDING_ALIASES + ("lm_head.weight",):
+            state_dict.pop(alias, None)
     _check_shapes(params, config, source)
     return params
 
@@ -542,7 +557,7 @@ def import_hf(path_or_hub_name: str, *, dtype=np.float32) -> Tuple[T5Config, Dic
             raise CheckpointFormatError(f"{config_path}: not valid JSON ({e})") from e
     config = hf_config_to_t5config(hf_config, source=config_path, param_dtype=np.dtype(dtype).name)
     state = read_hf_state_dict(model_dir)
-    params = hf_to_params(state, config, source=model_dir, dtype=dtype)
+    params = hf_to_params(state, config, source=model_dir, dtype=dtype, consume=True)
     spm = os.path.join(model_dir, SPM_FILE)
     return config, params, (spm if os.path.exists(spm) else None)
 
