@@ -27,6 +27,7 @@ import functools
 import json
 import logging
 import os
+import re
 import time
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -164,52 +165,75 @@ def make_eval_step(model):
 # ------------------------------------------------------------------------------
 # Data
 # ------------------------------------------------------------------------------
-def _ensure_registered(mixture_or_task_name: str, ni_dir: Optional[str]):
-    """Registers NI tasks for `ni_<track>_<split>_<encoding>[...]` names not yet known to SeqIO."""
+_NI_TASK_SUFFIX = re.compile(r"_(task\d+.*)$")
+
+
+def register_ni_for(mixture_or_task_name: str, ni_dir: Optional[str] = None, vocabulary=None,
+                    max_source_length: Optional[int] = None) -> None:
+    """(Re-)registers the NI tasks behind `<prefix>_<track>_<split>_<encoding>[_<task>]` names.
+
+    Registration uses the model's vocabulary and the run's input length as token
+    budget, so a run on the real T5 vocabulary never trains on the embedded one.
+    Names that are not NI names must already be registered with SeqIO.
+    """
     import seqio
-    if mixture_or_task_name in seqio.MixtureRegistry.names() or mixture_or_task_name in seqio.TaskRegistry.names():
-        return
-    parts = mixture_or_task_name.split("_", 3)
-    if len(parts) == 4 and parts[1] in ("default", "xlingual"):
-        from tkx.data import tasks as ni_tasks
-        encoding = parts[3]
-        kwargs = {"tracks": (parts[1],), "encodings": (encoding,)}
-        try:
-            ni_tasks.register_ni(ni_dir=ni_dir, prefix=parts[0], **kwargs)
-        except TypeError:  # a register_ni without `prefix`
-            ni_tasks.register_ni(ni_dir=ni_dir, **kwargs)
-    if mixture_or_task_name not in seqio.MixtureRegistry.names() and \
-            mixture_or_task_name not in seqio.TaskRegistry.names():
-        # An encoding with underscores inside a longer name: let register_ni know them all.
-        from tkx.data import tasks as ni_tasks
-        ni_tasks.register_ni(ni_dir=ni_dir)
-    if mixture_or_task_name not in seqio.MixtureRegistry.names() and \
-            mixture_or_task_name not in seqio.TaskRegistry.names():
-        raise ValueError(f"MIXTURE_OR_TASK_NAME={mixture_or_task_name!r} is not a registered SeqIO task or "
-                         f"mixture (NI names look like ni_default_train_def_pos2; NI_DIR={ni_dir!r})")
+    from tkx.data import ni
+    from tkx.data import tasks as ni_tasks
+    checkout = ni_dir or ni_tasks.EMBEDDED_NI_DIR
+    name = _NI_TASK_SUFFIX.sub("", mixture_or_task_name)
+    parsed = None
+    for track in ni.TRACKS:
+        marker = f"_{track}_"
+        if marker not in name:
+            continue
+        prefix, rest = name.split(marker, 1)
+        for split in sorted(ni.list_splits(checkout, track), key=len, reverse=True):
+            if rest.startswith(split + "_"):
+                parsed = (prefix, track, split, rest[len(split) + 1:])
+                break
+        if parsed:
+            break
+    if parsed:
+        prefix, track, split, encoding = parsed
+        kwargs = {}
+        if max_source_length:
+            kwargs["max_source_length"] = max_source_length
+        ni_tasks.register_ni(ni_dir=checkout, tracks=(track,), encodings=(encoding,), vocabulary=vocabulary,
+                             splits=(split,), prefix=prefix, **kwargs)
+    known = set(seqio.MixtureRegistry.names()) | set(seqio.TaskRegistry.names())
+    if mixture_or_task_name not in known:
+        raise ValueError(f"MIXTURE_OR_TASK_NAME={mixture_or_task_name!r} is not a registered SeqIO task or mixture "
+                         f"(NI names look like ni_default_train_def_pos2; NI_DIR={checkout!r})")
+
+
+def _split_of(mixture_or_task_name: str) -> str:
+    """The one split an NI task/mixture has (its NI split name); 'train' otherwise."""
+    import seqio
+    splits = tuple(getattr(seqio.get_mixture_or_task(mixture_or_task_name), "splits", ()) or ())
+    return splits[0] if len(splits) == 1 else "train"
 
 
 @gin.configurable(module="trainer")
 def get_dataset(mixture_or_task_name: str,
                 task_feature_lengths: Mapping[str, int],
                 batch_size: int,
-                split: str = "train",
+                split: Optional[str] = None,
                 shuffle: bool = True,
                 seed: Optional[int] = 0,
                 pack: bool = False,
                 use_cached: bool = False,
                 num_epochs: Optional[int] = None,
                 shard_info=None,
-                skip_batches: int = 0,
-                ni_dir: Optional[str] = None):
+                skip_batches: int = 0):
     """Host-local batches (numpy dicts) of SeqIO's EncDecFeatureConverter output.
 
     `batch_size` is global; each of `shard_info.num_shards` hosts reads its shard
     and gets batch_size / num_shards examples per batch. `skip_batches` fast-forwards
-    a deterministic pipeline to where a checkpoint left it.
+    a deterministic pipeline to where a checkpoint left it. `split` defaults to the
+    task's own (NI tasks have exactly one: their NI split).
     """
     import seqio
-    _ensure_registered(mixture_or_task_name, ni_dir)
+    split = split or _split_of(mixture_or_task_name)
     num_shards = shard_info.num_shards if shard_info is not None else 1
     if batch_size % num_shards:
         raise ValueError(f"BATCH_SIZE={batch_size} is not divisible by the {num_shards} data shards (hosts)")
@@ -324,13 +348,20 @@ def train_flops_per_step(params, task_feature_lengths, batch_size):
 
 
 class _Summaries:
-    """TensorBoard scalars in MODEL_DIR/<name> (primary host only)."""
+    """TensorBoard scalars in MODEL_DIR/<name> (primary host only).
+
+    Written with the core `tf.summary.write` and the scalars plugin's metadata, so
+    TensorBoard shows them while the `tensorboard` package itself is not needed.
+    """
 
     def __init__(self, model_dir, name):
         self._writer = None
         if jax.process_index() == 0 and model_dir:
             import tensorflow as tf
+            from tensorflow.core.framework import summary_pb2
             self._tf = tf
+            self._metadata = summary_pb2.SummaryMetadata(
+                plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
             self._writer = tf.summary.create_file_writer(os.path.join(model_dir, name))
 
     def scalars(self, step, values):
@@ -339,7 +370,8 @@ class _Summaries:
         with self._writer.as_default():
             for k, v in values.items():
                 if v is not None:
-                    self._tf.summary.scalar(k, float(v), step=int(step))
+                    self._tf.summary.write(k, self._tf.constant(float(v), self._tf.float32),
+                                           step=int(step), metadata=self._metadata)
         self._writer.flush()
 
     def close(self):
@@ -348,37 +380,49 @@ class _Summaries:
 
 
 def _write_configs(model_dir, initial_checkpoint_path, model):
-    """MODEL_DIR/config.gin (the operative gin config, as t5x) and MODEL_DIR/model.gin (the model)."""
+    """MODEL_DIR/config.gin (the whole gin config, as t5x) and MODEL_DIR/model.gin (the model alone).
+
+    `model.gin` makes MODEL_DIR a tkx checkpoint directory that `tkx eval/infer/export-checkpoint`
+    read without the training gin files. An imported initial checkpoint's `model.gin` and
+    `spm.model` are carried over (the vocabulary stays next to the weights).
+    """
     if jax.process_index() != 0:
         return
-    os.makedirs(model_dir, exist_ok=True)
-    with open(os.path.join(model_dir, "config.gin"), "w") as f:
-        f.write(gin.operative_config_str())
-    model_gin = _model_gin_text(initial_checkpoint_path, model)
-    if model_gin:
-        with open(os.path.join(model_dir, "model.gin"), "w") as f:
-            f.write(model_gin)
+    tf_io = _gfile()
+    tf_io.makedirs(model_dir)
+    with tf_io.GFile(os.path.join(model_dir, "config.gin"), "w") as f:
+        f.write(gin.config_str())
+    source_dir = initial_checkpoint_path
+    if source_dir and _STEP_DIR_NAME.match(os.path.basename(os.path.normpath(source_dir))):
+        source_dir = os.path.dirname(os.path.normpath(source_dir))
+    if source_dir and tf_io.exists(os.path.join(source_dir, "model.gin")):
+        for name in ("model.gin", "spm.model"):
+            if tf_io.exists(os.path.join(source_dir, name)):
+                tf_io.copy(os.path.join(source_dir, name), os.path.join(model_dir, name), overwrite=True)
+        return
+    with tf_io.GFile(os.path.join(model_dir, "model.gin"), "w") as f:
+        f.write(model_gin_text(model))
 
 
-def _model_gin_text(initial_checkpoint_path, model):
-    # An imported checkpoint knows its model config best.
-    if initial_checkpoint_path and os.path.isfile(os.path.join(initial_checkpoint_path, "model.gin")):
-        with open(os.path.join(initial_checkpoint_path, "model.gin")) as f:
-            return f.read()
-    # Otherwise: the model-defining bindings of the operative config.
-    lines, keep = [], False
-    model_modules = ("network.", "models.", "vocab.", "config.", "MODEL", "VOCABULARY", "DROPOUT_RATE",
-                     "NUM_", "EMBED", "HEAD", "MLP", "VOCAB")
-    for line in gin.operative_config_str().splitlines():
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            keep = False
-            continue
-        if line[0] not in " \t)]}":
-            keep = stripped.startswith(model_modules) or stripped.startswith("import ")
-        if keep:
-            lines.append(line)
-    return "\n".join(lines) + "\n" if lines else None
+def _gfile():
+    import tensorflow as tf
+    return tf.io.gfile
+
+
+_STEP_DIR_NAME = re.compile(r"^checkpoint_\d+$")
+
+
+def model_gin_text(model) -> str:
+    """A model gin file for `model` (config + vocabulary), as `tkx import-checkpoint` writes one."""
+    from tkx.checkpoints import hf
+    from tkx.data import vocab as vocab_lib
+    vocabulary = model.output_vocabulary
+    path = getattr(vocabulary, "sentencepiece_model_file", None)
+    if path and os.path.abspath(path) == os.path.abspath(vocab_lib.EMBEDDED_SPM_PATH):
+        path = None  # the embedded vocabulary: keep model.gin portable
+    return hf.config_to_gin(model.config, vocab_path=path,
+                            extra_ids=getattr(vocabulary, "extra_ids", None),
+                            comment="Model of a tkx training run.")
 
 
 # ------------------------------------------------------------------------------
@@ -408,7 +452,7 @@ def train(*,
           async_checkpointing: bool = True,
           log_every: int = 10,
           eval_mixture_or_task_name: Optional[str] = None,
-          eval_split: str = "test",
+          eval_split: Optional[str] = None,
           eval_every: Optional[int] = None,
           eval_batches: int = 10,
           generation_eval_fn: Optional[Callable[..., Mapping[str, float]]] = None,
@@ -486,9 +530,15 @@ def train(*,
         return {"step": start_step, "loss": None, "state": state}
 
     # --- input ---
-    ds = get_dataset(mixture_or_task_name, task_feature_lengths, batch_size, split="train",
+    register_ni_for(mixture_or_task_name, ni_dir, model.output_vocabulary, task_feature_lengths["inputs"])
+    if eval_every:
+        if not eval_mixture_or_task_name:
+            log.warning("eval_every is set but no eval mixture: evaluating on the training mixture")
+            eval_mixture_or_task_name = mixture_or_task_name
+        register_ni_for(eval_mixture_or_task_name, ni_dir, model.output_vocabulary, task_feature_lengths["inputs"])
+    ds = get_dataset(mixture_or_task_name, task_feature_lengths, batch_size, split=None,
                      shuffle=True, seed=data_seed, pack=pack, use_cached=use_cached,
-                     shard_info=_data_shard_info(partitioner), skip_batches=consumed, ni_dir=ni_dir)
+                     shard_info=_data_shard_info(partitioner), skip_batches=consumed)
     batches = ds.as_numpy_iterator()
 
     # --- compiled step ---
@@ -573,9 +623,8 @@ def train(*,
                                  force=step == train_steps)
             if eval_every and (step % eval_every == 0 or step == train_steps):
                 results = evaluate_loss(p_eval_step, state.params, partitioner,
-                                        eval_mixture_or_task_name or mixture_or_task_name,
-                                        task_feature_lengths, batch_size, eval_split, eval_batches,
-                                        pack=pack, ni_dir=ni_dir)
+                                        eval_mixture_or_task_name, task_feature_lengths, batch_size,
+                                        eval_split, eval_batches, pack=pack)
                 if generation_eval_fn is not None:
                     results.update(generation_eval_fn(model=model, params=state.params, step=step,
                                                       model_dir=model_dir) or {})
@@ -583,6 +632,9 @@ def train(*,
                 eval_summaries.scalars(step, results)
         checkpoints.wait()
         last_good = checkpoints.latest_step()
+        if jax.process_index() == 0:
+            with _gfile().GFile(os.path.join(model_dir, "operative_config.gin"), "w") as f:
+                f.write(gin.operative_config_str())
     finally:
         checkpoints.close()
         summaries.close()
@@ -594,10 +646,10 @@ def train(*,
 
 
 def evaluate_loss(p_eval_step, params, partitioner, mixture_or_task_name, task_feature_lengths,
-                  batch_size, split, max_batches, pack=False, ni_dir=None):
+                  batch_size, split, max_batches, pack=False):
     """Token-weighted loss over up to `max_batches` batches of the held-out split."""
     ds = get_dataset(mixture_or_task_name, task_feature_lengths, batch_size, split=split, shuffle=False,
-                     seed=0, pack=pack, num_epochs=1, shard_info=_data_shard_info(partitioner), ni_dir=ni_dir)
+                     seed=0, pack=pack, num_epochs=1, shard_info=_data_shard_info(partitioner))
     loss_sum, tokens = 0.0, 0.0
     for i, host_batch in enumerate(ds.as_numpy_iterator()):
         if i >= max_batches:
