@@ -1,0 +1,147 @@
+"""Forward+backward throughput of the tkx T5 against Hugging Face PyTorch, same config, same run.
+
+Both frameworks run one training step's forward and backward pass (no
+optimizer update) on random tokens at the same shapes, from random
+initialisation with dropout off. Achieved FLOP/s use the formula of
+`tkx.models.model_info.train_step_flops` for both, and are compared with this
+machine's measured float32 matmul peak (a large square matmul in JAX).
+
+    python bench/model_step.py            # t5_1_1 small, batch 8, inputs 512, targets 128
+    python bench/model_step.py --quick    # one timed step each, for a smoke run
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from tkx.models import config as config_lib  # noqa: E402
+from tkx.models import model_info  # noqa: E402
+
+
+def log(msg):
+  print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def timed(fn, warmup, steps, label):
+  """Median seconds of fn() over `steps` calls after `warmup` calls."""
+  for i in range(warmup):
+    t0 = time.perf_counter()
+    fn()
+    log(f"{label}: warm-up {i + 1}/{warmup} {time.perf_counter() - t0:.2f}s")
+  times = []
+  for i in range(steps):
+    t0 = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t0)
+    log(f"{label}: step {i + 1}/{steps} {times[-1]:.2f}s")
+  return statistics.median(times)
+
+
+def matmul_peak(n, repeats):
+  """float32 FLOP/s of an n x n matmul in JAX on the default device."""
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+  b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
+  mm = jax.jit(jnp.matmul)
+  seconds = timed(lambda: mm(a, b).block_until_ready(), 1, repeats, f"matmul {n}")
+  return 2.0 * n ** 3 / seconds
+
+
+def random_batch(vocab, batch, inputs_length, targets_length, seed=0):
+  rng = np.random.RandomState(seed)
+  enc = rng.randint(2, vocab, (batch, inputs_length)).astype(np.int32)
+  tgt = rng.randint(2, vocab, (batch, targets_length)).astype(np.int32)
+  dec = np.concatenate([np.zeros((batch, 1), np.int32), tgt[:, :-1]], 1)
+  return enc, dec, tgt
+
+
+def bench_tkx(cfg, enc, dec, tgt, warmup, steps):
+  model = model_info.build_model(cfg)
+  params = jax.jit(lambda r: model.get_initial_variables(
+      r, {"encoder_input_tokens": enc.shape, "decoder_input_tokens": dec.shape})["params"])(jax.random.PRNGKey(0))
+  batch = {"encoder_input_tokens": jnp.asarray(enc), "decoder_input_tokens": jnp.asarray(dec),
+           "decoder_target_tokens": jnp.asarray(tgt), "decoder_loss_weights": jnp.ones(tgt.shape, jnp.float32)}
+  grad_fn = jax.jit(jax.value_and_grad(lambda p, b: model.loss_fn(p, b, None)[0]))
+
+  def step():
+    loss, grads = grad_fn(params, batch)
+    jax.block_until_ready(grads)
+  return timed(step, warmup, steps, "tkx (JAX)")
+
+
+def bench_hf(cfg, enc, dec, tgt, warmup, steps, threads):
+  import torch
+  from transformers import T5Config, T5ForConditionalGeneration
+  if threads:
+    torch.set_num_threads(threads)
+  act = {("relu",): "relu", ("gelu", "linear"): "gated-gelu"}[tuple(cfg.mlp_activations)]
+  hf_cfg = T5Config(vocab_size=cfg.vocab_size, d_model=cfg.emb_dim, d_kv=cfg.head_dim, d_ff=cfg.mlp_dim,
+                    num_layers=cfg.num_encoder_layers, num_decoder_layers=cfg.num_decoder_layers,
+                    num_heads=cfg.num_heads, relative_attention_num_buckets=cfg.relative_attention_num_buckets,
+                    relative_attention_max_distance=cfg.relative_attention_max_distance, dropout_rate=0.0,
+                    feed_forward_proj=act, tie_word_embeddings=cfg.logits_via_embedding,
+                    decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+  torch.manual_seed(0)
+  model = T5ForConditionalGeneration(hf_cfg).train()
+  enc_t, dec_t, tgt_t = (torch.from_numpy(x.astype(np.int64)) for x in (enc, dec, tgt))
+  mask = torch.ones_like(enc_t)
+
+  def step():
+    model.zero_grad(set_to_none=True)
+    out = model(input_ids=enc_t, attention_mask=mask, decoder_input_ids=dec_t, labels=tgt_t)
+    out.loss.backward()
+  return timed(step, warmup, steps, "HF transformers (PyTorch)")
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--gin_file", default="gin_configs/models/t5_1_1/small.gin")
+  parser.add_argument("--dtype", default="float32", help="activation dtype for tkx (HF runs float32)")
+  parser.add_argument("--batch_size", type=int, default=8)
+  parser.add_argument("--inputs_length", type=int, default=512)
+  parser.add_argument("--targets_length", type=int, default=128)
+  parser.add_argument("--steps", type=int, default=5)
+  parser.add_argument("--warmup", type=int, default=2)
+  parser.add_argument("--matmul_size", type=int, default=4096)
+  parser.add_argument("--torch_threads", type=int, default=0, help="0: PyTorch's default")
+  parser.add_argument("--skip_hf", action="store_true")
+  parser.add_argument("--quick", action="store_true", help="1 warm-up + 1 timed step, smaller peak matmul")
+  args = parser.parse_args(argv)
+  if args.quick:
+    args.steps, args.warmup, args.matmul_size = 1, 1, 2048
+
+  cfg = config_lib.load_config_from_gin([args.gin_file]).replace(dtype=args.dtype, dropout_rate=0.0)
+  b, li, lt = args.batch_size, args.inputs_length, args.targets_length
+  flops = model_info.train_step_flops(cfg, b, li, lt)["train_step"]
+  tokens = b * (li + lt)
+  log(f"{args.gin_file}: {model_info.count_params(cfg)['total']:,} params; step = "
+      f"{model_info.human(flops, 'FLOP')} (forward+backward) on {jax.devices()[0].platform}")
+  peak = matmul_peak(args.matmul_size, max(args.steps, 3))
+  enc, dec, tgt = random_batch(cfg.vocab_size, b, li, lt)
+  rows = [("tkx (JAX/Flax)", bench_tkx(cfg, enc, dec, tgt, args.warmup, args.steps))]
+  if not args.skip_hf:
+    rows.append(("HF transformers (PyTorch)", bench_hf(cfg, enc, dec, tgt, args.warmup, args.steps,
+                                                       args.torch_threads)))
+
+  print(f"\nforward+backward, {os.path.basename(os.path.dirname(args.gin_file))}/"
+        f"{os.path.basename(args.gin_file)} ({cfg.dtype}), batch {b}, inputs {li}, targets {lt}; "
+        f"{jax.devices()[0].device_kind} ({os.cpu_count()} CPUs visible)")
+  print(f"measured float32 matmul peak ({args.matmul_size}^2, JAX): {model_info.human(peak, 'FLOP/s')}")
+  print(f"{'framework':<28}{'s/step':>9}{'tokens/s':>11}{'FLOP/s':>12}{'of peak':>9}{'vs HF':>7}")
+  hf_time = rows[1][1] if len(rows) > 1 else None
+  for name, seconds in rows:
+    achieved = flops / seconds
+    speedup = f"{hf_time / seconds:.2f}x" if hf_time else "-"
+    print(f"{name:<28}{seconds:>9.3f}{tokens / seconds:>11,.0f}{model_info.human(achieved, 'FLOP/s'):>12}"
+          f"{achieved / peak:>9.1%}{speedup:>7}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
