@@ -7,7 +7,6 @@ Shapes are computed with jax.eval_shape, so nothing of that size is allocated.
 """
 import dataclasses
 
-import jax.numpy as jnp
 import pytest
 
 from tkx.checkpoints import hf

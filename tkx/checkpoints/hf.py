@@ -16,7 +16,8 @@ Name mapping (HF torch Linear weights are [out, in]; t5x kernels are [in, out]):
                                                    encoder/layers_i/mlp/wi | wi_0, wi_1, wo /kernel (.T)
   encoder.block.i.layer.1.layer_norm               encoder/layers_i/pre_mlp_layer_norm/scale
   decoder.block.i.layer.0 (SelfAttention)          decoder/layers_i/self_attention, pre_self_attention_layer_norm
-  decoder.block.i.layer.1 (EncDecAttention)        decoder/layers_i/encoder_decoder_attention, pre_cross_attention_layer_norm
+  decoder.block.i.layer.1 (EncDecAttention)        decoder/layers_i/encoder_decoder_attention,
+                                                   pre_cross_attention_layer_norm
   decoder.block.i.layer.2 (DenseReluDense)         decoder/layers_i/mlp, pre_mlp_layer_norm
   {enc,dec}oder.final_layer_norm.weight            encoder/encoder_norm/scale, decoder/decoder_norm/scale
   lm_head.weight [vocab, d] (untied only)          decoder/logits_dense/kernel [d, vocab]
@@ -314,7 +315,8 @@ def read_hf_state_dict(model_dir: str) -> Dict[str, np.ndarray]:
                 state.update(_read_weight_file(shard_path))
             missing = sorted(set(index["weight_map"]) - set(state))
             if missing:
-                raise CheckpointFormatError(f"{path}: tensors listed in 'weight_map' not found in shards: {missing[:5]}")
+                raise CheckpointFormatError(
+                    f"{path}: tensors listed in 'weight_map' not found in shards: {missing[:5]}")
             return state
         log.info("Reading %s", path)
         return _read_weight_file(path)
@@ -332,8 +334,8 @@ def read_hf_state_dict(model_dir: str) -> Dict[str, np.ndarray]:
 # Parameter trees
 # ------------------------------------------------------------------------------
 
-def _attention_names(stack: str, kind: str):
-    """(HF module name, t5x submodule name, HF layer norm, t5x layer norm) per attention kind."""
+def _attention_names(stack: str):
+    """[(HF module, t5x submodule, HF layer norm, t5x layer norm)] of the attention blocks of a layer."""
     if stack == "encoder":
         return [("layer.0.SelfAttention", "attention", "layer.0.layer_norm", "pre_attention_layer_norm")]
     return [("layer.0.SelfAttention", "self_attention", "layer.0.layer_norm", "pre_self_attention_layer_norm"),
@@ -356,7 +358,7 @@ def _name_map(config: T5Config):
         for i in range(num_layers):
             hf = f"{stack}.block.{i}"
             tk = (stack, f"layers_{i}")
-            for hf_att, tk_att, hf_ln, tk_ln in _attention_names(stack, "attention"):
+            for hf_att, tk_att, hf_ln, tk_ln in _attention_names(stack):
                 for hf_proj, tk_proj in (("q", "query"), ("k", "key"), ("v", "value"), ("o", "out")):
                     entries.append((f"{hf}.{hf_att}.{hf_proj}.weight", tk + (tk_att, tk_proj, "kernel"), True))
                 entries.append((f"{hf}.{hf_ln}.weight", tk + (tk_ln, "scale"), False))
@@ -608,7 +610,8 @@ def load_params(ckpt_dir: str, abstract_params: Any = None):
     return orbax_io.load_params(ckpt_dir, abstract_params)
 
 
-def read_tkx_checkpoint(ckpt_dir: str, *, load: bool = True) -> Tuple[T5Config, Optional[Dict[str, Any]], Optional[str]]:
+def read_tkx_checkpoint(ckpt_dir: str, *, load: bool = True
+                        ) -> Tuple[T5Config, Optional[Dict[str, Any]], Optional[str]]:
     """(config from model.gin, numpy params (None unless `load`), spm.model path or None) of a tkx checkpoint dir."""
     from tkx.models.config import load_config_from_gin
     gin_path = os.path.join(ckpt_dir, TKX_GIN_FILE)

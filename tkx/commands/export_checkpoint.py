@@ -13,7 +13,8 @@ import sys
 
 def add_arguments(parser):
     parser.add_argument("--checkpoint", required=True,
-                        help="tkx checkpoint dir (checkpoint_<step>/ + model.gin [+ spm.model]) or one checkpoint_<step>/")
+                        help="tkx checkpoint dir (checkpoint_<step>/ + model.gin [+ spm.model]) "
+                             "or one checkpoint_<step>/")
     parser.add_argument("--hf", required=True, metavar="OUT_DIR", help="directory to write the HF checkpoint to")
 
 
