@@ -209,6 +209,11 @@ def test_errors_name_file_and_field(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="Offline"):
         hf.import_hf("allenai/tk-instruct-base-def-pos")
 
+    with pytest.raises(SystemExit, match=r"tkx import-checkpoint: .*'d_kv'"):
+        cli.main(["import-checkpoint", "--hf", str(bad_field), "--output", str(tmp_path / "never")])
+    with pytest.raises(SystemExit, match="model.gin is missing"):
+        cli.main(["export-checkpoint", "--checkpoint", str(good), "--hf", str(tmp_path / "never2")])
+
     # Refuses to write over an existing checkpoint.
     ckpt = tmp_path / "ckpt"
     assert cli.main(["import-checkpoint", "--hf", str(good), "--output", str(ckpt)]) == 0
@@ -235,6 +240,6 @@ def test_import_t5x_checkpoint_via_cli(tmp_path):
     # A t5x checkpoint whose tree does not fit the gin config is refused, naming the parameter.
     other = tmp_path / "other.gin"
     other.write_text(hf.config_to_gin(t5x_cfg.replace(num_decoder_layers=3)))
-    with pytest.raises(hf.CheckpointFormatError, match="layers_2"):
+    with pytest.raises(SystemExit, match="layers_2"):
         cli.main(["import-checkpoint", "--t5x", str(tmp_path / "t5x"), "--gin_file", str(other),
                   "--output", str(tmp_path / "ckpt2")])

@@ -24,8 +24,11 @@ def main(args):
     from tkx.checkpoints import hf
     path = os.path.normpath(args.checkpoint)
     root = os.path.dirname(path) if os.path.basename(path).startswith("checkpoint_") else path
-    config, _, spm = hf.read_tkx_checkpoint(root, load=False)
-    params = hf.load_params(path)
+    try:
+        config, _, spm = hf.read_tkx_checkpoint(root, load=False)
+        params = hf.load_params(path)
+    except (FileNotFoundError, KeyError, hf.CheckpointFormatError) as e:
+        raise SystemExit(f"tkx export-checkpoint: {args.checkpoint}: {e}") from e
     hf.export_hf(config, params, args.hf, spm_model=spm)
     print(f"wrote Hugging Face checkpoint {args.hf}")
     return 0

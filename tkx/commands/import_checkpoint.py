@@ -78,9 +78,17 @@ def _cast(params, dtype):
 
 def main(args):
     _setup_logging()
+    from tkx.checkpoints import hf, t5x_format
+    _check_output(args.output)
+    try:
+        return _import(args)
+    except (FileNotFoundError, hf.CheckpointFormatError, t5x_format.T5xCheckpointError) as e:
+        raise SystemExit(f"tkx import-checkpoint: {e}") from e
+
+
+def _import(args):
     import jax.numpy as jnp
     from tkx.checkpoints import hf
-    _check_output(args.output)
     if args.hf:
         config, params, spm = hf.import_hf(args.hf, dtype=jnp.dtype(args.dtype))
         out = hf.write_tkx_checkpoint(config, params, args.output, spm_model=spm, step=args.step,
