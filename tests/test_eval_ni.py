@@ -81,6 +81,20 @@ def test_eval_with_the_run_gin_file(random_checkpoint, tmp_path):
   assert len(records) == results["overall"]["num_examples"] > 0
 
 
+def test_eval_xlingual_track_scores_with_the_xlingual_metrics(random_checkpoint, tmp_path):
+  from tkx.metrics import ni_metrics
+  out_dir = tmp_path / "xl"
+  assert cli.main(["eval", "--checkpoint", random_checkpoint, "--track", "xlingual", "--encoding", "def",
+                   "--output_dir", str(out_dir)] + FAST) == 0
+  results = json.loads((out_dir / evaluate.METRICS_FILE).read_text())
+  assert results["track"] == "xlingual"
+  records = [json.loads(line) for line in (out_dir / evaluate.PREDICTIONS_FILE).read_text().splitlines()]
+  assert results["overall"] == ni_metrics.score_predictions(records, xlingual=True)["overall"]
+  for name, seqio_metrics in results["seqio_task_metrics"].items():
+    task = name.split("ni_xlingual_test_def_")[1]
+    assert seqio_metrics["rougeL"] == pytest.approx(results["per_task"][task]["rougeL"], abs=1e-3)
+
+
 def test_eval_unknown_mixture_and_missing_checkpoint(random_checkpoint, tmp_path):
   with pytest.raises(ValueError, match="did you mean ni_default_test_def_pos2"):
     cli.main(["eval", "--checkpoint", random_checkpoint, "--mixture", "ni_default_test_def_pos3",

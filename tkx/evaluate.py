@@ -49,16 +49,21 @@ def _input_ids(features: Mapping[str, Any]) -> List[int]:
 def run_evaluation(predictor: "infer.Predictor", vocabulary, mixture_or_task_name: str, *,
                    output_dir: Optional[str] = None, step: Optional[int] = None,
                    max_input_length: int = 1024, max_target_length: int = 128,
-                   xlingual: bool = False, progress: bool = True, print_tables: bool = True,
+                   xlingual: Optional[bool] = None, progress: bool = True, print_tables: bool = True,
                    settings: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
   """Decodes and scores an NI mixture (or task) with `seqio.Evaluator`; returns the results dict.
 
   Usable from the trainer: build a `Predictor` on the current params and call this.
+  `xlingual` (ROUGE over GPT-2 BPE tokens) defaults to whether the tasks are of the
+  x-lingual track.
   """
   import seqio
+  from tkx.data import tasks as tasks_lib
   from tkx.metrics import ni_metrics
 
   subtasks = infer.ni_subtasks(mixture_or_task_name)
+  if xlingual is None:
+    xlingual = all(tasks_lib.task_spec(t.name).track == "xlingual" for t in subtasks)
   splits = {task.splits[0] for task in subtasks}
   if len(splits) != 1:
     raise ValueError(f"{mixture_or_task_name}: its tasks have different splits {sorted(splits)}")
@@ -209,9 +214,11 @@ def evaluate(*, checkpoint_path: str, output_dir: str, ni_dir: Optional[str] = N
   partitioner = partitioner or partitioning.Partitioner()  # gin bindings apply
   loaded = infer.load_checkpoint(checkpoint_path, partitioner=partitioner, vocab_path=vocab_path)
   if mixture_or_task_name is None:
+    from tkx.metrics import seqio_metrics
     tasks_lib.register_ni(ni_dir, tracks=(track,), encodings=(encoding,), vocabulary=loaded.vocabulary,
                           splits=(split,), max_num_instances_per_task=max_num_instances_per_task,
-                          max_source_length=max_input_length)
+                          max_source_length=max_input_length,
+                          metric_fns=[seqio_metrics.ni_metrics_xlingual] if track == "xlingual" else None)
     mixture_or_task_name = tasks_lib.mixture_name(track, split, encoding)
   predictor = infer.Predictor(loaded.model, loaded.params, partitioner=partitioner, batch_size=batch_size,
                               decode_config=decode_config or infer.DecodeConfig(),
@@ -220,8 +227,7 @@ def evaluate(*, checkpoint_path: str, output_dir: str, ni_dir: Optional[str] = N
               else tasks_lib.EMBEDDED_NI_DIR, "track": track, "encoding": encoding}
   return run_evaluation(predictor, loaded.vocabulary, mixture_or_task_name, output_dir=output_dir,
                         step=checkpoint_step(checkpoint_path), max_input_length=max_input_length,
-                        max_target_length=max_target_length, xlingual=track == "xlingual",
-                        progress=progress, settings=settings)
+                        max_target_length=max_target_length, progress=progress, settings=settings)
 
 
 @gin.configurable(module="evaluate")
