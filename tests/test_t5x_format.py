@@ -108,3 +108,28 @@ def test_errors_name_the_file_and_field(tmp_path, tiny_params):
     shutil.rmtree(os.path.join(ckpt, "target.token_embedder.embedding"))
     with pytest.raises(t5x_format.T5xCheckpointError, match="token_embedder/embedding"):
         t5x_format.load_params(ckpt)
+
+
+def test_orbax_era_t5x_layouts(tmp_path, tiny_params):
+    """t5x's orbax CheckpointManager: train_state.state_dict() as PyTree item `state` (or flat in the step dir)."""
+    import orbax.checkpoint as ocp
+    _, _, params = tiny_params
+    state_dict = {"target": params, "state": {"step": np.int32(42), "param_states": {}}}
+    ocp.PyTreeCheckpointer().save(str(tmp_path / "sub" / "checkpoint_42" / "state"), state_dict)
+    ocp.PyTreeCheckpointer().save(str(tmp_path / "flat" / "checkpoint_42"), state_dict)
+    for path in (tmp_path / "sub", tmp_path / "sub" / "checkpoint_42", tmp_path / "flat",
+                 tmp_path / "flat" / "checkpoint_42"):
+        loaded = t5x_format.load_params(str(path))
+        want, got = _flat(params), _flat(loaded)
+        assert sorted(want) == sorted(got), path
+        for name in want:
+            np.testing.assert_array_equal(got[name], want[name])
+
+
+def test_placeholder_leaves(tmp_path, tiny_params):
+    _, _, params = tiny_params
+    ckpt = t5x_format.save_params(str(tmp_path), params, step=1, placeholders=True)
+    raw = serialization.msgpack_restore(open(os.path.join(ckpt, "checkpoint"), "rb").read())
+    assert raw["optimizer"]["target"]["token_embedder"]["embedding"] == "PLACEHOLDER://target.token_embedder.embedding"
+    loaded = t5x_format.load_params(ckpt)
+    np.testing.assert_array_equal(loaded["token_embedder"]["embedding"], params["token_embedder"]["embedding"])

@@ -8,6 +8,12 @@ Layout, as t5x's `checkpoints.Checkpointer.save` writes it (t5x/checkpoints.py):
     <dir>/checkpoint_<step>/target.encoder.layers_0.attention.query.kernel/   zarr array (tensorstore)
     ...
 
+Newer t5x (its orbax-based `CheckpointManager`) saves the same state dict as the
+orbax PyTree item `state`: `<dir>/checkpoint_<step>/state/` (or flat in
+`checkpoint_<step>/`), read here with orbax; older orbax versions wrote a msgpack
+`checkpoint` file whose array leaves are `PLACEHOLDER://<name>` strings pointing
+at zarr dirs, also read.
+
 Each leaf of the msgpack tree is either the array itself (small, unpartitioned
 arrays are stored inline) or a TensorStore spec (a dict with `driver: zarr`,
 `kvstore: {driver: file|gcs, path: <relative>}`, `metadata`) whose path is
@@ -20,8 +26,9 @@ What was verified here (offline, tests/test_t5x_format.py): a checkpoint written
 by `save_params` below, which follows the layout above as read from t5x's source
 (msgpack keys, spec dicts with relative `file` kvstore paths, zarr with gzip
 chunks, a `param_states` optimizer subtree, inline arrays next to tensorstore
-ones, the pre-0.1.14 spec form, bfloat16 arrays), reads back bit-exactly, and
-loads into the tkx model. What was NOT verified: a checkpoint written by t5x
+ones, the pre-0.1.14 spec form, `PLACEHOLDER://` leaves, bfloat16 arrays), reads
+back bit-exactly, and loads into the tkx model; so does a `{"target", "state"}`
+tree saved with orbax's PyTreeCheckpointer in `checkpoint_<step>/state/`. What was NOT verified: a checkpoint written by t5x
 itself (none is reachable offline), `gs://` checkpoints (gcs kvstore specs are
 mapped to files beside the msgpack, as t5x does when reading a copied
 checkpoint), scanned-layer t5x models (stacked `layers` params), and the
@@ -49,6 +56,40 @@ class T5xCheckpointError(ValueError):
     """The path is not a readable t5x checkpoint (message names the file and the field)."""
 
 
+_ORBAX_MARKERS = ("_METADATA", "_CHECKPOINT_METADATA", "manifest.ocdbt")
+_PLACEHOLDER = "PLACEHOLDER://"
+
+
+def _is_orbax_dir(path: str) -> bool:
+    return os.path.isdir(path) and any(os.path.exists(os.path.join(path, m)) for m in _ORBAX_MARKERS)
+
+
+def find_orbax_state_dir(path: str) -> Optional[str]:
+    """The orbax PyTree dir of a t5x (orbax-era) checkpoint under `path`, or None."""
+    path = os.fspath(path)
+    candidates = [path, os.path.join(path, "state")]
+    if os.path.isdir(path):
+        steps = sorted((int(m.group(1)), name) for name in os.listdir(path) if (m := _STEP_DIR.match(name)))
+        if steps:
+            newest = os.path.join(path, steps[-1][1])
+            candidates += [os.path.join(newest, "state"), newest]
+    for candidate in candidates:
+        if _is_orbax_dir(candidate) and not os.path.isfile(os.path.join(candidate, CHECKPOINT_FILE)):
+            return candidate
+    return None
+
+
+def _restore_orbax(state_dir: str) -> Dict[str, Any]:
+    import jax
+    import orbax.checkpoint as ocp
+    checkpointer = ocp.PyTreeCheckpointer()
+    meta = checkpointer.metadata(state_dir)
+    meta = getattr(meta, "item_metadata", meta)
+    tree = getattr(meta, "tree", meta)
+    restore_args = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    return checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+
+
 def find_checkpoint_file(path: str) -> str:
     """The msgpack `checkpoint` file of `path`: that file, a `checkpoint_<step>` dir, or a dir of them (newest)."""
     path = os.fspath(path)
@@ -68,11 +109,15 @@ def find_checkpoint_file(path: str) -> str:
 
 
 def _is_ts_spec(value) -> bool:
-    return isinstance(value, Mapping) and "driver" in value and "kvstore" in value
+    return (isinstance(value, Mapping) and "driver" in value and "kvstore" in value) or (
+        isinstance(value, str) and value.startswith(_PLACEHOLDER))
 
 
-def _localize_spec(spec: Mapping[str, Any], ckpt_dir: str) -> Dict[str, Any]:
+def _localize_spec(spec, ckpt_dir: str) -> Dict[str, Any]:
     """Spec with its (relative) path made absolute under `ckpt_dir`, on the local file system."""
+    if isinstance(spec, str):  # orbax's aggregate-file placeholder: a zarr dir beside the msgpack file
+        return {"driver": "zarr", "kvstore": {"driver": "file",
+                                              "path": os.path.join(ckpt_dir, spec[len(_PLACEHOLDER):])}}
     spec = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in spec.items()}
     kvstore = spec["kvstore"]
     if kvstore.get("driver") in ("gcs", "gfile", "file"):
@@ -157,10 +202,26 @@ def load_params(path: str, dtype: Optional[Any] = None) -> Dict[str, Any]:
     """The model params (t5x names, nested dicts of numpy) of a t5x checkpoint.
 
     `path`: the `checkpoint` msgpack file, a `checkpoint_<step>` dir, or a dir of
-    those (newest step). Only the params subtree's arrays are read (not the
+    those (newest step); orbax-era layouts (`checkpoint_<step>/state/`) too. Only the params subtree's arrays are read (not the
     optimizer's). `dtype` casts every array (default: as stored).
     """
-    ckpt_file = find_checkpoint_file(path)
+    orbax_dir = None
+    try:
+        ckpt_file = find_checkpoint_file(path)
+    except FileNotFoundError:
+        orbax_dir = find_orbax_state_dir(path)
+        if orbax_dir is None:
+            raise
+    if orbax_dir is not None:
+        log.info("Reading orbax-format t5x checkpoint %s", orbax_dir)
+        try:
+            state = _restore_orbax(orbax_dir)
+        except Exception as e:
+            raise T5xCheckpointError(f"{orbax_dir}: cannot restore the orbax PyTree ({type(e).__name__}: {e})") from e
+        params = _find_params(state, orbax_dir)
+        return traverse_util.unflatten_dict(
+            {k: (np.asarray(v) if dtype is None else np.asarray(v).astype(dtype))
+             for k, v in _flatten_to_arrays(params).items()}, sep="/")
     ckpt_dir = os.path.dirname(ckpt_file)
     with open(ckpt_file, "rb") as f:
         try:
@@ -200,7 +261,7 @@ def _chunk_shape(shape, itemsize, target_bytes=_DESIRED_CHUNK_BYTES):
 
 
 def save_params(directory: str, params: Mapping[str, Any], step: int = 0, *,
-                inline: tuple = (), legacy_spec_paths: bool = False,
+                inline: tuple = (), legacy_spec_paths: bool = False, placeholders: bool = False,
                 param_states: Optional[Mapping[str, Any]] = None,
                 target_chunk_bytes: int = _DESIRED_CHUNK_BYTES) -> str:
     """Writes `params` as a t5x checkpoint `directory/checkpoint_<step>/`; returns that dir.
@@ -208,7 +269,8 @@ def save_params(directory: str, params: Mapping[str, Any], step: int = 0, *,
     Arrays go to zarr (gzip) through TensorStore under `target.<dotted name>`,
     except names listed in `inline`, which are stored in the msgpack file as t5x
     does for unpartitioned arrays. `legacy_spec_paths` writes tensorstore < 0.1.14
-    specs (path at the top level). `param_states` fills `optimizer/state/param_states`.
+    specs (path at the top level); `placeholders` writes older orbax's
+    `PLACEHOLDER://<name>` leaves instead of specs. `param_states` fills `optimizer/state/param_states`.
     """
     import tensorstore as ts
     ckpt_dir = os.path.join(directory, f"checkpoint_{int(step)}")
@@ -232,7 +294,9 @@ def save_params(directory: str, params: Mapping[str, Any], step: int = 0, *,
             write_spec = dict(spec, kvstore={"driver": "file", "path": os.path.join(ckpt_dir, relative)})
             store = ts.open(write_spec, create=True, delete_existing=True).result()
             store.write(array).result()
-            if legacy_spec_paths:
+            if placeholders:
+                spec = _PLACEHOLDER + relative
+            elif legacy_spec_paths:
                 spec = {"driver": "zarr", "dtype": dtype, "kvstore": {"driver": "file"}, "path": relative,
                         "metadata": metadata}
             out[name] = spec
