@@ -206,6 +206,20 @@ def register_ni_for(mixture_or_task_name: str, ni_dir: Optional[str] = None, voc
                          f"(NI names look like ni_default_train_def_pos2; NI_DIR={checkout!r})")
 
 
+def steps_for_epochs(mixture_or_task_name: str, epochs: float, batch_size: int) -> int:
+    """floor(epochs x examples / batch) with examples = the mixture's summed rates (NI: instance counts)."""
+    import seqio
+    provider = seqio.get_mixture_or_task(mixture_or_task_name)
+    num_examples = getattr(provider, "total_rate", None)
+    if num_examples is None:  # a single task: count it
+        num_examples = sum(1 for _ in provider.get_dataset(None, split=_split_of(mixture_or_task_name),
+                                                           shuffle=False, num_epochs=1))
+    steps = int(epochs * float(num_examples) // batch_size)
+    log.info("%s: %d examples x %g epochs / batch %d = %d steps", mixture_or_task_name, int(num_examples),
+             epochs, batch_size, steps)
+    return max(steps, 1)
+
+
 def _split_of(mixture_or_task_name: str) -> str:
     """The one split an NI task/mixture has (its NI split name); 'train' otherwise."""
     import seqio
@@ -434,8 +448,9 @@ def train(*,
           model_dir: str,
           mixture_or_task_name: str,
           task_feature_lengths: Mapping[str, int],
-          train_steps: int,
+          train_steps: Optional[int],
           batch_size: int,
+          train_epochs: Optional[float] = None,
           optimizer_fn: Callable[..., optax.GradientTransformation] = optimizers.adafactor,
           learning_rate_fn: Any = 1e-3,
           grad_clip_norm: Optional[float] = None,
@@ -461,11 +476,21 @@ def train(*,
           stop_after_step: Optional[int] = None) -> dict:
     """Trains `model` on a SeqIO mixture; resumes from MODEL_DIR's latest checkpoint when there is one.
 
+    TRAIN_STEPS may be None with `train_epochs` set: steps = floor(epochs x examples / batch),
+    the examples being the mixture's instance count (NI mixtures' rates are instance counts).
+
     Returns {"step": last step run, "loss": its loss, "state": the final TrainState}.
     `stop_after_step` ends the loop early without changing the schedule (used to
     simulate preemption); `inject_nan_at_step` poisons one step (tests).
     """
     t_setup = time.time()
+    required = {"MODEL": model, "MODEL_DIR": model_dir, "MIXTURE_OR_TASK_NAME": mixture_or_task_name,
+                "TASK_FEATURE_LENGTHS": task_feature_lengths, "BATCH_SIZE": batch_size,
+                "INITIAL_CHECKPOINT_PATH": initial_checkpoint_path, "NI_DIR": ni_dir}
+    missing = [name for name, value in required.items() if value is gin.REQUIRED]
+    if missing:
+        raise ValueError(f"trainer.train: set {', '.join(missing)} (e.g. --gin.{missing[0]}=...); "
+                         "the gin files leave them required")
     model_dir = os.path.abspath(model_dir) if "://" not in model_dir else model_dir
     if partitioner is None:
         from tkx import partitioning
@@ -473,6 +498,12 @@ def train(*,
     learning_rate = learning_rate_fn
     optimizer = optimizers.create_optimizer(optimizer_fn=optimizer_fn, learning_rate=learning_rate,
                                             grad_clip_norm=grad_clip_norm)
+
+    register_ni_for(mixture_or_task_name, ni_dir, model.output_vocabulary, task_feature_lengths["inputs"])
+    if train_epochs:
+        train_steps = steps_for_epochs(mixture_or_task_name, train_epochs, batch_size)
+    if not train_steps:
+        raise ValueError("set TRAIN_STEPS (trainer.train.train_steps) or trainer.train.train_epochs")
 
     # --- abstract state and shardings (nothing allocated yet) ---
     rng = jax.random.PRNGKey(random_seed)
@@ -530,7 +561,6 @@ def train(*,
         return {"step": start_step, "loss": None, "state": state}
 
     # --- input ---
-    register_ni_for(mixture_or_task_name, ni_dir, model.output_vocabulary, task_feature_lengths["inputs"])
     if eval_every:
         if not eval_mixture_or_task_name:
             log.warning("eval_every is set but no eval mixture: evaluating on the training mixture")
