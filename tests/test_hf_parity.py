@@ -125,3 +125,25 @@ def test_beam_search_matches_hf_generate(pair, alpha):
     np.testing.assert_array_equal(_cut_after_eos(got, MAX_DECODE), want)
     lengths = {int((row > 0).sum()) for row in want}
     assert len(lengths) > 1  # finished at different lengths: EOS handling is exercised
+
+
+def test_logits_match_with_more_decoder_than_encoder_layers():
+    # (HF 5.24 `generate` fails for num_decoder_layers != num_layers -- its cache is sized by num_layers --
+    # so only the teacher-forced forward pass is compared here.)
+    config_hf = transformers.T5Config(
+        vocab_size=VOCAB, d_model=D_MODEL, d_kv=8, d_ff=64, num_layers=1, num_decoder_layers=3, num_heads=4,
+        feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=0.0)
+    torch.manual_seed(7)
+    hf_model = transformers.T5ForConditionalGeneration(config_hf).eval()
+    config = hf.hf_config_to_t5config(hf_model.config.to_dict())
+    assert (config.num_encoder_layers, config.num_decoder_layers) == (1, 3)
+    params = hf.hf_to_params({k: v.detach().numpy() for k, v in hf_model.state_dict().items()}, config)
+    enc = _inputs(4)[:4]
+    targets = np.array([[5, 9, 2, 8], [7, 7, 7, 7], [3, 1, 4, 4], [60, 2, 33, 1]])
+    dec_in = np.concatenate([np.zeros((4, 1), np.int64), targets[:, :-1]], axis=1)
+    with torch.no_grad():
+        want = hf_model(input_ids=torch.tensor(enc), attention_mask=torch.tensor(enc > 0),
+                        decoder_input_ids=torch.tensor(dec_in)).logits.numpy()
+    got = network.Transformer(config).apply({"params": params}, jnp.asarray(enc), jnp.asarray(dec_in),
+                                            jnp.asarray(targets), enable_dropout=False)
+    np.testing.assert_allclose(np.asarray(got), want, atol=1e-4)
