@@ -309,9 +309,13 @@ def _check_and_cast(loaded, abstract_params, source):
 def load_initial_params(path: str, abstract_params, params_shardings):
     """Params from a tkx checkpoint (also those `tkx import-checkpoint` writes) or a t5x checkpoint."""
     log.info("Initialising parameters from %s", path)
+    loaded = None
     if orbax_io.is_tkx_checkpoint(path):
-        loaded = orbax_io.load_params(path)
-    else:
+        try:
+            loaded = orbax_io.load_params(path)
+        except KeyError:  # an orbax-era t5x checkpoint (state/target/...): t5x_format reads those
+            loaded = None
+    if loaded is None:
         from tkx.checkpoints import t5x_format
         loaded = t5x_format.load_params(path)
     host = _check_and_cast(loaded, abstract_params, path)
@@ -495,6 +499,9 @@ def train(*,
     if partitioner is None:
         from tkx import partitioning
         partitioner = partitioning.Partitioner()
+    if batch_size % (partitioner.data_axis_size * max(num_microbatches, 1)):
+        raise ValueError(f"BATCH_SIZE={batch_size} must be divisible by the data-parallel size "
+                         f"{partitioner.data_axis_size} x NUM_MICROBATCHES={num_microbatches}")
     learning_rate = learning_rate_fn
     optimizer = optimizers.create_optimizer(optimizer_fn=optimizer_fn, learning_rate=learning_rate,
                                             grad_clip_norm=grad_clip_norm)
