@@ -80,8 +80,8 @@ def test_loss_fn_is_normalised_by_target_tokens_and_reports_metrics():
   batch = batch_with_padding()
   params = model.get_initial_variables(jax.random.PRNGKey(0), {"encoder_input_tokens": (1, 10),
                                                                 "decoder_input_tokens": (1, 6)})["params"]
-  loss, metrics = model.loss_fn(params, batch, None)
-  logits = np.asarray(model._compute_logits(params, batch), np.float64)
+  loss, metrics = jax.jit(model.loss_fn)(params, batch, None)
+  logits = np.asarray(jax.jit(model._compute_logits)(params, batch), np.float64)
   lp = log_softmax(logits)
   w = batch["decoder_loss_weights"]
   ce = -np.take_along_axis(lp, batch["decoder_target_tokens"][..., None], -1)[..., 0]
@@ -94,10 +94,10 @@ def test_loss_fn_is_normalised_by_target_tokens_and_reports_metrics():
   correct = ((logits.argmax(-1) == batch["decoder_target_tokens"]) * w).sum()
   assert float(metrics["accuracy"]) == pytest.approx(correct / n)
   # Scores are per-example sums of target log-likelihoods (no z-loss).
-  np.testing.assert_allclose(model.score_batch(params, batch), -(ce * w).sum(-1), rtol=1e-5)
+  np.testing.assert_allclose(jax.jit(model.score_batch)(params, batch), -(ce * w).sum(-1), rtol=1e-5)
   # A fixed normalising factor divides the same sum.
   fixed = tiny_model(z_loss=1e-4, loss_normalizing_factor=100.0)
-  loss100, _ = fixed.loss_fn(params, batch, None)
+  loss100, _ = jax.jit(fixed.loss_fn)(params, batch, None)
   assert float(loss100) == pytest.approx(float(loss) * n / 100.0, rel=1e-5)
   with pytest.raises(ValueError, match="loss_normalizing_factor"):
     tiny_model(loss_normalizing_factor="per_example")

@@ -1,5 +1,7 @@
 """The Flax T5 network: parameter tree, logical axes, T5 numerics, packing, KV cache, dtypes."""
 import gin
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,6 +31,13 @@ def small_config(v11=True, **overrides):
 
 
 SHAPES = {"encoder_input_tokens": (2, 8), "decoder_input_tokens": (2, 6)}
+
+
+@functools.lru_cache(maxsize=None)
+def model_and_params(v11=True):
+  """One initialisation per architecture for the whole file (compiling init takes seconds)."""
+  model = models.EncoderDecoderModel(network.Transformer(small_config(v11)))
+  return model, model.get_initial_variables(jax.random.PRNGKey(0), SHAPES)["params"]
 
 
 def flat(tree, is_leaf=None):
@@ -149,9 +158,8 @@ def random_batch(rng, vocab, batch, enc_len, dec_len, pad_from=None):
 
 @pytest.mark.parametrize("v11", [True, False], ids=["t5_1_1", "t5_1_0"])
 def test_packed_batch_equals_unpacked_examples(v11):
-  cfg = small_config(v11)
-  model = models.EncoderDecoderModel(network.Transformer(cfg))
-  params = model.get_initial_variables(jax.random.PRNGKey(0), SHAPES)["params"]
+  model, params = model_and_params(v11)
+  cfg = model.config
   rng = np.random.RandomState(3)
   lengths = [(5, 3), (4, 4), (6, 2)]  # (inputs, targets) per example
   examples = [random_batch(rng, cfg.vocab_size, 1, le, ld) for le, ld in lengths]
@@ -170,25 +178,28 @@ def test_packed_batch_equals_unpacked_examples(v11):
     packed["decoder_segment_ids"][0, d0:d0 + ld] = seg
     packed["decoder_positions"][0, d0:d0 + ld] = np.arange(ld)
     e0, d0 = e0 + le, d0 + ld
-  packed_logits = np.asarray(model._compute_logits(params, packed))
+  logits_and_score = jax.jit(lambda p, b: (model._compute_logits(p, b), model.score_batch(p, b)))
+  packed_logits, packed_score = logits_and_score(params, packed)
   d0 = 0
   total_score = 0.0
   for ex in examples:
     ld = ex["decoder_target_tokens"].shape[1]
-    alone = np.asarray(model._compute_logits(params, ex))
-    np.testing.assert_allclose(packed_logits[0, d0:d0 + ld], alone[0], atol=2e-5, rtol=1e-5)
-    total_score += float(model.score_batch(params, ex)[0])
+    # Pad every example to one shape (one compilation); trailing padding changes nothing.
+    padded = {k: np.pad(v, ((0, 0), (0, (6 if k.startswith("encoder") else 4) - v.shape[1])))
+              for k, v in ex.items()}
+    alone, score = logits_and_score(params, padded)
+    np.testing.assert_allclose(np.asarray(packed_logits)[0, d0:d0 + ld], alone[0, :ld], atol=2e-5, rtol=1e-5)
+    total_score += float(score[0])
     d0 += ld
-  assert float(model.score_batch(params, packed)[0]) == pytest.approx(total_score, rel=1e-5)
+  assert float(packed_score[0]) == pytest.approx(total_score, rel=1e-5)
 
 
 @pytest.mark.parametrize("v11", [True, False], ids=["t5_1_1", "t5_1_0"])
 def test_cached_decoding_matches_teacher_forced_logits(v11):
-  cfg = small_config(v11)
-  model = models.EncoderDecoderModel(network.Transformer(cfg))
-  params = model.get_initial_variables(jax.random.PRNGKey(0), SHAPES)["params"]
+  model, params = model_and_params(v11)
+  cfg = model.config
   batch = random_batch(np.random.RandomState(0), cfg.vocab_size, 2, 9, 7, pad_from=(6, 7))
-  full = np.asarray(model._compute_logits(params, batch))
+  full = np.asarray(jax.jit(model._compute_logits)(params, batch))
   inputs = batch["encoder_input_tokens"]
   cache = model.initial_cache(params, 2, inputs.shape[1], max_decode_length=7)
   encoded = model.module.apply({"params": params}, inputs, enable_dropout=False, method=model.module.encode)
@@ -202,33 +213,30 @@ def test_cached_decoding_matches_teacher_forced_logits(v11):
 
 
 def test_predict_batch_greedy_equals_argmax_of_teacher_forcing_on_its_output():
-  cfg = small_config(True)
-  model = models.EncoderDecoderModel(network.Transformer(cfg))
-  params = model.get_initial_variables(jax.random.PRNGKey(2), SHAPES)["params"]
+  model, params = model_and_params(True)
+  cfg = model.config
   inputs = np.random.RandomState(1).randint(2, cfg.vocab_size, (3, 8))
-  tokens = np.asarray(model.predict_batch(params, {"encoder_input_tokens": inputs}, max_decode_length=6,
-                                          decode_fn=models.greedy_decode))
+  predict = jax.jit(functools.partial(model.predict_batch, max_decode_length=6, decode_fn=models.greedy_decode))
+  tokens = np.asarray(predict(params, {"encoder_input_tokens": inputs}))
   assert tokens.shape == (3, 6)
   # Feeding the decoded tokens back, every position's argmax reproduces the next decoded token.
   dec_in = np.concatenate([np.zeros((3, 1), int), tokens[:, :-1]], 1)
   targets = np.where(tokens > 0, tokens, 1)  # keep every position visible in the mask
-  logits = model._compute_logits(params, dict(encoder_input_tokens=inputs, decoder_input_tokens=dec_in,
-                                              decoder_target_tokens=targets))
+  logits = jax.jit(model._compute_logits)(params, dict(encoder_input_tokens=inputs, decoder_input_tokens=dec_in,
+                                                       decoder_target_tokens=targets))
   argmax = np.asarray(jnp.argmax(logits, -1))
   ended = np.cumsum(tokens == 1, axis=1) - (tokens == 1) > 0  # positions after EOS are padding
   np.testing.assert_array_equal(np.where(ended, 0, argmax), tokens)
 
 
 def test_num_decodes_repeats_encoder_outputs_per_example():
-  cfg = small_config(True)
-  model = models.EncoderDecoderModel(network.Transformer(cfg))
-  params = model.get_initial_variables(jax.random.PRNGKey(2), SHAPES)["params"]
+  model, params = model_and_params(True)
+  cfg = model.config
   inputs = np.random.RandomState(1).randint(2, cfg.vocab_size, (2, 8))
-  one, aux1 = model.predict_batch_with_aux(params, {"encoder_input_tokens": inputs}, max_decode_length=5,
-                                           decode_fn=models.greedy_decode)
-  many, aux3 = model.predict_batch_with_aux(params, {"encoder_input_tokens": inputs}, max_decode_length=5,
-                                            decode_fn=models.greedy_decode, num_decodes=3,
-                                            return_all_decodes=True)
+  predict = functools.partial(model.predict_batch_with_aux, max_decode_length=5, decode_fn=models.greedy_decode)
+  one, aux1 = jax.jit(predict)(params, {"encoder_input_tokens": inputs})
+  many, aux3 = jax.jit(functools.partial(predict, num_decodes=3, return_all_decodes=True))(
+      params, {"encoder_input_tokens": inputs})
   assert many.shape == (2, 3, 5)
   for j in range(3):  # greedy: every copy of an example decodes the same tokens
     np.testing.assert_array_equal(many[:, j], one)
@@ -238,15 +246,16 @@ def test_num_decodes_repeats_encoder_outputs_per_example():
 def test_bfloat16_activations_run_with_float32_params():
   cfg = small_config(True, dtype="bfloat16")
   model = models.EncoderDecoderModel(network.Transformer(cfg))
-  params = model.get_initial_variables(jax.random.PRNGKey(0), SHAPES)["params"]
+  params = model_and_params(True)[1]
   assert all(v.dtype == jnp.float32 for v in jax.tree_util.tree_leaves(params))
   batch = random_batch(np.random.RandomState(0), cfg.vocab_size, 2, 8, 6)
-  logits = model._compute_logits(params, batch)
+  logits = jax.jit(model._compute_logits)(params, batch)
   assert logits.dtype == jnp.float32 and np.isfinite(np.asarray(logits)).all()
-  f32 = models.EncoderDecoderModel(network.Transformer(cfg.replace(dtype="float32")))._compute_logits(params, batch)
+  f32_model = models.EncoderDecoderModel(network.Transformer(cfg.replace(dtype="float32")))
+  f32 = jax.jit(f32_model._compute_logits)(params, batch)
   # bfloat16 has ~3 significant digits: close to float32, but not identical.
   assert 0 < np.abs(np.asarray(logits) - np.asarray(f32)).max() < 0.1 * np.abs(np.asarray(f32)).max()
-  loss, _ = model.loss_fn(params, batch, jax.random.PRNGKey(1))
+  loss, _ = jax.jit(model.loss_fn)(params, batch, jax.random.PRNGKey(1))
   assert np.isfinite(float(loss))
   cache = model.initial_cache(params, 2, 8, 6)
   assert cache["decoder"]["layers_0"]["self_attention"]["cached_key"].dtype == jnp.bfloat16
@@ -255,12 +264,14 @@ def test_bfloat16_activations_run_with_float32_params():
 def test_dropout_only_when_enabled():
   cfg = small_config(True, dropout_rate=0.5)
   model = models.EncoderDecoderModel(network.Transformer(cfg))
-  params = model.get_initial_variables(jax.random.PRNGKey(0), SHAPES)["params"]
+  params = model_and_params(True)[1]
   batch = random_batch(np.random.RandomState(0), cfg.vocab_size, 2, 8, 6)
-  a = model._compute_logits(params, batch, jax.random.PRNGKey(1))
-  b = model._compute_logits(params, batch, jax.random.PRNGKey(2))
+  with_dropout = jax.jit(model._compute_logits)
+  without = jax.jit(lambda p, b: model._compute_logits(p, b))
+  a = with_dropout(params, batch, jax.random.PRNGKey(1))
+  b = with_dropout(params, batch, jax.random.PRNGKey(2))
   assert np.abs(np.asarray(a) - np.asarray(b)).max() > 1e-3
-  np.testing.assert_array_equal(model._compute_logits(params, batch), model._compute_logits(params, batch))
+  np.testing.assert_array_equal(without(params, batch), without(params, batch))
 
 
 @pytest.mark.parametrize("family", ["t5_1_0", "t5_1_1", "mt5"])

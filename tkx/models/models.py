@@ -180,8 +180,16 @@ class EncoderDecoderModel:
                             input_types: Optional[Mapping[str, Any]] = None, *,
                             unbox: bool = True) -> PyTree:
     """{"params": ...} with plain arrays (unbox=False keeps the LogicallyPartitioned boxes)."""
-    variables = self._init_boxed(rng, input_shapes, input_types)
-    return nn.meta.unbox(variables) if unbox else variables
+    # Jitted: running the initialisers op by op costs seconds even for tiny models.
+    key = (tuple(sorted((k, tuple(v)) for k, v in input_shapes.items())),
+           tuple(sorted((k, jnp.dtype(v).name) for k, v in (input_types or {}).items())), unbox)
+    cache = self.__dict__.setdefault("_jitted_init", {})
+    if key not in cache:
+      def init(rng):
+        variables = self._init_boxed(rng, dict(key[0]), dict(key[1]))
+        return nn.meta.unbox(variables) if unbox else variables
+      cache[key] = jax.jit(init)
+    return cache[key](rng)
 
   def variables_logical_axes(self, input_shapes: Mapping[str, tuple]) -> PyTree:
     """Logical PartitionSpec per variable, computed with eval_shape (no allocation)."""
