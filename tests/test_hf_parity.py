@@ -88,12 +88,12 @@ def test_encoder_outputs_and_logits_match(pair):
 
 
 @functools.lru_cache(maxsize=None)
-def _jitted_predict(model, decode_name):
+def _jitted_predict(model, decode_name, early_stopping=True):
     decode_fn = getattr(decoding, decode_name)
     if decode_name == "beam_search":
         return jax.jit(lambda p, e, alpha: model.predict_batch(
             p, {"encoder_input_tokens": e}, decode_fn=decode_fn, num_decodes=4, alpha=alpha,
-            max_decode_length=MAX_DECODE))
+            early_stopping=early_stopping, max_decode_length=MAX_DECODE))
     return jax.jit(lambda p, e: model.predict_batch(
         p, {"encoder_input_tokens": e}, decode_fn=decode_fn, max_decode_length=MAX_DECODE))
 
@@ -125,6 +125,16 @@ def test_beam_search_matches_hf_generate(pair, alpha):
     np.testing.assert_array_equal(_cut_after_eos(got, MAX_DECODE), want)
     lengths = {int((row > 0).sum()) for row in want}
     assert len(lengths) > 1  # finished at different lengths: EOS handling is exercised
+
+
+def test_beam_search_without_early_stopping_matches_hf_generate(pair):
+    """HF's default early_stopping=False: stop once no running beam can beat the worst finished one."""
+    hf_model, model, params = pair
+    enc = _inputs(5)
+    want = _hf_generate(hf_model, enc, num_beams=4, length_penalty=0.6, early_stopping=False)
+    got = np.asarray(_jitted_predict(model, "beam_search", False)(params, jnp.asarray(enc, jnp.int32),
+                                                                  jnp.float32(0.6)))
+    np.testing.assert_array_equal(_cut_after_eos(got, MAX_DECODE), want)
 
 
 def test_logits_match_with_more_decoder_than_encoder_layers():
