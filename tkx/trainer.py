@@ -365,6 +365,16 @@ def train_flops_per_step(params, task_feature_lengths, batch_size):
     return 6.0 * batch_size * (sizes["encoder"] * li + decoder * lt)
 
 
+def _train_step_flops(model, params, task_feature_lengths, batch_size):
+    """Model FLOPs of a step: model_info's formula (attention included) when it knows the config."""
+    try:
+        from tkx.models import model_info
+        return float(model_info.train_step_flops(model.config, batch_size, task_feature_lengths["inputs"],
+                                                 task_feature_lengths["targets"])["train_step"])
+    except Exception:  # a model without a T5Config: parameter-count estimate
+        return train_flops_per_step(params, task_feature_lengths, batch_size)
+
+
 class _Summaries:
     """TensorBoard scalars in MODEL_DIR/<name> (primary host only).
 
@@ -592,7 +602,7 @@ def train(*,
     summaries = _Summaries(model_dir, "train")
     eval_summaries = _Summaries(model_dir, "eval") if eval_every else None
     tokens_per_batch = batch_size * (task_feature_lengths["inputs"] + task_feature_lengths["targets"])
-    flops_per_step = train_flops_per_step(abstract_params, task_feature_lengths, batch_size)
+    flops_per_step = _train_step_flops(model, abstract_params, task_feature_lengths, batch_size)
     peak = _peak_flops_per_device(peak_flops_per_device)
     log.info("Training %s for steps %d..%d, batch %d, %s; setup %.1fs",
              mixture_or_task_name, start_step + 1, train_steps, batch_size,
