@@ -110,6 +110,48 @@ def ref_beam(toy, start, k, length, alpha, kind="hf", early_stopping=True):
     return best + [0] * (length - len(best)), finished[0][0]
 
 
+def ref_beam_t5x(toy, start, k, length, alpha, kind="t5x"):
+    """t5x's beam search rule (t5x/decoding.py), one example, written as plain loops."""
+    pen = (lambda n: n ** alpha) if kind == "hf" else (lambda n: ((5.0 + n) / 6.0) ** alpha)
+    live = [((start,), 0.0)]
+    finished = []  # (score, seq)
+    for step in range(length):
+        best_live = max(score for _, score in live) / pen(length + 1)
+        if len(finished) == k and min(f[0] for f in finished) > best_live:
+            break
+        cands = []
+        for seq, score in live:
+            lp = log_softmax(toy_logits_np(toy, list(seq)))
+            cands += [(score + lp[t], seq + (t,)) for t in range(V)]
+        cands.sort(key=lambda c: -c[0])
+        top = cands[:2 * k]
+        finished += [(score / pen(step + 1), seq) for score, seq in top if seq[-1] == EOS]
+        finished = sorted(finished, key=lambda f: -f[0])[:k]
+        live = [(seq, score) for score, seq in top if seq[-1] != EOS][:k]
+    best_score, best = finished[0] if finished else (live[0][1], live[0][0])
+    best = list(best[1:])
+    return best + [0] * (length - len(best)), best_score
+
+
+@pytest.mark.parametrize("alpha,kind", [(0.6, "t5x"), (1.0, "hf")])
+def test_t5x_procedure_matches_t5x_rule_and_differs_from_hf(alpha, kind):
+    k, toys = 3, [make_toy(seed) for seed in range(8)]
+    batch = len(toys)
+    common = dict(inputs=jnp.zeros((batch, 1), jnp.int32), tokens_to_logits=toy_tokens_to_logits(*toys),
+                  eos_id=EOS, max_decode_len=MAX_LEN, num_decodes=k, alpha=alpha, length_penalty_type=kind)
+    seqs, scores = decoding.beam_search(cache=toy_cache(batch, len(toys)), procedure="t5x", **common)
+    hf_seqs, _ = decoding.beam_search(cache=toy_cache(batch, len(toys)), **common)
+    differs = 0
+    for b in range(batch):
+        want, want_score = ref_beam_t5x(toys[b], 0, k, MAX_LEN, alpha, kind)
+        assert np.asarray(seqs[b, -1]).tolist() == want, b
+        np.testing.assert_allclose(float(scores[b, -1]), want_score, rtol=1e-4)
+        differs += np.asarray(hf_seqs[b, -1]).tolist() != want
+    assert differs > 0  # the two rules are not the same search
+    with pytest.raises(ValueError, match="procedure"):
+        decoding.beam_search(cache=toy_cache(batch, len(toys)), procedure="gnmt", **common)
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_greedy_matches_reference_and_stops_at_eos(seed):
     toy = make_toy(seed)

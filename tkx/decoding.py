@@ -311,6 +311,7 @@ def beam_search(
     alpha: float = 1.0,
     length_penalty_type: str = "hf",
     early_stopping: Union[bool, str] = True,
+    procedure: str = "hf",
     cache_offset: int = 0,
     decode_rng: Optional[jax.Array] = None,
 ) -> Tuple[jnp.ndarray, jnp.ndarray]:
@@ -328,10 +329,15 @@ def beam_search(
   `length_penalty_type="hf"` (default, for parity with HF and the released
   Tk-Instruct evaluation) divides by `len ** alpha`; `"t5x"` by t5x's brevity
   penalty `((5 + len) / 6) ** alpha`. `alpha` is HF's `length_penalty` (HF
-  default 1.0; t5x's default 0.6). Only the penalty changes: the search itself
-  stays HF's (t5x's own beam search also finishes candidates ranked K..2K and
-  stops when no live beam can beat the worst finished one at max length, so its
-  outputs can differ from either setting here).
+  default 1.0; t5x's default 0.6). The penalty alone does not change the search.
+
+  `procedure="t5x"` runs t5x's `decoding.beam_search` rule instead (use it with
+  `length_penalty_type="t5x", alpha=0.6` for t5x's behaviour): every EOS
+  candidate among the 2K is offered to the finished list, beams that reach
+  `max_decode_len` without EOS are not (an example with no finished hypothesis
+  returns its live beams and their summed log-probabilities), and decoding stops
+  once, for every example, the best live beam scored at the maximum length
+  cannot beat the worst finished one. `early_stopping` does not apply to it.
 
   Returns:
     sequences [batch, K, max_decode_len] and their scores [batch, K], ascending
@@ -344,6 +350,12 @@ def beam_search(
   if early_stopping not in (True, False, "never"):
     raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
   divisors = _divisor_table(length, alpha, length_penalty_type)  # [length + 1], by generated length
+  if procedure == "t5x":
+    return _beam_search_t5x(inputs=inputs, cache=cache, tokens_to_logits=tokens_to_logits, eos_id=eos_id,
+                            length=length, k=int(num_decodes), alpha=alpha, kind=length_penalty_type,
+                            divisors=divisors, cache_offset=cache_offset)
+  if procedure != "hf":
+    raise ValueError(f"beam_search procedure must be 'hf' or 't5x', got {procedure!r}")
   batch = inputs.shape[0]
   k = int(num_decodes)
   candidates = 2 * k  # one EOS token: HF keeps (1 + n_eos) * num_beams candidates
@@ -432,3 +444,71 @@ def beam_search(
   sequences = final["finished_seqs"][:, ::-1, 1:]
   scores = final["finished_scores"][:, ::-1]
   return sequences, scores
+
+
+def _beam_search_t5x(*, inputs, cache, tokens_to_logits, eos_id, length, k, alpha, kind, divisors, cache_offset):
+  """t5x's beam search rule (see `beam_search(procedure="t5x")`), same inputs and outputs."""
+  batch = inputs.shape[0]
+  candidates = 2 * k
+  neg = jnp.float32(-1.0e7)  # t5x's NEG_INF
+  start = inputs[:, :1].astype(jnp.int32)
+  live_seqs0 = jnp.zeros((batch, k, length + 1), jnp.int32).at[:, :, :1].set(start[:, None, :])
+  # t5x bounds live beams by the penalty at one past the maximum length (its dummy start token).
+  if isinstance(alpha, jax.core.Tracer):
+    base = jnp.float32(length + 1) if kind == "hf" else (5.0 + jnp.float32(length + 1)) / 6.0
+    max_len_divisor = base ** jnp.asarray(alpha, jnp.float32)
+  else:
+    max_len_divisor = jnp.float32(length_penalty_divisor(length + 1, alpha, kind))
+
+  state0 = dict(
+      i=jnp.array(0, jnp.int32),
+      live_seqs=live_seqs0,
+      live_scores=jnp.zeros((batch, k), jnp.float32).at[:, 1:].set(neg),
+      finished_seqs=live_seqs0,
+      finished_scores=jnp.full((batch, k), neg, jnp.float32),
+      finished_flags=jnp.zeros((batch, k), bool),
+      cache=_expand_cache(cache, k, cache_offset),
+  )
+
+  def cond(s):
+    best_live = jnp.max(s["live_scores"], axis=1, keepdims=True) / max_len_divisor
+    worst_finished = jnp.where(s["finished_flags"], jnp.min(s["finished_scores"], axis=1, keepdims=True), neg)
+    terminated = jnp.all(worst_finished > best_live)
+    return (s["i"] < length) & ~terminated
+
+  def body(s):
+    i = s["i"]
+    flat_seqs = flatten_beam_dim(s["live_seqs"])
+    cur_token = jax.lax.dynamic_slice_in_dim(flat_seqs, i, 1, axis=1)
+    logits, cache = _call_tokens_to_logits(
+        tokens_to_logits, jnp.full((batch * k,), i, jnp.int32), flat_seqs, cur_token, s["cache"])
+    vocab = logits.shape[-1]
+    log_probs = unflatten_beam_dim(jax.nn.log_softmax(logits), batch, k)
+    log_probs = (log_probs + s["live_scores"][:, :, None]).reshape(batch, k * vocab)
+    top_scores, top_idx = jax.lax.top_k(log_probs, candidates)
+    top_beam = top_idx // vocab
+    top_token = (top_idx % vocab).astype(jnp.int32)
+    top_seqs = _gather_beams(s["live_seqs"], top_beam)
+    top_seqs = jax.lax.dynamic_update_slice_in_dim(top_seqs, top_token[:, :, None], i + 1, axis=2)
+    ended = top_token == eos_id
+
+    live_scores, live_idx = jax.lax.top_k(top_scores + ended.astype(jnp.float32) * neg, k)
+    live_seqs = _gather_beams(top_seqs, live_idx)
+    parent = jnp.take_along_axis(top_beam, live_idx, axis=1)
+    flat_parent = (jnp.arange(batch)[:, None] * k + parent).reshape(-1)
+    cache = cache_map(lambda x: jnp.take(x, flat_parent, axis=cache_offset), cache)
+
+    new_scores = top_scores / divisors[i + 1] + (~ended).astype(jnp.float32) * neg
+    merged_scores = jnp.concatenate([s["finished_scores"], new_scores], axis=1)
+    finished_scores, keep = jax.lax.top_k(merged_scores, k)
+    finished_seqs = _gather_beams(jnp.concatenate([s["finished_seqs"], top_seqs], axis=1), keep)
+    finished_flags = jnp.take_along_axis(jnp.concatenate([s["finished_flags"], ended], axis=1), keep, axis=1)
+    return dict(i=i + 1, live_seqs=live_seqs, live_scores=live_scores, finished_seqs=finished_seqs,
+                finished_scores=finished_scores, finished_flags=finished_flags, cache=cache)
+
+  final = jax.lax.while_loop(cond, body, state0)
+  any_finished = jnp.any(final["finished_flags"], axis=1)
+  seqs = jnp.where(any_finished[:, None, None], final["finished_seqs"], final["live_seqs"])
+  scores = jnp.where(any_finished[:, None], final["finished_scores"], final["live_scores"])
+  # Both lists are sorted best first; return best last.
+  return seqs[:, ::-1, 1:], scores[:, ::-1]
