@@ -215,6 +215,8 @@ class MultiHeadDotProductAttention(nn.Module):
                                            (0, idx, 0, 0))
         value = jax.lax.dynamic_update_slice(cached_value.value,
                                              value.astype(cached_value.value.dtype), (0, idx, 0, 0))
+        key = nn.with_logical_constraint(key, axes)  # the cache shards like the activations
+        value = nn.with_logical_constraint(value, axes)
         cached_key.value, cached_value.value = key, value
         cache_index.value = idx + 1
         # Only positions already written are visible.
