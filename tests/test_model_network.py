@@ -302,3 +302,18 @@ def test_config_rejects_bad_values():
     small_config(emb_dim=0)
   with pytest.raises(FileNotFoundError, match="nope.gin"):
     config_lib.load_config_from_gin(["gin_configs/models/nope.gin"])
+
+
+def test_remat_policies_give_the_same_gradients():
+  batch = random_batch(np.random.RandomState(0), 96, 2, 8, 6)
+  params = model_and_params(True)[1]
+  grads = {}
+  for policy in ("none", "minimal", "full"):
+    model = models.EncoderDecoderModel(network.Transformer(small_config(True, remat_policy=policy,
+                                                                        dropout_rate=0.1)))
+    grads[policy] = jax.jit(jax.grad(lambda p: model.loss_fn(p, batch, jax.random.PRNGKey(3))[0]))(params)
+  for policy in ("minimal", "full"):
+    for a, b in zip(jax.tree_util.tree_leaves(grads[policy]), jax.tree_util.tree_leaves(grads["none"])):
+      np.testing.assert_allclose(a, b, atol=1e-6)
+  with pytest.raises(ValueError, match="remat_policy"):
+    small_config(remat_policy="some")

@@ -38,6 +38,9 @@ class T5Config:
   relative_attention_num_buckets: int = 32
   relative_attention_max_distance: int = 128
   layer_norm_epsilon: float = 1e-6
+  # Rematerialise each layer in the backward pass (t5x names): "none", "minimal"
+  # (keep only the weight matmul outputs) or "full" (recompute everything).
+  remat_policy: str = "none"
 
   def __post_init__(self):
     # Gin and JSON hand over lists and strings; keep the dataclass hashable and canonical.
@@ -51,6 +54,9 @@ class T5Config:
       if act not in ACTIVATIONS:
         raise ValueError(f"T5Config.mlp_activations: unknown activation {act!r}; "
                          f"choose from {sorted(ACTIVATIONS)}")
+
+    if self.remat_policy not in ("none", "minimal", "full"):
+      raise ValueError(f"T5Config.remat_policy: unknown {self.remat_policy!r}; choose none, minimal or full")
 
   @property
   def activation_dtype(self):

@@ -293,7 +293,7 @@ class DecoderLayer(nn.Module):
   config: T5Config
 
   @nn.compact
-  def __call__(self, x, encoded, decoder_mask, encoder_decoder_mask, bias, *,
+  def __call__(self, x, encoded, decoder_mask, encoder_decoder_mask, bias,
                deterministic: bool = True, decode: bool = False):
     cfg = self.config
     dt, pdt = cfg.activation_dtype, cfg.parameter_dtype
@@ -313,6 +313,22 @@ class DecoderLayer(nn.Module):
         y, deterministic=deterministic)
     x = x + _dropout(cfg.dropout_rate)(y, deterministic=deterministic)
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+
+# jax.checkpoint policies by t5x / flaxformer name: what the backward pass may keep.
+_REMAT_POLICIES = {
+    "full": None,  # keep nothing but the layer inputs
+    "minimal": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,  # keep weight matmul outputs
+}
+
+
+def _layer_class(layer_cls, policy: str, static_argnums):
+  """The layer, rematerialised in the backward pass unless policy is "none"."""
+  if policy == "none":
+    return layer_cls
+  if policy not in _REMAT_POLICIES:
+    raise ValueError(f"T5Config.remat_policy: unknown {policy!r}; choose none, minimal or full")
+  return nn.remat(layer_cls, policy=_REMAT_POLICIES[policy], static_argnums=static_argnums)
 
 
 def _positions(tokens: Array, positions: Optional[Array]) -> Array:
@@ -335,8 +351,9 @@ class Encoder(nn.Module):
     bias = RelativePositionBiases(cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance,
                                   cfg.num_heads, cfg.activation_dtype, cfg.parameter_dtype,
                                   name="relpos_bias")(pos, pos, bidirectional=True)
+    layer_cls = _layer_class(EncoderLayer, cfg.remat_policy, static_argnums=(4,))  # deterministic
     for i in range(cfg.num_encoder_layers):
-      x = EncoderLayer(cfg, name=f"layers_{i}")(x, mask, bias, deterministic)
+      x = layer_cls(cfg, name=f"layers_{i}")(x, mask, bias, deterministic)
     x = LayerNorm(cfg.layer_norm_epsilon, cfg.activation_dtype, cfg.parameter_dtype,
                   name="encoder_norm")(x)
     return _dropout(cfg.dropout_rate)(x, deterministic=deterministic)
@@ -366,9 +383,10 @@ class Decoder(nn.Module):
     else:
       pos = _positions(decoder_input_tokens, positions)
     bias = relpos(pos, pos, bidirectional=False)
+    layer_cls = _layer_class(DecoderLayer, cfg.remat_policy, static_argnums=(6, 7))  # deterministic, decode
     for i in range(cfg.num_decoder_layers):
-      x = DecoderLayer(cfg, name=f"layers_{i}")(x, encoded, decoder_mask, encoder_decoder_mask, bias,
-                                                deterministic=deterministic, decode=decode)
+      x = layer_cls(cfg, name=f"layers_{i}")(x, encoded, decoder_mask, encoder_decoder_mask, bias,
+                                             deterministic, decode)
     x = LayerNorm(cfg.layer_norm_epsilon, cfg.activation_dtype, cfg.parameter_dtype,
                   name="decoder_norm")(x)
     x = _dropout(cfg.dropout_rate)(x, deterministic=deterministic)
