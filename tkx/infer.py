@@ -176,7 +176,7 @@ class Predictor:
                input_buckets: Sequence[int] = DEFAULT_INPUT_BUCKETS, param_shardings=None):
     from tkx import partitioning
     self.model = model
-    self.partitioner = partitioner or partitioning.Partitioner(num_partitions=1)
+    self.partitioner = partitioner or partitioning.Partitioner()  # gin bindings apply
     self.decode_config = decode_config or DecodeConfig()
     self.input_buckets = tuple(sorted(set(int(b) for b in input_buckets)))
     if not self.input_buckets or self.input_buckets[0] < 1:
@@ -230,8 +230,8 @@ class Predictor:
     return p.partition(predict, in_shardings=(self.param_shardings, p.data_sharding, p.replicated),
                        out_shardings=p.data_sharding)
 
-  def _run_batch(self, rows: np.ndarray) -> np.ndarray:
-    """[batch_size, bucket] global ids -> [batch_size, max_decode_length] outputs on this host."""
+  def _dispatch(self, rows: np.ndarray):
+    """Starts decoding [batch_size, bucket] global ids; returns the (not yet fetched) device result."""
     layout = self.partitioner.get_data_layout(self.batch_size)
     per_host = self.batch_size // layout.num_shards
     local = rows[layout.shard_id * per_host:(layout.shard_id + 1) * per_host]
@@ -239,7 +239,10 @@ class Predictor:
     rng = jax.random.fold_in(self._rng, self._num_batches)
     self._num_batches += 1
     self.compiled_shapes.add(rows.shape)
-    out = self._predict(self.params, global_rows, rng)
+    return self._predict(self.params, global_rows, rng)
+
+  def _fetch(self, out) -> np.ndarray:
+    """[batch_size, max_decode_length] outputs on this host."""
     return np.asarray(self.partitioner.global_to_host(out))
 
   def predict_ids(self, inputs: Sequence[Sequence[int]], *, progress: bool = True,
@@ -258,6 +261,14 @@ class Predictor:
         todo.append(index)
     plan = plan_batches([len(inputs[i]) for i in todo], self.batch_size, self.input_buckets)
     bar = _Progress(len(todo), desc=desc, enabled=progress)
+
+    def collect(positions, out):
+      decoded = self._fetch(out)
+      for row, position in enumerate(positions):
+        outputs[todo[position]] = trim_output(decoded[row], self.eos_id, self.pad_id)
+      bar.update(len(positions))
+
+    pending = None  # one batch in flight: the next one is prepared while it decodes
     for bucket, batch_positions in plan:
       rows = np.full((self.batch_size, bucket), self.pad_id, np.int32)
       rows[:, 0] = self.eos_id  # dummy rows: a lone EOS
@@ -265,10 +276,12 @@ class Predictor:
         ids = inputs[todo[position]]
         rows[row, :] = self.pad_id
         rows[row, :len(ids)] = ids
-      decoded = self._run_batch(rows)
-      for row, position in enumerate(batch_positions):
-        outputs[todo[position]] = trim_output(decoded[row], self.eos_id, self.pad_id)
-      bar.update(len(batch_positions))
+      out = self._dispatch(rows)
+      if pending is not None:
+        collect(*pending)
+      pending = (batch_positions, out)
+    if pending is not None:
+      collect(*pending)
     bar.close()
     return outputs  # type: ignore[return-value]
 
@@ -410,7 +423,7 @@ def load_checkpoint(path: str, *, partitioner=None, vocab_path: Optional[str] = 
     raise ValueError(f"{root}: the vocabulary has {vocab_size} ids but model.gin sets "
                      f"network.T5Config.vocab_size = {config.vocab_size}")
   model = build_model(config, vocabulary)
-  partitioner = partitioner or partitioning.Partitioner(num_partitions=1)
+  partitioner = partitioner or partitioning.Partitioner()  # gin bindings apply
   step_path = path if os.path.basename(os.path.normpath(path)).startswith("checkpoint_") else root
   log.info("loading parameters from %s", orbax_io.find_step_dir(step_path))
   params = orbax_io.load_params(step_path, abstract_params_for(model, partitioner))
