@@ -27,6 +27,13 @@ def test_cut_to_budget_counts_eos_and_keeps_first_tokens():
   assert infer.cut_to_budget([5, 6, 7, 8], 4) == ([5, 6, 7, 1], True)
 
 
+def test_full_budget_inputs_are_counted_in_one_warning(caplog):
+  import logging
+  with caplog.at_level(logging.WARNING):
+    assert infer.warn_full_budget([[5] * 8, [5] * 3, [5] * 8], 8, "mix") == 2
+  assert "mix: 2 of 3 inputs reach the 8-token budget" in caplog.text
+
+
 def test_trim_output_stops_at_eos_and_drops_padding():
   assert infer.trim_output([7, 8, 1, 9, 0]) == [7, 8]
   assert infer.trim_output([7, 0, 8]) == [7, 8]

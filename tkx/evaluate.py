@@ -84,6 +84,7 @@ def run_evaluation(predictor: "infer.Predictor", vocabulary, mixture_or_task_nam
                            for ex in evaluator.cached_task_datasets[task.name].as_numpy_iterator()]
   flat = [ids for task in eval_tasks for _, ids in examples[task.name]]
   log.info("%s: %d examples in %d tasks (split %s)", mixture_or_task_name, len(flat), len(eval_tasks), split)
+  infer.warn_full_budget(flat, max_input_length, mixture_or_task_name)
   outputs = predictor.predict_ids(flat, progress=progress, desc=f"eval {mixture_or_task_name}")
   outputs_by_task, offset = {}, 0
   for task in eval_tasks:

@@ -456,6 +456,19 @@ def encode_texts(vocabulary, texts: Sequence[str], max_input_length: int,
   return ids_list, cut_indices
 
 
+def warn_full_budget(inputs: Sequence[Sequence[int]], max_input_length: int, what: str) -> int:
+  """Counts (and reports in one warning) inputs that fill the whole token budget.
+
+  The encoding rule cut their sources to the budget (first tokens kept), so
+  their instance input may be partly missing.
+  """
+  full = sum(1 for ids in inputs if len(ids) >= max_input_length)
+  if full:
+    log.warning("%s: %d of %d inputs reach the %d-token budget: the encoding rule cut their sources "
+                "(first tokens kept)", what, full, len(inputs), max_input_length)
+  return full
+
+
 def decode_ids(vocabulary, outputs: Sequence[Sequence[int]]) -> List[str]:
   return [vocabulary.decode(list(ids)) if ids else "" for ids in outputs]
 
@@ -614,6 +627,7 @@ def predict_mixture(predictor: Predictor, vocabulary, name: str, *, max_input_le
     per_task.append((task.name, task_inputs(task, split, lengths)))
   flat = [ids for _, examples in per_task for _, ids in examples]
   log.info("%s: decoding %d examples of %d task(s)", name, len(flat), len(per_task))
+  warn_full_budget(flat, max_input_length, name)
   texts = decode_ids(vocabulary, predictor.predict_ids(flat, progress=progress, desc=name))
   records, start = [], 0
   for task_name, examples in per_task:
