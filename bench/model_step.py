@@ -2,7 +2,8 @@
 
 Both frameworks run one training step's forward and backward pass (no
 optimizer update) on random tokens at the same shapes, from random
-initialisation with dropout off. Achieved FLOP/s use the formula of
+initialisation with dropout off; their timed steps alternate so that a shared
+machine's load hits both alike. Achieved FLOP/s use the formula of
 `tkx.models.model_info.train_step_flops` for both, and are compared with this
 machine's measured float32 matmul peak (a large square matmul in JAX).
 
@@ -41,7 +42,7 @@ def timed(fn, warmup, steps, label):
     fn()
     times.append(time.perf_counter() - t0)
     log(f"{label}: step {i + 1}/{steps} {times[-1]:.2f}s")
-  return statistics.median(times)
+  return statistics.median(times) if times else None
 
 
 def matmul_peak(n, repeats):
@@ -61,7 +62,7 @@ def random_batch(vocab, batch, inputs_length, targets_length, seed=0):
   return enc, dec, tgt
 
 
-def bench_tkx(cfg, enc, dec, tgt, warmup, steps):
+def tkx_step(cfg, enc, dec, tgt):
   model = model_info.build_model(cfg)
   params = jax.jit(lambda r: model.get_initial_variables(
       r, {"encoder_input_tokens": enc.shape, "decoder_input_tokens": dec.shape})["params"])(jax.random.PRNGKey(0))
@@ -72,10 +73,10 @@ def bench_tkx(cfg, enc, dec, tgt, warmup, steps):
   def step():
     loss, grads = grad_fn(params, batch)
     jax.block_until_ready(grads)
-  return timed(step, warmup, steps, "tkx (JAX)")
+  return step
 
 
-def bench_hf(cfg, enc, dec, tgt, warmup, steps, threads):
+def hf_step(cfg, enc, dec, tgt, threads):
   import torch
   from transformers import T5Config, T5ForConditionalGeneration
   if threads:
@@ -96,7 +97,25 @@ def bench_hf(cfg, enc, dec, tgt, warmup, steps, threads):
     model.zero_grad(set_to_none=True)
     out = model(input_ids=enc_t, attention_mask=mask, decoder_input_ids=dec_t, labels=tgt_t)
     out.loss.backward()
-  return timed(step, warmup, steps, "HF transformers (PyTorch)")
+  return step
+
+
+def run_interleaved(steps_by_name, warmup, steps):
+  """Warms every framework up, then alternates their timed steps.
+
+  Alternating keeps a shared machine's changing load from favouring whichever
+  framework happened to run in a quiet minute. Returns {name: [seconds]}.
+  """
+  for name, fn in steps_by_name.items():
+    timed(fn, warmup, 0, name)
+  times = {name: [] for name in steps_by_name}
+  for i in range(steps):
+    for name, fn in steps_by_name.items():
+      t0 = time.perf_counter()
+      fn()
+      times[name].append(time.perf_counter() - t0)
+      log(f"{name}: step {i + 1}/{steps} {times[name][-1]:.2f}s")
+  return times
 
 
 def main(argv=None):
@@ -124,22 +143,25 @@ def main(argv=None):
       f"{model_info.human(flops, 'FLOP')} (forward+backward) on {jax.devices()[0].platform}")
   peak = matmul_peak(args.matmul_size, max(args.steps, 3))
   enc, dec, tgt = random_batch(cfg.vocab_size, b, li, lt)
-  rows = [("tkx (JAX/Flax)", bench_tkx(cfg, enc, dec, tgt, args.warmup, args.steps))]
+  fns = {"tkx (JAX/Flax)": tkx_step(cfg, enc, dec, tgt)}
   if not args.skip_hf:
-    rows.append(("HF transformers (PyTorch)", bench_hf(cfg, enc, dec, tgt, args.warmup, args.steps,
-                                                       args.torch_threads)))
+    fns["HF transformers (PyTorch)"] = hf_step(cfg, enc, dec, tgt, args.torch_threads)
+  times = run_interleaved(fns, args.warmup, args.steps)
 
   print(f"\nforward+backward, {os.path.basename(os.path.dirname(args.gin_file))}/"
         f"{os.path.basename(args.gin_file)} ({cfg.dtype}), batch {b}, inputs {li}, targets {lt}; "
-        f"{jax.devices()[0].device_kind} ({os.cpu_count()} CPUs visible)")
+        f"{jax.devices()[0].device_kind} ({os.cpu_count()} CPUs visible), {args.steps} interleaved steps each")
   print(f"measured float32 matmul peak ({args.matmul_size}^2, JAX): {model_info.human(peak, 'FLOP/s')}")
-  print(f"{'framework':<28}{'s/step':>9}{'tokens/s':>11}{'FLOP/s':>12}{'of peak':>9}{'vs HF':>7}")
-  hf_time = rows[1][1] if len(rows) > 1 else None
-  for name, seconds in rows:
+  print(f"{'framework':<28}{'median s':>9}{'best s':>8}{'tokens/s':>10}{'FLOP/s':>12}{'of peak':>9}{'vs HF':>7}")
+  hf_name = "HF transformers (PyTorch)"
+  hf_time = statistics.median(times[hf_name]) if hf_name in times else None
+  for name, seconds_list in times.items():
+    seconds = statistics.median(seconds_list)
     achieved = flops / seconds
     speedup = f"{hf_time / seconds:.2f}x" if hf_time else "-"
-    print(f"{name:<28}{seconds:>9.3f}{tokens / seconds:>11,.0f}{model_info.human(achieved, 'FLOP/s'):>12}"
-          f"{achieved / peak:>9.1%}{speedup:>7}")
+    print(f"{name:<28}{seconds:>9.2f}{min(seconds_list):>8.2f}{tokens / seconds:>10,.0f}"
+          f"{model_info.human(achieved, 'FLOP/s'):>12}{achieved / peak:>9.1%}{speedup:>7}")
+  print("(tokens = inputs + targets; FLOP/s from the median step; 'vs HF' = HF time / this time)")
   return 0
 
 

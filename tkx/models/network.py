@@ -16,6 +16,8 @@ Conventions taken from T5 / t5x:
     `decoder/logits_dense`.
   * Parameters are stored in `param_dtype`, computation runs in `dtype`;
     logits and softmaxes are float32.
+  * Packed examples (segment ids) attend only within their segment; see
+    `_positions` for why the relative positions need no per-example ids.
 """
 import functools
 from typing import Any, Callable, Optional, Sequence
@@ -33,7 +35,6 @@ Initializer = Callable[..., Array]
 
 # Large negative bias for masked attention positions (float32 softmax).
 _MASK_VALUE = -1e10
-
 
 
 def _activation(name: str) -> Callable[[Array], Array]:
@@ -332,8 +333,15 @@ def _layer_class(layer_cls, policy: str, static_argnums):
 
 
 def _positions(tokens: Array, positions: Optional[Array]) -> Array:
-  if positions is not None:
-    return positions
+  """Positions for the relative-position bias: always 0..length-1, shared by the batch.
+
+  Packed examples (SeqIO) number their tokens 0, 1, 2, ... within each segment,
+  so a key-query distance inside a segment is the same whether measured with
+  the packed `positions` or with the row index, and pairs across segments are
+  masked. The row index gives one [1, heads, q, k] bias instead of a
+  per-example [batch, heads, q, k] one (gigabytes for large packed batches).
+  """
+  del positions
   return jnp.arange(tokens.shape[-1], dtype=jnp.int32)[None, :]
 
 
