@@ -113,3 +113,18 @@ def test_nonfinite_steps_are_flagged():
     assert bool(m1["is_finite"])
     assert not bool(m2["is_finite"]) and np.isnan(m2["loss"])
     assert np.isfinite(m_inf["loss"]) and not bool(m_inf["is_finite"])
+
+
+def test_bfloat16_activations_keep_float32_params():
+    cfg = config_lib.T5Config(vocab_size=64, emb_dim=32, num_heads=2, head_dim=16, mlp_dim=64,
+                              num_encoder_layers=1, num_decoder_layers=1, mlp_activations=("gelu", "linear"),
+                              logits_via_embedding=False, dropout_rate=0.0, dtype="bfloat16")
+    model = models.EncoderDecoderModel(network.Transformer(cfg))
+    batch = _batch()
+    optimizer = optimizers.create_optimizer(optimizers.adafactor, learning_rate=1e-2)
+    state = _init_state(model, optimizer, batch)
+    new_state, metrics = jax.jit(trainer.make_train_step(model, optimizer, 1e-2, 2))(state, batch)
+    assert bool(metrics["is_finite"]) and metrics["loss"].dtype == jnp.float32
+    assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(new_state.params))
+    assert not np.allclose(new_state.params["decoder"]["logits_dense"]["kernel"],
+                           state.params["decoder"]["logits_dense"]["kernel"])
