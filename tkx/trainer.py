@@ -23,13 +23,11 @@ Non-finite values. Every step reports whether loss, gradient norm and update nor
 are finite; the loop checks it before any save, so a NaN state is never written,
 and stops with `NonFiniteLossError` naming the step and the last good checkpoint.
 """
-import functools
-import json
 import logging
 import os
 import re
 import time
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional
 
 import flax.struct
 import gin
@@ -37,7 +35,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import NamedSharding, PartitionSpec
 
 from tkx import optimizers
 from tkx.checkpoints import orbax_io
@@ -290,7 +287,7 @@ def _check_and_cast(loaded, abstract_params, source):
     flat_expected = {jax.tree_util.keystr(p): leaf for p, leaf in
                      jax.tree_util.tree_flatten_with_path(abstract_params)[0]}
     flat_loaded = {jax.tree_util.keystr(p): leaf for p, leaf in
-                   jax.tree_util.tree_flatten_with_path(flax.core.unfreeze(loaded) if hasattr(loaded, "unfreeze") else loaded)[0]}
+                   jax.tree_util.tree_flatten_with_path(dict(loaded))[0]}
     missing = sorted(set(flat_expected) - set(flat_loaded))
     unexpected = sorted(set(flat_loaded) - set(flat_expected))
     if missing or unexpected:
