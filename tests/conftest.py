@@ -29,3 +29,17 @@ def shared_ni_dir():
         pytest.skip(f"shared Natural Instructions sample not found at {SHARED_NI_DIR} "
                     "(it lives beside the checkout in CI and on developer machines)")
     return SHARED_NI_DIR
+
+
+@pytest.fixture(autouse=True)
+def _fresh_gin_config():
+    """Each test starts from an empty gin config.
+
+    Model configs are gin-configurable (as t5x's `network.T5Config`), so bindings a previous
+    test parsed (say `T5Config.dtype = 'bfloat16'` from a real-size model file) would otherwise
+    fill in fields of configs built later in the same process.
+    """
+    import gin
+    gin.clear_config()
+    yield
+    gin.clear_config()
