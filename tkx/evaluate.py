@@ -212,6 +212,12 @@ def evaluate(*, checkpoint_path: str, output_dir: str, ni_dir: Optional[str] = N
   """
   from tkx import partitioning
   from tkx.data import tasks as tasks_lib
+  if mixture_or_task_name is not None and max_num_instances_per_task is not None:
+    # A registered mixture has its instance selection fixed; silently ignoring the cap would
+    # score other instances than the user asked for.
+    raise ValueError("max_num_instances_per_task applies when tkx eval registers the split itself "
+                     "(--ni_dir/--track/--split/--encoding); it cannot change the registered mixture "
+                     f"{mixture_or_task_name!r}")
   partitioner = partitioner or partitioning.Partitioner()  # gin bindings apply
   loaded = infer.load_checkpoint(checkpoint_path, partitioner=partitioner, vocab_path=vocab_path)
   if mixture_or_task_name is None:
