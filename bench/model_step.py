@@ -17,33 +17,15 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from common import hf_t5_config, log, random_batch, timed  # noqa: E402  (puts the repo root on sys.path)
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from tkx.models import config as config_lib  # noqa: E402
 from tkx.models import model_info  # noqa: E402
-
-
-def log(msg):
-  print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def timed(fn, warmup, steps, label):
-  """Median seconds of fn() over `steps` calls after `warmup` calls."""
-  for i in range(warmup):
-    t0 = time.perf_counter()
-    fn()
-    log(f"{label}: warm-up {i + 1}/{warmup} {time.perf_counter() - t0:.2f}s")
-  times = []
-  for i in range(steps):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-    log(f"{label}: step {i + 1}/{steps} {times[-1]:.2f}s")
-  return statistics.median(times) if times else None
 
 
 def _best_seconds(fn, repeats, label):
@@ -76,14 +58,6 @@ def matmul_peak(n, repeats, with_torch=True):
   return peaks
 
 
-def random_batch(vocab, batch, inputs_length, targets_length, seed=0):
-  rng = np.random.RandomState(seed)
-  enc = rng.randint(2, vocab, (batch, inputs_length)).astype(np.int32)
-  tgt = rng.randint(2, vocab, (batch, targets_length)).astype(np.int32)
-  dec = np.concatenate([np.zeros((batch, 1), np.int32), tgt[:, :-1]], 1)
-  return enc, dec, tgt
-
-
 def tkx_step(cfg, enc, dec, tgt):
   model = model_info.build_model(cfg)
   params = jax.jit(lambda r: model.get_initial_variables(
@@ -100,16 +74,10 @@ def tkx_step(cfg, enc, dec, tgt):
 
 def hf_step(cfg, enc, dec, tgt, threads):
   import torch
-  from transformers import T5Config, T5ForConditionalGeneration
+  from transformers import T5ForConditionalGeneration
   if threads:
     torch.set_num_threads(threads)
-  act = {("relu",): "relu", ("gelu", "linear"): "gated-gelu"}[tuple(cfg.mlp_activations)]
-  hf_cfg = T5Config(vocab_size=cfg.vocab_size, d_model=cfg.emb_dim, d_kv=cfg.head_dim, d_ff=cfg.mlp_dim,
-                    num_layers=cfg.num_encoder_layers, num_decoder_layers=cfg.num_decoder_layers,
-                    num_heads=cfg.num_heads, relative_attention_num_buckets=cfg.relative_attention_num_buckets,
-                    relative_attention_max_distance=cfg.relative_attention_max_distance, dropout_rate=0.0,
-                    feed_forward_proj=act, tie_word_embeddings=cfg.logits_via_embedding,
-                    decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+  hf_cfg = hf_t5_config(cfg)
   torch.manual_seed(0)
   model = T5ForConditionalGeneration(hf_cfg).train()
   enc_t, dec_t, tgt_t = (torch.from_numpy(x.astype(np.int64)) for x in (enc, dec, tgt))

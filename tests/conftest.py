@@ -31,6 +31,29 @@ def shared_ni_dir():
     return SHARED_NI_DIR
 
 
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A tkx checkpoint dir (orbax params + model.gin) of a random tiny T5 1.1 on the embedded vocabulary.
+
+    Saved at step 11 (tests check that number); tests only read it, so one serves the whole session.
+    """
+    import jax
+    from tkx import infer
+    from tkx.checkpoints import hf, orbax_io
+    from tkx.data import vocab as vocab_lib
+    from tkx.models import config as config_lib
+    cfg = config_lib.T5Config(vocab_size=1024, emb_dim=32, num_heads=2, head_dim=16, mlp_dim=64,
+                              num_encoder_layers=2, num_decoder_layers=2, mlp_activations=("gelu", "linear"),
+                              logits_via_embedding=False, dropout_rate=0.0)
+    model = infer.build_model(cfg, vocab_lib.get_vocabulary())
+    shapes = {"encoder_input_tokens": (1, 8), "decoder_input_tokens": (1, 8)}
+    params = jax.jit(lambda rng: model.get_initial_variables(rng, shapes))(jax.random.PRNGKey(1))["params"]
+    path = tmp_path_factory.mktemp("ckpt")
+    orbax_io.save_params(str(path), params, step=11)
+    (path / "model.gin").write_text(hf.config_to_gin(cfg))
+    return str(path)
+
+
 @pytest.fixture(autouse=True)
 def _fresh_gin_config():
     """Each test starts from an empty gin config.

@@ -3,29 +3,11 @@ import glob
 import json
 import os
 
-import jax
 import pytest
 
-from tkx import cli, evaluate, infer
+from tkx import cli, evaluate
 
 FAST = ["--max_decode_length", "5", "--max_input_length", "256", "--no_progress"]
-
-
-@pytest.fixture(scope="module")
-def random_checkpoint(tmp_path_factory):
-  from tkx.checkpoints import hf, orbax_io
-  from tkx.data import vocab as vocab_lib
-  from tkx.models import config as config_lib
-  cfg = config_lib.T5Config(vocab_size=1024, emb_dim=32, num_heads=2, head_dim=16, mlp_dim=64,
-                            num_encoder_layers=2, num_decoder_layers=2, mlp_activations=("gelu", "linear"),
-                            logits_via_embedding=False, dropout_rate=0.0)
-  model = infer.build_model(cfg, vocab_lib.get_vocabulary())
-  shapes = {"encoder_input_tokens": (1, 8), "decoder_input_tokens": (1, 8)}
-  params = jax.jit(lambda rng: model.get_initial_variables(rng, shapes))(jax.random.PRNGKey(1))["params"]
-  path = tmp_path_factory.mktemp("ckpt")
-  orbax_io.save_params(str(path), params, step=11)
-  (path / "model.gin").write_text(hf.config_to_gin(cfg))
-  return str(path)
 
 
 def _scalar_tags(log_dir):
@@ -38,9 +20,9 @@ def _scalar_tags(log_dir):
   return tags
 
 
-def test_eval_reports_overall_category_and_task_tables(random_checkpoint, tmp_path, embedded_ni_dir, capsys):
+def test_eval_reports_overall_category_and_task_tables(tiny_checkpoint, tmp_path, embedded_ni_dir, capsys):
   out_dir = tmp_path / "eval"
-  assert cli.main(["eval", "--checkpoint", random_checkpoint, "--track", "default", "--encoding", "def_pos2",
+  assert cli.main(["eval", "--checkpoint", tiny_checkpoint, "--track", "default", "--encoding", "def_pos2",
                    "--split", "test", "--output_dir", str(out_dir)] + FAST) == 0
   printed = capsys.readouterr().out
   assert "== Per task ==" in printed and "== Per category ==" in printed
@@ -68,9 +50,9 @@ def test_eval_reports_overall_category_and_task_tables(random_checkpoint, tmp_pa
     assert f"task/{task}/exact_match" in tags
 
 
-def test_eval_with_the_run_gin_file(random_checkpoint, tmp_path):
+def test_eval_with_the_run_gin_file(tiny_checkpoint, tmp_path):
   out_dir = tmp_path / "gin_eval"
-  assert cli.main(["eval", "--gin_file=gin_configs/runs/eval.gin", f"--gin.CHECKPOINT_PATH='{random_checkpoint}'",
+  assert cli.main(["eval", "--gin_file=gin_configs/runs/eval.gin", f"--gin.CHECKPOINT_PATH='{tiny_checkpoint}'",
                    f"--gin.EVAL_OUTPUT_DIR='{out_dir}'", "--gin.MAX_DECODE_LENGTH=4", "--gin.MAX_INPUT_LENGTH=256",
                    "--gin.ENCODING='def'", "--no_progress"]) == 0
   results = json.loads((out_dir / evaluate.METRICS_FILE).read_text())
@@ -81,10 +63,10 @@ def test_eval_with_the_run_gin_file(random_checkpoint, tmp_path):
   assert len(records) == results["overall"]["num_examples"] > 0
 
 
-def test_eval_xlingual_track_scores_with_the_xlingual_metrics(random_checkpoint, tmp_path):
+def test_eval_xlingual_track_scores_with_the_xlingual_metrics(tiny_checkpoint, tmp_path):
   from tkx.metrics import ni_metrics
   out_dir = tmp_path / "xl"
-  assert cli.main(["eval", "--checkpoint", random_checkpoint, "--track", "xlingual", "--encoding", "def",
+  assert cli.main(["eval", "--checkpoint", tiny_checkpoint, "--track", "xlingual", "--encoding", "def",
                    "--output_dir", str(out_dir)] + FAST) == 0
   results = json.loads((out_dir / evaluate.METRICS_FILE).read_text())
   assert results["track"] == "xlingual"
@@ -95,9 +77,9 @@ def test_eval_xlingual_track_scores_with_the_xlingual_metrics(random_checkpoint,
     assert seqio_metrics["rougeL"] == pytest.approx(results["per_task"][task]["rougeL"], abs=1e-3)
 
 
-def test_eval_unknown_mixture_and_missing_checkpoint(random_checkpoint, tmp_path):
+def test_eval_unknown_mixture_and_missing_checkpoint(tiny_checkpoint, tmp_path):
   with pytest.raises(ValueError, match="did you mean ni_default_test_def_pos2"):
-    cli.main(["eval", "--checkpoint", random_checkpoint, "--mixture", "ni_default_test_def_pos3",
+    cli.main(["eval", "--checkpoint", tiny_checkpoint, "--mixture", "ni_default_test_def_pos3",
               "--output_dir", str(tmp_path)] + FAST)
   with pytest.raises(ValueError, match="tkx eval needs --checkpoint"):
     cli.main(["eval"])

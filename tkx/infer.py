@@ -511,31 +511,23 @@ def write_jsonl(path: str, records: Iterable[Mapping[str, Any]]) -> int:
 
 def read_input_file(path: str) -> List[dict]:
   """`{"id", "inputs"}` JSON lines (other fields are kept); errors name the file, line and field."""
+  from tkx import jsonl
 
   def fail(line_no, field, message):
-    raise ValueError(f"{path}, line {line_no}, field {field!r}: {message}")
+    raise jsonl.line_error(path, line_no, field, message)
 
   records, seen = [], set()
-  with open(path, encoding="utf-8") as f:
-    for line_no, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        fail(line_no, "<json>", f"malformed JSON ({e})")
-      if not isinstance(record, dict):
-        fail(line_no, "<json>", f"expected a JSON object, got {type(record).__name__}")
-      if "inputs" not in record:
-        fail(line_no, "inputs", "missing")
-      if not isinstance(record["inputs"], str):
-        fail(line_no, "inputs", f"must be a string, got {type(record['inputs']).__name__}")
-      if "id" not in record:
-        fail(line_no, "id", "missing")
-      if record["id"] in seen:
-        fail(line_no, "id", f"repeats {record['id']!r}")
-      seen.add(record["id"])
-      records.append(record)
+  for line_no, record in jsonl.iter_json_objects(path):
+    if "inputs" not in record:
+      fail(line_no, "inputs", "missing")
+    if not isinstance(record["inputs"], str):
+      fail(line_no, "inputs", f"must be a string, got {type(record['inputs']).__name__}")
+    if "id" not in record:
+      fail(line_no, "id", "missing")
+    if record["id"] in seen:
+      fail(line_no, "id", f"repeats {record['id']!r}")
+    seen.add(record["id"])
+    records.append(record)
   if not records:
     raise ValueError(f"{path}: no input lines (the file is empty)")
   return records

@@ -8,6 +8,7 @@ tables; `--json` also writes them.
 import json
 import os
 
+from tkx import jsonl
 from tkx.data import ni
 from tkx.metrics import ni_metrics
 
@@ -26,47 +27,38 @@ def add_arguments(parser):
 
 
 def _fail(path, line_no, field, message):
-    raise PredictionsFileError(f"{path}, line {line_no}, field {field!r}: {message}")
+    raise jsonl.line_error(path, line_no, field, message, PredictionsFileError)
 
 
 def read_predictions(path, ni_dir=None):
     """Reads and checks a predictions file; fills `Categories` from `ni_dir` task files when absent."""
     records, categories_by_task = [], {}
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                _fail(path, line_no, "<json>", f"malformed JSON: {e}")
-            if not isinstance(record, dict):
-                _fail(path, line_no, "<json>", f"expected a JSON object, got {type(record).__name__}")
-            task = record.get("Task")
-            if not isinstance(task, str) or not task:
-                _fail(path, line_no, "Task", "missing or not a string")
-            instance = record.get("Instance")
-            if not isinstance(instance, dict):
-                _fail(path, line_no, "Instance", f"missing or not an object (task {task})")
-            outputs = instance.get("output")
-            if (not isinstance(outputs, list) or not outputs or not all(isinstance(o, str) for o in outputs)):
-                _fail(path, line_no, "Instance.output", f"must be a non-empty list of strings (task {task})")
-            key = "prediction" if "prediction" in record else "Prediction"
-            if not isinstance(record.get(key), str):
-                _fail(path, line_no, "prediction", f"missing or not a string (task {task})")
-            categories = record.get("Categories")
-            if categories is None:
-                if ni_dir is None:
-                    _fail(path, line_no, "Categories", f"missing (task {task}); pass --ni_dir to read it from the task file")
-                if task not in categories_by_task:
-                    try:
-                        categories_by_task[task] = [ni.task_category(ni.load_task(ni_dir, task))]
-                    except ni.NIDataError as e:
-                        _fail(path, line_no, "Categories", f"missing, and the task file could not give it: {e}")
-                record["Categories"] = categories_by_task[task]
-            elif (not isinstance(categories, list) or not categories or not isinstance(categories[0], str)):
-                _fail(path, line_no, "Categories", f"must be a non-empty list of strings (task {task})")
-            records.append(record)
+    for line_no, record in jsonl.iter_json_objects(path, PredictionsFileError):
+        task = record.get("Task")
+        if not isinstance(task, str) or not task:
+            _fail(path, line_no, "Task", "missing or not a string")
+        instance = record.get("Instance")
+        if not isinstance(instance, dict):
+            _fail(path, line_no, "Instance", f"missing or not an object (task {task})")
+        outputs = instance.get("output")
+        if (not isinstance(outputs, list) or not outputs or not all(isinstance(o, str) for o in outputs)):
+            _fail(path, line_no, "Instance.output", f"must be a non-empty list of strings (task {task})")
+        key = "prediction" if "prediction" in record else "Prediction"
+        if not isinstance(record.get(key), str):
+            _fail(path, line_no, "prediction", f"missing or not a string (task {task})")
+        categories = record.get("Categories")
+        if categories is None:
+            if ni_dir is None:
+                _fail(path, line_no, "Categories", f"missing (task {task}); pass --ni_dir to read it from the task file")
+            if task not in categories_by_task:
+                try:
+                    categories_by_task[task] = [ni.task_category(ni.load_task(ni_dir, task))]
+                except ni.NIDataError as e:
+                    _fail(path, line_no, "Categories", f"missing, and the task file could not give it: {e}")
+            record["Categories"] = categories_by_task[task]
+        elif (not isinstance(categories, list) or not categories or not isinstance(categories[0], str)):
+            _fail(path, line_no, "Categories", f"must be a non-empty list of strings (task {task})")
+        records.append(record)
     if not records:
         raise PredictionsFileError(f"{path}: no predictions (the file is empty)")
     return records
