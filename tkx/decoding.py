@@ -300,6 +300,30 @@ def _gather_beams(x: jnp.ndarray, indices: jnp.ndarray) -> jnp.ndarray:
   return jnp.take_along_axis(x, idx, axis=1)
 
 
+
+def _best_continuations(tokens_to_logits, seqs, scores, cache, i, num_candidates):
+  """One decoder step for every beam, then the `num_candidates` best (beam, token) extensions.
+
+  seqs: [batch, beams, len] with the current token at position i; scores: [batch, beams]
+  summed log-probabilities. Returns candidate scores [batch, n], their sequences with the new
+  token written at i + 1, the new tokens, the beams they extend, and the stepped cache (rows
+  still in the old beam order).
+  """
+  batch, beams = scores.shape
+  flat_seqs = flatten_beam_dim(seqs)
+  cur_token = jax.lax.dynamic_slice_in_dim(flat_seqs, i, 1, axis=1)
+  logits, cache = _call_tokens_to_logits(
+      tokens_to_logits, jnp.full((batch * beams,), i, jnp.int32), flat_seqs, cur_token, cache)
+  vocab = logits.shape[-1]
+  log_probs = unflatten_beam_dim(jax.nn.log_softmax(logits), batch, beams)
+  log_probs = (log_probs + scores[:, :, None]).reshape(batch, beams * vocab)
+  top_scores, top_idx = jax.lax.top_k(log_probs, num_candidates)
+  top_beam = top_idx // vocab
+  top_token = (top_idx % vocab).astype(jnp.int32)
+  top_seqs = _gather_beams(seqs, top_beam)
+  top_seqs = jax.lax.dynamic_update_slice_in_dim(top_seqs, top_token[:, :, None], i + 1, axis=2)
+  return top_scores, top_seqs, top_token, top_beam, cache
+
 def beam_search(
     *,
     inputs: jnp.ndarray,
@@ -384,20 +408,9 @@ def beam_search(
 
   def body(s):
     i = s["i"]
-    flat_seqs = flatten_beam_dim(s["running_seqs"])
-    cur_token = jax.lax.dynamic_slice_in_dim(flat_seqs, i, 1, axis=1)
-    logits, cache = _call_tokens_to_logits(
-        tokens_to_logits, jnp.full((batch * k,), i, jnp.int32), flat_seqs, cur_token, s["cache"])
-    vocab = logits.shape[-1]
-    log_probs = unflatten_beam_dim(jax.nn.log_softmax(logits), batch, k)
-    log_probs = (log_probs + s["running_scores"][:, :, None]).reshape(batch, k * vocab)
-
     # The 2K best continuations over all beams.
-    top_scores, top_idx = jax.lax.top_k(log_probs, candidates)
-    top_beam = top_idx // vocab
-    top_token = (top_idx % vocab).astype(jnp.int32)
-    top_seqs = _gather_beams(s["running_seqs"], top_beam)
-    top_seqs = jax.lax.dynamic_update_slice_in_dim(top_seqs, top_token[:, :, None], i + 1, axis=2)
+    top_scores, top_seqs, top_token, top_beam, cache = _best_continuations(
+        tokens_to_logits, s["running_seqs"], s["running_scores"], s["cache"], i, candidates)
     ends = (top_token == eos_id) | (i + 1 >= length)
 
     # K best continuations that did not end keep running.
@@ -478,18 +491,8 @@ def _beam_search_t5x(*, inputs, cache, tokens_to_logits, eos_id, length, k, alph
 
   def body(s):
     i = s["i"]
-    flat_seqs = flatten_beam_dim(s["live_seqs"])
-    cur_token = jax.lax.dynamic_slice_in_dim(flat_seqs, i, 1, axis=1)
-    logits, cache = _call_tokens_to_logits(
-        tokens_to_logits, jnp.full((batch * k,), i, jnp.int32), flat_seqs, cur_token, s["cache"])
-    vocab = logits.shape[-1]
-    log_probs = unflatten_beam_dim(jax.nn.log_softmax(logits), batch, k)
-    log_probs = (log_probs + s["live_scores"][:, :, None]).reshape(batch, k * vocab)
-    top_scores, top_idx = jax.lax.top_k(log_probs, candidates)
-    top_beam = top_idx // vocab
-    top_token = (top_idx % vocab).astype(jnp.int32)
-    top_seqs = _gather_beams(s["live_seqs"], top_beam)
-    top_seqs = jax.lax.dynamic_update_slice_in_dim(top_seqs, top_token[:, :, None], i + 1, axis=2)
+    top_scores, top_seqs, top_token, top_beam, cache = _best_continuations(
+        tokens_to_logits, s["live_seqs"], s["live_scores"], s["cache"], i, candidates)
     ended = top_token == eos_id
 
     live_scores, live_idx = jax.lax.top_k(top_scores + ended.astype(jnp.float32) * neg, k)
