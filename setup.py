@@ -30,7 +30,7 @@ setuptools.setup(
     extras_require={
         "test": ["pytest"],
         # Hugging Face interop (import/export checkpoints, parity tests, benchmarks).
-        "hf": ["torch==2.13.0", "transformers"],
+        "hf": ["torch==2.13.0", "transformers==5.24.0"],
     },
     entry_points={"console_scripts": ["tkx=tkx.cli:main"]},
 )
