@@ -36,9 +36,9 @@ import tensorflow as tf
 
 from tkx.data import encodings as enc
 from tkx.data import ni
+from tkx.data import vocab as vocab_lib
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-EMBEDDED_NI_DIR = os.path.join(REPO_ROOT, "tasks")
+EMBEDDED_NI_DIR = str(vocab_lib.EMBEDDED_NI_DIR)
 DEFAULT_PREFIX = "ni"
 DEFAULT_ENCODINGS = ("def_pos2",)
 # What the embedded sample is registered with on import: Tk-Instruct's evaluation
@@ -218,8 +218,7 @@ def _add_mixture(name: str, task_names: Sequence[str]) -> None:
 
 
 def _default_vocabulary():
-  from tkx.data import vocab  # pylint: disable=g-import-not-at-top
-  return vocab.get_vocabulary()
+  return vocab_lib.get_vocabulary()
 
 
 def _register(ni_dir, tracks, splits, encodings, vocabulary, *, prefix, max_num_instances_per_task,
