@@ -134,6 +134,34 @@ def _is_spec_leaf(x) -> bool:
     return x is None or isinstance(x, PartitionSpec)
 
 
+def divisible_spec(shape, spec, mesh_shape) -> PartitionSpec:
+    """Drops mesh axes from the dimensions they do not divide evenly (spec padded to the rank)."""
+    spec = tuple(spec) + (None,) * (len(shape) - len(tuple(spec)))
+    out = []
+    for size, axes in zip(shape, spec):
+        names = axes if isinstance(axes, tuple) else (axes,) if axes is not None else ()
+        ways = int(np.prod([mesh_shape.get(a, 1) for a in names])) if names else 1
+        out.append(axes if size % ways == 0 else None)
+    return PartitionSpec(*out)
+
+
+def state_spec_from_param(state_shape, param_shape, param_spec):
+    """The mesh spec of an optimizer-state leaf that mirrors a parameter, or None.
+
+    Same shape (Adam's mu/nu): the parameter's spec. One dimension fewer (factored
+    Adafactor v_row/v_col): the spec without the dropped dimension. Otherwise None.
+    """
+    state_shape, param_shape = tuple(state_shape), tuple(param_shape)
+    param_spec = tuple(param_spec) + (None,) * (len(param_shape) - len(tuple(param_spec)))
+    if state_shape == param_shape:
+        return param_spec
+    if len(state_shape) == len(param_shape) - 1:
+        for dropped in range(len(param_shape)):
+            if param_shape[:dropped] + param_shape[dropped + 1:] == state_shape:
+                return param_spec[:dropped] + param_spec[dropped + 1:]
+    return None
+
+
 @gin.configurable(module="partitioning")
 class Partitioner:
     """A ("data", "model") mesh plus logical-axis rules; jits functions with explicit shardings.
@@ -289,17 +317,7 @@ class Partitioner:
                     break
             if match is None:
                 return self.replicated
-            param_shape = tuple(by_path[match].shape)
-            param_spec = tuple(sharding_by_path[match].spec) + (None,) * (len(param_shape) - len(
-                sharding_by_path[match].spec))
-            spec = None
-            if shape == param_shape:
-                spec = param_spec
-            elif len(shape) == len(param_shape) - 1:
-                for dropped in range(len(param_shape)):
-                    if param_shape[:dropped] + param_shape[dropped + 1:] == shape:
-                        spec = param_spec[:dropped] + param_spec[dropped + 1:]
-                        break
+            spec = state_spec_from_param(shape, tuple(by_path[match].shape), sharding_by_path[match].spec)
             if spec is None:
                 return self.replicated
             return NamedSharding(self.mesh, self._divisible_spec(shape, spec))
@@ -307,13 +325,7 @@ class Partitioner:
         return jax.tree_util.tree_map_with_path(shard_leaf, opt_state)
 
     def _divisible_spec(self, shape, spec) -> PartitionSpec:
-        """Drops mesh axes from dimensions they do not divide evenly."""
-        out = []
-        for size, axes in zip(shape, spec):
-            names = axes if isinstance(axes, tuple) else (axes,) if axes is not None else ()
-            ways = int(np.prod([self.mesh.shape[a] for a in names])) if names else 1
-            out.append(axes if size % ways == 0 else None)
-        return PartitionSpec(*out)
+        return divisible_spec(shape, spec, dict(self.mesh.shape))
 
     # ---------------------------------------------------------------- jitting
     def _as_shardings(self, tree):

@@ -20,32 +20,22 @@ The usual 6 * N * tokens estimate is reported beside it.
 import dataclasses
 import functools
 import math
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Sequence
 
 import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import PartitionSpec
 
+from tkx import partitioning
 from tkx.models import config as config_lib
 from tkx.models import models, network
 
 MODULES = ("token_embedder", "encoder", "decoder", "logits")
 
 
-def _fallback_rules(shard_params_over_data: bool):
-  # t5x's standard rules; used only when tkx.partitioning is unavailable.
-  return [("batch", "data"), ("vocab", "model"), ("mlp", "model"), ("heads", "model"),
-          ("joined_kv", "model"), ("kv", None), ("embed", "data" if shard_params_over_data else None),
-          ("relpos_buckets", None), ("length", None)]
-
-
 def logical_axis_rules(shard_params_over_data: bool = False):
-  try:
-    from tkx import partitioning
-    return list(partitioning.standard_logical_axis_rules(shard_params_over_data))
-  except ImportError:
-    return _fallback_rules(shard_params_over_data)
+  return list(partitioning.standard_logical_axis_rules(shard_params_over_data))
 
 
 def build_model(config: config_lib.T5Config) -> models.EncoderDecoderModel:
@@ -93,13 +83,7 @@ def count_params(config: config_lib.T5Config) -> Dict[str, int]:
 def mesh_spec(shape: Sequence[int], logical: PartitionSpec, rules, mesh_shape: Dict[str, int]) -> tuple:
   """Mesh axes per dimension; axes that do not divide the dimension are dropped."""
   spec = tuple(nn.logical_to_mesh_axes(tuple(logical), rules)) if len(logical) else ()
-  spec = spec + (None,) * (len(shape) - len(spec))
-  out = []
-  for size, axes in zip(shape, spec):
-    names = axes if isinstance(axes, tuple) else ((axes,) if axes else ())
-    ways = int(np.prod([mesh_shape.get(a, 1) for a in names])) if names else 1
-    out.append(axes if ways > 1 and size % ways == 0 else None)
-  return tuple(out)
+  return tuple(partitioning.divisible_spec(shape, spec, mesh_shape))
 
 
 def _shard_factor(spec: tuple, mesh_shape: Dict[str, int]) -> int:
@@ -165,14 +149,7 @@ def memory_per_device(config: config_lib.T5Config, data: int = 1, model: int = 1
     match = next((q for q in param_spec if path == q or path.endswith("/" + q)), None)
     spec = ()
     if match is not None and shape:
-      pshape, pspec = param_shape[match], param_spec[match]
-      if shape == pshape:
-        spec = pspec
-      elif len(shape) == len(pshape) - 1:
-        for dropped in range(len(pshape)):
-          if pshape[:dropped] + pshape[dropped + 1:] == shape:
-            spec = pspec[:dropped] + pspec[dropped + 1:]
-            break
+      spec = partitioning.state_spec_from_param(shape, param_shape[match], param_spec[match]) or ()
     opt_per_device += math.ceil(nbytes / _shard_factor(spec, mesh_shape))
   return MemoryReport(mesh_shape, total, per_device, optimizer, opt_total, opt_per_device)
 
