@@ -65,7 +65,7 @@ def test_string_definition_and_definition_punctuation():
 
 
 def test_parse_encoding_names_and_errors():
-  assert enc.parse_encoding("def_pos2") == enc.EncodingConfig(True and False, True, 2, 0, False)
+  assert enc.parse_encoding("def_pos2") == enc.EncodingConfig(False, True, 2, 0, False)
   assert enc.parse_encoding("name_def_pos2_neg2_expl") == enc.EncodingConfig(True, True, 2, 2, True)
   assert enc.parse_encoding("pos2") == enc.EncodingConfig(False, False, 2, 0, False)
   assert enc.parse_encoding("tk_instruct") == "tk_instruct"

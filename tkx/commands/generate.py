@@ -10,7 +10,6 @@ Prints the prediction on stdout (`--show_prompt` prints the prompt first, on
 stderr). An empty instruction or input is an error. Decoding flags as `tkx infer`.
 """
 import difflib
-import json
 import os
 import sys
 
@@ -35,19 +34,8 @@ def load_ni_task(name_or_path, ni_dir=None):
     path = os.path.abspath(name_or_path)
     if not os.path.isfile(path):
       raise FileNotFoundError(f"task file not found: {path}")
-    task_dir = os.path.dirname(path)
-    ni_root = os.path.dirname(task_dir) if os.path.basename(task_dir) == "tasks" else None
     name = os.path.basename(path)[:-len(".json")] if path.endswith(".json") else os.path.basename(path)
-    if ni_root is not None:
-      return ni.load_task(ni_root, name)
-    try:
-      with open(path, encoding="utf-8") as f:
-        task = json.load(f)
-    except json.JSONDecodeError as e:
-      raise ni.NIDataError(f"malformed JSON: {e}", file=path, task=name, field="<json>") from e
-    ni.validate_task(task, path=path, task_name=name)
-    task["Task"] = name
-    return task
+    return ni.load_task_file(path, name)
   ni_dir = ni_dir or tasks_lib.EMBEDDED_NI_DIR
   task_dir = os.path.join(ni_dir, "tasks")
   if not os.path.isfile(os.path.join(task_dir, name_or_path + ".json")):

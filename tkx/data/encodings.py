@@ -23,6 +23,8 @@ import re
 import string
 from typing import Callable, Optional, Union
 
+from tkx.data import ni
+
 PUNCTUATION = frozenset(string.punctuation)
 TK_INSTRUCT = "tk_instruct"
 NO_INSTRUCTION = "none"
@@ -148,10 +150,7 @@ def format_task_input(instance: dict) -> str:
 
 
 def format_definition(task: dict) -> str:
-  definition = task["Definition"]
-  if isinstance(definition, list):
-    definition = definition[0]
-  return _close("Definition: " + definition.strip()) + "\n\n"
+  return _close("Definition: " + ni.task_definition(task).strip()) + "\n\n"
 
 
 def encode_source(task: dict, instance: dict, config, *, max_source_length: int = 1024,
@@ -243,7 +242,6 @@ def make_example(task: dict, instance: dict, encoding, *, split: str, seed: int 
   the instance id) for training splits, the first output for evaluation splits.
   `references` keeps every output for scoring.
   """
-  from tkx.data import ni  # pylint: disable=g-import-not-at-top
 
   if split in ni.EVAL_SPLITS:
     target = instance["output"][0]

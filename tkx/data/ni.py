@@ -203,7 +203,11 @@ def load_task(ni_dir, task_name: str) -> Dict[str, Any]:
   in the file. Instances without an `id` (older schema) get `<task>-<index>`,
   the index being the position in the file, so ids never depend on selection.
   """
-  path = task_path(ni_dir, task_name)
+  return load_task_file(task_path(ni_dir, task_name), task_name)
+
+
+def load_task_file(path: str, task_name: str) -> Dict[str, Any]:
+  """`load_task` for a task file at any path (e.g. one outside a checkout)."""
   if not os.path.isfile(path):
     raise NIDataError("task file does not exist", file=path, task=task_name,
                       field="tasks/<task>.json")

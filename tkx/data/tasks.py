@@ -52,15 +52,8 @@ _USE_SPLIT_DEFAULT = "split_default"
 
 _INVALID_NAME_CHARS = re.compile(r"[^\w.:#]")
 
-# The text features of the source dataset (before tokenization).
-_OUTPUT_SIGNATURE = {
-    "id": tf.TensorSpec([], tf.string),
-    "task": tf.TensorSpec([], tf.string),
-    "category": tf.TensorSpec([], tf.string),
-    "inputs": tf.TensorSpec([], tf.string),
-    "targets": tf.TensorSpec([], tf.string),
-    "references": tf.TensorSpec([None], tf.string),
-}
+# The scalar text features of the source dataset (before tokenization); `references` is ragged.
+_TEXT_FEATURES = ("id", "task", "category", "inputs", "targets")
 
 
 def seqio_name(*parts: str) -> str:
@@ -172,7 +165,7 @@ def _iter_examples(spec: NITaskSpec, vocabulary) -> Iterable[dict]:
 def _examples_dataset(examples: Sequence[dict]) -> tf.data.Dataset:
   """Column-wise `from_tensor_slices` (much cheaper per example than `from_generator`)."""
   columns = {k: tf.constant([e[k] for e in examples], dtype=tf.string)
-             for k in _OUTPUT_SIGNATURE if k != "references"}
+             for k in _TEXT_FEATURES}
   references = [e["references"] for e in examples]
   columns["references"] = tf.RaggedTensor.from_row_lengths(
       tf.constant([r for refs in references for r in refs], dtype=tf.string),
