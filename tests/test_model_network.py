@@ -201,8 +201,10 @@ def test_cached_decoding_matches_teacher_forced_logits(v11):
   batch = random_batch(np.random.RandomState(0), cfg.vocab_size, 2, 9, 7, pad_from=(6, 7))
   full = np.asarray(jax.jit(model._compute_logits)(params, batch))
   inputs = batch["encoder_input_tokens"]
-  cache = model.initial_cache(params, 2, inputs.shape[1], max_decode_length=7)
   encoded = model.module.apply({"params": params}, inputs, enable_dropout=False, method=model.module.encode)
+  cache = model.initial_cache(params, encoded, inputs, max_decode_length=7)
+  cross = cache["decoder"]["layers_0"]["encoder_decoder_attention"]
+  assert cross["encoded_key"].shape == (2, cfg.num_heads, inputs.shape[1], cfg.head_dim)
   step = jax.jit(lambda state, cache: model._compute_logits_from_slice(
       models.DecodingState(0, None, state, cache), params, encoded, inputs, 7))
   for i in range(7):
@@ -257,7 +259,9 @@ def test_bfloat16_activations_run_with_float32_params():
   assert 0 < np.abs(np.asarray(logits) - np.asarray(f32)).max() < 0.1 * np.abs(np.asarray(f32)).max()
   loss, _ = jax.jit(model.loss_fn)(params, batch, jax.random.PRNGKey(1))
   assert np.isfinite(float(loss))
-  cache = model.initial_cache(params, 2, 8, 6)
+  inputs = batch["encoder_input_tokens"]
+  encoded = model.module.apply({"params": params}, inputs, enable_dropout=False, method=model.module.encode)
+  cache = model.initial_cache(params, encoded, inputs, 6)
   assert cache["decoder"]["layers_0"]["self_attention"]["cached_key"].dtype == jnp.bfloat16
 
 

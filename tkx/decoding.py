@@ -85,18 +85,29 @@ def flatten_beam_dim(x: jnp.ndarray) -> jnp.ndarray:
 _SHARED_CACHE_LEAVES = ("cache_index", "cached_bias", "position_embedder_index")
 
 
-def cache_map(fn: Callable[[jnp.ndarray], jnp.ndarray], cache: PyTree) -> PyTree:
-  """Applies `fn` to every per-row cache array (not to indices or scalars)."""
+def cache_map(fn: Callable[[jnp.ndarray], jnp.ndarray], cache: PyTree, skip=()) -> PyTree:
+  """Applies `fn` to every per-row cache array (not to indices, scalars or leaves named in `skip`)."""
   if not cache:
     return cache
   frozen = isinstance(cache, flax.core.FrozenDict)
   if frozen:
     cache = flax.core.unfreeze(cache)
   flat = traverse_util.flatten_dict(cache)
-  mapped = {k: (v if (k[-1] in _SHARED_CACHE_LEAVES or jnp.ndim(v) == 0) else fn(v))
+  mapped = {k: (v if (k[-1] in _SHARED_CACHE_LEAVES or k[-1] in skip or jnp.ndim(v) == 0) else fn(v))
             for k, v in flat.items()}
   out = traverse_util.unflatten_dict(mapped)
   return flax.core.freeze(out) if frozen else out
+
+
+# Cache leaves that hold the same rows for every decode of one example (the
+# encoder outputs' keys/values in cross-attention): beam reordering, which only
+# moves rows within an example, would copy them unchanged, so it skips them.
+_PER_EXAMPLE_CACHE_LEAVES = ("encoded_key", "encoded_value")
+
+
+def _reorder_cache(cache: PyTree, flat_rows: jnp.ndarray, offset: int = 0) -> PyTree:
+  """Takes cache rows `flat_rows` (indices within each example's block of rows) along `offset`."""
+  return cache_map(lambda x: jnp.take(x, flat_rows, axis=offset), cache, skip=_PER_EXAMPLE_CACHE_LEAVES)
 
 
 def _expand_cache(cache: PyTree, n: int, offset: int = 0) -> PyTree:
@@ -435,7 +446,7 @@ def beam_search(
 
     # Reorder the cache rows to follow their beams.
     flat_parent = (jnp.arange(batch)[:, None] * k + parent).reshape(-1)
-    cache = cache_map(lambda x: jnp.take(x, flat_parent, axis=cache_offset), cache)
+    cache = _reorder_cache(cache, flat_parent, cache_offset)
 
     i = i + 1
     if early_stopping == "never":  # HF: the best case is the longest sequence when alpha favours length
@@ -499,7 +510,7 @@ def _beam_search_t5x(*, inputs, cache, tokens_to_logits, eos_id, length, k, alph
     live_seqs = _gather_beams(top_seqs, live_idx)
     parent = jnp.take_along_axis(top_beam, live_idx, axis=1)
     flat_parent = (jnp.arange(batch)[:, None] * k + parent).reshape(-1)
-    cache = cache_map(lambda x: jnp.take(x, flat_parent, axis=cache_offset), cache)
+    cache = _reorder_cache(cache, flat_parent, cache_offset)
 
     new_scores = top_scores / divisors[i + 1] + (~ended).astype(jnp.float32) * neg
     merged_scores = jnp.concatenate([s["finished_scores"], new_scores], axis=1)

@@ -258,17 +258,20 @@ class EncoderDecoderModel:
     return jnp.sum(token_lp * weights.astype(jnp.float32), axis=-1)
 
   # --- cached decoding ------------------------------------------------------
-  def initial_cache(self, params: PyTree, batch_size: int, encoder_length: int,
+  def initial_cache(self, params: PyTree, encoded: Array, encoder_input_tokens: Array,
                     max_decode_length: int) -> PyTree:
-    """Zero KV cache for `batch_size` sequences of up to max_decode_length tokens."""
-    def init_cache(params):
-      enc = jnp.ones((batch_size, encoder_length), jnp.int32)
-      dec = jnp.ones((batch_size, max_decode_length), jnp.int32)
-      _, variables = self.module.apply({"params": params}, enc, dec, dec, enable_dropout=False,
-                                       decode=True, mutable=["cache"])
-      return variables["cache"]
-    shapes = jax.eval_shape(init_cache, params)  # shapes only: the cache starts at zero
-    return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    """The decoding cache of a batch: zero self-attention keys/values for max_decode_length
+    tokens, and the encoder outputs' keys/values of every cross-attention layer, projected once.
+
+    Made by the decoder's cache-creating call (decode=True over max_decode_length
+    placeholder tokens); under jit XLA drops the rest of that call, whose outputs
+    are unused.
+    """
+    dec = jnp.ones((encoded.shape[0], max_decode_length), jnp.int32)
+    _, variables = self.module.apply({"params": params}, encoded, encoder_input_tokens, dec, dec,
+                                     enable_dropout=False, decode=True, max_decode_length=max_decode_length,
+                                     mutable=["cache"], method=self.module.decode)
+    return variables["cache"]
 
   def _compute_logits_from_slice(self, decoding_state, params: PyTree, encoded_inputs: Array,
                                  raw_inputs: Array, max_decode_length: int):
@@ -289,8 +292,8 @@ class EncoderDecoderModel:
       max_decode_length = (batch["decoder_input_tokens"].shape[1] if "decoder_input_tokens" in batch else 128)
     decode_fn = decode_fn or _default_decode_fn()
     batch_size = inputs.shape[0]
-    cache = self.initial_cache(params, batch_size, inputs.shape[1], max_decode_length)
     encoded = self.module.apply({"params": params}, inputs, enable_dropout=False, method=self.module.encode)
+    cache = self.initial_cache(params, encoded, inputs, max_decode_length)
     tokens_to_logits = functools.partial(
         self._compute_logits_from_slice, params=params,
         encoded_inputs=_expand(encoded, num_decodes), raw_inputs=_expand(inputs, num_decodes),

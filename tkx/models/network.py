@@ -170,10 +170,17 @@ class RelativePositionBiases(nn.Module):
 class MultiHeadDotProductAttention(nn.Module):
   """T5 attention with 2-D q/k/v/out kernels ([embed, joined_kv], [joined_kv, embed]).
 
-  With decode=True the layer keeps an autoregressive cache ("cache" collection):
-  `cached_key`/`cached_value` [batch, max_len, heads, head_dim] and a scalar
-  `cache_index`. The first decode=True call (inputs of length max_len) only
-  creates the cache; later calls take one token each.
+  With decode=True the layer keeps what later decoding steps need in the "cache"
+  collection, heads before length ([batch, heads, length, head_dim]) so that each
+  step's two small matmuls read the cache in place, with no transposed copy:
+    * self-attention (`static_kv=False`): `cached_key`/`cached_value` for
+      max_len positions and a scalar `cache_index`. The first decode=True call
+      (inputs of length max_len) only creates the zero cache; later calls take
+      one token each and append its key/value.
+    * attention to the encoder (`static_kv=True`): `encoded_key`/`encoded_value`,
+      the projections of `inputs_kv`, computed once by the first decode=True call;
+      later calls read them and ignore `inputs_kv`. They are the same for every
+      decode of one example, so beam search never reorders them.
   """
   num_heads: int
   head_dim: int
@@ -181,6 +188,7 @@ class MultiHeadDotProductAttention(nn.Module):
   param_dtype: Any = jnp.float32
   dropout_rate: float = 0.0
   kernel_init: Initializer = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
+  static_kv: bool = False
 
   @nn.compact
   def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Optional[Array] = None,
@@ -194,39 +202,21 @@ class MultiHeadDotProductAttention(nn.Module):
     dense = functools.partial(Dense, features=joined, kernel_axes=("embed", "joined_kv"),
                               dtype=self.dtype, param_dtype=self.param_dtype)
     split = lambda x: x.reshape(x.shape[:2] + (self.num_heads, self.head_dim))  # noqa: E731
-    query = split(dense(kernel_init=query_init, name="query")(inputs_q))
-    key = split(dense(kernel_init=self.kernel_init, name="key")(inputs_kv))
-    value = split(dense(kernel_init=self.kernel_init, name="value")(inputs_kv))
     axes = ("batch", "length", "heads", "kv")
-    query = nn.with_logical_constraint(query, axes)
-    key = nn.with_logical_constraint(key, axes)
-    value = nn.with_logical_constraint(value, axes)
+    query = nn.with_logical_constraint(split(dense(kernel_init=query_init, name="query")(inputs_q)), axes)
+    project = lambda name: nn.with_logical_constraint(  # noqa: E731
+        split(dense(kernel_init=self.kernel_init, name=name)(inputs_kv)), axes)
 
     if decode:
-      is_initialized = self.has_variable("cache", "cached_key")
-      cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
-      cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
-      cache_index = self.variable("cache", "cache_index", lambda: jnp.array(0, dtype=jnp.int32))
-      if is_initialized:
-        batch, max_length, num_heads, head_dim = cached_key.value.shape
-        if inputs_q.shape[1] != 1:
-          raise ValueError(f"cached decoding takes one token per step, got length {inputs_q.shape[1]}")
-        idx = cache_index.value
-        key = jax.lax.dynamic_update_slice(cached_key.value, key.astype(cached_key.value.dtype),
-                                           (0, idx, 0, 0))
-        value = jax.lax.dynamic_update_slice(cached_value.value,
-                                             value.astype(cached_value.value.dtype), (0, idx, 0, 0))
-        key = nn.with_logical_constraint(key, axes)  # the cache shards like the activations
-        value = nn.with_logical_constraint(value, axes)
-        cached_key.value, cached_value.value = key, value
-        cache_index.value = idx + 1
-        # Only positions already written are visible.
-        step_mask = (jnp.arange(max_length) <= idx)[None, None, None, :]
-        mask = step_mask if mask is None else jnp.logical_and(mask, step_mask)
-        if bias is not None:  # bias rows cover all max_length query positions; keep row idx.
-          bias = jax.lax.dynamic_slice(bias, (0, 0, idx, 0), (bias.shape[0], bias.shape[1], 1, bias.shape[3]))
+      return self._decode_step(query, project, mask, bias, deterministic, inputs_q.shape[-1])
+    key, value = project("key"), project("value")
+    logits = jnp.einsum("bqhd,bkhd->bhqk", query, key)
+    weights = self._attention_weights(logits, mask, bias, deterministic)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights, value.astype(self.dtype))
+    return self._output(out, inputs_q.shape[-1])
 
-    logits = jnp.einsum("bqhd,bkhd->bhqk", query, key).astype(jnp.float32)
+  def _attention_weights(self, logits, mask, bias, deterministic):
+    logits = logits.astype(jnp.float32)
     if bias is not None:
       logits = logits + bias.astype(jnp.float32)
     if mask is not None:
@@ -234,12 +224,56 @@ class MultiHeadDotProductAttention(nn.Module):
     weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     if not deterministic and self.dropout_rate > 0.0:
       weights = nn.Dropout(rate=self.dropout_rate)(weights, deterministic=False)
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights, value.astype(self.dtype))
-    out = out.reshape(out.shape[:2] + (joined,))
+    return weights
+
+  def _output(self, out, features):
+    out = out.reshape(out.shape[:2] + (self.num_heads * self.head_dim,))
     out = nn.with_logical_constraint(out, ("batch", "length", "joined_kv"))
-    return Dense(features=inputs_q.shape[-1], kernel_axes=("joined_kv", "embed"),
-                 kernel_init=self.kernel_init, dtype=self.dtype, param_dtype=self.param_dtype,
-                 name="out")(out)
+    return Dense(features=features, kernel_axes=("joined_kv", "embed"), kernel_init=self.kernel_init,
+                 dtype=self.dtype, param_dtype=self.param_dtype, name="out")(out)
+
+  def _decode_step(self, query, project, mask, bias, deterministic, features):
+    """Attention of `query` [batch, q, heads, head_dim] over the cached keys/values."""
+    cache_axes = ("batch", "heads", "length", "kv")
+    heads_first = lambda x: nn.with_logical_constraint(jnp.swapaxes(x, 1, 2), cache_axes)  # noqa: E731
+    if self.static_kv:
+      is_initialized = self.has_variable("cache", "encoded_key")
+      if is_initialized:
+        key = self.variable("cache", "encoded_key").value
+        value = self.variable("cache", "encoded_value").value
+      else:
+        key, value = heads_first(project("key")), heads_first(project("value"))
+        self.variable("cache", "encoded_key", lambda: key)
+        self.variable("cache", "encoded_value", lambda: value)
+    else:
+      is_initialized = self.has_variable("cache", "cached_key")
+      step_key, step_value = heads_first(project("key")), heads_first(project("value"))
+      cached_key = self.variable("cache", "cached_key", jnp.zeros, step_key.shape, step_key.dtype)
+      cached_value = self.variable("cache", "cached_value", jnp.zeros, step_value.shape, step_value.dtype)
+      cache_index = self.variable("cache", "cache_index", lambda: jnp.array(0, dtype=jnp.int32))
+      if is_initialized:
+        if query.shape[1] != 1:
+          raise ValueError(f"cached decoding takes one token per step, got length {query.shape[1]}")
+        idx = cache_index.value
+        key = jax.lax.dynamic_update_slice(cached_key.value, step_key.astype(cached_key.value.dtype),
+                                           (0, 0, idx, 0))
+        value = jax.lax.dynamic_update_slice(cached_value.value, step_value.astype(cached_value.value.dtype),
+                                             (0, 0, idx, 0))
+        cached_key.value = nn.with_logical_constraint(key, cache_axes)
+        cached_value.value = nn.with_logical_constraint(value, cache_axes)
+        cache_index.value = idx + 1
+        # Only positions already written are visible.
+        max_length = key.shape[2]
+        step_mask = (jnp.arange(max_length) <= idx)[None, None, None, :]
+        mask = step_mask if mask is None else jnp.logical_and(mask, step_mask)
+        if bias is not None:  # bias rows cover all max_length query positions; keep row idx.
+          bias = jax.lax.dynamic_slice(bias, (0, 0, idx, 0), (bias.shape[0], bias.shape[1], 1, bias.shape[3]))
+      else:  # the cache-creating call attends over its own inputs, as without a cache
+        key, value = step_key, step_value
+    logits = jnp.einsum("bhqd,bhkd->bhqk", heads_first(query), key)
+    weights = self._attention_weights(logits, mask, bias, deterministic)
+    out = jnp.einsum("bhqk,bhkd->bqhd", weights, value.astype(self.dtype))
+    return self._output(out, features)
 
 
 class MlpBlock(nn.Module):
@@ -306,8 +340,8 @@ class DecoderLayer(nn.Module):
                                          deterministic=deterministic)
     x = x + _dropout(cfg.dropout_rate)(y, deterministic=deterministic)
     y = norm(name="pre_cross_attention_layer_norm")(x)
-    y = attention(name="encoder_decoder_attention")(y, encoded, encoder_decoder_mask,
-                                                    deterministic=deterministic)
+    y = attention(static_kv=True, name="encoder_decoder_attention")(
+        y, encoded, encoder_decoder_mask, decode=decode, deterministic=deterministic)
     x = x + _dropout(cfg.dropout_rate)(y, deterministic=deterministic)
     y = norm(name="pre_mlp_layer_norm")(x)
     y = MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, dt, pdt, name="mlp")(
