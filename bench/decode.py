@@ -8,6 +8,7 @@ Both decode the same inputs with the same weights in the same run:
     in transformers with a fixed seed, converted with `tkx.checkpoints.hf`;
   * batches: the same examples per batch for both. tkx pads each batch to its
     length bucket (128/256/512/1024) and fills the last one with dummy rows;
+    batches hold neighbours in length (`infer.plan_batches`: shortest first);
     PyTorch pads each batch to its longest input.
 Compilation (tkx) and a warm-up call (PyTorch) are excluded from the timings.
 Outputs are compared token for token (trimmed at EOS) and the agreement printed.

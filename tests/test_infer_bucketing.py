@@ -14,10 +14,10 @@ def test_bucket_length_picks_smallest_fitting_bucket():
     infer.bucket_length(257, (128, 256))
 
 
-def test_plan_batches_groups_by_bucket_keeps_order_and_caps_batch():
-  lengths = [3, 40, 5, 7, 33, 2, 64, 9]
+def test_plan_batches_fills_batches_shortest_first_in_the_bucket_of_their_longest():
+  lengths = [3, 40, 5, 7, 33, 2, 64, 9, 12]
   plan = infer.plan_batches(lengths, batch_size=2, buckets=(8, 16, 64))
-  assert plan == [(8, [0, 2]), (8, [3, 5]), (16, [7]), (64, [1, 4]), (64, [6])]
+  assert plan == [(8, [5, 0]), (8, [2, 3]), (16, [7, 8]), (64, [4, 1]), (64, [6])]
   # every example appears exactly once
   assert sorted(i for _, idx in plan for i in idx) == list(range(len(lengths)))
 
@@ -78,13 +78,13 @@ def test_bucketed_greedy_equals_each_example_decoded_alone(tiny_model):
   """Bucketed, padded, batched greedy decoding == each example alone at its exact length."""
   from tkx import partitioning
   model, params = tiny_model
-  lengths = [5, 17, 3, 30, 9, 64, 12]
+  lengths = [5, 14, 3, 30, 9, 64, 12, 6, 4, 2, 40]
   inputs = _random_inputs(len(lengths), lengths)
   cfg = infer.DecodeConfig(max_decode_length=12)
   predictor = infer.Predictor(model, params, partitioner=partitioning.Partitioner(num_partitions=2),
                               batch_size=4, decode_config=cfg, input_buckets=(8, 16, 64))
   bucketed = predictor.predict_ids(inputs, progress=False)
-  # Three buckets at one batch shape each: three programs, whatever the number of batches.
+  # Batches of the shortest 4, the next 4 and the last 3 (one dummy row): a program per bucket.
   assert predictor.compiled_shapes == {(4, 8), (4, 16), (4, 64)}
 
   decode_fn, kwargs = cfg.decode_fn_and_kwargs()

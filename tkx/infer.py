@@ -114,19 +114,18 @@ def buckets_up_to(max_input_length: int, buckets: Sequence[int] = DEFAULT_INPUT_
 
 def plan_batches(lengths: Sequence[int], batch_size: int,
                  buckets: Sequence[int]) -> List[Tuple[int, List[int]]]:
-  """Groups example indices into batches of one bucket each: [(bucket, [index, ...]), ...].
+  """Groups example indices into batches: [(bucket, [index, ...]), ...].
 
-  Examples keep their order within a bucket; each batch holds at most
-  `batch_size` indices (the last batch of a bucket may hold fewer).
+  Examples are taken shortest first and cut into batches of `batch_size`
+  (only the last batch may hold fewer), each padded to the bucket of its
+  longest example. Full batches decode no dummy rows, and neighbours in length
+  share a batch, so little of a batch is padding.
   """
-  by_bucket: Dict[int, List[int]] = {}
-  for index, length in enumerate(lengths):
-    by_bucket.setdefault(bucket_length(length, buckets), []).append(index)
+  order = sorted(range(len(lengths)), key=lambda index: lengths[index])
   plan = []
-  for bucket in sorted(by_bucket):
-    indices = by_bucket[bucket]
-    for start in range(0, len(indices), batch_size):
-      plan.append((bucket, indices[start:start + batch_size]))
+  for start in range(0, len(order), batch_size):
+    indices = order[start:start + batch_size]
+    plan.append((bucket_length(lengths[indices[-1]], buckets), indices))
   return plan
 
 
