@@ -324,3 +324,37 @@ def test_remat_policies_give_the_same_gradients():
     assert any(np.abs(a).max() > 0 for a in jax.tree_util.tree_leaves(grads[policy]))
   with pytest.raises(ValueError, match="remat_policy"):
     small_config(remat_policy="some")
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 2])
+def test_attention_in_row_chunks_equals_whole_batch_attention(chunk_rows):
+  """attention_chunk_rows only changes how the batch is swept: logits and gradients stay the same."""
+  params = model_and_params(True)[1]
+  batch = random_batch(np.random.RandomState(3), 96, 4, 8, 6, pad_from=(5, 4))
+  results = []
+  for rows in (0, chunk_rows):
+    model = models.EncoderDecoderModel(network.Transformer(small_config(True, attention_chunk_rows=rows)))
+    loss_and_grads = jax.jit(jax.value_and_grad(lambda p: model.loss_fn(p, batch, None)[0]))
+    results.append((jax.jit(model._compute_logits)(params, batch), *loss_and_grads(params)))
+  (logits0, loss0, grads0), (logits1, loss1, grads1) = results
+  np.testing.assert_allclose(np.asarray(logits1), np.asarray(logits0), rtol=1e-6, atol=1e-6)
+  assert float(loss1) == pytest.approx(float(loss0), rel=1e-6)
+  for name, g in flat(grads0).items():
+    np.testing.assert_allclose(np.asarray(flat(grads1)[name]), np.asarray(g), rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_attention_chunk_rows_rejects_negatives():
+  with pytest.raises(ValueError, match="attention_chunk_rows"):
+    small_config(True, attention_chunk_rows=-1)
+
+
+def test_attention_dropout_in_row_chunks_is_seeded_and_drops_weights():
+  rng = np.random.RandomState(0)
+  q, k, v = (jnp.asarray(rng.randn(4, 5, 2, 3), jnp.float32) for _ in range(3))
+  attend = jax.jit(functools.partial(network.dot_product_attention, dropout_rate=0.5, chunk_rows=1))
+  plain = network.dot_product_attention(q, k, v)
+  a, b = attend(q, k, v, dropout_rng=jax.random.PRNGKey(1)), attend(q, k, v, dropout_rng=jax.random.PRNGKey(1))
+  c = attend(q, k, v, dropout_rng=jax.random.PRNGKey(2))
+  np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert not np.allclose(np.asarray(a), np.asarray(c)) and not np.allclose(np.asarray(a), np.asarray(plain))
+  np.testing.assert_allclose(np.asarray(attend(q, k, v)), np.asarray(plain), rtol=1e-6)  # no key: no dropout

@@ -41,6 +41,13 @@ class T5Config:
   # Rematerialise each layer in the backward pass (t5x names): "none", "minimal"
   # (keep only the weight matmul outputs) or "full" (recompute everything).
   remat_policy: str = "none"
+  # Attention (outside cached decoding) over this many batch rows at a time, one
+  # chunk after another (lax.map), so that a chunk's [rows, heads, q, k] logits
+  # stay in the CPU caches: on a 2-core CPU about 2x faster at 1024 tokens,
+  # with identical results. 0: the whole batch at once. None: automatic (see
+  # `network.dot_product_attention`): rows one at a time on a single CPU device
+  # when the batch's logits are large, else the whole batch.
+  attention_chunk_rows: Any = None
 
   def __post_init__(self):
     # Gin and JSON hand over lists and strings; keep the dataclass hashable and canonical.
@@ -55,6 +62,8 @@ class T5Config:
         raise ValueError(f"T5Config.mlp_activations: unknown activation {act!r}; "
                          f"choose from {sorted(ACTIVATIONS)}")
 
+    if self.attention_chunk_rows is not None and int(self.attention_chunk_rows) < 0:
+      raise ValueError(f"T5Config.attention_chunk_rows must be None or >= 0, got {self.attention_chunk_rows!r}")
     if self.remat_policy not in ("none", "minimal", "full"):
       raise ValueError(f"T5Config.remat_policy: unknown {self.remat_policy!r}; choose none, minimal or full")
 

@@ -87,7 +87,10 @@ class Dense(nn.Module):
   def __call__(self, x: Array) -> Array:
     kernel = _param(self, "kernel", self.kernel_init, (x.shape[-1], self.features),
                     self.param_dtype, self.kernel_axes)
-    return jnp.dot(jnp.asarray(x, self.dtype), jnp.asarray(kernel, self.dtype))
+    # As one [tokens, in] @ [in, out] matmul: with the leading axes kept, XLA's CPU
+    # backward transposes the output gradient through a slow copy (MLP gradients ~1.6x slower).
+    y = jnp.dot(jnp.asarray(x, self.dtype).reshape((-1, x.shape[-1])), jnp.asarray(kernel, self.dtype))
+    return y.reshape(x.shape[:-1] + (self.features,))
 
 
 class Embed(nn.Module):
@@ -167,6 +170,63 @@ class RelativePositionBiases(nn.Module):
     return jnp.transpose(bias, (1, 0, 2, 3))
 
 
+def _attention_weights(logits: Array, mask: Optional[Array], bias: Optional[Array], dtype) -> Array:
+  """softmax(logits + bias) over the keys, masked positions excluded; statistics in float32."""
+  logits = logits.astype(jnp.float32)
+  if bias is not None:
+    logits = logits + bias.astype(jnp.float32)
+  if mask is not None:
+    logits = jnp.where(mask, logits, _MASK_VALUE)
+  return jax.nn.softmax(logits, axis=-1).astype(dtype)
+
+
+# Measured on a 2-core CPU (T5 small shapes): looping over rows pays from about
+# 8 x 6 x 512 x 512 float32 logits (50 MB) upwards; at 4 x 6 x 256 x 256 it costs ~4%.
+_CHUNK_LOGITS_ABOVE_BYTES = 32 * 2 ** 20
+
+
+def dot_product_attention(query: Array, key: Array, value: Array, mask: Optional[Array] = None,
+                          bias: Optional[Array] = None, *, dtype=jnp.float32, dropout_rate: float = 0.0,
+                          dropout_rng: Optional[Array] = None, chunk_rows: Optional[int] = 0) -> Array:
+  """softmax(q k^T + bias, masked) v for query [b, q, h, d], key/value [b, k, h, d] -> [b, q, h, d].
+
+  mask [b|1, 1|h, q, k] (True: attend), bias [1, h, q, k]. With `chunk_rows` > 0
+  dividing the batch, the rows go through in chunks of that many, one after
+  another: the same numbers, but each chunk's logits fit in the CPU caches.
+  Dropout (when `dropout_rng` is given) drops attention weights; chunk i uses
+  the key fold_in(dropout_rng, i). `chunk_rows=None` chooses: one row at a time
+  on a single CPU device when the whole batch's float32 logits exceed
+  `_CHUNK_LOGITS_ABOVE_BYTES`, else the whole batch (on a mesh the batch axis
+  is sharded, and a loop over it would serialise the devices; small logits
+  gain nothing from the loop's copies).
+  """
+  if chunk_rows is None:
+    logits_bytes = 4 * query.shape[0] * query.shape[2] * query.shape[1] * key.shape[1]
+    single_cpu = jax.default_backend() == "cpu" and jax.device_count() == 1
+    chunk_rows = 1 if (single_cpu and logits_bytes > _CHUNK_LOGITS_ABOVE_BYTES) else 0
+  def attend(q, k, v, m, rng):
+    weights = _attention_weights(jnp.einsum("bqhd,bkhd->bhqk", q, k), m, bias, dtype)
+    if rng is not None:
+      keep = jax.random.bernoulli(rng, 1.0 - dropout_rate, weights.shape)
+      weights = jnp.where(keep, weights / jnp.asarray(1.0 - dropout_rate, dtype), jnp.zeros((), dtype))
+    return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+
+  batch = query.shape[0]
+  if dropout_rate <= 0.0:
+    dropout_rng = None
+  if not chunk_rows or chunk_rows >= batch or batch % chunk_rows:
+    return attend(query, key, value, mask, dropout_rng)
+  num_chunks = batch // chunk_rows
+  chunks = lambda x: x.reshape((num_chunks, chunk_rows) + x.shape[1:])  # noqa: E731
+  row_mask = mask is not None and mask.shape[0] == batch
+  rngs = None if dropout_rng is None else jax.vmap(
+      functools.partial(jax.random.fold_in, dropout_rng))(jnp.arange(num_chunks))
+  out = jax.lax.map(
+      lambda xs: attend(xs[0], xs[1], xs[2], xs[3] if row_mask else mask, xs[4]),
+      (chunks(query), chunks(key), chunks(value), chunks(mask) if row_mask else None, rngs))
+  return out.reshape((batch,) + out.shape[2:])
+
+
 class MultiHeadDotProductAttention(nn.Module):
   """T5 attention with 2-D q/k/v/out kernels ([embed, joined_kv], [joined_kv, embed]).
 
@@ -189,6 +249,7 @@ class MultiHeadDotProductAttention(nn.Module):
   dropout_rate: float = 0.0
   kernel_init: Initializer = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
   static_kv: bool = False
+  chunk_rows: Optional[int] = 0  # see `dot_product_attention`
 
   @nn.compact
   def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Optional[Array] = None,
@@ -209,22 +270,13 @@ class MultiHeadDotProductAttention(nn.Module):
 
     if decode:
       return self._decode_step(query, project, mask, bias, deterministic, inputs_q.shape[-1])
-    key, value = project("key"), project("value")
-    logits = jnp.einsum("bqhd,bkhd->bhqk", query, key)
-    weights = self._attention_weights(logits, mask, bias, deterministic)
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights, value.astype(self.dtype))
-    return self._output(out, inputs_q.shape[-1])
-
-  def _attention_weights(self, logits, mask, bias, deterministic):
-    logits = logits.astype(jnp.float32)
-    if bias is not None:
-      logits = logits + bias.astype(jnp.float32)
-    if mask is not None:
-      logits = jnp.where(mask, logits, _MASK_VALUE)
-    weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+    dropout_rng = None
     if not deterministic and self.dropout_rate > 0.0:
-      weights = nn.Dropout(rate=self.dropout_rate)(weights, deterministic=False)
-    return weights
+      dropout_rng = self.make_rng("dropout")
+    out = dot_product_attention(query, project("key"), project("value").astype(self.dtype), mask, bias,
+                                dtype=self.dtype, dropout_rate=self.dropout_rate, dropout_rng=dropout_rng,
+                                chunk_rows=self.chunk_rows)
+    return self._output(out, inputs_q.shape[-1])
 
   def _output(self, out, features):
     out = out.reshape(out.shape[:2] + (self.num_heads * self.head_dim,))
@@ -270,8 +322,9 @@ class MultiHeadDotProductAttention(nn.Module):
           bias = jax.lax.dynamic_slice(bias, (0, 0, idx, 0), (bias.shape[0], bias.shape[1], 1, bias.shape[3]))
       else:  # the cache-creating call attends over its own inputs, as without a cache
         key, value = step_key, step_value
+    del deterministic  # decoding runs without dropout
     logits = jnp.einsum("bhqd,bhkd->bhqk", heads_first(query), key)
-    weights = self._attention_weights(logits, mask, bias, deterministic)
+    weights = _attention_weights(logits, mask, bias, self.dtype)
     out = jnp.einsum("bhqk,bhkd->bqhd", weights, value.astype(self.dtype))
     return self._output(out, features)
 
@@ -315,7 +368,8 @@ class EncoderLayer(nn.Module):
     norm = functools.partial(LayerNorm, epsilon=cfg.layer_norm_epsilon, dtype=dt, param_dtype=pdt)
     y = norm(name="pre_attention_layer_norm")(x)
     y = MultiHeadDotProductAttention(cfg.num_heads, cfg.head_dim, dt, pdt, cfg.dropout_rate,
-                                     name="attention")(y, y, mask, bias, deterministic=deterministic)
+                                     chunk_rows=cfg.attention_chunk_rows, name="attention")(
+                                         y, y, mask, bias, deterministic=deterministic)
     x = x + _dropout(cfg.dropout_rate)(y, deterministic=deterministic)
     y = norm(name="pre_mlp_layer_norm")(x)
     y = MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, dt, pdt, name="mlp")(
@@ -334,7 +388,7 @@ class DecoderLayer(nn.Module):
     dt, pdt = cfg.activation_dtype, cfg.parameter_dtype
     norm = functools.partial(LayerNorm, epsilon=cfg.layer_norm_epsilon, dtype=dt, param_dtype=pdt)
     attention = functools.partial(MultiHeadDotProductAttention, cfg.num_heads, cfg.head_dim, dt, pdt,
-                                  cfg.dropout_rate)
+                                  cfg.dropout_rate, chunk_rows=cfg.attention_chunk_rows)
     y = norm(name="pre_self_attention_layer_norm")(x)
     y = attention(name="self_attention")(y, y, decoder_mask, bias, decode=decode,
                                          deterministic=deterministic)
