@@ -358,3 +358,14 @@ def test_attention_dropout_in_row_chunks_is_seeded_and_drops_weights():
   np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert not np.allclose(np.asarray(a), np.asarray(c)) and not np.allclose(np.asarray(a), np.asarray(plain))
   np.testing.assert_allclose(np.asarray(attend(q, k, v)), np.asarray(plain), rtol=1e-6)  # no key: no dropout
+
+
+def test_shared_bias_gradient_sums_over_the_batch_like_plain_autodiff():
+  rng = np.random.RandomState(0)
+  logits = jnp.asarray(rng.randn(3, 2, 4, 5), jnp.float32)
+  bias = jnp.asarray(rng.randn(1, 2, 4, 5), jnp.float32)
+  weights = jnp.asarray(rng.randn(3, 2, 4, 5), jnp.float32)
+  ours = jax.grad(lambda l, b: jnp.sum(network._add_shared_bias(l, b) ** 2 * weights), argnums=(0, 1))
+  plain = jax.grad(lambda l, b: jnp.sum((l + b) ** 2 * weights), argnums=(0, 1))
+  for got, want in zip(ours(logits, bias), plain(logits, bias)):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
