@@ -1,10 +1,10 @@
 """Decoding into predictions: length buckets, tkx checkpoints, predictions files.
 
 A whole evaluation should compile a handful of XLA programs, not one per batch.
-So inputs are grouped by length into a few buckets (`input_buckets`, e.g. 128,
-256, 512, 1024 tokens), every batch of a bucket is padded to that length, and a
-last, partial batch is filled up to `batch_size` with dummy rows (a lone EOS)
-whose outputs are dropped. Each (batch_size, bucket) pair is one program. The
+So inputs are sorted by length and cut into batches, each padded to the
+smallest of a few lengths that holds its longest input (`input_buckets`,
+by default 128, 256, 384, 512, 768, 1024 tokens), and a last, partial batch is
+filled up to `batch_size` with dummy rows (a lone EOS) whose outputs are dropped. Each (batch_size, bucket) pair is one program. The
 encoder masks padding, so a row's output does not depend on its bucket.
 
 Decoding runs under a `tkx.partitioning.Partitioner` as training does: the
@@ -34,7 +34,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 # Input lengths are rounded up to one of these (the encoding budget is 1024).
-DEFAULT_INPUT_BUCKETS = (128, 256, 512, 1024)
+DEFAULT_INPUT_BUCKETS = (128, 256, 384, 512, 768, 1024)
 DEFAULT_MAX_DECODE_LENGTH = 128
 PAD_ID = 0
 EOS_ID = 1

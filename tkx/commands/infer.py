@@ -42,7 +42,7 @@ def add_common_arguments(parser, *, checkpoint_required=True):
   group.add_argument("--max_input_length", type=int, default=None,
                      help="input token budget, EOS included (default 1024)")
   group.add_argument("--input_buckets", default=None,
-                     help="comma-separated encoder lengths to pad to (default 128,256,512,1024)")
+                     help="comma-separated encoder lengths to pad to (default 128,256,384,512,768,1024)")
   group.add_argument("--num_partitions", type=int, default=None,
                      help="model-parallel partitions (size of the 'model' mesh axis; default 1)")
   group.add_argument("--vocab", default=None, help="SentencePiece model overriding the checkpoint's vocabulary")
