@@ -226,12 +226,13 @@ def dot_product_attention(query: Array, key: Array, value: Array, mask: Optional
     logits_bytes = 4 * query.shape[0] * query.shape[2] * query.shape[1] * key.shape[1]
     single_cpu = jax.default_backend() == "cpu" and jax.device_count() == 1
     chunk_rows = 1 if (single_cpu and logits_bytes > _CHUNK_LOGITS_ABOVE_BYTES) else 0
-  def attend(q, k, v, m, rng):
-    weights = _attention_weights(jnp.einsum("bqhd,bkhd->bhqk", q, k), m, bias, dtype)
+  def attend(q, k, v, m, rng, layout="bqhd"):
+    kv_layout = layout.replace("q", "k")
+    weights = _attention_weights(jnp.einsum(f"{layout},{kv_layout}->bhqk", q, k), m, bias, dtype)
     if rng is not None:
       keep = jax.random.bernoulli(rng, 1.0 - dropout_rate, weights.shape)
       weights = jnp.where(keep, weights / jnp.asarray(1.0 - dropout_rate, dtype), jnp.zeros((), dtype))
-    return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+    return jnp.einsum(f"bhqk,{kv_layout}->{layout}", weights, v)
 
   batch = query.shape[0]
   if dropout_rate <= 0.0:
@@ -243,10 +244,12 @@ def dot_product_attention(query: Array, key: Array, value: Array, mask: Optional
   row_mask = mask is not None and mask.shape[0] == batch
   rngs = None if dropout_rng is None else jax.vmap(
       functools.partial(jax.random.fold_in, dropout_rng))(jnp.arange(num_chunks))
+  # Heads-first once for the whole batch: cheaper than a transposing copy per chunk.
+  heads_first = lambda x: chunks(jnp.swapaxes(x, 1, 2))  # noqa: E731
   out = jax.lax.map(
-      lambda xs: attend(xs[0], xs[1], xs[2], xs[3] if row_mask else mask, xs[4]),
-      (chunks(query), chunks(key), chunks(value), chunks(mask) if row_mask else None, rngs))
-  return out.reshape((batch,) + out.shape[2:])
+      lambda xs: attend(xs[0], xs[1], xs[2], xs[3] if row_mask else mask, xs[4], layout="bhqd"),
+      (heads_first(query), heads_first(key), heads_first(value), chunks(mask) if row_mask else None, rngs))
+  return jnp.swapaxes(out.reshape((batch,) + out.shape[2:]), 1, 2)
 
 
 class MultiHeadDotProductAttention(nn.Module):
