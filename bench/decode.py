@@ -6,10 +6,10 @@ Both decode the same inputs with the same weights in the same run:
     to 128 output tokens;
   * weights: a random T5 1.1 `small` (8+8 layers, d_model 512, vocab 32,128) built
     in transformers with a fixed seed, converted with `tkx.checkpoints.hf`;
-  * batches: the same examples per batch for both. tkx pads each batch to its
-    length bucket (128/256/512/1024) and fills the last one with dummy rows;
-    batches hold neighbours in length (`infer.plan_batches`: shortest first);
-    PyTorch pads each batch to its longest input.
+  * batches: the same examples per batch for both (`infer.plan_batches`:
+    shortest first, so batches hold neighbours in length). tkx pads each batch
+    to its length bucket (`infer.DEFAULT_INPUT_BUCKETS`) and fills the last one
+    with dummy rows; PyTorch pads each batch to its longest input.
 Compilation (tkx) and a warm-up call (PyTorch) are excluded from the timings.
 Outputs are compared token for token (trimmed at EOS) and the agreement printed.
 

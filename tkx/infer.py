@@ -4,8 +4,9 @@ A whole evaluation should compile a handful of XLA programs, not one per batch.
 So inputs are sorted by length and cut into batches, each padded to the
 smallest of a few lengths that holds its longest input (`input_buckets`,
 by default 128, 256, 384, 512, 768, 1024 tokens), and a last, partial batch is
-filled up to `batch_size` with dummy rows (a lone EOS) whose outputs are dropped. Each (batch_size, bucket) pair is one program. The
-encoder masks padding, so a row's output does not depend on its bucket.
+filled up to `batch_size` with dummy rows (a lone EOS) whose outputs are
+dropped. Each (batch_size, bucket) pair is one program. The encoder masks
+padding, so a row's output does not depend on its bucket.
 
 Decoding runs under a `tkx.partitioning.Partitioner` as training does: the
 parameters keep their logical-axis shardings ("model" axis) and the batch is

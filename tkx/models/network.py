@@ -294,7 +294,7 @@ class MultiHeadDotProductAttention(nn.Module):
         split(dense(kernel_init=self.kernel_init, name=name)(inputs_kv)), axes)
 
     if decode:
-      return self._decode_step(query, project, mask, bias, deterministic, inputs_q.shape[-1])
+      return self._decode_step(query, project, mask, bias, inputs_q.shape[-1])  # no dropout when decoding
     dropout_rng = None
     if not deterministic and self.dropout_rate > 0.0:
       dropout_rng = self.make_rng("dropout")
@@ -309,7 +309,7 @@ class MultiHeadDotProductAttention(nn.Module):
     return Dense(features=features, kernel_axes=("joined_kv", "embed"), kernel_init=self.kernel_init,
                  dtype=self.dtype, param_dtype=self.param_dtype, name="out")(out)
 
-  def _decode_step(self, query, project, mask, bias, deterministic, features):
+  def _decode_step(self, query, project, mask, bias, features):
     """Attention of `query` [batch, q, heads, head_dim] over the cached keys/values."""
     cache_axes = ("batch", "heads", "length", "kv")
     heads_first = lambda x: nn.with_logical_constraint(jnp.swapaxes(x, 1, 2), cache_axes)  # noqa: E731
@@ -347,7 +347,6 @@ class MultiHeadDotProductAttention(nn.Module):
           bias = jax.lax.dynamic_slice(bias, (0, 0, idx, 0), (bias.shape[0], bias.shape[1], 1, bias.shape[3]))
       else:  # the cache-creating call attends over its own inputs, as without a cache
         key, value = step_key, step_value
-    del deterministic  # decoding runs without dropout
     logits = jnp.einsum("bhqd,bhkd->bhqk", heads_first(query), key)
     weights = _attention_weights(logits, mask, bias, self.dtype)
     out = jnp.einsum("bhqk,bhkd->bqhd", weights, value.astype(self.dtype))
