@@ -1,4 +1,5 @@
 """tkx: train, evaluate and serve Tk-Instruct models with JAX/Flax."""
+
 import setuptools
 
 setuptools.setup(
@@ -28,7 +29,7 @@ setuptools.setup(
         "tqdm",
     ],
     extras_require={
-        "test": ["pytest"],
+        "test": ["pytest", "pyink==26.5.1", "ruff==0.17.6"],
         # Hugging Face interop (import/export checkpoints, parity tests, benchmarks).
         "hf": ["torch==2.13.0", "transformers==5.24.0"],
     },

@@ -7,6 +7,7 @@ The benches run as `python bench/<name>.py`, so Python puts this folder on
 here at module level: some benches set environment variables for TensorFlow
 and JAX before those load.
 """
+
 import os
 import statistics
 import sys
@@ -39,6 +40,7 @@ def timed(fn, warmup, steps, label):
 def random_batch(vocab_size, batch, inputs_length, targets_length, seed=0):
   """Random (encoder inputs, decoder inputs, decoder targets) int32 arrays; decoder inputs are shifted targets."""
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   rng = np.random.RandomState(seed)
   enc = rng.randint(2, vocab_size, (batch, inputs_length)).astype(np.int32)
   tgt = rng.randint(2, vocab_size, (batch, targets_length)).astype(np.int32)
@@ -49,10 +51,24 @@ def random_batch(vocab_size, batch, inputs_length, targets_length, seed=0):
 def hf_t5_config(cfg):
   """The `transformers.T5Config` of a tkx T5 config (dropout off, start/pad token 0, EOS 1)."""
   from transformers import T5Config  # pylint: disable=g-import-not-at-top
-  act = {("relu",): "relu", ("gelu", "linear"): "gated-gelu"}[tuple(cfg.mlp_activations)]
-  return T5Config(vocab_size=cfg.vocab_size, d_model=cfg.emb_dim, d_kv=cfg.head_dim, d_ff=cfg.mlp_dim,
-                  num_layers=cfg.num_encoder_layers, num_decoder_layers=cfg.num_decoder_layers,
-                  num_heads=cfg.num_heads, relative_attention_num_buckets=cfg.relative_attention_num_buckets,
-                  relative_attention_max_distance=cfg.relative_attention_max_distance, dropout_rate=0.0,
-                  feed_forward_proj=act, tie_word_embeddings=cfg.logits_via_embedding,
-                  decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+
+  act = {("relu",): "relu", ("gelu", "linear"): "gated-gelu"}[
+      tuple(cfg.mlp_activations)
+  ]
+  return T5Config(
+      vocab_size=cfg.vocab_size,
+      d_model=cfg.emb_dim,
+      d_kv=cfg.head_dim,
+      d_ff=cfg.mlp_dim,
+      num_layers=cfg.num_encoder_layers,
+      num_decoder_layers=cfg.num_decoder_layers,
+      num_heads=cfg.num_heads,
+      relative_attention_num_buckets=cfg.relative_attention_num_buckets,
+      relative_attention_max_distance=cfg.relative_attention_max_distance,
+      dropout_rate=0.0,
+      feed_forward_proj=act,
+      tie_word_embeddings=cfg.logits_via_embedding,
+      decoder_start_token_id=0,
+      pad_token_id=0,
+      eos_token_id=1,
+  )

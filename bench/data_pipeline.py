@@ -11,6 +11,7 @@ steady-state batches. The named peer, measured in the same run, is the same text
 formatting and tokenization done in plain Python with no tf.data and no packing
 (what a Tk-Instruct-style collator does per example) over the same instances.
 """
+
 import argparse
 import os
 import sys
@@ -27,17 +28,27 @@ LENGTHS = {"inputs": 1024, "targets": 128}
 def _examples_in_batch(batch) -> int:
   """Packed rows hold several examples; each has its own non-zero segment id."""
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   segments = batch["encoder_segment_ids"]
   return int(sum(len(np.unique(row[row > 0])) for row in segments))
 
 
-def bench_seqio(mixture: str, split: str, batch_size: int, max_batches: int, seed: int):
+def bench_seqio(
+    mixture: str, split: str, batch_size: int, max_batches: int, seed: int
+):
   import seqio  # pylint: disable=g-import-not-at-top
 
   start = time.perf_counter()
   dataset = seqio.get_dataset(
-      mixture, task_feature_lengths=LENGTHS, dataset_split=split, shuffle=True, num_epochs=1,
-      seed=seed, batch_size=batch_size, feature_converter=seqio.EncDecFeatureConverter(pack=True))
+      mixture,
+      task_feature_lengths=LENGTHS,
+      dataset_split=split,
+      shuffle=True,
+      num_epochs=1,
+      seed=seed,
+      batch_size=batch_size,
+      feature_converter=seqio.EncDecFeatureConverter(pack=True),
+  )
   iterator = dataset.as_numpy_iterator()
   first = next(iterator)
   build_s = time.perf_counter() - start
@@ -45,14 +56,24 @@ def bench_seqio(mixture: str, split: str, batch_size: int, max_batches: int, see
   start = time.perf_counter()
   for batch in iterator:
     examples += _examples_in_batch(batch)
-    tokens += int((batch["encoder_input_tokens"] > 0).sum() + (batch["decoder_target_tokens"] > 0).sum())
+    tokens += int(
+        (batch["encoder_input_tokens"] > 0).sum()
+        + (batch["decoder_target_tokens"] > 0).sum()
+    )
     batches += 1
     if batches >= max_batches:
       break
   steady_s = time.perf_counter() - start
   shape = {k: v.shape for k, v in first.items()}
-  return dict(build_s=build_s, first_batch_examples=_examples_in_batch(first), examples=examples,
-              batches=batches, tokens=tokens, steady_s=steady_s, shape=shape)
+  return dict(
+      build_s=build_s,
+      first_batch_examples=_examples_in_batch(first),
+      examples=examples,
+      batches=batches,
+      tokens=tokens,
+      steady_s=steady_s,
+      shape=shape,
+  )
 
 
 def bench_python_peer(specs, vocabulary, max_examples: int):
@@ -65,11 +86,18 @@ def bench_python_peer(specs, vocabulary, max_examples: int):
   for spec in specs:
     task, instances = spec.load()
     for instance in instances:
-      example = enc.make_example(task, instance, spec.encoding, split=spec.split, seed=spec.seed,
-                                 max_source_length=spec.max_source_length, token_count=token_count,
-                                 truncate=truncate)
-      vocabulary.encode(example["inputs"])[:LENGTHS["inputs"] - 1]
-      vocabulary.encode(example["targets"])[:LENGTHS["targets"] - 1]
+      example = enc.make_example(
+          task,
+          instance,
+          spec.encoding,
+          split=spec.split,
+          seed=spec.seed,
+          max_source_length=spec.max_source_length,
+          token_count=token_count,
+          truncate=truncate,
+      )
+      vocabulary.encode(example["inputs"])[: LENGTHS["inputs"] - 1]
+      vocabulary.encode(example["targets"])[: LENGTHS["targets"] - 1]
       count += 1
       if count >= max_examples:
         return count, time.perf_counter() - start
@@ -78,14 +106,33 @@ def bench_python_peer(specs, vocabulary, max_examples: int):
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--ni_dir", default=os.path.join(os.path.dirname(REPO), "shared", "natural-instructions"))
+  parser.add_argument(
+      "--ni_dir",
+      default=os.path.join(
+          os.path.dirname(REPO), "shared", "natural-instructions"
+      ),
+  )
   parser.add_argument("--track", default="default")
   parser.add_argument("--split", default="train")
   parser.add_argument("--encoding", default="def_pos2")
   parser.add_argument("--batch_size", type=int, default=8)
-  parser.add_argument("--max_batches", type=int, default=400, help="steady-state batches to time")
-  parser.add_argument("--max_tasks", type=int, default=0, help="use only the first N tasks (0: all)")
-  parser.add_argument("--vocab", default=None, help="SentencePiece model (default: the embedded one)")
+  parser.add_argument(
+      "--max_batches",
+      type=int,
+      default=400,
+      help="steady-state batches to time",
+  )
+  parser.add_argument(
+      "--max_tasks",
+      type=int,
+      default=0,
+      help="use only the first N tasks (0: all)",
+  )
+  parser.add_argument(
+      "--vocab",
+      default=None,
+      help="SentencePiece model (default: the embedded one)",
+  )
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
 
@@ -98,36 +145,63 @@ def main(argv=None):
 
   vocabulary = vocab.get_vocabulary(args.vocab)
   start = time.perf_counter()
-  tasks.register_ni(args.ni_dir, tracks=(args.track,), encodings=(args.encoding,), splits=(args.split,),
-                    vocabulary=vocabulary, prefix="bench", skip_missing=True)
+  tasks.register_ni(
+      args.ni_dir,
+      tracks=(args.track,),
+      encodings=(args.encoding,),
+      splits=(args.split,),
+      vocabulary=vocabulary,
+      prefix="bench",
+      skip_missing=True,
+  )
   register_s = time.perf_counter() - start
   mixture = tasks.mixture_name(args.track, args.split, args.encoding, "bench")
   if args.max_tasks:
-    names = [t.name for t in seqio.get_mixture_or_task(mixture).tasks][:args.max_tasks]
+    names = [t.name for t in seqio.get_mixture_or_task(mixture).tasks][
+        : args.max_tasks
+    ]
     mixture += "_subset"
     if mixture in seqio.MixtureRegistry.names():
       seqio.MixtureRegistry.remove(mixture)
-    seqio.MixtureRegistry.add(mixture, [(n, tasks.instance_count_rate) for n in names])
+    seqio.MixtureRegistry.add(
+        mixture, [(n, tasks.instance_count_rate) for n in names]
+    )
   num_tasks = len(seqio.get_mixture_or_task(mixture).tasks)
-  print(f"registered {mixture}: {num_tasks} tasks in {register_s:.2f} s (split files only)")
+  print(
+      f"registered {mixture}: {num_tasks} tasks in {register_s:.2f} s (split files only)"
+  )
 
-  r = bench_seqio(mixture, args.split, args.batch_size, args.max_batches, args.seed)
-  print(f"seqio pipeline: built and first batch in {r['build_s']:.1f} s "
-        f"(reads and encodes every task file); batch shapes {r['shape']}")
-  print(f"seqio packed batches (EncDecFeatureConverter pack=True, inputs 1024 / targets 128, "
-        f"batch {args.batch_size}): {r['examples'] / r['steady_s']:.0f} examples/s, "
-        f"{r['batches'] / r['steady_s']:.1f} batches/s, {r['tokens'] / r['steady_s']:.0f} non-pad tokens/s, "
-        f"{r['examples'] / max(r['batches'], 1):.1f} examples per packed batch "
-        f"({r['examples']} examples, {r['batches']} batches in {r['steady_s']:.1f} s)")
+  r = bench_seqio(
+      mixture, args.split, args.batch_size, args.max_batches, args.seed
+  )
+  print(
+      f"seqio pipeline: built and first batch in {r['build_s']:.1f} s "
+      f"(reads and encodes every task file); batch shapes {r['shape']}"
+  )
+  print(
+      f"seqio packed batches (EncDecFeatureConverter pack=True, inputs 1024 / targets 128, "
+      f"batch {args.batch_size}): {r['examples'] / r['steady_s']:.0f} examples/s, "
+      f"{r['batches'] / r['steady_s']:.1f} batches/s, {r['tokens'] / r['steady_s']:.0f} non-pad tokens/s, "
+      f"{r['examples'] / max(r['batches'], 1):.1f} examples per packed batch "
+      f"({r['examples']} examples, {r['batches']} batches in {r['steady_s']:.1f} s)"
+  )
 
   total = r["first_batch_examples"] + r["examples"]
-  print(f"seqio end to end (build + batches): {total / (r['build_s'] + r['steady_s']):.0f} examples/s "
-        f"({total} examples in {r['build_s'] + r['steady_s']:.1f} s)")
+  print(
+      f"seqio end to end (build + batches): {total / (r['build_s'] + r['steady_s']):.0f} examples/s "
+      f"({total} examples in {r['build_s'] + r['steady_s']:.1f} s)"
+  )
 
-  specs = [tasks.task_spec(t.name) for t in seqio.get_mixture_or_task(mixture).tasks]
-  count, seconds = bench_python_peer(specs, vocabulary, max_examples=max(r["examples"], 500))
-  print(f"peer, plain-Python Tk-Instruct-style collation (format + tokenize, no tf.data, no packing): "
-        f"{count / seconds:.0f} examples/s ({count} examples in {seconds:.1f} s)")
+  specs = [
+      tasks.task_spec(t.name) for t in seqio.get_mixture_or_task(mixture).tasks
+  ]
+  count, seconds = bench_python_peer(
+      specs, vocabulary, max_examples=max(r["examples"], 500)
+  )
+  print(
+      f"peer, plain-Python Tk-Instruct-style collation (format + tokenize, no tf.data, no packing): "
+      f"{count / seconds:.0f} examples/s ({count} examples in {seconds:.1f} s)"
+  )
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ Outputs are compared token for token (trimmed at EOS) and the agreement printed.
 
     python bench/decode.py [--quick] [--num_examples N] [--batch_size B] [--ni_dir DIR]
 """
+
 import argparse
 import os
 import random
@@ -25,23 +26,57 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-SMALL = dict(vocab_size=32128, d_model=512, d_kv=64, d_ff=1024, num_layers=8, num_decoder_layers=8, num_heads=6)
-TINY = dict(vocab_size=32128, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4)
+SMALL = dict(
+    vocab_size=32128,
+    d_model=512,
+    d_kv=64,
+    d_ff=1024,
+    num_layers=8,
+    num_decoder_layers=8,
+    num_heads=6,
+)
+TINY = dict(
+    vocab_size=32128,
+    d_model=64,
+    d_kv=16,
+    d_ff=128,
+    num_layers=2,
+    num_decoder_layers=2,
+    num_heads=4,
+)
 EOS = 1
 
 
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  parser.add_argument("--ni_dir", default=os.path.join(os.path.dirname(repo), "shared", "natural-instructions"),
-                      help="NI checkout whose default/test split is decoded (default: the shared sample)")
-  parser.add_argument("--num_examples", type=int, default=None, help="examples to decode (default 48; quick 8)")
+  parser.add_argument(
+      "--ni_dir",
+      default=os.path.join(
+          os.path.dirname(repo), "shared", "natural-instructions"
+      ),
+      help="NI checkout whose default/test split is decoded (default: the shared sample)",
+  )
+  parser.add_argument(
+      "--num_examples",
+      type=int,
+      default=None,
+      help="examples to decode (default 48; quick 8)",
+  )
   parser.add_argument("--batch_size", type=int, default=8)
   parser.add_argument("--max_decode_length", type=int, default=128)
   parser.add_argument("--max_input_length", type=int, default=1024)
-  parser.add_argument("--model", choices=["small", "tiny"], default="small",
-                      help="T5 1.1 size (tiny: a quick smoke run)")
-  parser.add_argument("--quick", action="store_true", help="few examples, short outputs: a smoke run")
+  parser.add_argument(
+      "--model",
+      choices=["small", "tiny"],
+      default="small",
+      help="T5 1.1 size (tiny: a quick smoke run)",
+  )
+  parser.add_argument(
+      "--quick",
+      action="store_true",
+      help="few examples, short outputs: a smoke run",
+  )
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
   if args.num_examples is None:
@@ -54,6 +89,7 @@ def parse_args(argv=None):
 def load_inputs(ni_dir, num_examples, max_input_length, vocabulary, seed):
   """Encoded test inputs, a few per task from a seeded task order, as token ids ending in EOS."""
   from tkx.data import encodings, ni
+
   token_count, truncate = encodings.vocabulary_token_fns(vocabulary)
   names = ni.split_tasks(ni_dir, "default", "test", skip_missing=True)
   random.Random(seed).shuffle(names)
@@ -62,12 +98,22 @@ def load_inputs(ni_dir, num_examples, max_input_length, vocabulary, seed):
   for name in names:
     task = ni.load_task(ni_dir, name)
     for instance in ni.select_instances(task, "test", None, seed)[:per_task]:
-      texts.append(encodings.encode_source(task, instance, "def_pos2", max_source_length=max_input_length,
-                                           token_count=token_count, truncate=truncate))
+      texts.append(
+          encodings.encode_source(
+              task,
+              instance,
+              "def_pos2",
+              max_source_length=max_input_length,
+              token_count=token_count,
+              truncate=truncate,
+          )
+      )
     if len(texts) >= num_examples:
       break
   texts = texts[:num_examples]
-  return [list(vocabulary.encode(t))[:max_input_length - 1] + [EOS] for t in texts]
+  return [
+      list(vocabulary.encode(t))[: max_input_length - 1] + [EOS] for t in texts
+  ]
 
 
 def build_models(size, seed):
@@ -76,35 +122,58 @@ def build_models(size, seed):
   from tkx.checkpoints import hf
   from tkx.data import vocab as vocab_lib
   from tkx.models import models, network
-  hf_config = transformers.T5Config(**size, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
-                                    dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0, eos_token_id=EOS)
+
+  hf_config = transformers.T5Config(
+      **size,
+      feed_forward_proj="gated-gelu",
+      tie_word_embeddings=False,
+      dropout_rate=0.0,
+      decoder_start_token_id=0,
+      pad_token_id=0,
+      eos_token_id=EOS,
+  )
   torch.manual_seed(seed)
   hf_model = transformers.T5ForConditionalGeneration(hf_config).eval()
   with torch.no_grad():  # an LM head of its own, as T5 1.1 (transformers 5 builds it tied to `shared`)
-    hf_model.lm_head.weight = torch.nn.Parameter(torch.randn(size["vocab_size"], size["d_model"]) * 0.05)
+    hf_model.lm_head.weight = torch.nn.Parameter(
+        torch.randn(size["vocab_size"], size["d_model"]) * 0.05
+    )
   config = hf.hf_config_to_t5config(hf_model.config.to_dict())
   state = {k: v.detach().numpy() for k, v in hf_model.state_dict().items()}
   params = hf.hf_to_params(state, config)
   vocabulary = vocab_lib.get_vocabulary()
-  return hf_model, models.EncoderDecoderModel(network.Transformer(config), vocabulary, vocabulary), params, vocabulary
+  return (
+      hf_model,
+      models.EncoderDecoderModel(
+          network.Transformer(config), vocabulary, vocabulary
+      ),
+      params,
+      vocabulary,
+  )
 
 
 def trim(row):
   row = [int(t) for t in row]
-  return row[:row.index(EOS)] if EOS in row else [t for t in row if t != 0]
+  return row[: row.index(EOS)] if EOS in row else [t for t in row if t != 0]
 
 
 def run_hf(hf_model, inputs, plan, max_decode_length):
   import torch
+
   outputs = [None] * len(inputs)
   with torch.no_grad():
     for _, indices in plan:
       width = max(len(inputs[i]) for i in indices)
       ids = np.zeros((len(indices), width), np.int64)
       for row, i in enumerate(indices):
-        ids[row, :len(inputs[i])] = inputs[i]
-      out = hf_model.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(ids > 0),
-                              max_new_tokens=max_decode_length, do_sample=False, num_beams=1)
+        ids[row, : len(inputs[i])] = inputs[i]
+      out = hf_model.generate(
+          input_ids=torch.tensor(ids),
+          attention_mask=torch.tensor(ids > 0),
+          max_new_tokens=max_decode_length,
+          do_sample=False,
+          num_beams=1,
+      )
       for row, i in enumerate(indices):
         outputs[i] = trim(out[row, 1:].numpy())  # drop the decoder start token
   return outputs
@@ -115,27 +184,48 @@ def main(argv=None):
   import jax
   import torch
   from tkx import infer, partitioning
+
   if not os.path.isdir(os.path.join(args.ni_dir, "tasks")):
     raise SystemExit(f"NI checkout not found at {args.ni_dir} (pass --ni_dir)")
   size = TINY if args.model == "tiny" else SMALL
-  print(f"devices: {jax.devices()}; torch threads: {torch.get_num_threads()}; cpus: {os.cpu_count()}")
+  print(
+      f"devices: {jax.devices()}; torch threads: {torch.get_num_threads()}; cpus: {os.cpu_count()}"
+  )
   hf_model, model, params, vocabulary = build_models(size, args.seed)
-  inputs = load_inputs(args.ni_dir, args.num_examples, args.max_input_length, vocabulary, args.seed)
+  inputs = load_inputs(
+      args.ni_dir,
+      args.num_examples,
+      args.max_input_length,
+      vocabulary,
+      args.seed,
+  )
   lengths = [len(x) for x in inputs]
-  print(f"{len(inputs)} inputs from {args.ni_dir} (def_pos2): length min {min(lengths)} mean "
-        f"{np.mean(lengths):.0f} max {max(lengths)}; T5 1.1 {args.model}; greedy, "
-        f"{args.max_decode_length} output tokens max; batch {args.batch_size}")
+  print(
+      f"{len(inputs)} inputs from {args.ni_dir} (def_pos2): length min {min(lengths)} mean "
+      f"{np.mean(lengths):.0f} max {max(lengths)}; T5 1.1 {args.model}; greedy, "
+      f"{args.max_decode_length} output tokens max; batch {args.batch_size}"
+  )
 
   buckets = infer.buckets_up_to(args.max_input_length)
   plan = infer.plan_batches(lengths, args.batch_size, buckets)
-  predictor = infer.Predictor(model, params, partitioner=partitioning.Partitioner(num_partitions=1,
-                                                                                  devices=jax.devices()[:1]),
-                              batch_size=args.batch_size,
-                              decode_config=infer.DecodeConfig(max_decode_length=args.max_decode_length),
-                              input_buckets=buckets)
+  predictor = infer.Predictor(
+      model,
+      params,
+      partitioner=partitioning.Partitioner(
+          num_partitions=1, devices=jax.devices()[:1]
+      ),
+      batch_size=args.batch_size,
+      decode_config=infer.DecodeConfig(
+          max_decode_length=args.max_decode_length
+      ),
+      input_buckets=buckets,
+  )
   # Compile every bucket used (one example each) and warm PyTorch up, outside the timings.
   t = time.time()
-  predictor.predict_ids([inputs[indices[0]] for _, indices in {b: i for b, i in plan}.items()], progress=False)
+  predictor.predict_ids(
+      [inputs[indices[0]] for _, indices in {b: i for b, i in plan}.items()],
+      progress=False,
+  )
   compile_s = time.time() - t
   run_hf(hf_model, [inputs[0]], [(0, [0])], 4)
 
@@ -151,19 +241,35 @@ def main(argv=None):
   agree = sum(sum(x == y for x, y in zip(a, b)) for a, b in zip(ours, theirs))
   out_tokens = sum(len(o) for o in ours)
   print(f"\n{'':28s}{'examples/s':>12s}{'seconds':>10s}")
-  print(f"{'tkx (JAX, length buckets)':28s}{len(inputs) / ours_s:12.3f}{ours_s:10.2f}"
-        f"   (+{compile_s:.1f}s compiling {len(predictor.compiled_shapes)} programs)")
-  print(f"{'HF transformers generate':28s}{len(inputs) / theirs_s:12.3f}{theirs_s:10.2f}")
-  print(f"speed-up: {theirs_s / ours_s:.2f}x   ({out_tokens} output tokens, "
-        f"{out_tokens / len(inputs):.1f} per example)")
-  print(f"identical outputs: {same}/{len(inputs)}; token agreement {agree}/{positions} "
-        f"({100.0 * agree / max(positions, 1):.2f}%)")
+  print(
+      f"{'tkx (JAX, length buckets)':28s}{len(inputs) / ours_s:12.3f}{ours_s:10.2f}"
+      f"   (+{compile_s:.1f}s compiling {len(predictor.compiled_shapes)} programs)"
+  )
+  print(
+      f"{'HF transformers generate':28s}{len(inputs) / theirs_s:12.3f}{theirs_s:10.2f}"
+  )
+  print(
+      f"speed-up: {theirs_s / ours_s:.2f}x   ({out_tokens} output tokens, "
+      f"{out_tokens / len(inputs):.1f} per example)"
+  )
+  print(
+      f"identical outputs: {same}/{len(inputs)}; token agreement {agree}/{positions} "
+      f"({100.0 * agree / max(positions, 1):.2f}%)"
+  )
   if same < len(inputs):
     first = next(i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b)
-    split = next((k for k, (x, y) in enumerate(zip(ours[first], theirs[first])) if x != y),
-                 min(len(ours[first]), len(theirs[first])))
-    print(f"first difference: example {first} at output token {split} (float32 near-ties between XLA and "
-          f"PyTorch kernels on a random model)")
+    split = next(
+        (
+            k
+            for k, (x, y) in enumerate(zip(ours[first], theirs[first]))
+            if x != y
+        ),
+        min(len(ours[first]), len(theirs[first])),
+    )
+    print(
+        f"first difference: example {first} at output token {split} (float32 near-ties between XLA and "
+        f"PyTorch kernels on a random model)"
+    )
   return 0
 
 

@@ -3,6 +3,7 @@
 Eight host CPU devices let the partitioning and multi-device tests build real
 meshes; XLA reads the flag once, so it must be set before anything imports jax.
 """
+
 import os
 import pathlib
 
@@ -19,50 +20,65 @@ SHARED_NI_DIR = REPO_ROOT.parent / "shared" / "natural-instructions"
 
 @pytest.fixture(scope="session")
 def embedded_ni_dir():
-    return EMBEDDED_NI_DIR
+  return EMBEDDED_NI_DIR
 
 
 @pytest.fixture(scope="session")
 def shared_ni_dir():
-    """The real NI sample beside the checkout; tests using it skip, saying why, when it is absent."""
-    if not (SHARED_NI_DIR / "tasks").is_dir():
-        pytest.skip(f"shared Natural Instructions sample not found at {SHARED_NI_DIR} "
-                    "(it lives beside the checkout in CI and on developer machines)")
-    return SHARED_NI_DIR
+  """The real NI sample beside the checkout; tests using it skip, saying why, when it is absent."""
+  if not (SHARED_NI_DIR / "tasks").is_dir():
+    pytest.skip(
+        f"shared Natural Instructions sample not found at {SHARED_NI_DIR} "
+        "(it lives beside the checkout in CI and on developer machines)"
+    )
+  return SHARED_NI_DIR
 
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
-    """A tkx checkpoint dir (orbax params + model.gin) of a random tiny T5 1.1 on the embedded vocabulary.
+  """A tkx checkpoint dir (orbax params + model.gin) of a random tiny T5 1.1 on the embedded vocabulary.
 
-    Saved at step 11 (tests check that number); tests only read it, so one serves the whole session.
-    """
-    import jax
-    from tkx import infer
-    from tkx.checkpoints import hf, orbax_io
-    from tkx.data import vocab as vocab_lib
-    from tkx.models import config as config_lib
-    cfg = config_lib.T5Config(vocab_size=1024, emb_dim=32, num_heads=2, head_dim=16, mlp_dim=64,
-                              num_encoder_layers=2, num_decoder_layers=2, mlp_activations=("gelu", "linear"),
-                              logits_via_embedding=False, dropout_rate=0.0)
-    model = infer.build_model(cfg, vocab_lib.get_vocabulary())
-    shapes = {"encoder_input_tokens": (1, 8), "decoder_input_tokens": (1, 8)}
-    params = jax.jit(lambda rng: model.get_initial_variables(rng, shapes))(jax.random.PRNGKey(1))["params"]
-    path = tmp_path_factory.mktemp("ckpt")
-    orbax_io.save_params(str(path), params, step=11)
-    (path / "model.gin").write_text(hf.config_to_gin(cfg))
-    return str(path)
+  Saved at step 11 (tests check that number); tests only read it, so one serves the whole session.
+  """
+  import jax
+  from tkx import infer
+  from tkx.checkpoints import hf, orbax_io
+  from tkx.data import vocab as vocab_lib
+  from tkx.models import config as config_lib
+
+  cfg = config_lib.T5Config(
+      vocab_size=1024,
+      emb_dim=32,
+      num_heads=2,
+      head_dim=16,
+      mlp_dim=64,
+      num_encoder_layers=2,
+      num_decoder_layers=2,
+      mlp_activations=("gelu", "linear"),
+      logits_via_embedding=False,
+      dropout_rate=0.0,
+  )
+  model = infer.build_model(cfg, vocab_lib.get_vocabulary())
+  shapes = {"encoder_input_tokens": (1, 8), "decoder_input_tokens": (1, 8)}
+  params = jax.jit(lambda rng: model.get_initial_variables(rng, shapes))(
+      jax.random.PRNGKey(1)
+  )["params"]
+  path = tmp_path_factory.mktemp("ckpt")
+  orbax_io.save_params(str(path), params, step=11)
+  (path / "model.gin").write_text(hf.config_to_gin(cfg))
+  return str(path)
 
 
 @pytest.fixture(autouse=True)
 def _fresh_gin_config():
-    """Each test starts from an empty gin config.
+  """Each test starts from an empty gin config.
 
-    Model configs are gin-configurable (as t5x's `network.T5Config`), so bindings a previous
-    test parsed (say `T5Config.dtype = 'bfloat16'` from a real-size model file) would otherwise
-    fill in fields of configs built later in the same process.
-    """
-    import gin
-    gin.clear_config()
-    yield
-    gin.clear_config()
+  Model configs are gin-configurable (as t5x's `network.T5Config`), so bindings a previous
+  test parsed (say `T5Config.dtype = 'bfloat16'` from a real-size model file) would otherwise
+  fill in fields of configs built later in the same process.
+  """
+  import gin
+
+  gin.clear_config()
+  yield
+  gin.clear_config()

@@ -2,6 +2,7 @@
 
 (Imported by the other `test_data_*` files; pytest puts `tests/` on sys.path.)
 """
+
 import io
 import json
 import pathlib
@@ -17,8 +18,16 @@ def toy_task(name="task001_toy", **overrides):
       "Categories": ["Question Answering"],
       "Definition": ["Answer the question", "An ignored second definition."],
       "Positive Examples": [
-          {"input": " What is 2+2? ", "output": "4", "explanation": "Two plus two is four"},
-          {"input": "Name a color", "output": "blue.", "explanation": "Blue is a color!"},
+          {
+              "input": " What is 2+2? ",
+              "output": "4",
+              "explanation": "Two plus two is four",
+          },
+          {
+              "input": "Name a color",
+              "output": "blue.",
+              "explanation": "Blue is a color!",
+          },
           {"input": "third", "output": "x"},
       ],
       "Negative Examples": [
@@ -29,8 +38,14 @@ def toy_task(name="task001_toy", **overrides):
       "Output_language": ["English"],
       "Instruction_language": ["English"],
       "Domains": ["Math"],
-      "Instances": [{"id": f"{name}-{i}", "input": f"What is {i}+{i}?", "output": [str(2 * i), f"n{2 * i}"]}
-                    for i in range(150)],
+      "Instances": [
+          {
+              "id": f"{name}-{i}",
+              "input": f"What is {i}+{i}?",
+              "output": [str(2 * i), f"n{2 * i}"],
+          }
+          for i in range(150)
+      ],
       "Instance License": ["Unknown"],
   }
   task.update(overrides)
@@ -45,12 +60,17 @@ def write_checkout(root, tasks, splits):
   root = pathlib.Path(root)
   (root / "tasks").mkdir(parents=True, exist_ok=True)
   for name, task in tasks.items():
-    text = task if isinstance(task, str) else json.dumps(task, ensure_ascii=False, indent=1)
+    text = (
+        task
+        if isinstance(task, str)
+        else json.dumps(task, ensure_ascii=False, indent=1)
+    )
     (root / "tasks" / f"{name}.json").write_text(text, encoding="utf-8")
   for (track, split), names in splits.items():
     (root / "splits" / track).mkdir(parents=True, exist_ok=True)
     (root / "splits" / track / f"{split}_tasks.txt").write_text(
-        "".join(n + "\n" for n in names), encoding="utf-8")
+        "".join(n + "\n" for n in names), encoding="utf-8"
+    )
   return root
 
 
@@ -64,7 +84,9 @@ def small_checkout(root, num_train=3, num_test=2, instances=30):
     task["Instances"] = task["Instances"][:n]
     tasks[name] = task
     (train if i < num_train else test).append(name)
-  return write_checkout(root, tasks, {("default", "train"): train, ("default", "test"): test})
+  return write_checkout(
+      root, tasks, {("default", "train"): train, ("default", "test"): test}
+  )
 
 
 def train_vocabulary(directory, ni_dir, vocab_size=600):
@@ -73,8 +95,15 @@ def train_vocabulary(directory, ni_dir, vocab_size=600):
   import sentencepiece as spm
   from tkx.data import ni
 
-  lines = ["Definition:", "Positive Example 1 -", "Negative Example 2 -", "Input:", "Output:",
-           "Explanation:", "Now complete the following example -"]
+  lines = [
+      "Definition:",
+      "Positive Example 1 -",
+      "Negative Example 2 -",
+      "Input:",
+      "Output:",
+      "Explanation:",
+      "Now complete the following example -",
+  ]
   for path in sorted((pathlib.Path(ni_dir) / "tasks").glob("*.json"))[:40]:
     task = ni.load_task(ni_dir, path.stem)
     lines.append(ni.task_definition(task))
@@ -82,9 +111,19 @@ def train_vocabulary(directory, ni_dir, vocab_size=600):
     lines.extend(i["output"][0] for i in task["Instances"][:20])
   model = io.BytesIO()
   spm.SentencePieceTrainer.train(
-      sentence_iterator=iter(lines), model_writer=model, model_type="unigram",
-      vocab_size=vocab_size, character_coverage=1.0, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
-      num_threads=1, minloglevel=2, hard_vocab_limit=False)
+      sentence_iterator=iter(lines),
+      model_writer=model,
+      model_type="unigram",
+      vocab_size=vocab_size,
+      character_coverage=1.0,
+      pad_id=0,
+      eos_id=1,
+      unk_id=2,
+      bos_id=-1,
+      num_threads=1,
+      minloglevel=2,
+      hard_vocab_limit=False,
+  )
   path = pathlib.Path(directory) / "throwaway.model"
   path.write_bytes(model.getvalue())
   return seqio.SentencePieceVocabulary(str(path))
@@ -97,6 +136,10 @@ def throwaway_vocab(tmp_path_factory, shared_ni_dir):
 
 def test_toy_checkout_helpers_write_readable_files(tmp_path):
   root = small_checkout(tmp_path)
-  assert sorted(p.name for p in (root / "tasks").iterdir())[0] == "task100_toy_train.json"
-  assert (root / "splits" / "default" / "test_tasks.txt").read_text().split() == [
-      "task103_toy_test", "task104_toy_test"]
+  assert (
+      sorted(p.name for p in (root / "tasks").iterdir())[0]
+      == "task100_toy_train.json"
+  )
+  assert (
+      root / "splits" / "default" / "test_tasks.txt"
+  ).read_text().split() == ["task103_toy_test", "task104_toy_test"]

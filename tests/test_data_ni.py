@@ -1,5 +1,5 @@
 """Reading NI checkouts: both schemas, instance selection, and every kind of bad input."""
-import json
+
 import logging
 import time
 
@@ -31,16 +31,26 @@ def test_reads_every_task_of_the_shared_sample_in_both_schemas(shared_ni_dir):
     assert isinstance(ni.task_definition(task), str)
     assert ni.task_category(task) == task["Categories"][0]
     assert all(isinstance(i["id"], str) and i["id"] for i in task["Instances"])
-  assert seen_schemas == {True, False}  # the 21 older-schema files are among them
+  assert seen_schemas == {
+      True,
+      False,
+  }  # the 21 older-schema files are among them
 
 
 def test_older_schema_string_definition_and_synthesised_ids(shared_ni_dir):
-  task = ni.load_task(shared_ni_dir, "task131_scan_long_text_generation_action_command_long")
+  task = ni.load_task(
+      shared_ni_dir, "task131_scan_long_text_generation_action_command_long"
+  )
   assert isinstance(task["Definition"], str)
   assert ni.task_definition(task) == task["Definition"]
-  assert task["Instances"][0]["id"] == "task131_scan_long_text_generation_action_command_long-0"
+  assert (
+      task["Instances"][0]["id"]
+      == "task131_scan_long_text_generation_action_command_long-0"
+  )
   assert task["Instances"][7]["id"].endswith("-7")
-  list_def = ni.load_task(shared_ni_dir, "task003_mctaco_question_generation_event_duration")
+  list_def = ni.load_task(
+      shared_ni_dir, "task003_mctaco_question_generation_event_duration"
+  )
   assert ni.task_definition(list_def) == list_def["Definition"][0]
   assert list_def["Instances"][0]["id"].startswith("task003-")
 
@@ -48,14 +58,20 @@ def test_older_schema_string_definition_and_synthesised_ids(shared_ni_dir):
 def test_official_test_split_names_missing_files(shared_ni_dir, caplog):
   with pytest.raises(ni.NIDataError) as error:
     ni.split_tasks(shared_ni_dir, "default", "official_test")
-  _assert_names(error, file="official_test_tasks.txt", field="tasks/<task>.json")
+  _assert_names(
+      error, file="official_test_tasks.txt", field="tasks/<task>.json"
+  )
   with caplog.at_level(logging.WARNING):
-    names = ni.split_tasks(shared_ni_dir, "default", "official_test", skip_missing=True)
+    names = ni.split_tasks(
+        shared_ni_dir, "default", "official_test", skip_missing=True
+    )
   warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
   assert len(warnings) == 1  # ONE warning listing every skipped name
   listed = ni.read_split(shared_ni_dir, "default", "official_test")
   skipped = [n for n in listed if n not in names]
-  assert len(skipped) > 50 and all(n in warnings[0].getMessage() for n in skipped)
+  assert len(skipped) > 50 and all(
+      n in warnings[0].getMessage() for n in skipped
+  )
   assert len(names) + len(skipped) == len(listed) == 119
 
 
@@ -75,26 +91,48 @@ def test_cap_after_seeded_shuffle_is_reproducible():
   c = [i["id"] for i in ni.select_instances(task, "train", 100, seed=43)]
   assert a == b and len(a) == 100 and len(set(a)) == 100
   assert a != c
-  assert a != [f"task001_toy-{i}" for i in range(100)]  # shuffled, not the file's head
+  assert a != [
+      f"task001_toy-{i}" for i in range(100)
+  ]  # shuffled, not the file's head
   # Test tasks: the cap draws from the first 100 only.
   t = [i["id"] for i in ni.select_instances(task, "test", 10, seed=42)]
   assert len(t) == 10 and all(int(x.split("-")[1]) < 100 for x in t)
   # The same seed over the same 100 instances gives the same order regardless of split.
   full_test = ni.select_instances(task, "test", 100, seed=7)
-  assert sorted(i["id"] for i in full_test) == sorted(f"task001_toy-{i}" for i in range(100))
+  assert sorted(i["id"] for i in full_test) == sorted(
+      f"task001_toy-{i}" for i in range(100)
+  )
   # No cap, train: everything, in file order; a negative cap means no cap (as Tk-Instruct).
   assert len(ni.select_instances(task, "train", None, seed=0)) == 150
   assert len(ni.select_instances(task, "train", -1, seed=0)) == 150
-  assert task["Instances"][0]["id"] == "task001_toy-0"  # the task is not modified
+  assert (
+      task["Instances"][0]["id"] == "task001_toy-0"
+  )  # the task is not modified
 
 
 def test_selection_does_not_depend_on_other_tasks(tmp_path):
-  root = write_checkout(tmp_path, {"task001_a": toy_task("task001_a"), "task002_b": toy_task("task002_b")},
-                        {("default", "train"): ["task001_a", "task002_b"]})
-  both = [i["id"] for _, i in ni.iter_split_instances(root, "default", "train",
-                                                       max_num_instances_per_task=5, seed=3)]
-  only_b = [i["id"] for _, i in ni.iter_split_instances(root, "default", "train", task_names=["task002_b"],
-                                                         max_num_instances_per_task=5, seed=3)]
+  root = write_checkout(
+      tmp_path,
+      {"task001_a": toy_task("task001_a"), "task002_b": toy_task("task002_b")},
+      {("default", "train"): ["task001_a", "task002_b"]},
+  )
+  both = [
+      i["id"]
+      for _, i in ni.iter_split_instances(
+          root, "default", "train", max_num_instances_per_task=5, seed=3
+      )
+  ]
+  only_b = [
+      i["id"]
+      for _, i in ni.iter_split_instances(
+          root,
+          "default",
+          "train",
+          task_names=["task002_b"],
+          max_num_instances_per_task=5,
+          seed=3,
+      )
+  ]
   assert both[5:] == only_b and len(both) == 10
 
 
@@ -102,7 +140,9 @@ def test_selection_does_not_depend_on_other_tasks(tmp_path):
 
 
 def _bad(tmp_path, task_or_text, name="task777_bad"):
-  root = write_checkout(tmp_path, {name: task_or_text}, {("default", "train"): [name]})
+  root = write_checkout(
+      tmp_path, {name: task_or_text}, {("default", "train"): [name]}
+  )
   with pytest.raises(ni.NIDataError) as error:
     ni.load_task(root, name)
   return error, str(root / "tasks" / f"{name}.json")
@@ -114,8 +154,16 @@ def test_malformed_json(tmp_path):
   assert "malformed JSON" in str(error.value)
 
 
-@pytest.mark.parametrize("field", ["Definition", "Positive Examples", "Negative Examples", "Instances",
-                                   "Categories"])
+@pytest.mark.parametrize(
+    "field",
+    [
+        "Definition",
+        "Positive Examples",
+        "Negative Examples",
+        "Instances",
+        "Categories",
+    ],
+)
 def test_missing_field(tmp_path, field):
   task = toy_task()
   del task[field]
@@ -124,21 +172,39 @@ def test_missing_field(tmp_path, field):
   assert "missing" in str(error.value)
 
 
-@pytest.mark.parametrize("field,value,named", [
-    ("Definition", 3, "Definition"),
-    ("Definition", [], "Definition"),
-    ("Definition", ["ok", 5], "Definition"),
-    ("Categories", "Question Answering", "Categories"),
-    ("Positive Examples", {"input": "a"}, "Positive Examples"),
-    ("Positive Examples", [{"input": "a"}], "Positive Examples[0].output"),
-    ("Negative Examples", [{"input": "a", "output": ["b"]}], "Negative Examples[0].output"),
-    ("Negative Examples", [{"input": "a", "output": "b", "explanation": None}],
-     "Negative Examples[0].explanation"),
-    ("Instances", {"input": "a"}, "Instances"),
-    ("Instances", [{"id": "x", "output": ["a"]}], "Instances[0].input"),
-    ("Instances", [{"id": "x", "input": 5, "output": ["a"]}], "Instances[0].input"),
-    ("Instances", [{"id": 1, "input": "q", "output": ["a"]}], "Instances[0].id"),
-])
+@pytest.mark.parametrize(
+    "field,value,named",
+    [
+        ("Definition", 3, "Definition"),
+        ("Definition", [], "Definition"),
+        ("Definition", ["ok", 5], "Definition"),
+        ("Categories", "Question Answering", "Categories"),
+        ("Positive Examples", {"input": "a"}, "Positive Examples"),
+        ("Positive Examples", [{"input": "a"}], "Positive Examples[0].output"),
+        (
+            "Negative Examples",
+            [{"input": "a", "output": ["b"]}],
+            "Negative Examples[0].output",
+        ),
+        (
+            "Negative Examples",
+            [{"input": "a", "output": "b", "explanation": None}],
+            "Negative Examples[0].explanation",
+        ),
+        ("Instances", {"input": "a"}, "Instances"),
+        ("Instances", [{"id": "x", "output": ["a"]}], "Instances[0].input"),
+        (
+            "Instances",
+            [{"id": "x", "input": 5, "output": ["a"]}],
+            "Instances[0].input",
+        ),
+        (
+            "Instances",
+            [{"id": 1, "input": "q", "output": ["a"]}],
+            "Instances[0].id",
+        ),
+    ],
+)
 def test_mistyped_field(tmp_path, field, value, named):
   error, path = _bad(tmp_path, toy_task(**{field: value}))
   _assert_names(error, file=path, task="task777_bad", field=named)
@@ -150,34 +216,65 @@ def test_empty_instances(tmp_path):
   assert "no instances" in str(error.value)
 
 
-@pytest.mark.parametrize("output", ["just a string", [1, 2], [["nested"]], [], None])
+@pytest.mark.parametrize(
+    "output", ["just a string", [1, 2], [["nested"]], [], None]
+)
 def test_output_not_a_list_of_strings(tmp_path, output):
-  instances = [{"id": "a", "input": "q", "output": ["fine"]}, {"id": "b", "input": "q", "output": output}]
+  instances = [
+      {"id": "a", "input": "q", "output": ["fine"]},
+      {"id": "b", "input": "q", "output": output},
+  ]
   error, path = _bad(tmp_path, toy_task(Instances=instances))
-  _assert_names(error, file=path, task="task777_bad", field="Instances[1].output")
+  _assert_names(
+      error, file=path, task="task777_bad", field="Instances[1].output"
+  )
 
 
 def test_missing_task_file_and_skip_missing(tmp_path, caplog):
-  root = write_checkout(tmp_path, {"task001_a": toy_task("task001_a")},
-                        {("default", "test"): ["task001_a", "task404_gone", "task405_gone"]})
+  root = write_checkout(
+      tmp_path,
+      {"task001_a": toy_task("task001_a")},
+      {("default", "test"): ["task001_a", "task404_gone", "task405_gone"]},
+  )
   with pytest.raises(ni.NIDataError) as error:
     ni.split_tasks(root, "default", "test")
-  _assert_names(error, file="test_tasks.txt", task="task404_gone", field="tasks/<task>.json")
+  _assert_names(
+      error,
+      file="test_tasks.txt",
+      task="task404_gone",
+      field="tasks/<task>.json",
+  )
   assert "task405_gone" in str(error.value)
   with pytest.raises(ni.NIDataError) as error:
     ni.load_task(root, "task404_gone")
-  _assert_names(error, file=str(root / "tasks" / "task404_gone.json"), task="task404_gone")
+  _assert_names(
+      error, file=str(root / "tasks" / "task404_gone.json"), task="task404_gone"
+  )
   with caplog.at_level(logging.WARNING):
-    assert ni.split_tasks(root, "default", "test", skip_missing=True) == ["task001_a"]
-  messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-  assert len(messages) == 1 and "task404_gone" in messages[0] and "task405_gone" in messages[0]
+    assert ni.split_tasks(root, "default", "test", skip_missing=True) == [
+        "task001_a"
+    ]
+  messages = [
+      r.getMessage() for r in caplog.records if r.levelno == logging.WARNING
+  ]
+  assert (
+      len(messages) == 1
+      and "task404_gone" in messages[0]
+      and "task405_gone" in messages[0]
+  )
 
 
 def test_missing_split_file_lists_available(tmp_path):
-  root = write_checkout(tmp_path, {"task001_a": toy_task("task001_a")}, {("default", "train"): ["task001_a"]})
+  root = write_checkout(
+      tmp_path,
+      {"task001_a": toy_task("task001_a")},
+      {("default", "train"): ["task001_a"]},
+  )
   with pytest.raises(ni.NIDataError) as error:
     ni.read_split(root, "default", "dev")
-  _assert_names(error, file="dev_tasks.txt", field="splits/default/dev_tasks.txt")
+  _assert_names(
+      error, file="dev_tasks.txt", field="splits/default/dev_tasks.txt"
+  )
   assert "train" in str(error.value)
 
 
@@ -186,7 +283,9 @@ def test_reading_split_files_of_a_large_checkout_is_fast(tmp_path):
   root = tmp_path
   (root / "tasks").mkdir()
   for n in names:
-    (root / "tasks" / f"{n}.json").write_text("{}")  # never opened by split_tasks
+    (root / "tasks" / f"{n}.json").write_text(
+        "{}"
+    )  # never opened by split_tasks
   write_checkout(root, {}, {("default", "train"): names})
   start = time.perf_counter()
   assert ni.split_tasks(root, "default", "train") == names
@@ -194,8 +293,11 @@ def test_reading_split_files_of_a_large_checkout_is_fast(tmp_path):
 
 
 def test_repeated_task_in_split_is_read_once_with_a_warning(tmp_path, caplog):
-  root = write_checkout(tmp_path, {"task001_a": toy_task("task001_a")},
-                        {("default", "train"): ["task001_a", "", "task001_a.json"]})
+  root = write_checkout(
+      tmp_path,
+      {"task001_a": toy_task("task001_a")},
+      {("default", "train"): ["task001_a", "", "task001_a.json"]},
+  )
   with caplog.at_level(logging.WARNING):
     assert ni.read_split(root, "default", "train") == ["task001_a"]
   assert any("task001_a (line 3)" in r.getMessage() for r in caplog.records)

@@ -1,4 +1,5 @@
 """Length buckets: planning, padding, and outputs identical to unbucketed decoding."""
+
 import jax
 import numpy as np
 import pytest
@@ -10,14 +11,22 @@ def test_bucket_length_picks_smallest_fitting_bucket():
   assert infer.bucket_length(1, (128, 256)) == 128
   assert infer.bucket_length(128, (256, 128)) == 128
   assert infer.bucket_length(129, (128, 256)) == 256
-  with pytest.raises(ValueError, match="longer than the largest length bucket 256"):
+  with pytest.raises(
+      ValueError, match="longer than the largest length bucket 256"
+  ):
     infer.bucket_length(257, (128, 256))
 
 
 def test_plan_batches_fills_batches_shortest_first_in_the_bucket_of_their_longest():
   lengths = [3, 40, 5, 7, 33, 2, 64, 9, 12]
   plan = infer.plan_batches(lengths, batch_size=2, buckets=(8, 16, 64))
-  assert plan == [(8, [5, 0]), (8, [2, 3]), (16, [7, 8]), (64, [4, 1]), (64, [6])]
+  assert plan == [
+      (8, [5, 0]),
+      (8, [2, 3]),
+      (16, [7, 8]),
+      (64, [4, 1]),
+      (64, [6]),
+  ]
   # every example appears exactly once
   assert sorted(i for _, idx in plan for i in idx) == list(range(len(lengths)))
 
@@ -29,6 +38,7 @@ def test_cut_to_budget_counts_eos_and_keeps_first_tokens():
 
 def test_full_budget_inputs_are_counted_in_one_warning(caplog):
   import logging
+
   with caplog.at_level(logging.WARNING):
     assert infer.warn_full_budget([[5] * 8, [5] * 3, [5] * 8], 8, "mix") == 2
   assert "mix: 2 of 3 inputs reach the 8-token budget" in caplog.text
@@ -42,11 +52,21 @@ def test_trim_output_stops_at_eos_and_drops_padding():
 
 def test_decode_config_validates_and_maps_to_decoding_fns():
   from tkx import decoding
+
   assert infer.DecodeConfig().decode_fn_and_kwargs() == (decoding.greedy, {})
   fn, kwargs = infer.DecodeConfig(num_beams=4, alpha=0.6).decode_fn_and_kwargs()
-  assert fn is decoding.beam_search and kwargs == {"num_decodes": 4, "alpha": 0.6}
-  fn, kwargs = infer.DecodeConfig(temperature=0.7, top_k=5, top_p=0.9).decode_fn_and_kwargs()
-  assert fn is decoding.temperature_sample and kwargs == {"temperature": 0.7, "topk": 5, "topp": 0.9}
+  assert fn is decoding.beam_search and kwargs == {
+      "num_decodes": 4,
+      "alpha": 0.6,
+  }
+  fn, kwargs = infer.DecodeConfig(
+      temperature=0.7, top_k=5, top_p=0.9
+  ).decode_fn_and_kwargs()
+  assert fn is decoding.temperature_sample and kwargs == {
+      "temperature": 0.7,
+      "topk": 5,
+      "topp": 0.9,
+  }
   with pytest.raises(ValueError, match="not both"):
     infer.DecodeConfig(num_beams=2, temperature=1.0)
   with pytest.raises(ValueError, match="set temperature > 0"):
@@ -59,13 +79,25 @@ def test_decode_config_validates_and_maps_to_decoding_fns():
 def tiny_model():
   from tkx.data import vocab as vocab_lib
   from tkx.models import config as config_lib
-  cfg = config_lib.T5Config(vocab_size=1024, emb_dim=32, num_heads=2, head_dim=16, mlp_dim=64,
-                            num_encoder_layers=2, num_decoder_layers=2, mlp_activations=("gelu", "linear"),
-                            logits_via_embedding=False, dropout_rate=0.0)
+
+  cfg = config_lib.T5Config(
+      vocab_size=1024,
+      emb_dim=32,
+      num_heads=2,
+      head_dim=16,
+      mlp_dim=64,
+      num_encoder_layers=2,
+      num_decoder_layers=2,
+      mlp_activations=("gelu", "linear"),
+      logits_via_embedding=False,
+      dropout_rate=0.0,
+  )
   vocabulary = vocab_lib.get_vocabulary()
   model = infer.build_model(cfg, vocabulary)
   shapes = {"encoder_input_tokens": (1, 8), "decoder_input_tokens": (1, 8)}
-  params = jax.jit(lambda rng: model.get_initial_variables(rng, shapes))(jax.random.PRNGKey(3))["params"]
+  params = jax.jit(lambda rng: model.get_initial_variables(rng, shapes))(
+      jax.random.PRNGKey(3)
+  )["params"]
   return model, params
 
 
@@ -77,20 +109,36 @@ def _random_inputs(num, lengths, seed=0):
 def test_bucketed_greedy_equals_each_example_decoded_alone(tiny_model):
   """Bucketed, padded, batched greedy decoding == each example alone at its exact length."""
   from tkx import partitioning
+
   model, params = tiny_model
   lengths = [5, 14, 3, 30, 9, 64, 12, 6, 4, 2, 40]
   inputs = _random_inputs(len(lengths), lengths)
   cfg = infer.DecodeConfig(max_decode_length=12)
-  predictor = infer.Predictor(model, params, partitioner=partitioning.Partitioner(num_partitions=2),
-                              batch_size=4, decode_config=cfg, input_buckets=(8, 16, 64))
+  predictor = infer.Predictor(
+      model,
+      params,
+      partitioner=partitioning.Partitioner(num_partitions=2),
+      batch_size=4,
+      decode_config=cfg,
+      input_buckets=(8, 16, 64),
+  )
   bucketed = predictor.predict_ids(inputs, progress=False)
   # Batches of the shortest 4, the next 4 and the last 3 (one dummy row): a program per bucket.
   assert predictor.compiled_shapes == {(4, 8), (4, 16), (4, 64)}
 
   decode_fn, kwargs = cfg.decode_fn_and_kwargs()
-  alone_fn = jax.jit(lambda p, x: model.predict_batch(p, {"encoder_input_tokens": x}, decode_fn=decode_fn,
-                                                      max_decode_length=12, **kwargs))
-  for ids, got in zip(inputs[:4], bucketed[:4]):  # four exact lengths: four more compilations
+  alone_fn = jax.jit(
+      lambda p, x: model.predict_batch(
+          p,
+          {"encoder_input_tokens": x},
+          decode_fn=decode_fn,
+          max_decode_length=12,
+          **kwargs
+      )
+  )
+  for ids, got in zip(
+      inputs[:4], bucketed[:4]
+  ):  # four exact lengths: four more compilations
     alone = np.asarray(alone_fn(params, np.asarray([ids], np.int32)))[0]
     assert got == infer.trim_output(alone)
   assert any(len(out) > 0 for out in bucketed)
@@ -102,21 +150,32 @@ def test_bucketed_beam_search_equals_one_unbucketed_batch(tiny_model):
   lengths = [5, 20, 3, 9, 30, 7]
   inputs = _random_inputs(len(lengths), lengths, seed=2)
   cfg = infer.DecodeConfig(num_beams=3, max_decode_length=8)
-  bucketed = infer.Predictor(model, params, batch_size=8, decode_config=cfg,
-                             input_buckets=(8, 32)).predict_ids(inputs, progress=False)
+  bucketed = infer.Predictor(
+      model, params, batch_size=8, decode_config=cfg, input_buckets=(8, 32)
+  ).predict_ids(inputs, progress=False)
   decode_fn, kwargs = cfg.decode_fn_and_kwargs()
   rows = np.zeros((len(inputs), 32), np.int32)
   for row, ids in enumerate(inputs):
-    rows[row, :len(ids)] = ids
-  unbucketed = model.predict_batch(params, {"encoder_input_tokens": rows}, decode_fn=decode_fn,
-                                   max_decode_length=8, **kwargs)
+    rows[row, : len(ids)] = ids
+  unbucketed = model.predict_batch(
+      params,
+      {"encoder_input_tokens": rows},
+      decode_fn=decode_fn,
+      max_decode_length=8,
+      **kwargs
+  )
   assert bucketed == [infer.trim_output(row) for row in np.asarray(unbucketed)]
 
 
 def test_empty_inputs_get_empty_outputs_without_decoding(tiny_model):
   model, params = tiny_model
-  predictor = infer.Predictor(model, params, batch_size=8, decode_config=infer.DecodeConfig(max_decode_length=4),
-                              input_buckets=(8,))
+  predictor = infer.Predictor(
+      model,
+      params,
+      batch_size=8,
+      decode_config=infer.DecodeConfig(max_decode_length=4),
+      input_buckets=(8,),
+  )
   out = predictor.predict_ids([[], [1], [5, 6, 1]], progress=False)
   assert out[0] == [] and out[1] == []
   assert predictor.compiled_shapes == {(8, 8)}
@@ -124,21 +183,36 @@ def test_empty_inputs_get_empty_outputs_without_decoding(tiny_model):
 
 def test_batch_size_must_divide_over_data_axis(tiny_model):
   from tkx import partitioning
+
   model, params = tiny_model
   with pytest.raises(ValueError, match="multiple of the data axis size 8"):
-    infer.Predictor(model, params, partitioner=partitioning.Partitioner(num_partitions=1), batch_size=4)
+    infer.Predictor(
+        model,
+        params,
+        partitioner=partitioning.Partitioner(num_partitions=1),
+        batch_size=4,
+    )
 
 
 def test_sampling_is_reproducible_with_a_seed(tiny_model):
   model, params = tiny_model
   inputs = _random_inputs(3, [6, 9, 4], seed=1)
-  cfg = infer.DecodeConfig(temperature=1.0, top_k=20, max_decode_length=8, seed=5)
-  a = infer.Predictor(model, params, batch_size=8, decode_config=cfg, input_buckets=(16,)).predict_ids(
-      inputs, progress=False)
-  b = infer.Predictor(model, params, batch_size=8, decode_config=cfg, input_buckets=(16,)).predict_ids(
-      inputs, progress=False)
+  cfg = infer.DecodeConfig(
+      temperature=1.0, top_k=20, max_decode_length=8, seed=5
+  )
+  a = infer.Predictor(
+      model, params, batch_size=8, decode_config=cfg, input_buckets=(16,)
+  ).predict_ids(inputs, progress=False)
+  b = infer.Predictor(
+      model, params, batch_size=8, decode_config=cfg, input_buckets=(16,)
+  ).predict_ids(inputs, progress=False)
   assert a == b
-  other_seed = infer.DecodeConfig(temperature=1.0, top_k=20, max_decode_length=8, seed=6)
-  c = infer.Predictor(model, params, batch_size=8, decode_config=other_seed, input_buckets=(16,)).predict_ids(
-      inputs, progress=False)
-  assert c != a  # 3 x 8 tokens sampled from 20 candidates: a collision is all but impossible
+  other_seed = infer.DecodeConfig(
+      temperature=1.0, top_k=20, max_decode_length=8, seed=6
+  )
+  c = infer.Predictor(
+      model, params, batch_size=8, decode_config=other_seed, input_buckets=(16,)
+  ).predict_ids(inputs, progress=False)
+  assert (
+      c != a
+  )  # 3 x 8 tokens sampled from 20 candidates: a collision is all but impossible

@@ -1,4 +1,5 @@
 """`tkx infer` and `tkx generate` end to end on a tiny random checkpoint."""
+
 import json
 import logging
 import os
@@ -8,7 +9,13 @@ import pytest
 from tkx import cli, infer
 
 MIXTURE = "ni_default_test_def_pos2"
-FAST = ["--max_decode_length", "6", "--max_input_length", "256", "--no_progress"]
+FAST = [
+    "--max_decode_length",
+    "6",
+    "--max_input_length",
+    "256",
+    "--no_progress",
+]
 
 
 def _read_jsonl(path):
@@ -16,61 +23,137 @@ def _read_jsonl(path):
     return [json.loads(line) for line in f]
 
 
-def test_infer_mixture_writes_tk_instruct_predictions_that_score(tiny_checkpoint, tmp_path, embedded_ni_dir, capsys):
+def test_infer_mixture_writes_tk_instruct_predictions_that_score(
+    tiny_checkpoint, tmp_path, embedded_ni_dir, capsys
+):
   out = tmp_path / "predicted_examples.jsonl"
-  assert cli.main(["infer", "--checkpoint", tiny_checkpoint, "--mixture", MIXTURE, "--output_file", str(out)]
-                  + FAST) == 0
+  assert (
+      cli.main(
+          [
+              "infer",
+              "--checkpoint",
+              tiny_checkpoint,
+              "--mixture",
+              MIXTURE,
+              "--output_file",
+              str(out),
+          ]
+          + FAST
+      )
+      == 0
+  )
   records = _read_jsonl(out)
-  test_tasks = (embedded_ni_dir / "splits" / "default" / "test_tasks.txt").read_text().split()
+  test_tasks = (
+      (embedded_ni_dir / "splits" / "default" / "test_tasks.txt")
+      .read_text()
+      .split()
+  )
   assert sorted({r["Task"] for r in records}) == sorted(test_tasks)
   from tkx.data import ni
-  expected_ids = [i["id"] for t in test_tasks
-                  for i in ni.select_instances(ni.load_task(embedded_ni_dir, t), "test", None, 42)]
+
+  expected_ids = [
+      i["id"]
+      for t in test_tasks
+      for i in ni.select_instances(
+          ni.load_task(embedded_ni_dir, t), "test", None, 42
+      )
+  ]
   assert sorted(r["Instance"]["id"] for r in records) == sorted(expected_ids)
   first = records[0]
   task = ni.load_task(embedded_ni_dir, first["Task"])
-  for field in ("Definition", "Positive Examples", "Negative Examples", "Categories"):
+  for field in (
+      "Definition",
+      "Positive Examples",
+      "Negative Examples",
+      "Categories",
+  ):
     assert first[field] == task[field]
-  instance = next(i for i in task["Instances"] if i["id"] == first["Instance"]["id"])
-  assert first["Instance"] == {"id": instance["id"], "input": instance["input"], "output": instance["output"]}
+  instance = next(
+      i for i in task["Instances"] if i["id"] == first["Instance"]["id"]
+  )
+  assert first["Instance"] == {
+      "id": instance["id"],
+      "input": instance["input"],
+      "output": instance["output"],
+  }
   assert all(isinstance(r["prediction"], str) for r in records)
 
   # The file scores with `tkx score` (the Tk-Instruct format reader).
   scores = tmp_path / "scores.json"
-  assert cli.main(["score", "--predictions", str(out), "--json", str(scores)]) == 0
+  assert (
+      cli.main(["score", "--predictions", str(out), "--json", str(scores)]) == 0
+  )
   table = json.loads(scores.read_text())
   assert table["overall"]["num_examples"] == len(records)
   assert set(table["per_task"]) == set(test_tasks)
 
 
-def test_infer_input_file_adds_predictions_cuts_long_and_empties_empty(tiny_checkpoint, tmp_path, caplog):
+def test_infer_input_file_adds_predictions_cuts_long_and_empties_empty(
+    tiny_checkpoint, tmp_path, caplog
+):
   inp = tmp_path / "in.jsonl"
-  lines = [{"id": "a", "inputs": "Input: India. Output:", "extra": 1},
-           {"id": "b", "inputs": ""},
-           {"id": "c", "inputs": "word " * 400}]
+  lines = [
+      {"id": "a", "inputs": "Input: India. Output:", "extra": 1},
+      {"id": "b", "inputs": ""},
+      {"id": "c", "inputs": "word " * 400},
+  ]
   inp.write_text("".join(json.dumps(x) + "\n" for x in lines))
   out = tmp_path / "out.jsonl"
   with caplog.at_level(logging.WARNING):
-    assert cli.main(["infer", "--checkpoint", tiny_checkpoint, "--input_file", str(inp), "--output_file", str(out),
-                     "--max_decode_length", "5", "--max_input_length", "64", "--no_progress"]) == 0
+    assert (
+        cli.main(
+            [
+                "infer",
+                "--checkpoint",
+                tiny_checkpoint,
+                "--input_file",
+                str(inp),
+                "--output_file",
+                str(out),
+                "--max_decode_length",
+                "5",
+                "--max_input_length",
+                "64",
+                "--no_progress",
+            ]
+        )
+        == 0
+    )
   got = _read_jsonl(out)
   assert [g["id"] for g in got] == ["a", "b", "c"]
   assert got[0]["extra"] == 1 and got[0]["inputs"] == lines[0]["inputs"]
   assert got[1]["prediction"] == ""
   assert all("prediction" in g for g in got)
-  assert "1 input(s) longer than 64 tokens were cut" in caplog.text and "c" in caplog.text
+  assert (
+      "1 input(s) longer than 64 tokens were cut" in caplog.text
+      and "c" in caplog.text
+  )
   assert "1 empty input(s) get an empty prediction: b" in caplog.text
 
 
-@pytest.mark.parametrize("content, message", [
-    ('{"id": "a"}\n', "line 1, field 'inputs': missing"),
-    ('{"id": "a", "inputs": 3}\n', "line 1, field 'inputs': must be a string"),
-    ('{"inputs": "x"}\n', "line 1, field 'id': missing"),
-    ('{"id": "a", "inputs": "x"}\n{"id": "a", "inputs": "y"}\n', "line 2, field 'id': repeats 'a'"),
-    ('{"id": "a", "inputs": "x"}\nnot json\n', "line 2, field '<json>': malformed JSON"),
-    ('', "no input lines"),
-])
-def test_bad_input_file_lines_name_file_line_and_field(tmp_path, content, message):
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('{"id": "a"}\n', "line 1, field 'inputs': missing"),
+        (
+            '{"id": "a", "inputs": 3}\n',
+            "line 1, field 'inputs': must be a string",
+        ),
+        ('{"inputs": "x"}\n', "line 1, field 'id': missing"),
+        (
+            '{"id": "a", "inputs": "x"}\n{"id": "a", "inputs": "y"}\n',
+            "line 2, field 'id': repeats 'a'",
+        ),
+        (
+            '{"id": "a", "inputs": "x"}\nnot json\n',
+            "line 2, field '<json>': malformed JSON",
+        ),
+        ("", "no input lines"),
+    ],
+)
+def test_bad_input_file_lines_name_file_line_and_field(
+    tmp_path, content, message
+):
   path = tmp_path / "bad.jsonl"
   path.write_text(content)
   with pytest.raises(ValueError, match=message) as e:
@@ -79,54 +162,155 @@ def test_bad_input_file_lines_name_file_line_and_field(tmp_path, content, messag
 
 
 def test_unknown_mixture_lists_close_matches(tiny_checkpoint, tmp_path):
-  with pytest.raises(ValueError, match="unknown mixture or task 'ni_default_tset_def_pos2'.*ni_default_test_def_pos2"):
-    cli.main(["infer", "--checkpoint", tiny_checkpoint, "--mixture", "ni_default_tset_def_pos2",
-              "--output_file", str(tmp_path / "o.jsonl")] + FAST)
+  with pytest.raises(
+      ValueError,
+      match="unknown mixture or task 'ni_default_tset_def_pos2'.*ni_default_test_def_pos2",
+  ):
+    cli.main(
+        [
+            "infer",
+            "--checkpoint",
+            tiny_checkpoint,
+            "--mixture",
+            "ni_default_tset_def_pos2",
+            "--output_file",
+            str(tmp_path / "o.jsonl"),
+        ]
+        + FAST
+    )
 
 
 def test_not_a_checkpoint_is_a_clear_error(tmp_path):
-  with pytest.raises(FileNotFoundError, match="not a tkx checkpoint: no model.gin"):
-    cli.main(["infer", "--checkpoint", str(tmp_path), "--mixture", MIXTURE, "--output_file",
-              str(tmp_path / "o.jsonl")])
+  with pytest.raises(
+      FileNotFoundError, match="not a tkx checkpoint: no model.gin"
+  ):
+    cli.main(
+        [
+            "infer",
+            "--checkpoint",
+            str(tmp_path),
+            "--mixture",
+            MIXTURE,
+            "--output_file",
+            str(tmp_path / "o.jsonl"),
+        ]
+    )
 
 
 def test_generate_prints_the_prediction_of_a_prompt(tiny_checkpoint, capsys):
-  prompt = ("Definition: return the currency of the given country. "
-            "Now complete the following example - Input: India. Output:")
-  assert cli.main(["generate", "--checkpoint", tiny_checkpoint, prompt, "--max_decode_length", "6"]) == 0
+  prompt = (
+      "Definition: return the currency of the given country. "
+      "Now complete the following example - Input: India. Output:"
+  )
+  assert (
+      cli.main(
+          [
+              "generate",
+              "--checkpoint",
+              tiny_checkpoint,
+              prompt,
+              "--max_decode_length",
+              "6",
+          ]
+      )
+      == 0
+  )
   printed = capsys.readouterr().out.strip().splitlines()
   # The same prompt through the library gives the same answer.
   loaded = infer.load_checkpoint(tiny_checkpoint)
-  predictor = infer.Predictor(loaded.model, loaded.params, batch_size=8,
-                              decode_config=infer.DecodeConfig(max_decode_length=6))
-  [expected] = infer.predict_texts(predictor, loaded.vocabulary, [prompt], progress=False)
+  predictor = infer.Predictor(
+      loaded.model,
+      loaded.params,
+      batch_size=8,
+      decode_config=infer.DecodeConfig(max_decode_length=6),
+  )
+  [expected] = infer.predict_texts(
+      predictor, loaded.vocabulary, [prompt], progress=False
+  )
   assert printed == [expected] if expected else printed in ([], [""])
 
 
-def test_generate_builds_the_prompt_from_an_ni_task(tiny_checkpoint, embedded_ni_dir, capsys):
+def test_generate_builds_the_prompt_from_an_ni_task(
+    tiny_checkpoint, embedded_ni_dir, capsys
+):
   from tkx.data import encodings, ni, vocab
+
   name = "task9004_tkx_country_capital_answering"
-  assert cli.main(["generate", "--checkpoint", tiny_checkpoint, "--ni_task", name, "--input", "France",
-                   "--show_prompt", "--max_decode_length", "4"]) == 0
+  assert (
+      cli.main(
+          [
+              "generate",
+              "--checkpoint",
+              tiny_checkpoint,
+              "--ni_task",
+              name,
+              "--input",
+              "France",
+              "--show_prompt",
+              "--max_decode_length",
+              "4",
+          ]
+      )
+      == 0
+  )
   captured = capsys.readouterr()
   token_count, truncate = encodings.vocabulary_token_fns(vocab.get_vocabulary())
-  expected = encodings.encode_source(ni.load_task(embedded_ni_dir, name), {"id": "x", "input": "France"},
-                                     "def_pos2", token_count=token_count, truncate=truncate)
-  assert expected.startswith("Definition: ") and "Positive Example 1 -" in expected
+  expected = encodings.encode_source(
+      ni.load_task(embedded_ni_dir, name),
+      {"id": "x", "input": "France"},
+      "def_pos2",
+      token_count=token_count,
+      truncate=truncate,
+  )
+  assert (
+      expected.startswith("Definition: ") and "Positive Example 1 -" in expected
+  )
   assert captured.err.find(expected) >= 0
   # also by path
   path = os.path.join(embedded_ni_dir, "tasks", name + ".json")
-  assert cli.main(["generate", "--checkpoint", tiny_checkpoint, "--ni_task", path, "--input", "France",
-                   "--max_decode_length", "4"]) == 0
+  assert (
+      cli.main(
+          [
+              "generate",
+              "--checkpoint",
+              tiny_checkpoint,
+              "--ni_task",
+              path,
+              "--input",
+              "France",
+              "--max_decode_length",
+              "4",
+          ]
+      )
+      == 0
+  )
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--ni_task", "task9004_tkx_country_capitl_answering", "--input", "x"],
-     "unknown NI task 'task9004_tkx_country_capitl_answering'.*did you mean task9004_tkx_country_capital_answering"),
-    (["   "], "empty instruction"),
-    (["--ni_task", "task9004_tkx_country_capital_answering", "--input", ""], "needs a non-empty --input"),
-    (["--input", "x"], "--input needs --ni_task"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            [
+                "--ni_task",
+                "task9004_tkx_country_capitl_answering",
+                "--input",
+                "x",
+            ],
+            "unknown NI task 'task9004_tkx_country_capitl_answering'.*did you mean task9004_tkx_country_capital_answering",
+        ),
+        (["   "], "empty instruction"),
+        (
+            [
+                "--ni_task",
+                "task9004_tkx_country_capital_answering",
+                "--input",
+                "",
+            ],
+            "needs a non-empty --input",
+        ),
+        (["--input", "x"], "--input needs --ni_task"),
+    ],
+)
 def test_generate_errors(tiny_checkpoint, argv, message):
   with pytest.raises(ValueError, match=message):
     cli.main(["generate", "--checkpoint", tiny_checkpoint] + argv)

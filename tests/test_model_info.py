@@ -1,10 +1,10 @@
 """`tkx model-info`: published parameter counts, bytes per device, FLOPs against XLA's count."""
+
 import json
 
 import gin
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 from tkx import cli
@@ -20,16 +20,24 @@ def clean_gin():
 
 
 def gin_config(family, size):
-  return config_lib.load_config_from_gin([f"gin_configs/models/{family}/{size}.gin"])
+  return config_lib.load_config_from_gin(
+      [f"gin_configs/models/{family}/{size}.gin"]
+  )
 
 
 # Published sizes (T5 1.1 / t5x checkpoints, T5 paper, mT5 paper), 3 significant digits.
 PUBLISHED = {
-    ("t5_1_1", "small"): 77.0e6, ("t5_1_1", "base"): 248e6, ("t5_1_1", "large"): 783e6,
-    ("t5_1_1", "xl"): 2.85e9, ("t5_1_1", "xxl"): 11.1e9,
+    ("t5_1_1", "small"): 77.0e6,
+    ("t5_1_1", "base"): 248e6,
+    ("t5_1_1", "large"): 783e6,
+    ("t5_1_1", "xl"): 2.85e9,
+    ("t5_1_1", "xxl"): 11.1e9,
     # T5 1.0 "11B" is the published 11.3B; its "3B" has 2.85B parameters.
-    ("t5_1_0", "small"): 60.5e6, ("t5_1_0", "xl"): 2.85e9, ("t5_1_0", "xxl"): 11.3e9,
-    ("mt5", "small"): 300e6, ("mt5", "xxl"): 12.9e9,
+    ("t5_1_0", "small"): 60.5e6,
+    ("t5_1_0", "xl"): 2.85e9,
+    ("t5_1_0", "xxl"): 11.3e9,
+    ("mt5", "small"): 300e6,
+    ("mt5", "xxl"): 12.9e9,
 }
 
 
@@ -50,20 +58,36 @@ def test_t5_1_1_base_exact_breakdown():
   attention, mlp = 4 * e * e, 3 * e * m
   assert counts["token_embedder"] == v * e
   assert counts["encoder"] == layers * (attention + mlp + 2 * e) + e + 12 * 32
-  assert counts["decoder"] == layers * (2 * attention + mlp + 3 * e) + e + 12 * 32
+  assert (
+      counts["decoder"] == layers * (2 * attention + mlp + 3 * e) + e + 12 * 32
+  )
   assert counts["total"] == 247_577_856
 
 
 def test_bytes_per_device_follow_the_logical_axis_rules():
   # Dimensions >= 128 so that Adafactor factors its second moments.
-  cfg = config_lib.T5Config(vocab_size=256, emb_dim=128, num_heads=4, head_dim=32, mlp_dim=256,
-                            num_encoder_layers=1, num_decoder_layers=1, mlp_activations=("gelu", "linear"),
-                            logits_via_embedding=False)
+  cfg = config_lib.T5Config(
+      vocab_size=256,
+      emb_dim=128,
+      num_heads=4,
+      head_dim=32,
+      mlp_dim=256,
+      num_encoder_layers=1,
+      num_decoder_layers=1,
+      mlp_activations=("gelu", "linear"),
+      logits_via_embedding=False,
+  )
   total_params = model_info.count_params(cfg)["total"]
   single = model_info.memory_per_device(cfg, optimizer="adamw")
-  assert single.param_bytes_total == single.param_bytes_per_device == 4 * total_params
+  assert (
+      single.param_bytes_total
+      == single.param_bytes_per_device
+      == 4 * total_params
+  )
   # AdamW keeps mu and nu (float32) per parameter plus scalar counts.
-  assert 8 * total_params <= single.optimizer_bytes_total < 8 * total_params + 64
+  assert (
+      8 * total_params <= single.optimizer_bytes_total < 8 * total_params + 64
+  )
   # model=2 splits every kernel (vocab/joined_kv/mlp axes) and relpos heads; layer norms are replicated.
   norms = 128 * (2 + 3 + 2)  # encoder: 2 + final; decoder: 3 + final
   relpos = 2 * 4 * 32
@@ -74,8 +98,12 @@ def test_bytes_per_device_follow_the_logical_axis_rules():
   # Data parallelism alone replicates parameters; FSDP also splits embed over data.
   dp = model_info.memory_per_device(cfg, data=4)
   assert dp.param_bytes_per_device == dp.param_bytes_total
-  fsdp = model_info.memory_per_device(cfg, data=4, model=2, shard_params_over_data=True)
-  assert fsdp.param_bytes_per_device == 4 * ((sharded - relpos) // 8 + relpos // 2 + norms // 4)
+  fsdp = model_info.memory_per_device(
+      cfg, data=4, model=2, shard_params_over_data=True
+  )
+  assert fsdp.param_bytes_per_device == 4 * (
+      (sharded - relpos) // 8 + relpos // 2 + norms // 4
+  )
   # Adafactor's factored statistics are far smaller than AdamW's moments.
   ada = model_info.memory_per_device(cfg, optimizer="adafactor")
   assert ada.optimizer_bytes_total < single.optimizer_bytes_total / 2
@@ -84,33 +112,78 @@ def test_bytes_per_device_follow_the_logical_axis_rules():
 
 
 def test_train_step_flops_match_xla_cost_analysis():
-  cfg = config_lib.T5Config(vocab_size=512, emb_dim=128, num_heads=4, head_dim=32, mlp_dim=512,
-                            num_encoder_layers=2, num_decoder_layers=2, mlp_activations=("gelu", "linear"),
-                            logits_via_embedding=False, dropout_rate=0.0)
+  cfg = config_lib.T5Config(
+      vocab_size=512,
+      emb_dim=128,
+      num_heads=4,
+      head_dim=32,
+      mlp_dim=512,
+      num_encoder_layers=2,
+      num_decoder_layers=2,
+      mlp_activations=("gelu", "linear"),
+      logits_via_embedding=False,
+      dropout_rate=0.0,
+  )
   model = model_info.build_model(cfg)
   b, li, lt = 2, 64, 32
-  params = model.params_shapes({"encoder_input_tokens": (1, 1), "decoder_input_tokens": (1, 1)})
-  batch = {"encoder_input_tokens": jax.ShapeDtypeStruct((b, li), jnp.int32),
-           "decoder_input_tokens": jax.ShapeDtypeStruct((b, lt), jnp.int32),
-           "decoder_target_tokens": jax.ShapeDtypeStruct((b, lt), jnp.int32)}
-  forward = jax.jit(lambda p, x: model._compute_logits(p, x)).lower(params, batch).compile()
+  params = model.params_shapes(
+      {"encoder_input_tokens": (1, 1), "decoder_input_tokens": (1, 1)}
+  )
+  batch = {
+      "encoder_input_tokens": jax.ShapeDtypeStruct((b, li), jnp.int32),
+      "decoder_input_tokens": jax.ShapeDtypeStruct((b, lt), jnp.int32),
+      "decoder_target_tokens": jax.ShapeDtypeStruct((b, lt), jnp.int32),
+  }
+  forward = (
+      jax.jit(lambda p, x: model._compute_logits(p, x))
+      .lower(params, batch)
+      .compile()
+  )
   cost = forward.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   ours = model_info.train_step_flops(cfg, b, li, lt)
   # XLA also counts elementwise work (norms, softmax, activations) that the formula leaves out.
-  assert 0.8 < ours["forward"] / cost["flops"] <= 1.0, (ours["forward"], cost["flops"])
+  assert 0.8 < ours["forward"] / cost["flops"] <= 1.0, (
+      ours["forward"],
+      cost["flops"],
+  )
   assert ours["train_step"] == 3 * ours["forward"]
-  assert ours["per_token"] == pytest.approx(ours["train_step"] / (b * (li + lt)))
+  assert ours["per_token"] == pytest.approx(
+      ours["train_step"] / (b * (li + lt))
+  )
 
 
 def test_cli_prints_counts_memory_and_flops(capsys):
-  rc = cli.main(["model-info", "--gin_file", "gin_configs/models/t5_1_1/xxl.gin", "--data", "8", "--model", "2",
-                 "--shard_params_over_data", "--optimizer", "adamw"])
+  rc = cli.main(
+      [
+          "model-info",
+          "--gin_file",
+          "gin_configs/models/t5_1_1/xxl.gin",
+          "--data",
+          "8",
+          "--model",
+          "2",
+          "--shard_params_over_data",
+          "--optimizer",
+          "adamw",
+      ]
+  )
   out = capsys.readouterr().out
   assert rc == 0
-  assert "11,135,332,352" in out and "mesh data=8 x model=2 (16 devices)" in out and "adamw state" in out
-  rc = cli.main(["model-info", "--gin_file", "gin_configs/models/t5_1_1/small.gin", "--json",
-                 "--gin.network.T5Config.num_decoder_layers=4"])
+  assert (
+      "11,135,332,352" in out
+      and "mesh data=8 x model=2 (16 devices)" in out
+      and "adamw state" in out
+  )
+  rc = cli.main(
+      [
+          "model-info",
+          "--gin_file",
+          "gin_configs/models/t5_1_1/small.gin",
+          "--json",
+          "--gin.network.T5Config.num_decoder_layers=4",
+      ]
+  )
   info = json.loads(capsys.readouterr().out)
   assert info["config"]["num_decoder_layers"] == 4
   assert info["params"]["total"] < 76_961_152

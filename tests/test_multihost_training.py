@@ -4,13 +4,13 @@ Each worker (tests/multihost_worker.py) feeds only its own rows of every global
 batch through `Partitioner.host_local_to_global`; a wrong data layout would feed
 different rows and change the losses.
 """
+
 import json
 import os
 import socket
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 
@@ -23,90 +23,151 @@ NUM_PROCESSES = 2
 
 
 def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+  with socket.socket() as sock:
+    sock.bind(("127.0.0.1", 0))
+    return sock.getsockname()[1]
 
 
 def _child_env() -> dict:
-    env = dict(os.environ)
-    env.update(XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
-               PYTHONPATH=REPO_ROOT + os.pathsep + env.get("PYTHONPATH", ""))
-    for name in ("TKX_COORDINATOR_ADDRESS", "TKX_NUM_PROCESSES", "TKX_PROCESS_ID", "JAX_COORDINATOR_ADDRESS"):
-        env.pop(name, None)
-    return env
+  env = dict(os.environ)
+  env.update(
+      XLA_FLAGS="--xla_force_host_platform_device_count=4",
+      JAX_PLATFORMS="cpu",
+      PYTHONPATH=REPO_ROOT + os.pathsep + env.get("PYTHONPATH", ""),
+  )
+  for name in (
+      "TKX_COORDINATOR_ADDRESS",
+      "TKX_NUM_PROCESSES",
+      "TKX_PROCESS_ID",
+      "JAX_COORDINATOR_ADDRESS",
+  ):
+    env.pop(name, None)
+  return env
 
 
 def launch(args_for_process, tmp_path, timeout_s):
-    """Starts NUM_PROCESSES children, waits (killing all on timeout), returns their logs."""
-    address = f"127.0.0.1:{_free_port()}"
-    procs = []
-    for process_id in range(NUM_PROCESSES):
-        cmd = [sys.executable] + args_for_process(process_id) + [
-            "--coordinator_address", address, "--num_processes", str(NUM_PROCESSES),
-            "--process_id", str(process_id)]
-        log = open(tmp_path / f"log_{process_id}.txt", "w")
-        procs.append((subprocess.Popen(cmd, env=_child_env(), cwd=REPO_ROOT, stdout=log,
-                                       stderr=subprocess.STDOUT), log))
-    try:
-        for proc, _ in procs:
-            proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        pass
-    finally:
-        for proc, log in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            log.close()
-    logs = [(tmp_path / f"log_{i}.txt").read_text() for i in range(NUM_PROCESSES)]
-    for (proc, _), log in zip(procs, logs):
-        assert proc.returncode == 0, f"worker failed (rc={proc.returncode}); its log:\n{log[-4000:]}"
-    return logs
+  """Starts NUM_PROCESSES children, waits (killing all on timeout), returns their logs."""
+  address = f"127.0.0.1:{_free_port()}"
+  procs = []
+  for process_id in range(NUM_PROCESSES):
+    cmd = (
+        [sys.executable]
+        + args_for_process(process_id)
+        + [
+            "--coordinator_address",
+            address,
+            "--num_processes",
+            str(NUM_PROCESSES),
+            "--process_id",
+            str(process_id),
+        ]
+    )
+    log = open(tmp_path / f"log_{process_id}.txt", "w")
+    procs.append(
+        (
+            subprocess.Popen(
+                cmd,
+                env=_child_env(),
+                cwd=REPO_ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            ),
+            log,
+        )
+    )
+  try:
+    for proc, _ in procs:
+      proc.wait(timeout=timeout_s)
+  except subprocess.TimeoutExpired:
+    pass
+  finally:
+    for proc, log in procs:
+      if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+      log.close()
+  logs = [(tmp_path / f"log_{i}.txt").read_text() for i in range(NUM_PROCESSES)]
+  for (proc, _), log in zip(procs, logs):
+    assert (
+        proc.returncode == 0
+    ), f"worker failed (rc={proc.returncode}); its log:\n{log[-4000:]}"
+  return logs
 
 
 def _run_workers(problem, meshes, tmp_path, timeout_s, step="plain"):
-    launch(lambda i: [WORKER, "--problem", problem, "--step", step, "--meshes", ",".join(meshes),
-                      "--out", str(tmp_path / f"result_{i}.json")], tmp_path, timeout_s)
-    return [json.loads((tmp_path / f"result_{i}.json").read_text()) for i in range(NUM_PROCESSES)]
+  launch(
+      lambda i: [
+          WORKER,
+          "--problem",
+          problem,
+          "--step",
+          step,
+          "--meshes",
+          ",".join(meshes),
+          "--out",
+          str(tmp_path / f"result_{i}.json"),
+      ],
+      tmp_path,
+      timeout_s,
+  )
+  return [
+      json.loads((tmp_path / f"result_{i}.json").read_text())
+      for i in range(NUM_PROCESSES)
+  ]
 
 
 def _check_against_one_process(results, problem, meshes, step="plain"):
-    assert [r["process_count"] for r in results] == [NUM_PROCESSES] * NUM_PROCESSES
-    assert [r["local_devices"] for r in results] == [4] * NUM_PROCESSES
-    for mesh in meshes:
-        reference = multihost_worker.train_losses(
-            partitioning.Partitioner(**multihost_worker.parse_mesh(mesh)), multihost_worker.make_problem(problem),
-            step=step)
-        for result in results:
-            np.testing.assert_allclose(result["losses"][mesh], reference, rtol=1e-5, atol=1e-5,
-                                       err_msg=f"mesh {mesh}, process {result['process_index']}")
-        assert reference[-1] < reference[0]
+  assert [r["process_count"] for r in results] == [
+      NUM_PROCESSES
+  ] * NUM_PROCESSES
+  assert [r["local_devices"] for r in results] == [4] * NUM_PROCESSES
+  for mesh in meshes:
+    reference = multihost_worker.train_losses(
+        partitioning.Partitioner(**multihost_worker.parse_mesh(mesh)),
+        multihost_worker.make_problem(problem),
+        step=step,
+    )
+    for result in results:
+      np.testing.assert_allclose(
+          result["losses"][mesh],
+          reference,
+          rtol=1e-5,
+          atol=1e-5,
+          err_msg=f"mesh {mesh}, process {result['process_index']}",
+      )
+    assert reference[-1] < reference[0]
 
 
 @pytest.mark.multiprocess
 def test_two_processes_match_one_process_mlp(tmp_path):
-    meshes = ["4x2", "1x8"]
-    results = _run_workers("mlp", meshes, tmp_path, timeout_s=240)
-    # Data layout: "data" spans both hosts (shards 0 and 1) until the model axis spans them (one shared shard).
-    assert [r["layouts"]["4x2"] for r in results] == [[0, 2, True], [1, 2, True]]
-    assert [r["layouts"]["1x8"] for r in results] == [[0, 1, True], [0, 1, False]]
-    _check_against_one_process(results, "mlp", meshes)
+  meshes = ["4x2", "1x8"]
+  results = _run_workers("mlp", meshes, tmp_path, timeout_s=240)
+  # Data layout: "data" spans both hosts (shards 0 and 1) until the model axis spans them (one shared shard).
+  assert [r["layouts"]["4x2"] for r in results] == [[0, 2, True], [1, 2, True]]
+  assert [r["layouts"]["1x8"] for r in results] == [[0, 1, True], [0, 1, False]]
+  _check_against_one_process(results, "mlp", meshes)
 
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
 def test_two_processes_match_one_process_t5(tmp_path):
-    """The tiny T5 with tkx.trainer's step (Adafactor, 2 micro-batches), data-parallel and 2x4."""
-    meshes = ["8x1", "2x4"]
-    results = _run_workers("t5", meshes, tmp_path, timeout_s=420, step="trainer")
-    assert [r["layouts"]["2x4"] for r in results] == [[0, 2, True], [1, 2, True]]
-    _check_against_one_process(results, "t5", meshes, step="trainer")
+  """The tiny T5 with tkx.trainer's step (Adafactor, 2 micro-batches), data-parallel and 2x4."""
+  meshes = ["8x1", "2x4"]
+  results = _run_workers("t5", meshes, tmp_path, timeout_s=420, step="trainer")
+  assert [r["layouts"]["2x4"] for r in results] == [[0, 2, True], [1, 2, True]]
+  _check_against_one_process(results, "t5", meshes, step="trainer")
 
 
 @pytest.mark.multiprocess
 def test_multihost_check_command(tmp_path):
-    logs = launch(lambda i: ["-m", "tkx.multihost", "--num_partitions", "2"], tmp_path, timeout_s=180)
-    for process_id, log in enumerate(logs):
-        assert f"process {process_id}/2: 4 local devices, mesh data=4 model=2, data shard {process_id}/2" in log
-        assert "global sum 6.0 (expected 6)" in log
+  logs = launch(
+      lambda i: ["-m", "tkx.multihost", "--num_partitions", "2"],
+      tmp_path,
+      timeout_s=180,
+  )
+  for process_id, log in enumerate(logs):
+    assert (
+        f"process {process_id}/2: 4 local devices, mesh data=4 model=2, data shard {process_id}/2"
+        in log
+    )
+    assert "global sum 6.0 (expected 6)" in log

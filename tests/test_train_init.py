@@ -1,4 +1,5 @@
 """INITIAL_CHECKPOINT_PATH: start from an imported tkx checkpoint or a t5x checkpoint."""
+
 import gin
 import jax
 import numpy as np
@@ -8,63 +9,103 @@ from tkx import cli, trainer
 from tkx.checkpoints import hf, orbax_io, t5x_format
 from tkx.models import models
 
-SMALL = ["network.T5Config.emb_dim = 64", "network.T5Config.num_heads = 2", "network.T5Config.head_dim = 32",
-         "network.T5Config.mlp_dim = 128", "network.T5Config.num_encoder_layers = 1",
-         "network.T5Config.num_decoder_layers = 1"]
+SMALL = [
+    "network.T5Config.emb_dim = 64",
+    "network.T5Config.num_heads = 2",
+    "network.T5Config.head_dim = 32",
+    "network.T5Config.mlp_dim = 128",
+    "network.T5Config.num_encoder_layers = 1",
+    "network.T5Config.num_decoder_layers = 1",
+]
 ARGS = ["--gin." + b.replace(" = ", "=") for b in SMALL] + [
-    '--gin.TASK_FEATURE_LENGTHS={"inputs": 64, "targets": 16}', "--gin.BATCH_SIZE=8", "--gin.EVAL_EVERY=None",
-    "--gin.TRAIN_STEPS=1", "--gin.LEARNING_RATE=0.0",
-    "--gin.optimizers.create_learning_rate_scheduler.min_learning_rate=0.0"]
+    '--gin.TASK_FEATURE_LENGTHS={"inputs": 64, "targets": 16}',
+    "--gin.BATCH_SIZE=8",
+    "--gin.EVAL_EVERY=None",
+    "--gin.TRAIN_STEPS=1",
+    "--gin.LEARNING_RATE=0.0",
+    "--gin.optimizers.create_learning_rate_scheduler.min_learning_rate=0.0",
+]
 
 
 def _params(seed):
+  gin.clear_config()
+  try:
+    model = models.get_model_from_gin(
+        ["gin_configs/models/t5_1_1/tiny.gin"], SMALL
+    )
+    shapes = {"encoder_input_tokens": (1, 8), "decoder_input_tokens": (1, 4)}
+    return model, jax.device_get(
+        model.get_initial_variables(jax.random.PRNGKey(seed), shapes)["params"]
+    )
+  finally:
     gin.clear_config()
-    try:
-        model = models.get_model_from_gin(["gin_configs/models/t5_1_1/tiny.gin"], SMALL)
-        shapes = {"encoder_input_tokens": (1, 8), "decoder_input_tokens": (1, 4)}
-        return model, jax.device_get(model.get_initial_variables(jax.random.PRNGKey(seed), shapes)["params"])
-    finally:
-        gin.clear_config()
 
 
 def _train(model_dir, init_path):
+  gin.clear_config()
+  try:
+    return cli.main(
+        [
+            "train",
+            "--gin_file=gin_configs/experiments/embedded_tiny.gin",
+            f"--gin.MODEL_DIR='{model_dir}'",
+            f"--gin.INITIAL_CHECKPOINT_PATH='{init_path}'",
+            *ARGS,
+        ]
+    )
+  finally:
     gin.clear_config()
-    try:
-        return cli.main(["train", "--gin_file=gin_configs/experiments/embedded_tiny.gin",
-                         f"--gin.MODEL_DIR='{model_dir}'", f"--gin.INITIAL_CHECKPOINT_PATH='{init_path}'", *ARGS])
-    finally:
-        gin.clear_config()
 
 
 def _assert_same(a, b):
-    flat_b = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(b)}
-    for path, value in jax.tree_util.tree_leaves_with_path(a):
-        np.testing.assert_array_equal(np.asarray(value), np.asarray(flat_b[jax.tree_util.keystr(path)]))
+  flat_b = {
+      jax.tree_util.keystr(p): v
+      for p, v in jax.tree_util.tree_leaves_with_path(b)
+  }
+  for path, value in jax.tree_util.tree_leaves_with_path(a):
+    np.testing.assert_array_equal(
+        np.asarray(value), np.asarray(flat_b[jax.tree_util.keystr(path)])
+    )
 
 
 @pytest.mark.parametrize("kind", ["tkx", "t5x"])
 def test_initial_checkpoint_is_loaded(tmp_path, kind):
-    model, params = _params(seed=123)
-    init = tmp_path / "init"
-    if kind == "tkx":  # what `tkx import-checkpoint` writes
-        hf.write_tkx_checkpoint(model.config, params, str(init), comment="test init")
-    else:
-        t5x_format.save_params(str(init), params, step=5000)
-    assert _train(tmp_path / "run", init) == 0
-    # Learning rate 0: after one step the parameters are still the initial ones.
-    _assert_same(orbax_io.load_params(str(tmp_path / "run")), params)
-    if kind == "tkx":  # the imported model config travels with the weights
-        assert "test init" in (tmp_path / "run" / "model.gin").read_text()
+  model, params = _params(seed=123)
+  init = tmp_path / "init"
+  if kind == "tkx":  # what `tkx import-checkpoint` writes
+    hf.write_tkx_checkpoint(
+        model.config, params, str(init), comment="test init"
+    )
+  else:
+    t5x_format.save_params(str(init), params, step=5000)
+  assert _train(tmp_path / "run", init) == 0
+  # Learning rate 0: after one step the parameters are still the initial ones.
+  _assert_same(orbax_io.load_params(str(tmp_path / "run")), params)
+  if kind == "tkx":  # the imported model config travels with the weights
+    assert "test init" in (tmp_path / "run" / "model.gin").read_text()
 
 
 def test_mismatched_initial_checkpoint_names_the_parameter(tmp_path):
-    _, params = _params(seed=0)
-    params["encoder"]["layers_0"]["mlp"]["wo"]["kernel"] = np.zeros((7, 64), np.float32)
-    orbax_io.save_params(str(tmp_path / "bad"), params)
-    abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct((128, 64), np.float32)
-                                      if x.shape == (7, 64) else jax.ShapeDtypeStruct(x.shape, x.dtype), params)
-    with pytest.raises(ValueError, match=r"INITIAL_CHECKPOINT_PATH=.*bad.*'wo'.*\(7, 64\).*\(128, 64\)"):
-        trainer._check_and_cast(orbax_io.load_params(str(tmp_path / "bad")), abstract, str(tmp_path / "bad"))
-    del params["decoder"]
-    with pytest.raises(ValueError, match="missing .*decoder"):
-        trainer._check_and_cast(params, abstract, "somewhere")
+  _, params = _params(seed=0)
+  params["encoder"]["layers_0"]["mlp"]["wo"]["kernel"] = np.zeros(
+      (7, 64), np.float32
+  )
+  orbax_io.save_params(str(tmp_path / "bad"), params)
+  abstract = jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct((128, 64), np.float32)
+      if x.shape == (7, 64)
+      else jax.ShapeDtypeStruct(x.shape, x.dtype),
+      params,
+  )
+  with pytest.raises(
+      ValueError,
+      match=r"INITIAL_CHECKPOINT_PATH=.*bad.*'wo'.*\(7, 64\).*\(128, 64\)",
+  ):
+    trainer._check_and_cast(
+        orbax_io.load_params(str(tmp_path / "bad")),
+        abstract,
+        str(tmp_path / "bad"),
+    )
+  del params["decoder"]
+  with pytest.raises(ValueError, match="missing .*decoder"):
+    trainer._check_and_cast(params, abstract, "somewhere")

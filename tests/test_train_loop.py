@@ -1,80 +1,130 @@
 """`tkx train` end to end on the embedded sample with a very small T5 (in-process, fast)."""
+
 import glob
 import os
 
 import gin
-import numpy as np
-import pytest
 
-from tkx import cli, trainer
+from tkx import cli
 from tkx.checkpoints import orbax_io
 
 # A smaller-than-tiny model and short sequences keep each run to a few seconds of compute.
 SMALL_MODEL = [
-    "--gin.network.T5Config.emb_dim=64", "--gin.network.T5Config.num_heads=2",
-    "--gin.network.T5Config.head_dim=32", "--gin.network.T5Config.mlp_dim=128",
-    "--gin.network.T5Config.num_encoder_layers=1", "--gin.network.T5Config.num_decoder_layers=1",
-    '--gin.TASK_FEATURE_LENGTHS={"inputs": 128, "targets": 16}', "--gin.BATCH_SIZE=8",
+    "--gin.network.T5Config.emb_dim=64",
+    "--gin.network.T5Config.num_heads=2",
+    "--gin.network.T5Config.head_dim=32",
+    "--gin.network.T5Config.mlp_dim=128",
+    "--gin.network.T5Config.num_encoder_layers=1",
+    "--gin.network.T5Config.num_decoder_layers=1",
+    '--gin.TASK_FEATURE_LENGTHS={"inputs": 128, "targets": 16}',
+    "--gin.BATCH_SIZE=8",
 ]
 
 
 def _run(model_dir, *extra):
+  gin.clear_config()
+  try:
+    return cli.main(
+        [
+            "train",
+            "--gin_file=gin_configs/experiments/embedded_tiny.gin",
+            f"--gin.MODEL_DIR='{model_dir}'",
+            "--gin.EVAL_EVERY=None",
+            *SMALL_MODEL,
+            *extra,
+        ]
+    )
+  finally:
     gin.clear_config()
-    try:
-        return cli.main(["train", "--gin_file=gin_configs/experiments/embedded_tiny.gin",
-                         f"--gin.MODEL_DIR='{model_dir}'", "--gin.EVAL_EVERY=None", *SMALL_MODEL, *extra])
-    finally:
-        gin.clear_config()
 
 
 def _scalars(event_dir, tag):
-    import tensorflow as tf
-    values = {}
-    for path in glob.glob(os.path.join(event_dir, "events.out.tfevents.*")):
-        for event in tf.compat.v1.train.summary_iterator(path):
-            for v in event.summary.value:
-                if v.tag == tag:
-                    values[event.step] = float(tf.make_ndarray(v.tensor))
-    return values
+  import tensorflow as tf
+
+  values = {}
+  for path in glob.glob(os.path.join(event_dir, "events.out.tfevents.*")):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for v in event.summary.value:
+        if v.tag == tag:
+          values[event.step] = float(tf.make_ndarray(v.tensor))
+  return values
 
 
 def test_train_learns_saves_and_logs(tmp_path, caplog):
-    model_dir = tmp_path / "run"
-    caplog.set_level("INFO", logger="tkx.trainer")
-    rc = _run(model_dir, "--gin.TRAIN_STEPS=40", "--gin.SAVE_EVERY=20", "--gin.KEEP_CHECKPOINTS=1",
-              "--gin.trainer.train.log_every=5", "--gin.LEARNING_RATE=0.02")
-    assert rc == 0
-    losses = _scalars(model_dir / "train", "loss")
-    assert sorted(losses) == list(range(5, 41, 5))
-    assert losses[40] < losses[5] - 1.0, losses  # learning, not noise
-    for tag in ("learning_rate", "grad_norm", "timing/tokens_per_second", "timing/input_wait_seconds"):
-        assert _scalars(model_dir / "train", tag), tag
-    # keep=1: only the final checkpoint remains; config.gin and model.gin are written, as t5x does.
-    assert (model_dir / "checkpoint_40" / "state").is_dir()
-    assert not (model_dir / "checkpoint_20").exists()
-    config = (model_dir / "config.gin").read_text()
-    assert "train.model_dir" in config and "T5Config.emb_dim" in config
-    assert "train.mixture_or_task_name" in (model_dir / "operative_config.gin").read_text()
-    model_gin = (model_dir / "model.gin").read_text()
-    assert "emb_dim = 64" in model_gin and "train." not in model_gin
-    from tkx.models import config as config_lib
-    assert config_lib.load_config_from_gin([str(model_dir / "model.gin")]).emb_dim == 64
-    params = orbax_io.load_params(str(model_dir))
-    assert params["encoder"]["layers_0"]["mlp"]["wi_0"]["kernel"].shape == (64, 128)
-    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
-    assert any("tokens/s" in line and "ETA" in line and "lr " in line for line in lines), lines
-    # Running again with the same TRAIN_STEPS resumes at 40 and has nothing to do.
-    assert _run(model_dir, "--gin.TRAIN_STEPS=40", "--gin.KEEP_CHECKPOINTS=1") == 0
-    assert any("nothing to do" in r.getMessage() for r in caplog.records)
+  model_dir = tmp_path / "run"
+  caplog.set_level("INFO", logger="tkx.trainer")
+  rc = _run(
+      model_dir,
+      "--gin.TRAIN_STEPS=40",
+      "--gin.SAVE_EVERY=20",
+      "--gin.KEEP_CHECKPOINTS=1",
+      "--gin.trainer.train.log_every=5",
+      "--gin.LEARNING_RATE=0.02",
+  )
+  assert rc == 0
+  losses = _scalars(model_dir / "train", "loss")
+  assert sorted(losses) == list(range(5, 41, 5))
+  assert losses[40] < losses[5] - 1.0, losses  # learning, not noise
+  for tag in (
+      "learning_rate",
+      "grad_norm",
+      "timing/tokens_per_second",
+      "timing/input_wait_seconds",
+  ):
+    assert _scalars(model_dir / "train", tag), tag
+  # keep=1: only the final checkpoint remains; config.gin and model.gin are written, as t5x does.
+  assert (model_dir / "checkpoint_40" / "state").is_dir()
+  assert not (model_dir / "checkpoint_20").exists()
+  config = (model_dir / "config.gin").read_text()
+  assert "train.model_dir" in config and "T5Config.emb_dim" in config
+  assert (
+      "train.mixture_or_task_name"
+      in (model_dir / "operative_config.gin").read_text()
+  )
+  model_gin = (model_dir / "model.gin").read_text()
+  assert "emb_dim = 64" in model_gin and "train." not in model_gin
+  from tkx.models import config as config_lib
+
+  assert (
+      config_lib.load_config_from_gin([str(model_dir / "model.gin")]).emb_dim
+      == 64
+  )
+  params = orbax_io.load_params(str(model_dir))
+  assert params["encoder"]["layers_0"]["mlp"]["wi_0"]["kernel"].shape == (
+      64,
+      128,
+  )
+  lines = [
+      r.getMessage()
+      for r in caplog.records
+      if r.getMessage().startswith("step ")
+  ]
+  assert any(
+      "tokens/s" in line and "ETA" in line and "lr " in line for line in lines
+  ), lines
+  # Running again with the same TRAIN_STEPS resumes at 40 and has nothing to do.
+  assert (
+      _run(model_dir, "--gin.TRAIN_STEPS=40", "--gin.KEEP_CHECKPOINTS=1") == 0
+  )
+  assert any("nothing to do" in r.getMessage() for r in caplog.records)
 
 
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, caplog):
-    model_dir = tmp_path / "nan"
-    rc = _run(model_dir, "--gin.TRAIN_STEPS=10", "--gin.SAVE_EVERY=2",
-              "--gin.trainer.train.inject_nan_at_step=5")
-    assert rc == 3
-    message = " ".join(r.getMessage() for r in caplog.records if r.levelname == "ERROR")
-    assert "step 5" in message and "checkpoint_4" in message
-    assert sorted(p.name for p in model_dir.glob("checkpoint_*")) == ["checkpoint_2", "checkpoint_4"]
-    # (An infinite learning rate, whose loss stays finite while the update is not, is covered
-    # at the step level in test_train_step.py.)
+  model_dir = tmp_path / "nan"
+  rc = _run(
+      model_dir,
+      "--gin.TRAIN_STEPS=10",
+      "--gin.SAVE_EVERY=2",
+      "--gin.trainer.train.inject_nan_at_step=5",
+  )
+  assert rc == 3
+  message = " ".join(
+      r.getMessage() for r in caplog.records if r.levelname == "ERROR"
+  )
+  assert "step 5" in message and "checkpoint_4" in message
+  assert sorted(p.name for p in model_dir.glob("checkpoint_*")) == [
+      "checkpoint_2",
+      "checkpoint_4",
+  ]
+  # (An infinite learning rate, whose loss stays finite while the update is not, is covered
+  # at the step level in test_train_step.py.)

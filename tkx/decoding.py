@@ -27,6 +27,7 @@ Beam search reproduces Hugging Face `generate(num_beams=K, length_penalty=alpha,
 early_stopping=...)` (transformers 5.x `_beam_search`) step for step; see
 `beam_search` for the rule and for the t5x brevity penalty option.
 """
+
 import functools
 from typing import Any, Callable, Mapping, Optional, Tuple, Union
 
@@ -55,6 +56,7 @@ class DecodingState:
     cur_token: [batch * n, 1] the token to feed now.
     cache: the model's autoregressive cache.
   """
+
   cur_index: jnp.ndarray
   sequences: jnp.ndarray
   cur_token: jnp.ndarray
@@ -68,12 +70,17 @@ TokensToLogits = Callable[[DecodingState], Tuple[jnp.ndarray, PyTree]]
 # Beam / batch reshaping helpers (t5x names)
 # ------------------------------------------------------------------------------
 
-def flat_batch_beam_expand(x: jnp.ndarray, beam_size: int, offset: int = 0) -> jnp.ndarray:
+
+def flat_batch_beam_expand(
+    x: jnp.ndarray, beam_size: int, offset: int = 0
+) -> jnp.ndarray:
   """[..., batch, ...] -> [..., batch * beam_size, ...] repeating each row beam_size times."""
   return jnp.repeat(x, beam_size, axis=offset)
 
 
-def unflatten_beam_dim(x: jnp.ndarray, batch_size: int, beam_size: int) -> jnp.ndarray:
+def unflatten_beam_dim(
+    x: jnp.ndarray, batch_size: int, beam_size: int
+) -> jnp.ndarray:
   return x.reshape((batch_size, beam_size) + x.shape[1:])
 
 
@@ -85,7 +92,9 @@ def flatten_beam_dim(x: jnp.ndarray) -> jnp.ndarray:
 _SHARED_CACHE_LEAVES = ("cache_index", "cached_bias", "position_embedder_index")
 
 
-def cache_map(fn: Callable[[jnp.ndarray], jnp.ndarray], cache: PyTree, skip=()) -> PyTree:
+def cache_map(
+    fn: Callable[[jnp.ndarray], jnp.ndarray], cache: PyTree, skip=()
+) -> PyTree:
   """Applies `fn` to every per-row cache array (not to indices, scalars or leaves named in `skip`)."""
   if not cache:
     return cache
@@ -93,8 +102,16 @@ def cache_map(fn: Callable[[jnp.ndarray], jnp.ndarray], cache: PyTree, skip=()) 
   if frozen:
     cache = flax.core.unfreeze(cache)
   flat = traverse_util.flatten_dict(cache)
-  mapped = {k: (v if (k[-1] in _SHARED_CACHE_LEAVES or k[-1] in skip or jnp.ndim(v) == 0) else fn(v))
-            for k, v in flat.items()}
+  mapped = {
+      k: (
+          v
+          if (
+              k[-1] in _SHARED_CACHE_LEAVES or k[-1] in skip or jnp.ndim(v) == 0
+          )
+          else fn(v)
+      )
+      for k, v in flat.items()
+  }
   out = traverse_util.unflatten_dict(mapped)
   return flax.core.freeze(out) if frozen else out
 
@@ -105,30 +122,53 @@ def cache_map(fn: Callable[[jnp.ndarray], jnp.ndarray], cache: PyTree, skip=()) 
 _PER_EXAMPLE_CACHE_LEAVES = ("encoded_key", "encoded_value")
 
 
-def _reorder_cache(cache: PyTree, flat_rows: jnp.ndarray, offset: int = 0) -> PyTree:
+def _reorder_cache(
+    cache: PyTree, flat_rows: jnp.ndarray, offset: int = 0
+) -> PyTree:
   """Takes cache rows `flat_rows` (indices within each example's block of rows) along `offset`."""
-  return cache_map(lambda x: jnp.take(x, flat_rows, axis=offset), cache, skip=_PER_EXAMPLE_CACHE_LEAVES)
+  return cache_map(
+      lambda x: jnp.take(x, flat_rows, axis=offset),
+      cache,
+      skip=_PER_EXAMPLE_CACHE_LEAVES,
+  )
 
 
 def _expand_cache(cache: PyTree, n: int, offset: int = 0) -> PyTree:
   if n == 1:
     return cache
-  return cache_map(functools.partial(flat_batch_beam_expand, beam_size=n, offset=offset), cache)
+  return cache_map(
+      functools.partial(flat_batch_beam_expand, beam_size=n, offset=offset),
+      cache,
+  )
 
 
 def _max_decode_len(inputs: jnp.ndarray, max_decode_len: Optional[int]) -> int:
   if inputs.ndim != 2:
-    raise ValueError(f"decoding inputs must be [batch, length] start tokens, got shape {inputs.shape}")
-  length = int(max_decode_len) if max_decode_len is not None else int(inputs.shape[1])
+    raise ValueError(
+        f"decoding inputs must be [batch, length] start tokens, got shape {inputs.shape}"
+    )
+  length = (
+      int(max_decode_len)
+      if max_decode_len is not None
+      else int(inputs.shape[1])
+  )
   if length < 1:
     raise ValueError(f"max_decode_len must be >= 1, got {length}")
   return length
 
 
-def _call_tokens_to_logits(tokens_to_logits, cur_index, sequences, cur_token, cache):
+def _call_tokens_to_logits(
+    tokens_to_logits, cur_index, sequences, cur_token, cache
+):
   frozen = isinstance(cache, flax.core.FrozenDict)
-  logits, new_cache = tokens_to_logits(DecodingState(
-      cur_index=cur_index, sequences=sequences, cur_token=cur_token, cache=cache))
+  logits, new_cache = tokens_to_logits(
+      DecodingState(
+          cur_index=cur_index,
+          sequences=sequences,
+          cur_token=cur_token,
+          cache=cache,
+      )
+  )
   if frozen and not isinstance(new_cache, flax.core.FrozenDict):
     new_cache = flax.core.freeze(new_cache)
   # Decide in float32 whatever the activation dtype (HF does the same).
@@ -138,6 +178,7 @@ def _call_tokens_to_logits(tokens_to_logits, cur_index, sequences, cur_token, ca
 # ------------------------------------------------------------------------------
 # Logit filters (Hugging Face TopK / TopP warper semantics)
 # ------------------------------------------------------------------------------
+
 
 def top_k_filter(logits: jnp.ndarray, k: int) -> jnp.ndarray:
   """Keeps the k largest logits per row (and anything tied with the k-th); the rest -> -inf."""
@@ -159,14 +200,18 @@ def top_p_filter(logits: jnp.ndarray, p: float) -> jnp.ndarray:
   drop_sorted = mass_before >= p
   drop_sorted = drop_sorted.at[..., 0].set(False)
   # Scatter the decision back to vocabulary order.
-  drop = jnp.zeros_like(drop_sorted).at[
-      jnp.arange(logits.shape[0])[:, None], order].set(drop_sorted)
+  drop = (
+      jnp.zeros_like(drop_sorted)
+      .at[jnp.arange(logits.shape[0])[:, None], order]
+      .set(drop_sorted)
+  )
   return jnp.where(drop, -jnp.inf, logits)
 
 
 # ------------------------------------------------------------------------------
 # Greedy and temperature sampling
 # ------------------------------------------------------------------------------
+
 
 def temperature_sample(
     *,
@@ -204,9 +249,15 @@ def temperature_sample(
   rows = batch * n
   if decode_rng is None:
     decode_rng = jax.random.PRNGKey(0)
-  static_temperature = (float(temperature) if not isinstance(temperature, jax.core.Tracer)
-                        and np.ndim(temperature) == 0 else None)
-  greedy_only = (static_temperature is not None and static_temperature <= MIN_TEMPERATURE) or topk == 1
+  static_temperature = (
+      float(temperature)
+      if not isinstance(temperature, jax.core.Tracer)
+      and np.ndim(temperature) == 0
+      else None
+  )
+  greedy_only = (
+      static_temperature is not None and static_temperature <= MIN_TEMPERATURE
+  ) or topk == 1
   temperature = jnp.asarray(temperature, jnp.float32)
   if temperature.ndim == 1:  # one temperature per example
     temperature = flat_batch_beam_expand(temperature, n)[:, None]
@@ -218,7 +269,9 @@ def temperature_sample(
   def pick(logits, rng):
     if greedy_only:
       token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-      return token, jax.nn.log_softmax(logits) if not rescale_log_probs else jnp.zeros_like(logits)
+      return token, jax.nn.log_softmax(
+          logits
+      ) if not rescale_log_probs else jnp.zeros_like(logits)
     scaled = logits / jnp.maximum(temperature, MIN_TEMPERATURE)
     if topk and topk > 0:
       scaled = top_k_filter(scaled, topk)
@@ -226,8 +279,11 @@ def temperature_sample(
       scaled = top_p_filter(scaled, topp)
     sampled = jax.random.categorical(rng, scaled).astype(jnp.int32)
     # A per-example temperature of 0 means greedy for that example.
-    token = jnp.where(jnp.broadcast_to(temperature, (rows, 1))[:, 0] <= MIN_TEMPERATURE,
-                      jnp.argmax(logits, axis=-1).astype(jnp.int32), sampled)
+    token = jnp.where(
+        jnp.broadcast_to(temperature, (rows, 1))[:, 0] <= MIN_TEMPERATURE,
+        jnp.argmax(logits, axis=-1).astype(jnp.int32),
+        sampled,
+    )
     return token, jax.nn.log_softmax(scaled if rescale_log_probs else logits)
 
   def cond(state):
@@ -239,24 +295,41 @@ def temperature_sample(
     rng, step_rng = jax.random.split(rng)
     cur_token = jax.lax.dynamic_slice_in_dim(sequences, i, 1, axis=1)
     logits, cache = _call_tokens_to_logits(
-        tokens_to_logits, jnp.full((rows,), i, jnp.int32), sequences, cur_token, cache)
+        tokens_to_logits,
+        jnp.full((rows,), i, jnp.int32),
+        sequences,
+        cur_token,
+        cache,
+    )
     token, log_probs = pick(logits, step_rng)
-    token_log_prob = jnp.take_along_axis(log_probs, token[:, None], axis=-1)[:, 0]
+    token_log_prob = jnp.take_along_axis(log_probs, token[:, None], axis=-1)[
+        :, 0
+    ]
     log_prob = log_prob + jnp.where(ended, 0.0, token_log_prob)
     token = jnp.where(ended, 0, token)  # padding after EOS
-    sequences = jax.lax.dynamic_update_slice_in_dim(sequences, token[:, None], i + 1, axis=1)
+    sequences = jax.lax.dynamic_update_slice_in_dim(
+        sequences, token[:, None], i + 1, axis=1
+    )
     ended = ended | (token == eos_id)
     return i + 1, sequences, cache, ended, rng, log_prob
 
-  init = (jnp.array(0, jnp.int32), sequences0, cache, jnp.zeros((rows,), bool), decode_rng,
-          jnp.zeros((rows,), jnp.float32))
+  init = (
+      jnp.array(0, jnp.int32),
+      sequences0,
+      cache,
+      jnp.zeros((rows,), bool),
+      decode_rng,
+      jnp.zeros((rows,), jnp.float32),
+  )
   _, sequences, _, _, _, log_prob = jax.lax.while_loop(cond, body, init)
 
   sequences = unflatten_beam_dim(sequences[:, 1:], batch, n)
   log_prob = unflatten_beam_dim(log_prob, batch, n)
   order = jnp.argsort(log_prob, axis=-1)
-  return (jnp.take_along_axis(sequences, order[:, :, None], axis=1),
-          jnp.take_along_axis(log_prob, order, axis=-1))
+  return (
+      jnp.take_along_axis(sequences, order[:, :, None], axis=1),
+      jnp.take_along_axis(log_prob, order, axis=-1),
+  )
 
 
 def greedy(**kwargs) -> Tuple[jnp.ndarray, jnp.ndarray]:
@@ -277,7 +350,9 @@ def greedy(**kwargs) -> Tuple[jnp.ndarray, jnp.ndarray]:
 LENGTH_PENALTIES = ("hf", "t5x")
 
 
-def length_penalty_divisor(length: int, alpha: float, kind: str = "hf") -> float:
+def length_penalty_divisor(
+    length: int, alpha: float, kind: str = "hf"
+) -> float:
   """What a finished hypothesis' summed log-probability is divided by.
 
   kind="hf": `length ** alpha` (Hugging Face `length_penalty`; `length` counts the
@@ -289,20 +364,31 @@ def length_penalty_divisor(length: int, alpha: float, kind: str = "hf") -> float
     return float(length) ** float(alpha)
   if kind == "t5x":
     return ((5.0 + length) / 6.0) ** float(alpha)
-  raise ValueError(f"length_penalty_type must be one of {LENGTH_PENALTIES}, got {kind!r}")
+  raise ValueError(
+      f"length_penalty_type must be one of {LENGTH_PENALTIES}, got {kind!r}"
+  )
 
 
 def _divisor_table(max_len: int, alpha, kind: str) -> jnp.ndarray:
   """[max_len + 1] divisors by generated length; `alpha` may be traced (one compile for all alphas)."""
   if isinstance(alpha, jax.core.Tracer):
     if kind not in LENGTH_PENALTIES:
-      raise ValueError(f"length_penalty_type must be one of {LENGTH_PENALTIES}, got {kind!r}")
+      raise ValueError(
+          f"length_penalty_type must be one of {LENGTH_PENALTIES}, got {kind!r}"
+      )
     n = jnp.maximum(jnp.arange(max_len + 1, dtype=jnp.float32), 1.0)
     base = n if kind == "hf" else (5.0 + n) / 6.0
     return base ** jnp.asarray(alpha, jnp.float32)
   # Computed in double and rounded once, as HF's Python-scalar division does.
-  return jnp.asarray(np.array([length_penalty_divisor(n, alpha, kind) if n else 1.0
-                               for n in range(max_len + 1)], np.float64).astype(np.float32))
+  return jnp.asarray(
+      np.array(
+          [
+              length_penalty_divisor(n, alpha, kind) if n else 1.0
+              for n in range(max_len + 1)
+          ],
+          np.float64,
+      ).astype(np.float32)
+  )
 
 
 def _gather_beams(x: jnp.ndarray, indices: jnp.ndarray) -> jnp.ndarray:
@@ -311,8 +397,9 @@ def _gather_beams(x: jnp.ndarray, indices: jnp.ndarray) -> jnp.ndarray:
   return jnp.take_along_axis(x, idx, axis=1)
 
 
-
-def _best_continuations(tokens_to_logits, seqs, scores, cache, i, num_candidates):
+def _best_continuations(
+    tokens_to_logits, seqs, scores, cache, i, num_candidates
+):
   """One decoder step for every beam, then the `num_candidates` best (beam, token) extensions.
 
   seqs: [batch, beams, len] with the current token at position i; scores: [batch, beams]
@@ -324,7 +411,12 @@ def _best_continuations(tokens_to_logits, seqs, scores, cache, i, num_candidates
   flat_seqs = flatten_beam_dim(seqs)
   cur_token = jax.lax.dynamic_slice_in_dim(flat_seqs, i, 1, axis=1)
   logits, cache = _call_tokens_to_logits(
-      tokens_to_logits, jnp.full((batch * beams,), i, jnp.int32), flat_seqs, cur_token, cache)
+      tokens_to_logits,
+      jnp.full((batch * beams,), i, jnp.int32),
+      flat_seqs,
+      cur_token,
+      cache,
+  )
   vocab = logits.shape[-1]
   log_probs = unflatten_beam_dim(jax.nn.log_softmax(logits), batch, beams)
   log_probs = (log_probs + scores[:, :, None]).reshape(batch, beams * vocab)
@@ -332,8 +424,11 @@ def _best_continuations(tokens_to_logits, seqs, scores, cache, i, num_candidates
   top_beam = top_idx // vocab
   top_token = (top_idx % vocab).astype(jnp.int32)
   top_seqs = _gather_beams(seqs, top_beam)
-  top_seqs = jax.lax.dynamic_update_slice_in_dim(top_seqs, top_token[:, :, None], i + 1, axis=2)
+  top_seqs = jax.lax.dynamic_update_slice_in_dim(
+      top_seqs, top_token[:, :, None], i + 1, axis=2
+  )
   return top_scores, top_seqs, top_token, top_beam, cache
+
 
 def beam_search(
     *,
@@ -381,23 +476,46 @@ def beam_search(
   del decode_rng  # deterministic
   length = _max_decode_len(inputs, max_decode_len)
   if int(num_decodes) < 1:
-    raise ValueError(f"beam_search needs num_decodes (beams) >= 1, got {num_decodes}")
+    raise ValueError(
+        f"beam_search needs num_decodes (beams) >= 1, got {num_decodes}"
+    )
   if early_stopping not in (True, False, "never"):
-    raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}")
-  divisors = _divisor_table(length, alpha, length_penalty_type)  # [length + 1], by generated length
+    raise ValueError(
+        f"early_stopping must be True, False or 'never', got {early_stopping!r}"
+    )
+  divisors = _divisor_table(
+      length, alpha, length_penalty_type
+  )  # [length + 1], by generated length
   if procedure == "t5x":
-    return _beam_search_t5x(inputs=inputs, cache=cache, tokens_to_logits=tokens_to_logits, eos_id=eos_id,
-                            length=length, k=int(num_decodes), alpha=alpha, kind=length_penalty_type,
-                            divisors=divisors, cache_offset=cache_offset)
+    return _beam_search_t5x(
+        inputs=inputs,
+        cache=cache,
+        tokens_to_logits=tokens_to_logits,
+        eos_id=eos_id,
+        length=length,
+        k=int(num_decodes),
+        alpha=alpha,
+        kind=length_penalty_type,
+        divisors=divisors,
+        cache_offset=cache_offset,
+    )
   if procedure != "hf":
-    raise ValueError(f"beam_search procedure must be 'hf' or 't5x', got {procedure!r}")
+    raise ValueError(
+        f"beam_search procedure must be 'hf' or 't5x', got {procedure!r}"
+    )
   batch = inputs.shape[0]
   k = int(num_decodes)
-  candidates = 2 * k  # one EOS token: HF keeps (1 + n_eos) * num_beams candidates
+  candidates = (
+      2 * k
+  )  # one EOS token: HF keeps (1 + n_eos) * num_beams candidates
   neg = jnp.float32(NEG_INF)
 
   start = inputs[:, :1].astype(jnp.int32)
-  running_seqs0 = jnp.zeros((batch, k, length + 1), jnp.int32).at[:, :, :1].set(start[:, None, :])
+  running_seqs0 = (
+      jnp.zeros((batch, k, length + 1), jnp.int32)
+      .at[:, :, :1]
+      .set(start[:, None, :])
+  )
   # Only the first beam is live at the start, so the first step does not pick K copies.
   running_scores0 = jnp.zeros((batch, k), jnp.float32).at[:, 1:].set(neg)
   top_k_mask = jnp.arange(candidates) < k
@@ -421,7 +539,13 @@ def beam_search(
     i = s["i"]
     # The 2K best continuations over all beams.
     top_scores, top_seqs, top_token, top_beam, cache = _best_continuations(
-        tokens_to_logits, s["running_seqs"], s["running_scores"], s["cache"], i, candidates)
+        tokens_to_logits,
+        s["running_seqs"],
+        s["running_scores"],
+        s["cache"],
+        i,
+        candidates,
+    )
     ends = (top_token == eos_id) | (i + 1 >= length)
 
     # K best continuations that did not end keep running.
@@ -433,7 +557,9 @@ def beam_search(
     # Offer the ended ones among the first K to the finished list.
     just_finished = ends & top_k_mask[None, :]
     cand = top_scores / divisors[i + 1]
-    full = jnp.all(s["finished_flags"], axis=-1, keepdims=True) & (early_stopping is True)
+    full = jnp.all(s["finished_flags"], axis=-1, keepdims=True) & (
+        early_stopping is True
+    )
     cand = cand + full.astype(jnp.float32) * neg
     cand = cand + (~s["improvable"])[:, None].astype(jnp.float32) * neg
     cand = cand + (~just_finished).astype(jnp.float32) * neg
@@ -449,19 +575,35 @@ def beam_search(
     cache = _reorder_cache(cache, flat_parent, cache_offset)
 
     i = i + 1
-    if early_stopping == "never":  # HF: the best case is the longest sequence when alpha favours length
-      best_len = jnp.where(jnp.asarray(alpha) > 0, jnp.asarray(length, jnp.int32), i)
+    if (
+        early_stopping == "never"
+    ):  # HF: the best case is the longest sequence when alpha favours length
+      best_len = jnp.where(
+          jnp.asarray(alpha) > 0, jnp.asarray(length, jnp.int32), i
+      )
     else:
       best_len = i
     best_running = run_scores[:, :1] / divisors[best_len]
-    worst_finished = jnp.where(finished_flags, jnp.min(finished_scores, axis=1, keepdims=True), neg)
-    improvable = s["improvable"] & jnp.any(best_running > worst_finished, axis=-1)
+    worst_finished = jnp.where(
+        finished_flags, jnp.min(finished_scores, axis=1, keepdims=True), neg
+    )
+    improvable = s["improvable"] & jnp.any(
+        best_running > worst_finished, axis=-1
+    )
 
     open_beams = ~(jnp.all(finished_flags) & (early_stopping is True))
     done = ~(jnp.any(improvable) & open_beams & ~jnp.all(ends))
-    return dict(i=i, running_seqs=running_seqs, running_scores=run_scores,
-                finished_seqs=finished_seqs, finished_scores=finished_scores,
-                finished_flags=finished_flags, improvable=improvable, done=done, cache=cache)
+    return dict(
+        i=i,
+        running_seqs=running_seqs,
+        running_scores=run_scores,
+        finished_seqs=finished_seqs,
+        finished_scores=finished_scores,
+        finished_flags=finished_flags,
+        improvable=improvable,
+        done=done,
+        cache=cache,
+    )
 
   final = jax.lax.while_loop(cond, body, state0)
   # Finished lists are sorted best first; t5x returns best last.
@@ -470,19 +612,41 @@ def beam_search(
   return sequences, scores
 
 
-def _beam_search_t5x(*, inputs, cache, tokens_to_logits, eos_id, length, k, alpha, kind, divisors, cache_offset):
+def _beam_search_t5x(
+    *,
+    inputs,
+    cache,
+    tokens_to_logits,
+    eos_id,
+    length,
+    k,
+    alpha,
+    kind,
+    divisors,
+    cache_offset,
+):
   """t5x's beam search rule (see `beam_search(procedure="t5x")`), same inputs and outputs."""
   batch = inputs.shape[0]
   candidates = 2 * k
   neg = jnp.float32(-1.0e7)  # t5x's NEG_INF
   start = inputs[:, :1].astype(jnp.int32)
-  live_seqs0 = jnp.zeros((batch, k, length + 1), jnp.int32).at[:, :, :1].set(start[:, None, :])
+  live_seqs0 = (
+      jnp.zeros((batch, k, length + 1), jnp.int32)
+      .at[:, :, :1]
+      .set(start[:, None, :])
+  )
   # t5x bounds live beams by the penalty at one past the maximum length (its dummy start token).
   if isinstance(alpha, jax.core.Tracer):
-    base = jnp.float32(length + 1) if kind == "hf" else (5.0 + jnp.float32(length + 1)) / 6.0
+    base = (
+        jnp.float32(length + 1)
+        if kind == "hf"
+        else (5.0 + jnp.float32(length + 1)) / 6.0
+    )
     max_len_divisor = base ** jnp.asarray(alpha, jnp.float32)
   else:
-    max_len_divisor = jnp.float32(length_penalty_divisor(length + 1, alpha, kind))
+    max_len_divisor = jnp.float32(
+        length_penalty_divisor(length + 1, alpha, kind)
+    )
 
   state0 = dict(
       i=jnp.array(0, jnp.int32),
@@ -495,34 +659,65 @@ def _beam_search_t5x(*, inputs, cache, tokens_to_logits, eos_id, length, k, alph
   )
 
   def cond(s):
-    best_live = jnp.max(s["live_scores"], axis=1, keepdims=True) / max_len_divisor
-    worst_finished = jnp.where(s["finished_flags"], jnp.min(s["finished_scores"], axis=1, keepdims=True), neg)
+    best_live = (
+        jnp.max(s["live_scores"], axis=1, keepdims=True) / max_len_divisor
+    )
+    worst_finished = jnp.where(
+        s["finished_flags"],
+        jnp.min(s["finished_scores"], axis=1, keepdims=True),
+        neg,
+    )
     terminated = jnp.all(worst_finished > best_live)
     return (s["i"] < length) & ~terminated
 
   def body(s):
     i = s["i"]
     top_scores, top_seqs, top_token, top_beam, cache = _best_continuations(
-        tokens_to_logits, s["live_seqs"], s["live_scores"], s["cache"], i, candidates)
+        tokens_to_logits,
+        s["live_seqs"],
+        s["live_scores"],
+        s["cache"],
+        i,
+        candidates,
+    )
     ended = top_token == eos_id
 
-    live_scores, live_idx = jax.lax.top_k(top_scores + ended.astype(jnp.float32) * neg, k)
+    live_scores, live_idx = jax.lax.top_k(
+        top_scores + ended.astype(jnp.float32) * neg, k
+    )
     live_seqs = _gather_beams(top_seqs, live_idx)
     parent = jnp.take_along_axis(top_beam, live_idx, axis=1)
     flat_parent = (jnp.arange(batch)[:, None] * k + parent).reshape(-1)
     cache = _reorder_cache(cache, flat_parent, cache_offset)
 
-    new_scores = top_scores / divisors[i + 1] + (~ended).astype(jnp.float32) * neg
+    new_scores = (
+        top_scores / divisors[i + 1] + (~ended).astype(jnp.float32) * neg
+    )
     merged_scores = jnp.concatenate([s["finished_scores"], new_scores], axis=1)
     finished_scores, keep = jax.lax.top_k(merged_scores, k)
-    finished_seqs = _gather_beams(jnp.concatenate([s["finished_seqs"], top_seqs], axis=1), keep)
-    finished_flags = jnp.take_along_axis(jnp.concatenate([s["finished_flags"], ended], axis=1), keep, axis=1)
-    return dict(i=i + 1, live_seqs=live_seqs, live_scores=live_scores, finished_seqs=finished_seqs,
-                finished_scores=finished_scores, finished_flags=finished_flags, cache=cache)
+    finished_seqs = _gather_beams(
+        jnp.concatenate([s["finished_seqs"], top_seqs], axis=1), keep
+    )
+    finished_flags = jnp.take_along_axis(
+        jnp.concatenate([s["finished_flags"], ended], axis=1), keep, axis=1
+    )
+    return dict(
+        i=i + 1,
+        live_seqs=live_seqs,
+        live_scores=live_scores,
+        finished_seqs=finished_seqs,
+        finished_scores=finished_scores,
+        finished_flags=finished_flags,
+        cache=cache,
+    )
 
   final = jax.lax.while_loop(cond, body, state0)
   any_finished = jnp.any(final["finished_flags"], axis=1)
-  seqs = jnp.where(any_finished[:, None, None], final["finished_seqs"], final["live_seqs"])
-  scores = jnp.where(any_finished[:, None], final["finished_scores"], final["live_scores"])
+  seqs = jnp.where(
+      any_finished[:, None, None], final["finished_seqs"], final["live_seqs"]
+  )
+  scores = jnp.where(
+      any_finished[:, None], final["finished_scores"], final["live_scores"]
+  )
   # Both lists are sorted best first; return best last.
   return seqs[:, ::-1, 1:], scores[:, ::-1]

@@ -17,6 +17,7 @@ gives on the same file). Outputs in `output_dir`:
                               "flat", "seqio_task_metrics", "settings"}
   eval/                      TensorBoard summaries (tf.summary) at the checkpoint's step
 """
+
 import dataclasses
 import json
 import logging
@@ -46,11 +47,20 @@ def _input_ids(features: Mapping[str, Any]) -> List[int]:
   return [int(t) for t in features["inputs"]]
 
 
-def run_evaluation(predictor: "infer.Predictor", vocabulary, mixture_or_task_name: str, *,
-                   output_dir: Optional[str] = None, step: Optional[int] = None,
-                   max_input_length: int = 1024, max_target_length: int = 128,
-                   xlingual: Optional[bool] = None, progress: bool = True, print_tables: bool = True,
-                   settings: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+def run_evaluation(
+    predictor: "infer.Predictor",
+    vocabulary,
+    mixture_or_task_name: str,
+    *,
+    output_dir: Optional[str] = None,
+    step: Optional[int] = None,
+    max_input_length: int = 1024,
+    max_target_length: int = 128,
+    xlingual: Optional[bool] = None,
+    progress: bool = True,
+    print_tables: bool = True,
+    settings: Optional[Mapping[str, Any]] = None,
+) -> Dict[str, Any]:
   """Decodes and scores an NI mixture (or task) with `seqio.Evaluator`; returns the results dict.
 
   Usable from the trainer: build a `Predictor` on the current params and call this.
@@ -63,38 +73,63 @@ def run_evaluation(predictor: "infer.Predictor", vocabulary, mixture_or_task_nam
 
   subtasks = infer.ni_subtasks(mixture_or_task_name)
   if xlingual is None:
-    xlingual = all(tasks_lib.task_spec(t.name).track == "xlingual" for t in subtasks)
+    xlingual = all(
+        tasks_lib.task_spec(t.name).track == "xlingual" for t in subtasks
+    )
   splits = {task.splits[0] for task in subtasks}
   if len(splits) != 1:
-    raise ValueError(f"{mixture_or_task_name}: its tasks have different splits {sorted(splits)}")
+    raise ValueError(
+        f"{mixture_or_task_name}: its tasks have different splits {sorted(splits)}"
+    )
   split = splits.pop()
   start = time.time()
   evaluator = seqio.Evaluator(
-      mixture_or_task_name, feature_converter=seqio.EncDecFeatureConverter(pack=False), eval_split=split,
-      sequence_length={"inputs": max_input_length, "targets": max_target_length},
-      use_memory_cache=True, async_compute_metrics=False)
+      mixture_or_task_name,
+      feature_converter=seqio.EncDecFeatureConverter(pack=False),
+      eval_split=split,
+      sequence_length={
+          "inputs": max_input_length,
+          "targets": max_target_length,
+      },
+      use_memory_cache=True,
+      async_compute_metrics=False,
+  )
   eval_tasks = list(evaluator.eval_tasks)
   if not eval_tasks:
-    raise ValueError(f"{mixture_or_task_name}: no task with split {split!r} and metric functions to evaluate")
+    raise ValueError(
+        f"{mixture_or_task_name}: no task with split {split!r} and metric functions to evaluate"
+    )
 
   # One decoding pass over every task's examples.
   examples = {}  # task name -> [(id, input ids)]
   for task in eval_tasks:
-    examples[task.name] = [(_text(ex["id"]), _input_ids(ex))
-                           for ex in evaluator.cached_task_datasets[task.name].as_numpy_iterator()]
+    examples[task.name] = [
+        (_text(ex["id"]), _input_ids(ex))
+        for ex in evaluator.cached_task_datasets[task.name].as_numpy_iterator()
+    ]
   flat = [ids for task in eval_tasks for _, ids in examples[task.name]]
-  log.info("%s: %d examples in %d tasks (split %s)", mixture_or_task_name, len(flat), len(eval_tasks), split)
+  log.info(
+      "%s: %d examples in %d tasks (split %s)",
+      mixture_or_task_name,
+      len(flat),
+      len(eval_tasks),
+      split,
+  )
   infer.warn_full_budget(flat, max_input_length, mixture_or_task_name)
-  outputs = predictor.predict_ids(flat, progress=progress, desc=f"eval {mixture_or_task_name}")
+  outputs = predictor.predict_ids(
+      flat, progress=progress, desc=f"eval {mixture_or_task_name}"
+  )
   outputs_by_task, offset = {}, 0
   for task in eval_tasks:
     n = len(examples[task.name])
-    outputs_by_task[task.name] = outputs[offset:offset + n]
+    outputs_by_task[task.name] = outputs[offset : offset + n]
     offset += n
   decode_seconds = time.time() - start
 
   # The evaluator hands predict_fn each task's cached, enumerated model dataset.
-  task_of_dataset = {id(evaluator.cached_model_datasets[t.name]): t.name for t in eval_tasks}
+  task_of_dataset = {
+      id(evaluator.cached_model_datasets[t.name]): t.name for t in eval_tasks
+  }
 
   width = predictor.decode_config.max_decode_length + 1
   eos = predictor.eos_id
@@ -107,13 +142,17 @@ def run_evaluation(predictor: "infer.Predictor", vocabulary, mixture_or_task_nam
     for index, _ in dataset.as_numpy_iterator():
       row = np.zeros(width, np.int32)
       ids = task_outputs[int(index)] + [eos]
-      row[:len(ids)] = ids
+      row[: len(ids)] = ids
       rows.append((int(index), row))
     return rows
 
-  metrics_future, _ = evaluator.evaluate(compute_metrics=True, step=step, predict_fn=predict_fn)
-  seqio_task_metrics = {name: {k: float(v) for k, v in metrics.items()}
-                        for name, metrics in metrics_future.result().items()}
+  metrics_future, _ = evaluator.evaluate(
+      compute_metrics=True, step=step, predict_fn=predict_fn
+  )
+  seqio_task_metrics = {
+      name: {k: float(v) for k, v in metrics.items()}
+      for name, metrics in metrics_future.result().items()
+  }
   evaluator.close()
 
   records = []
@@ -123,12 +162,19 @@ def run_evaluation(predictor: "infer.Predictor", vocabulary, mixture_or_task_nam
     records.extend(infer.records_for_task(task.name, ids, texts))
   results = ni_metrics.score_predictions(records, xlingual=xlingual)
   results["seqio_task_metrics"] = seqio_task_metrics
-  results["settings"] = dict(settings or {}, mixture_or_task_name=mixture_or_task_name, split=split,
-                             output_dir=os.path.abspath(output_dir) if output_dir else None,
-                             step=step, num_examples=len(records), decode_seconds=round(decode_seconds, 2),
-                             examples_per_second=round(len(records) / max(decode_seconds, 1e-9), 3),
-                             decode_config=dataclasses.asdict(predictor.decode_config),
-                             batch_size=predictor.batch_size, input_buckets=list(predictor.input_buckets))
+  results["settings"] = dict(
+      settings or {},
+      mixture_or_task_name=mixture_or_task_name,
+      split=split,
+      output_dir=os.path.abspath(output_dir) if output_dir else None,
+      step=step,
+      num_examples=len(records),
+      decode_seconds=round(decode_seconds, 2),
+      examples_per_second=round(len(records) / max(decode_seconds, 1e-9), 3),
+      decode_config=dataclasses.asdict(predictor.decode_config),
+      batch_size=predictor.batch_size,
+      input_buckets=list(predictor.input_buckets),
+  )
   if print_tables:
     print(ni_metrics.format_tables(results), end="")
   if output_dir:
@@ -136,10 +182,15 @@ def run_evaluation(predictor: "infer.Predictor", vocabulary, mixture_or_task_nam
   return results
 
 
-def write_outputs(output_dir: str, records: Sequence[dict], results: Mapping[str, Any],
-                  step: Optional[int]) -> None:
+def write_outputs(
+    output_dir: str,
+    records: Sequence[dict],
+    results: Mapping[str, Any],
+    step: Optional[int],
+) -> None:
   """Predictions file, metrics JSON and TensorBoard summaries (primary host only)."""
   from tkx import multihost
+
   if not multihost.is_primary_host():
     return
   os.makedirs(output_dir, exist_ok=True)
@@ -150,7 +201,12 @@ def write_outputs(output_dir: str, records: Sequence[dict], results: Mapping[str
     f.write("\n")
   os.replace(tmp, os.path.join(output_dir, METRICS_FILE))
   write_summaries(os.path.join(output_dir, SUMMARY_DIR), results, step or 0)
-  log.info("wrote %s, %s and TensorBoard summaries to %s", PREDICTIONS_FILE, METRICS_FILE, output_dir)
+  log.info(
+      "wrote %s, %s and TensorBoard summaries to %s",
+      PREDICTIONS_FILE,
+      METRICS_FILE,
+      output_dir,
+  )
 
 
 def _summary_name(text: str) -> str:
@@ -160,6 +216,7 @@ def _summary_name(text: str) -> str:
 def summary_scalars(results: Mapping[str, Any]) -> Dict[str, float]:
   """Flat {tag: value} of the tables: overall/<m>, category/<c>/<m>, task/<t>/<m>."""
   from tkx.metrics import ni_metrics
+
   scalars = {}
   for metric in ni_metrics.METRICS:
     scalars[f"overall/{metric}"] = results["overall"][metric]
@@ -172,7 +229,9 @@ def summary_scalars(results: Mapping[str, Any]) -> Dict[str, float]:
   return scalars
 
 
-def write_summaries(log_dir: str, results: Mapping[str, Any], step: int) -> None:
+def write_summaries(
+    log_dir: str, results: Mapping[str, Any], step: int
+) -> None:
   """TensorBoard scalars via `tf.summary.write` with the scalars plugin's metadata.
 
   (`tf.summary.scalar` itself lives in the tensorboard package, which tensorflow
@@ -180,12 +239,19 @@ def write_summaries(log_dir: str, results: Mapping[str, Any], step: int) -> None
   """
   import tensorflow as tf
   from tensorflow.core.framework import summary_pb2
-  metadata = summary_pb2.SummaryMetadata(plugin_data=summary_pb2.SummaryMetadata.PluginData(
-      plugin_name="scalars"))
+
+  metadata = summary_pb2.SummaryMetadata(
+      plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
+  )
   writer = tf.summary.create_file_writer(log_dir)
   with writer.as_default():
     for tag, value in summary_scalars(results).items():
-      tf.summary.write(tag, tf.constant(float(value), tf.float32), step=int(step), metadata=metadata)
+      tf.summary.write(
+          tag,
+          tf.constant(float(value), tf.float32),
+          step=int(step),
+          metadata=metadata,
+      )
   writer.flush()
   writer.close()
 
@@ -193,17 +259,33 @@ def write_summaries(log_dir: str, results: Mapping[str, Any], step: int) -> None
 def checkpoint_step(path: str) -> int:
   """The step of the checkpoint that `load_checkpoint` reads (for summaries)."""
   from tkx.checkpoints import orbax_io
-  match = re.search(r"checkpoint_(\d+)$", os.path.normpath(orbax_io.find_step_dir(path)))
+
+  match = re.search(
+      r"checkpoint_(\d+)$", os.path.normpath(orbax_io.find_step_dir(path))
+  )
   return int(match.group(1)) if match else 0
 
 
 @gin.configurable(module="evaluate")
-def evaluate(*, checkpoint_path: str, output_dir: str, ni_dir: Optional[str] = None, track: str = "default",
-             split: str = "test", encoding: str = "def_pos2", mixture_or_task_name: Optional[str] = None,
-             batch_size: int = 8, decode_config: Optional["infer.DecodeConfig"] = None, partitioner=None,
-             input_buckets: Sequence[int] = infer.DEFAULT_INPUT_BUCKETS, max_input_length: int = 1024,
-             max_target_length: int = 128, max_num_instances_per_task: Optional[int] = None,
-             vocab_path: Optional[str] = None, progress: bool = True) -> Dict[str, Any]:
+def evaluate(
+    *,
+    checkpoint_path: str,
+    output_dir: str,
+    ni_dir: Optional[str] = None,
+    track: str = "default",
+    split: str = "test",
+    encoding: str = "def_pos2",
+    mixture_or_task_name: Optional[str] = None,
+    batch_size: int = 8,
+    decode_config: Optional["infer.DecodeConfig"] = None,
+    partitioner=None,
+    input_buckets: Sequence[int] = infer.DEFAULT_INPUT_BUCKETS,
+    max_input_length: int = 1024,
+    max_target_length: int = 128,
+    max_num_instances_per_task: Optional[int] = None,
+    vocab_path: Optional[str] = None,
+    progress: bool = True,
+) -> Dict[str, Any]:
   """Evaluates a tkx checkpoint on an NI test mixture (`tkx eval`).
 
   Registers the checkout's `<track>/<split>` tasks for `encoding` with the
@@ -212,36 +294,82 @@ def evaluate(*, checkpoint_path: str, output_dir: str, ni_dir: Optional[str] = N
   """
   from tkx import partitioning
   from tkx.data import tasks as tasks_lib
-  if mixture_or_task_name is not None and max_num_instances_per_task is not None:
+
+  if (
+      mixture_or_task_name is not None
+      and max_num_instances_per_task is not None
+  ):
     # A registered mixture has its instance selection fixed; silently ignoring the cap would
     # score other instances than the user asked for.
-    raise ValueError("max_num_instances_per_task applies when tkx eval registers the split itself "
-                     "(--ni_dir/--track/--split/--encoding); it cannot change the registered mixture "
-                     f"{mixture_or_task_name!r}")
+    raise ValueError(
+        "max_num_instances_per_task applies when tkx eval registers the split itself "
+        "(--ni_dir/--track/--split/--encoding); it cannot change the registered mixture "
+        f"{mixture_or_task_name!r}"
+    )
   partitioner = partitioner or partitioning.Partitioner()  # gin bindings apply
-  loaded = infer.load_checkpoint(checkpoint_path, partitioner=partitioner, vocab_path=vocab_path)
+  loaded = infer.load_checkpoint(
+      checkpoint_path, partitioner=partitioner, vocab_path=vocab_path
+  )
   if mixture_or_task_name is None:
     from tkx.metrics import seqio_metrics
-    tasks_lib.register_ni(ni_dir, tracks=(track,), encodings=(encoding,), vocabulary=loaded.vocabulary,
-                          splits=(split,), max_num_instances_per_task=max_num_instances_per_task,
-                          max_source_length=max_input_length,
-                          metric_fns=[seqio_metrics.ni_metrics_xlingual] if track == "xlingual" else None)
+
+    tasks_lib.register_ni(
+        ni_dir,
+        tracks=(track,),
+        encodings=(encoding,),
+        vocabulary=loaded.vocabulary,
+        splits=(split,),
+        max_num_instances_per_task=max_num_instances_per_task,
+        max_source_length=max_input_length,
+        metric_fns=[seqio_metrics.ni_metrics_xlingual]
+        if track == "xlingual"
+        else None,
+    )
     mixture_or_task_name = tasks_lib.mixture_name(track, split, encoding)
-  predictor = infer.Predictor(loaded.model, loaded.params, partitioner=partitioner, batch_size=batch_size,
-                              decode_config=decode_config or infer.DecodeConfig(),
-                              input_buckets=infer.buckets_up_to(max_input_length, input_buckets))
-  settings = {"checkpoint": os.path.abspath(checkpoint_path), "ni_dir": os.path.abspath(ni_dir) if ni_dir
-              else tasks_lib.EMBEDDED_NI_DIR, "track": track, "encoding": encoding}
-  return run_evaluation(predictor, loaded.vocabulary, mixture_or_task_name, output_dir=output_dir,
-                        step=checkpoint_step(checkpoint_path), max_input_length=max_input_length,
-                        max_target_length=max_target_length, progress=progress, settings=settings)
+  predictor = infer.Predictor(
+      loaded.model,
+      loaded.params,
+      partitioner=partitioner,
+      batch_size=batch_size,
+      decode_config=decode_config or infer.DecodeConfig(),
+      input_buckets=infer.buckets_up_to(max_input_length, input_buckets),
+  )
+  settings = {
+      "checkpoint": os.path.abspath(checkpoint_path),
+      "ni_dir": (
+          os.path.abspath(ni_dir) if ni_dir else tasks_lib.EMBEDDED_NI_DIR
+      ),
+      "track": track,
+      "encoding": encoding,
+  }
+  return run_evaluation(
+      predictor,
+      loaded.vocabulary,
+      mixture_or_task_name,
+      output_dir=output_dir,
+      step=checkpoint_step(checkpoint_path),
+      max_input_length=max_input_length,
+      max_target_length=max_target_length,
+      progress=progress,
+      settings=settings,
+  )
 
 
 @gin.configurable(module="evaluate")
-def generation_eval(*, model, params, step: int, model_dir: str, mixture_or_task_name: str = gin.REQUIRED,
-                    batch_size: int = 8, decode_config: Optional["infer.DecodeConfig"] = None, partitioner=None,
-                    input_buckets: Sequence[int] = infer.DEFAULT_INPUT_BUCKETS, max_input_length: int = 1024,
-                    max_target_length: int = 128) -> Dict[str, float]:
+def generation_eval(
+    *,
+    model,
+    params,
+    step: int,
+    model_dir: str,
+    mixture_or_task_name: str = gin.REQUIRED,
+    batch_size: int = 8,
+    decode_config: Optional["infer.DecodeConfig"] = None,
+    partitioner=None,
+    input_buckets: Sequence[int] = infer.DEFAULT_INPUT_BUCKETS,
+    max_input_length: int = 1024,
+    max_target_length: int = 128,
+) -> Dict[str, float]:
   """A `trainer.train(generation_eval_fn=...)` hook: decode + NI metrics on the current params.
 
   Writes `<model_dir>/generation_eval/step_<step>/` (predictions, metrics.json,
@@ -251,12 +379,33 @@ def generation_eval(*, model, params, step: int, model_dir: str, mixture_or_task
   """
   from tkx import partitioning
   from tkx.metrics import ni_metrics
+
   partitioner = partitioner or partitioning.Partitioner()  # gin bindings apply
-  predictor = infer.Predictor(model, params, partitioner=partitioner, batch_size=batch_size,
-                              decode_config=decode_config or infer.DecodeConfig(),
-                              input_buckets=infer.buckets_up_to(max_input_length, input_buckets))
-  output_dir = os.path.join(model_dir, "generation_eval", f"step_{step}") if "://" not in model_dir else None
-  results = run_evaluation(predictor, model.output_vocabulary, mixture_or_task_name, output_dir=output_dir,
-                           step=step, max_input_length=max_input_length, max_target_length=max_target_length,
-                           progress=False, print_tables=False)
-  return {f"generation/{m}": float(results["overall"][m]) for m in ni_metrics.METRICS}
+  predictor = infer.Predictor(
+      model,
+      params,
+      partitioner=partitioner,
+      batch_size=batch_size,
+      decode_config=decode_config or infer.DecodeConfig(),
+      input_buckets=infer.buckets_up_to(max_input_length, input_buckets),
+  )
+  output_dir = (
+      os.path.join(model_dir, "generation_eval", f"step_{step}")
+      if "://" not in model_dir
+      else None
+  )
+  results = run_evaluation(
+      predictor,
+      model.output_vocabulary,
+      mixture_or_task_name,
+      output_dir=output_dir,
+      step=step,
+      max_input_length=max_input_length,
+      max_target_length=max_target_length,
+      progress=False,
+      print_tables=False,
+  )
+  return {
+      f"generation/{m}": float(results["overall"][m])
+      for m in ni_metrics.METRICS
+  }

@@ -19,6 +19,7 @@ Layers here:
 - `load_checkpoint`: a tkx checkpoint dir -> config, model, params, vocabulary.
 - `predict_mixture` / `predict_input_file`: `tkx infer`'s two modes.
 """
+
 import dataclasses
 import difflib
 import json
@@ -52,6 +53,7 @@ class DecodeConfig:
   the smallest set of tokens whose probability reaches `top_p`; `seed` makes it
   reproducible.
   """
+
   num_beams: int = 1
   alpha: float = 1.0  # Hugging Face's default length_penalty
   temperature: float = 0.0
@@ -66,15 +68,21 @@ class DecodeConfig:
     if self.temperature < 0:
       raise ValueError(f"temperature must be >= 0, got {self.temperature}")
     if self.num_beams > 1 and self.temperature > 0:
-      raise ValueError("choose beam search (num_beams > 1) or sampling (temperature > 0), not both")
+      raise ValueError(
+          "choose beam search (num_beams > 1) or sampling (temperature > 0), not both"
+      )
     if self.top_k < 0:
       raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
     if not 0.0 < self.top_p <= 1.0:
       raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
     if (self.top_k or self.top_p < 1.0) and self.temperature == 0:
-      raise ValueError("top_k / top_p only apply to sampling; set temperature > 0")
+      raise ValueError(
+          "top_k / top_p only apply to sampling; set temperature > 0"
+      )
     if self.max_decode_length < 1:
-      raise ValueError(f"max_decode_length must be >= 1, got {self.max_decode_length}")
+      raise ValueError(
+          f"max_decode_length must be >= 1, got {self.max_decode_length}"
+      )
 
   @property
   def method(self) -> str:
@@ -89,12 +97,19 @@ class DecodeConfig:
   def decode_fn_and_kwargs(self) -> Tuple[Callable, Dict[str, Any]]:
     """The `tkx.decoding` function and its keyword arguments (without `rng`)."""
     from tkx import decoding
+
     if self.method == "beam_search":
-      return decoding.beam_search, {"num_decodes": self.num_beams, "alpha": self.alpha}
+      return decoding.beam_search, {
+          "num_decodes": self.num_beams,
+          "alpha": self.alpha,
+      }
     if self.method == "sample":
       # tkx.decoding reads topp=0 as "off".
-      return decoding.temperature_sample, {"temperature": self.temperature, "topk": self.top_k,
-                                           "topp": self.top_p if self.top_p < 1.0 else 0.0}
+      return decoding.temperature_sample, {
+          "temperature": self.temperature,
+          "topk": self.top_k,
+          "topp": self.top_p if self.top_p < 1.0 else 0.0,
+      }
     return decoding.greedy, {}
 
 
@@ -104,17 +119,27 @@ def bucket_length(length: int, buckets: Sequence[int]) -> int:
   for bucket in sorted(buckets):
     if length <= bucket:
       return bucket
-  raise ValueError(f"an input of {length} tokens is longer than the largest length bucket "
-                   f"{max(buckets)}; cut inputs to the budget first")
+  raise ValueError(
+      f"an input of {length} tokens is longer than the largest length bucket "
+      f"{max(buckets)}; cut inputs to the budget first"
+  )
 
 
-def buckets_up_to(max_input_length: int, buckets: Sequence[int] = DEFAULT_INPUT_BUCKETS) -> Tuple[int, ...]:
+def buckets_up_to(
+    max_input_length: int, buckets: Sequence[int] = DEFAULT_INPUT_BUCKETS
+) -> Tuple[int, ...]:
   """The buckets below `max_input_length`, plus `max_input_length` itself as the last one."""
-  return tuple(sorted({int(b) for b in buckets if b < max_input_length} | {int(max_input_length)}))
+  return tuple(
+      sorted(
+          {int(b) for b in buckets if b < max_input_length}
+          | {int(max_input_length)}
+      )
+  )
 
 
-def plan_batches(lengths: Sequence[int], batch_size: int,
-                 buckets: Sequence[int]) -> List[Tuple[int, List[int]]]:
+def plan_batches(
+    lengths: Sequence[int], batch_size: int, buckets: Sequence[int]
+) -> List[Tuple[int, List[int]]]:
   """Groups example indices into batches: [(bucket, [index, ...]), ...].
 
   Examples are taken shortest first and cut into batches of `batch_size`
@@ -125,12 +150,14 @@ def plan_batches(lengths: Sequence[int], batch_size: int,
   order = sorted(range(len(lengths)), key=lambda index: lengths[index])
   plan = []
   for start in range(0, len(order), batch_size):
-    indices = order[start:start + batch_size]
+    indices = order[start : start + batch_size]
     plan.append((bucket_length(lengths[indices[-1]], buckets), indices))
   return plan
 
 
-def trim_output(tokens: Sequence[int], eos_id: int = EOS_ID, pad_id: int = PAD_ID) -> List[int]:
+def trim_output(
+    tokens: Sequence[int], eos_id: int = EOS_ID, pad_id: int = PAD_ID
+) -> List[int]:
   """Decoded ids up to (not including) the first EOS, without padding."""
   out = []
   for token in np.asarray(tokens).tolist():
@@ -141,7 +168,9 @@ def trim_output(tokens: Sequence[int], eos_id: int = EOS_ID, pad_id: int = PAD_I
   return out
 
 
-def cut_to_budget(ids: Sequence[int], max_input_length: int, eos_id: int = EOS_ID) -> Tuple[List[int], bool]:
+def cut_to_budget(
+    ids: Sequence[int], max_input_length: int, eos_id: int = EOS_ID
+) -> Tuple[List[int], bool]:
   """Input ids (no EOS) -> ids ending in EOS of at most `max_input_length` tokens, and whether it was cut.
 
   As the Tk-Instruct collator, an over-long source keeps its first tokens; the
@@ -150,7 +179,7 @@ def cut_to_budget(ids: Sequence[int], max_input_length: int, eos_id: int = EOS_I
   ids = list(ids)
   cut = len(ids) + 1 > max_input_length
   if cut:
-    ids = ids[:max_input_length - 1]
+    ids = ids[: max_input_length - 1]
   return ids + [eos_id], cut
 
 
@@ -171,24 +200,43 @@ class Predictor:
     param_shardings: shardings of `params` (default: from the model's logical axes).
   """
 
-  def __init__(self, model, params, *, partitioner=None, batch_size: int = 8,
-               decode_config: Optional[DecodeConfig] = None,
-               input_buckets: Sequence[int] = DEFAULT_INPUT_BUCKETS, param_shardings=None):
+  def __init__(
+      self,
+      model,
+      params,
+      *,
+      partitioner=None,
+      batch_size: int = 8,
+      decode_config: Optional[DecodeConfig] = None,
+      input_buckets: Sequence[int] = DEFAULT_INPUT_BUCKETS,
+      param_shardings=None,
+  ):
     from tkx import partitioning
+
     self.model = model
-    self.partitioner = partitioner or partitioning.Partitioner()  # gin bindings apply
+    self.partitioner = (
+        partitioner or partitioning.Partitioner()
+    )  # gin bindings apply
     self.decode_config = decode_config or DecodeConfig()
     self.input_buckets = tuple(sorted(set(int(b) for b in input_buckets)))
     if not self.input_buckets or self.input_buckets[0] < 1:
-      raise ValueError(f"input_buckets must be positive lengths, got {input_buckets}")
+      raise ValueError(
+          f"input_buckets must be positive lengths, got {input_buckets}"
+      )
     data_size = self.partitioner.data_axis_size
     if batch_size < 1 or batch_size % data_size:
-      raise ValueError(f"batch_size {batch_size} must be a positive multiple of the data axis size "
-                       f"{data_size} (the batch is split over the 'data' mesh axis)")
+      raise ValueError(
+          f"batch_size {batch_size} must be a positive multiple of the data axis size "
+          f"{data_size} (the batch is split over the 'data' mesh axis)"
+      )
     self.batch_size = batch_size
     vocab = getattr(model, "output_vocabulary", None)
-    self.eos_id = getattr(vocab, "eos_id", EOS_ID) if vocab is not None else EOS_ID
-    self.pad_id = getattr(vocab, "pad_id", PAD_ID) if vocab is not None else PAD_ID
+    self.eos_id = (
+        getattr(vocab, "eos_id", EOS_ID) if vocab is not None else EOS_ID
+    )
+    self.pad_id = (
+        getattr(vocab, "pad_id", PAD_ID) if vocab is not None else PAD_ID
+    )
     if param_shardings is None:
       param_shardings = param_shardings_for(model, self.partitioner)
     self.param_shardings = param_shardings
@@ -199,7 +247,11 @@ class Predictor:
     self._num_batches = 0
     # Predictors of the same model, settings and mesh (e.g. an eval every N training
     # steps) share one jitted function, hence its compiled programs.
-    key = (model, dataclasses.replace(self.decode_config, seed=0), self.partitioner)
+    key = (
+        model,
+        dataclasses.replace(self.decode_config, seed=0),
+        self.partitioner,
+    )
     if key not in _PREDICT_FN_CACHE:
       if len(_PREDICT_FN_CACHE) >= 8:
         _PREDICT_FN_CACHE.pop(next(iter(_PREDICT_FN_CACHE)))
@@ -215,26 +267,37 @@ class Predictor:
       batch = {
           "encoder_input_tokens": encoder_input_tokens,
           # Only its shape matters to decoding (t5x convention).
-          "decoder_input_tokens": jnp.zeros((encoder_input_tokens.shape[0], max_decode_length),
-                                            jnp.int32),
+          "decoder_input_tokens": jnp.zeros(
+              (encoder_input_tokens.shape[0], max_decode_length), jnp.int32
+          ),
       }
       kwargs = dict(decode_kwargs)
       if uses_rng:
         kwargs["decode_rng"] = rng
-      out = model.predict_batch(params, batch, decode_fn=decode_fn,
-                                max_decode_length=max_decode_length, **kwargs)
+      out = model.predict_batch(
+          params,
+          batch,
+          decode_fn=decode_fn,
+          max_decode_length=max_decode_length,
+          **kwargs,
+      )
       out = out[0] if isinstance(out, tuple) else out
-      return out[:, -1, :] if out.ndim == 3 else out  # best decode when several come back
+      return (
+          out[:, -1, :] if out.ndim == 3 else out
+      )  # best decode when several come back
 
     p = self.partitioner
-    return p.partition(predict, in_shardings=(self.param_shardings, p.data_sharding, p.replicated),
-                       out_shardings=p.data_sharding)
+    return p.partition(
+        predict,
+        in_shardings=(self.param_shardings, p.data_sharding, p.replicated),
+        out_shardings=p.data_sharding,
+    )
 
   def _dispatch(self, rows: np.ndarray):
     """Starts decoding [batch_size, bucket] global ids; returns the (not yet fetched) device result."""
     layout = self.partitioner.get_data_layout(self.batch_size)
     per_host = self.batch_size // layout.num_shards
-    local = rows[layout.shard_id * per_host:(layout.shard_id + 1) * per_host]
+    local = rows[layout.shard_id * per_host : (layout.shard_id + 1) * per_host]
     global_rows = self.partitioner.host_local_to_global(local)
     rng = jax.random.fold_in(self._rng, self._num_batches)
     self._num_batches += 1
@@ -245,8 +308,13 @@ class Predictor:
     """[batch_size, max_decode_length] outputs on this host."""
     return np.asarray(self.partitioner.global_to_host(out))
 
-  def predict_ids(self, inputs: Sequence[Sequence[int]], *, progress: bool = True,
-                  desc: str = "decoding") -> List[List[int]]:
+  def predict_ids(
+      self,
+      inputs: Sequence[Sequence[int]],
+      *,
+      progress: bool = True,
+      desc: str = "decoding",
+  ) -> List[List[int]]:
     """Token ids (each ending in EOS, within the largest bucket) -> output ids (no EOS).
 
     An empty input (no token, or only EOS) is not decoded; its output is empty.
@@ -259,23 +327,29 @@ class Predictor:
         outputs[index] = []
       else:
         todo.append(index)
-    plan = plan_batches([len(inputs[i]) for i in todo], self.batch_size, self.input_buckets)
+    plan = plan_batches(
+        [len(inputs[i]) for i in todo], self.batch_size, self.input_buckets
+    )
     bar = _Progress(len(todo), desc=desc, enabled=progress)
 
     def collect(positions, out):
       decoded = self._fetch(out)
       for row, position in enumerate(positions):
-        outputs[todo[position]] = trim_output(decoded[row], self.eos_id, self.pad_id)
+        outputs[todo[position]] = trim_output(
+            decoded[row], self.eos_id, self.pad_id
+        )
       bar.update(len(positions))
 
-    pending = None  # one batch in flight: the next one is prepared while it decodes
+    pending = (
+        None  # one batch in flight: the next one is prepared while it decodes
+    )
     for bucket, batch_positions in plan:
       rows = np.full((self.batch_size, bucket), self.pad_id, np.int32)
       rows[:, 0] = self.eos_id  # dummy rows: a lone EOS
       for row, position in enumerate(batch_positions):
         ids = inputs[todo[position]]
         rows[row, :] = self.pad_id
-        rows[row, :len(ids)] = ids
+        rows[row, : len(ids)] = ids
       out = self._dispatch(rows)
       if pending is not None:
         collect(*pending)
@@ -289,7 +363,13 @@ class Predictor:
 class _Progress:
   """tqdm bar (examples/s and ETA) on a terminal; periodic log lines otherwise."""
 
-  def __init__(self, total: int, desc: str, enabled: bool = True, log_every_s: float = 30.0):
+  def __init__(
+      self,
+      total: int,
+      desc: str,
+      enabled: bool = True,
+      log_every_s: float = 30.0,
+  ):
     self.total, self.desc, self.done = total, desc, 0
     self.start = self.last_log = time.time()
     self.log_every_s = log_every_s
@@ -297,20 +377,35 @@ class _Progress:
     self.enabled = enabled and total > 0
     if self.enabled:
       import tqdm
-      self.bar = tqdm.tqdm(total=total, desc=desc, unit="ex", dynamic_ncols=True,
-                           mininterval=1.0, smoothing=0.1)
+
+      self.bar = tqdm.tqdm(
+          total=total,
+          desc=desc,
+          unit="ex",
+          dynamic_ncols=True,
+          mininterval=1.0,
+          smoothing=0.1,
+      )
 
   def update(self, n: int):
     self.done += n
     if self.bar is not None:
       self.bar.update(n)
     now = time.time()
-    if self.enabled and (now - self.last_log >= self.log_every_s or self.done == self.total):
+    if self.enabled and (
+        now - self.last_log >= self.log_every_s or self.done == self.total
+    ):
       self.last_log = now
       rate = self.done / max(now - self.start, 1e-9)
       eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-      log.info("%s: %d/%d examples, %.2f examples/s, ETA %.0f s", self.desc, self.done,
-               self.total, rate, eta)
+      log.info(
+          "%s: %d/%d examples, %.2f examples/s, ETA %.0f s",
+          self.desc,
+          self.done,
+          self.total,
+          rate,
+          eta,
+      )
 
   def close(self):
     if self.bar is not None:
@@ -323,14 +418,19 @@ _INIT_SHAPES = {"encoder_input_tokens": (1, 8), "decoder_input_tokens": (1, 8)}
 
 def param_shardings_for(model, partitioner):
   """NamedShardings of the model's params from their logical axes (no allocation)."""
-  return partitioner.logical_to_sharding(model.params_logical_axes(_INIT_SHAPES))
+  return partitioner.logical_to_sharding(
+      model.params_logical_axes(_INIT_SHAPES)
+  )
 
 
 def abstract_params_for(model, partitioner):
   """ShapeDtypeStructs of the params carrying their shardings (for `orbax_io.load_params`)."""
   shapes = model.params_shapes(_INIT_SHAPES)
-  return jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                shapes, param_shardings_for(model, partitioner))
+  return jax.tree_util.tree_map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      shapes,
+      param_shardings_for(model, partitioner),
+  )
 
 
 @dataclasses.dataclass
@@ -350,16 +450,23 @@ def checkpoint_root(path: str) -> str:
   if os.path.isfile(os.path.join(path, "model.gin")):
     return path
   parent = os.path.dirname(path)
-  if os.path.basename(path).startswith("checkpoint_") and os.path.isfile(os.path.join(parent, "model.gin")):
+  if os.path.basename(path).startswith("checkpoint_") and os.path.isfile(
+      os.path.join(parent, "model.gin")
+  ):
     return parent
-  raise FileNotFoundError(f"{path} is not a tkx checkpoint: no model.gin in it (a tkx checkpoint dir holds "
-                          "checkpoint_<step>/, model.gin and optionally spm.model; make one with "
-                          "`tkx train` or `tkx import-checkpoint`)")
+  raise FileNotFoundError(
+      f"{path} is not a tkx checkpoint: no model.gin in it (a tkx checkpoint dir holds "
+      "checkpoint_<step>/, model.gin and optionally spm.model; make one with "
+      "`tkx train` or `tkx import-checkpoint`)"
+  )
 
 
 def build_model(config, vocabulary):
   from tkx.models import models, network
-  return models.EncoderDecoderModel(network.Transformer(config), vocabulary, vocabulary)
+
+  return models.EncoderDecoderModel(
+      network.Transformer(config), vocabulary, vocabulary
+  )
 
 
 def _sentinel_ids_for(spm_path: str, vocab_size: int) -> int:
@@ -369,15 +476,22 @@ def _sentinel_ids_for(spm_path: str, vocab_size: int) -> int:
   embedded 1,000-piece model in a 1,024-row embedding: none.)
   """
   import sentencepiece as spm
+
   pieces = spm.SentencePieceProcessor(model_file=spm_path).get_piece_size()
   return 100 if pieces + 100 <= vocab_size else 0
 
 
-def load_vocabulary_for_checkpoint(root: str, config, vocab_path: Optional[str] = None):
+def load_vocabulary_for_checkpoint(
+    root: str, config, vocab_path: Optional[str] = None
+):
   """`vocab_path` if given, else the checkpoint's `spm.model`, else what its model.gin names (default: embedded)."""
   from tkx.data import vocab as vocab_lib
-  path = vocab_path or (os.path.join(root, "spm.model") if os.path.isfile(os.path.join(root, "spm.model"))
-                        else None)
+
+  path = vocab_path or (
+      os.path.join(root, "spm.model")
+      if os.path.isfile(os.path.join(root, "spm.model"))
+      else None
+  )
   if path and "://" not in path:
     try:  # model.gin may say how many sentinel ids the model was trained with
       extra_ids = gin.query_parameter("vocab.get_vocabulary.extra_ids")
@@ -388,51 +502,81 @@ def load_vocabulary_for_checkpoint(root: str, config, vocab_path: Optional[str] 
     return vocab_lib.get_vocabulary(path, extra_ids=extra_ids)
   if path:
     return vocab_lib.get_vocabulary(path)
-  return vocab_lib.get_vocabulary()  # bindings of model.gin (vocab.get_vocabulary.path) apply
+  return (
+      vocab_lib.get_vocabulary()
+  )  # bindings of model.gin (vocab.get_vocabulary.path) apply
 
 
 def _config_from_model_gin(path: str, gin_bindings: Sequence[str] = ()):
   """The `T5Config` a checkpoint's model.gin binds (plain, or scoped under MODEL/ as an operative config)."""
   from tkx.models import config as config_lib
+
   try:
     # clear=False: keep the bindings of a run gin file parsed before (eval.gin, infer.gin).
-    return config_lib.load_config_from_gin([path], list(gin_bindings), clear=False)
+    return config_lib.load_config_from_gin(
+        [path], list(gin_bindings), clear=False
+    )
   except ValueError as plain_error:
     # An operative config (gin.operative_config_str) scopes the bindings: MODEL/T5Config.emb_dim = ...
     try:
       with gin.config_scope("MODEL"):
         return config_lib.T5Config()
     except TypeError:
-      raise ValueError(f"{path}: does not bind network.T5Config (plainly or under MODEL/): {plain_error}") from None
+      raise ValueError(
+          f"{path}: does not bind network.T5Config (plainly or under MODEL/): {plain_error}"
+      ) from None
 
 
-def load_checkpoint(path: str, *, partitioner=None, vocab_path: Optional[str] = None,
-                    gin_bindings: Sequence[str] = ()) -> LoadedCheckpoint:
+def load_checkpoint(
+    path: str,
+    *,
+    partitioner=None,
+    vocab_path: Optional[str] = None,
+    gin_bindings: Sequence[str] = (),
+) -> LoadedCheckpoint:
   """Reads a tkx checkpoint: `model.gin` -> config and model, orbax params, vocabulary.
 
   `path` may be the checkpoint dir (newest step is used) or one `checkpoint_<step>/`.
   """
   from tkx import partitioning
   from tkx.checkpoints import orbax_io
-  from tkx.models import config as config_lib
+
   root = checkpoint_root(path)
   config = _config_from_model_gin(os.path.join(root, "model.gin"), gin_bindings)
   vocabulary = load_vocabulary_for_checkpoint(root, config, vocab_path)
   vocab_size = getattr(vocabulary, "vocab_size", None)
   if vocab_size is not None and vocab_size > config.vocab_size:
-    raise ValueError(f"{root}: the vocabulary has {vocab_size} ids but model.gin sets "
-                     f"network.T5Config.vocab_size = {config.vocab_size}")
+    raise ValueError(
+        f"{root}: the vocabulary has {vocab_size} ids but model.gin sets "
+        f"network.T5Config.vocab_size = {config.vocab_size}"
+    )
   model = build_model(config, vocabulary)
   partitioner = partitioner or partitioning.Partitioner()  # gin bindings apply
-  step_path = path if os.path.basename(os.path.normpath(path)).startswith("checkpoint_") else root
+  step_path = (
+      path
+      if os.path.basename(os.path.normpath(path)).startswith("checkpoint_")
+      else root
+  )
   log.info("loading parameters from %s", orbax_io.find_step_dir(step_path))
-  params = orbax_io.load_params(step_path, abstract_params_for(model, partitioner))
-  return LoadedCheckpoint(path=root, config=config, model=model, params=params, vocabulary=vocabulary)
+  params = orbax_io.load_params(
+      step_path, abstract_params_for(model, partitioner)
+  )
+  return LoadedCheckpoint(
+      path=root,
+      config=config,
+      model=model,
+      params=params,
+      vocabulary=vocabulary,
+  )
 
 
 # ----------------------------------------------------------------------------- texts
-def encode_texts(vocabulary, texts: Sequence[str], max_input_length: int,
-                 names: Optional[Sequence[str]] = None) -> Tuple[List[List[int]], List[int]]:
+def encode_texts(
+    vocabulary,
+    texts: Sequence[str],
+    max_input_length: int,
+    names: Optional[Sequence[str]] = None,
+) -> Tuple[List[List[int]], List[int]]:
   """Texts -> ids ending in EOS, cut to the budget; returns (ids, indices of cut inputs).
 
   Inputs over the budget are cut (first tokens kept, as the encoding rule does)
@@ -450,13 +594,19 @@ def encode_texts(vocabulary, texts: Sequence[str], max_input_length: int,
       cut_indices.append(index)
   if cut_indices:
     shown = [names[i] if names else str(i) for i in cut_indices[:10]]
-    log.warning("%d input(s) longer than %d tokens were cut to the budget (first tokens kept): %s%s",
-                len(cut_indices), max_input_length, ", ".join(shown),
-                " ..." if len(cut_indices) > 10 else "")
+    log.warning(
+        "%d input(s) longer than %d tokens were cut to the budget (first tokens kept): %s%s",
+        len(cut_indices),
+        max_input_length,
+        ", ".join(shown),
+        " ..." if len(cut_indices) > 10 else "",
+    )
   return ids_list, cut_indices
 
 
-def warn_full_budget(inputs: Sequence[Sequence[int]], max_input_length: int, what: str) -> int:
+def warn_full_budget(
+    inputs: Sequence[Sequence[int]], max_input_length: int, what: str
+) -> int:
   """Counts (and reports in one warning) inputs that fill the whole token budget.
 
   The encoding rule cut their sources to the budget (first tokens kept), so
@@ -464,8 +614,14 @@ def warn_full_budget(inputs: Sequence[Sequence[int]], max_input_length: int, wha
   """
   full = sum(1 for ids in inputs if len(ids) >= max_input_length)
   if full:
-    log.warning("%s: %d of %d inputs reach the %d-token budget: the encoding rule cut their sources "
-                "(first tokens kept)", what, full, len(inputs), max_input_length)
+    log.warning(
+        "%s: %d of %d inputs reach the %d-token budget: the encoding rule cut their sources "
+        "(first tokens kept)",
+        what,
+        full,
+        len(inputs),
+        max_input_length,
+    )
   return full
 
 
@@ -473,21 +629,40 @@ def decode_ids(vocabulary, outputs: Sequence[Sequence[int]]) -> List[str]:
   return [vocabulary.decode(list(ids)) if ids else "" for ids in outputs]
 
 
-def predict_texts(predictor: Predictor, vocabulary, texts: Sequence[str], *, max_input_length: int = 1024,
-                  names: Optional[Sequence[str]] = None, progress: bool = True) -> List[str]:
+def predict_texts(
+    predictor: Predictor,
+    vocabulary,
+    texts: Sequence[str],
+    *,
+    max_input_length: int = 1024,
+    names: Optional[Sequence[str]] = None,
+    progress: bool = True,
+) -> List[str]:
   """Texts -> predicted texts (empty input -> empty prediction, with a warning)."""
-  ids, _ = encode_texts(vocabulary, texts, min(max_input_length, max(predictor.input_buckets)), names)
+  ids, _ = encode_texts(
+      vocabulary,
+      texts,
+      min(max_input_length, max(predictor.input_buckets)),
+      names,
+  )
   empty = [names[i] if names else str(i) for i, x in enumerate(ids) if not x]
   if empty:
-    log.warning("%d empty input(s) get an empty prediction: %s%s", len(empty), ", ".join(empty[:10]),
-                " ..." if len(empty) > 10 else "")
+    log.warning(
+        "%d empty input(s) get an empty prediction: %s%s",
+        len(empty),
+        ", ".join(empty[:10]),
+        " ..." if len(empty) > 10 else "",
+    )
   return decode_ids(vocabulary, predictor.predict_ids(ids, progress=progress))
 
 
 # ----------------------------------------------------------------------------- files
-def prediction_record(task: Mapping[str, Any], instance: Mapping[str, Any], prediction: str) -> dict:
+def prediction_record(
+    task: Mapping[str, Any], instance: Mapping[str, Any], prediction: str
+) -> dict:
   """One line of Tk-Instruct's `predicted_examples.jsonl`: task fields, `Instance`, `prediction`."""
   from tkx.metrics import baselines  # the one writer of this format (`tkx baseline` uses it too)
+
   return baselines.prediction_record(task, instance, prediction)
 
 
@@ -521,7 +696,11 @@ def read_input_file(path: str) -> List[dict]:
     if "inputs" not in record:
       fail(line_no, "inputs", "missing")
     if not isinstance(record["inputs"], str):
-      fail(line_no, "inputs", f"must be a string, got {type(record['inputs']).__name__}")
+      fail(
+          line_no,
+          "inputs",
+          f"must be a string, got {type(record['inputs']).__name__}",
+      )
     if "id" not in record:
       fail(line_no, "id", "missing")
     if record["id"] in seen:
@@ -533,49 +712,77 @@ def read_input_file(path: str) -> List[dict]:
   return records
 
 
-def predict_input_file(predictor: Predictor, vocabulary, input_file: str, output_file: str, *,
-                       max_input_length: int = 1024, progress: bool = True) -> int:
+def predict_input_file(
+    predictor: Predictor,
+    vocabulary,
+    input_file: str,
+    output_file: str,
+    *,
+    max_input_length: int = 1024,
+    progress: bool = True,
+) -> int:
   """Adds `prediction` to each `{"id", "inputs"}` line of `input_file`; returns the number written."""
   records = read_input_file(input_file)
-  predictions = predict_texts(predictor, vocabulary, [r["inputs"] for r in records],
-                              max_input_length=max_input_length, names=[str(r["id"]) for r in records],
-                              progress=progress)
+  predictions = predict_texts(
+      predictor,
+      vocabulary,
+      [r["inputs"] for r in records],
+      max_input_length=max_input_length,
+      names=[str(r["id"]) for r in records],
+      progress=progress,
+  )
   if jax.process_index() != 0:  # one writer on many hosts
     return len(records)
-  return write_jsonl(output_file, ({**r, "prediction": p} for r, p in zip(records, predictions)))
+  return write_jsonl(
+      output_file,
+      ({**r, "prediction": p} for r, p in zip(records, predictions)),
+  )
 
 
 # ----------------------------------------------------------------------------- mixtures
 def close_matches_message(kind: str, name: str, known: Iterable[str]) -> str:
   known = sorted(known)
   close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
-  hint = f"; did you mean {', '.join(close)}?" if close else (
-      f"; known {kind}s include {', '.join(known[:5])}" if known else f"; no {kind} is registered")
+  hint = (
+      f"; did you mean {', '.join(close)}?"
+      if close
+      else (
+          f"; known {kind}s include {', '.join(known[:5])}"
+          if known
+          else f"; no {kind} is registered"
+      )
+  )
   return f"unknown {kind} {name!r}{hint}"
 
 
 def resolve_mixture_or_task(name: str):
   """`seqio.get_mixture_or_task(name)`, or an error listing close names."""
   import seqio
+
   known = set(seqio.MixtureRegistry.names()) | set(seqio.TaskRegistry.names())
   if name not in known:
-    raise ValueError(close_matches_message("mixture or task", name, known) +
-                     " (NI mixtures are named <prefix>_<track>_<split>_<encoding>, e.g. ni_default_test_def_pos2;"
-                     " pass --ni_dir to register another checkout)")
+    raise ValueError(
+        close_matches_message("mixture or task", name, known)
+        + " (NI mixtures are named <prefix>_<track>_<split>_<encoding>, e.g. ni_default_test_def_pos2;"
+        " pass --ni_dir to register another checkout)"
+    )
   return seqio.get_mixture_or_task(name)
 
 
 def ni_subtasks(name: str) -> List[Any]:
   """The NI SeqIO tasks of a mixture (or the task itself), each with its `tkx.data.tasks` spec."""
   from tkx.data import tasks as tasks_lib
+
   mixture_or_task = resolve_mixture_or_task(name)
   subtasks = list(getattr(mixture_or_task, "tasks", [mixture_or_task]))
   for task in subtasks:
     try:
       tasks_lib.task_spec(task.name)
     except KeyError:
-      raise ValueError(f"{task.name!r} (in {name!r}) is not an NI task registered by "
-                       "tkx.data.tasks.register_ni; predictions files need the NI task fields") from None
+      raise ValueError(
+          f"{task.name!r} (in {name!r}) is not an NI task registered by "
+          "tkx.data.tasks.register_ni; predictions files need the NI task fields"
+      ) from None
   return subtasks
 
 
@@ -583,30 +790,52 @@ def _text(value) -> str:
   return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-def task_inputs(task, split: str, sequence_length: Mapping[str, int]) -> List[Tuple[str, List[int]]]:
+def task_inputs(
+    task, split: str, sequence_length: Mapping[str, int]
+) -> List[Tuple[str, List[int]]]:
   """(instance id, input ids ending in EOS) of one NI SeqIO task, in dataset order."""
-  ds = task.get_dataset(sequence_length=dict(sequence_length), split=split, shuffle=False, num_epochs=1,
-                        use_cached=False)
-  return [(_text(ex["id"]), [int(t) for t in ex["inputs"]]) for ex in ds.as_numpy_iterator()]
+  ds = task.get_dataset(
+      sequence_length=dict(sequence_length),
+      split=split,
+      shuffle=False,
+      num_epochs=1,
+      use_cached=False,
+  )
+  return [
+      (_text(ex["id"]), [int(t) for t in ex["inputs"]])
+      for ex in ds.as_numpy_iterator()
+  ]
 
 
-def records_for_task(seqio_task_name: str, ids: Sequence[str], predictions: Sequence[str]) -> List[dict]:
+def records_for_task(
+    seqio_task_name: str, ids: Sequence[str], predictions: Sequence[str]
+) -> List[dict]:
   """Tk-Instruct records for the predictions of one NI SeqIO task (instances looked up by id)."""
   from tkx.data import tasks as tasks_lib
+
   spec = tasks_lib.task_spec(seqio_task_name)
   task, instances = spec.load()
   by_id = {instance["id"]: instance for instance in instances}
   records = []
   for instance_id, prediction in zip(ids, predictions):
     if instance_id not in by_id:
-      raise ValueError(f"task {spec.ni_task!r} ({spec.ni_dir}): instance id {instance_id!r} from the SeqIO "
-                       "dataset is not among the selected instances of the task file")
+      raise ValueError(
+          f"task {spec.ni_task!r} ({spec.ni_dir}): instance id {instance_id!r} from the SeqIO "
+          "dataset is not among the selected instances of the task file"
+      )
     records.append(prediction_record(task, by_id[instance_id], prediction))
   return records
 
 
-def predict_mixture(predictor: Predictor, vocabulary, name: str, *, max_input_length: int = 1024,
-                    max_target_length: int = 128, progress: bool = True) -> List[dict]:
+def predict_mixture(
+    predictor: Predictor,
+    vocabulary,
+    name: str,
+    *,
+    max_input_length: int = 1024,
+    max_target_length: int = 128,
+    progress: bool = True,
+) -> List[dict]:
   """Decodes every instance of an NI mixture or task -> Tk-Instruct predictions records.
 
   All tasks are decoded together, so batches are full across task boundaries.
@@ -618,12 +847,16 @@ def predict_mixture(predictor: Predictor, vocabulary, name: str, *, max_input_le
     split = task.splits[0]
     per_task.append((task.name, task_inputs(task, split, lengths)))
   flat = [ids for _, examples in per_task for _, ids in examples]
-  log.info("%s: decoding %d examples of %d task(s)", name, len(flat), len(per_task))
+  log.info(
+      "%s: decoding %d examples of %d task(s)", name, len(flat), len(per_task)
+  )
   warn_full_budget(flat, max_input_length, name)
-  texts = decode_ids(vocabulary, predictor.predict_ids(flat, progress=progress, desc=name))
+  texts = decode_ids(
+      vocabulary, predictor.predict_ids(flat, progress=progress, desc=name)
+  )
   records, start = [], 0
   for task_name, examples in per_task:
-    preds = texts[start:start + len(examples)]
+    preds = texts[start : start + len(examples)]
     start += len(examples)
     records.extend(records_for_task(task_name, [i for i, _ in examples], preds))
   return records

@@ -1,26 +1,34 @@
 """Reading JSON-lines files with errors that name the file, the line and the field."""
+
 import json
 
 
 def line_error(path, line_no, field, message, error=ValueError):
-    """`error("<path>, line <n>, field '<field>': <message>")`, for the caller to raise."""
-    return error(f"{path}, line {line_no}, field {field!r}: {message}")
+  """`error("<path>, line <n>, field '<field>': <message>")`, for the caller to raise."""
+  return error(f"{path}, line {line_no}, field {field!r}: {message}")
 
 
 def iter_json_objects(path, error=ValueError):
-    """Yields `(line_no, record)` for each non-blank line of `path` (lines numbered from 1).
+  """Yields `(line_no, record)` for each non-blank line of `path` (lines numbered from 1).
 
-    Raises `error` (field '<json>') on a line that is not valid JSON or not a JSON object.
-    """
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise line_error(path, line_no, "<json>", f"malformed JSON: {e}", error) from e
-            if not isinstance(record, dict):
-                raise line_error(path, line_no, "<json>", f"expected a JSON object, got {type(record).__name__}",
-                                 error)
-            yield line_no, record
+  Raises `error` (field '<json>') on a line that is not valid JSON or not a JSON object.
+  """
+  with open(path, encoding="utf-8") as f:
+    for line_no, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise line_error(
+            path, line_no, "<json>", f"malformed JSON: {e}", error
+        ) from e
+      if not isinstance(record, dict):
+        raise line_error(
+            path,
+            line_no,
+            "<json>",
+            f"expected a JSON object, got {type(record).__name__}",
+            error,
+        )
+      yield line_no, record

@@ -31,6 +31,7 @@ of `shared` and must equal it when present.
 Feed-forward: HF `feed_forward_proj` "relu" is T5 1.0 (`wi`), "gated-gelu" is T5
 1.1 / LM-adapted / mT5 (`wi_0` with the tanh GELU HF calls gelu_new, `wi_1` linear).
 """
+
 import glob
 import json
 import logging
@@ -78,573 +79,794 @@ _ACTIVATIONS_TO_FF = {
 
 
 class CheckpointFormatError(ValueError):
-    """A checkpoint file is missing, malformed or does not match its config (message names file and field)."""
+  """A checkpoint file is missing, malformed or does not match its config (message names file and field)."""
 
 
 # ------------------------------------------------------------------------------
 # Configs
 # ------------------------------------------------------------------------------
 
-def hf_config_to_t5config(hf_config: Mapping[str, Any], *, source: str = CONFIG_FILE,
-                          dtype: str = "float32", param_dtype: str = "float32") -> T5Config:
-    """tkx `T5Config` from a Hugging Face T5 `config.json` dict."""
-    def get(name, default=None, required=True):
-        if name in hf_config and hf_config[name] is not None:
-            return hf_config[name]
-        if required and default is None:
-            raise CheckpointFormatError(f"{source}: field {name!r} is missing")
-        return default
 
-    model_type = hf_config.get("model_type", "t5")
-    if model_type not in ("t5", "mt5"):
-        raise CheckpointFormatError(f"{source}: field 'model_type' is {model_type!r}; only T5/mT5 are supported")
-    ff = get("feed_forward_proj", "relu")
-    if ff not in _FF_TO_ACTIVATIONS:
-        raise CheckpointFormatError(f"{source}: field 'feed_forward_proj' {ff!r} is not supported; "
-                                    f"choose from {sorted(_FF_TO_ACTIVATIONS)}")
-    num_layers = int(get("num_layers"))
-    return T5Config(
-        vocab_size=int(get("vocab_size")),
-        emb_dim=int(get("d_model")),
-        num_heads=int(get("num_heads")),
-        head_dim=int(get("d_kv")),
-        mlp_dim=int(get("d_ff")),
-        num_encoder_layers=num_layers,
-        num_decoder_layers=int(get("num_decoder_layers", num_layers)),
-        mlp_activations=_FF_TO_ACTIVATIONS[ff],
-        logits_via_embedding=hf_scales_decoder_output(hf_config),
-        dropout_rate=float(get("dropout_rate", 0.1)),
-        dtype=dtype,
-        param_dtype=param_dtype,
-        relative_attention_num_buckets=int(get("relative_attention_num_buckets", 32)),
-        relative_attention_max_distance=int(get("relative_attention_max_distance", 128)),
-        layer_norm_epsilon=float(get("layer_norm_epsilon", 1e-6)),
+def hf_config_to_t5config(
+    hf_config: Mapping[str, Any],
+    *,
+    source: str = CONFIG_FILE,
+    dtype: str = "float32",
+    param_dtype: str = "float32",
+) -> T5Config:
+  """tkx `T5Config` from a Hugging Face T5 `config.json` dict."""
+
+  def get(name, default=None, required=True):
+    if name in hf_config and hf_config[name] is not None:
+      return hf_config[name]
+    if required and default is None:
+      raise CheckpointFormatError(f"{source}: field {name!r} is missing")
+    return default
+
+  model_type = hf_config.get("model_type", "t5")
+  if model_type not in ("t5", "mt5"):
+    raise CheckpointFormatError(
+        f"{source}: field 'model_type' is {model_type!r}; only T5/mT5 are supported"
     )
+  ff = get("feed_forward_proj", "relu")
+  if ff not in _FF_TO_ACTIVATIONS:
+    raise CheckpointFormatError(
+        f"{source}: field 'feed_forward_proj' {ff!r} is not supported; "
+        f"choose from {sorted(_FF_TO_ACTIVATIONS)}"
+    )
+  num_layers = int(get("num_layers"))
+  return T5Config(
+      vocab_size=int(get("vocab_size")),
+      emb_dim=int(get("d_model")),
+      num_heads=int(get("num_heads")),
+      head_dim=int(get("d_kv")),
+      mlp_dim=int(get("d_ff")),
+      num_encoder_layers=num_layers,
+      num_decoder_layers=int(get("num_decoder_layers", num_layers)),
+      mlp_activations=_FF_TO_ACTIVATIONS[ff],
+      logits_via_embedding=hf_scales_decoder_output(hf_config),
+      dropout_rate=float(get("dropout_rate", 0.1)),
+      dtype=dtype,
+      param_dtype=param_dtype,
+      relative_attention_num_buckets=int(
+          get("relative_attention_num_buckets", 32)
+      ),
+      relative_attention_max_distance=int(
+          get("relative_attention_max_distance", 128)
+      ),
+      layer_norm_epsilon=float(get("layer_norm_epsilon", 1e-6)),
+  )
 
 
 def hf_scales_decoder_output(hf_config: Mapping[str, Any]) -> bool:
-    """Whether HF multiplies the decoder output by d_model**-0.5 before the LM head (T5 1.0's tied logits).
+  """Whether HF multiplies the decoder output by d_model**-0.5 before the LM head (T5 1.0's tied logits).
 
-    Released configs say it through `tie_word_embeddings` (false for T5 1.1 / mT5).
-    transformers >= 5 always ties `lm_head` to `shared` unless a checkpoint holds a
-    different `lm_head.weight`, and saves the scaling separately as
-    `scale_decoder_outputs` (with `tie_word_embeddings: true`), which then wins.
-    """
-    if hf_config.get("scale_decoder_outputs") is not None:
-        return bool(hf_config["scale_decoder_outputs"])
-    return hf_config.get("tie_word_embeddings", True) is not False
+  Released configs say it through `tie_word_embeddings` (false for T5 1.1 / mT5).
+  transformers >= 5 always ties `lm_head` to `shared` unless a checkpoint holds a
+  different `lm_head.weight`, and saves the scaling separately as
+  `scale_decoder_outputs` (with `tie_word_embeddings: true`), which then wins.
+  """
+  if hf_config.get("scale_decoder_outputs") is not None:
+    return bool(hf_config["scale_decoder_outputs"])
+  return hf_config.get("tie_word_embeddings", True) is not False
 
 
 def t5config_to_hf_config(config: T5Config) -> Dict[str, Any]:
-    """Hugging Face `config.json` contents for a tkx `T5Config`."""
-    acts = tuple(config.mlp_activations)
-    if acts not in _ACTIVATIONS_TO_FF:
-        raise ValueError(f"T5Config.mlp_activations {acts} has no Hugging Face feed_forward_proj equivalent")
-    ff = _ACTIVATIONS_TO_FF[acts]
-    return {
-        "architectures": ["T5ForConditionalGeneration"],
-        "model_type": "t5",
-        "is_encoder_decoder": True,
-        "vocab_size": int(config.vocab_size),
-        "d_model": int(config.emb_dim),
-        "d_kv": int(config.head_dim),
-        "d_ff": int(config.mlp_dim),
-        "num_layers": int(config.num_encoder_layers),
-        "num_decoder_layers": int(config.num_decoder_layers),
-        "num_heads": int(config.num_heads),
-        "relative_attention_num_buckets": int(config.relative_attention_num_buckets),
-        "relative_attention_max_distance": int(config.relative_attention_max_distance),
-        "dropout_rate": float(config.dropout_rate),
-        "layer_norm_epsilon": float(config.layer_norm_epsilon),
-        "initializer_factor": 1.0,
-        "feed_forward_proj": ff,
-        "dense_act_fn": ff.split("-")[-1] if ff != "gated-gelu" else "gelu_new",
-        "is_gated_act": ff.startswith("gated-"),
-        "tie_word_embeddings": bool(config.logits_via_embedding),
-        "use_cache": True,
-        "pad_token_id": 0,
-        "eos_token_id": 1,
-        "decoder_start_token_id": 0,
-        "torch_dtype": "float32",
-    }
+  """Hugging Face `config.json` contents for a tkx `T5Config`."""
+  acts = tuple(config.mlp_activations)
+  if acts not in _ACTIVATIONS_TO_FF:
+    raise ValueError(
+        f"T5Config.mlp_activations {acts} has no Hugging Face feed_forward_proj equivalent"
+    )
+  ff = _ACTIVATIONS_TO_FF[acts]
+  return {
+      "architectures": ["T5ForConditionalGeneration"],
+      "model_type": "t5",
+      "is_encoder_decoder": True,
+      "vocab_size": int(config.vocab_size),
+      "d_model": int(config.emb_dim),
+      "d_kv": int(config.head_dim),
+      "d_ff": int(config.mlp_dim),
+      "num_layers": int(config.num_encoder_layers),
+      "num_decoder_layers": int(config.num_decoder_layers),
+      "num_heads": int(config.num_heads),
+      "relative_attention_num_buckets": int(
+          config.relative_attention_num_buckets
+      ),
+      "relative_attention_max_distance": int(
+          config.relative_attention_max_distance
+      ),
+      "dropout_rate": float(config.dropout_rate),
+      "layer_norm_epsilon": float(config.layer_norm_epsilon),
+      "initializer_factor": 1.0,
+      "feed_forward_proj": ff,
+      "dense_act_fn": ff.split("-")[-1] if ff != "gated-gelu" else "gelu_new",
+      "is_gated_act": ff.startswith("gated-"),
+      "tie_word_embeddings": bool(config.logits_via_embedding),
+      "use_cache": True,
+      "pad_token_id": 0,
+      "eos_token_id": 1,
+      "decoder_start_token_id": 0,
+      "torch_dtype": "float32",
+  }
 
 
-def config_to_gin(config: T5Config, *, vocab_path: Optional[str] = None, extra_ids: Optional[int] = None,
-                  comment: str = "") -> str:
-    """A complete model gin file (as `gin_configs/models/*/*.gin`) for `config`, written as `model.gin`.
+def config_to_gin(
+    config: T5Config,
+    *,
+    vocab_path: Optional[str] = None,
+    extra_ids: Optional[int] = None,
+    comment: str = "",
+) -> str:
+  """A complete model gin file (as `gin_configs/models/*/*.gin`) for `config`, written as `model.gin`.
 
-    `vocab_path` (absolute, e.g. the checkpoint's `spm.model`) and `extra_ids` bind
-    `vocab.get_vocabulary`; without a path the embedded sample vocabulary is named.
-    Parse with `tkx.models.config.load_config_from_gin([path])`.
-    """
-    lines = [f"# {line}" for line in comment.splitlines()] if comment else []
-    lines += [
-        "# Model config written by tkx (tkx.checkpoints.hf.config_to_gin).",
-        "import tkx.models.models",
-        "import tkx.data.vocab",
-        "",
-        f"DROPOUT_RATE = {float(config.dropout_rate)!r}",
-        "Z_LOSS = 1e-4",
-        "LABEL_SMOOTHING = 0.0",
-        "LOSS_NORMALIZING_FACTOR = None",
-        "",
-        f"vocab.get_vocabulary.path = {_gin_literal(vocab_path) if vocab_path else 'None'}",
-    ]
-    if extra_ids is not None:
-        lines.append(f"vocab.get_vocabulary.extra_ids = {int(extra_ids)}")
-    lines += [
-        "VOCABULARY = @vocab.get_vocabulary()",
-        "",
-        "MODEL = @models.EncoderDecoderModel()",
-        "models.EncoderDecoderModel:",
-        "  module = @network.Transformer()",
-        "  input_vocabulary = %VOCABULARY",
-        "  output_vocabulary = %VOCABULARY",
-        "  z_loss = %Z_LOSS",
-        "  label_smoothing = %LABEL_SMOOTHING",
-        "  loss_normalizing_factor = %LOSS_NORMALIZING_FACTOR",
-        "",
-        "network.Transformer.config = @network.T5Config()",
-        "network.T5Config:",
-    ]
-    fields = [
-        ("vocab_size", int(config.vocab_size)),
-        ("dtype", str(config.dtype)),
-        ("param_dtype", str(config.param_dtype)),
-        ("emb_dim", int(config.emb_dim)),
-        ("num_heads", int(config.num_heads)),
-        ("head_dim", int(config.head_dim)),
-        ("mlp_dim", int(config.mlp_dim)),
-        ("num_encoder_layers", int(config.num_encoder_layers)),
-        ("num_decoder_layers", int(config.num_decoder_layers)),
-        ("mlp_activations", tuple(config.mlp_activations)),
-        ("logits_via_embedding", bool(config.logits_via_embedding)),
-        ("relative_attention_num_buckets", int(config.relative_attention_num_buckets)),
-        ("relative_attention_max_distance", int(config.relative_attention_max_distance)),
-        ("layer_norm_epsilon", float(config.layer_norm_epsilon)),
-    ]
-    lines += [f"  {name} = {_gin_literal(value)}" for name, value in fields]
-    lines.append("  dropout_rate = %DROPOUT_RATE")
-    return "\n".join(lines) + "\n"
+  `vocab_path` (absolute, e.g. the checkpoint's `spm.model`) and `extra_ids` bind
+  `vocab.get_vocabulary`; without a path the embedded sample vocabulary is named.
+  Parse with `tkx.models.config.load_config_from_gin([path])`.
+  """
+  lines = [f"# {line}" for line in comment.splitlines()] if comment else []
+  lines += [
+      "# Model config written by tkx (tkx.checkpoints.hf.config_to_gin).",
+      "import tkx.models.models",
+      "import tkx.data.vocab",
+      "",
+      f"DROPOUT_RATE = {float(config.dropout_rate)!r}",
+      "Z_LOSS = 1e-4",
+      "LABEL_SMOOTHING = 0.0",
+      "LOSS_NORMALIZING_FACTOR = None",
+      "",
+      f"vocab.get_vocabulary.path = {_gin_literal(vocab_path) if vocab_path else 'None'}",
+  ]
+  if extra_ids is not None:
+    lines.append(f"vocab.get_vocabulary.extra_ids = {int(extra_ids)}")
+  lines += [
+      "VOCABULARY = @vocab.get_vocabulary()",
+      "",
+      "MODEL = @models.EncoderDecoderModel()",
+      "models.EncoderDecoderModel:",
+      "  module = @network.Transformer()",
+      "  input_vocabulary = %VOCABULARY",
+      "  output_vocabulary = %VOCABULARY",
+      "  z_loss = %Z_LOSS",
+      "  label_smoothing = %LABEL_SMOOTHING",
+      "  loss_normalizing_factor = %LOSS_NORMALIZING_FACTOR",
+      "",
+      "network.Transformer.config = @network.T5Config()",
+      "network.T5Config:",
+  ]
+  fields = [
+      ("vocab_size", int(config.vocab_size)),
+      ("dtype", str(config.dtype)),
+      ("param_dtype", str(config.param_dtype)),
+      ("emb_dim", int(config.emb_dim)),
+      ("num_heads", int(config.num_heads)),
+      ("head_dim", int(config.head_dim)),
+      ("mlp_dim", int(config.mlp_dim)),
+      ("num_encoder_layers", int(config.num_encoder_layers)),
+      ("num_decoder_layers", int(config.num_decoder_layers)),
+      ("mlp_activations", tuple(config.mlp_activations)),
+      ("logits_via_embedding", bool(config.logits_via_embedding)),
+      (
+          "relative_attention_num_buckets",
+          int(config.relative_attention_num_buckets),
+      ),
+      (
+          "relative_attention_max_distance",
+          int(config.relative_attention_max_distance),
+      ),
+      ("layer_norm_epsilon", float(config.layer_norm_epsilon)),
+  ]
+  lines += [f"  {name} = {_gin_literal(value)}" for name, value in fields]
+  lines.append("  dropout_rate = %DROPOUT_RATE")
+  return "\n".join(lines) + "\n"
 
 
 def sentinel_ids_for(spm_model: str, vocab_size: int) -> int:
-    """T5's convention: 100 sentinel ids after the pieces when the embedding has room (T5, mT5); else 0."""
-    import sentencepiece
-    pieces = sentencepiece.SentencePieceProcessor(model_file=spm_model).get_piece_size()
-    return 100 if pieces + 100 <= vocab_size else 0
+  """T5's convention: 100 sentinel ids after the pieces when the embedding has room (T5, mT5); else 0."""
+  import sentencepiece
+
+  pieces = sentencepiece.SentencePieceProcessor(
+      model_file=spm_model
+  ).get_piece_size()
+  return 100 if pieces + 100 <= vocab_size else 0
 
 
 def _gin_literal(value):
-    if isinstance(value, bool):
-        return "True" if value else "False"
-    if isinstance(value, str):
-        return repr(value)
-    if isinstance(value, tuple):
-        return "(" + ", ".join(_gin_literal(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+  if isinstance(value, bool):
+    return "True" if value else "False"
+  if isinstance(value, str):
     return repr(value)
+  if isinstance(value, tuple):
+    return (
+        "("
+        + ", ".join(_gin_literal(v) for v in value)
+        + ("," if len(value) == 1 else "")
+        + ")"
+    )
+  return repr(value)
 
 
 # ------------------------------------------------------------------------------
 # Reading / writing HF weight files
 # ------------------------------------------------------------------------------
 
+
 def _torch_to_numpy(tensor):
-    import torch
-    if tensor.dtype in (torch.bfloat16, torch.float16):
-        tensor = tensor.float()
-    return tensor.detach().cpu().numpy()
+  import torch
+
+  if tensor.dtype in (torch.bfloat16, torch.float16):
+    tensor = tensor.float()
+  return tensor.detach().cpu().numpy()
 
 
 def _read_safetensors(path: str) -> Dict[str, np.ndarray]:
-    from safetensors import safe_open
-    out = {}
+  from safetensors import safe_open
+
+  out = {}
+  try:
+    with safe_open(path, framework="np") as f:
+      for name in f.keys():
+        out[name] = f.get_tensor(name)
+    return out
+  except (
+      TypeError,
+      ValueError,
+  ) as e:  # bfloat16 has no numpy dtype; read through torch
     try:
-        with safe_open(path, framework="np") as f:
-            for name in f.keys():
-                out[name] = f.get_tensor(name)
-        return out
-    except (TypeError, ValueError) as e:  # bfloat16 has no numpy dtype; read through torch
-        try:
-            import safetensors.torch
-        except ImportError:
-            raise CheckpointFormatError(f"{path}: cannot read with numpy ({e}); install torch for bfloat16 files")
-        return {k: _torch_to_numpy(v) for k, v in safetensors.torch.load_file(path).items()}
+      import safetensors.torch
+    except ImportError:
+      raise CheckpointFormatError(
+          f"{path}: cannot read with numpy ({e}); install torch for bfloat16 files"
+      )
+    return {
+        k: _torch_to_numpy(v)
+        for k, v in safetensors.torch.load_file(path).items()
+    }
 
 
 def _read_torch_bin(path: str) -> Dict[str, np.ndarray]:
-    try:
-        import torch
-    except ImportError as e:
-        raise CheckpointFormatError(f"{path}: reading pytorch_model.bin needs torch (pip install tkx[hf])") from e
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, Mapping):
-        raise CheckpointFormatError(f"{path}: expected a state dict, got {type(state).__name__}")
-    return {k: _torch_to_numpy(v) for k, v in state.items()}
+  try:
+    import torch
+  except ImportError as e:
+    raise CheckpointFormatError(
+        f"{path}: reading pytorch_model.bin needs torch (pip install tkx[hf])"
+    ) from e
+  state = torch.load(path, map_location="cpu", weights_only=True)
+  if not isinstance(state, Mapping):
+    raise CheckpointFormatError(
+        f"{path}: expected a state dict, got {type(state).__name__}"
+    )
+  return {k: _torch_to_numpy(v) for k, v in state.items()}
 
 
 def _read_weight_file(path: str) -> Dict[str, np.ndarray]:
-    return _read_safetensors(path) if path.endswith(".safetensors") else _read_torch_bin(path)
+  return (
+      _read_safetensors(path)
+      if path.endswith(".safetensors")
+      else _read_torch_bin(path)
+  )
 
 
 def read_hf_state_dict(model_dir: str) -> Dict[str, np.ndarray]:
-    """All weights of an HF checkpoint dir (single file or sharded with an index), as numpy."""
-    candidates = [
-        ("model.safetensors.index.json", None), (SAFETENSORS_FILE, None),
-        ("pytorch_model.bin.index.json", None), ("pytorch_model.bin", None),
-    ]
-    for name, _ in candidates:
-        path = os.path.join(model_dir, name)
-        if not os.path.exists(path):
-            continue
-        if name.endswith(".index.json"):
-            with open(path) as f:
-                try:
-                    index = json.load(f)
-                except json.JSONDecodeError as e:
-                    raise CheckpointFormatError(f"{path}: not valid JSON ({e})") from e
-            if "weight_map" not in index:
-                raise CheckpointFormatError(f"{path}: field 'weight_map' is missing")
-            shards = sorted(set(index["weight_map"].values()))
-            state = {}
-            for i, shard in enumerate(shards):
-                log.info("Reading shard %d/%d: %s", i + 1, len(shards), shard)
-                shard_path = os.path.join(model_dir, shard)
-                if not os.path.exists(shard_path):
-                    raise CheckpointFormatError(f"{path}: shard {shard!r} listed in 'weight_map' does not exist")
-                state.update(_read_weight_file(shard_path))
-            missing = sorted(set(index["weight_map"]) - set(state))
-            if missing:
-                raise CheckpointFormatError(
-                    f"{path}: tensors listed in 'weight_map' not found in shards: {missing[:5]}")
-            return state
-        log.info("Reading %s", path)
-        return _read_weight_file(path)
-    other = sorted(glob.glob(os.path.join(model_dir, "*.safetensors")))
-    if other:
-        state = {}
-        for path in other:
-            state.update(_read_weight_file(path))
-        return state
-    raise CheckpointFormatError(
-        f"{model_dir}: no weights found (expected model.safetensors, pytorch_model.bin or a *.index.json)")
+  """All weights of an HF checkpoint dir (single file or sharded with an index), as numpy."""
+  candidates = [
+      ("model.safetensors.index.json", None),
+      (SAFETENSORS_FILE, None),
+      ("pytorch_model.bin.index.json", None),
+      ("pytorch_model.bin", None),
+  ]
+  for name, _ in candidates:
+    path = os.path.join(model_dir, name)
+    if not os.path.exists(path):
+      continue
+    if name.endswith(".index.json"):
+      with open(path) as f:
+        try:
+          index = json.load(f)
+        except json.JSONDecodeError as e:
+          raise CheckpointFormatError(f"{path}: not valid JSON ({e})") from e
+      if "weight_map" not in index:
+        raise CheckpointFormatError(f"{path}: field 'weight_map' is missing")
+      shards = sorted(set(index["weight_map"].values()))
+      state = {}
+      for i, shard in enumerate(shards):
+        log.info("Reading shard %d/%d: %s", i + 1, len(shards), shard)
+        shard_path = os.path.join(model_dir, shard)
+        if not os.path.exists(shard_path):
+          raise CheckpointFormatError(
+              f"{path}: shard {shard!r} listed in 'weight_map' does not exist"
+          )
+        state.update(_read_weight_file(shard_path))
+      missing = sorted(set(index["weight_map"]) - set(state))
+      if missing:
+        raise CheckpointFormatError(
+            f"{path}: tensors listed in 'weight_map' not found in shards: {missing[:5]}"
+        )
+      return state
+    log.info("Reading %s", path)
+    return _read_weight_file(path)
+  other = sorted(glob.glob(os.path.join(model_dir, "*.safetensors")))
+  if other:
+    state = {}
+    for path in other:
+      state.update(_read_weight_file(path))
+    return state
+  raise CheckpointFormatError(
+      f"{model_dir}: no weights found (expected model.safetensors, pytorch_model.bin or a *.index.json)"
+  )
 
 
 # ------------------------------------------------------------------------------
 # Parameter trees
 # ------------------------------------------------------------------------------
 
+
 def _attention_names(stack: str):
-    """[(HF module, t5x submodule, HF layer norm, t5x layer norm)] of the attention blocks of a layer."""
-    if stack == "encoder":
-        return [("layer.0.SelfAttention", "attention", "layer.0.layer_norm", "pre_attention_layer_norm")]
-    return [("layer.0.SelfAttention", "self_attention", "layer.0.layer_norm", "pre_self_attention_layer_norm"),
-            ("layer.1.EncDecAttention", "encoder_decoder_attention", "layer.1.layer_norm",
-             "pre_cross_attention_layer_norm")]
+  """[(HF module, t5x submodule, HF layer norm, t5x layer norm)] of the attention blocks of a layer."""
+  if stack == "encoder":
+    return [
+        (
+            "layer.0.SelfAttention",
+            "attention",
+            "layer.0.layer_norm",
+            "pre_attention_layer_norm",
+        )
+    ]
+  return [
+      (
+          "layer.0.SelfAttention",
+          "self_attention",
+          "layer.0.layer_norm",
+          "pre_self_attention_layer_norm",
+      ),
+      (
+          "layer.1.EncDecAttention",
+          "encoder_decoder_attention",
+          "layer.1.layer_norm",
+          "pre_cross_attention_layer_norm",
+      ),
+  ]
 
 
 def _mlp_layer(stack: str) -> str:
-    return "layer.1" if stack == "encoder" else "layer.2"
+  return "layer.1" if stack == "encoder" else "layer.2"
 
 
 def _name_map(config: T5Config):
-    """[(hf_name, t5x_path tuple, transpose)] for every parameter of `config`."""
-    entries = [("shared.weight", ("token_embedder", "embedding"), False)]
-    gated = len(config.mlp_activations) > 1
-    wi_names = [f"wi_{j}" for j in range(len(config.mlp_activations))] if gated else ["wi"]
-    for stack, num_layers in (("encoder", config.num_encoder_layers), ("decoder", config.num_decoder_layers)):
-        entries.append((f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
-                        (stack, "relpos_bias", "rel_embedding"), True))
-        for i in range(num_layers):
-            hf = f"{stack}.block.{i}"
-            tk = (stack, f"layers_{i}")
-            for hf_att, tk_att, hf_ln, tk_ln in _attention_names(stack):
-                for hf_proj, tk_proj in (("q", "query"), ("k", "key"), ("v", "value"), ("o", "out")):
-                    entries.append((f"{hf}.{hf_att}.{hf_proj}.weight", tk + (tk_att, tk_proj, "kernel"), True))
-                entries.append((f"{hf}.{hf_ln}.weight", tk + (tk_ln, "scale"), False))
-            mlp = _mlp_layer(stack)
-            for wi in wi_names:
-                entries.append((f"{hf}.{mlp}.DenseReluDense.{wi}.weight", tk + ("mlp", wi, "kernel"), True))
-            entries.append((f"{hf}.{mlp}.DenseReluDense.wo.weight", tk + ("mlp", "wo", "kernel"), True))
-            entries.append((f"{hf}.{mlp}.layer_norm.weight", tk + ("pre_mlp_layer_norm", "scale"), False))
-        norm = "encoder_norm" if stack == "encoder" else "decoder_norm"
-        entries.append((f"{stack}.final_layer_norm.weight", (stack, norm, "scale"), False))
-    if not config.logits_via_embedding:
-        entries.append(("lm_head.weight", ("decoder", "logits_dense", "kernel"), True))
-    return entries
+  """[(hf_name, t5x_path tuple, transpose)] for every parameter of `config`."""
+  entries = [("shared.weight", ("token_embedder", "embedding"), False)]
+  gated = len(config.mlp_activations) > 1
+  wi_names = (
+      [f"wi_{j}" for j in range(len(config.mlp_activations))]
+      if gated
+      else ["wi"]
+  )
+  for stack, num_layers in (
+      ("encoder", config.num_encoder_layers),
+      ("decoder", config.num_decoder_layers),
+  ):
+    entries.append(
+        (
+            f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+            (stack, "relpos_bias", "rel_embedding"),
+            True,
+        )
+    )
+    for i in range(num_layers):
+      hf = f"{stack}.block.{i}"
+      tk = (stack, f"layers_{i}")
+      for hf_att, tk_att, hf_ln, tk_ln in _attention_names(stack):
+        for hf_proj, tk_proj in (
+            ("q", "query"),
+            ("k", "key"),
+            ("v", "value"),
+            ("o", "out"),
+        ):
+          entries.append(
+              (
+                  f"{hf}.{hf_att}.{hf_proj}.weight",
+                  tk + (tk_att, tk_proj, "kernel"),
+                  True,
+              )
+          )
+        entries.append((f"{hf}.{hf_ln}.weight", tk + (tk_ln, "scale"), False))
+      mlp = _mlp_layer(stack)
+      for wi in wi_names:
+        entries.append(
+            (
+                f"{hf}.{mlp}.DenseReluDense.{wi}.weight",
+                tk + ("mlp", wi, "kernel"),
+                True,
+            )
+        )
+      entries.append(
+          (
+              f"{hf}.{mlp}.DenseReluDense.wo.weight",
+              tk + ("mlp", "wo", "kernel"),
+              True,
+          )
+      )
+      entries.append(
+          (
+              f"{hf}.{mlp}.layer_norm.weight",
+              tk + ("pre_mlp_layer_norm", "scale"),
+              False,
+          )
+      )
+    norm = "encoder_norm" if stack == "encoder" else "decoder_norm"
+    entries.append(
+        (f"{stack}.final_layer_norm.weight", (stack, norm, "scale"), False)
+    )
+  if not config.logits_via_embedding:
+    entries.append(
+        ("lm_head.weight", ("decoder", "logits_dense", "kernel"), True)
+    )
+  return entries
 
 
 # HF state-dict entries that alias `shared.weight` (saved by older checkpoints).
-_EMBEDDING_ALIASES = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
+_EMBEDDING_ALIASES = (
+    "encoder.embed_tokens.weight",
+    "decoder.embed_tokens.weight",
+)
 
 
-def hf_to_params(state_dict: Mapping[str, np.ndarray], config: T5Config, *, source: str = "checkpoint",
-                 dtype=np.float32, consume: bool = False) -> Dict[str, Any]:
-    """Nested t5x-named params (numpy, `dtype`) from an HF T5 state dict.
+def hf_to_params(
+    state_dict: Mapping[str, np.ndarray],
+    config: T5Config,
+    *,
+    source: str = "checkpoint",
+    dtype=np.float32,
+    consume: bool = False,
+) -> Dict[str, Any]:
+  """Nested t5x-named params (numpy, `dtype`) from an HF T5 state dict.
 
-    `consume=True` deletes each tensor from `state_dict` once converted, so that an
-    11B checkpoint is not held twice in host memory.
-    """
-    entries = []
-    for hf_name, path, transpose in _name_map(config):
-        if hf_name == "lm_head.weight" and hf_name not in state_dict:
-            # Unscaled logits through the shared embedding (a transformers >= 5 "tied" T5 1.1).
-            hf_name = "shared.weight"
-        if hf_name not in state_dict:
-            raise CheckpointFormatError(f"{source}: tensor {hf_name!r} is missing "
-                                        f"(config: {_describe(config)})")
-        entries.append((hf_name, path, transpose))
-    used = {name for name, _, _ in entries}
-    shared = state_dict["shared.weight"]
-    for alias in _EMBEDDING_ALIASES + (("lm_head.weight",) if config.logits_via_embedding else ()):
-        if alias in state_dict:
-            used.add(alias)
-            if not np.array_equal(np.asarray(state_dict[alias]), np.asarray(shared)):
-                raise CheckpointFormatError(
-                    f"{source}: tensor {alias!r} differs from 'shared.weight' but config.json scales the decoder "
-                    f"output for tied logits (tie_word_embeddings / scale_decoder_outputs); t5x-style models "
-                    f"cannot combine scaled logits with a separate LM head")
-    unused = sorted(set(state_dict) - used)
-    if unused:
-        raise CheckpointFormatError(f"{source}: unexpected tensors not used by the config "
-                                    f"({_describe(config)}): {unused[:8]}{' ...' if len(unused) > 8 else ''}")
+  `consume=True` deletes each tensor from `state_dict` once converted, so that an
+  11B checkpoint is not held twice in host memory.
+  """
+  entries = []
+  for hf_name, path, transpose in _name_map(config):
+    if hf_name == "lm_head.weight" and hf_name not in state_dict:
+      # Unscaled logits through the shared embedding (a transformers >= 5 "tied" T5 1.1).
+      hf_name = "shared.weight"
+    if hf_name not in state_dict:
+      raise CheckpointFormatError(
+          f"{source}: tensor {hf_name!r} is missing "
+          f"(config: {_describe(config)})"
+      )
+    entries.append((hf_name, path, transpose))
+  used = {name for name, _, _ in entries}
+  shared = state_dict["shared.weight"]
+  for alias in _EMBEDDING_ALIASES + (
+      ("lm_head.weight",) if config.logits_via_embedding else ()
+  ):
+    if alias in state_dict:
+      used.add(alias)
+      if not np.array_equal(np.asarray(state_dict[alias]), np.asarray(shared)):
+        raise CheckpointFormatError(
+            f"{source}: tensor {alias!r} differs from 'shared.weight' but config.json scales the decoder "
+            f"output for tied logits (tie_word_embeddings / scale_decoder_outputs); t5x-style models "
+            f"cannot combine scaled logits with a separate LM head"
+        )
+  unused = sorted(set(state_dict) - used)
+  if unused:
+    raise CheckpointFormatError(
+        f"{source}: unexpected tensors not used by the config "
+        f"({_describe(config)}): {unused[:8]}{' ...' if len(unused) > 8 else ''}"
+    )
 
-    params: Dict[str, Any] = {}
-    remaining_uses = {}
-    for hf_name, _, _ in entries:
-        remaining_uses[hf_name] = remaining_uses.get(hf_name, 0) + 1
-    for hf_name, path, transpose in entries:
-        value = np.asarray(state_dict[hf_name])
-        expected_ndim = 1 if path[-1] == "scale" else 2
-        if value.ndim != expected_ndim:
-            raise CheckpointFormatError(f"{source}: tensor {hf_name!r} has shape {value.shape}, "
-                                        f"expected {expected_ndim}-D")
-        node = params
-        for key in path[:-1]:
-            node = node.setdefault(key, {})
-        node[path[-1]] = np.ascontiguousarray(value.T if transpose else value, dtype=dtype)
-        remaining_uses[hf_name] -= 1
-        if consume and not remaining_uses[hf_name]:
-            del state_dict[hf_name]
-    if consume:
-        for alias in _EMBEDDING_ALIASES + ("lm_head.weight",):
-            state_dict.pop(alias, None)
-    _check_shapes(params, config, source)
-    return params
+  params: Dict[str, Any] = {}
+  remaining_uses = {}
+  for hf_name, _, _ in entries:
+    remaining_uses[hf_name] = remaining_uses.get(hf_name, 0) + 1
+  for hf_name, path, transpose in entries:
+    value = np.asarray(state_dict[hf_name])
+    expected_ndim = 1 if path[-1] == "scale" else 2
+    if value.ndim != expected_ndim:
+      raise CheckpointFormatError(
+          f"{source}: tensor {hf_name!r} has shape {value.shape}, "
+          f"expected {expected_ndim}-D"
+      )
+    node = params
+    for key in path[:-1]:
+      node = node.setdefault(key, {})
+    node[path[-1]] = np.ascontiguousarray(
+        value.T if transpose else value, dtype=dtype
+    )
+    remaining_uses[hf_name] -= 1
+    if consume and not remaining_uses[hf_name]:
+      del state_dict[hf_name]
+  if consume:
+    for alias in _EMBEDDING_ALIASES + ("lm_head.weight",):
+      state_dict.pop(alias, None)
+  _check_shapes(params, config, source)
+  return params
 
 
 def _describe(config: T5Config) -> str:
-    return (f"{config.num_encoder_layers}+{config.num_decoder_layers} layers, mlp {config.mlp_activations}, "
-            f"{'tied' if config.logits_via_embedding else 'untied'} logits")
+  return (
+      f"{config.num_encoder_layers}+{config.num_decoder_layers} layers, mlp {config.mlp_activations}, "
+      f"{'tied' if config.logits_via_embedding else 'untied'} logits"
+  )
 
 
 def expected_shapes(config: T5Config) -> Dict[Tuple[str, ...], Tuple[int, ...]]:
-    """t5x path -> shape for every parameter of `config` (ARCHITECTURE.md's tree)."""
-    d, v, joined, mlp = config.emb_dim, config.vocab_size, config.num_heads * config.head_dim, config.mlp_dim
-    shapes = {}
-    for _, path, _ in _name_map(config):
-        leaf_parent = path[-2]
-        if path == ("token_embedder", "embedding"):
-            shape = (v, d)
-        elif path[-1] == "rel_embedding":
-            shape = (config.num_heads, config.relative_attention_num_buckets)
-        elif leaf_parent in ("query", "key", "value"):
-            shape = (d, joined)
-        elif leaf_parent == "out":
-            shape = (joined, d)
-        elif leaf_parent.startswith("wi"):
-            shape = (d, mlp)
-        elif leaf_parent == "wo":
-            shape = (mlp, d)
-        elif path[-1] == "scale":
-            shape = (d,)
-        elif leaf_parent == "logits_dense":
-            shape = (d, v)
-        else:  # pragma: no cover - the name map and this table are written together
-            raise AssertionError(path)
-        shapes[path] = shape
-    return shapes
+  """t5x path -> shape for every parameter of `config` (ARCHITECTURE.md's tree)."""
+  d, v, joined, mlp = (
+      config.emb_dim,
+      config.vocab_size,
+      config.num_heads * config.head_dim,
+      config.mlp_dim,
+  )
+  shapes = {}
+  for _, path, _ in _name_map(config):
+    leaf_parent = path[-2]
+    if path == ("token_embedder", "embedding"):
+      shape = (v, d)
+    elif path[-1] == "rel_embedding":
+      shape = (config.num_heads, config.relative_attention_num_buckets)
+    elif leaf_parent in ("query", "key", "value"):
+      shape = (d, joined)
+    elif leaf_parent == "out":
+      shape = (joined, d)
+    elif leaf_parent.startswith("wi"):
+      shape = (d, mlp)
+    elif leaf_parent == "wo":
+      shape = (mlp, d)
+    elif path[-1] == "scale":
+      shape = (d,)
+    elif leaf_parent == "logits_dense":
+      shape = (d, v)
+    else:  # pragma: no cover - the name map and this table are written together
+      raise AssertionError(path)
+    shapes[path] = shape
+  return shapes
 
 
-def check_params(params: Mapping[str, Any], config: T5Config, *, source: str = "params"):
-    """Raises CheckpointFormatError unless `params` has exactly the tree and shapes `config` implies."""
-    params = _unbox(params)
-    from flax import traverse_util
-    got = set(traverse_util.flatten_dict(dict(params)))
-    want = set(expected_shapes(config))
-    if got != want:
-        missing, extra = sorted(want - got), sorted(got - want)
-        raise CheckpointFormatError(
-            f"{source}: parameter tree does not match the model config ({_describe(config)}): "
-            f"missing {['/'.join(p) for p in missing[:5]]}, unexpected {['/'.join(p) for p in extra[:5]]}")
-    _check_shapes(params, config, source)
+def check_params(
+    params: Mapping[str, Any], config: T5Config, *, source: str = "params"
+):
+  """Raises CheckpointFormatError unless `params` has exactly the tree and shapes `config` implies."""
+  params = _unbox(params)
+  from flax import traverse_util
+
+  got = set(traverse_util.flatten_dict(dict(params)))
+  want = set(expected_shapes(config))
+  if got != want:
+    missing, extra = sorted(want - got), sorted(got - want)
+    raise CheckpointFormatError(
+        f"{source}: parameter tree does not match the model config ({_describe(config)}): "
+        f"missing {['/'.join(p) for p in missing[:5]]}, unexpected {['/'.join(p) for p in extra[:5]]}"
+    )
+  _check_shapes(params, config, source)
 
 
 def _check_shapes(params, config, source):
-    for path, shape in expected_shapes(config).items():
-        node = params
-        for key in path:
-            node = node[key]
-        if tuple(node.shape) != shape:
-            raise CheckpointFormatError(f"{source}: parameter {'/'.join(path)} has shape {tuple(node.shape)}, "
-                                        f"config.json implies {shape}")
+  for path, shape in expected_shapes(config).items():
+    node = params
+    for key in path:
+      node = node[key]
+    if tuple(node.shape) != shape:
+      raise CheckpointFormatError(
+          f"{source}: parameter {'/'.join(path)} has shape {tuple(node.shape)}, "
+          f"config.json implies {shape}"
+      )
 
 
-def params_to_hf(params: Mapping[str, Any], config: T5Config) -> Dict[str, np.ndarray]:
-    """HF T5 state dict (numpy, the params' dtype) from t5x-named params. Tied models get no lm_head."""
-    params = _unbox(params)
-    out = {}
-    for hf_name, path, transpose in _name_map(config):
-        node = params
-        for key in path:
-            if key not in node:
-                raise KeyError(f"params have no {'/'.join(path)} (needed for {hf_name})")
-            node = node[key]
-        value = np.asarray(node)
-        if path[-1] == "scale":
-            value = value.reshape(-1)
-        out[hf_name] = np.ascontiguousarray(value.T if transpose else value)
-    return out
+def params_to_hf(
+    params: Mapping[str, Any], config: T5Config
+) -> Dict[str, np.ndarray]:
+  """HF T5 state dict (numpy, the params' dtype) from t5x-named params. Tied models get no lm_head."""
+  params = _unbox(params)
+  out = {}
+  for hf_name, path, transpose in _name_map(config):
+    node = params
+    for key in path:
+      if key not in node:
+        raise KeyError(
+            f"params have no {'/'.join(path)} (needed for {hf_name})"
+        )
+      node = node[key]
+    value = np.asarray(node)
+    if path[-1] == "scale":
+      value = value.reshape(-1)
+    out[hf_name] = np.ascontiguousarray(value.T if transpose else value)
+  return out
 
 
 def _unbox(tree):
-    """Plain nested dicts of arrays (drops flax partitioning boxes, FrozenDicts and a 'params' level)."""
-    try:
-        import flax
-        tree = flax.core.meta.unbox(tree)
-        if isinstance(tree, flax.core.FrozenDict):
-            tree = flax.core.unfreeze(tree)
-    except ImportError:  # pragma: no cover
-        pass
-    if isinstance(tree, Mapping) and set(tree) == {"params"}:
-        tree = tree["params"]
-    return tree
+  """Plain nested dicts of arrays (drops flax partitioning boxes, FrozenDicts and a 'params' level)."""
+  try:
+    import flax
+
+    tree = flax.core.meta.unbox(tree)
+    if isinstance(tree, flax.core.FrozenDict):
+      tree = flax.core.unfreeze(tree)
+  except ImportError:  # pragma: no cover
+    pass
+  if isinstance(tree, Mapping) and set(tree) == {"params"}:
+    tree = tree["params"]
+  return tree
 
 
 # ------------------------------------------------------------------------------
 # Import / export
 # ------------------------------------------------------------------------------
 
+
 def resolve_hf_path(path_or_hub_name: str) -> str:
-    """A local HF checkpoint dir: the path itself, or a Hub snapshot download (needs network)."""
-    if os.path.isdir(path_or_hub_name):
-        return path_or_hub_name
-    if os.path.exists(path_or_hub_name) or path_or_hub_name.startswith((".", "/")) or path_or_hub_name.count("/") > 1:
-        raise FileNotFoundError(f"{path_or_hub_name}: not a Hugging Face checkpoint directory")
+  """A local HF checkpoint dir: the path itself, or a Hub snapshot download (needs network)."""
+  if os.path.isdir(path_or_hub_name):
+    return path_or_hub_name
+  if (
+      os.path.exists(path_or_hub_name)
+      or path_or_hub_name.startswith((".", "/"))
+      or path_or_hub_name.count("/") > 1
+  ):
+    raise FileNotFoundError(
+        f"{path_or_hub_name}: not a Hugging Face checkpoint directory"
+    )
+  try:
+    from huggingface_hub import snapshot_download
+  except ImportError as e:
+    raise FileNotFoundError(
+        f"{path_or_hub_name} is not a directory, and huggingface_hub is not installed "
+        "to download it from the Hub"
+    ) from e
+  log.info("Downloading %s from the Hugging Face Hub", path_or_hub_name)
+  try:
+    return snapshot_download(
+        path_or_hub_name,
+        allow_patterns=[
+            "config.json",
+            "*.safetensors",
+            "*.index.json",
+            "pytorch_model*.bin",
+            "spiece.model",
+        ],
+    )
+  except Exception as e:  # offline, unknown repo, auth: all end here
+    raise FileNotFoundError(
+        f"{path_or_hub_name}: not a local directory and the Hugging Face Hub download failed "
+        f"({type(e).__name__}: {e}). Offline? Download the checkpoint elsewhere and pass its directory."
+    ) from e
+
+
+def import_hf(
+    path_or_hub_name: str, *, dtype=np.float32
+) -> Tuple[T5Config, Dict[str, Any], Optional[str]]:
+  """(T5Config, params, spm_model_path or None) of an HF T5 checkpoint dir or Hub name."""
+  model_dir = resolve_hf_path(path_or_hub_name)
+  config_path = os.path.join(model_dir, CONFIG_FILE)
+  if not os.path.exists(config_path):
+    raise CheckpointFormatError(f"{model_dir}: {CONFIG_FILE} is missing")
+  with open(config_path) as f:
     try:
-        from huggingface_hub import snapshot_download
-    except ImportError as e:
-        raise FileNotFoundError(f"{path_or_hub_name} is not a directory, and huggingface_hub is not installed "
-                                "to download it from the Hub") from e
-    log.info("Downloading %s from the Hugging Face Hub", path_or_hub_name)
-    try:
-        return snapshot_download(path_or_hub_name, allow_patterns=[
-            "config.json", "*.safetensors", "*.index.json", "pytorch_model*.bin", "spiece.model"])
-    except Exception as e:  # offline, unknown repo, auth: all end here
-        raise FileNotFoundError(
-            f"{path_or_hub_name}: not a local directory and the Hugging Face Hub download failed "
-            f"({type(e).__name__}: {e}). Offline? Download the checkpoint elsewhere and pass its directory.") from e
+      hf_config = json.load(f)
+    except json.JSONDecodeError as e:
+      raise CheckpointFormatError(f"{config_path}: not valid JSON ({e})") from e
+  config = hf_config_to_t5config(
+      hf_config, source=config_path, param_dtype=np.dtype(dtype).name
+  )
+  state = read_hf_state_dict(model_dir)
+  params = hf_to_params(
+      state, config, source=model_dir, dtype=dtype, consume=True
+  )
+  spm = os.path.join(model_dir, SPM_FILE)
+  return config, params, (spm if os.path.exists(spm) else None)
 
 
-def import_hf(path_or_hub_name: str, *, dtype=np.float32) -> Tuple[T5Config, Dict[str, Any], Optional[str]]:
-    """(T5Config, params, spm_model_path or None) of an HF T5 checkpoint dir or Hub name."""
-    model_dir = resolve_hf_path(path_or_hub_name)
-    config_path = os.path.join(model_dir, CONFIG_FILE)
-    if not os.path.exists(config_path):
-        raise CheckpointFormatError(f"{model_dir}: {CONFIG_FILE} is missing")
-    with open(config_path) as f:
-        try:
-            hf_config = json.load(f)
-        except json.JSONDecodeError as e:
-            raise CheckpointFormatError(f"{config_path}: not valid JSON ({e})") from e
-    config = hf_config_to_t5config(hf_config, source=config_path, param_dtype=np.dtype(dtype).name)
-    state = read_hf_state_dict(model_dir)
-    params = hf_to_params(state, config, source=model_dir, dtype=dtype, consume=True)
-    spm = os.path.join(model_dir, SPM_FILE)
-    return config, params, (spm if os.path.exists(spm) else None)
+def export_hf(
+    config: T5Config,
+    params: Mapping[str, Any],
+    out_dir: str,
+    *,
+    spm_model: Optional[str] = None,
+) -> str:
+  """Writes `config.json`, `model.safetensors` (and `spiece.model`) loadable by `T5ForConditionalGeneration`."""
+  from safetensors.numpy import save_file
 
-
-def export_hf(config: T5Config, params: Mapping[str, Any], out_dir: str, *, spm_model: Optional[str] = None) -> str:
-    """Writes `config.json`, `model.safetensors` (and `spiece.model`) loadable by `T5ForConditionalGeneration`."""
-    from safetensors.numpy import save_file
-    os.makedirs(out_dir, exist_ok=True)
-    state = params_to_hf(params, config)
-    save_file(state, os.path.join(out_dir, SAFETENSORS_FILE), metadata={"format": "pt"})
-    with open(os.path.join(out_dir, CONFIG_FILE), "w") as f:
-        json.dump(t5config_to_hf_config(config), f, indent=2, sort_keys=True)
-    if spm_model:
-        shutil.copyfile(spm_model, os.path.join(out_dir, SPM_FILE))
-    return out_dir
+  os.makedirs(out_dir, exist_ok=True)
+  state = params_to_hf(params, config)
+  save_file(
+      state, os.path.join(out_dir, SAFETENSORS_FILE), metadata={"format": "pt"}
+  )
+  with open(os.path.join(out_dir, CONFIG_FILE), "w") as f:
+    json.dump(t5config_to_hf_config(config), f, indent=2, sort_keys=True)
+  if spm_model:
+    shutil.copyfile(spm_model, os.path.join(out_dir, SPM_FILE))
+  return out_dir
 
 
 # ------------------------------------------------------------------------------
 # tkx checkpoints
 # ------------------------------------------------------------------------------
 
-def write_tkx_checkpoint(config: T5Config, params: Mapping[str, Any], out_dir: str, *,
-                         spm_model: Optional[str] = None, step: int = 0, comment: str = "",
-                         vocab_path: Optional[str] = None, extra_ids: Optional[int] = None) -> str:
-    """A tkx checkpoint dir: `checkpoint_<step>/` (orbax params), `model.gin`, `spm.model`.
 
-    `spm_model` is copied to `spm.model` and named in model.gin; without it,
-    model.gin names `vocab_path` / `extra_ids` (None: the embedded sample vocabulary).
-    """
-    from tkx.checkpoints import orbax_io
-    out_dir = os.path.abspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
-    step_dir = orbax_io.save_params(out_dir, dict(params), step=step)
-    if spm_model:
-        vocab_path = os.path.join(out_dir, TKX_SPM_FILE)
-        if os.path.abspath(spm_model) != vocab_path:
-            shutil.copyfile(spm_model, vocab_path)
-        extra_ids = sentinel_ids_for(vocab_path, config.vocab_size)
-    with open(os.path.join(out_dir, TKX_GIN_FILE), "w") as f:
-        f.write(config_to_gin(config, vocab_path=vocab_path, extra_ids=extra_ids, comment=comment))
-    log.info("Wrote %s", step_dir)
-    return out_dir
+def write_tkx_checkpoint(
+    config: T5Config,
+    params: Mapping[str, Any],
+    out_dir: str,
+    *,
+    spm_model: Optional[str] = None,
+    step: int = 0,
+    comment: str = "",
+    vocab_path: Optional[str] = None,
+    extra_ids: Optional[int] = None,
+) -> str:
+  """A tkx checkpoint dir: `checkpoint_<step>/` (orbax params), `model.gin`, `spm.model`.
+
+  `spm_model` is copied to `spm.model` and named in model.gin; without it,
+  model.gin names `vocab_path` / `extra_ids` (None: the embedded sample vocabulary).
+  """
+  from tkx.checkpoints import orbax_io
+
+  out_dir = os.path.abspath(out_dir)
+  os.makedirs(out_dir, exist_ok=True)
+  step_dir = orbax_io.save_params(out_dir, dict(params), step=step)
+  if spm_model:
+    vocab_path = os.path.join(out_dir, TKX_SPM_FILE)
+    if os.path.abspath(spm_model) != vocab_path:
+      shutil.copyfile(spm_model, vocab_path)
+    extra_ids = sentinel_ids_for(vocab_path, config.vocab_size)
+  with open(os.path.join(out_dir, TKX_GIN_FILE), "w") as f:
+    f.write(
+        config_to_gin(
+            config, vocab_path=vocab_path, extra_ids=extra_ids, comment=comment
+        )
+    )
+  log.info("Wrote %s", step_dir)
+  return out_dir
 
 
 def load_params(ckpt_dir: str, abstract_params: Any = None):
-    """Params of a tkx checkpoint (delegates to `orbax_io.load_params`)."""
-    from tkx.checkpoints import orbax_io
-    return orbax_io.load_params(ckpt_dir, abstract_params)
+  """Params of a tkx checkpoint (delegates to `orbax_io.load_params`)."""
+  from tkx.checkpoints import orbax_io
+
+  return orbax_io.load_params(ckpt_dir, abstract_params)
 
 
-def read_tkx_checkpoint(ckpt_dir: str, *, load: bool = True
-                        ) -> Tuple[T5Config, Optional[Dict[str, Any]], Optional[str]]:
-    """(config from model.gin, numpy params (None unless `load`), spm.model path or None) of a tkx checkpoint dir."""
-    from tkx.models.config import load_config_from_gin
-    gin_path = os.path.join(ckpt_dir, TKX_GIN_FILE)
-    if not os.path.exists(gin_path):
-        raise CheckpointFormatError(f"{ckpt_dir}: {TKX_GIN_FILE} is missing (is it a tkx checkpoint?)")
-    config = load_config_from_gin([gin_path])
-    params = load_params(ckpt_dir) if load else None
-    spm = os.path.join(ckpt_dir, TKX_SPM_FILE)
-    return config, params, (spm if os.path.exists(spm) else None)
+def read_tkx_checkpoint(
+    ckpt_dir: str, *, load: bool = True
+) -> Tuple[T5Config, Optional[Dict[str, Any]], Optional[str]]:
+  """(config from model.gin, numpy params (None unless `load`), spm.model path or None) of a tkx checkpoint dir."""
+  from tkx.models.config import load_config_from_gin
+
+  gin_path = os.path.join(ckpt_dir, TKX_GIN_FILE)
+  if not os.path.exists(gin_path):
+    raise CheckpointFormatError(
+        f"{ckpt_dir}: {TKX_GIN_FILE} is missing (is it a tkx checkpoint?)"
+    )
+  config = load_config_from_gin([gin_path])
+  params = load_params(ckpt_dir) if load else None
+  spm = os.path.join(ckpt_dir, TKX_SPM_FILE)
+  return config, params, (spm if os.path.exists(spm) else None)
 
 
 # ------------------------------------------------------------------------------
 # Tokenizer
 # ------------------------------------------------------------------------------
 
-def hf_tokenizer(spm_model: str, extra_ids: int = 0):
-    """HF `T5Tokenizer` that tokenizes as seqio's `SentencePieceVocabulary(spm_model, extra_ids)`.
 
-    In transformers 5 `T5Tokenizer` is backed by `tokenizers` (there is no slow,
-    sentencepiece-calling class any more; `legacy` no longer changes anything for
-    T5). Built from the `.model` file it carries sentencepiece's normalizer (the
-    precompiled nmt_nfkc charsmap) and pre-tokenizes with WhitespaceSplit +
-    Metaspace(prepend_scheme="always"), which is sentencepiece's
-    remove_extra_whitespaces + add_dummy_prefix: token ids then equal
-    sentencepiece's on ordinary text (tested on the NI sample, 6,000 texts in
-    English and Finnish). Two differences remain: HF appends EOS (id 1) unless
-    `add_special_tokens=False`, and HF reads the literal strings `</s>`, `<pad>`,
-    `<unk>` (and `<extra_id_N>`) in the text as their special ids while
-    sentencepiece spells them out as pieces (`split_special_tokens=True` does not
-    change this for T5 in transformers 5.x).
-    """
-    import tempfile
-    from transformers import T5Tokenizer
-    with tempfile.TemporaryDirectory() as tmp:
-        os.symlink(os.path.abspath(spm_model), os.path.join(tmp, SPM_FILE))
-        return T5Tokenizer.from_pretrained(tmp, extra_ids=extra_ids)
+def hf_tokenizer(spm_model: str, extra_ids: int = 0):
+  """HF `T5Tokenizer` that tokenizes as seqio's `SentencePieceVocabulary(spm_model, extra_ids)`.
+
+  In transformers 5 `T5Tokenizer` is backed by `tokenizers` (there is no slow,
+  sentencepiece-calling class any more; `legacy` no longer changes anything for
+  T5). Built from the `.model` file it carries sentencepiece's normalizer (the
+  precompiled nmt_nfkc charsmap) and pre-tokenizes with WhitespaceSplit +
+  Metaspace(prepend_scheme="always"), which is sentencepiece's
+  remove_extra_whitespaces + add_dummy_prefix: token ids then equal
+  sentencepiece's on ordinary text (tested on the NI sample, 6,000 texts in
+  English and Finnish). Two differences remain: HF appends EOS (id 1) unless
+  `add_special_tokens=False`, and HF reads the literal strings `</s>`, `<pad>`,
+  `<unk>` (and `<extra_id_N>`) in the text as their special ids while
+  sentencepiece spells them out as pieces (`split_special_tokens=True` does not
+  change this for T5 in transformers 5.x).
+  """
+  import tempfile
+  from transformers import T5Tokenizer
+
+  with tempfile.TemporaryDirectory() as tmp:
+    os.symlink(os.path.abspath(spm_model), os.path.join(tmp, SPM_FILE))
+    return T5Tokenizer.from_pretrained(tmp, extra_ids=extra_ids)

@@ -34,6 +34,7 @@ mapped to files beside the msgpack, as t5x does when reading a copied
 checkpoint), scanned-layer t5x models (stacked `layers` params), and the
 `params_axes` / partitioning metadata, which is ignored.
 """
+
 import logging
 import os
 import re
@@ -48,12 +49,18 @@ CHECKPOINT_FILE = "checkpoint"
 T5X_VERSION = 3
 _STEP_DIR = re.compile(r"^checkpoint_(\d+)$")
 # Where the params sit in the restored state dict, by t5x version / train state kind.
-_PARAM_PATHS = (("optimizer", "target"), ("target",), ("optimizer", "params"), ("state", "params"),
-                ("optimizer", "state", "params"), ("params",))
+_PARAM_PATHS = (
+    ("optimizer", "target"),
+    ("target",),
+    ("optimizer", "params"),
+    ("state", "params"),
+    ("optimizer", "state", "params"),
+    ("params",),
+)
 
 
 class T5xCheckpointError(ValueError):
-    """The path is not a readable t5x checkpoint (message names the file and the field)."""
+  """The path is not a readable t5x checkpoint (message names the file and the field)."""
 
 
 _ORBAX_MARKERS = ("_METADATA", "_CHECKPOINT_METADATA", "manifest.ocdbt")
@@ -61,185 +68,250 @@ _PLACEHOLDER = "PLACEHOLDER://"
 
 
 def _is_orbax_dir(path: str) -> bool:
-    return os.path.isdir(path) and any(os.path.exists(os.path.join(path, m)) for m in _ORBAX_MARKERS)
+  return os.path.isdir(path) and any(
+      os.path.exists(os.path.join(path, m)) for m in _ORBAX_MARKERS
+  )
 
 
 def find_orbax_state_dir(path: str) -> Optional[str]:
-    """The orbax PyTree dir of a t5x (orbax-era) checkpoint under `path`, or None."""
-    path = os.fspath(path)
-    candidates = [path, os.path.join(path, "state")]
-    if os.path.isdir(path):
-        steps = sorted((int(m.group(1)), name) for name in os.listdir(path) if (m := _STEP_DIR.match(name)))
-        if steps:
-            newest = os.path.join(path, steps[-1][1])
-            candidates += [os.path.join(newest, "state"), newest]
-    for candidate in candidates:
-        if _is_orbax_dir(candidate) and not os.path.isfile(os.path.join(candidate, CHECKPOINT_FILE)):
-            return candidate
-    return None
+  """The orbax PyTree dir of a t5x (orbax-era) checkpoint under `path`, or None."""
+  path = os.fspath(path)
+  candidates = [path, os.path.join(path, "state")]
+  if os.path.isdir(path):
+    steps = sorted(
+        (int(m.group(1)), name)
+        for name in os.listdir(path)
+        if (m := _STEP_DIR.match(name))
+    )
+    if steps:
+      newest = os.path.join(path, steps[-1][1])
+      candidates += [os.path.join(newest, "state"), newest]
+  for candidate in candidates:
+    if _is_orbax_dir(candidate) and not os.path.isfile(
+        os.path.join(candidate, CHECKPOINT_FILE)
+    ):
+      return candidate
+  return None
 
 
 def _restore_orbax(state_dir: str) -> Dict[str, Any]:
-    import jax
-    import orbax.checkpoint as ocp
-    checkpointer = ocp.PyTreeCheckpointer()
-    meta = checkpointer.metadata(state_dir)
-    meta = getattr(meta, "item_metadata", meta)
-    tree = getattr(meta, "tree", meta)
-    restore_args = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-    return checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+  import jax
+  import orbax.checkpoint as ocp
+
+  checkpointer = ocp.PyTreeCheckpointer()
+  meta = checkpointer.metadata(state_dir)
+  meta = getattr(meta, "item_metadata", meta)
+  tree = getattr(meta, "tree", meta)
+  restore_args = jax.tree_util.tree_map(
+      lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree
+  )
+  return checkpointer.restore(
+      state_dir, args=ocp.args.PyTreeRestore(restore_args=restore_args)
+  )
 
 
 def find_checkpoint_file(path: str) -> str:
-    """The msgpack `checkpoint` file of `path`: that file, a `checkpoint_<step>` dir, or a dir of them (newest)."""
-    path = os.fspath(path)
-    if os.path.isfile(path):
-        return path
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"t5x checkpoint {path} does not exist")
-    direct = os.path.join(path, CHECKPOINT_FILE)
-    if os.path.isfile(direct):
-        return direct
-    steps = sorted((int(m.group(1)), name) for name in os.listdir(path)
-                   if (m := _STEP_DIR.match(name)) and os.path.isfile(os.path.join(path, name, CHECKPOINT_FILE)))
-    if not steps:
-        raise FileNotFoundError(f"{path}: no t5x checkpoint (neither a '{CHECKPOINT_FILE}' msgpack file nor "
-                                "checkpoint_<step>/checkpoint in it)")
-    return os.path.join(path, steps[-1][1], CHECKPOINT_FILE)
+  """The msgpack `checkpoint` file of `path`: that file, a `checkpoint_<step>` dir, or a dir of them (newest)."""
+  path = os.fspath(path)
+  if os.path.isfile(path):
+    return path
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"t5x checkpoint {path} does not exist")
+  direct = os.path.join(path, CHECKPOINT_FILE)
+  if os.path.isfile(direct):
+    return direct
+  steps = sorted(
+      (int(m.group(1)), name)
+      for name in os.listdir(path)
+      if (m := _STEP_DIR.match(name))
+      and os.path.isfile(os.path.join(path, name, CHECKPOINT_FILE))
+  )
+  if not steps:
+    raise FileNotFoundError(
+        f"{path}: no t5x checkpoint (neither a '{CHECKPOINT_FILE}' msgpack file nor "
+        "checkpoint_<step>/checkpoint in it)"
+    )
+  return os.path.join(path, steps[-1][1], CHECKPOINT_FILE)
 
 
 def _is_ts_spec(value) -> bool:
-    return (isinstance(value, Mapping) and "driver" in value and "kvstore" in value) or (
-        isinstance(value, str) and value.startswith(_PLACEHOLDER))
+  return (
+      isinstance(value, Mapping) and "driver" in value and "kvstore" in value
+  ) or (isinstance(value, str) and value.startswith(_PLACEHOLDER))
 
 
 def _localize_spec(spec, ckpt_dir: str) -> Dict[str, Any]:
-    """Spec with its (relative) path made absolute under `ckpt_dir`, on the local file system."""
-    if isinstance(spec, str):  # orbax's aggregate-file placeholder: a zarr dir beside the msgpack file
-        return {"driver": "zarr", "kvstore": {"driver": "file",
-                                              "path": os.path.join(ckpt_dir, spec[len(_PLACEHOLDER):])}}
-    spec = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in spec.items()}
-    kvstore = spec["kvstore"]
-    if kvstore.get("driver") in ("gcs", "gfile", "file"):
-        relative = kvstore.get("path")
-        if relative is None and "path" in spec:  # tensorstore < 0.1.14: path at the top level
-            relative = spec.pop("path")
-        if relative is None:
-            raise T5xCheckpointError(f"{ckpt_dir}/{CHECKPOINT_FILE}: TensorStore spec has no 'path': {spec}")
-        if os.path.isabs(relative) and os.path.exists(relative):
-            candidate = relative
-        else:
-            candidate = os.path.join(ckpt_dir, relative.lstrip("/"))
-            if not os.path.exists(candidate):  # a copied gs:// checkpoint keeps its arrays beside the msgpack
-                candidate = os.path.join(ckpt_dir, os.path.basename(relative.rstrip("/")))
-        spec["kvstore"] = {"driver": "file", "path": candidate}
+  """Spec with its (relative) path made absolute under `ckpt_dir`, on the local file system."""
+  if isinstance(
+      spec, str
+  ):  # orbax's aggregate-file placeholder: a zarr dir beside the msgpack file
+    return {
+        "driver": "zarr",
+        "kvstore": {
+            "driver": "file",
+            "path": os.path.join(ckpt_dir, spec[len(_PLACEHOLDER) :]),
+        },
+    }
+  spec = {k: dict(v) if isinstance(v, Mapping) else v for k, v in spec.items()}
+  kvstore = spec["kvstore"]
+  if kvstore.get("driver") in ("gcs", "gfile", "file"):
+    relative = kvstore.get("path")
+    if (
+        relative is None and "path" in spec
+    ):  # tensorstore < 0.1.14: path at the top level
+      relative = spec.pop("path")
+    if relative is None:
+      raise T5xCheckpointError(
+          f"{ckpt_dir}/{CHECKPOINT_FILE}: TensorStore spec has no 'path': {spec}"
+      )
+    if os.path.isabs(relative) and os.path.exists(relative):
+      candidate = relative
     else:
-        raise T5xCheckpointError(f"{ckpt_dir}/{CHECKPOINT_FILE}: unsupported TensorStore kvstore driver "
-                                 f"{kvstore.get('driver')!r}")
-    return spec
+      candidate = os.path.join(ckpt_dir, relative.lstrip("/"))
+      if not os.path.exists(
+          candidate
+      ):  # a copied gs:// checkpoint keeps its arrays beside the msgpack
+        candidate = os.path.join(
+            ckpt_dir, os.path.basename(relative.rstrip("/"))
+        )
+    spec["kvstore"] = {"driver": "file", "path": candidate}
+  else:
+    raise T5xCheckpointError(
+        f"{ckpt_dir}/{CHECKPOINT_FILE}: unsupported TensorStore kvstore driver "
+        f"{kvstore.get('driver')!r}"
+    )
+  return spec
 
 
 def _read_ts(spec: Mapping[str, Any], ckpt_dir: str, name: str) -> np.ndarray:
-    import tensorstore as ts
-    local = _localize_spec(spec, ckpt_dir)
-    try:
-        store = ts.open(local, open=True, read=True).result()
-        return np.asarray(store.read().result())
-    except Exception as e:  # tensorstore raises ValueError / its own errors
-        raise T5xCheckpointError(f"{ckpt_dir}: cannot read array {name!r} from {local['kvstore']['path']}: {e}") from e
+  import tensorstore as ts
+
+  local = _localize_spec(spec, ckpt_dir)
+  try:
+    store = ts.open(local, open=True, read=True).result()
+    return np.asarray(store.read().result())
+  except Exception as e:  # tensorstore raises ValueError / its own errors
+    raise T5xCheckpointError(
+        f"{ckpt_dir}: cannot read array {name!r} from {local['kvstore']['path']}: {e}"
+    ) from e
 
 
 def read_state_dict(path: str) -> Dict[str, Any]:
-    """The whole t5x state dict (msgpack tree with every TensorStore array read in), as numpy."""
-    ckpt_file = find_checkpoint_file(path)
-    ckpt_dir = os.path.dirname(ckpt_file)
-    with open(ckpt_file, "rb") as f:
-        data = f.read()
-    try:
-        state = serialization.msgpack_restore(data)
-    except Exception as e:
-        raise T5xCheckpointError(f"{ckpt_file}: not a msgpack t5x checkpoint ({e})") from e
-    if not isinstance(state, Mapping):
-        raise T5xCheckpointError(f"{ckpt_file}: expected a dict at the top level, got {type(state).__name__}")
-    version = state.get("version")
-    if version is not None and int(version) > T5X_VERSION:
-        log.warning("%s: t5x checkpoint version %s is newer than the known %d", ckpt_file, version, T5X_VERSION)
+  """The whole t5x state dict (msgpack tree with every TensorStore array read in), as numpy."""
+  ckpt_file = find_checkpoint_file(path)
+  ckpt_dir = os.path.dirname(ckpt_file)
+  with open(ckpt_file, "rb") as f:
+    data = f.read()
+  try:
+    state = serialization.msgpack_restore(data)
+  except Exception as e:
+    raise T5xCheckpointError(
+        f"{ckpt_file}: not a msgpack t5x checkpoint ({e})"
+    ) from e
+  if not isinstance(state, Mapping):
+    raise T5xCheckpointError(
+        f"{ckpt_file}: expected a dict at the top level, got {type(state).__name__}"
+    )
+  version = state.get("version")
+  if version is not None and int(version) > T5X_VERSION:
+    log.warning(
+        "%s: t5x checkpoint version %s is newer than the known %d",
+        ckpt_file,
+        version,
+        T5X_VERSION,
+    )
 
-    def load(tree, prefix):
-        if _is_ts_spec(tree):
-            return _read_ts(tree, ckpt_dir, prefix)
-        if isinstance(tree, Mapping):
-            return {k: load(v, f"{prefix}/{k}" if prefix else k) for k, v in tree.items()}
-        return tree
+  def load(tree, prefix):
+    if _is_ts_spec(tree):
+      return _read_ts(tree, ckpt_dir, prefix)
+    if isinstance(tree, Mapping):
+      return {
+          k: load(v, f"{prefix}/{k}" if prefix else k) for k, v in tree.items()
+      }
+    return tree
 
-    return load(state, "")
+  return load(state, "")
 
 
 def _find_params(state: Mapping[str, Any], source: str) -> Mapping[str, Any]:
-    for keys in _PARAM_PATHS:
-        node = state
-        for key in keys:
-            node = node.get(key) if isinstance(node, Mapping) else None
-        if isinstance(node, Mapping) and node:
-            return node
-    raise T5xCheckpointError(f"{source}: no params found; looked for field "
-                             f"{' or '.join('/'.join(p) for p in _PARAM_PATHS)} (top-level keys: {sorted(state)})")
+  for keys in _PARAM_PATHS:
+    node = state
+    for key in keys:
+      node = node.get(key) if isinstance(node, Mapping) else None
+    if isinstance(node, Mapping) and node:
+      return node
+  raise T5xCheckpointError(
+      f"{source}: no params found; looked for field "
+      f"{' or '.join('/'.join(p) for p in _PARAM_PATHS)} (top-level keys: {sorted(state)})"
+  )
 
 
 def _flatten_to_arrays(tree, prefix=""):
-    """{"a/b/c": leaf} where a leaf is an inline array or a TensorStore spec dict."""
-    out = {}
-    for key, value in tree.items():
-        name = f"{prefix}/{key}" if prefix else str(key)
-        if isinstance(value, Mapping) and not _is_ts_spec(value):
-            out.update(_flatten_to_arrays(value, name))
-        else:
-            out[name] = value
-    return out
+  """{"a/b/c": leaf} where a leaf is an inline array or a TensorStore spec dict."""
+  out = {}
+  for key, value in tree.items():
+    name = f"{prefix}/{key}" if prefix else str(key)
+    if isinstance(value, Mapping) and not _is_ts_spec(value):
+      out.update(_flatten_to_arrays(value, name))
+    else:
+      out[name] = value
+  return out
 
 
 def load_params(path: str, dtype: Optional[Any] = None) -> Dict[str, Any]:
-    """The model params (t5x names, nested dicts of numpy) of a t5x checkpoint.
+  """The model params (t5x names, nested dicts of numpy) of a t5x checkpoint.
 
-    `path`: the `checkpoint` msgpack file, a `checkpoint_<step>` dir, or a dir of
-    those (newest step); orbax-era layouts (`checkpoint_<step>/state/`) too. Only the params subtree's arrays are read (not the
-    optimizer's). `dtype` casts every array (default: as stored).
-    """
-    orbax_dir = None
+  `path`: the `checkpoint` msgpack file, a `checkpoint_<step>` dir, or a dir of
+  those (newest step); orbax-era layouts (`checkpoint_<step>/state/`) too. Only the params subtree's arrays are read (not the
+  optimizer's). `dtype` casts every array (default: as stored).
+  """
+  orbax_dir = None
+  try:
+    ckpt_file = find_checkpoint_file(path)
+  except FileNotFoundError:
+    orbax_dir = find_orbax_state_dir(path)
+    if orbax_dir is None:
+      raise
+  if orbax_dir is not None:
+    log.info("Reading orbax-format t5x checkpoint %s", orbax_dir)
     try:
-        ckpt_file = find_checkpoint_file(path)
-    except FileNotFoundError:
-        orbax_dir = find_orbax_state_dir(path)
-        if orbax_dir is None:
-            raise
-    if orbax_dir is not None:
-        log.info("Reading orbax-format t5x checkpoint %s", orbax_dir)
-        try:
-            state = _restore_orbax(orbax_dir)
-        except Exception as e:
-            raise T5xCheckpointError(f"{orbax_dir}: cannot restore the orbax PyTree ({type(e).__name__}: {e})") from e
-        params = _find_params(state, orbax_dir)
-        return traverse_util.unflatten_dict(
-            {k: (np.asarray(v) if dtype is None else np.asarray(v).astype(dtype))
-             for k, v in _flatten_to_arrays(params).items()}, sep="/")
-    ckpt_dir = os.path.dirname(ckpt_file)
-    with open(ckpt_file, "rb") as f:
-        try:
-            state = serialization.msgpack_restore(f.read())
-        except Exception as e:
-            raise T5xCheckpointError(f"{ckpt_file}: not a msgpack t5x checkpoint ({e})") from e
-    params = _find_params(state, ckpt_file)
-    flat = _flatten_to_arrays(params)
-    log.info("Reading %d arrays from t5x checkpoint %s", len(flat), ckpt_dir)
-    out = {}
-    for i, (name, value) in enumerate(sorted(flat.items())):
-        array = _read_ts(value, ckpt_dir, name) if _is_ts_spec(value) else np.asarray(value)
-        if dtype is not None:
-            array = array.astype(dtype)
-        out[name] = array
-        if (i + 1) % 50 == 0:
-            log.info("  %d/%d arrays read", i + 1, len(flat))
-    return traverse_util.unflatten_dict(out, sep="/")
+      state = _restore_orbax(orbax_dir)
+    except Exception as e:
+      raise T5xCheckpointError(
+          f"{orbax_dir}: cannot restore the orbax PyTree ({type(e).__name__}: {e})"
+      ) from e
+    params = _find_params(state, orbax_dir)
+    return traverse_util.unflatten_dict(
+        {
+            k: np.asarray(v) if dtype is None else np.asarray(v).astype(dtype)
+            for k, v in _flatten_to_arrays(params).items()
+        },
+        sep="/",
+    )
+  ckpt_dir = os.path.dirname(ckpt_file)
+  with open(ckpt_file, "rb") as f:
+    try:
+      state = serialization.msgpack_restore(f.read())
+    except Exception as e:
+      raise T5xCheckpointError(
+          f"{ckpt_file}: not a msgpack t5x checkpoint ({e})"
+      ) from e
+  params = _find_params(state, ckpt_file)
+  flat = _flatten_to_arrays(params)
+  log.info("Reading %d arrays from t5x checkpoint %s", len(flat), ckpt_dir)
+  out = {}
+  for i, (name, value) in enumerate(sorted(flat.items())):
+    array = (
+        _read_ts(value, ckpt_dir, name)
+        if _is_ts_spec(value)
+        else np.asarray(value)
+    )
+    if dtype is not None:
+      array = array.astype(dtype)
+    out[name] = array
+    if (i + 1) % 50 == 0:
+      log.info("  %d/%d arrays read", i + 1, len(flat))
+  return traverse_util.unflatten_dict(out, sep="/")
 
 
 # ------------------------------------------------------------------------------
@@ -250,66 +322,97 @@ _DESIRED_CHUNK_BYTES = 64 * 1024 * 1024
 
 
 def _chunk_shape(shape, itemsize, target_bytes=_DESIRED_CHUNK_BYTES):
-    """Largest chunk dividing `shape` with at most target_bytes, halving the largest dim first (as t5x)."""
-    divisors = [[d for d in range(1, n + 1) if n % d == 0] for n in shape]
-    while int(np.prod([d[-1] for d in divisors])) * itemsize > target_bytes:
-        largest = max(range(len(shape)), key=lambda i: divisors[i][-1])
-        if divisors[largest][-1] == 1:
-            break
-        divisors[largest].pop()
-    return [d[-1] for d in divisors]
+  """Largest chunk dividing `shape` with at most target_bytes, halving the largest dim first (as t5x)."""
+  divisors = [[d for d in range(1, n + 1) if n % d == 0] for n in shape]
+  while int(np.prod([d[-1] for d in divisors])) * itemsize > target_bytes:
+    largest = max(range(len(shape)), key=lambda i: divisors[i][-1])
+    if divisors[largest][-1] == 1:
+      break
+    divisors[largest].pop()
+  return [d[-1] for d in divisors]
 
 
-def save_params(directory: str, params: Mapping[str, Any], step: int = 0, *,
-                inline: tuple = (), legacy_spec_paths: bool = False, placeholders: bool = False,
-                param_states: Optional[Mapping[str, Any]] = None,
-                target_chunk_bytes: int = _DESIRED_CHUNK_BYTES) -> str:
-    """Writes `params` as a t5x checkpoint `directory/checkpoint_<step>/`; returns that dir.
+def save_params(
+    directory: str,
+    params: Mapping[str, Any],
+    step: int = 0,
+    *,
+    inline: tuple = (),
+    legacy_spec_paths: bool = False,
+    placeholders: bool = False,
+    param_states: Optional[Mapping[str, Any]] = None,
+    target_chunk_bytes: int = _DESIRED_CHUNK_BYTES,
+) -> str:
+  """Writes `params` as a t5x checkpoint `directory/checkpoint_<step>/`; returns that dir.
 
-    Arrays go to zarr (gzip) through TensorStore under `target.<dotted name>`,
-    except names listed in `inline`, which are stored in the msgpack file as t5x
-    does for unpartitioned arrays. `legacy_spec_paths` writes tensorstore < 0.1.14
-    specs (path at the top level); `placeholders` writes older orbax's
-    `PLACEHOLDER://<name>` leaves instead of specs. `param_states` fills `optimizer/state/param_states`.
-    """
-    import tensorstore as ts
-    ckpt_dir = os.path.join(directory, f"checkpoint_{int(step)}")
-    os.makedirs(ckpt_dir, exist_ok=True)
+  Arrays go to zarr (gzip) through TensorStore under `target.<dotted name>`,
+  except names listed in `inline`, which are stored in the msgpack file as t5x
+  does for unpartitioned arrays. `legacy_spec_paths` writes tensorstore < 0.1.14
+  specs (path at the top level); `placeholders` writes older orbax's
+  `PLACEHOLDER://<name>` leaves instead of specs. `param_states` fills `optimizer/state/param_states`.
+  """
+  import tensorstore as ts
 
-    def write_tree(tree, prefix):
-        flat = traverse_util.flatten_dict(dict(tree), sep="/")
-        out = {}
-        for name, value in flat.items():
-            full = f"{prefix}/{name}"
-            array = np.asarray(value)
-            if name in inline or array.ndim == 0:
-                out[name] = array
-                continue
-            relative = full.replace("/", ".")
-            dtype = np.dtype(array.dtype).name
-            metadata = {"compressor": {"id": "gzip"}, "shape": list(array.shape),
-                        "chunks": _chunk_shape(array.shape, array.dtype.itemsize, target_chunk_bytes)}
-            spec = {"driver": "zarr", "dtype": dtype, "kvstore": {"driver": "file", "path": relative},
-                    "metadata": metadata}
-            write_spec = dict(spec, kvstore={"driver": "file", "path": os.path.join(ckpt_dir, relative)})
-            store = ts.open(write_spec, create=True, delete_existing=True).result()
-            store.write(array).result()
-            if placeholders:
-                spec = _PLACEHOLDER + relative
-            elif legacy_spec_paths:
-                spec = {"driver": "zarr", "dtype": dtype, "kvstore": {"driver": "file"}, "path": relative,
-                        "metadata": metadata}
-            out[name] = spec
-        return traverse_util.unflatten_dict(out, sep="/")
+  ckpt_dir = os.path.join(directory, f"checkpoint_{int(step)}")
+  os.makedirs(ckpt_dir, exist_ok=True)
 
-    state = {
-        "version": T5X_VERSION,
-        "optimizer": {
-            "target": write_tree(params, "target"),
-            "state": {"step": np.asarray(int(step), np.int32),
-                      "param_states": write_tree(param_states, "state/param_states") if param_states else {}},
-        },
-    }
-    with open(os.path.join(ckpt_dir, CHECKPOINT_FILE), "wb") as f:
-        f.write(serialization.msgpack_serialize(state))
-    return ckpt_dir
+  def write_tree(tree, prefix):
+    flat = traverse_util.flatten_dict(dict(tree), sep="/")
+    out = {}
+    for name, value in flat.items():
+      full = f"{prefix}/{name}"
+      array = np.asarray(value)
+      if name in inline or array.ndim == 0:
+        out[name] = array
+        continue
+      relative = full.replace("/", ".")
+      dtype = np.dtype(array.dtype).name
+      metadata = {
+          "compressor": {"id": "gzip"},
+          "shape": list(array.shape),
+          "chunks": _chunk_shape(
+              array.shape, array.dtype.itemsize, target_chunk_bytes
+          ),
+      }
+      spec = {
+          "driver": "zarr",
+          "dtype": dtype,
+          "kvstore": {"driver": "file", "path": relative},
+          "metadata": metadata,
+      }
+      write_spec = dict(
+          spec,
+          kvstore={"driver": "file", "path": os.path.join(ckpt_dir, relative)},
+      )
+      store = ts.open(write_spec, create=True, delete_existing=True).result()
+      store.write(array).result()
+      if placeholders:
+        spec = _PLACEHOLDER + relative
+      elif legacy_spec_paths:
+        spec = {
+            "driver": "zarr",
+            "dtype": dtype,
+            "kvstore": {"driver": "file"},
+            "path": relative,
+            "metadata": metadata,
+        }
+      out[name] = spec
+    return traverse_util.unflatten_dict(out, sep="/")
+
+  state = {
+      "version": T5X_VERSION,
+      "optimizer": {
+          "target": write_tree(params, "target"),
+          "state": {
+              "step": np.asarray(int(step), np.int32),
+              "param_states": (
+                  write_tree(param_states, "state/param_states")
+                  if param_states
+                  else {}
+              ),
+          },
+      },
+  }
+  with open(os.path.join(ckpt_dir, CHECKPOINT_FILE), "wb") as f:
+    f.write(serialization.msgpack_serialize(state))
+  return ckpt_dir

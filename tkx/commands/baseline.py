@@ -1,4 +1,5 @@
 """`tkx baseline`: write the copy_input / copy_demo baseline predictions of an NI split."""
+
 import logging
 
 from tkx.data import vocab
@@ -6,25 +7,60 @@ from tkx.metrics import baselines
 
 
 def add_arguments(parser):
-    parser.add_argument("--ni_dir", default=str(vocab.EMBEDDED_NI_DIR),
-                        help="NI checkout (tasks/ + splits/); default: the embedded sample")
-    parser.add_argument("--kind", required=True, choices=sorted(baselines.BASELINES),
-                        help="copy_input: predict the instance input; copy_demo: the first positive example's output")
-    parser.add_argument("--output", required=True, help="predictions JSONL to write (Tk-Instruct format)")
-    parser.add_argument("--track", default="default", help="splits/<track>/ to read (default, xlingual)")
-    parser.add_argument("--split", default="test", help="split name: splits/<track>/<split>_tasks.txt")
-    parser.add_argument("--max_num_instances_per_task", type=int, default=None,
-                        help="seeded shuffle + cap per task (test splits first keep their first 100)")
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--skip_missing", action="store_true",
-                        help="skip tasks named by the split whose task file does not exist")
+  parser.add_argument(
+      "--ni_dir",
+      default=str(vocab.EMBEDDED_NI_DIR),
+      help="NI checkout (tasks/ + splits/); default: the embedded sample",
+  )
+  parser.add_argument(
+      "--kind",
+      required=True,
+      choices=sorted(baselines.BASELINES),
+      help="copy_input: predict the instance input; copy_demo: the first positive example's output",
+  )
+  parser.add_argument(
+      "--output",
+      required=True,
+      help="predictions JSONL to write (Tk-Instruct format)",
+  )
+  parser.add_argument(
+      "--track",
+      default="default",
+      help="splits/<track>/ to read (default, xlingual)",
+  )
+  parser.add_argument(
+      "--split",
+      default="test",
+      help="split name: splits/<track>/<split>_tasks.txt",
+  )
+  parser.add_argument(
+      "--max_num_instances_per_task",
+      type=int,
+      default=None,
+      help="seeded shuffle + cap per task (test splits first keep their first 100)",
+  )
+  parser.add_argument("--seed", type=int, default=42)
+  parser.add_argument(
+      "--skip_missing",
+      action="store_true",
+      help="skip tasks named by the split whose task file does not exist",
+  )
 
 
 def main(args):
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    count = baselines.write_baseline(
-        args.ni_dir, args.kind, args.output, track=args.track, split=args.split,
-        max_num_instances_per_task=args.max_num_instances_per_task, seed=args.seed,
-        skip_missing=args.skip_missing, progress=True)
-    print(f"wrote {count} {args.kind} predictions ({args.track}/{args.split} of {args.ni_dir}) to {args.output}")
-    return 0
+  logging.basicConfig(level=logging.INFO, format="%(message)s")
+  count = baselines.write_baseline(
+      args.ni_dir,
+      args.kind,
+      args.output,
+      track=args.track,
+      split=args.split,
+      max_num_instances_per_task=args.max_num_instances_per_task,
+      seed=args.seed,
+      skip_missing=args.skip_missing,
+      progress=True,
+  )
+  print(
+      f"wrote {count} {args.kind} predictions ({args.track}/{args.split} of {args.ni_dir}) to {args.output}"
+  )
+  return 0

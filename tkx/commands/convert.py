@@ -8,6 +8,7 @@ One line per selected instance: {"id", "task", "category", "inputs", "targets"},
 applied. The file is written to a temporary name beside the output and renamed at
 the end, so a failed run never leaves a half-written file over an old one.
 """
+
 import json
 import os
 import sys
@@ -20,27 +21,66 @@ _SPLIT_DEFAULT = object()
 
 
 def add_arguments(parser):
-  parser.add_argument("--ni_dir", required=True, help="NI checkout with tasks/ and splits/")
-  parser.add_argument("--track", default="default", help="splits/<track>/ (default or xlingual)")
-  parser.add_argument("--split", default="test", help="splits/<track>/<split>_tasks.txt")
-  parser.add_argument("--encoding", default="def_pos2",
-                      help="e.g. def, pos2, def_pos2, def_pos2_neg2_expl, name_def_pos2, tk_instruct")
+  parser.add_argument(
+      "--ni_dir", required=True, help="NI checkout with tasks/ and splits/"
+  )
+  parser.add_argument(
+      "--track", default="default", help="splits/<track>/ (default or xlingual)"
+  )
+  parser.add_argument(
+      "--split", default="test", help="splits/<track>/<split>_tasks.txt"
+  )
+  parser.add_argument(
+      "--encoding",
+      default="def_pos2",
+      help="e.g. def, pos2, def_pos2, def_pos2_neg2_expl, name_def_pos2, tk_instruct",
+  )
   parser.add_argument("--output", required=True, help="JSONL file to write")
-  parser.add_argument("--max_num_instances_per_task", type=int, default=_SPLIT_DEFAULT,
-                      help="cap after a seeded shuffle (default: 100 for train, none otherwise; "
-                           "a negative value means no cap)")
-  parser.add_argument("--seed", type=int, default=42,
-                      help="seed for instance selection and tk_instruct encoding draws")
-  parser.add_argument("--max_source_length", type=int, default=1024,
-                      help="source token budget including EOS (needs --vocab)")
-  parser.add_argument("--vocab", default=None,
-                      help="SentencePiece model for the token budget; without it no budget is applied")
-  parser.add_argument("--skip_missing", action="store_true",
-                      help="skip (with one warning) tasks the split names but whose file is missing")
+  parser.add_argument(
+      "--max_num_instances_per_task",
+      type=int,
+      default=_SPLIT_DEFAULT,
+      help="cap after a seeded shuffle (default: 100 for train, none otherwise; "
+      "a negative value means no cap)",
+  )
+  parser.add_argument(
+      "--seed",
+      type=int,
+      default=42,
+      help="seed for instance selection and tk_instruct encoding draws",
+  )
+  parser.add_argument(
+      "--max_source_length",
+      type=int,
+      default=1024,
+      help="source token budget including EOS (needs --vocab)",
+  )
+  parser.add_argument(
+      "--vocab",
+      default=None,
+      help="SentencePiece model for the token budget; without it no budget is applied",
+  )
+  parser.add_argument(
+      "--skip_missing",
+      action="store_true",
+      help="skip (with one warning) tasks the split names but whose file is missing",
+  )
 
 
-def convert(ni_dir, track, split, encoding, output, *, max_num_instances_per_task=_SPLIT_DEFAULT,
-            seed=42, max_source_length=1024, vocabulary=None, skip_missing=False, progress=True) -> int:
+def convert(
+    ni_dir,
+    track,
+    split,
+    encoding,
+    output,
+    *,
+    max_num_instances_per_task=_SPLIT_DEFAULT,
+    seed=42,
+    max_source_length=1024,
+    vocabulary=None,
+    skip_missing=False,
+    progress=True,
+) -> int:
   """Writes the JSONL file; returns the number of lines."""
   enc.parse_encoding(encoding)  # a bad name fails before any work
   if max_num_instances_per_task is _SPLIT_DEFAULT:
@@ -51,19 +91,40 @@ def convert(ni_dir, track, split, encoding, output, *, max_num_instances_per_tas
   task_names = ni.split_tasks(ni_dir, track, split, skip_missing=skip_missing)
   output = os.path.abspath(output)
   os.makedirs(os.path.dirname(output), exist_ok=True)
-  fd, tmp_path = tempfile.mkstemp(prefix=os.path.basename(output) + ".", suffix=".tmp",
-                                  dir=os.path.dirname(output))
+  fd, tmp_path = tempfile.mkstemp(
+      prefix=os.path.basename(output) + ".",
+      suffix=".tmp",
+      dir=os.path.dirname(output),
+  )
   count = 0
   try:
     with os.fdopen(fd, "w", encoding="utf-8") as f:
       for task, instance in ni.iter_split_instances(
-          ni_dir, track, split, max_num_instances_per_task=max_num_instances_per_task, seed=seed,
-          task_names=task_names, progress=progress):
-        example = enc.make_example(task, instance, encoding, split=split, seed=seed,
-                                   max_source_length=max_source_length, token_count=token_count,
-                                   truncate=truncate)
-        line = {"id": example["id"], "task": example["task"], "category": example["category"],
-                "inputs": example["inputs"], "targets": example["references"]}
+          ni_dir,
+          track,
+          split,
+          max_num_instances_per_task=max_num_instances_per_task,
+          seed=seed,
+          task_names=task_names,
+          progress=progress,
+      ):
+        example = enc.make_example(
+            task,
+            instance,
+            encoding,
+            split=split,
+            seed=seed,
+            max_source_length=max_source_length,
+            token_count=token_count,
+            truncate=truncate,
+        )
+        line = {
+            "id": example["id"],
+            "task": example["task"],
+            "category": example["category"],
+            "inputs": example["inputs"],
+            "targets": example["references"],
+        }
         f.write(json.dumps(line, ensure_ascii=False) + "\n")
         count += 1
     os.replace(tmp_path, output)
@@ -77,12 +138,21 @@ def main(args):
   vocabulary = None
   if args.vocab:
     from tkx.data import vocab  # pylint: disable=g-import-not-at-top  (imports seqio / TF)
+
     vocabulary = vocab.get_vocabulary(args.vocab)
   try:
-    count = convert(args.ni_dir, args.track, args.split, args.encoding, args.output,
-                    max_num_instances_per_task=args.max_num_instances_per_task, seed=args.seed,
-                    max_source_length=args.max_source_length, vocabulary=vocabulary,
-                    skip_missing=args.skip_missing)
+    count = convert(
+        args.ni_dir,
+        args.track,
+        args.split,
+        args.encoding,
+        args.output,
+        max_num_instances_per_task=args.max_num_instances_per_task,
+        seed=args.seed,
+        max_source_length=args.max_source_length,
+        vocabulary=vocabulary,
+        skip_missing=args.skip_missing,
+    )
   except (ni.NIDataError, ValueError) as e:
     print(f"tkx convert: error: {e}", file=sys.stderr)
     return 2

@@ -6,29 +6,46 @@ Writes `config.json`, `model.safetensors` and, when the checkpoint has `spm.mode
 `spiece.model`; load it with `transformers.T5ForConditionalGeneration.from_pretrained`.
 `--checkpoint` is a tkx checkpoint dir (its newest step) or one `checkpoint_<step>/`.
 """
+
 import logging
 import os
 import sys
 
 
 def add_arguments(parser):
-    parser.add_argument("--checkpoint", required=True,
-                        help="tkx checkpoint dir (checkpoint_<step>/ + model.gin [+ spm.model]) "
-                             "or one checkpoint_<step>/")
-    parser.add_argument("--hf", required=True, metavar="OUT_DIR", help="directory to write the HF checkpoint to")
+  parser.add_argument(
+      "--checkpoint",
+      required=True,
+      help="tkx checkpoint dir (checkpoint_<step>/ + model.gin [+ spm.model]) "
+      "or one checkpoint_<step>/",
+  )
+  parser.add_argument(
+      "--hf",
+      required=True,
+      metavar="OUT_DIR",
+      help="directory to write the HF checkpoint to",
+  )
 
 
 def main(args):
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from tkx.checkpoints import hf
-    path = os.path.normpath(args.checkpoint)
-    root = os.path.dirname(path) if os.path.basename(path).startswith("checkpoint_") else path
-    try:
-        config, _, spm = hf.read_tkx_checkpoint(root, load=False)
-        params = hf.load_params(path)
-    except (FileNotFoundError, KeyError, hf.CheckpointFormatError) as e:
-        raise SystemExit(f"tkx export-checkpoint: {args.checkpoint}: {e}") from e
-    hf.export_hf(config, params, args.hf, spm_model=spm)
-    print(f"wrote Hugging Face checkpoint {args.hf}")
-    return 0
+  logging.basicConfig(
+      level=logging.INFO,
+      stream=sys.stderr,
+      format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+  )
+  from tkx.checkpoints import hf
+
+  path = os.path.normpath(args.checkpoint)
+  root = (
+      os.path.dirname(path)
+      if os.path.basename(path).startswith("checkpoint_")
+      else path
+  )
+  try:
+    config, _, spm = hf.read_tkx_checkpoint(root, load=False)
+    params = hf.load_params(path)
+  except (FileNotFoundError, KeyError, hf.CheckpointFormatError) as e:
+    raise SystemExit(f"tkx export-checkpoint: {args.checkpoint}: {e}") from e
+  hf.export_hf(config, params, args.hf, spm_model=spm)
+  print(f"wrote Hugging Face checkpoint {args.hf}")
+  return 0

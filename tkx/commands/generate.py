@@ -9,6 +9,7 @@ exactly as for training and evaluation, and `--input` is the instance input.
 Prints the prediction on stdout (`--show_prompt` prints the prompt first, on
 stderr). An empty instruction or input is an error. Decoding flags as `tkx infer`.
 """
+
 import difflib
 import os
 import sys
@@ -17,12 +18,33 @@ from tkx.commands import infer as infer_command
 
 
 def add_arguments(parser):
-  parser.add_argument("text", nargs="?", default=None, help="the whole prompt (instead of --ni_task/--input)")
-  parser.add_argument("--ni_task", default=None, help="NI task name (in --ni_dir) or path to a task .json file")
-  parser.add_argument("--input", default=None, help="the instance input for --ni_task")
-  parser.add_argument("--ni_dir", default=None, help="NI checkout holding --ni_task (default: the embedded tasks/)")
-  parser.add_argument("--encoding", default="def_pos2", help="instruction encoding for --ni_task (default def_pos2)")
-  parser.add_argument("--show_prompt", action="store_true", help="print the prompt on stderr")
+  parser.add_argument(
+      "text",
+      nargs="?",
+      default=None,
+      help="the whole prompt (instead of --ni_task/--input)",
+  )
+  parser.add_argument(
+      "--ni_task",
+      default=None,
+      help="NI task name (in --ni_dir) or path to a task .json file",
+  )
+  parser.add_argument(
+      "--input", default=None, help="the instance input for --ni_task"
+  )
+  parser.add_argument(
+      "--ni_dir",
+      default=None,
+      help="NI checkout holding --ni_task (default: the embedded tasks/)",
+  )
+  parser.add_argument(
+      "--encoding",
+      default="def_pos2",
+      help="instruction encoding for --ni_task (default def_pos2)",
+  )
+  parser.add_argument(
+      "--show_prompt", action="store_true", help="print the prompt on stderr"
+  )
   infer_command.add_common_arguments(parser)
 
 
@@ -30,19 +52,35 @@ def load_ni_task(name_or_path, ni_dir=None):
   """A validated task dict from a task name in `ni_dir` or from a .json path; close names on a miss."""
   from tkx.data import ni
   from tkx.data import tasks as tasks_lib
+
   if name_or_path.endswith(".json") or os.path.sep in name_or_path:
     path = os.path.abspath(name_or_path)
     if not os.path.isfile(path):
       raise FileNotFoundError(f"task file not found: {path}")
-    name = os.path.basename(path)[:-len(".json")] if path.endswith(".json") else os.path.basename(path)
+    name = (
+        os.path.basename(path)[: -len(".json")]
+        if path.endswith(".json")
+        else os.path.basename(path)
+    )
     return ni.load_task_file(path, name)
   ni_dir = ni_dir or tasks_lib.EMBEDDED_NI_DIR
   task_dir = os.path.join(ni_dir, "tasks")
   if not os.path.isfile(os.path.join(task_dir, name_or_path + ".json")):
-    known = sorted(n[:-len(".json")] for n in os.listdir(task_dir) if n.endswith(".json")) if os.path.isdir(
-        task_dir) else []
+    known = (
+        sorted(
+            n[: -len(".json")]
+            for n in os.listdir(task_dir)
+            if n.endswith(".json")
+        )
+        if os.path.isdir(task_dir)
+        else []
+    )
     close = difflib.get_close_matches(name_or_path, known, n=5, cutoff=0.4)
-    hint = f"; did you mean {', '.join(close)}?" if close else f" ({len(known)} tasks there)"
+    hint = (
+        f"; did you mean {', '.join(close)}?"
+        if close
+        else f" ({len(known)} tasks there)"
+    )
     raise ValueError(f"unknown NI task {name_or_path!r} in {task_dir}{hint}")
   return ni.load_task(ni_dir, name_or_path)
 
@@ -50,44 +88,72 @@ def load_ni_task(name_or_path, ni_dir=None):
 def build_prompt(task, text, encoding, vocabulary, max_input_length):
   """The encoded source for one instance of `task` with input `text`."""
   from tkx.data import encodings
+
   token_count, truncate = encodings.vocabulary_token_fns(vocabulary)
   instance = {"id": f"{task['Task']}-generate", "input": text, "output": [""]}
-  return encodings.encode_source(task, instance, encodings.parse_encoding(encoding),
-                                 max_source_length=max_input_length, token_count=token_count,
-                                 truncate=truncate)
+  return encodings.encode_source(
+      task,
+      instance,
+      encodings.parse_encoding(encoding),
+      max_source_length=max_input_length,
+      token_count=token_count,
+      truncate=truncate,
+  )
 
 
 def main(args):
   infer_command.setup_logging()
   if args.ni_task and args.text is not None:
-    raise ValueError("give either the prompt text or --ni_task with --input, not both")
+    raise ValueError(
+        "give either the prompt text or --ni_task with --input, not both"
+    )
   if args.ni_task is None and args.input is not None:
-    raise ValueError("--input needs --ni_task (or pass the whole prompt as the positional text)")
-  if args.ni_task is not None and (args.input is None or not args.input.strip()):
+    raise ValueError(
+        "--input needs --ni_task (or pass the whole prompt as the positional text)"
+    )
+  if args.ni_task is not None and (
+      args.input is None or not args.input.strip()
+  ):
     raise ValueError("--ni_task needs a non-empty --input")
   if args.ni_task is None and (args.text is None or not args.text.strip()):
-    raise ValueError("empty instruction: pass the prompt text, or --ni_task NAME --input TEXT")
+    raise ValueError(
+        "empty instruction: pass the prompt text, or --ni_task NAME --input TEXT"
+    )
   infer_command.parse_gin(args)
   import jax
   from tkx import infer
   # One example: one device unless model parallelism is asked for.
   devices = None if args.num_partitions else jax.local_devices()[:1]
   partitioner = infer_command.partitioner_from_args(args, devices=devices)
-  loaded = infer.load_checkpoint(args.checkpoint, partitioner=partitioner, vocab_path=args.vocab)
+  loaded = infer.load_checkpoint(
+      args.checkpoint, partitioner=partitioner, vocab_path=args.vocab
+  )
   max_input_length = args.max_input_length or 1024
   if args.ni_task is not None:
     task = load_ni_task(args.ni_task, args.ni_dir)
-    prompt = build_prompt(task, args.input, args.encoding, loaded.vocabulary, max_input_length)
+    prompt = build_prompt(
+        task, args.input, args.encoding, loaded.vocabulary, max_input_length
+    )
   else:
     prompt = args.text
   if args.show_prompt:
     print(prompt, file=sys.stderr)
-  predictor = infer.Predictor(loaded.model, loaded.params, partitioner=partitioner,
-                              batch_size=partitioner.data_axis_size,
-                              decode_config=infer_command.decode_config_from_args(args),
-                              input_buckets=infer.buckets_up_to(max_input_length,
-                                                                infer_command.input_buckets_from_args(args)))
-  [prediction] = infer.predict_texts(predictor, loaded.vocabulary, [prompt], max_input_length=max_input_length,
-                                     progress=False)
+  predictor = infer.Predictor(
+      loaded.model,
+      loaded.params,
+      partitioner=partitioner,
+      batch_size=partitioner.data_axis_size,
+      decode_config=infer_command.decode_config_from_args(args),
+      input_buckets=infer.buckets_up_to(
+          max_input_length, infer_command.input_buckets_from_args(args)
+      ),
+  )
+  [prediction] = infer.predict_texts(
+      predictor,
+      loaded.vocabulary,
+      [prompt],
+      max_input_length=max_input_length,
+      progress=False,
+  )
   print(prediction)
   return 0

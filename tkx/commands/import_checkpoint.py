@@ -10,6 +10,7 @@ The output directory gets `checkpoint_<step>/` (orbax, params only), `model.gin`
 t5x checkpoint) and `spm.model` (the HF `spiece.model`, when there is one).
 A Hub name is downloaded with `huggingface_hub` (needs network).
 """
+
 import logging
 import os
 import sys
@@ -18,86 +19,143 @@ DTYPES = ("float32", "bfloat16")
 
 
 def add_arguments(parser):
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--hf", metavar="DIR_OR_HUB_NAME",
-                        help="Hugging Face T5 checkpoint dir (config.json + weights) or Hub name")
-    source.add_argument("--t5x", metavar="PATH",
-                        help="t5x checkpoint dir (checkpoint_<step>/ with a msgpack 'checkpoint' file) or its parent")
-    parser.add_argument("--output", required=True, help="tkx checkpoint dir to create")
-    parser.add_argument("--gin_file", dest="gin_files", action="append", default=[],
-                        help="model gin file(s) describing a --t5x checkpoint (repeatable)")
-    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="stored parameter dtype")
-    parser.add_argument("--step", type=int, default=0, help="step number of the written checkpoint (default 0)")
+  source = parser.add_mutually_exclusive_group(required=True)
+  source.add_argument(
+      "--hf",
+      metavar="DIR_OR_HUB_NAME",
+      help="Hugging Face T5 checkpoint dir (config.json + weights) or Hub name",
+  )
+  source.add_argument(
+      "--t5x",
+      metavar="PATH",
+      help="t5x checkpoint dir (checkpoint_<step>/ with a msgpack 'checkpoint' file) or its parent",
+  )
+  parser.add_argument(
+      "--output", required=True, help="tkx checkpoint dir to create"
+  )
+  parser.add_argument(
+      "--gin_file",
+      dest="gin_files",
+      action="append",
+      default=[],
+      help="model gin file(s) describing a --t5x checkpoint (repeatable)",
+  )
+  parser.add_argument(
+      "--dtype",
+      choices=DTYPES,
+      default="float32",
+      help="stored parameter dtype",
+  )
+  parser.add_argument(
+      "--step",
+      type=int,
+      default=0,
+      help="step number of the written checkpoint (default 0)",
+  )
 
 
 def _setup_logging():
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("absl", "jax", "jax._src", "orbax"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+  logging.basicConfig(
+      level=logging.INFO,
+      stream=sys.stderr,
+      format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+  )
+  for noisy in ("absl", "jax", "jax._src", "orbax"):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _check_output(path):
-    if os.path.isdir(path) and any(n.startswith("checkpoint_") for n in os.listdir(path)):
-        raise SystemExit(f"tkx import-checkpoint: {path} already holds checkpoint_* directories; "
-                         "choose an empty --output")
+  if os.path.isdir(path) and any(
+      n.startswith("checkpoint_") for n in os.listdir(path)
+  ):
+    raise SystemExit(
+        f"tkx import-checkpoint: {path} already holds checkpoint_* directories; "
+        "choose an empty --output"
+    )
 
 
 def _import_t5x(args, dtype):
-    import gin
-    from tkx.checkpoints import hf, t5x_format
-    from tkx.models import config as config_lib
-    if not args.gin_files:
-        raise SystemExit("tkx import-checkpoint: --t5x needs --gin_file with the model config "
-                         "(e.g. gin_configs/models/t5_1_1/base.gin): t5x checkpoints do not store it")
-    config = config_lib.load_config_from_gin(args.gin_files, args.gin_bindings)
-    try:
-        vocab_path = gin.query_parameter("vocab.get_vocabulary.path")
-    except ValueError:
-        vocab_path = None
-    try:
-        extra_ids = gin.query_parameter("vocab.get_vocabulary.extra_ids")
-    except ValueError:
-        extra_ids = None
-    params = t5x_format.load_params(args.t5x)
-    hf.check_params(params, config, source=args.t5x)
-    params = _cast(params, dtype)
-    config = config.replace(param_dtype=dtype)
-    # A t5x checkpoint carries no vocabulary: keep the one the gin files name.
-    return hf.write_tkx_checkpoint(config, params, args.output, step=args.step, vocab_path=vocab_path,
-                                   extra_ids=extra_ids,
-                                   comment=f"Imported by tkx import-checkpoint from t5x checkpoint {args.t5x}")
+  import gin
+  from tkx.checkpoints import hf, t5x_format
+  from tkx.models import config as config_lib
+
+  if not args.gin_files:
+    raise SystemExit(
+        "tkx import-checkpoint: --t5x needs --gin_file with the model config "
+        "(e.g. gin_configs/models/t5_1_1/base.gin): t5x checkpoints do not store it"
+    )
+  config = config_lib.load_config_from_gin(args.gin_files, args.gin_bindings)
+  try:
+    vocab_path = gin.query_parameter("vocab.get_vocabulary.path")
+  except ValueError:
+    vocab_path = None
+  try:
+    extra_ids = gin.query_parameter("vocab.get_vocabulary.extra_ids")
+  except ValueError:
+    extra_ids = None
+  params = t5x_format.load_params(args.t5x)
+  hf.check_params(params, config, source=args.t5x)
+  params = _cast(params, dtype)
+  config = config.replace(param_dtype=dtype)
+  # A t5x checkpoint carries no vocabulary: keep the one the gin files name.
+  return hf.write_tkx_checkpoint(
+      config,
+      params,
+      args.output,
+      step=args.step,
+      vocab_path=vocab_path,
+      extra_ids=extra_ids,
+      comment=f"Imported by tkx import-checkpoint from t5x checkpoint {args.t5x}",
+  )
 
 
 def _cast(params, dtype):
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-    return jax.tree_util.tree_map(lambda x: np.asarray(x).astype(jnp.dtype(dtype)), params)
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  return jax.tree_util.tree_map(
+      lambda x: np.asarray(x).astype(jnp.dtype(dtype)), params
+  )
 
 
 def main(args):
-    _setup_logging()
-    from tkx.checkpoints import hf, t5x_format
-    _check_output(args.output)
-    try:
-        return _import(args)
-    except (FileNotFoundError, hf.CheckpointFormatError, t5x_format.T5xCheckpointError) as e:
-        raise SystemExit(f"tkx import-checkpoint: {e}") from e
+  _setup_logging()
+  from tkx.checkpoints import hf, t5x_format
+
+  _check_output(args.output)
+  try:
+    return _import(args)
+  except (
+      FileNotFoundError,
+      hf.CheckpointFormatError,
+      t5x_format.T5xCheckpointError,
+  ) as e:
+    raise SystemExit(f"tkx import-checkpoint: {e}") from e
 
 
 def _import(args):
-    import jax.numpy as jnp
-    from tkx.checkpoints import hf
-    if args.hf:
-        config, params, spm = hf.import_hf(args.hf, dtype=jnp.dtype(args.dtype))
-        out = hf.write_tkx_checkpoint(config, params, args.output, spm_model=spm, step=args.step,
-                                      comment=f"Imported by tkx import-checkpoint from Hugging Face {args.hf}")
-        if spm is None:
-            logging.warning("%s has no spiece.model: model.gin names the embedded sample vocabulary; "
-                            "pass --vocab to tkx infer/eval or copy the right SentencePiece model to %s/spm.model",
-                            args.hf, out)
-    else:
-        out = _import_t5x(args, args.dtype)
-    print(f"wrote tkx checkpoint {out}")
-    return 0
+  import jax.numpy as jnp
+  from tkx.checkpoints import hf
+
+  if args.hf:
+    config, params, spm = hf.import_hf(args.hf, dtype=jnp.dtype(args.dtype))
+    out = hf.write_tkx_checkpoint(
+        config,
+        params,
+        args.output,
+        spm_model=spm,
+        step=args.step,
+        comment=f"Imported by tkx import-checkpoint from Hugging Face {args.hf}",
+    )
+    if spm is None:
+      logging.warning(
+          "%s has no spiece.model: model.gin names the embedded sample vocabulary; "
+          "pass --vocab to tkx infer/eval or copy the right SentencePiece model to %s/spm.model",
+          args.hf,
+          out,
+      )
+  else:
+    out = _import_t5x(args, args.dtype)
+  print(f"wrote tkx checkpoint {out}")
+  return 0

@@ -15,43 +15,116 @@ Decoding flags (shared with `tkx eval` and `tkx generate`): greedy by default,
 [--top_p P] [--seed S]` for sampling. Gin: `--gin_file=gin_configs/runs/infer.gin`
 and `--gin.NAME=VALUE`; flags given on the command line win over gin.
 """
+
 import logging
 import os
-import re
 import sys
 
-DECODE_FLAGS = ("num_beams", "alpha", "temperature", "top_k", "top_p", "max_decode_length", "seed")
+DECODE_FLAGS = (
+    "num_beams",
+    "alpha",
+    "temperature",
+    "top_k",
+    "top_p",
+    "max_decode_length",
+    "seed",
+)
 
 
 def add_common_arguments(parser, *, checkpoint_required=True):
-  parser.add_argument("--checkpoint", required=checkpoint_required,
-                      help="tkx checkpoint dir (checkpoint_<step>/ + model.gin [+ spm.model]) or one checkpoint_<step>/")
-  parser.add_argument("--gin_file", dest="gin_files", action="append", default=[],
-                      help="gin file (repeatable), e.g. gin_configs/runs/infer.gin")
+  parser.add_argument(
+      "--checkpoint",
+      required=checkpoint_required,
+      help="tkx checkpoint dir (checkpoint_<step>/ + model.gin [+ spm.model]) or one checkpoint_<step>/",
+  )
+  parser.add_argument(
+      "--gin_file",
+      dest="gin_files",
+      action="append",
+      default=[],
+      help="gin file (repeatable), e.g. gin_configs/runs/infer.gin",
+  )
   group = parser.add_argument_group("decoding (default: greedy)")
-  group.add_argument("--num_beams", type=int, default=None, help="beam search with this many beams (> 1)")
-  group.add_argument("--alpha", type=float, default=None,
-                     help="beam search length penalty: score / length**alpha (HF length_penalty; default 1.0)")
-  group.add_argument("--temperature", type=float, default=None, help="sample at this temperature (> 0)")
-  group.add_argument("--top_k", type=int, default=None, help="sample from the k most likely tokens (0: off)")
-  group.add_argument("--top_p", type=float, default=None, help="nucleus sampling threshold (1.0: off)")
-  group.add_argument("--seed", type=int, default=None, help="sampling seed (default 0)")
-  group.add_argument("--max_decode_length", type=int, default=None, help="maximum output tokens (default 128)")
-  group.add_argument("--batch_size", type=int, default=None,
-                     help="global batch size, a multiple of the data axis size (default 8)")
-  group.add_argument("--max_input_length", type=int, default=None,
-                     help="input token budget, EOS included (default 1024)")
-  group.add_argument("--input_buckets", default=None,
-                     help="comma-separated encoder lengths to pad to (default 128,256,384,512,768,1024)")
-  group.add_argument("--num_partitions", type=int, default=None,
-                     help="model-parallel partitions (size of the 'model' mesh axis; default 1)")
-  group.add_argument("--vocab", default=None, help="SentencePiece model overriding the checkpoint's vocabulary")
-  parser.add_argument("--no_progress", action="store_true", help="no progress bar (log lines only)")
+  group.add_argument(
+      "--num_beams",
+      type=int,
+      default=None,
+      help="beam search with this many beams (> 1)",
+  )
+  group.add_argument(
+      "--alpha",
+      type=float,
+      default=None,
+      help="beam search length penalty: score / length**alpha (HF length_penalty; default 1.0)",
+  )
+  group.add_argument(
+      "--temperature",
+      type=float,
+      default=None,
+      help="sample at this temperature (> 0)",
+  )
+  group.add_argument(
+      "--top_k",
+      type=int,
+      default=None,
+      help="sample from the k most likely tokens (0: off)",
+  )
+  group.add_argument(
+      "--top_p",
+      type=float,
+      default=None,
+      help="nucleus sampling threshold (1.0: off)",
+  )
+  group.add_argument(
+      "--seed", type=int, default=None, help="sampling seed (default 0)"
+  )
+  group.add_argument(
+      "--max_decode_length",
+      type=int,
+      default=None,
+      help="maximum output tokens (default 128)",
+  )
+  group.add_argument(
+      "--batch_size",
+      type=int,
+      default=None,
+      help="global batch size, a multiple of the data axis size (default 8)",
+  )
+  group.add_argument(
+      "--max_input_length",
+      type=int,
+      default=None,
+      help="input token budget, EOS included (default 1024)",
+  )
+  group.add_argument(
+      "--input_buckets",
+      default=None,
+      help="comma-separated encoder lengths to pad to (default 128,256,384,512,768,1024)",
+  )
+  group.add_argument(
+      "--num_partitions",
+      type=int,
+      default=None,
+      help="model-parallel partitions (size of the 'model' mesh axis; default 1)",
+  )
+  group.add_argument(
+      "--vocab",
+      default=None,
+      help="SentencePiece model overriding the checkpoint's vocabulary",
+  )
+  parser.add_argument(
+      "--no_progress",
+      action="store_true",
+      help="no progress bar (log lines only)",
+  )
 
 
 def setup_logging():
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                      stream=sys.stderr)
+  logging.basicConfig(
+      level=logging.INFO,
+      format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+      stream=sys.stderr,
+  )
   for noisy in ("absl", "jax", "jax._src", "orbax", "tensorflow"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -61,28 +134,43 @@ def parse_gin(args):
   import gin
   from tkx import evaluate, infer, partitioning  # noqa: F401  (register configurables)
   from tkx.models import config as config_lib
+
   gin.clear_config()
   gin.add_config_file_search_path(config_lib.REPO_ROOT)
   files = []
   for path in args.gin_files or ():
-    if not os.path.exists(path) and os.path.exists(os.path.join(config_lib.REPO_ROOT, path)):
+    if not os.path.exists(path) and os.path.exists(
+        os.path.join(config_lib.REPO_ROOT, path)
+    ):
       path = os.path.join(config_lib.REPO_ROOT, path)
     if not os.path.exists(path):
       raise FileNotFoundError(f"gin file not found: {path}")
     files.append(path)
-  gin.parse_config_files_and_bindings(files, list(args.gin_bindings or ()), finalize_config=False)
+  gin.parse_config_files_and_bindings(
+      files, list(args.gin_bindings or ()), finalize_config=False
+  )
 
 
 def decode_config_from_args(args):
   """`infer.DecodeConfig` with the decoding flags given; the others come from gin or the defaults."""
   from tkx import infer
-  given = {name: getattr(args, name) for name in DECODE_FLAGS if getattr(args, name, None) is not None}
+
+  given = {
+      name: getattr(args, name)
+      for name in DECODE_FLAGS
+      if getattr(args, name, None) is not None
+  }
   return infer.DecodeConfig(**given)
 
 
 def partitioner_from_args(args, devices=None):
   from tkx import partitioning
-  kwargs = {"num_partitions": args.num_partitions} if args.num_partitions is not None else {}
+
+  kwargs = (
+      {"num_partitions": args.num_partitions}
+      if args.num_partitions is not None
+      else {}
+  )
   if devices is not None:
     kwargs["devices"] = devices
   return partitioning.Partitioner(**kwargs)
@@ -90,20 +178,29 @@ def partitioner_from_args(args, devices=None):
 
 def input_buckets_from_args(args):
   from tkx import infer
+
   if not args.input_buckets:
     return infer.DEFAULT_INPUT_BUCKETS
   try:
     buckets = tuple(int(b) for b in args.input_buckets.split(",") if b.strip())
   except ValueError:
-    raise ValueError(f"--input_buckets must be comma-separated integers, got {args.input_buckets!r}") from None
+    raise ValueError(
+        f"--input_buckets must be comma-separated integers, got {args.input_buckets!r}"
+    ) from None
   if not buckets or min(buckets) < 1:
-    raise ValueError(f"--input_buckets must be positive integers, got {args.input_buckets!r}")
+    raise ValueError(
+        f"--input_buckets must be positive integers, got {args.input_buckets!r}"
+    )
   return buckets
 
 
 def explicit_kwargs(args, names):
   """{name: value} of the flags given (not None), mapped to function argument names."""
-  return {target: getattr(args, flag) for flag, target in names.items() if getattr(args, flag, None) is not None}
+  return {
+      target: getattr(args, flag)
+      for flag, target in names.items()
+      if getattr(args, flag, None) is not None
+  }
 
 
 def register_mixture_for(name, ni_dir, vocabulary, max_input_length):
@@ -113,27 +210,49 @@ def register_mixture_for(name, ni_dir, vocabulary, max_input_length):
   """
   from tkx.data import ni
   from tkx.data import tasks as tasks_lib
+
   ni_dir = ni_dir or tasks_lib.EMBEDDED_NI_DIR
   for track in ni.TRACKS:
     for split in sorted(ni.list_splits(ni_dir, track), key=len, reverse=True):
-      prefix = tasks_lib.mixture_name(track, split, "", tasks_lib.DEFAULT_PREFIX)
+      prefix = tasks_lib.mixture_name(
+          track, split, "", tasks_lib.DEFAULT_PREFIX
+      )
       if name.startswith(prefix) and len(name) > len(prefix):
-        encoding = name[len(prefix):]
-        tasks_lib.register_ni(ni_dir, tracks=(track,), encodings=(encoding,), vocabulary=vocabulary,
-                              splits=(split,), max_source_length=max_input_length)
+        encoding = name[len(prefix) :]
+        tasks_lib.register_ni(
+            ni_dir,
+            tracks=(track,),
+            encodings=(encoding,),
+            vocabulary=vocabulary,
+            splits=(split,),
+            max_source_length=max_input_length,
+        )
         return
   if ni_dir != tasks_lib.EMBEDDED_NI_DIR:
     logging.getLogger(__name__).warning(
         "mixture %r is not named <prefix>_<track>_<split>_<encoding> for a split of %s; using it as registered",
-        name, ni_dir)
+        name,
+        ni_dir,
+    )
 
 
 def add_arguments(parser):
   source = parser.add_mutually_exclusive_group(required=True)
-  source.add_argument("--mixture", help="NI mixture or task name, e.g. ni_default_test_def_pos2")
-  source.add_argument("--input_file", help='JSONL with one {"id": ..., "inputs": "..."} per line')
-  parser.add_argument("--ni_dir", default=None, help="NI checkout for --mixture (default: the embedded tasks/)")
-  parser.add_argument("--output_file", required=True, help="predictions JSONL to write")
+  source.add_argument(
+      "--mixture", help="NI mixture or task name, e.g. ni_default_test_def_pos2"
+  )
+  source.add_argument(
+      "--input_file",
+      help='JSONL with one {"id": ..., "inputs": "..."} per line',
+  )
+  parser.add_argument(
+      "--ni_dir",
+      default=None,
+      help="NI checkout for --mixture (default: the embedded tasks/)",
+  )
+  parser.add_argument(
+      "--output_file", required=True, help="predictions JSONL to write"
+  )
   add_common_arguments(parser)
 
 
@@ -142,25 +261,52 @@ def main(args):
   parse_gin(args)
   import jax
   from tkx import infer
+
   if args.input_file and args.ni_dir:
     raise ValueError("--ni_dir applies to --mixture, not to --input_file")
   if args.input_file and not os.path.isfile(args.input_file):
     raise FileNotFoundError(f"input file not found: {args.input_file}")
   partitioner = partitioner_from_args(args)
-  loaded = infer.load_checkpoint(args.checkpoint, partitioner=partitioner, vocab_path=args.vocab)
+  loaded = infer.load_checkpoint(
+      args.checkpoint, partitioner=partitioner, vocab_path=args.vocab
+  )
   max_input_length = args.max_input_length or 1024
   batch_size = args.batch_size or max(8, partitioner.data_axis_size)
-  predictor = infer.Predictor(loaded.model, loaded.params, partitioner=partitioner, batch_size=batch_size,
-                              decode_config=decode_config_from_args(args),
-                              input_buckets=infer.buckets_up_to(max_input_length, input_buckets_from_args(args)))
+  predictor = infer.Predictor(
+      loaded.model,
+      loaded.params,
+      partitioner=partitioner,
+      batch_size=batch_size,
+      decode_config=decode_config_from_args(args),
+      input_buckets=infer.buckets_up_to(
+          max_input_length, input_buckets_from_args(args)
+      ),
+  )
   progress = not args.no_progress
   if args.mixture:
-    register_mixture_for(args.mixture, args.ni_dir, loaded.vocabulary, max_input_length)
-    records = infer.predict_mixture(predictor, loaded.vocabulary, args.mixture, max_input_length=max_input_length,
-                                    progress=progress)
-    count = infer.write_jsonl(args.output_file, records) if jax.process_index() == 0 else len(records)
+    register_mixture_for(
+        args.mixture, args.ni_dir, loaded.vocabulary, max_input_length
+    )
+    records = infer.predict_mixture(
+        predictor,
+        loaded.vocabulary,
+        args.mixture,
+        max_input_length=max_input_length,
+        progress=progress,
+    )
+    count = (
+        infer.write_jsonl(args.output_file, records)
+        if jax.process_index() == 0
+        else len(records)
+    )
   else:
-    count = infer.predict_input_file(predictor, loaded.vocabulary, args.input_file, args.output_file,
-                                     max_input_length=max_input_length, progress=progress)
+    count = infer.predict_input_file(
+        predictor,
+        loaded.vocabulary,
+        args.input_file,
+        args.output_file,
+        max_input_length=max_input_length,
+        progress=progress,
+    )
   print(f"wrote {count} predictions to {args.output_file}", file=sys.stderr)
   return 0

@@ -17,6 +17,7 @@ Encoding names compose `name`, `def`, `pos<k>`, `neg<k>`, `expl` with `_`
 `tk_instruct` the collator's random mixture of five encodings, drawn per
 instance from a seed and the instance id.
 """
+
 import dataclasses
 import random
 import re
@@ -29,9 +30,11 @@ PUNCTUATION = frozenset(string.punctuation)
 TK_INSTRUCT = "tk_instruct"
 NO_INSTRUCTION = "none"
 
-_VALID_FORMS = ("Valid encodings: parts `name`, `def`, `pos<k>`, `neg<k>`, `expl` joined by `_` "
-                "(e.g. `def`, `pos2`, `def_pos2`, `def_pos2_neg2_expl`, `name_def_pos2`), "
-                f"`{NO_INSTRUCTION}` (input only) or `{TK_INSTRUCT}`.")
+_VALID_FORMS = (
+    "Valid encodings: parts `name`, `def`, `pos<k>`, `neg<k>`, `expl` joined by `_` "
+    "(e.g. `def`, `pos2`, `def_pos2`, `def_pos2_neg2_expl`, `name_def_pos2`), "
+    f"`{NO_INSTRUCTION}` (input only) or `{TK_INSTRUCT}`."
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,10 +65,18 @@ class EncodingConfig:
 # The five encodings the collator's `tk_instruct` branch draws from, in its order.
 TK_INSTRUCT_ENCODINGS = (
     EncodingConfig(add_task_definition=True),  # instruction only
-    EncodingConfig(add_task_definition=False, num_pos_examples=2),  # examples only
-    EncodingConfig(add_task_definition=True, num_pos_examples=2),  # + positive examples
-    EncodingConfig(add_task_definition=True, num_pos_examples=2, num_neg_examples=2),  # + negative
-    EncodingConfig(add_task_definition=True, num_pos_examples=2, add_explanation=True),  # + expl.
+    EncodingConfig(
+        add_task_definition=False, num_pos_examples=2
+    ),  # examples only
+    EncodingConfig(
+        add_task_definition=True, num_pos_examples=2
+    ),  # + positive examples
+    EncodingConfig(
+        add_task_definition=True, num_pos_examples=2, num_neg_examples=2
+    ),  # + negative
+    EncodingConfig(
+        add_task_definition=True, num_pos_examples=2, add_explanation=True
+    ),  # + expl.
 )
 
 _PART = re.compile(r"^(name|def|expl|pos(\d+)|neg(\d+))$")
@@ -74,21 +85,32 @@ _PART = re.compile(r"^(name|def|expl|pos(\d+)|neg(\d+))$")
 def parse_encoding(name: str) -> Union[EncodingConfig, str]:
   """`"def_pos2"` -> `EncodingConfig(...)`; `"tk_instruct"` -> `"tk_instruct"`."""
   if not isinstance(name, str) or not name:
-    raise ValueError(f"Encoding name must be a non-empty string, got {name!r}. {_VALID_FORMS}")
+    raise ValueError(
+        f"Encoding name must be a non-empty string, got {name!r}. {_VALID_FORMS}"
+    )
   if name == TK_INSTRUCT:
     return TK_INSTRUCT
   if name == NO_INSTRUCTION:
     return EncodingConfig(add_task_definition=False)
-  fields = dict(add_task_name=False, add_task_definition=False, num_pos_examples=0,
-                num_neg_examples=0, add_explanation=False)
+  fields = dict(
+      add_task_name=False,
+      add_task_definition=False,
+      num_pos_examples=0,
+      num_neg_examples=0,
+      add_explanation=False,
+  )
   seen = set()
   for part in name.split("_"):
     match = _PART.match(part)
     if not match:
-      raise ValueError(f"Unknown part {part!r} in encoding {name!r}. {_VALID_FORMS}")
+      raise ValueError(
+          f"Unknown part {part!r} in encoding {name!r}. {_VALID_FORMS}"
+      )
     kind = part[:3] if part[:3] in ("pos", "neg") else part
     if kind in seen:
-      raise ValueError(f"Part {kind!r} appears twice in encoding {name!r}. {_VALID_FORMS}")
+      raise ValueError(
+          f"Part {kind!r} appears twice in encoding {name!r}. {_VALID_FORMS}"
+      )
     seen.add(kind)
     if part == "name":
       fields["add_task_name"] = True
@@ -136,26 +158,44 @@ def _close(text: str) -> str:
   return text if text[-1] in PUNCTUATION else text + "."
 
 
-def _format_example(kind: str, index: int, example: dict, add_explanation: bool) -> str:
-  text = _close(f" {kind} Example {index} -\nInput: {example['input'].strip()}") + "\n"
+def _format_example(
+    kind: str, index: int, example: dict, add_explanation: bool
+) -> str:
+  text = (
+      _close(f" {kind} Example {index} -\nInput: {example['input'].strip()}")
+      + "\n"
+  )
   text = _close(text + f" Output: {example['output'].strip()}") + "\n"
   if add_explanation and "explanation" in example:
-    text = _close(text + f" Explanation: {example['explanation'].strip()}") + "\n"
+    text = (
+        _close(text + f" Explanation: {example['explanation'].strip()}") + "\n"
+    )
   return text + "\n"
 
 
 def format_task_input(instance: dict) -> str:
-  return _close(f"Now complete the following example -\nInput: {instance['input'].strip()}") + \
-      "\nOutput: "
+  return (
+      _close(
+          f"Now complete the following example -\nInput: {instance['input'].strip()}"
+      )
+      + "\nOutput: "
+  )
 
 
 def format_definition(task: dict) -> str:
   return _close("Definition: " + ni.task_definition(task).strip()) + "\n\n"
 
 
-def encode_source(task: dict, instance: dict, config, *, max_source_length: int = 1024,
-                  token_count: Optional[Callable[[str], int]] = None,
-                  truncate: Optional[Callable[[str, int], str]] = None, seed: int = 42) -> str:
+def encode_source(
+    task: dict,
+    instance: dict,
+    config,
+    *,
+    max_source_length: int = 1024,
+    token_count: Optional[Callable[[str], int]] = None,
+    truncate: Optional[Callable[[str, int], str]] = None,
+    seed: int = 42,
+) -> str:
   """The Tk-Instruct source text for one instance.
 
   Args:
@@ -170,7 +210,9 @@ def encode_source(task: dict, instance: dict, config, *, max_source_length: int 
     seed: only for `tk_instruct`.
   """
   if (token_count is None) != (truncate is None):
-    raise ValueError("encode_source needs both token_count and truncate, or neither")
+    raise ValueError(
+        "encode_source needs both token_count and truncate, or neither"
+    )
   config = resolve_encoding(config, instance["id"], seed)
 
   def fits(text: str) -> bool:
@@ -181,21 +223,40 @@ def encode_source(task: dict, instance: dict, config, *, max_source_length: int 
   definition = format_definition(task) if config.add_task_definition else ""
 
   pos_examples = []
-  for index, example in enumerate(task["Positive Examples"][:config.num_pos_examples], 1):
-    candidate = _format_example("Positive", index, example, config.add_explanation)
+  for index, example in enumerate(
+      task["Positive Examples"][: config.num_pos_examples], 1
+  ):
+    candidate = _format_example(
+        "Positive", index, example, config.add_explanation
+    )
     if not fits(definition + " ".join(pos_examples) + candidate + task_input):
       break
     pos_examples.append(candidate)
 
   neg_examples = []
-  for index, example in enumerate(task["Negative Examples"][:config.num_neg_examples], 1):
-    candidate = _format_example("Negative", index, example, config.add_explanation)
-    if not fits(definition + " ".join(pos_examples) + " ".join(neg_examples) + candidate +
-                task_input):
+  for index, example in enumerate(
+      task["Negative Examples"][: config.num_neg_examples], 1
+  ):
+    candidate = _format_example(
+        "Negative", index, example, config.add_explanation
+    )
+    if not fits(
+        definition
+        + " ".join(pos_examples)
+        + " ".join(neg_examples)
+        + candidate
+        + task_input
+    ):
       break
     neg_examples.append(candidate)
 
-  source = task_name + definition + "".join(pos_examples) + "".join(neg_examples) + task_input
+  source = (
+      task_name
+      + definition
+      + "".join(pos_examples)
+      + "".join(neg_examples)
+      + task_input
+  )
   if not fits(source):
     source = truncate(source, max_source_length)
   return source
@@ -203,8 +264,18 @@ def encode_source(task: dict, instance: dict, config, *, max_source_length: int 
 
 # The Hugging Face tokenizer's `decode` (clean_up_tokenization_spaces=True, its
 # default when Tk-Instruct was trained) removes these spaces from decoded text.
-_HF_CLEANUPS = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
-                (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
+_HF_CLEANUPS = (
+    (" .", "."),
+    (" ?", "?"),
+    (" !", "!"),
+    (" ,", ","),
+    (" ' ", "'"),
+    (" n't", "n't"),
+    (" 'm", "'m"),
+    (" 's", "'s"),
+    (" 've", "'ve"),
+    (" 're", "'re"),
+)
 
 
 def clean_up_tokenization(text: str) -> str:
@@ -229,13 +300,26 @@ def vocabulary_token_fns(vocabulary, clean_up_tokenization_spaces: bool = True):
   def truncate(text: str, n: int) -> str:
     ids = [i for i in vocabulary.encode(text)[:n] if i != unk_id]
     decoded = vocabulary.decode(ids)
-    return clean_up_tokenization(decoded) if clean_up_tokenization_spaces else decoded
+    return (
+        clean_up_tokenization(decoded)
+        if clean_up_tokenization_spaces
+        else decoded
+    )
 
   return token_count, truncate
 
 
-def make_example(task: dict, instance: dict, encoding, *, split: str, seed: int = 42,
-                 max_source_length: int = 1024, token_count=None, truncate=None) -> dict:
+def make_example(
+    task: dict,
+    instance: dict,
+    encoding,
+    *,
+    split: str,
+    seed: int = 42,
+    max_source_length: int = 1024,
+    token_count=None,
+    truncate=None,
+) -> dict:
   """One model example as text: the fields every consumer (SeqIO, `tkx convert`) shares.
 
   `targets` is the training reference: drawn from the outputs (seeded by `seed` and
@@ -251,8 +335,15 @@ def make_example(task: dict, instance: dict, encoding, *, split: str, seed: int 
       "id": instance["id"],
       "task": task["Task"],
       "category": ni.task_category(task),
-      "inputs": encode_source(task, instance, encoding, max_source_length=max_source_length,
-                              token_count=token_count, truncate=truncate, seed=seed),
+      "inputs": encode_source(
+          task,
+          instance,
+          encoding,
+          max_source_length=max_source_length,
+          token_count=token_count,
+          truncate=truncate,
+          seed=seed,
+      ),
       "targets": target,
       "references": list(instance["output"]),
   }

@@ -14,6 +14,7 @@ for every split, an optional cap is applied after a shuffle. We seed that
 shuffle per task (from `seed` and the task name) so a selection never depends
 on which other tasks were read before it.
 """
+
 import json
 import logging
 import os
@@ -31,10 +32,19 @@ DEFAULT_MAX_NUM_INSTANCES = {"train": 100}
 class NIDataError(ValueError):
   """Bad NI input; the message names the file, the task and the field."""
 
-  def __init__(self, message: str, *, file: Optional[str] = None,
-               task: Optional[str] = None, field: Optional[str] = None):
-    where = ", ".join(f"{k}={v}" for k, v in
-                      (("file", file), ("task", task), ("field", field)) if v is not None)
+  def __init__(
+      self,
+      message: str,
+      *,
+      file: Optional[str] = None,
+      task: Optional[str] = None,
+      field: Optional[str] = None,
+  ):
+    where = ", ".join(
+        f"{k}={v}"
+        for k, v in (("file", file), ("task", task), ("field", field))
+        if v is not None
+    )
     super().__init__(f"{message} [{where}]" if where else message)
     self.file, self.task, self.field = file, task, field
 
@@ -52,7 +62,11 @@ def list_splits(ni_dir, track: str) -> List[str]:
   track_dir = os.path.join(os.fspath(ni_dir), "splits", track)
   if not os.path.isdir(track_dir):
     return []
-  return sorted(f[:-len("_tasks.txt")] for f in os.listdir(track_dir) if f.endswith("_tasks.txt"))
+  return sorted(
+      f[: -len("_tasks.txt")]
+      for f in os.listdir(track_dir)
+      if f.endswith("_tasks.txt")
+  )
 
 
 def read_split(ni_dir, track: str, split: str) -> List[str]:
@@ -62,7 +76,9 @@ def read_split(ni_dir, track: str, split: str) -> List[str]:
     available = list_splits(ni_dir, track)
     raise NIDataError(
         f"split file not found; splits available for track {track!r}: {available or 'none'}",
-        file=path, field=f"splits/{track}/{split}_tasks.txt")
+        file=path,
+        field=f"splits/{track}/{split}_tasks.txt",
+    )
   names, seen, repeated = [], set(), []
   with open(path, encoding="utf-8") as f:
     for line_no, line in enumerate(f, 1):
@@ -70,10 +86,14 @@ def read_split(ni_dir, track: str, split: str) -> List[str]:
       if not name:
         continue
       if name.endswith(".json"):
-        name = name[:-len(".json")]
+        name = name[: -len(".json")]
       if os.sep in name or "/" in name:
-        raise NIDataError(f"line {line_no} is not a task name: {name!r}", file=path, task=name,
-                          field="task name")
+        raise NIDataError(
+            f"line {line_no} is not a task name: {name!r}",
+            file=path,
+            task=name,
+            field="task name",
+        )
       if name in seen:
         repeated.append(f"{name} (line {line_no})")
         continue
@@ -82,12 +102,18 @@ def read_split(ni_dir, track: str, split: str) -> List[str]:
   if repeated:
     # Real split files repeat a task now and then; a task is one SeqIO task, so it is
     # read once (Tk-Instruct would have read its instances twice). Said, not silent.
-    logging.warning("%s lists %d task(s) more than once; each is read once: %s", path,
-                    len(repeated), ", ".join(repeated))
+    logging.warning(
+        "%s lists %d task(s) more than once; each is read once: %s",
+        path,
+        len(repeated),
+        ", ".join(repeated),
+    )
   return names
 
 
-def split_tasks(ni_dir, track: str, split: str, *, skip_missing: bool = False) -> List[str]:
+def split_tasks(
+    ni_dir, track: str, split: str, *, skip_missing: bool = False
+) -> List[str]:
   """`read_split` with every task file checked to exist (a stat, not a read).
 
   A missing task file is an `NIDataError`; with `skip_missing=True` the missing
@@ -99,10 +125,17 @@ def split_tasks(ni_dir, track: str, split: str, *, skip_missing: bool = False) -
     raise NIDataError(
         f"{len(missing)} task file(s) named by the split do not exist: {', '.join(missing)} "
         "(pass skip_missing=True / --skip_missing to skip them)",
-        file=split_path(ni_dir, track, split), task=missing[0], field="tasks/<task>.json")
+        file=split_path(ni_dir, track, split),
+        task=missing[0],
+        field="tasks/<task>.json",
+    )
   if missing:
-    logging.warning("Skipping %d task(s) of %s whose task file does not exist: %s", len(missing),
-                    split_path(ni_dir, track, split), ", ".join(missing))
+    logging.warning(
+        "Skipping %d task(s) of %s whose task file does not exist: %s",
+        len(missing),
+        split_path(ni_dir, track, split),
+        ", ".join(missing),
+    )
   missing_set = set(missing)
   return [n for n in names if n not in missing_set]
 
@@ -113,15 +146,27 @@ def split_tasks(ni_dir, track: str, split: str, *, skip_missing: bool = False) -
 
 def _check_string_list(value, *, nonempty, path, task, field):
   if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-    raise NIDataError(f"expected a list of strings, got {_describe(value)}", file=path, task=task,
-                      field=field)
+    raise NIDataError(
+        f"expected a list of strings, got {_describe(value)}",
+        file=path,
+        task=task,
+        field=field,
+    )
   if nonempty and not value:
-    raise NIDataError("expected a non-empty list of strings, got []", file=path, task=task,
-                      field=field)
+    raise NIDataError(
+        "expected a non-empty list of strings, got []",
+        file=path,
+        task=task,
+        field=field,
+    )
 
 
 def _describe(value) -> str:
-  text = json.dumps(value, ensure_ascii=False) if not isinstance(value, (bytes, set)) else repr(value)
+  text = (
+      json.dumps(value, ensure_ascii=False)
+      if not isinstance(value, (bytes, set))
+      else repr(value)
+  )
   if len(text) > 60:
     text = text[:57] + "..."
   return f"{type(value).__name__} {text}"
@@ -129,71 +174,149 @@ def _describe(value) -> str:
 
 def _check_examples(examples, *, kind, path, task):
   if not isinstance(examples, list):
-    raise NIDataError(f"expected a list of examples, got {_describe(examples)}", file=path,
-                      task=task, field=kind)
+    raise NIDataError(
+        f"expected a list of examples, got {_describe(examples)}",
+        file=path,
+        task=task,
+        field=kind,
+    )
   for i, example in enumerate(examples):
     field = f"{kind}[{i}]"
     if not isinstance(example, dict):
-      raise NIDataError(f"expected an object with input/output, got {_describe(example)}",
-                        file=path, task=task, field=field)
+      raise NIDataError(
+          f"expected an object with input/output, got {_describe(example)}",
+          file=path,
+          task=task,
+          field=field,
+      )
     for key in ("input", "output"):
       if key not in example:
-        raise NIDataError("missing field", file=path, task=task, field=f"{field}.{key}")
+        raise NIDataError(
+            "missing field", file=path, task=task, field=f"{field}.{key}"
+        )
       if not isinstance(example[key], str):
-        raise NIDataError(f"expected a string, got {_describe(example[key])}", file=path,
-                          task=task, field=f"{field}.{key}")
+        raise NIDataError(
+            f"expected a string, got {_describe(example[key])}",
+            file=path,
+            task=task,
+            field=f"{field}.{key}",
+        )
     # `explanation` is optional (Tk-Instruct adds it only when present).
     if "explanation" in example and not isinstance(example["explanation"], str):
-      raise NIDataError(f"expected a string, got {_describe(example['explanation'])}", file=path,
-                        task=task, field=f"{field}.explanation")
+      raise NIDataError(
+          f"expected a string, got {_describe(example['explanation'])}",
+          file=path,
+          task=task,
+          field=f"{field}.explanation",
+      )
 
 
 def validate_task(task: Dict[str, Any], *, path: str, task_name: str) -> None:
   """Checks the fields the pipeline reads; raises `NIDataError` naming the first bad one."""
   if not isinstance(task, dict):
-    raise NIDataError(f"expected a JSON object at top level, got {_describe(task)}", file=path,
-                      task=task_name, field="<root>")
-  for field in ("Definition", "Positive Examples", "Negative Examples", "Instances", "Categories"):
+    raise NIDataError(
+        f"expected a JSON object at top level, got {_describe(task)}",
+        file=path,
+        task=task_name,
+        field="<root>",
+    )
+  for field in (
+      "Definition",
+      "Positive Examples",
+      "Negative Examples",
+      "Instances",
+      "Categories",
+  ):
     if field not in task:
       raise NIDataError("missing field", file=path, task=task_name, field=field)
 
   definition = task["Definition"]
   if isinstance(definition, list):
     # Tk-Instruct uses the first element of a list Definition.
-    _check_string_list(definition, nonempty=True, path=path, task=task_name, field="Definition")
+    _check_string_list(
+        definition, nonempty=True, path=path, task=task_name, field="Definition"
+    )
   elif not isinstance(definition, str):
-    raise NIDataError(f"expected a string or a list of strings, got {_describe(definition)}",
-                      file=path, task=task_name, field="Definition")
+    raise NIDataError(
+        f"expected a string or a list of strings, got {_describe(definition)}",
+        file=path,
+        task=task_name,
+        field="Definition",
+    )
 
-  _check_string_list(task["Categories"], nonempty=True, path=path, task=task_name,
-                     field="Categories")
-  _check_examples(task["Positive Examples"], kind="Positive Examples", path=path, task=task_name)
-  _check_examples(task["Negative Examples"], kind="Negative Examples", path=path, task=task_name)
+  _check_string_list(
+      task["Categories"],
+      nonempty=True,
+      path=path,
+      task=task_name,
+      field="Categories",
+  )
+  _check_examples(
+      task["Positive Examples"],
+      kind="Positive Examples",
+      path=path,
+      task=task_name,
+  )
+  _check_examples(
+      task["Negative Examples"],
+      kind="Negative Examples",
+      path=path,
+      task=task_name,
+  )
 
   instances = task["Instances"]
   if not isinstance(instances, list):
-    raise NIDataError(f"expected a list of instances, got {_describe(instances)}", file=path,
-                      task=task_name, field="Instances")
+    raise NIDataError(
+        f"expected a list of instances, got {_describe(instances)}",
+        file=path,
+        task=task_name,
+        field="Instances",
+    )
   if not instances:
-    raise NIDataError("task has no instances (empty list)", file=path, task=task_name,
-                      field="Instances")
+    raise NIDataError(
+        "task has no instances (empty list)",
+        file=path,
+        task=task_name,
+        field="Instances",
+    )
   for i, instance in enumerate(instances):
     field = f"Instances[{i}]"
     if not isinstance(instance, dict):
-      raise NIDataError(f"expected an object with input/output, got {_describe(instance)}",
-                        file=path, task=task_name, field=field)
+      raise NIDataError(
+          f"expected an object with input/output, got {_describe(instance)}",
+          file=path,
+          task=task_name,
+          field=field,
+      )
     if "input" not in instance:
-      raise NIDataError("missing field", file=path, task=task_name, field=f"{field}.input")
+      raise NIDataError(
+          "missing field", file=path, task=task_name, field=f"{field}.input"
+      )
     if not isinstance(instance["input"], str):
-      raise NIDataError(f"expected a string, got {_describe(instance['input'])}", file=path,
-                        task=task_name, field=f"{field}.input")
+      raise NIDataError(
+          f"expected a string, got {_describe(instance['input'])}",
+          file=path,
+          task=task_name,
+          field=f"{field}.input",
+      )
     if "output" not in instance:
-      raise NIDataError("missing field", file=path, task=task_name, field=f"{field}.output")
-    _check_string_list(instance["output"], nonempty=True, path=path, task=task_name,
-                       field=f"{field}.output")
+      raise NIDataError(
+          "missing field", file=path, task=task_name, field=f"{field}.output"
+      )
+    _check_string_list(
+        instance["output"],
+        nonempty=True,
+        path=path,
+        task=task_name,
+        field=f"{field}.output",
+    )
     if "id" in instance and not isinstance(instance["id"], str):
-      raise NIDataError(f"expected a string, got {_describe(instance['id'])}", file=path,
-                        task=task_name, field=f"{field}.id")
+      raise NIDataError(
+          f"expected a string, got {_describe(instance['id'])}",
+          file=path,
+          task=task_name,
+          field=f"{field}.id",
+      )
 
 
 def load_task(ni_dir, task_name: str) -> Dict[str, Any]:
@@ -209,15 +332,23 @@ def load_task(ni_dir, task_name: str) -> Dict[str, Any]:
 def load_task_file(path: str, task_name: str) -> Dict[str, Any]:
   """`load_task` for a task file at any path (e.g. one outside a checkout)."""
   if not os.path.isfile(path):
-    raise NIDataError("task file does not exist", file=path, task=task_name,
-                      field="tasks/<task>.json")
+    raise NIDataError(
+        "task file does not exist",
+        file=path,
+        task=task_name,
+        field="tasks/<task>.json",
+    )
   try:
     with open(path, encoding="utf-8") as f:
       task = json.load(f)
   except json.JSONDecodeError as e:
-    raise NIDataError(f"malformed JSON: {e}", file=path, task=task_name, field="<json>") from e
+    raise NIDataError(
+        f"malformed JSON: {e}", file=path, task=task_name, field="<json>"
+    ) from e
   except UnicodeDecodeError as e:
-    raise NIDataError(f"not UTF-8 text: {e}", file=path, task=task_name, field="<json>") from e
+    raise NIDataError(
+        f"not UTF-8 text: {e}", file=path, task=task_name, field="<json>"
+    ) from e
   validate_task(task, path=path, task_name=task_name)
   task["Task"] = task_name
   task.pop("Instruction Source", None)  # as Tk-Instruct's reader does
@@ -243,8 +374,12 @@ def default_max_num_instances(split: str) -> Optional[int]:
   return DEFAULT_MAX_NUM_INSTANCES.get(split)
 
 
-def select_instances(task: Dict[str, Any], split: str, max_num_instances_per_task: Optional[int],
-                     seed: int) -> List[Dict[str, Any]]:
+def select_instances(
+    task: Dict[str, Any],
+    split: str,
+    max_num_instances_per_task: Optional[int],
+    seed: int,
+) -> List[Dict[str, Any]]:
   """The instances of one task that a split uses, exactly Tk-Instruct's rule.
 
   Test splits keep the first 100 instances. Then, when `max_num_instances_per_task`
@@ -261,18 +396,31 @@ def select_instances(task: Dict[str, Any], split: str, max_num_instances_per_tas
   return instances
 
 
-def iter_split_instances(ni_dir, track: str, split: str, *,
-                         max_num_instances_per_task: Optional[int] = None, seed: int = 42,
-                         skip_missing: bool = False, task_names: Optional[Sequence[str]] = None,
-                         progress: bool = False) -> Iterable[tuple]:
+def iter_split_instances(
+    ni_dir,
+    track: str,
+    split: str,
+    *,
+    max_num_instances_per_task: Optional[int] = None,
+    seed: int = 42,
+    skip_missing: bool = False,
+    task_names: Optional[Sequence[str]] = None,
+    progress: bool = False,
+) -> Iterable[tuple]:
   """Yields `(task, instance)` for every selected instance of a split, task by task."""
-  names = list(task_names) if task_names is not None else split_tasks(
-      ni_dir, track, split, skip_missing=skip_missing)
+  names = (
+      list(task_names)
+      if task_names is not None
+      else split_tasks(ni_dir, track, split, skip_missing=skip_missing)
+  )
   iterator = names
   if progress:
     import tqdm  # only the CLI shows a bar
+
     iterator = tqdm.tqdm(names, desc=f"{track}/{split} tasks", unit="task")
   for name in iterator:
     task = load_task(ni_dir, name)
-    for instance in select_instances(task, split, max_num_instances_per_task, seed):
+    for instance in select_instances(
+        task, split, max_num_instances_per_task, seed
+    ):
       yield task, instance

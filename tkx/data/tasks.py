@@ -23,6 +23,7 @@ reference lists and `predictions` as a list of strings.
 The embedded sample `tasks/` is registered on import (prefix `ni`) when its
 vocabulary is present.
 """
+
 import dataclasses
 import functools
 import logging
@@ -43,11 +44,21 @@ DEFAULT_PREFIX = "ni"
 DEFAULT_ENCODINGS = ("def_pos2",)
 # What the embedded sample is registered with on import: Tk-Instruct's evaluation
 # encodings and its training mixture.
-EMBEDDED_ENCODINGS = ("def", "pos2", "def_pos2", "def_pos2_neg2", "def_pos2_neg2_expl", "tk_instruct")
+EMBEDDED_ENCODINGS = (
+    "def",
+    "pos2",
+    "def_pos2",
+    "def_pos2_neg2",
+    "def_pos2_neg2_expl",
+    "tk_instruct",
+)
 DEFAULT_MAX_SOURCE_LENGTH = 1024
 DEFAULT_MAX_TARGET_LENGTH = 128
 # `task_feature_lengths` for `seqio.get_dataset` / t5x, Tk-Instruct's 1024 / 128.
-TASK_FEATURE_LENGTHS = {"inputs": DEFAULT_MAX_SOURCE_LENGTH, "targets": DEFAULT_MAX_TARGET_LENGTH}
+TASK_FEATURE_LENGTHS = {
+    "inputs": DEFAULT_MAX_SOURCE_LENGTH,
+    "targets": DEFAULT_MAX_TARGET_LENGTH,
+}
 _USE_SPLIT_DEFAULT = "split_default"
 
 _INVALID_NAME_CHARS = re.compile(r"[^\w.:#]")
@@ -61,17 +72,27 @@ def seqio_name(*parts: str) -> str:
   return _INVALID_NAME_CHARS.sub("_", "_".join(parts))
 
 
-def mixture_name(track: str, split: str, encoding: str, prefix: str = DEFAULT_PREFIX) -> str:
+def mixture_name(
+    track: str, split: str, encoding: str, prefix: str = DEFAULT_PREFIX
+) -> str:
   return seqio_name(prefix, track, split, encoding)
 
 
-def task_name(track: str, split: str, encoding: str, ni_task: str, prefix: str = DEFAULT_PREFIX) -> str:
+def task_name(
+    track: str,
+    split: str,
+    encoding: str,
+    ni_task: str,
+    prefix: str = DEFAULT_PREFIX,
+) -> str:
   return seqio_name(prefix, track, split, encoding, ni_task)
 
 
 def output_features(vocabulary: seqio.Vocabulary) -> Dict[str, seqio.Feature]:
   return {
-      "inputs": seqio.Feature(vocabulary=vocabulary, add_eos=True, required=True),
+      "inputs": seqio.Feature(
+          vocabulary=vocabulary, add_eos=True, required=True
+      ),
       "targets": seqio.Feature(vocabulary=vocabulary, add_eos=True),
   }
 
@@ -83,7 +104,10 @@ def references_postprocessor(output, example=None, is_target=False):
   """Targets become the example's list of references; predictions stay strings."""
   if is_target:
     if example is not None and "references" in example:
-      return [r.decode("utf-8") if isinstance(r, bytes) else str(r) for r in example["references"]]
+      return [
+          r.decode("utf-8") if isinstance(r, bytes) else str(r)
+          for r in example["references"]
+      ]
     return [output]
   return output
 
@@ -91,12 +115,14 @@ def references_postprocessor(output, example=None, is_target=False):
 def ni_metrics(targets, predictions):
   """`tkx.metrics.seqio_metrics.ni_metrics`, imported when metrics are computed."""
   from tkx.metrics import seqio_metrics  # pylint: disable=g-import-not-at-top
+
   return seqio_metrics.ni_metrics(targets, predictions)
 
 
 def ni_metrics_xlingual(targets, predictions):
   """`tkx.metrics.seqio_metrics.ni_metrics_xlingual` (language-neutral ROUGE), imported lazily."""
   from tkx.metrics import seqio_metrics  # pylint: disable=g-import-not-at-top
+
   return seqio_metrics.ni_metrics_xlingual(targets, predictions)
 
 
@@ -110,6 +136,7 @@ def default_metric_fns(track: str) -> List[Callable]:
 @dataclasses.dataclass(frozen=True)
 class NITaskSpec:
   """Everything needed to build one NI task's examples, lazily."""
+
   ni_dir: str
   track: str
   split: str
@@ -125,7 +152,9 @@ class NITaskSpec:
   def load(self):
     """(task dict, selected instances) from the JSON checkout."""
     task = ni.load_task(self.ni_dir, self.ni_task)
-    return task, ni.select_instances(task, self.split, self.max_num_instances_per_task, self.seed)
+    return task, ni.select_instances(
+        task, self.split, self.max_num_instances_per_task, self.seed
+    )
 
 
 # seqio task name -> its spec; read by the rate function and by tests.
@@ -136,7 +165,10 @@ _SPECS: Dict[str, NITaskSpec] = {}
 def _num_instances(spec: NITaskSpec) -> int:
   if spec.source == "tfds":
     from tkx.data import tfds_ni  # pylint: disable=g-import-not-at-top
-    start, end = tfds_ni.task_range(spec.tfds_name, spec.tfds_data_dir, spec.split, spec.ni_task)
+
+    start, end = tfds_ni.task_range(
+        spec.tfds_name, spec.tfds_data_dir, spec.split, spec.ni_task
+    )
     return end - start
   return len(spec.load()[1])
 
@@ -144,7 +176,9 @@ def _num_instances(spec: NITaskSpec) -> int:
 def instance_count_rate(task: seqio.Task) -> float:
   """Mixture rate: the number of selected instances of the task (loaded on first use)."""
   # The count does not depend on the encoding: share one cache entry across encodings.
-  spec = dataclasses.replace(_SPECS[task.name], encoding="", max_source_length=0)
+  spec = dataclasses.replace(
+      _SPECS[task.name], encoding="", max_source_length=0
+  )
   return float(_num_instances(spec))
 
 
@@ -152,34 +186,54 @@ def _iter_examples(spec: NITaskSpec, vocabulary) -> Iterable[dict]:
   token_count, truncate = enc.vocabulary_token_fns(vocabulary)
   if spec.source == "tfds":
     from tkx.data import tfds_ni  # pylint: disable=g-import-not-at-top
-    pairs = tfds_ni.iter_task_instances(spec.tfds_name, spec.tfds_data_dir, spec.split, spec.ni_task)
+
+    pairs = tfds_ni.iter_task_instances(
+        spec.tfds_name, spec.tfds_data_dir, spec.split, spec.ni_task
+    )
   else:
     task, instances = spec.load()
     pairs = ((task, instance) for instance in instances)
   for task, instance in pairs:
-    yield enc.make_example(task, instance, spec.encoding, split=spec.split, seed=spec.seed,
-                           max_source_length=spec.max_source_length, token_count=token_count,
-                           truncate=truncate)
+    yield enc.make_example(
+        task,
+        instance,
+        spec.encoding,
+        split=spec.split,
+        seed=spec.seed,
+        max_source_length=spec.max_source_length,
+        token_count=token_count,
+        truncate=truncate,
+    )
 
 
 def _examples_dataset(examples: Sequence[dict]) -> tf.data.Dataset:
   """Column-wise `from_tensor_slices` (much cheaper per example than `from_generator`)."""
-  columns = {k: tf.constant([e[k] for e in examples], dtype=tf.string)
-             for k in _TEXT_FEATURES}
+  columns = {
+      k: tf.constant([e[k] for e in examples], dtype=tf.string)
+      for k in _TEXT_FEATURES
+  }
   references = [e["references"] for e in examples]
   columns["references"] = tf.RaggedTensor.from_row_lengths(
       tf.constant([r for refs in references for r in refs], dtype=tf.string),
-      tf.constant([len(refs) for refs in references], dtype=tf.int64))
+      tf.constant([len(refs) for refs in references], dtype=tf.int64),
+  )
   return tf.data.Dataset.from_tensor_slices(columns)
 
 
 def _dataset_fn(spec: NITaskSpec, vocabulary) -> Callable[..., tf.data.Dataset]:
 
-  def dataset_fn(split: str, shuffle_files: bool, seed: Optional[int] = None) -> tf.data.Dataset:
-    del shuffle_files, seed  # one ordered stream per task; SeqIO shuffles examples
+  def dataset_fn(
+      split: str, shuffle_files: bool, seed: Optional[int] = None
+  ) -> tf.data.Dataset:
+    del (
+        shuffle_files,
+        seed,
+    )  # one ordered stream per task; SeqIO shuffles examples
     if split != spec.split:
-      raise ValueError(f"SeqIO task for NI task {spec.ni_task!r} has only split {spec.split!r}, "
-                       f"got {split!r}")
+      raise ValueError(
+          f"SeqIO task for NI task {spec.ni_task!r} has only split {spec.split!r}, "
+          f"got {split!r}"
+      )
     # The task file is read and encoded here, when the dataset is built, never at registration.
     return _examples_dataset(list(_iter_examples(spec, vocabulary)))
 
@@ -192,9 +246,13 @@ def _add_task(name: str, spec: NITaskSpec, vocabulary, metric_fns) -> None:
   _SPECS[name] = spec
   seqio.TaskRegistry.add(
       name,
-      source=seqio.FunctionDataSource(_dataset_fn(spec, vocabulary), splits=(spec.split,)),
+      source=seqio.FunctionDataSource(
+          _dataset_fn(spec, vocabulary), splits=(spec.split,)
+      ),
       preprocessors=[
-          functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=True),
+          functools.partial(
+              seqio.preprocessors.tokenize, copy_pretokenized=True
+          ),
           seqio.CacheDatasetPlaceholder(),
           seqio.preprocessors.append_eos_after_trim,
       ],
@@ -207,15 +265,31 @@ def _add_task(name: str, spec: NITaskSpec, vocabulary, metric_fns) -> None:
 def _add_mixture(name: str, task_names: Sequence[str]) -> None:
   if name in seqio.MixtureRegistry.names():
     seqio.MixtureRegistry.remove(name)
-  seqio.MixtureRegistry.add(name, [(t, instance_count_rate) for t in task_names])
+  seqio.MixtureRegistry.add(
+      name, [(t, instance_count_rate) for t in task_names]
+  )
 
 
 def _default_vocabulary():
   return vocab_lib.get_vocabulary()
 
 
-def _register(ni_dir, tracks, splits, encodings, vocabulary, *, prefix, max_num_instances_per_task,
-              seed, max_source_length, skip_missing, source, tfds_data_dir, metric_fns) -> List[str]:
+def _register(
+    ni_dir,
+    tracks,
+    splits,
+    encodings,
+    vocabulary,
+    *,
+    prefix,
+    max_num_instances_per_task,
+    seed,
+    max_source_length,
+    skip_missing,
+    source,
+    tfds_data_dir,
+    metric_fns,
+) -> List[str]:
   ni_dir = os.fspath(ni_dir)
   if source not in ("json", "tfds"):
     raise ValueError(f"source must be 'json' or 'tfds', got {source!r}")
@@ -224,34 +298,58 @@ def _register(ni_dir, tracks, splits, encodings, vocabulary, *, prefix, max_num_
   vocabulary = vocabulary if vocabulary is not None else _default_vocabulary()
   registered = []
   for track in tracks:
-    track_metric_fns = default_metric_fns(track) if metric_fns is None else list(metric_fns)
+    track_metric_fns = (
+        default_metric_fns(track) if metric_fns is None else list(metric_fns)
+    )
     for split in (ni.list_splits(ni_dir, track) if splits is None else splits):
-      cap = (ni.default_max_num_instances(split) if max_num_instances_per_task == _USE_SPLIT_DEFAULT
-             else max_num_instances_per_task)
+      cap = (
+          ni.default_max_num_instances(split)
+          if max_num_instances_per_task == _USE_SPLIT_DEFAULT
+          else max_num_instances_per_task
+      )
       tfds_name = None
       if source == "tfds":
         from tkx.data import tfds_ni  # pylint: disable=g-import-not-at-top
+
         tfds_name = tfds_ni.builder_name(track)
         ni_tasks = tfds_ni.split_task_names(tfds_name, tfds_data_dir, split)
       else:
-        ni_tasks = ni.split_tasks(ni_dir, track, split, skip_missing=skip_missing)
+        ni_tasks = ni.split_tasks(
+            ni_dir, track, split, skip_missing=skip_missing
+        )
       if not ni_tasks:
-        raise ni.NIDataError("the split lists no tasks", file=ni.split_path(ni_dir, track, split),
-                             field=f"splits/{track}/{split}_tasks.txt")
+        raise ni.NIDataError(
+            "the split lists no tasks",
+            file=ni.split_path(ni_dir, track, split),
+            field=f"splits/{track}/{split}_tasks.txt",
+        )
       for encoding in encodings:
         seen = {}
         task_names = []
         for ni_task in ni_tasks:
           name = task_name(track, split, encoding, ni_task, prefix)
           if name in seen:
-            raise ni.NIDataError(f"tasks {seen[name]!r} and {ni_task!r} map to the same SeqIO name "
-                                 f"{name!r}", file=ni.split_path(ni_dir, track, split), task=ni_task,
-                                 field="task name")
+            raise ni.NIDataError(
+                f"tasks {seen[name]!r} and {ni_task!r} map to the same SeqIO name "
+                f"{name!r}",
+                file=ni.split_path(ni_dir, track, split),
+                task=ni_task,
+                field="task name",
+            )
           seen[name] = ni_task
-          spec = NITaskSpec(ni_dir=ni_dir, track=track, split=split, ni_task=ni_task, encoding=encoding,
-                            max_num_instances_per_task=cap, seed=seed,
-                            max_source_length=max_source_length, source=source, tfds_name=tfds_name,
-                            tfds_data_dir=tfds_data_dir)
+          spec = NITaskSpec(
+              ni_dir=ni_dir,
+              track=track,
+              split=split,
+              ni_task=ni_task,
+              encoding=encoding,
+              max_num_instances_per_task=cap,
+              seed=seed,
+              max_source_length=max_source_length,
+              source=source,
+              tfds_name=tfds_name,
+              tfds_data_dir=tfds_data_dir,
+          )
           _add_task(name, spec, vocabulary, track_metric_fns)
           task_names.append(name)
         mixture = mixture_name(track, split, encoding, prefix)
@@ -262,13 +360,22 @@ def _register(ni_dir, tracks, splits, encodings, vocabulary, *, prefix, max_num_
 
 
 @gin.configurable
-def register_ni(ni_dir=None, tracks: Sequence[str] = ("default",),
-                encodings: Sequence[str] = DEFAULT_ENCODINGS, vocabulary: Optional[seqio.Vocabulary] = None,
-                *, splits: Optional[Sequence[str]] = ("train", "test"), prefix: str = DEFAULT_PREFIX,
-                max_num_instances_per_task=_USE_SPLIT_DEFAULT, seed: int = 42,
-                max_source_length: int = DEFAULT_MAX_SOURCE_LENGTH, skip_missing: bool = False,
-                source: str = "json", tfds_data_dir: Optional[str] = None,
-                metric_fns: Optional[Sequence[Callable]] = None) -> List[str]:
+def register_ni(
+    ni_dir=None,
+    tracks: Sequence[str] = ("default",),
+    encodings: Sequence[str] = DEFAULT_ENCODINGS,
+    vocabulary: Optional[seqio.Vocabulary] = None,
+    *,
+    splits: Optional[Sequence[str]] = ("train", "test"),
+    prefix: str = DEFAULT_PREFIX,
+    max_num_instances_per_task=_USE_SPLIT_DEFAULT,
+    seed: int = 42,
+    max_source_length: int = DEFAULT_MAX_SOURCE_LENGTH,
+    skip_missing: bool = False,
+    source: str = "json",
+    tfds_data_dir: Optional[str] = None,
+    metric_fns: Optional[Sequence[Callable]] = None,
+) -> List[str]:
   """Registers SeqIO tasks and mixtures for an NI checkout; returns the mixture names.
 
   Args:
@@ -289,11 +396,21 @@ def register_ni(ni_dir=None, tracks: Sequence[str] = ("default",),
     metric_fns: SeqIO metric functions; None means the NI metrics (`ni_metrics`, or
       `ni_metrics_xlingual` for the xlingual track).
   """
-  return _register(EMBEDDED_NI_DIR if ni_dir is None else ni_dir, tuple(tracks), splits,
-                   tuple(encodings), vocabulary, prefix=prefix,
-                   max_num_instances_per_task=max_num_instances_per_task, seed=seed,
-                   max_source_length=max_source_length, skip_missing=skip_missing, source=source,
-                   tfds_data_dir=tfds_data_dir, metric_fns=metric_fns)
+  return _register(
+      EMBEDDED_NI_DIR if ni_dir is None else ni_dir,
+      tuple(tracks),
+      splits,
+      tuple(encodings),
+      vocabulary,
+      prefix=prefix,
+      max_num_instances_per_task=max_num_instances_per_task,
+      seed=seed,
+      max_source_length=max_source_length,
+      skip_missing=skip_missing,
+      source=source,
+      tfds_data_dir=tfds_data_dir,
+      metric_fns=metric_fns,
+  )
 
 
 def task_spec(name: str) -> NITaskSpec:
@@ -311,10 +428,21 @@ def _register_embedded() -> None:
     return
   tracks = [t for t in ni.TRACKS if ni.list_splits(EMBEDDED_NI_DIR, t)]
   try:
-    _register(EMBEDDED_NI_DIR, tracks, None, EMBEDDED_ENCODINGS, vocabulary, prefix=DEFAULT_PREFIX,
-              max_num_instances_per_task=_USE_SPLIT_DEFAULT, seed=42,
-              max_source_length=DEFAULT_MAX_SOURCE_LENGTH, skip_missing=False, source="json",
-              tfds_data_dir=None, metric_fns=None)
+    _register(
+        EMBEDDED_NI_DIR,
+        tracks,
+        None,
+        EMBEDDED_ENCODINGS,
+        vocabulary,
+        prefix=DEFAULT_PREFIX,
+        max_num_instances_per_task=_USE_SPLIT_DEFAULT,
+        seed=42,
+        max_source_length=DEFAULT_MAX_SOURCE_LENGTH,
+        skip_missing=False,
+        source="json",
+        tfds_data_dir=None,
+        metric_fns=None,
+    )
   except ni.NIDataError as e:
     logging.error("Embedded NI tasks not registered: %s", e)
 

@@ -20,6 +20,7 @@ Records keep generation order (task by task, shuffling disabled) and the builder
 metadata stores each task's record range per split, so one NI task is read as a
 slice `split[start:end]` instead of a filter over the whole split.
 """
+
 import argparse
 import dataclasses
 import functools
@@ -32,7 +33,9 @@ import tensorflow_datasets as tfds
 
 from tkx.data import ni
 
-_DESCRIPTION = "Super-NaturalInstructions tasks and instances, as selected by Tk-Instruct."
+_DESCRIPTION = (
+    "Super-NaturalInstructions tasks and instances, as selected by Tk-Instruct."
+)
 _HOMEPAGE = "https://github.com/allenai/natural-instructions"
 BUILDER_NAME = "tkx_natural_instructions"
 SPLITS = ("train", "test")
@@ -41,6 +44,7 @@ SPLITS = ("train", "test")
 @dataclasses.dataclass(eq=False)
 class NIConfig(tfds.core.BuilderConfig):
   """A track plus the instance selection applied at build time."""
+
   track: str = "default"
   # Per split; a missing split means no cap. Tk-Instruct's defaults.
   max_num_instances_per_task: Optional[Dict[str, int]] = None
@@ -48,8 +52,11 @@ class NIConfig(tfds.core.BuilderConfig):
   skip_missing: bool = False
 
   def cap(self, split: str) -> Optional[int]:
-    caps = ni.DEFAULT_MAX_NUM_INSTANCES if self.max_num_instances_per_task is None else (
-        self.max_num_instances_per_task)
+    caps = (
+        ni.DEFAULT_MAX_NUM_INSTANCES
+        if self.max_num_instances_per_task is None
+        else (self.max_num_instances_per_task)
+    )
     return caps.get(split)
 
 
@@ -70,25 +77,36 @@ class TkxNaturalInstructions(tfds.core.GeneratorBasedBuilder):
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       "Clone https://github.com/allenai/natural-instructions (or any checkout with tasks/*.json "
       "and splits/<track>/<split>_tasks.txt) and pass it as the manual dir "
-      "(`--ni_dir` of `python -m tkx.data.tfds_ni`, or DownloadConfig(manual_dir=...)).")
+      "(`--ni_dir` of `python -m tkx.data.tfds_ni`, or DownloadConfig(manual_dir=...))."
+  )
   BUILDER_CONFIGS = [
-      NIConfig(name="default", description="default (English) track", track="default"),
-      NIConfig(name="xlingual", description="cross-lingual track", track="xlingual"),
+      NIConfig(
+          name="default", description="default (English) track", track="default"
+      ),
+      NIConfig(
+          name="xlingual", description="cross-lingual track", track="xlingual"
+      ),
   ]
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
         description=_DESCRIPTION,
-        features=tfds.features.FeaturesDict({
-            "id": tfds.features.Text(),
-            "task": tfds.features.Text(),
-            "category": tfds.features.Text(),
-            "definition": tfds.features.Text(),
-            "input": tfds.features.Text(),
-            "outputs": tfds.features.Sequence(tfds.features.Text()),
-            "positive_examples": tfds.features.Sequence(_example_features()),
-            "negative_examples": tfds.features.Sequence(_example_features()),
-        }),
+        features=tfds.features.FeaturesDict(
+            {
+                "id": tfds.features.Text(),
+                "task": tfds.features.Text(),
+                "category": tfds.features.Text(),
+                "definition": tfds.features.Text(),
+                "input": tfds.features.Text(),
+                "outputs": tfds.features.Sequence(tfds.features.Text()),
+                "positive_examples": tfds.features.Sequence(
+                    _example_features()
+                ),
+                "negative_examples": tfds.features.Sequence(
+                    _example_features()
+                ),
+            }
+        ),
         homepage=_HOMEPAGE,
         # Records stay in generation order so each task is a contiguous range.
         disable_shuffling=True,
@@ -98,28 +116,48 @@ class TkxNaturalInstructions(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager):
     ni_dir = dl_manager.manual_dir
     self.info.metadata["task_ranges"] = {}
-    return {split: self._generate_examples(os.fspath(ni_dir), split) for split in SPLITS}
+    return {
+        split: self._generate_examples(os.fspath(ni_dir), split)
+        for split in SPLITS
+    }
 
   def _generate_examples(self, ni_dir: str, split: str):
     config = self.builder_config
     ranges = self.info.metadata["task_ranges"].setdefault(split, {})
-    names = ni.split_tasks(ni_dir, config.track, split, skip_missing=config.skip_missing)
+    names = ni.split_tasks(
+        ni_dir, config.track, split, skip_missing=config.skip_missing
+    )
     position = 0
     for count, name in enumerate(names, 1):
       task = ni.load_task(ni_dir, name)
       start = position
-      for instance in ni.select_instances(task, split, config.cap(split), config.seed):
+      for instance in ni.select_instances(
+          task, split, config.cap(split), config.seed
+      ):
         yield f"{position:09d}", _record(task, instance)
         position += 1
       ranges[name] = [start, position]
       if count % 100 == 0 or count == len(names):
-        logging.info("%s/%s: %d/%d tasks, %d instances", config.track, split, count, len(names),
-                     position)
+        logging.info(
+            "%s/%s: %d/%d tasks, %d instances",
+            config.track,
+            split,
+            count,
+            len(names),
+            position,
+        )
 
 
 def _examples_record(examples):
-  return [{"input": e["input"], "output": e["output"], "explanation": e.get("explanation", ""),
-           "has_explanation": "explanation" in e} for e in examples]
+  return [
+      {
+          "input": e["input"],
+          "output": e["output"],
+          "explanation": e.get("explanation", ""),
+          "has_explanation": "explanation" in e,
+      }
+      for e in examples
+  ]
 
 
 def _record(task: dict, instance: dict) -> dict:
@@ -142,7 +180,10 @@ def _decode(value) -> str:
 def _examples_from_record(examples) -> List[dict]:
   out = []
   for i in range(len(examples["input"])):
-    example = {"input": _decode(examples["input"][i]), "output": _decode(examples["output"][i])}
+    example = {
+        "input": _decode(examples["input"][i]),
+        "output": _decode(examples["output"][i]),
+    }
     if examples["has_explanation"][i]:
       example["explanation"] = _decode(examples["explanation"][i])
     out.append(example)
@@ -158,8 +199,11 @@ def from_record(record) -> Tuple[dict, dict]:
       "Positive Examples": _examples_from_record(record["positive_examples"]),
       "Negative Examples": _examples_from_record(record["negative_examples"]),
   }
-  instance = {"id": _decode(record["id"]), "input": _decode(record["input"]),
-              "output": [_decode(o) for o in record["outputs"]]}
+  instance = {
+      "id": _decode(record["id"]),
+      "input": _decode(record["input"]),
+      "output": [_decode(o) for o in record["outputs"]],
+  }
   return task, instance
 
 
@@ -175,60 +219,97 @@ def _builder(name: str, data_dir: Optional[str]):
   return tfds.builder(name, data_dir=data_dir)
 
 
-def _task_ranges(name: str, data_dir: Optional[str], split: str) -> Dict[str, List[int]]:
+def _task_ranges(
+    name: str, data_dir: Optional[str], split: str
+) -> Dict[str, List[int]]:
   builder = _builder(name, data_dir)
-  ranges = builder.info.metadata.get("task_ranges", {}).get(split) if builder.info.metadata else None
+  ranges = (
+      builder.info.metadata.get("task_ranges", {}).get(split)
+      if builder.info.metadata
+      else None
+  )
   if ranges is None:
-    raise ni.NIDataError(f"prepared dataset has no task ranges for split {split!r}",
-                         file=builder.data_dir, field="metadata.task_ranges")
+    raise ni.NIDataError(
+        f"prepared dataset has no task ranges for split {split!r}",
+        file=builder.data_dir,
+        field="metadata.task_ranges",
+    )
   return ranges
 
 
-def split_task_names(name: str, data_dir: Optional[str], split: str) -> List[str]:
+def split_task_names(
+    name: str, data_dir: Optional[str], split: str
+) -> List[str]:
   """NI task names of a prepared split, in record order."""
   ranges = _task_ranges(name, data_dir, split)
   return sorted(ranges, key=lambda t: ranges[t][0])
 
 
-def task_range(name: str, data_dir: Optional[str], split: str, ni_task: str) -> Tuple[int, int]:
+def task_range(
+    name: str, data_dir: Optional[str], split: str, ni_task: str
+) -> Tuple[int, int]:
   ranges = _task_ranges(name, data_dir, split)
   if ni_task not in ranges:
-    raise ni.NIDataError(f"task not in the prepared split {split!r}", file=_builder(name, data_dir).data_dir,
-                         task=ni_task, field="metadata.task_ranges")
+    raise ni.NIDataError(
+        f"task not in the prepared split {split!r}",
+        file=_builder(name, data_dir).data_dir,
+        task=ni_task,
+        field="metadata.task_ranges",
+    )
   start, end = ranges[ni_task]
   return start, end
 
 
-def iter_task_instances(name: str, data_dir: Optional[str], split: str,
-                        ni_task: str) -> Iterator[Tuple[dict, dict]]:
+def iter_task_instances(
+    name: str, data_dir: Optional[str], split: str, ni_task: str
+) -> Iterator[Tuple[dict, dict]]:
   """(task, instance) pairs of one NI task, read as a slice of the prepared split."""
   start, end = task_range(name, data_dir, split, ni_task)
   if end == start:
     return
-  dataset = _builder(name, data_dir).as_dataset(split=f"{split}[{start}:{end}]", shuffle_files=False)
+  dataset = _builder(name, data_dir).as_dataset(
+      split=f"{split}[{start}:{end}]", shuffle_files=False
+  )
   for record in tfds.as_numpy(dataset):
     yield from_record(record)
 
 
-def prepare(ni_dir, data_dir: Optional[str] = None, config="default") -> tfds.core.DatasetBuilder:
+def prepare(
+    ni_dir, data_dir: Optional[str] = None, config="default"
+) -> tfds.core.DatasetBuilder:
   """Builds (or reuses) the prepared records for one config from a checkout."""
   builder = TkxNaturalInstructions(config=config, data_dir=data_dir)
   builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(ni_dir)))
+      download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(ni_dir))
+  )
   _builder.cache_clear()
   return builder
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description="prepare Natural Instructions TFDS records")
-  parser.add_argument("--ni_dir", required=True, help="NI checkout (tasks/, splits/)")
-  parser.add_argument("--data_dir", default=None, help="TFDS data dir (default ~/tensorflow_datasets)")
-  parser.add_argument("--config", default="default", choices=[c.name for c in TkxNaturalInstructions.BUILDER_CONFIGS])
+  parser = argparse.ArgumentParser(
+      description="prepare Natural Instructions TFDS records"
+  )
+  parser.add_argument(
+      "--ni_dir", required=True, help="NI checkout (tasks/, splits/)"
+  )
+  parser.add_argument(
+      "--data_dir",
+      default=None,
+      help="TFDS data dir (default ~/tensorflow_datasets)",
+  )
+  parser.add_argument(
+      "--config",
+      default="default",
+      choices=[c.name for c in TkxNaturalInstructions.BUILDER_CONFIGS],
+  )
   args = parser.parse_args(argv)
   logging.getLogger().setLevel(logging.INFO)
   builder = prepare(args.ni_dir, args.data_dir, args.config)
   for split, info in builder.info.splits.items():
-    print(f"{builder.name}/{args.config} {split}: {info.num_examples} examples in {builder.data_dir}")
+    print(
+        f"{builder.name}/{args.config} {split}: {info.num_examples} examples in {builder.data_dir}"
+    )
 
 
 if __name__ == "__main__":

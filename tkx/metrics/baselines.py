@@ -8,6 +8,7 @@ Records follow Tk-Instruct's `predicted_examples.jsonl`: the task's fields
 without `Instances`), the `Instance` {id, input, output} and the `prediction`,
 so `tkx score` (or Tk-Instruct's own script) reads them like model predictions.
 """
+
 import json
 import os
 
@@ -15,53 +16,79 @@ from tkx.data import ni
 
 
 def copy_input(task, instance):
-    del task
-    return instance["input"]
+  del task
+  return instance["input"]
 
 
 def copy_demo(task, instance):
-    del instance
-    return task["Positive Examples"][0]["output"]
+  del instance
+  return task["Positive Examples"][0]["output"]
 
 
 BASELINES = {"copy_input": copy_input, "copy_demo": copy_demo}
 
 
 def prediction_record(task, instance, prediction):
-    """One Tk-Instruct predictions record: task fields + Instance + prediction."""
-    record = {"id": instance["id"]}
-    record.update((k, v) for k, v in task.items() if k != "Instances")
-    record["Instance"] = {"id": instance["id"], "input": instance["input"], "output": instance["output"]}
-    record["prediction"] = prediction
-    return record
+  """One Tk-Instruct predictions record: task fields + Instance + prediction."""
+  record = {"id": instance["id"]}
+  record.update((k, v) for k, v in task.items() if k != "Instances")
+  record["Instance"] = {
+      "id": instance["id"],
+      "input": instance["input"],
+      "output": instance["output"],
+  }
+  record["prediction"] = prediction
+  return record
 
 
-def baseline_records(ni_dir, kind, *, track="default", split="test", max_num_instances_per_task=None,
-                     seed=42, skip_missing=False, progress=False):
-    """Yields the baseline's prediction records for every selected instance of a split."""
-    if kind not in BASELINES:
-        raise ValueError(f"unknown baseline {kind!r}; choose from {', '.join(BASELINES)}")
-    predict = BASELINES[kind]
-    for task, instance in ni.iter_split_instances(
-            ni_dir, track, split, max_num_instances_per_task=max_num_instances_per_task, seed=seed,
-            skip_missing=skip_missing, progress=progress):
-        if kind == "copy_demo" and not task["Positive Examples"]:
-            raise ni.NIDataError("copy_demo needs at least one positive example",
-                                 file=ni.task_path(ni_dir, task["Task"]), task=task["Task"],
-                                 field="Positive Examples")
-        yield prediction_record(task, instance, predict(task, instance))
+def baseline_records(
+    ni_dir,
+    kind,
+    *,
+    track="default",
+    split="test",
+    max_num_instances_per_task=None,
+    seed=42,
+    skip_missing=False,
+    progress=False,
+):
+  """Yields the baseline's prediction records for every selected instance of a split."""
+  if kind not in BASELINES:
+    raise ValueError(
+        f"unknown baseline {kind!r}; choose from {', '.join(BASELINES)}"
+    )
+  predict = BASELINES[kind]
+  for task, instance in ni.iter_split_instances(
+      ni_dir,
+      track,
+      split,
+      max_num_instances_per_task=max_num_instances_per_task,
+      seed=seed,
+      skip_missing=skip_missing,
+      progress=progress,
+  ):
+    if kind == "copy_demo" and not task["Positive Examples"]:
+      raise ni.NIDataError(
+          "copy_demo needs at least one positive example",
+          file=ni.task_path(ni_dir, task["Task"]),
+          task=task["Task"],
+          field="Positive Examples",
+      )
+    yield prediction_record(task, instance, predict(task, instance))
 
 
 def write_baseline(ni_dir, kind, output_path, **kwargs):
-    """Writes the baseline's predictions JSONL; returns the number of records."""
-    directory = os.path.dirname(os.fspath(output_path))
-    if directory:
-        os.makedirs(directory, exist_ok=True)
-    count = 0
-    tmp_path = f"{output_path}.tmp"
-    with open(tmp_path, "w", encoding="utf-8") as f:
-        for record in baseline_records(ni_dir, kind, **kwargs):
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-            count += 1
-    os.replace(tmp_path, output_path)  # no half-written predictions file on failure
-    return count
+  """Writes the baseline's predictions JSONL; returns the number of records."""
+  directory = os.path.dirname(os.fspath(output_path))
+  if directory:
+    os.makedirs(directory, exist_ok=True)
+  count = 0
+  tmp_path = f"{output_path}.tmp"
+  with open(tmp_path, "w", encoding="utf-8") as f:
+    for record in baseline_records(ni_dir, kind, **kwargs):
+      f.write(json.dumps(record, ensure_ascii=False) + "\n")
+      count += 1
+  os.replace(
+      tmp_path, output_path
+  )  # no half-written predictions file on failure
+  return count

@@ -5,6 +5,7 @@ differ only in values (activations, tied logits, vocabulary), which live in
 `gin_configs/models/<family>/<size>.gin`. Gin sees the class as
 `network.T5Config`, the name t5x model gin files use.
 """
+
 import dataclasses
 import os
 from typing import Any, Sequence
@@ -13,7 +14,9 @@ import gin
 import jax.numpy as jnp
 
 # gin_configs/ sits beside the tkx package in the checkout.
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO_ROOT = os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)
 GIN_CONFIGS_DIR = os.path.join(REPO_ROOT, "gin_configs")
 
 
@@ -21,6 +24,7 @@ GIN_CONFIGS_DIR = os.path.join(REPO_ROOT, "gin_configs")
 @dataclasses.dataclass(frozen=True)
 class T5Config:
   """Global hyper-parameters of a T5 encoder-decoder (t5x field names)."""
+
   vocab_size: int
   emb_dim: int = 512
   num_heads: int = 8
@@ -56,16 +60,27 @@ class T5Config:
       object.__setattr__(self, name, jnp.dtype(getattr(self, name)).name)
     for name in ("vocab_size", "emb_dim", "num_heads", "head_dim", "mlp_dim"):
       if int(getattr(self, name)) <= 0:
-        raise ValueError(f"T5Config.{name} must be positive, got {getattr(self, name)!r}")
+        raise ValueError(
+            f"T5Config.{name} must be positive, got {getattr(self, name)!r}"
+        )
     for act in self.mlp_activations:
       if act not in ACTIVATIONS:
-        raise ValueError(f"T5Config.mlp_activations: unknown activation {act!r}; "
-                         f"choose from {sorted(ACTIVATIONS)}")
+        raise ValueError(
+            f"T5Config.mlp_activations: unknown activation {act!r}; "
+            f"choose from {sorted(ACTIVATIONS)}"
+        )
 
-    if self.attention_chunk_rows is not None and int(self.attention_chunk_rows) < 0:
-      raise ValueError(f"T5Config.attention_chunk_rows must be None or >= 0, got {self.attention_chunk_rows!r}")
+    if (
+        self.attention_chunk_rows is not None
+        and int(self.attention_chunk_rows) < 0
+    ):
+      raise ValueError(
+          f"T5Config.attention_chunk_rows must be None or >= 0, got {self.attention_chunk_rows!r}"
+      )
     if self.remat_policy not in ("none", "minimal", "full"):
-      raise ValueError(f"T5Config.remat_policy: unknown {self.remat_policy!r}; choose none, minimal or full")
+      raise ValueError(
+          f"T5Config.remat_policy: unknown {self.remat_policy!r}; choose none, minimal or full"
+      )
 
   @property
   def activation_dtype(self):
@@ -81,16 +96,30 @@ class T5Config:
 
 # Names accepted in mlp_activations. "gelu" is the tanh approximation, which is
 # what T5 1.1 was trained with (HF calls it "gelu_new").
-ACTIVATIONS = ("relu", "gelu", "gelu_new", "gelu_exact", "silu", "swish", "linear")
+ACTIVATIONS = (
+    "relu",
+    "gelu",
+    "gelu_new",
+    "gelu_exact",
+    "silu",
+    "swish",
+    "linear",
+)
 
 
-def parse_gin(gin_files: Sequence[str] = (), bindings: Sequence[str] = (), *, clear: bool = True):
+def parse_gin(
+    gin_files: Sequence[str] = (),
+    bindings: Sequence[str] = (),
+    *,
+    clear: bool = True,
+):
   """Parses model gin files (paths may be relative to the repo root) and bindings.
 
   Imports the modules whose configurables model gin files name, so that the
   files parse even when only `T5Config` is needed afterwards.
   """
   from tkx.models import models as _models  # noqa: F401  (registers models.*, network.*)
+
   try:  # vocab.get_vocabulary is referenced by VOCABULARY in model gin files.
     from tkx.data import vocab as _vocab  # noqa: F401
   except ImportError:
@@ -100,19 +129,26 @@ def parse_gin(gin_files: Sequence[str] = (), bindings: Sequence[str] = (), *, cl
   gin.add_config_file_search_path(REPO_ROOT)
   resolved = []
   for path in gin_files or ():
-    if not os.path.exists(path) and os.path.exists(os.path.join(REPO_ROOT, path)):
+    if not os.path.exists(path) and os.path.exists(
+        os.path.join(REPO_ROOT, path)
+    ):
       path = os.path.join(REPO_ROOT, path)
     if not os.path.exists(path):
       raise FileNotFoundError(f"gin file not found: {path}")
     resolved.append(path)
   # skip_unknown: a model file may name configurables of modules this process
   # never imports (e.g. vocab on a machine without the data package).
-  gin.parse_config_files_and_bindings(resolved, list(bindings or ()), skip_unknown=True,
-                                      finalize_config=False)  # callers may import or bind more later
+  gin.parse_config_files_and_bindings(
+      resolved, list(bindings or ()), skip_unknown=True, finalize_config=False
+  )  # callers may import or bind more later
 
 
-def load_config_from_gin(gin_files: Sequence[str] = (), bindings: Sequence[str] = (), *,
-                         clear: bool = True) -> T5Config:
+def load_config_from_gin(
+    gin_files: Sequence[str] = (),
+    bindings: Sequence[str] = (),
+    *,
+    clear: bool = True,
+) -> T5Config:
   """Returns the `network.T5Config` a set of model gin files describes.
 
   Parses the files (clearing gin's global config first unless clear=False) and
@@ -123,4 +159,6 @@ def load_config_from_gin(gin_files: Sequence[str] = (), bindings: Sequence[str] 
   try:
     return T5Config()
   except TypeError as e:
-    raise ValueError(f"gin files {list(gin_files)} do not bind network.T5Config fully: {e}") from e
+    raise ValueError(
+        f"gin files {list(gin_files)} do not bind network.T5Config fully: {e}"
+    ) from e

@@ -17,6 +17,7 @@ the second line is the attention scores and weighted sums (QK^T and AV,
 computed densely: no causal saving). FLOPs per token divide by B * (Li + Lt).
 The usual 6 * N * tokens estimate is reported beside it.
 """
+
 import dataclasses
 import functools
 import math
@@ -45,7 +46,9 @@ def build_model(config: config_lib.T5Config) -> models.EncoderDecoderModel:
 _SHAPES = {"encoder_input_tokens": (1, 1), "decoder_input_tokens": (1, 1)}
 
 
-@functools.lru_cache(maxsize=8)  # tracing a 24+24-layer model takes seconds; configs are hashable
+@functools.lru_cache(
+    maxsize=8
+)  # tracing a 24+24-layer model takes seconds; configs are hashable
 def abstract_params(config: config_lib.T5Config):
   """(ShapeDtypeStruct tree, logical PartitionSpec tree) of the parameters (do not mutate)."""
   model = build_model(config)
@@ -80,9 +83,18 @@ def count_params(config: config_lib.T5Config) -> Dict[str, int]:
   return counts
 
 
-def mesh_spec(shape: Sequence[int], logical: PartitionSpec, rules, mesh_shape: Dict[str, int]) -> tuple:
+def mesh_spec(
+    shape: Sequence[int],
+    logical: PartitionSpec,
+    rules,
+    mesh_shape: Dict[str, int],
+) -> tuple:
   """Mesh axes per dimension; axes that do not divide the dimension are dropped."""
-  spec = tuple(nn.logical_to_mesh_axes(tuple(logical), rules)) if len(logical) else ()
+  spec = (
+      tuple(nn.logical_to_mesh_axes(tuple(logical), rules))
+      if len(logical)
+      else ()
+  )
   return tuple(partitioning.divisible_spec(shape, spec, mesh_shape))
 
 
@@ -96,6 +108,7 @@ def _shard_factor(spec: tuple, mesh_shape: Dict[str, int]) -> int:
 
 def _optimizer(name: str):
   from tkx import optimizers
+
   if name == "adafactor":
     return optimizers.adafactor(1e-3)
   if name == "adamw":
@@ -113,8 +126,13 @@ class MemoryReport:
   optimizer_bytes_per_device: int
 
 
-def memory_per_device(config: config_lib.T5Config, data: int = 1, model: int = 1,
-                      shard_params_over_data: bool = False, optimizer: str = "adafactor") -> MemoryReport:
+def memory_per_device(
+    config: config_lib.T5Config,
+    data: int = 1,
+    model: int = 1,
+    shard_params_over_data: bool = False,
+    optimizer: str = "adafactor",
+) -> MemoryReport:
   """Bytes of parameters and optimizer state on each device of a data x model mesh.
 
   Optimizer state leaves are matched to the parameter whose path they carry:
@@ -128,7 +146,12 @@ def memory_per_device(config: config_lib.T5Config, data: int = 1, model: int = 1
   rules = logical_axis_rules(shard_params_over_data)
   shapes, logical = abstract_params(config)
   is_spec = lambda x: isinstance(x, PartitionSpec)  # noqa: E731
-  logical_by_path = {_path(p): s for p, s in jax.tree_util.tree_flatten_with_path(logical, is_leaf=is_spec)[0]}
+  logical_by_path = {
+      _path(p): s
+      for p, s in jax.tree_util.tree_flatten_with_path(
+          logical, is_leaf=is_spec
+      )[0]
+  }
   param_spec, param_shape = {}, {}
   total = per_device = 0
   for p, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]:
@@ -146,12 +169,21 @@ def memory_per_device(config: config_lib.T5Config, data: int = 1, model: int = 1
     nbytes = int(np.prod(shape)) * np.dtype(leaf.dtype).itemsize
     opt_total += nbytes
     path = _path(p)
-    match = next((q for q in param_spec if path == q or path.endswith("/" + q)), None)
+    match = next(
+        (q for q in param_spec if path == q or path.endswith("/" + q)), None
+    )
     spec = ()
     if match is not None and shape:
-      spec = partitioning.state_spec_from_param(shape, param_shape[match], param_spec[match]) or ()
+      spec = (
+          partitioning.state_spec_from_param(
+              shape, param_shape[match], param_spec[match]
+          )
+          or ()
+      )
     opt_per_device += math.ceil(nbytes / _shard_factor(spec, mesh_shape))
-  return MemoryReport(mesh_shape, total, per_device, optimizer, opt_total, opt_per_device)
+  return MemoryReport(
+      mesh_shape, total, per_device, optimizer, opt_total, opt_per_device
+  )
 
 
 def _matmul_params(config: config_lib.T5Config) -> Dict[str, int]:
@@ -160,21 +192,44 @@ def _matmul_params(config: config_lib.T5Config) -> Dict[str, int]:
   attention = 4 * e * hd
   return {
       "encoder": config.num_encoder_layers * (attention + mlp),
-      "decoder": config.num_decoder_layers * (attention + 2 * e * hd + mlp),  # self-attn + cross q/out
+      "decoder": (
+          config.num_decoder_layers * (attention + 2 * e * hd + mlp)
+      ),  # self-attn + cross q/out
       "cross_kv": config.num_decoder_layers * 2 * e * hd,
       "logits": e * config.vocab_size,
   }
 
 
-def train_step_flops(config: config_lib.T5Config, batch_size: int, inputs_length: int,
-                     targets_length: int) -> Dict[str, float]:
+def train_step_flops(
+    config: config_lib.T5Config,
+    batch_size: int,
+    inputs_length: int,
+    targets_length: int,
+) -> Dict[str, float]:
   """FLOPs of one training step (formula in the module docstring)."""
   n = _matmul_params(config)
   b, li, lt = batch_size, inputs_length, targets_length
   hd = config.num_heads * config.head_dim
-  dense = 2 * b * (li * n["encoder"] + lt * n["decoder"] + li * n["cross_kv"] + lt * n["logits"])
-  attention = 2 * b * 2 * hd * (config.num_encoder_layers * li * li +
-                                config.num_decoder_layers * (lt * lt + lt * li))
+  dense = (
+      2
+      * b
+      * (
+          li * n["encoder"]
+          + lt * n["decoder"]
+          + li * n["cross_kv"]
+          + lt * n["logits"]
+      )
+  )
+  attention = (
+      2
+      * b
+      * 2
+      * hd
+      * (
+          config.num_encoder_layers * li * li
+          + config.num_decoder_layers * (lt * lt + lt * li)
+      )
+  )
   forward = dense + attention
   tokens = b * (li + lt)
   total_params = count_params(config)["total"]
@@ -196,28 +251,57 @@ def human(n: float, unit: str = "") -> str:
 
 
 def human_bytes(n: float) -> str:
-  for suffix, scale in (("TiB", 2 ** 40), ("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+  for suffix, scale in (
+      ("TiB", 2**40),
+      ("GiB", 2**30),
+      ("MiB", 2**20),
+      ("KiB", 2**10),
+  ):
     if n >= scale:
       return f"{n / scale:.2f} {suffix}"
   return f"{int(n)} B"
 
 
-def report(config: config_lib.T5Config, *, data: int = 1, model: int = 1, shard_params_over_data: bool = False,
-           optimizer: str = "adafactor", batch_size: int = 1, inputs_length: int = 1024,
-           targets_length: int = 128) -> Dict[str, Any]:
+def report(
+    config: config_lib.T5Config,
+    *,
+    data: int = 1,
+    model: int = 1,
+    shard_params_over_data: bool = False,
+    optimizer: str = "adafactor",
+    batch_size: int = 1,
+    inputs_length: int = 1024,
+    targets_length: int = 128,
+) -> Dict[str, Any]:
   """Everything `tkx model-info` prints, as a dict."""
   return {
       "config": dataclasses.asdict(config),
       "params": count_params(config),
-      "memory": dataclasses.asdict(memory_per_device(config, data, model, shard_params_over_data, optimizer)),
-      "flops": train_step_flops(config, batch_size, inputs_length, targets_length),
-      "shapes": {"batch_size": batch_size, "inputs_length": inputs_length, "targets_length": targets_length},
+      "memory": dataclasses.asdict(
+          memory_per_device(
+              config, data, model, shard_params_over_data, optimizer
+          )
+      ),
+      "flops": train_step_flops(
+          config, batch_size, inputs_length, targets_length
+      ),
+      "shapes": {
+          "batch_size": batch_size,
+          "inputs_length": inputs_length,
+          "targets_length": targets_length,
+      },
       "shard_params_over_data": shard_params_over_data,
   }
 
 
 def format_report(info: Dict[str, Any]) -> str:
-  c, p, mem, fl, sh = info["config"], info["params"], info["memory"], info["flops"], info["shapes"]
+  c, p, mem, fl, sh = (
+      info["config"],
+      info["params"],
+      info["memory"],
+      info["flops"],
+      info["shapes"],
+  )
   lines = [
       f"model: emb {c['emb_dim']}, heads {c['num_heads']} x {c['head_dim']}, mlp {c['mlp_dim']} "
       f"{'/'.join(c['mlp_activations'])}, layers {c['num_encoder_layers']}+{c['num_decoder_layers']}, "

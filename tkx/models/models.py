@@ -16,6 +16,7 @@ Decoding interface (shared with `tkx.decoding`; flattened beams as in t5x):
   (float32 logits [batch*num_decodes, vocab], new_cache). The encoder output
   given to it is already repeated num_decodes times (example-major).
 """
+
 import functools
 import math
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Union
@@ -30,15 +31,29 @@ from tkx.models import network  # noqa: F401  (registers network.* with gin)
 Array = jax.Array
 PyTree = Any
 
-_FEATURES = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens")
-_PACKING_FEATURES = ("encoder_segment_ids", "decoder_segment_ids", "encoder_positions", "decoder_positions")
+_FEATURES = (
+    "encoder_input_tokens",
+    "decoder_input_tokens",
+    "decoder_target_tokens",
+)
+_PACKING_FEATURES = (
+    "encoder_segment_ids",
+    "decoder_segment_ids",
+    "encoder_positions",
+    "decoder_positions",
+)
 
 
 # -----------------------------------------------------------------------------
 # Losses (t5x.losses conventions).
 # -----------------------------------------------------------------------------
-def cross_entropy_with_logits(logits: Array, targets: Array, z_loss: float, confidence: float = 1.0,
-                              low_confidence: float = 0.0):
+def cross_entropy_with_logits(
+    logits: Array,
+    targets: Array,
+    z_loss: float,
+    confidence: float = 1.0,
+    low_confidence: float = 0.0,
+):
   """Per-token cross entropy against a (smoothed) one-hot target, plus z_loss * log(Z)^2.
 
   The target distribution puts `confidence` on the label and `low_confidence`
@@ -47,16 +62,28 @@ def cross_entropy_with_logits(logits: Array, targets: Array, z_loss: float, conf
   """
   logits = logits.astype(jnp.float32)
   log_z = jax.nn.logsumexp(logits, axis=-1)
-  label_logp = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0] - log_z
+  label_logp = (
+      jnp.take_along_axis(
+          logits, targets[..., None].astype(jnp.int32), axis=-1
+      )[..., 0]
+      - log_z
+  )
   loss = -(confidence - low_confidence) * label_logp
   if low_confidence:
-    loss = loss - low_confidence * (jnp.sum(logits, axis=-1) - logits.shape[-1] * log_z)
+    loss = loss - low_confidence * (
+        jnp.sum(logits, axis=-1) - logits.shape[-1] * log_z
+    )
   z = z_loss * jnp.square(log_z)
   return loss + z, z
 
 
-def compute_weighted_cross_entropy(logits: Array, targets: Array, weights: Optional[Array] = None,
-                                   label_smoothing: float = 0.0, z_loss: float = 0.0):
+def compute_weighted_cross_entropy(
+    logits: Array,
+    targets: Array,
+    weights: Optional[Array] = None,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+):
   """Sums over tokens of (loss, z_loss) and the weight sum.
 
   With label smoothing the target puts 1-ls on the label and ls/(V-1) on every
@@ -64,13 +91,19 @@ def compute_weighted_cross_entropy(logits: Array, targets: Array, weights: Optio
   model still reaches 0 (as in t5x).
   """
   if logits.ndim != targets.ndim + 1:
-    raise ValueError(f"logits {logits.shape} and targets {targets.shape} do not match")
+    raise ValueError(
+        f"logits {logits.shape} and targets {targets.shape} do not match"
+    )
   vocab_size = logits.shape[-1]
   confidence = 1.0 - label_smoothing
   low_confidence = label_smoothing / (vocab_size - 1)
-  normalizing_constant = -(confidence * math.log(confidence) +
-                           (vocab_size - 1) * low_confidence * math.log(low_confidence + 1e-20))
-  total, z = cross_entropy_with_logits(logits, targets, z_loss, confidence, low_confidence)
+  normalizing_constant = -(
+      confidence * math.log(confidence)
+      + (vocab_size - 1) * low_confidence * math.log(low_confidence + 1e-20)
+  )
+  total, z = cross_entropy_with_logits(
+      logits, targets, z_loss, confidence, low_confidence
+  )
   total = total - normalizing_constant
   if weights is None:
     weights = jnp.ones(targets.shape, jnp.float32)
@@ -92,8 +125,16 @@ def _expand(x: Array, n: int) -> Array:
   return x if (n == 1 or x.ndim == 0) else jnp.repeat(x, n, axis=0)
 
 
-def greedy_decode(*, inputs: Array, cache: PyTree, tokens_to_logits: Callable, eos_id: int,
-                  max_decode_len: int, num_decodes: int = 1, **unused_kwargs):
+def greedy_decode(
+    *,
+    inputs: Array,
+    cache: PyTree,
+    tokens_to_logits: Callable,
+    eos_id: int,
+    max_decode_len: int,
+    num_decodes: int = 1,
+    **unused_kwargs,
+):
   """Argmax decoding over a fixed number of steps (used when tkx.decoding is absent)."""
   inputs = _expand(inputs, num_decodes)
   cache = jax.tree_util.tree_map(lambda x: _expand(x, num_decodes), cache)
@@ -101,25 +142,38 @@ def greedy_decode(*, inputs: Array, cache: PyTree, tokens_to_logits: Callable, e
 
   def step(i, carry):
     sequences, cur_token, cache, ended, score = carry
-    logits, cache = tokens_to_logits(DecodingState(i, sequences, cur_token, cache))
+    logits, cache = tokens_to_logits(
+        DecodingState(i, sequences, cur_token, cache)
+    )
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     next_token = jnp.argmax(log_probs, axis=-1).astype(jnp.int32)
-    token_logp = jnp.take_along_axis(log_probs, next_token[:, None], axis=-1)[:, 0]
+    token_logp = jnp.take_along_axis(log_probs, next_token[:, None], axis=-1)[
+        :, 0
+    ]
     next_token = jnp.where(ended, 0, next_token)  # pad after EOS
     score = score + jnp.where(ended, 0.0, token_logp)
     sequences = sequences.at[:, i].set(next_token)
     ended = ended | (next_token == eos_id)
     return sequences, next_token[:, None], cache, ended, score
 
-  carry = (jnp.zeros((batch, max_decode_len), jnp.int32), inputs[:, :1].astype(jnp.int32), cache,
-           jnp.zeros((batch,), bool), jnp.zeros((batch,), jnp.float32))
+  carry = (
+      jnp.zeros((batch, max_decode_len), jnp.int32),
+      inputs[:, :1].astype(jnp.int32),
+      cache,
+      jnp.zeros((batch,), bool),
+      jnp.zeros((batch,), jnp.float32),
+  )
   sequences, _, _, _, score = jax.lax.fori_loop(0, max_decode_len, step, carry)
-  return (sequences.reshape(-1, num_decodes, max_decode_len), score.reshape(-1, num_decodes))
+  return (
+      sequences.reshape(-1, num_decodes, max_decode_len),
+      score.reshape(-1, num_decodes),
+  )
 
 
 def _default_decode_fn():
   try:
     from tkx import decoding  # owned by the decoding module; optional at import time
+
     return decoding.greedy
   except (ImportError, AttributeError):
     return greedy_decode
@@ -140,20 +194,35 @@ def get_logical_axes(boxed_variables: PyTree) -> PyTree:
 class EncoderDecoderModel:
   """T5-style encoder-decoder wrapper around `network.Transformer` (t5x interface)."""
 
-  def __init__(self, module: nn.Module, input_vocabulary=None, output_vocabulary=None,
-               z_loss: float = 1e-4, label_smoothing: float = 0.0,
-               loss_normalizing_factor: Optional[Union[float, str]] = None):
+  def __init__(
+      self,
+      module: nn.Module,
+      input_vocabulary=None,
+      output_vocabulary=None,
+      z_loss: float = 1e-4,
+      label_smoothing: float = 0.0,
+      loss_normalizing_factor: Optional[Union[float, str]] = None,
+  ):
     self.module = module
     self.input_vocabulary = input_vocabulary
     self.output_vocabulary = output_vocabulary
     self.z_loss = float(z_loss)
     self.label_smoothing = float(label_smoothing)
-    if isinstance(loss_normalizing_factor, str) and loss_normalizing_factor.upper() not in (
-        "NUM_REAL_TARGET_TOKENS", "NUM_TARGET_TOKENS"):
-      raise ValueError(f"loss_normalizing_factor: unknown {loss_normalizing_factor!r}; use None "
-                       "(number of target tokens) or a number")
-    self.loss_normalizing_factor = (None if isinstance(loss_normalizing_factor, str)
-                                    else loss_normalizing_factor)
+    if isinstance(
+        loss_normalizing_factor, str
+    ) and loss_normalizing_factor.upper() not in (
+        "NUM_REAL_TARGET_TOKENS",
+        "NUM_TARGET_TOKENS",
+    ):
+      raise ValueError(
+          f"loss_normalizing_factor: unknown {loss_normalizing_factor!r}; use None "
+          "(number of target tokens) or a number"
+      )
+    self.loss_normalizing_factor = (
+        None
+        if isinstance(loss_normalizing_factor, str)
+        else loss_normalizing_factor
+    )
 
   @property
   def config(self):
@@ -165,36 +234,69 @@ class EncoderDecoderModel:
     return int(vocab.eos_id) if vocab is not None else 1
 
   # --- initialisation -------------------------------------------------------
-  def _init_boxed(self, rng: Array, input_shapes: Mapping[str, tuple],
-                  input_types: Optional[Mapping[str, Any]] = None) -> PyTree:
+  def _init_boxed(
+      self,
+      rng: Array,
+      input_shapes: Mapping[str, tuple],
+      input_types: Optional[Mapping[str, Any]] = None,
+  ) -> PyTree:
     input_types = input_types or {}
     enc_shape = tuple(input_shapes["encoder_input_tokens"])
-    dec_shape = tuple(input_shapes.get("decoder_input_tokens", input_shapes.get("decoder_target_tokens")))
-    enc = jnp.ones(enc_shape, input_types.get("encoder_input_tokens", jnp.int32))
-    dec = jnp.ones(dec_shape, input_types.get("decoder_input_tokens", jnp.int32))
+    dec_shape = tuple(
+        input_shapes.get(
+            "decoder_input_tokens", input_shapes.get("decoder_target_tokens")
+        )
+    )
+    enc = jnp.ones(
+        enc_shape, input_types.get("encoder_input_tokens", jnp.int32)
+    )
+    dec = jnp.ones(
+        dec_shape, input_types.get("decoder_input_tokens", jnp.int32)
+    )
     params_rng, dropout_rng = jax.random.split(rng)
-    return self.module.init({"params": params_rng, "dropout": dropout_rng}, enc, dec, dec,
-                            enable_dropout=False)
+    return self.module.init(
+        {"params": params_rng, "dropout": dropout_rng},
+        enc,
+        dec,
+        dec,
+        enable_dropout=False,
+    )
 
-  def get_initial_variables(self, rng: Array, input_shapes: Mapping[str, tuple],
-                            input_types: Optional[Mapping[str, Any]] = None, *,
-                            unbox: bool = True) -> PyTree:
+  def get_initial_variables(
+      self,
+      rng: Array,
+      input_shapes: Mapping[str, tuple],
+      input_types: Optional[Mapping[str, Any]] = None,
+      *,
+      unbox: bool = True,
+  ) -> PyTree:
     """{"params": ...} with plain arrays (unbox=False keeps the LogicallyPartitioned boxes)."""
     # Jitted: running the initialisers op by op costs seconds even for tiny models.
-    key = (tuple(sorted((k, tuple(v)) for k, v in input_shapes.items())),
-           tuple(sorted((k, jnp.dtype(v).name) for k, v in (input_types or {}).items())), unbox)
+    key = (
+        tuple(sorted((k, tuple(v)) for k, v in input_shapes.items())),
+        tuple(
+            sorted(
+                (k, jnp.dtype(v).name) for k, v in (input_types or {}).items()
+            )
+        ),
+        unbox,
+    )
     cache = self.__dict__.setdefault("_jitted_init", {})
     if key not in cache:
+
       def init(rng):
         variables = self._init_boxed(rng, dict(key[0]), dict(key[1]))
         return nn.meta.unbox(variables) if unbox else variables
+
       cache[key] = jax.jit(init)
     return cache[key](rng)
 
   def variables_logical_axes(self, input_shapes: Mapping[str, tuple]) -> PyTree:
     """Logical PartitionSpec per variable, computed with eval_shape (no allocation)."""
-    boxed = jax.eval_shape(functools.partial(self._init_boxed, input_shapes=input_shapes),
-                           jax.random.PRNGKey(0))
+    boxed = jax.eval_shape(
+        functools.partial(self._init_boxed, input_shapes=input_shapes),
+        jax.random.PRNGKey(0),
+    )
     return get_logical_axes(boxed)
 
   def params_logical_axes(self, input_shapes: Mapping[str, tuple]) -> PyTree:
@@ -202,26 +304,45 @@ class EncoderDecoderModel:
 
   def params_shapes(self, input_shapes: Mapping[str, tuple]) -> PyTree:
     """ShapeDtypeStructs of the (unboxed) parameters."""
-    return jax.eval_shape(lambda r: self.get_initial_variables(r, input_shapes),
-                          jax.random.PRNGKey(0))["params"]
+    return jax.eval_shape(
+        lambda r: self.get_initial_variables(r, input_shapes),
+        jax.random.PRNGKey(0),
+    )["params"]
 
   # --- forward / loss -------------------------------------------------------
   @staticmethod
   def _check_batch(batch: Mapping[str, Array]):
     missing = [k for k in _FEATURES if k not in batch]
     if missing:
-      raise KeyError(f"batch lacks {missing}; it has {sorted(batch)} (expected EncDecFeatureConverter output)")
+      raise KeyError(
+          f"batch lacks {missing}; it has {sorted(batch)} (expected EncDecFeatureConverter output)"
+      )
 
-  def _compute_logits(self, params: PyTree, batch: Mapping[str, Array],
-                      dropout_rng: Optional[Array] = None) -> Array:
+  def _compute_logits(
+      self,
+      params: PyTree,
+      batch: Mapping[str, Array],
+      dropout_rng: Optional[Array] = None,
+  ) -> Array:
     self._check_batch(batch)
     packing = {k: batch[k] for k in _PACKING_FEATURES if k in batch}
     rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
-    return self.module.apply({"params": params}, batch["encoder_input_tokens"],
-                             batch["decoder_input_tokens"], batch["decoder_target_tokens"],
-                             enable_dropout=dropout_rng is not None, rngs=rngs, **packing)
+    return self.module.apply(
+        {"params": params},
+        batch["encoder_input_tokens"],
+        batch["decoder_input_tokens"],
+        batch["decoder_target_tokens"],
+        enable_dropout=dropout_rng is not None,
+        rngs=rngs,
+        **packing,
+    )
 
-  def loss_fn(self, params: PyTree, batch: Mapping[str, Array], dropout_rng: Optional[Array]):
+  def loss_fn(
+      self,
+      params: PyTree,
+      batch: Mapping[str, Array],
+      dropout_rng: Optional[Array],
+  ):
     """(loss, metrics); loss = summed token losses / number of target tokens."""
     logits = self._compute_logits(params, batch, dropout_rng)
     targets = batch["decoder_target_tokens"]
@@ -229,7 +350,12 @@ class EncoderDecoderModel:
     if weights is None:
       weights = (targets > 0).astype(jnp.float32)
     loss_sum, z_sum, weight_sum = compute_weighted_cross_entropy(
-        logits, targets, weights, label_smoothing=self.label_smoothing, z_loss=self.z_loss)
+        logits,
+        targets,
+        weights,
+        label_smoothing=self.label_smoothing,
+        z_loss=self.z_loss,
+    )
     if self.loss_normalizing_factor is None:
       denom = jnp.maximum(weight_sum, 1.0)
     else:
@@ -252,14 +378,21 @@ class EncoderDecoderModel:
     targets = batch["decoder_target_tokens"]
     weights = batch.get("decoder_loss_weights")
     if weights is None:
-      weights = (targets > 0)
+      weights = targets > 0
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    token_lp = jnp.take_along_axis(log_probs, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    token_lp = jnp.take_along_axis(
+        log_probs, targets[..., None].astype(jnp.int32), axis=-1
+    )[..., 0]
     return jnp.sum(token_lp * weights.astype(jnp.float32), axis=-1)
 
   # --- cached decoding ------------------------------------------------------
-  def initial_cache(self, params: PyTree, encoded: Array, encoder_input_tokens: Array,
-                    max_decode_length: int) -> PyTree:
+  def initial_cache(
+      self,
+      params: PyTree,
+      encoded: Array,
+      encoder_input_tokens: Array,
+      max_decode_length: int,
+  ) -> PyTree:
     """The decoding cache of a batch: zero self-attention keys/values for max_decode_length
     tokens, and the encoder outputs' keys/values of every cross-attention layer, projected once.
 
@@ -268,55 +401,113 @@ class EncoderDecoderModel:
     are unused.
     """
     dec = jnp.ones((encoded.shape[0], max_decode_length), jnp.int32)
-    _, variables = self.module.apply({"params": params}, encoded, encoder_input_tokens, dec, dec,
-                                     enable_dropout=False, decode=True, max_decode_length=max_decode_length,
-                                     mutable=["cache"], method=self.module.decode)
+    _, variables = self.module.apply(
+        {"params": params},
+        encoded,
+        encoder_input_tokens,
+        dec,
+        dec,
+        enable_dropout=False,
+        decode=True,
+        max_decode_length=max_decode_length,
+        mutable=["cache"],
+        method=self.module.decode,
+    )
     return variables["cache"]
 
-  def _compute_logits_from_slice(self, decoding_state, params: PyTree, encoded_inputs: Array,
-                                 raw_inputs: Array, max_decode_length: int):
+  def _compute_logits_from_slice(
+      self,
+      decoding_state,
+      params: PyTree,
+      encoded_inputs: Array,
+      raw_inputs: Array,
+      max_decode_length: int,
+  ):
     """tokens_to_logits for decode_fn: one decoder step on the cache."""
     token = decoding_state.cur_token
     logits, new_vars = self.module.apply(
-        {"params": params, "cache": decoding_state.cache}, encoded_inputs, raw_inputs, token, token,
-        enable_dropout=False, decode=True, max_decode_length=max_decode_length, mutable=["cache"],
-        method=self.module.decode)
+        {"params": params, "cache": decoding_state.cache},
+        encoded_inputs,
+        raw_inputs,
+        token,
+        token,
+        enable_dropout=False,
+        decode=True,
+        max_decode_length=max_decode_length,
+        mutable=["cache"],
+        method=self.module.decode,
+    )
     return logits[:, 0, :], new_vars["cache"]
 
-  def predict_batch_with_aux(self, params: PyTree, batch: Mapping[str, Array], rng: Optional[Array] = None,
-                             *, decode_fn: Optional[Callable] = None, max_decode_length: Optional[int] = None,
-                             num_decodes: int = 1, return_all_decodes: bool = False, **decode_kwargs):
+  def predict_batch_with_aux(
+      self,
+      params: PyTree,
+      batch: Mapping[str, Array],
+      rng: Optional[Array] = None,
+      *,
+      decode_fn: Optional[Callable] = None,
+      max_decode_length: Optional[int] = None,
+      num_decodes: int = 1,
+      return_all_decodes: bool = False,
+      **decode_kwargs,
+  ):
     """(decodes, {"scores": ...}); decodes [batch, len] or [batch, num_decodes, len] (best last)."""
     inputs = batch["encoder_input_tokens"]
     if max_decode_length is None:
-      max_decode_length = (batch["decoder_input_tokens"].shape[1] if "decoder_input_tokens" in batch else 128)
+      max_decode_length = (
+          batch["decoder_input_tokens"].shape[1]
+          if "decoder_input_tokens" in batch
+          else 128
+      )
     decode_fn = decode_fn or _default_decode_fn()
     batch_size = inputs.shape[0]
-    encoded = self.module.apply({"params": params}, inputs, enable_dropout=False, method=self.module.encode)
+    encoded = self.module.apply(
+        {"params": params},
+        inputs,
+        enable_dropout=False,
+        method=self.module.encode,
+    )
     cache = self.initial_cache(params, encoded, inputs, max_decode_length)
     tokens_to_logits = functools.partial(
-        self._compute_logits_from_slice, params=params,
-        encoded_inputs=_expand(encoded, num_decodes), raw_inputs=_expand(inputs, num_decodes),
-        max_decode_length=max_decode_length)
+        self._compute_logits_from_slice,
+        params=params,
+        encoded_inputs=_expand(encoded, num_decodes),
+        raw_inputs=_expand(inputs, num_decodes),
+        max_decode_length=max_decode_length,
+    )
     if rng is not None:  # t5x's name for the sampling key
       decode_kwargs["decode_rng"] = rng
-    decodes, scores = decode_fn(inputs=jnp.zeros((batch_size, 1), jnp.int32), cache=cache,
-                                tokens_to_logits=tokens_to_logits, eos_id=self.eos_id,
-                                max_decode_len=max_decode_length, num_decodes=num_decodes, **decode_kwargs)
+    decodes, scores = decode_fn(
+        inputs=jnp.zeros((batch_size, 1), jnp.int32),
+        cache=cache,
+        tokens_to_logits=tokens_to_logits,
+        eos_id=self.eos_id,
+        max_decode_len=max_decode_length,
+        num_decodes=num_decodes,
+        **decode_kwargs,
+    )
     if return_all_decodes:
       return decodes, {"scores": scores}
     return decodes[:, -1, :], {"scores": scores[:, -1]}
 
-  def predict_batch(self, params: PyTree, batch: Mapping[str, Array], rng: Optional[Array] = None,
-                    **kwargs) -> Array:
+  def predict_batch(
+      self,
+      params: PyTree,
+      batch: Mapping[str, Array],
+      rng: Optional[Array] = None,
+      **kwargs,
+  ) -> Array:
     return self.predict_batch_with_aux(params, batch, rng, **kwargs)[0]
 
 
-def get_model_from_gin(gin_files=(), bindings=(), *, clear: bool = True) -> EncoderDecoderModel:
+def get_model_from_gin(
+    gin_files=(), bindings=(), *, clear: bool = True
+) -> EncoderDecoderModel:
   """Parses model gin files (see `config.parse_gin`) and builds `models.EncoderDecoderModel()`.
 
   This loads the vocabulary VOCABULARY names (the real T5 ones live on gs://).
   """
   from tkx.models import config as config_lib
+
   config_lib.parse_gin(gin_files, bindings, clear=clear)
   return EncoderDecoderModel()

@@ -19,6 +19,7 @@ Conventions taken from T5 / t5x:
   * Packed examples (segment ids) attend only within their segment; see
     `_positions` for why the relative positions need no per-example ids.
 """
+
 import functools
 from typing import Any, Callable, Optional, Sequence
 
@@ -51,10 +52,18 @@ def _activation(name: str) -> Callable[[Array], Array]:
   raise ValueError(f"unknown activation {name!r}")
 
 
-def _param(module: nn.Module, name: str, init: Initializer, shape: Sequence[int], dtype,
-           axes: Sequence[str]) -> Array:
+def _param(
+    module: nn.Module,
+    name: str,
+    init: Initializer,
+    shape: Sequence[int],
+    dtype,
+    axes: Sequence[str],
+) -> Array:
   """Creates a parameter boxed with its logical axis names (unboxed on use)."""
-  return module.param(name, nn.with_logical_partitioning(init, tuple(axes)), tuple(shape), dtype)
+  return module.param(
+      name, nn.with_logical_partitioning(init, tuple(axes)), tuple(shape), dtype
+  )
 
 
 # -----------------------------------------------------------------------------
@@ -62,6 +71,7 @@ def _param(module: nn.Module, name: str, init: Initializer, shape: Sequence[int]
 # -----------------------------------------------------------------------------
 class LayerNorm(nn.Module):
   """T5 RMS norm: x / sqrt(mean(x^2) + eps) * scale, statistics in float32."""
+
   epsilon: float = 1e-6
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
@@ -71,30 +81,50 @@ class LayerNorm(nn.Module):
     x = jnp.asarray(x, jnp.float32)
     mean2 = jnp.mean(jnp.square(x), axis=-1, keepdims=True)
     y = jnp.asarray(x * jax.lax.rsqrt(mean2 + self.epsilon), self.dtype)
-    scale = _param(self, "scale", nn.initializers.ones, (x.shape[-1],), self.param_dtype, ("embed",))
+    scale = _param(
+        self,
+        "scale",
+        nn.initializers.ones,
+        (x.shape[-1],),
+        self.param_dtype,
+        ("embed",),
+    )
     return y * jnp.asarray(scale, self.dtype)
 
 
 class Dense(nn.Module):
   """Bias-free dense layer with a 2-D kernel [in, out] and named axes."""
+
   features: int
   kernel_axes: Sequence[str]
-  kernel_init: Initializer = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+  kernel_init: Initializer = nn.initializers.variance_scaling(
+      1.0, "fan_in", "truncated_normal"
+  )
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    kernel = _param(self, "kernel", self.kernel_init, (x.shape[-1], self.features),
-                    self.param_dtype, self.kernel_axes)
+    kernel = _param(
+        self,
+        "kernel",
+        self.kernel_init,
+        (x.shape[-1], self.features),
+        self.param_dtype,
+        self.kernel_axes,
+    )
     # As one [tokens, in] @ [in, out] matmul: with the leading axes kept, XLA's CPU
     # backward transposes the output gradient through a slow copy (MLP gradients ~1.6x slower).
-    y = jnp.dot(jnp.asarray(x, self.dtype).reshape((-1, x.shape[-1])), jnp.asarray(kernel, self.dtype))
+    y = jnp.dot(
+        jnp.asarray(x, self.dtype).reshape((-1, x.shape[-1])),
+        jnp.asarray(kernel, self.dtype),
+    )
     return y.reshape(x.shape[:-1] + (self.features,))
 
 
 class Embed(nn.Module):
   """Token embedding [vocab, embed]; `attend` gives tied logits."""
+
   num_embeddings: int
   features: int
   dtype: Any = jnp.float32
@@ -102,8 +132,14 @@ class Embed(nn.Module):
   embedding_init: Initializer = nn.initializers.normal(stddev=1.0)
 
   def setup(self):
-    self.embedding = _param(self, "embedding", self.embedding_init,
-                            (self.num_embeddings, self.features), self.param_dtype, ("vocab", "embed"))
+    self.embedding = _param(
+        self,
+        "embedding",
+        self.embedding_init,
+        (self.num_embeddings, self.features),
+        self.param_dtype,
+        ("vocab", "embed"),
+    )
 
   def __call__(self, ids: Array) -> Array:
     if not jnp.issubdtype(ids.dtype, jnp.integer):
@@ -111,11 +147,15 @@ class Embed(nn.Module):
     return jnp.take(jnp.asarray(self.embedding, self.dtype), ids, axis=0)
 
   def attend(self, query: Array, dtype=jnp.float32) -> Array:
-    return jnp.dot(jnp.asarray(query, dtype), jnp.asarray(self.embedding, dtype).T)
+    return jnp.dot(
+        jnp.asarray(query, dtype), jnp.asarray(self.embedding, dtype).T
+    )
 
 
 @functools.lru_cache(maxsize=None)
-def _bucket_table(bidirectional: bool, num_buckets: int, max_distance: int) -> np.ndarray:
+def _bucket_table(
+    bidirectional: bool, num_buckets: int, max_distance: int
+) -> np.ndarray:
   """Bucket of every distance n = query_pos - key_pos, tabulated on the host.
 
   Index n + max_distance for n in [-max_distance, max_distance]; larger
@@ -134,16 +174,23 @@ def _bucket_table(bidirectional: bool, num_buckets: int, max_distance: int) -> n
   max_exact = num_buckets // 2
   is_small = n < max_exact
   with np.errstate(divide="ignore"):
-    scaled = (np.log(n.astype(np.float32) / np.float32(max_exact)) /
-              np.float32(np.log(max_distance / max_exact)) * np.float32(num_buckets - max_exact))
+    scaled = (
+        np.log(n.astype(np.float32) / np.float32(max_exact))
+        / np.float32(np.log(max_distance / max_exact))
+        * np.float32(num_buckets - max_exact)
+    )
   val_if_large = max_exact + np.where(is_small, 0, scaled).astype(np.int64)
   val_if_large = np.minimum(val_if_large, num_buckets - 1)
   ret += np.where(is_small, n, val_if_large)
   return ret.astype(np.int32)
 
 
-def relative_position_bucket(relative_position: Array, bidirectional: bool, num_buckets: int,
-                             max_distance: int) -> Array:
+def relative_position_bucket(
+    relative_position: Array,
+    bidirectional: bool,
+    num_buckets: int,
+    max_distance: int,
+) -> Array:
   """T5's bucket of relative_position = key_pos - query_pos."""
   table = jnp.asarray(_bucket_table(bidirectional, num_buckets, max_distance))
   n = jnp.clip(-relative_position, -max_distance, max_distance) + max_distance
@@ -152,21 +199,36 @@ def relative_position_bucket(relative_position: Array, bidirectional: bool, num_
 
 class RelativePositionBiases(nn.Module):
   """Per-head scalar bias from bucketed relative positions: rel_embedding [heads, buckets]."""
+
   num_buckets: int
   max_distance: int
   num_heads: int
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
-  embedding_init: Initializer = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")
+  embedding_init: Initializer = nn.initializers.variance_scaling(
+      1.0, "fan_avg", "uniform"
+  )
 
   @nn.compact
-  def __call__(self, query_positions: Array, key_positions: Array, bidirectional: bool) -> Array:
+  def __call__(
+      self, query_positions: Array, key_positions: Array, bidirectional: bool
+  ) -> Array:
     """query_positions [b|1, q], key_positions [b|1, k] -> bias [b|1, heads, q, k]."""
     rel = key_positions[:, None, :] - query_positions[:, :, None]  # [b, q, k]
-    buckets = relative_position_bucket(rel, bidirectional, self.num_buckets, self.max_distance)
-    table = _param(self, "rel_embedding", self.embedding_init, (self.num_heads, self.num_buckets),
-                   self.param_dtype, ("heads", "relpos_buckets"))
-    bias = jnp.take(jnp.asarray(table, self.dtype), buckets, axis=1)  # [heads, b, q, k]
+    buckets = relative_position_bucket(
+        rel, bidirectional, self.num_buckets, self.max_distance
+    )
+    table = _param(
+        self,
+        "rel_embedding",
+        self.embedding_init,
+        (self.num_heads, self.num_buckets),
+        self.param_dtype,
+        ("heads", "relpos_buckets"),
+    )
+    bias = jnp.take(
+        jnp.asarray(table, self.dtype), buckets, axis=1
+    )  # [heads, b, q, k]
     return jnp.transpose(bias, (1, 0, 2, 3))
 
 
@@ -190,10 +252,16 @@ def _add_shared_bias_bwd(batch, g):
 _add_shared_bias.defvjp(_add_shared_bias_fwd, _add_shared_bias_bwd)
 
 
-def _attention_weights(logits: Array, mask: Optional[Array], bias: Optional[Array], dtype) -> Array:
+def _attention_weights(
+    logits: Array, mask: Optional[Array], bias: Optional[Array], dtype
+) -> Array:
   """softmax(logits + bias) over the keys, masked positions excluded; statistics in float32."""
   logits = logits.astype(jnp.float32)
-  if bias is not None and bias.shape[0] == 1 and bias.shape[1:] == logits.shape[1:]:
+  if (
+      bias is not None
+      and bias.shape[0] == 1
+      and bias.shape[1:] == logits.shape[1:]
+  ):
     logits = _add_shared_bias(logits, bias.astype(jnp.float32))
   elif bias is not None:
     logits = logits + bias.astype(jnp.float32)
@@ -204,12 +272,21 @@ def _attention_weights(logits: Array, mask: Optional[Array], bias: Optional[Arra
 
 # Measured on a 2-core CPU (T5 small shapes): looping over rows pays from about
 # 8 x 6 x 512 x 512 float32 logits (50 MB) upwards; at 4 x 6 x 256 x 256 it costs ~4%.
-_CHUNK_LOGITS_ABOVE_BYTES = 32 * 2 ** 20
+_CHUNK_LOGITS_ABOVE_BYTES = 32 * 2**20
 
 
-def dot_product_attention(query: Array, key: Array, value: Array, mask: Optional[Array] = None,
-                          bias: Optional[Array] = None, *, dtype=jnp.float32, dropout_rate: float = 0.0,
-                          dropout_rng: Optional[Array] = None, chunk_rows: Optional[int] = 0) -> Array:
+def dot_product_attention(
+    query: Array,
+    key: Array,
+    value: Array,
+    mask: Optional[Array] = None,
+    bias: Optional[Array] = None,
+    *,
+    dtype=jnp.float32,
+    dropout_rate: float = 0.0,
+    dropout_rng: Optional[Array] = None,
+    chunk_rows: Optional[int] = 0,
+) -> Array:
   """softmax(q k^T + bias, masked) v for query [b, q, h, d], key/value [b, k, h, d] -> [b, q, h, d].
 
   mask [b|1, 1|h, q, k] (True: attend), bias [1, h, q, k]. With `chunk_rows` > 0
@@ -223,15 +300,26 @@ def dot_product_attention(query: Array, key: Array, value: Array, mask: Optional
   gain nothing from the loop's copies).
   """
   if chunk_rows is None:
-    logits_bytes = 4 * query.shape[0] * query.shape[2] * query.shape[1] * key.shape[1]
+    logits_bytes = (
+        4 * query.shape[0] * query.shape[2] * query.shape[1] * key.shape[1]
+    )
     single_cpu = jax.default_backend() == "cpu" and jax.device_count() == 1
-    chunk_rows = 1 if (single_cpu and logits_bytes > _CHUNK_LOGITS_ABOVE_BYTES) else 0
+    chunk_rows = (
+        1 if (single_cpu and logits_bytes > _CHUNK_LOGITS_ABOVE_BYTES) else 0
+    )
+
   def attend(q, k, v, m, rng, layout="bqhd"):
     kv_layout = layout.replace("q", "k")
-    weights = _attention_weights(jnp.einsum(f"{layout},{kv_layout}->bhqk", q, k), m, bias, dtype)
+    weights = _attention_weights(
+        jnp.einsum(f"{layout},{kv_layout}->bhqk", q, k), m, bias, dtype
+    )
     if rng is not None:
       keep = jax.random.bernoulli(rng, 1.0 - dropout_rate, weights.shape)
-      weights = jnp.where(keep, weights / jnp.asarray(1.0 - dropout_rate, dtype), jnp.zeros((), dtype))
+      weights = jnp.where(
+          keep,
+          weights / jnp.asarray(1.0 - dropout_rate, dtype),
+          jnp.zeros((), dtype),
+      )
     return jnp.einsum(f"bhqk,{kv_layout}->{layout}", weights, v)
 
   batch = query.shape[0]
@@ -242,13 +330,27 @@ def dot_product_attention(query: Array, key: Array, value: Array, mask: Optional
   num_chunks = batch // chunk_rows
   chunks = lambda x: x.reshape((num_chunks, chunk_rows) + x.shape[1:])  # noqa: E731
   row_mask = mask is not None and mask.shape[0] == batch
-  rngs = None if dropout_rng is None else jax.vmap(
-      functools.partial(jax.random.fold_in, dropout_rng))(jnp.arange(num_chunks))
+  rngs = (
+      None
+      if dropout_rng is None
+      else jax.vmap(functools.partial(jax.random.fold_in, dropout_rng))(
+          jnp.arange(num_chunks)
+      )
+  )
   # Heads-first once for the whole batch: cheaper than a transposing copy per chunk.
   heads_first = lambda x: chunks(jnp.swapaxes(x, 1, 2))  # noqa: E731
   out = jax.lax.map(
-      lambda xs: attend(xs[0], xs[1], xs[2], xs[3] if row_mask else mask, xs[4], layout="bhqd"),
-      (heads_first(query), heads_first(key), heads_first(value), chunks(mask) if row_mask else None, rngs))
+      lambda xs: attend(
+          xs[0], xs[1], xs[2], xs[3] if row_mask else mask, xs[4], layout="bhqd"
+      ),
+      (
+          heads_first(query),
+          heads_first(key),
+          heads_first(value),
+          chunks(mask) if row_mask else None,
+          rngs,
+      ),
+  )
   return jnp.swapaxes(out.reshape((batch,) + out.shape[2:]), 1, 2)
 
 
@@ -267,47 +369,81 @@ class MultiHeadDotProductAttention(nn.Module):
       later calls read them and ignore `inputs_kv`. They are the same for every
       decode of one example, so beam search never reorders them.
   """
+
   num_heads: int
   head_dim: int
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   dropout_rate: float = 0.0
-  kernel_init: Initializer = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
+  kernel_init: Initializer = nn.initializers.variance_scaling(
+      1.0, "fan_in", "normal"
+  )
   static_kv: bool = False
   chunk_rows: Optional[int] = 0  # see `dot_product_attention`
 
   @nn.compact
-  def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Optional[Array] = None,
-               bias: Optional[Array] = None, *, decode: bool = False,
-               deterministic: bool = True) -> Array:
+  def __call__(
+      self,
+      inputs_q: Array,
+      inputs_kv: Array,
+      mask: Optional[Array] = None,
+      bias: Optional[Array] = None,
+      *,
+      decode: bool = False,
+      deterministic: bool = True,
+  ) -> Array:
     joined = self.num_heads * self.head_dim
     # T5 does not scale attention logits by 1/sqrt(head_dim); the factor lives in
     # the query initialisation instead (equivalent under Adafactor).
     depth_scaling = float(np.sqrt(self.head_dim))
     query_init = lambda *a: self.kernel_init(*a) / depth_scaling  # noqa: E731
-    dense = functools.partial(Dense, features=joined, kernel_axes=("embed", "joined_kv"),
-                              dtype=self.dtype, param_dtype=self.param_dtype)
+    dense = functools.partial(
+        Dense,
+        features=joined,
+        kernel_axes=("embed", "joined_kv"),
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+    )
     split = lambda x: x.reshape(x.shape[:2] + (self.num_heads, self.head_dim))  # noqa: E731
     axes = ("batch", "length", "heads", "kv")
-    query = nn.with_logical_constraint(split(dense(kernel_init=query_init, name="query")(inputs_q)), axes)
+    query = nn.with_logical_constraint(
+        split(dense(kernel_init=query_init, name="query")(inputs_q)), axes
+    )
     project = lambda name: nn.with_logical_constraint(  # noqa: E731
-        split(dense(kernel_init=self.kernel_init, name=name)(inputs_kv)), axes)
+        split(dense(kernel_init=self.kernel_init, name=name)(inputs_kv)), axes
+    )
 
     if decode:
-      return self._decode_step(query, project, mask, bias, inputs_q.shape[-1])  # no dropout when decoding
+      return self._decode_step(
+          query, project, mask, bias, inputs_q.shape[-1]
+      )  # no dropout when decoding
     dropout_rng = None
     if not deterministic and self.dropout_rate > 0.0:
       dropout_rng = self.make_rng("dropout")
-    out = dot_product_attention(query, project("key"), project("value").astype(self.dtype), mask, bias,
-                                dtype=self.dtype, dropout_rate=self.dropout_rate, dropout_rng=dropout_rng,
-                                chunk_rows=self.chunk_rows)
+    out = dot_product_attention(
+        query,
+        project("key"),
+        project("value").astype(self.dtype),
+        mask,
+        bias,
+        dtype=self.dtype,
+        dropout_rate=self.dropout_rate,
+        dropout_rng=dropout_rng,
+        chunk_rows=self.chunk_rows,
+    )
     return self._output(out, inputs_q.shape[-1])
 
   def _output(self, out, features):
     out = out.reshape(out.shape[:2] + (self.num_heads * self.head_dim,))
     out = nn.with_logical_constraint(out, ("batch", "length", "joined_kv"))
-    return Dense(features=features, kernel_axes=("joined_kv", "embed"), kernel_init=self.kernel_init,
-                 dtype=self.dtype, param_dtype=self.param_dtype, name="out")(out)
+    return Dense(
+        features=features,
+        kernel_axes=("joined_kv", "embed"),
+        kernel_init=self.kernel_init,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        name="out",
+    )(out)
 
   def _decode_step(self, query, project, mask, bias, features):
     """Attention of `query` [batch, q, heads, head_dim] over the cached keys/values."""
@@ -324,18 +460,34 @@ class MultiHeadDotProductAttention(nn.Module):
         self.variable("cache", "encoded_value", lambda: value)
     else:
       is_initialized = self.has_variable("cache", "cached_key")
-      step_key, step_value = heads_first(project("key")), heads_first(project("value"))
-      cached_key = self.variable("cache", "cached_key", jnp.zeros, step_key.shape, step_key.dtype)
-      cached_value = self.variable("cache", "cached_value", jnp.zeros, step_value.shape, step_value.dtype)
-      cache_index = self.variable("cache", "cache_index", lambda: jnp.array(0, dtype=jnp.int32))
+      step_key, step_value = heads_first(project("key")), heads_first(
+          project("value")
+      )
+      cached_key = self.variable(
+          "cache", "cached_key", jnp.zeros, step_key.shape, step_key.dtype
+      )
+      cached_value = self.variable(
+          "cache", "cached_value", jnp.zeros, step_value.shape, step_value.dtype
+      )
+      cache_index = self.variable(
+          "cache", "cache_index", lambda: jnp.array(0, dtype=jnp.int32)
+      )
       if is_initialized:
         if query.shape[1] != 1:
-          raise ValueError(f"cached decoding takes one token per step, got length {query.shape[1]}")
+          raise ValueError(
+              f"cached decoding takes one token per step, got length {query.shape[1]}"
+          )
         idx = cache_index.value
-        key = jax.lax.dynamic_update_slice(cached_key.value, step_key.astype(cached_key.value.dtype),
-                                           (0, 0, idx, 0))
-        value = jax.lax.dynamic_update_slice(cached_value.value, step_value.astype(cached_value.value.dtype),
-                                             (0, 0, idx, 0))
+        key = jax.lax.dynamic_update_slice(
+            cached_key.value,
+            step_key.astype(cached_key.value.dtype),
+            (0, 0, idx, 0),
+        )
+        value = jax.lax.dynamic_update_slice(
+            cached_value.value,
+            step_value.astype(cached_value.value.dtype),
+            (0, 0, idx, 0),
+        )
         cached_key.value = nn.with_logical_constraint(key, cache_axes)
         cached_value.value = nn.with_logical_constraint(value, cache_axes)
         cache_index.value = idx + 1
@@ -343,8 +495,14 @@ class MultiHeadDotProductAttention(nn.Module):
         max_length = key.shape[2]
         step_mask = (jnp.arange(max_length) <= idx)[None, None, None, :]
         mask = step_mask if mask is None else jnp.logical_and(mask, step_mask)
-        if bias is not None:  # bias rows cover all max_length query positions; keep row idx.
-          bias = jax.lax.dynamic_slice(bias, (0, 0, idx, 0), (bias.shape[0], bias.shape[1], 1, bias.shape[3]))
+        if (
+            bias is not None
+        ):  # bias rows cover all max_length query positions; keep row idx.
+          bias = jax.lax.dynamic_slice(
+              bias,
+              (0, 0, idx, 0),
+              (bias.shape[0], bias.shape[1], 1, bias.shape[3]),
+          )
       else:  # the cache-creating call attends over its own inputs, as without a cache
         key, value = step_key, step_value
     logits = jnp.einsum("bhqd,bhkd->bhqk", heads_first(query), key)
@@ -355,26 +513,43 @@ class MultiHeadDotProductAttention(nn.Module):
 
 class MlpBlock(nn.Module):
   """wi (or gated wi_0 * wi_1 ...) -> dropout -> wo."""
+
   mlp_dim: int
   activations: Sequence[str] = ("relu",)
   dropout_rate: float = 0.0
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
-  kernel_init: Initializer = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+  kernel_init: Initializer = nn.initializers.variance_scaling(
+      1.0, "fan_in", "truncated_normal"
+  )
 
   @nn.compact
   def __call__(self, inputs: Array, deterministic: bool = True) -> Array:
     hidden = None
     for i, act in enumerate(self.activations):
       name = "wi" if len(self.activations) == 1 else f"wi_{i}"
-      x = Dense(self.mlp_dim, ("embed", "mlp"), self.kernel_init, self.dtype, self.param_dtype,
-                name=name)(inputs)
+      x = Dense(
+          self.mlp_dim,
+          ("embed", "mlp"),
+          self.kernel_init,
+          self.dtype,
+          self.param_dtype,
+          name=name,
+      )(inputs)
       x = _activation(act)(x)
       hidden = x if hidden is None else hidden * x
     hidden = nn.with_logical_constraint(hidden, ("batch", "length", "mlp"))
-    hidden = nn.Dropout(rate=self.dropout_rate, broadcast_dims=(-2,))(hidden, deterministic=deterministic)
-    return Dense(inputs.shape[-1], ("mlp", "embed"), self.kernel_init, self.dtype, self.param_dtype,
-                 name="wo")(hidden)
+    hidden = nn.Dropout(rate=self.dropout_rate, broadcast_dims=(-2,))(
+        hidden, deterministic=deterministic
+    )
+    return Dense(
+        inputs.shape[-1],
+        ("mlp", "embed"),
+        self.kernel_init,
+        self.dtype,
+        self.param_dtype,
+        name="wo",
+    )(hidden)
 
 
 def _dropout(rate):
@@ -389,15 +564,24 @@ class EncoderLayer(nn.Module):
   def __call__(self, x, mask, bias, deterministic: bool = True):
     cfg = self.config
     dt, pdt = cfg.activation_dtype, cfg.parameter_dtype
-    norm = functools.partial(LayerNorm, epsilon=cfg.layer_norm_epsilon, dtype=dt, param_dtype=pdt)
+    norm = functools.partial(
+        LayerNorm, epsilon=cfg.layer_norm_epsilon, dtype=dt, param_dtype=pdt
+    )
     y = norm(name="pre_attention_layer_norm")(x)
-    y = MultiHeadDotProductAttention(cfg.num_heads, cfg.head_dim, dt, pdt, cfg.dropout_rate,
-                                     chunk_rows=cfg.attention_chunk_rows, name="attention")(
-                                         y, y, mask, bias, deterministic=deterministic)
+    y = MultiHeadDotProductAttention(
+        cfg.num_heads,
+        cfg.head_dim,
+        dt,
+        pdt,
+        cfg.dropout_rate,
+        chunk_rows=cfg.attention_chunk_rows,
+        name="attention",
+    )(y, y, mask, bias, deterministic=deterministic)
     x = x + _dropout(cfg.dropout_rate)(y, deterministic=deterministic)
     y = norm(name="pre_mlp_layer_norm")(x)
-    y = MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, dt, pdt, name="mlp")(
-        y, deterministic=deterministic)
+    y = MlpBlock(
+        cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, dt, pdt, name="mlp"
+    )(y, deterministic=deterministic)
     x = x + _dropout(cfg.dropout_rate)(y, deterministic=deterministic)
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
@@ -406,24 +590,48 @@ class DecoderLayer(nn.Module):
   config: T5Config
 
   @nn.compact
-  def __call__(self, x, encoded, decoder_mask, encoder_decoder_mask, bias,
-               deterministic: bool = True, decode: bool = False):
+  def __call__(
+      self,
+      x,
+      encoded,
+      decoder_mask,
+      encoder_decoder_mask,
+      bias,
+      deterministic: bool = True,
+      decode: bool = False,
+  ):
     cfg = self.config
     dt, pdt = cfg.activation_dtype, cfg.parameter_dtype
-    norm = functools.partial(LayerNorm, epsilon=cfg.layer_norm_epsilon, dtype=dt, param_dtype=pdt)
-    attention = functools.partial(MultiHeadDotProductAttention, cfg.num_heads, cfg.head_dim, dt, pdt,
-                                  cfg.dropout_rate, chunk_rows=cfg.attention_chunk_rows)
+    norm = functools.partial(
+        LayerNorm, epsilon=cfg.layer_norm_epsilon, dtype=dt, param_dtype=pdt
+    )
+    attention = functools.partial(
+        MultiHeadDotProductAttention,
+        cfg.num_heads,
+        cfg.head_dim,
+        dt,
+        pdt,
+        cfg.dropout_rate,
+        chunk_rows=cfg.attention_chunk_rows,
+    )
     y = norm(name="pre_self_attention_layer_norm")(x)
-    y = attention(name="self_attention")(y, y, decoder_mask, bias, decode=decode,
-                                         deterministic=deterministic)
+    y = attention(name="self_attention")(
+        y, y, decoder_mask, bias, decode=decode, deterministic=deterministic
+    )
     x = x + _dropout(cfg.dropout_rate)(y, deterministic=deterministic)
     y = norm(name="pre_cross_attention_layer_norm")(x)
     y = attention(static_kv=True, name="encoder_decoder_attention")(
-        y, encoded, encoder_decoder_mask, decode=decode, deterministic=deterministic)
+        y,
+        encoded,
+        encoder_decoder_mask,
+        decode=decode,
+        deterministic=deterministic,
+    )
     x = x + _dropout(cfg.dropout_rate)(y, deterministic=deterministic)
     y = norm(name="pre_mlp_layer_norm")(x)
-    y = MlpBlock(cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, dt, pdt, name="mlp")(
-        y, deterministic=deterministic)
+    y = MlpBlock(
+        cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, dt, pdt, name="mlp"
+    )(y, deterministic=deterministic)
     x = x + _dropout(cfg.dropout_rate)(y, deterministic=deterministic)
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
@@ -431,7 +639,9 @@ class DecoderLayer(nn.Module):
 # jax.checkpoint policies by t5x / flaxformer name: what the backward pass may keep.
 _REMAT_POLICIES = {
     "full": None,  # keep nothing but the layer inputs
-    "minimal": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,  # keep weight matmul outputs
+    "minimal": (
+        jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims
+    ),  # keep weight matmul outputs
 }
 
 
@@ -440,8 +650,12 @@ def _layer_class(layer_cls, policy: str, static_argnums):
   if policy == "none":
     return layer_cls
   if policy not in _REMAT_POLICIES:
-    raise ValueError(f"T5Config.remat_policy: unknown {policy!r}; choose none, minimal or full")
-  return nn.remat(layer_cls, policy=_REMAT_POLICIES[policy], static_argnums=static_argnums)
+    raise ValueError(
+        f"T5Config.remat_policy: unknown {policy!r}; choose none, minimal or full"
+    )
+  return nn.remat(
+      layer_cls, policy=_REMAT_POLICIES[policy], static_argnums=static_argnums
+  )
 
 
 def _positions(tokens: Array, positions: Optional[Array]) -> Array:
@@ -468,14 +682,25 @@ class Encoder(nn.Module):
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
     x = _dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     pos = _positions(tokens, positions)
-    bias = RelativePositionBiases(cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance,
-                                  cfg.num_heads, cfg.activation_dtype, cfg.parameter_dtype,
-                                  name="relpos_bias")(pos, pos, bidirectional=True)
-    layer_cls = _layer_class(EncoderLayer, cfg.remat_policy, static_argnums=(4,))  # deterministic
+    bias = RelativePositionBiases(
+        cfg.relative_attention_num_buckets,
+        cfg.relative_attention_max_distance,
+        cfg.num_heads,
+        cfg.activation_dtype,
+        cfg.parameter_dtype,
+        name="relpos_bias",
+    )(pos, pos, bidirectional=True)
+    layer_cls = _layer_class(
+        EncoderLayer, cfg.remat_policy, static_argnums=(4,)
+    )  # deterministic
     for i in range(cfg.num_encoder_layers):
       x = layer_cls(cfg, name=f"layers_{i}")(x, mask, bias, deterministic)
-    x = LayerNorm(cfg.layer_norm_epsilon, cfg.activation_dtype, cfg.parameter_dtype,
-                  name="encoder_norm")(x)
+    x = LayerNorm(
+        cfg.layer_norm_epsilon,
+        cfg.activation_dtype,
+        cfg.parameter_dtype,
+        name="encoder_norm",
+    )(x)
     return _dropout(cfg.dropout_rate)(x, deterministic=deterministic)
 
 
@@ -484,51 +709,91 @@ class Decoder(nn.Module):
   shared_embedding: nn.Module
 
   @nn.compact
-  def __call__(self, encoded, decoder_input_tokens, decoder_mask=None, encoder_decoder_mask=None,
-               positions=None, *, deterministic: bool = True, decode: bool = False,
-               max_decode_length: Optional[int] = None):
+  def __call__(
+      self,
+      encoded,
+      decoder_input_tokens,
+      decoder_mask=None,
+      encoder_decoder_mask=None,
+      positions=None,
+      *,
+      deterministic: bool = True,
+      decode: bool = False,
+      max_decode_length: Optional[int] = None,
+  ):
     cfg = self.config
     x = self.shared_embedding(decoder_input_tokens.astype(jnp.int32))
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
     x = _dropout(cfg.dropout_rate)(x, deterministic=deterministic)
-    relpos = RelativePositionBiases(cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance,
-                                    cfg.num_heads, cfg.activation_dtype, cfg.parameter_dtype,
-                                    name="relpos_bias")
+    relpos = RelativePositionBiases(
+        cfg.relative_attention_num_buckets,
+        cfg.relative_attention_max_distance,
+        cfg.num_heads,
+        cfg.activation_dtype,
+        cfg.parameter_dtype,
+        name="relpos_bias",
+    )
     if decode:
       # The bias covers every cache position; each attention keeps the row of its cache index.
       length = max_decode_length or decoder_input_tokens.shape[-1]
       if decoder_input_tokens.shape[-1] == 1 and not max_decode_length:
-        raise ValueError("decode=True with one-token inputs needs max_decode_length")
+        raise ValueError(
+            "decode=True with one-token inputs needs max_decode_length"
+        )
       pos = jnp.arange(length, dtype=jnp.int32)[None, :]
     else:
       pos = _positions(decoder_input_tokens, positions)
     bias = relpos(pos, pos, bidirectional=False)
-    layer_cls = _layer_class(DecoderLayer, cfg.remat_policy, static_argnums=(6, 7))  # deterministic, decode
+    layer_cls = _layer_class(
+        DecoderLayer, cfg.remat_policy, static_argnums=(6, 7)
+    )  # deterministic, decode
     for i in range(cfg.num_decoder_layers):
-      x = layer_cls(cfg, name=f"layers_{i}")(x, encoded, decoder_mask, encoder_decoder_mask, bias,
-                                             deterministic, decode)
-    x = LayerNorm(cfg.layer_norm_epsilon, cfg.activation_dtype, cfg.parameter_dtype,
-                  name="decoder_norm")(x)
+      x = layer_cls(cfg, name=f"layers_{i}")(
+          x,
+          encoded,
+          decoder_mask,
+          encoder_decoder_mask,
+          bias,
+          deterministic,
+          decode,
+      )
+    x = LayerNorm(
+        cfg.layer_norm_epsilon,
+        cfg.activation_dtype,
+        cfg.parameter_dtype,
+        name="decoder_norm",
+    )(x)
     x = _dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     if cfg.logits_via_embedding:
       # T5 1.0 ties the output layer to the embedding and rescales by 1/sqrt(d_model).
-      logits = self.shared_embedding.attend(x) / jnp.sqrt(jnp.float32(x.shape[-1]))
+      logits = self.shared_embedding.attend(x) / jnp.sqrt(
+          jnp.float32(x.shape[-1])
+      )
     else:
-      logits = Dense(cfg.vocab_size, ("embed", "vocab"), dtype=jnp.float32,
-                     param_dtype=cfg.parameter_dtype, name="logits_dense")(x)
+      logits = Dense(
+          cfg.vocab_size,
+          ("embed", "vocab"),
+          dtype=jnp.float32,
+          param_dtype=cfg.parameter_dtype,
+          name="logits_dense",
+      )(x)
     return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
 
 
 # -----------------------------------------------------------------------------
 # Masks.
 # -----------------------------------------------------------------------------
-def make_attention_mask(query_input: Array, key_input: Array, pairwise_fn=jnp.multiply) -> Array:
+def make_attention_mask(
+    query_input: Array, key_input: Array, pairwise_fn=jnp.multiply
+) -> Array:
   """[b, q], [b, k] -> bool [b, 1, q, k]."""
   mask = pairwise_fn(query_input[..., :, None], key_input[..., None, :])
   return mask[:, None].astype(bool)
 
 
-def make_decoder_mask(decoder_target_tokens: Array, decoder_segment_ids: Optional[Array] = None) -> Array:
+def make_decoder_mask(
+    decoder_target_tokens: Array, decoder_segment_ids: Optional[Array] = None
+) -> Array:
   """Causal mask over non-padding target positions, restricted to one segment when packed."""
   valid = decoder_target_tokens > 0
   mask = make_attention_mask(valid, valid)
@@ -536,7 +801,12 @@ def make_decoder_mask(decoder_target_tokens: Array, decoder_segment_ids: Optiona
   causal = jnp.tril(jnp.ones((length, length), dtype=bool))[None, None]
   mask = jnp.logical_and(mask, causal)
   if decoder_segment_ids is not None:
-    mask = jnp.logical_and(mask, make_attention_mask(decoder_segment_ids, decoder_segment_ids, jnp.equal))
+    mask = jnp.logical_and(
+        mask,
+        make_attention_mask(
+            decoder_segment_ids, decoder_segment_ids, jnp.equal
+        ),
+    )
   return mask
 
 
@@ -546,53 +816,127 @@ def make_decoder_mask(decoder_target_tokens: Array, decoder_segment_ids: Optiona
 @gin.configurable(module="network")
 class Transformer(nn.Module):
   """T5 encoder-decoder; the interface of t5x's `network.Transformer`."""
+
   config: T5Config
 
   def setup(self):
     cfg = self.config
-    self.token_embedder = Embed(cfg.vocab_size, cfg.emb_dim, dtype=cfg.activation_dtype,
-                                param_dtype=cfg.parameter_dtype)
+    self.token_embedder = Embed(
+        cfg.vocab_size,
+        cfg.emb_dim,
+        dtype=cfg.activation_dtype,
+        param_dtype=cfg.parameter_dtype,
+    )
     self.encoder = Encoder(cfg, shared_embedding=self.token_embedder)
     self.decoder = Decoder(cfg, shared_embedding=self.token_embedder)
 
-  def encode(self, encoder_input_tokens, encoder_segment_ids=None, encoder_positions=None, *,
-             enable_dropout: bool = True):
+  def encode(
+      self,
+      encoder_input_tokens,
+      encoder_segment_ids=None,
+      encoder_positions=None,
+      *,
+      enable_dropout: bool = True,
+  ):
     valid = encoder_input_tokens > 0
     mask = make_attention_mask(valid, valid)
     if encoder_segment_ids is not None:
-      mask = jnp.logical_and(mask, make_attention_mask(encoder_segment_ids, encoder_segment_ids, jnp.equal))
-    return self.encoder(encoder_input_tokens, mask, encoder_positions, deterministic=not enable_dropout)
+      mask = jnp.logical_and(
+          mask,
+          make_attention_mask(
+              encoder_segment_ids, encoder_segment_ids, jnp.equal
+          ),
+      )
+    return self.encoder(
+        encoder_input_tokens,
+        mask,
+        encoder_positions,
+        deterministic=not enable_dropout,
+    )
 
-  def decode(self, encoded, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens,
-             encoder_segment_ids=None, decoder_segment_ids=None, decoder_positions=None, *,
-             enable_dropout: bool = True, decode: bool = False,
-             max_decode_length: Optional[int] = None):
+  def decode(
+      self,
+      encoded,
+      encoder_input_tokens,
+      decoder_input_tokens,
+      decoder_target_tokens,
+      encoder_segment_ids=None,
+      decoder_segment_ids=None,
+      decoder_positions=None,
+      *,
+      enable_dropout: bool = True,
+      decode: bool = False,
+      max_decode_length: Optional[int] = None,
+  ):
     if decode:
       # One query per step: causality comes from the cache index, padding is irrelevant.
       decoder_mask = None
-      encoder_decoder_mask = make_attention_mask(jnp.ones_like(decoder_target_tokens),
-                                                 encoder_input_tokens > 0)
+      encoder_decoder_mask = make_attention_mask(
+          jnp.ones_like(decoder_target_tokens), encoder_input_tokens > 0
+      )
     else:
-      decoder_mask = make_decoder_mask(decoder_target_tokens, decoder_segment_ids)
-      encoder_decoder_mask = make_attention_mask(decoder_target_tokens > 0, encoder_input_tokens > 0)
+      decoder_mask = make_decoder_mask(
+          decoder_target_tokens, decoder_segment_ids
+      )
+      encoder_decoder_mask = make_attention_mask(
+          decoder_target_tokens > 0, encoder_input_tokens > 0
+      )
     if encoder_segment_ids is not None:
       if decode:
-        raise ValueError("packed inputs (segment ids) are not supported with decode=True")
+        raise ValueError(
+            "packed inputs (segment ids) are not supported with decode=True"
+        )
       encoder_decoder_mask = jnp.logical_and(
-          encoder_decoder_mask, make_attention_mask(decoder_segment_ids, encoder_segment_ids, jnp.equal))
-    return self.decoder(encoded, decoder_input_tokens, decoder_mask, encoder_decoder_mask,
-                        decoder_positions, deterministic=not enable_dropout, decode=decode,
-                        max_decode_length=max_decode_length)
+          encoder_decoder_mask,
+          make_attention_mask(
+              decoder_segment_ids, encoder_segment_ids, jnp.equal
+          ),
+      )
+    return self.decoder(
+        encoded,
+        decoder_input_tokens,
+        decoder_mask,
+        encoder_decoder_mask,
+        decoder_positions,
+        deterministic=not enable_dropout,
+        decode=decode,
+        max_decode_length=max_decode_length,
+    )
 
-  def __call__(self, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens, *,
-               encoder_segment_ids=None, decoder_segment_ids=None, encoder_positions=None,
-               decoder_positions=None, enable_dropout: bool = True, decode: bool = False,
-               max_decode_length: Optional[int] = None):
+  def __call__(
+      self,
+      encoder_input_tokens,
+      decoder_input_tokens,
+      decoder_target_tokens,
+      *,
+      encoder_segment_ids=None,
+      decoder_segment_ids=None,
+      encoder_positions=None,
+      decoder_positions=None,
+      enable_dropout: bool = True,
+      decode: bool = False,
+      max_decode_length: Optional[int] = None,
+  ):
     """Teacher-forced logits [batch, target_length, vocab] (float32)."""
     if (encoder_segment_ids is None) != (decoder_segment_ids is None):
-      raise ValueError("give both encoder_segment_ids and decoder_segment_ids (packed) or neither")
-    encoded = self.encode(encoder_input_tokens, encoder_segment_ids, encoder_positions,
-                          enable_dropout=enable_dropout)
-    return self.decode(encoded, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens,
-                       encoder_segment_ids, decoder_segment_ids, decoder_positions,
-                       enable_dropout=enable_dropout, decode=decode, max_decode_length=max_decode_length)
+      raise ValueError(
+          "give both encoder_segment_ids and decoder_segment_ids (packed) or neither"
+      )
+    encoded = self.encode(
+        encoder_input_tokens,
+        encoder_segment_ids,
+        encoder_positions,
+        enable_dropout=enable_dropout,
+    )
+    return self.decode(
+        encoded,
+        encoder_input_tokens,
+        decoder_input_tokens,
+        decoder_target_tokens,
+        encoder_segment_ids,
+        decoder_segment_ids,
+        decoder_positions,
+        enable_dropout=enable_dropout,
+        decode=decode,
+        max_decode_length=max_decode_length,
+    )
