@@ -34,6 +34,10 @@ COMMANDS = {
         "tkx.commands.evaluate",
         "decode a test mixture and score it with the NI metrics",
     ),
+    "report": (
+        "tkx.commands.report",
+        "eval outputs and training runs side by side in one report.html",
+    ),
     "infer": (
         "tkx.commands.infer",
         "decode a mixture or an input file into a predictions file",

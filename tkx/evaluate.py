@@ -266,6 +266,31 @@ def checkpoint_step(path: str) -> int:
   return int(match.group(1)) if match else 0
 
 
+class SharedCheckpoint:
+  """Lets several `evaluate` calls decode with one loaded checkpoint (`tkx eval --encodings`).
+
+  The first call loads the checkpoint (and makes the partitioner); later calls reuse
+  both, so each call's `Predictor` finds the parameters already on the devices and,
+  having the same model, partitioner and decoding settings, the same jitted function
+  with its compiled programs. Each call still draws from its own decoding seed, so a
+  sweep gives what separate evaluations give. Another checkpoint is an error, not a reload.
+  """
+
+  def __init__(self):
+    self._key = None
+    self._partitioner_and_loaded = None
+
+  def get(self, key, load):
+    if self._key is None:
+      self._partitioner_and_loaded = load()
+      self._key = key
+    elif key != self._key:
+      raise ValueError(
+          f"a shared checkpoint serves one checkpoint: it holds {self._key}, not {key}"
+      )
+    return self._partitioner_and_loaded
+
+
 @gin.configurable(module="evaluate")
 def evaluate(
     *,
@@ -285,12 +310,14 @@ def evaluate(
     max_num_instances_per_task: Optional[int] = None,
     vocab_path: Optional[str] = None,
     progress: bool = True,
+    shared_checkpoint: Optional[SharedCheckpoint] = None,
 ) -> Dict[str, Any]:
   """Evaluates a tkx checkpoint on an NI test mixture (`tkx eval`).
 
   Registers the checkout's `<track>/<split>` tasks for `encoding` with the
   checkpoint's vocabulary (or uses `mixture_or_task_name` as registered), then
   `run_evaluation`. Returns the results dict (also in output_dir/metrics.json).
+  Calls given one `shared_checkpoint` load the checkpoint once between them.
   """
   from tkx import partitioning
   from tkx.data import tasks as tasks_lib
@@ -306,10 +333,19 @@ def evaluate(
         "(--ni_dir/--track/--split/--encoding); it cannot change the registered mixture "
         f"{mixture_or_task_name!r}"
     )
-  partitioner = partitioner or partitioning.Partitioner()  # gin bindings apply
-  loaded = infer.load_checkpoint(
-      checkpoint_path, partitioner=partitioner, vocab_path=vocab_path
-  )
+
+  def load():
+    chosen = partitioner or partitioning.Partitioner()  # gin bindings apply
+    return chosen, infer.load_checkpoint(
+        checkpoint_path, partitioner=chosen, vocab_path=vocab_path
+    )
+
+  if shared_checkpoint is None:
+    partitioner, loaded = load()
+  else:
+    partitioner, loaded = shared_checkpoint.get(
+        (os.path.abspath(checkpoint_path), vocab_path), load
+    )
   if mixture_or_task_name is None:
     from tkx.metrics import seqio_metrics
 

@@ -3,10 +3,14 @@
     tkx eval --checkpoint CKPT [--ni_dir DIR] [--track default] [--encoding def_pos2] [--split test]
              [--output_dir DIR]
     tkx eval --gin_file=gin_configs/runs/eval.gin --gin.CHECKPOINT_PATH="'CKPT'" --gin.EVAL_OUTPUT_DIR="'DIR'"
+    tkx eval --checkpoint CKPT --encodings def,pos2,def_pos2,def_pos2_neg2_expl [--output_dir DIR]
 
 Prints overall, per-category and per-task tables and writes, in the output dir,
-`predicted_examples.jsonl` (Tk-Instruct format), `metrics.json` and TensorBoard
-summaries under `eval/`. Flags given on the command line win over gin bindings.
+`predicted_examples.jsonl` (Tk-Instruct format), `metrics.json`, TensorBoard
+summaries under `eval/`, the copy baselines on the same instances
+(`baselines.json`) and `report.html` (see `tkx.report`). `--encodings` evaluates
+one checkpoint under several encodings, each in `<output_dir>/<encoding>/`, and
+writes one `report.html` comparing them. Flags given on the command line win over gin bindings.
 Decoding flags as `tkx infer` (greedy by default).
 """
 
@@ -36,6 +40,14 @@ def add_arguments(parser):
       help="instruction encoding (default: def_pos2)",
   )
   parser.add_argument(
+      "--encodings",
+      default=None,
+      help="comma-separated encodings to evaluate one after the other with one loaded "
+      "checkpoint and its compiled decoding programs, e.g. def,pos2,def_pos2,"
+      "def_pos2_neg2_expl: each writes <output_dir>/<encoding>/, and "
+      "<output_dir>/report.html compares them",
+  )
+  parser.add_argument(
       "--mixture",
       default=None,
       help="a registered SeqIO mixture/task instead of --ni_dir/--track/--split/--encoding",
@@ -49,8 +61,9 @@ def add_arguments(parser):
   parser.add_argument(
       "--output_dir",
       default=None,
-      help="where to write predictions, metrics.json and summaries "
-      "(default: <checkpoint>/eval_<track>_<split>_<encoding>)",
+      help="where to write predictions, metrics.json, baselines.json, report.html and "
+      "summaries (default: <checkpoint>/eval_<track>_<split>_<encoding>, with "
+      "--encodings <checkpoint>/eval_<track>_<split>_encodings)",
   )
   infer_command.add_common_arguments(parser, checkpoint_required=False)
 
@@ -89,29 +102,114 @@ def main(args):
     kwargs["input_buckets"] = infer_command.input_buckets_from_args(args)
   if args.no_progress:
     kwargs["progress"] = False
+  encodings = _parse_encodings(args) if args.encodings is not None else None
   if (
       "output_dir" not in kwargs
       and args.checkpoint
-      and not _gin_binds("evaluate.evaluate.output_dir")
+      and (encodings or not _gin_binds("evaluate.evaluate.output_dir"))
   ):
     name = args.mixture or "_".join(
         [
             args.track or "default",
             args.split or "test",
-            args.encoding or "def_pos2",
+            "encodings" if encodings else (args.encoding or "def_pos2"),
         ]
     )
     kwargs["output_dir"] = os.path.join(
         infer.checkpoint_root(args.checkpoint), f"eval_{name}"
     )
+  if encodings:
+    return _sweep(kwargs, encodings)
   results = evaluate.evaluate(**kwargs)
   settings = results["settings"]
+  report_path = _write_report(settings["output_dir"])
   print(
       f"\n{settings['num_examples']} examples, {settings['examples_per_second']} examples/s decoding; "
-      f"wrote {evaluate.PREDICTIONS_FILE}, {evaluate.METRICS_FILE} and eval/ summaries to "
-      f"{settings['output_dir']}"
+      f"wrote {evaluate.PREDICTIONS_FILE}, {evaluate.METRICS_FILE}, eval/ summaries"
+      + (" and report.html" if report_path else "")
+      + f" to {settings['output_dir']}"
   )
   return 0
+
+
+def _parse_encodings(args):
+  from tkx.data import encodings as encodings_lib
+
+  if args.encoding is not None or args.mixture is not None:
+    raise ValueError(
+        "--encodings evaluates several encodings of the split; it cannot be combined "
+        "with --encoding or --mixture"
+    )
+  names = [name.strip() for name in args.encodings.split(",")]
+  if not all(names):
+    raise ValueError(
+        f"--encodings {args.encodings!r}: an empty name between commas"
+    )
+  for name in names:
+    try:
+      encodings_lib.parse_encoding(name)
+    except ValueError as e:
+      raise ValueError(f"--encodings: {e}") from None
+  duplicates = sorted({n for n in names if names.count(n) > 1})
+  if duplicates:
+    raise ValueError(f"--encodings names {', '.join(duplicates)} twice")
+  return names
+
+
+def _sweep(kwargs, encodings):
+  """One evaluation per encoding, sharing the loaded checkpoint; one report comparing them."""
+  from tkx import evaluate
+  from tkx.metrics import ni_metrics
+
+  if "output_dir" not in kwargs:
+    raise ValueError(
+        "tkx eval --encodings needs --output_dir (or --checkpoint, for the default "
+        "<checkpoint>/eval_<track>_<split>_encodings)"
+    )
+  parent = kwargs.pop("output_dir")
+  shared = evaluate.SharedCheckpoint()
+  overall = {}
+  for i, encoding in enumerate(encodings, 1):
+    print(f"\n=== encoding {encoding} ({i}/{len(encodings)}) ===")
+    results = evaluate.evaluate(
+        **kwargs,
+        encoding=encoding,
+        output_dir=os.path.join(parent, encoding),
+        shared_checkpoint=shared,
+    )
+    _write_report(results["settings"]["output_dir"])
+    overall[encoding] = results["overall"]
+  report_path = _write_report(parent, encodings)
+  width = max(len(e) for e in encodings)
+  print("\n== Encodings ==")
+  print(
+      "encoding".ljust(width)
+      + "".join(f"  {m:>11}" for m in ni_metrics.METRICS)
+      + "  examples"
+  )
+  for encoding, row in overall.items():
+    print(
+        encoding.ljust(width)
+        + "".join(f"  {row[m]:>11.4f}" for m in ni_metrics.METRICS)
+        + f"  {row['num_examples']:>8}"
+    )
+  print(
+      f"wrote {', '.join(f'{e}/' for e in encodings)}"
+      + (" and report.html" if report_path else "")
+      + f" to {os.path.abspath(parent)}"
+  )
+  return 0
+
+
+def _write_report(output_dir, encodings=None):
+  """report.html (and baselines.json) from what eval wrote; the primary host writes, as eval."""
+  from tkx import multihost, report
+
+  if not output_dir or not multihost.is_primary_host():
+    return None
+  if encodings:
+    return report.write_sweep_report(output_dir, encodings)
+  return report.write_eval_report(output_dir)
 
 
 def _gin_binds(name):
