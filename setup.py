@@ -27,6 +27,8 @@ setuptools.setup(
         "safetensors",
         "numpy",
         "tqdm",
+        # report.html charts (inline SVG).
+        "matplotlib==3.11.2",
     ],
     extras_require={
         "test": ["pytest", "pyink==26.5.1", "ruff==0.17.6"],
