@@ -83,6 +83,32 @@ def score_baselines(
   A baseline is left out (with the reason under "skipped") when a task has no
   positive example to copy.
   """
+  # What the baselines read of each record; equal for every encoding of the same instances,
+  # so an encoding sweep scores them once.
+  key = (
+      xlingual,
+      tuple(
+          (
+              r.get("Task"),
+              json.dumps(r.get("Instance"), sort_keys=True),
+              json.dumps(r.get("Positive Examples", [])[:1], sort_keys=True),
+              json.dumps(r.get("Categories"), sort_keys=True),
+          )
+          for r in records
+      ),
+  )
+  if key not in _LAST_BASELINES:
+    _LAST_BASELINES.clear()
+    _LAST_BASELINES[key] = _score_baselines(records, xlingual)
+  return json.loads(
+      json.dumps(_LAST_BASELINES[key])
+  )  # a copy the caller may change
+
+
+_LAST_BASELINES = {}
+
+
+def _score_baselines(records, xlingual):
   scored, skipped = {}, {}
   for name, predict in baselines_lib.BASELINES.items():
     try:
