@@ -145,6 +145,7 @@ def _check_cells_match_files(report_path, run_dirs, model_dirs=()):
   return cells
 
 
+@pytest.mark.slow  # the module's sweep fixture: ~35 s of CPU
 def test_sweep_equals_separate_evaluations_and_shares_the_checkpoint(evals):
   assert evals["calls"] == {"load_checkpoint": 1, "build_predict_fn": 1}
   for encoding in ENCODINGS[-1:]:
@@ -170,6 +171,7 @@ def test_sweep_equals_separate_evaluations_and_shares_the_checkpoint(evals):
   assert (evals["sweep"] / report.REPORT_FILE).is_file()
 
 
+@pytest.mark.slow  # the module's sweep fixture: ~35 s of CPU
 def test_baselines_are_scored_on_the_evaluated_instances(
     evals, embedded_ni_dir
 ):
@@ -187,6 +189,7 @@ def test_baselines_are_scored_on_the_evaluated_instances(
     assert scored["baselines"][kind]["per_task"] == expected["per_task"]
 
 
+@pytest.mark.slow  # the module's sweep fixture: ~35 s of CPU
 def test_report_numbers_are_those_of_metrics_json(evals):
   single = evals["sweep"] / "def" / report.REPORT_FILE
   cells = _check_cells_match_files(single, [evals["sweep"] / "def"])
@@ -212,6 +215,7 @@ def test_report_numbers_are_those_of_metrics_json(evals):
   assert {run for run, _, _, _ in sweep_cells} == {"0", "1"}
 
 
+@pytest.mark.slow  # the module's sweep fixture: ~35 s of CPU
 def test_tkx_report_compares_eval_dirs_and_a_training_dir(evals, tmp_path):
   import tensorflow as tf
 
@@ -261,20 +265,27 @@ def test_tkx_report_compares_eval_dirs_and_a_training_dir(evals, tmp_path):
     cli.main(["report", str(tmp_path / "empty")])
 
 
-def test_eval_encodings_flag_errors(tiny_checkpoint, tmp_path):
-  base = [
-      "eval",
-      "--checkpoint",
-      tiny_checkpoint,
-      "--output_dir",
-      str(tmp_path),
-  ]
+def test_eval_encodings_flag_errors(tmp_path):
+  # Each mistake is reported before the checkpoint is read (so none need be there).
+  checkpoint = str(tmp_path / "checkpoint")
+  base = ["eval", "--checkpoint", checkpoint, "--output_dir", str(tmp_path)]
   with pytest.raises(ValueError, match="Unknown part 'pos' in encoding"):
     cli.main(base + ["--encodings", "def,pos"])
   with pytest.raises(ValueError, match="names def twice"):
     cli.main(base + ["--encodings", "def,def"])
   with pytest.raises(ValueError, match="cannot be combined with --encoding"):
     cli.main(base + ["--encodings", "def", "--encoding", "def"])
+  with pytest.raises(ValueError, match="give --output_dir"):
+    cli.main(
+        [
+            "eval",
+            "--checkpoint",
+            checkpoint,
+            "--encodings",
+            "def,pos2",
+            f"--gin.evaluate.evaluate.output_dir='{tmp_path / 'x'}'",
+        ]
+    )
   assert not os.listdir(tmp_path)
 
 
@@ -312,6 +323,7 @@ def _page_requests(chromium_flags, page):
   return {h for h in _ProxyLog.hosts if not _BROWSER_HOSTS.search(h)}, dom
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed")
 def test_report_renders_in_headless_chromium_without_requests(evals, tmp_path):
   from PIL import Image

@@ -447,8 +447,8 @@ def category_chart(
   return _svg(fig)
 
 
-def _line_chart(series, ylabel, width=8.5, height=3.2) -> str:
-  """series: [(label, [(step, value)])] drawn against the training step."""
+def _line_chart(series, ylabel, score=False, width=8.5, height=3.2) -> str:
+  """series: [(label, [(step, value)])] drawn against the training step; scores on 0-100."""
   fig = _figure(width, height)
   ax = fig.add_subplot()
   for i, (label, points) in enumerate(series):
@@ -464,6 +464,8 @@ def _line_chart(series, ylabel, width=8.5, height=3.2) -> str:
     )
   ax.set_xlabel("step")
   ax.set_ylabel(ylabel)
+  if score:
+    ax.set_ylim(0, 100)
   ax.legend(fontsize=8)
   ax.grid(alpha=0.3)
   ax.spines[["top", "right"]].set_visible(False)
@@ -830,7 +832,7 @@ def _training_section(run: TrainingRun, index: int) -> str:
     parts.append(
         _figure_html(
             f"chart-generation-{index}",
-            _line_chart(series, "score (0-100)"),
+            _line_chart(series, "score (0-100)", score=True),
             f"Generation metrics over steps, from {GENERATION_EVAL_DIR}/step_<N>/"
             f"{METRICS_FILE}.",
         )

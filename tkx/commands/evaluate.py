@@ -104,9 +104,19 @@ def main(args):
     kwargs["progress"] = False
   encodings = _parse_encodings(args) if args.encodings is not None else None
   if (
+      encodings
+      and "output_dir" not in kwargs
+      and _gin_binds("evaluate.evaluate.output_dir")
+  ):
+    raise ValueError(
+        "tkx eval --encodings writes one directory per encoding under --output_dir; "
+        "give --output_dir (the gin binding evaluate.evaluate.output_dir names one "
+        "evaluation's directory)"
+    )
+  if (
       "output_dir" not in kwargs
       and args.checkpoint
-      and (encodings or not _gin_binds("evaluate.evaluate.output_dir"))
+      and not _gin_binds("evaluate.evaluate.output_dir")
   ):
     name = args.mixture or "_".join(
         [
