@@ -189,6 +189,24 @@ def test_baselines_are_scored_on_the_evaluated_instances(
     assert scored["baselines"][kind]["per_task"] == expected["per_task"]
 
 
+def test_a_task_without_positive_examples_has_no_copy_demo(embedded_ni_dir):
+  records = list(
+      baselines_lib.baseline_records(
+          embedded_ni_dir, "copy_input", max_num_instances_per_task=1
+      )
+  )
+  records[1]["Positive Examples"] = []
+  scored = report.score_baselines(records, xlingual=False)
+  assert list(scored["baselines"]) == ["copy_input"]
+  assert scored["skipped"] == {
+      "copy_demo": f"task {records[1]['Task']} has no positive example to copy"
+  }
+  assert (
+      scored["baselines"]["copy_input"]["overall"]
+      == ni_metrics.score_predictions(records)["overall"]
+  )
+
+
 @pytest.mark.slow  # the module's sweep fixture: ~35 s of CPU
 def test_report_numbers_are_those_of_metrics_json(evals):
   single = evals["sweep"] / "def" / report.REPORT_FILE

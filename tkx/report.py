@@ -78,10 +78,10 @@ class ReportInputError(ValueError):
 def score_baselines(
     records: Sequence[Mapping[str, Any]], xlingual: bool
 ) -> Dict[str, Any]:
-  """{baseline: score_predictions tables} of the copy baselines on these records' instances.
+  """The copy baselines on these records' instances: {"baselines": {name: tables}, "skipped": {name: why}}.
 
-  A baseline is left out (with the reason under "skipped") when a task has no
-  positive example to copy.
+  The tables are `ni_metrics.score_predictions`'s (without "flat"). A baseline is
+  left out, with the reason under "skipped", when a task has no positive example to copy.
   """
   # What the baselines read of each record; equal for every encoding of the same instances,
   # so an encoding sweep scores them once.
@@ -91,7 +91,9 @@ def score_baselines(
           (
               r.get("Task"),
               json.dumps(r.get("Instance"), sort_keys=True),
-              json.dumps(r.get("Positive Examples", [])[:1], sort_keys=True),
+              json.dumps(
+                  (r.get("Positive Examples") or [])[:1], sort_keys=True
+              ),
               json.dumps(r.get("Categories"), sort_keys=True),
           )
           for r in records
@@ -100,9 +102,8 @@ def score_baselines(
   if key not in _LAST_BASELINES:
     _LAST_BASELINES.clear()
     _LAST_BASELINES[key] = _score_baselines(records, xlingual)
-  return json.loads(
-      json.dumps(_LAST_BASELINES[key])
-  )  # a copy the caller may change
+  # A copy, which the caller may change.
+  return json.loads(json.dumps(_LAST_BASELINES[key]))
 
 
 _LAST_BASELINES = {}
@@ -111,18 +112,17 @@ _LAST_BASELINES = {}
 def _score_baselines(records, xlingual):
   scored, skipped = {}, {}
   for name, predict in baselines_lib.BASELINES.items():
-    try:
-      rows = [
-          dict(record, prediction=predict(record, record["Instance"]))
-          for record in records
-      ]
-    except (KeyError, IndexError) as e:
-      task = next(
-          (r.get("Task") for r in records if not r.get("Positive Examples")),
-          "?",
+    if name == "copy_demo":
+      lacking = next(
+          (r["Task"] for r in records if not r.get("Positive Examples")), None
       )
-      skipped[name] = f"task {task} has no field or entry {e} to copy"
-      continue
+      if lacking is not None:
+        skipped[name] = f"task {lacking} has no positive example to copy"
+        continue
+    rows = [
+        dict(record, prediction=predict(record, record["Instance"]))
+        for record in records
+    ]
     tables = ni_metrics.score_predictions(rows, xlingual=xlingual)
     tables.pop("flat")
     scored[name] = tables
