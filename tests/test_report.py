@@ -207,6 +207,27 @@ def test_a_task_without_positive_examples_has_no_copy_demo(embedded_ni_dir):
   )
 
 
+def test_training_dir_with_generation_metrics_only_as_scalars(tmp_path):
+  import tensorflow as tf
+
+  for name, tag, points in (
+      ("train", "loss", ((1, 3.0), (2, 2.0))),
+      ("eval", "generation/rougeL", ((2, 12.5),)),
+  ):
+    writer = tf.summary.create_file_writer(str(tmp_path / name))
+    with writer.as_default():
+      for step, value in points:
+        tf.summary.write(tag, tf.constant(value), step=step)
+    writer.close()
+  eval_runs, training_runs = report.load_dirs([str(tmp_path)])
+  assert eval_runs == [] and training_runs[0].scalars["eval"] == {
+      "generation/rougeL": [(2, 12.5)]
+  }
+  page = report.render(eval_runs, training_runs)
+  assert 'id="chart-loss-0"' in page and 'id="chart-generation-0"' in page
+  assert "generation/rougeL" in page
+
+
 @pytest.mark.slow  # the module's sweep fixture: ~35 s of CPU
 def test_report_numbers_are_those_of_metrics_json(evals):
   single = evals["sweep"] / "def" / report.REPORT_FILE

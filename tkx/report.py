@@ -859,9 +859,23 @@ def _training_section(run: TrainingRun, index: int) -> str:
             rows,
         )
     )
+  elif generation_scalars := [
+      (tag, points)
+      for tag, points in sorted(run.scalars.get("eval", {}).items())
+      if tag.startswith("generation/")
+  ]:
+    # A run whose MODEL_DIR is remote logs the generation metrics only as scalars.
+    parts.append(
+        _figure_html(
+            f"chart-generation-{index}",
+            _line_chart(generation_scalars, "score (0-100)", score=True),
+            "Generation metrics over steps, from the generation/<metric> scalars in eval/.",
+        )
+    )
   else:
     parts.append(
-        f'<p class="note">No generation evaluations ({GENERATION_EVAL_DIR}/).</p>'
+        f'<p class="note">No generation evaluations ({GENERATION_EVAL_DIR}/ or '
+        "generation/ scalars in eval/).</p>"
     )
   return "\n".join(parts)
 
