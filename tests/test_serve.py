@@ -24,6 +24,9 @@ import pytest
 
 from tkx import cli
 
+# Starting the server (JAX, TensorFlow, the checkpoint) and its compilations take over 30 s together.
+pytestmark = pytest.mark.slow
+
 MAX_DECODE_LENGTH = 6
 MAX_INPUT_LENGTH = 256
 MAX_REQUEST_BYTES = 8192
