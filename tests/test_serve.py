@@ -188,6 +188,10 @@ def test_concurrent_answers_equal_tkx_infer_and_share_batches(
   assert batches > batches_before
   assert multi > multi_before, "concurrent requests were never decoded together"
   assert batches - batches_before < len(PROMPTS)
+  # Alone, a short prompt is padded to a smaller bucket than in `tkx infer`'s batch: same answer.
+  alone = server.generate({"inputs": PROMPTS[1]}).json()
+  assert alone["prediction"] == expected[1]
+  assert alone["input_tokens"] == answers[1]["input_tokens"] < 128
 
 
 def test_per_request_settings_equal_tkx_infer(
