@@ -500,11 +500,15 @@ def test_sigterm_finishes_requests_in_flight_then_exits(server):
       target=lambda: results.update(r=_post_all(server, bodies))
   )
   sender.start()
-  # Signal once the requests are queued in the server (each waits >= --max_wait_ms there).
-  deadline = time.time() + 30
-  while time.time() < deadline and not re.search(
-      r"^tkx_serve_queue_depth [1-9]", server.client.get("/metrics").text, re.M
+  # Signal once the server has received all of them (a connection whose request is not yet
+  # read is idle to uvicorn, and closed at shutdown).
+  deadline = time.time() + 60
+  while not re.search(
+      rf"^tkx_serve_requests_in_flight {len(bodies)}\.0$",
+      server.client.get("/metrics").text,
+      re.M,
   ):
+    assert time.time() < deadline, "the requests never were in flight together"
     time.sleep(0.02)
   server.proc.send_signal(signal.SIGTERM)
   sender.join(120)

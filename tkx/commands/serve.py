@@ -12,6 +12,7 @@ flight, then exits.
 """
 
 import errno
+import logging
 import socket
 
 from tkx.commands import infer as infer_command
@@ -98,6 +99,15 @@ def main(args):
       metrics=metrics_lib.Metrics(),
   )
   app = app_lib.create_app(generator, max_request_bytes=args.max_request_bytes)
+  logging.getLogger(__name__).info(
+      "serving %s: batch size %d, max wait %g ms, input buckets %s, %s "
+      "(each new bucket or setting compiles on its first request)",
+      loaded.path,
+      generator.batch_size,
+      args.max_wait_ms,
+      ",".join(map(str, generator.input_buckets)),
+      decode_config,
+  )
   # Uvicorn handles SIGINT/SIGTERM: it stops accepting, finishes the requests in flight, then
   # runs the app's shutdown (which drains and stops the decoder).
   uvicorn.Server(

@@ -15,6 +15,7 @@ import threading
 import time
 from typing import Any, Dict, List, Tuple
 
+import jax
 from starlette import applications, concurrency, exceptions, responses, routing
 
 from tkx import infer
@@ -74,9 +75,10 @@ class Generator:
     self.metrics = metrics
     self._token_fns = encodings.vocabulary_token_fns(self.vocabulary)
     self._param_shardings = infer.param_shardings_for(loaded.model, partitioner)
+    # Placed once; every Predictor (one per decode setting) then shares these arrays.
+    self._params = jax.device_put(loaded.params, self._param_shardings)
     self._predictors: "collections.OrderedDict" = collections.OrderedDict()
     self._predictors_lock = threading.Lock()
-    self.predictor_for(decode_config)  # places the params once, now
     self.batcher = batcher_lib.Batcher(
         self.predictor_for,
         batch_size=batch_size,
@@ -90,7 +92,7 @@ class Generator:
     def make():
       return infer.Predictor(
           self.loaded.model,
-          self.loaded.params,
+          self._params,
           partitioner=self.partitioner,
           batch_size=self.batch_size,
           decode_config=config,
@@ -106,18 +108,14 @@ class Generator:
       self._predictors[key] = predictor
       while len(self._predictors) > _MAX_CACHED_PREDICTORS:
         self._predictors.popitem(last=False)
-      if predictor.params is not self.loaded.params:
-        # Later Predictors reuse the placed params instead of placing them again.
-        self.loaded.params = predictor.params
     return predictor
 
   def _decode_config(self, overrides: Dict[str, Any]) -> infer.DecodeConfig:
     try:
       return dataclasses.replace(self.decode_config, **overrides)
     except ValueError as e:
-      message = str(e).splitlines()[
-          0
-      ]  # without gin's "In call to configurable" line
+      # The first line: gin adds an "In call to configurable" line.
+      message = str(e).splitlines()[0]
       field = next((f for f in overrides if f in message), "decoding")
       raise schema.RequestError(field, message) from None
 
@@ -191,6 +189,13 @@ def create_app(
 
   async def generate(request):
     start = time.monotonic()
+    metrics.in_flight.inc()
+    try:
+      return await answer_generate(request, start)
+    finally:
+      metrics.in_flight.dec()
+
+  async def answer_generate(request, start):
     try:
       body = await _read_body(request, max_request_bytes)
       parsed = schema.parse_generate_request(

@@ -69,6 +69,11 @@ class Metrics:
     self.truncated = prometheus_client.Counter(
         "truncated_prompts", "prompts cut to the token budget", **kw
     )
+    self.in_flight = prometheus_client.Gauge(
+        "requests_in_flight",
+        "generate requests received and not yet answered",
+        **kw,
+    )
     self.queue_depth = prometheus_client.Gauge(
         "queue_depth", "requests waiting for a batch", **kw
     )
