@@ -144,16 +144,9 @@ def _infer(checkpoint, tmp_path, prompts, *flags):
 
 
 def _post_all(server, bodies):
-  """Posts the bodies at once (one thread each); returns the responses in order."""
+  """Posts the bodies at once (one thread each, one shared connection pool); responses in order."""
   with concurrent.futures.ThreadPoolExecutor(len(bodies)) as pool:
-    return list(
-        pool.map(
-            lambda body: httpx.post(
-                server.url + "/v1/generate", json=body, timeout=120
-            ),
-            bodies,
-        )
-    )
+    return list(pool.map(server.generate, bodies))
 
 
 def _batch_sizes(server):
