@@ -1,7 +1,7 @@
 """`tkx serve`: an HTTP endpoint that keeps a Tk-Instruct model loaded and batches concurrent requests.
 
 Modules:
-- `requests`: JSON request body -> a validated `GenerateRequest` (or a `RequestError` naming the field).
+- `schema`: JSON request body -> a validated `GenerateRequest` (or a `RequestError` naming the field).
 - `batcher`: the decode worker: requests that arrive within `max_wait_ms` with the same decode
   settings are decoded together by one `tkx.infer.Predictor` (same buckets and programs as `tkx infer`).
 - `metrics`: Prometheus counters and histograms.
