@@ -14,7 +14,8 @@ weights never emit EOS, so every answer has exactly that many).
     `concurrency` client threads each send requests back to back over keep-alive connections
     (httpx) until the run's request count is reached; compilation excluded (a warm-up round).
 
-Prints requests/s, p50/p95 latency, and ratios to the peer and to concurrency 1.
+Prints requests/s, p50/p95 latency, the server's mean batch (requests) and decode time per batch
+(from its /metrics), and ratios to the peer and to concurrency 1.
 
     python bench/serve.py [--models tiny,small] [--max_decode_length 32] [--requests_per_client 2]
 """
@@ -219,20 +220,21 @@ def run_clients(url, prompts, concurrency, total):
   return total / (time.perf_counter() - start), latencies
 
 
-def batch_stats(url):
+def server_stats(url):
+  """Running sums from /metrics: batch sizes, batches, decode seconds."""
   import httpx
 
-  text = httpx.get(url + "/metrics").text
-  values = {}
-  for line in text.splitlines():
-    if line.startswith("tkx_serve_batch_size_sum") or line.startswith(
-        "tkx_serve_batch_size_count"
-    ):
-      name, value = line.split()
-      values[name] = float(value)
-  return values.get("tkx_serve_batch_size_sum", 0), values.get(
-      "tkx_serve_batch_size_count", 0
+  wanted = (
+      "tkx_serve_batch_size_sum",
+      "tkx_serve_batch_size_count",
+      "tkx_serve_decode_seconds_sum",
   )
+  values = dict.fromkeys(wanted, 0.0)
+  for line in httpx.get(url + "/metrics").text.splitlines():
+    name, _, value = line.partition(" ")
+    if name in values:
+      values[name] = float(value)
+  return [values[name] for name in wanted]
 
 
 def bench_model(name, args, workdir, prompts):
@@ -255,12 +257,23 @@ def bench_model(name, args, workdir, prompts):
     run_clients(server.url, prompts, 8, len(prompts))
     for concurrency in CONCURRENCIES:
       total = max(8, concurrency * args.requests_per_client)
-      before = batch_stats(server.url)
+      before = server_stats(server.url)
       common.log(f"{name}: concurrency {concurrency}, {total} requests")
       rps, lat = run_clients(server.url, prompts, concurrency, total)
-      after = batch_stats(server.url)
-      mean_batch = (after[0] - before[0]) / max(1, after[1] - before[1])
-      rows.append(("tkx serve", concurrency, total, rps, lat, mean_batch))
+      rows_sum, batches, decode_s = (
+          a - b for a, b in zip(server_stats(server.url), before)
+      )
+      batches = max(1.0, batches)
+      rows.append(
+          (
+              "tkx serve",
+              concurrency,
+              total,
+              rps,
+              lat,
+              (rows_sum / batches, decode_s / batches),
+          )
+      )
   finally:
     server.close()
   return rows
@@ -294,15 +307,16 @@ def main(argv=None):
       f"\ntkx serve vs a generate loop on one loaded model; {cpu} ({os.cpu_count()} CPUs); "
       f"greedy, {args.max_decode_length} output tokens, random weights"
   )
-  header = f"{'model':6} {'mode':20} {'conc':>4} {'reqs':>5} {'req/s':>7} {'p50 s':>7} {'p95 s':>7} {'batch':>5} {'x peer':>7} {'x c=1':>6}"
+  header = f"{'model':6} {'mode':20} {'conc':>4} {'reqs':>5} {'req/s':>7} {'p50 s':>7} {'p95 s':>7} {'batch':>5} {'dec s':>6} {'x peer':>7} {'x c=1':>6}"
   print(header)
   print("-" * len(header))
   summary = {}
   for name, rows in results.items():
     peer_rps = rows[0][3]
     c1_rps = next(r[3] for r in rows if r[0] == "tkx serve" and r[1] == 1)
-    for mode, conc, total, rps, lat, mean_batch in rows:
-      batch = f"{mean_batch:5.1f}" if mean_batch is not None else "    -"
+    for mode, conc, total, rps, lat, server in rows:
+      # Server side: mean requests per batch and mean seconds decoding one batch.
+      batch = f"{server[0]:5.1f} {server[1]:6.3f}" if server else "    -      -"
       vs_c1 = f"{rps / c1_rps:6.2f}" if mode == "tkx serve" else "     -"
       print(
           f"{name:6} {mode:20} {conc:4d} {total:5d} {rps:7.2f} {statistics.median(lat):7.3f} "
