@@ -2,6 +2,8 @@
 
 import setuptools
 
+SERVE = ["starlette==1.10.0", "uvicorn==0.54.0", "prometheus-client==0.26.0"]
+
 setuptools.setup(
     name="tkx",
     version="0.1.0",
@@ -31,7 +33,12 @@ setuptools.setup(
         "matplotlib==3.11.2",
     ],
     extras_require={
-        "test": ["pytest", "pyink==26.5.1", "ruff==0.17.6"],
+        # `tkx serve`: an ASGI app (Starlette) on uvicorn, Prometheus text metrics.
+        "serve": SERVE,
+        # The serve tests talk to a real server with httpx.
+        "test": (
+            ["pytest", "pyink==26.5.1", "ruff==0.17.6", "httpx==0.28.1"] + SERVE
+        ),
         # Hugging Face interop (import/export checkpoints, parity tests, benchmarks).
         "hf": ["torch==2.13.0", "transformers==5.24.0"],
     },

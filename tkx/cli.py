@@ -43,6 +43,10 @@ COMMANDS = {
         "decode a mixture or an input file into a predictions file",
     ),
     "generate": ("tkx.commands.generate", "answer one instruction"),
+    "serve": (
+        "tkx.commands.serve",
+        "HTTP endpoint with dynamic batching and a playground page",
+    ),
     "import-checkpoint": (
         "tkx.commands.import_checkpoint",
         "Hugging Face / t5x checkpoint -> tkx checkpoint",

@@ -1,0 +1,123 @@
+"""`tkx serve`: keep a checkpoint loaded and answer instructions over HTTP, batching concurrent requests.
+
+    tkx serve --checkpoint CKPT [--host 127.0.0.1] [--port 8000] [--batch_size 8] [--max_wait_ms 10]
+              [--max_request_bytes 1048576] [decoding flags of tkx infer]
+
+`POST /v1/generate` takes `{"inputs": "<prompt>"}` or `{"definition", "positive_examples",
+"negative_examples", "input", "encoding"}` (plus optional `max_decode_length`, `num_beams`,
+`temperature`, `seed`) and answers `{"prediction", "input_tokens", "output_tokens", "truncated"}`.
+`GET /` is a playground page, `GET /healthz` a liveness check, `GET /metrics` Prometheus metrics.
+Answers are those of `tkx infer` with the same flags; SIGTERM or Ctrl-C finishes the requests in
+flight, then exits.
+"""
+
+import errno
+import logging
+import socket
+
+from tkx.commands import infer as infer_command
+
+
+def add_arguments(parser):
+  parser.add_argument(
+      "--host",
+      default="127.0.0.1",
+      help="address to listen on (default 127.0.0.1: this machine only)",
+  )
+  parser.add_argument(
+      "--port", type=int, default=8000, help="TCP port (default 8000)"
+  )
+  parser.add_argument(
+      "--max_wait_ms",
+      type=float,
+      default=10.0,
+      help="how long a batch waits for more requests after its first one arrived (default 10)",
+  )
+  parser.add_argument(
+      "--max_request_bytes",
+      type=int,
+      default=1 << 20,
+      help="largest request body accepted; larger ones get 413 (default 1 MiB)",
+  )
+  # --checkpoint, gin and the decoding flags (incl. --batch_size, --max_input_length,
+  # --input_buckets) exactly as `tkx infer` takes them.
+  infer_command.add_common_arguments(parser)
+
+
+def _check_port_free(host: str, port: int):
+  """Fails before the (slow) model load when the address cannot be bound."""
+  try:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+      sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+      sock.bind((host, port))
+  except OSError as e:
+    reason = (
+        "address already in use" if e.errno == errno.EADDRINUSE else e.strerror
+    )
+    raise ValueError(f"--host {host} --port {port}: {reason}") from None
+
+
+def main(args):
+  infer_command.setup_logging()
+  if not 0 <= args.port <= 65535:
+    raise ValueError(f"--port must be in [0, 65535], got {args.port}")
+  if args.max_wait_ms < 0:
+    raise ValueError(f"--max_wait_ms must be >= 0, got {args.max_wait_ms}")
+  if args.max_request_bytes < 1:
+    raise ValueError(
+        f"--max_request_bytes must be >= 1, got {args.max_request_bytes}"
+    )
+  _check_port_free(args.host, args.port)
+  infer_command.parse_gin(args)
+  import jax
+  import uvicorn
+  from tkx import infer
+  from tkx.serve import app as app_lib
+  from tkx.serve import metrics as metrics_lib
+
+  if jax.process_count() > 1:
+    raise ValueError(
+        "tkx serve runs on one host; use `tkx infer` for multi-host decoding"
+    )
+  decode_config = infer_command.decode_config_from_args(args)
+  partitioner = infer_command.partitioner_from_args(args)
+  loaded = infer.load_checkpoint(
+      args.checkpoint, partitioner=partitioner, vocab_path=args.vocab
+  )
+  max_input_length = args.max_input_length or 1024
+  generator = app_lib.Generator(
+      loaded,
+      partitioner=partitioner,
+      batch_size=args.batch_size or max(8, partitioner.data_axis_size),
+      decode_config=decode_config,
+      input_buckets=infer.buckets_up_to(
+          max_input_length, infer_command.input_buckets_from_args(args)
+      ),
+      max_input_length=max_input_length,
+      max_wait_s=args.max_wait_ms / 1000.0,
+      metrics=metrics_lib.Metrics(),
+  )
+  app = app_lib.create_app(generator, max_request_bytes=args.max_request_bytes)
+  logging.getLogger(__name__).info(
+      "serving %s: batch size %d, max wait %g ms, input buckets %s, %s "
+      "(each new bucket or setting compiles on its first request)",
+      loaded.path,
+      generator.batch_size,
+      args.max_wait_ms,
+      ",".join(map(str, generator.input_buckets)),
+      decode_config,
+  )
+  # Uvicorn handles SIGINT/SIGTERM: it stops accepting, finishes the requests in flight, then
+  # runs the app's shutdown (which drains and stops the decoder).
+  uvicorn.Server(
+      uvicorn.Config(
+          app,
+          host=args.host,
+          port=args.port,
+          lifespan="on",
+          log_level="info",
+          access_log=False,
+      )
+  ).run()
+  return 0
