@@ -49,13 +49,13 @@ def add_common_arguments(parser, *, checkpoint_required=True):
       "--num_beams",
       type=int,
       default=None,
-      help="beam search with this many beams (> 1)",
+      help="beam search with this many beams (> 1); Hugging Face's procedure unless gin binds infer.DecodeConfig.beam_procedure = 't5x'",
   )
   group.add_argument(
       "--alpha",
       type=float,
       default=None,
-      help="beam search length penalty: score / length**alpha (HF length_penalty; default 1.0)",
+      help="beam search length penalty: score / length**alpha (HF length_penalty, default 1.0; t5x procedure: brevity penalty, default 0.6)",
   )
   group.add_argument(
       "--temperature",
@@ -67,13 +67,13 @@ def add_common_arguments(parser, *, checkpoint_required=True):
       "--top_k",
       type=int,
       default=None,
-      help="sample from the k most likely tokens (0: off)",
+      help="sample from the k most likely tokens (0: off; not with --top_p)",
   )
   group.add_argument(
       "--top_p",
       type=float,
       default=None,
-      help="nucleus sampling threshold (1.0: off)",
+      help="nucleus sampling: keep the most likely tokens up to this probability mass (0: off; not with --top_k)",
   )
   group.add_argument(
       "--seed", type=int, default=None, help="sampling seed (default 0)"
@@ -82,7 +82,7 @@ def add_common_arguments(parser, *, checkpoint_required=True):
       "--max_decode_length",
       type=int,
       default=None,
-      help="maximum output tokens (default 128)",
+      help="maximum output tokens, EOS included (default 127: Tk-Instruct's generate(max_length=128) minus the start token)",
   )
   group.add_argument(
       "--batch_size",
