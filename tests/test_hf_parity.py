@@ -264,11 +264,10 @@ def test_tk_instruct_eval_settings_decode_as_many_tokens_as_its_generate_call(
   assert got.shape == (8, 127)
   run_to_limit = ~(want == EOS).any(axis=1)
   assert run_to_limit.sum() >= 2  # the test needs outputs that never end
+  # generate(max_length=128) returns the start token and 127 new tokens (pad ids may be
+  # among them: the random model emits token 0 as any other).
   assert want.shape[1] == 127
   np.testing.assert_array_equal(got[run_to_limit], want[run_to_limit])
-  assert (got[run_to_limit] > 0).sum(axis=1).tolist() == [
-      127
-  ] * run_to_limit.sum()
 
 
 def test_logits_match_with_more_decoder_than_encoder_layers():

@@ -187,6 +187,28 @@ def test_t5x_gin_bindings_bind_and_take_effect():
   assert to_mesh(P("embed", "mlp")) == P("data", "model")
 
 
+def test_t5x_gin_file_with_dynamic_registration_configures_tkx():
+  import gin
+
+  gin.clear_config()
+  try:
+    gin.parse_config(
+        "from __gin__ import dynamic_registration\n"
+        "from tkx import partitioning\n"
+        "partitioning.PjitPartitioner.num_partitions = 2\n"
+        "partitioning.PjitPartitioner.logical_axis_rules = "
+        "@partitioning.standard_logical_axis_rules()\n"
+        "partitioning.standard_logical_axis_rules.activation_partitioning_dims = 2\n"
+    )
+    partitioner = partitioning.PjitPartitioner()
+  finally:
+    gin.clear_config()
+  assert partitioner.model_axis_size == 2
+  assert partitioner.logical_to_mesh_axes(P("batch", "length", "embed")) == P(
+      "data", None, "model"
+  )
+
+
 def test_pjit_partitioner_takes_t5x_arguments_and_refuses_what_tkx_cannot_do():
   tile = partitioning.PjitPartitioner(model_parallel_submesh=(1, 1, 1, 2))
   assert tile.model_axis_size == 2
