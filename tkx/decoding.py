@@ -104,7 +104,7 @@ LogitCallbackFn = Callable[[jnp.ndarray, SamplingLoopState], jnp.ndarray]
 # ------------------------------------------------------------------------------
 # Modes
 # ------------------------------------------------------------------------------
-class BeamProcedure(enum.Enum):
+class BeamProcedure(str, enum.Enum):
   """Which beam search: t5x's (`beam_search`) or Hugging Face's (`hf_beam_search`)."""
 
   T5X = "t5x"
@@ -131,7 +131,7 @@ class BeamProcedure(enum.Enum):
     return 0.6 if self is BeamProcedure.T5X else 1.0
 
 
-class LengthPenalty(enum.Enum):
+class LengthPenalty(str, enum.Enum):
   """What `hf_beam_search` divides a finished hypothesis' summed log-probability by."""
 
   HF = "hf"  # length ** alpha (HF `length_penalty`)
