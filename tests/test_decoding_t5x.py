@@ -376,3 +376,73 @@ def test_t5x_style_gin_binding_of_beam_search_alpha_takes_effect():
     gin.clear_config()
   # alpha 0: no brevity penalty, B-EOS scores log .1 exactly (0.6 would divide it).
   np.testing.assert_allclose(float(scores[0, -1]), LOGP[EOS], rtol=1e-6)
+
+
+def test_sampling_initial_index_on_a_prefilled_cache_equals_teacher_forcing():
+  model = counting_model()
+  prompt = np.array([[0, 4, 2, 5, 0, 0, 0], [0, 3, 0, 0, 0, 0, 0]], np.int32)
+  empty = {"token_sum": jnp.zeros((2,), jnp.int32), "cache_index": jnp.array(0)}
+  forced, forced_scores = decoding.temperature_sample(
+      prompt, empty, model, EOS, num_decodes=2, rescale_log_probs=False
+  )
+  # Rows start at their last prompt token; the cache (with a [batch] index, as t5x
+  # requires) holds the tokens before it.
+  initial_index = np.array([3, 1], np.int32)
+  prefilled = {
+      "token_sum": jnp.asarray(
+          [prompt[b, : initial_index[b]].sum() for b in range(2)], jnp.int32
+      ),
+      "cache_index": jnp.asarray(initial_index),
+  }
+  resumed, resumed_scores = decoding.temperature_sample(
+      prompt,
+      prefilled,
+      model,
+      EOS,
+      num_decodes=2,
+      initial_index=initial_index,
+      rescale_log_probs=False,
+  )
+  np.testing.assert_array_equal(resumed, forced)
+  np.testing.assert_allclose(resumed_scores, forced_scores, rtol=1e-6)
+
+
+def test_cache_offset_for_scanned_layers():
+  """With scanned layers the cache has a leading layers axis: batch is axis 1."""
+  flat_model = counting_model()
+
+  def layered_model(state):
+    cache = state.cache
+    logits, new = flat_model(
+        state.replace(
+            cache={
+                "token_sum": cache["token_sum"][0],
+                "cache_index": cache["cache_index"][0],
+            }
+        )
+    )
+    return logits, {
+        "token_sum": jnp.stack([new["token_sum"]] * 2),
+        "cache_index": jnp.stack([new["cache_index"]] * 2),
+    }
+
+  inputs = np.zeros((2, 6), np.int32)
+  flat_cache = {
+      "token_sum": jnp.zeros((2,), jnp.int32),
+      "cache_index": jnp.array(0),
+  }
+  layered_cache = {
+      "token_sum": jnp.zeros((2, 2), jnp.int32),
+      "cache_index": jnp.zeros((2,), jnp.int32),
+  }
+  for search in (decoding.beam_search, decoding.hf_beam_search):
+    want = search(inputs, flat_cache, flat_model, EOS, 3)
+    got = search(inputs, layered_cache, layered_model, EOS, 3, cache_offset=1)
+    np.testing.assert_array_equal(got[0], want[0])
+  want = decoding.temperature_sample(
+      inputs, flat_cache, flat_model, EOS, num_decodes=3
+  )
+  got = decoding.temperature_sample(
+      inputs, layered_cache, layered_model, EOS, num_decodes=3, cache_offset=1
+  )
+  np.testing.assert_array_equal(got[0], want[0])
