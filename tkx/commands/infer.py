@@ -11,7 +11,7 @@ prediction (with a warning); inputs over `--max_input_length` tokens are cut to
 the budget, first tokens kept (with a warning counting them).
 
 Decoding flags (shared with `tkx eval` and `tkx generate`): greedy by default,
-`--num_beams K [--alpha A]` for beam search, `--temperature T [--top_k K]
+`--num_beams K [--alpha A] [--beam_procedure hf|t5x]` for beam search, `--temperature T [--top_k K]
 [--top_p P] [--seed S]` for sampling. Gin: `--gin_file=gin_configs/runs/infer.gin`
 and `--gin.NAME=VALUE`; flags given on the command line win over gin.
 """
@@ -28,6 +28,7 @@ DECODE_FLAGS = (
     "top_p",
     "max_decode_length",
     "seed",
+    "beam_procedure",
 )
 
 
@@ -49,7 +50,13 @@ def add_common_arguments(parser, *, checkpoint_required=True):
       "--num_beams",
       type=int,
       default=None,
-      help="beam search with this many beams (> 1); Hugging Face's procedure unless gin binds infer.DecodeConfig.beam_procedure = 't5x'",
+      help="beam search with this many beams (> 1); Hugging Face's procedure unless --beam_procedure t5x",
+  )
+  group.add_argument(
+      "--beam_procedure",
+      default=None,
+      help="with --num_beams: 'hf' (Hugging Face generate's beam search, default) or 't5x' "
+      "(t5x's beam search with its brevity penalty)",
   )
   group.add_argument(
       "--alpha",
