@@ -137,13 +137,9 @@ def ref_beam(toy, start, k, length, alpha, kind="hf", early_stopping=True):
   return best + [0] * (length - len(best)), finished[0][0]
 
 
-def ref_beam_t5x(toy, start, k, length, alpha, kind="t5x"):
+def ref_beam_t5x(toy, start, k, length, alpha):
   """t5x's beam search rule (t5x/decoding.py), one example, written as plain loops."""
-  pen = (
-      (lambda n: n**alpha)
-      if kind == "hf"
-      else (lambda n: ((5.0 + n) / 6.0) ** alpha)
-  )
+  pen = lambda n: ((5.0 + n) / 6.0) ** alpha  # noqa: E731
   live = [((start,), 0.0)]
   finished = []  # (score, seq)
   for step in range(length):
@@ -166,34 +162,30 @@ def ref_beam_t5x(toy, start, k, length, alpha, kind="t5x"):
   return best + [0] * (length - len(best)), best_score
 
 
-@pytest.mark.parametrize("alpha,kind", [(0.6, "t5x"), (1.0, "hf")])
-def test_t5x_procedure_matches_t5x_rule_and_differs_from_hf(alpha, kind):
+@pytest.mark.parametrize("alpha", [0.6, 1.0])
+def test_t5x_procedure_matches_t5x_rule_and_differs_from_hf(alpha):
   k, toys = 3, [make_toy(seed) for seed in range(8)]
   batch = len(toys)
-  common = dict(
-      inputs=jnp.zeros((batch, 1), jnp.int32),
+  args = (jnp.zeros((batch, MAX_LEN), jnp.int32),)
+  kwargs = dict(
       tokens_to_logits=toy_tokens_to_logits(*toys),
       eos_id=EOS,
-      max_decode_len=MAX_LEN,
       num_decodes=k,
       alpha=alpha,
-      length_penalty_type=kind,
   )
   seqs, scores = decoding.beam_search(
-      cache=toy_cache(batch, len(toys)), procedure="t5x", **common
+      *args, cache=toy_cache(batch, len(toys)), **kwargs
   )
-  hf_seqs, _ = decoding.beam_search(cache=toy_cache(batch, len(toys)), **common)
+  hf_seqs, _ = decoding.hf_beam_search(
+      *args, cache=toy_cache(batch, len(toys)), **kwargs
+  )
   differs = 0
   for b in range(batch):
-    want, want_score = ref_beam_t5x(toys[b], 0, k, MAX_LEN, alpha, kind)
+    want, want_score = ref_beam_t5x(toys[b], 0, k, MAX_LEN, alpha)
     assert np.asarray(seqs[b, -1]).tolist() == want, b
     np.testing.assert_allclose(float(scores[b, -1]), want_score, rtol=1e-4)
     differs += np.asarray(hf_seqs[b, -1]).tolist() != want
   assert differs > 0  # the two rules are not the same search
-  with pytest.raises(ValueError, match="procedure"):
-    decoding.beam_search(
-        cache=toy_cache(batch, len(toys)), procedure="gnmt", **common
-    )
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -241,7 +233,7 @@ def test_beam_search_matches_reference(alpha, kind, early):
   k, seeds = 3, range(6)
   toys = [make_toy(seed) for seed in seeds]
   batch = 2 * len(toys)
-  seqs, scores = decoding.beam_search(
+  seqs, scores = decoding.hf_beam_search(
       inputs=jnp.zeros((batch, 1), jnp.int32),
       cache=toy_cache(batch, len(toys)),
       tokens_to_logits=toy_tokens_to_logits(*toys),
@@ -249,7 +241,7 @@ def test_beam_search_matches_reference(alpha, kind, early):
       max_decode_len=MAX_LEN,
       num_decodes=k,
       alpha=alpha,
-      length_penalty_type=kind,
+      length_penalty=decoding.LengthPenalty.parse(kind),
       early_stopping=early,
   )
   assert seqs.shape == (batch, k, MAX_LEN)
@@ -267,38 +259,47 @@ def test_beam_search_matches_reference(alpha, kind, early):
   assert np.all(np.diff(np.asarray(scores), axis=1) >= 0)
 
 
-def test_beam_search_traced_alpha_equals_static_alpha():
+@pytest.mark.parametrize("procedure", list(decoding.BeamProcedure))
+def test_beam_search_traced_alpha_equals_static_alpha(procedure):
   toy = make_toy(2)
   kwargs = dict(
-      inputs=jnp.zeros((2, 1), jnp.int32),
+      inputs=jnp.zeros((2, MAX_LEN), jnp.int32),
       tokens_to_logits=toy_tokens_to_logits(toy),
       eos_id=EOS,
-      max_decode_len=MAX_LEN,
       num_decodes=4,
   )
-  traced = jax.jit(
-      lambda c, a: decoding.beam_search(cache=c, alpha=a, **kwargs)
-  )
+  search = procedure.decode_fn
+  traced = jax.jit(lambda c, a: search(cache=c, alpha=a, **kwargs))
   for alpha in (0.6, 1.0):
-    static = decoding.beam_search(cache=toy_cache(2), alpha=alpha, **kwargs)
+    static = search(cache=toy_cache(2), alpha=alpha, **kwargs)
     dynamic = traced(toy_cache(2), jnp.float32(alpha))
     np.testing.assert_array_equal(static[0], dynamic[0])
     np.testing.assert_allclose(static[1], dynamic[1], rtol=1e-6)
 
 
-def test_length_penalty_definitions():
-  assert decoding.length_penalty_divisor(4, 1.0, "hf") == 4.0
-  assert decoding.length_penalty_divisor(4, 0.5, "hf") == 2.0
-  assert decoding.length_penalty_divisor(7, 1.0, "t5x") == 2.0  # (5 + 7) / 6
-  with pytest.raises(ValueError, match="length_penalty_type"):
-    decoding.beam_search(
-        inputs=jnp.zeros((1, 1), jnp.int32),
-        cache=toy_cache(1),
-        tokens_to_logits=toy_tokens_to_logits(make_toy(0)),
-        eos_id=EOS,
-        max_decode_len=3,
-        length_penalty_type="gnmt",
-    )
+def test_length_penalty_and_mode_definitions():
+  hf, brevity = decoding.LengthPenalty.HF, decoding.LengthPenalty.BREVITY
+  assert float(hf.divisor(4, 1.0)) == 4.0
+  assert float(hf.divisor(4, 0.5)) == 2.0
+  assert float(brevity.divisor(7, 1.0)) == 2.0  # (5 + 7) / 6
+  assert float(decoding.brevity_penalty(1.0, 7)) == 2.0
+  assert decoding.EarlyStopping.parse(True) is decoding.EarlyStopping.WHEN_FULL
+  assert decoding.EarlyStopping.parse(False) is decoding.EarlyStopping.HEURISTIC
+  assert decoding.EarlyStopping.parse("never") is decoding.EarlyStopping.NEVER
+  assert decoding.BeamProcedure.parse("hf").decode_fn is decoding.hf_beam_search
+  assert decoding.BeamProcedure.T5X.decode_fn is decoding.beam_search
+  common = dict(
+      inputs=jnp.zeros((1, 3), jnp.int32),
+      cache=toy_cache(1),
+      tokens_to_logits=toy_tokens_to_logits(make_toy(0)),
+      eos_id=EOS,
+  )
+  with pytest.raises(ValueError, match="length penalty"):
+    decoding.hf_beam_search(**common, length_penalty="gnmt")
+  with pytest.raises(ValueError, match="early_stopping"):
+    decoding.hf_beam_search(**common, early_stopping="sometimes")
+  with pytest.raises(ValueError, match="beam procedure"):
+    decoding.BeamProcedure.parse("gnmt")
 
 
 def test_cache_expansion_keeps_examples_together_and_shares_index():
@@ -308,7 +309,9 @@ def test_cache_expansion_keeps_examples_together_and_shares_index():
           "cache_index": jnp.array(5),
       }
   }
-  out = decoding._expand_cache(cache, 2)
+  out = decoding.cache_map(
+      lambda x: decoding.flat_batch_beam_expand(x, 2), cache
+  )
   np.testing.assert_array_equal(
       out["layer"]["cached_key"][:, 0], [0, 0, 2, 2, 4, 4]
   )
@@ -330,14 +333,27 @@ def test_sampling_topk1_is_greedy_and_seeds_differ():
   )
   np.testing.assert_array_equal(greedy[:, 0], top1[:, 0])
   zero_t, _ = decoding.temperature_sample(
-      **common, temperature=0.0, decode_rng=jax.random.PRNGKey(4)
+      **common, topk=0, temperature=0.0, decode_rng=jax.random.PRNGKey(4)
   )
+  default, default_scores = decoding.temperature_sample(**common)  # t5x: topk=1
+  np.testing.assert_array_equal(greedy[:, 0], default[:, 0])
+  np.testing.assert_array_equal(
+      default_scores, 0.0
+  )  # rescaled: greedy is certain
   np.testing.assert_array_equal(greedy[:, 0], zero_t[:, 0])
   a, _ = decoding.temperature_sample(
-      **common, num_decodes=8, temperature=2.0, decode_rng=jax.random.PRNGKey(0)
+      **common,
+      num_decodes=8,
+      temperature=2.0,
+      topk=0,
+      decode_rng=jax.random.PRNGKey(0),
   )
   b, _ = decoding.temperature_sample(
-      **common, num_decodes=8, temperature=2.0, decode_rng=jax.random.PRNGKey(1)
+      **common,
+      num_decodes=8,
+      temperature=2.0,
+      topk=0,
+      decode_rng=jax.random.PRNGKey(1),
   )
   assert a.shape == (2, 8, MAX_LEN)
   assert not np.array_equal(np.asarray(a), np.asarray(b))
@@ -361,11 +377,17 @@ def test_per_example_temperature_zero_is_greedy_for_that_example():
       **common,
       num_decodes=4,
       temperature=jnp.array([0.0, 5.0]),
+      topk=0,
       decode_rng=jax.random.PRNGKey(2),
   )
   for j in range(4):
     np.testing.assert_array_equal(mixed[0, j], greedy[0, 0])
-  assert len({tuple(r) for r in np.asarray(mixed[1]).tolist()}) > 1
+  # As t5x, each row draws with the step's key on its own: the copies of an example
+  # sample the same tokens; at temperature 5 they are not the greedy ones.
+  copies = {tuple(r) for r in np.asarray(mixed[1]).tolist()}
+  assert len(copies) == 1 and copies != {
+      tuple(np.asarray(greedy[1, 0]).tolist())
+  }
 
 
 def _one_step_model(logits_row):
@@ -395,12 +417,15 @@ def test_sampling_frequencies_follow_filtered_distribution():
       decode_rng=jax.random.PRNGKey(0),
   )
   cases = {
-      "plain": ({}, np.array([0.05, 0.4, 0.25, 0.2, 0.1])),
+      "plain": ({"topk": 0}, np.array([0.05, 0.4, 0.25, 0.2, 0.1])),
       "top_k=2": ({"topk": 2}, np.array([0, 0.4, 0.25, 0, 0]) / 0.65),
       # 0.4 + 0.25 = 0.65 < 0.7, so the 0.2 token is needed too.
-      "top_p=0.7": ({"topp": 0.7}, np.array([0, 0.4, 0.25, 0.2, 0]) / 0.85),
+      "top_p=0.7": (
+          {"topk": 0, "topp": 0.7},
+          np.array([0, 0.4, 0.25, 0.2, 0]) / 0.85,
+      ),
       "temperature=0.5": (
-          {"temperature": 0.5},
+          {"topk": 0, "temperature": 0.5},
           np.array([0.05, 0.4, 0.25, 0.2, 0.1]) ** 2,
       ),
   }
@@ -417,12 +442,13 @@ def test_filters_match_hugging_face_warpers():
 
   logits = np.random.RandomState(0).randn(5, 50).astype(np.float32) * 2
   for k in (1, 5, 20):
-    ours = np.asarray(decoding.top_k_filter(jnp.asarray(logits), k))
+    ours = np.asarray(decoding.topk_mask(jnp.asarray(logits), k))
     theirs = TopKLogitsWarper(k)(None, torch.tensor(logits)).numpy()
-    np.testing.assert_array_equal(np.isinf(ours), np.isinf(theirs))
+    np.testing.assert_array_equal(ours == decoding.NEG_INF, np.isinf(theirs))
   for p in (0.1, 0.5, 0.9, 0.99):
-    ours = np.asarray(decoding.top_p_filter(jnp.asarray(logits), p))
+    # Random logits have no ties, where t5x (keeps them) and HF (may cut) differ.
+    ours = np.asarray(decoding.topp_mask(jnp.asarray(logits), p))
     theirs = TopPLogitsWarper(p)(None, torch.tensor(logits)).numpy()
     np.testing.assert_array_equal(
-        np.isinf(ours), np.isinf(theirs), err_msg=f"top_p={p}"
+        ours == decoding.NEG_INF, np.isinf(theirs), err_msg=f"top_p={p}"
     )

@@ -131,7 +131,7 @@ def test_encoder_outputs_and_logits_match(pair):
 @functools.lru_cache(maxsize=None)
 def _jitted_predict(model, decode_name, early_stopping=True):
   decode_fn = getattr(decoding, decode_name)
-  if decode_name == "beam_search":
+  if decode_name == "hf_beam_search":
     return jax.jit(
         lambda p, e, alpha: model.predict_batch(
             p,
@@ -160,7 +160,7 @@ def _hf_generate(hf_model, enc, **kwargs):
         attention_mask=torch.tensor(enc > 0),
         max_new_tokens=MAX_DECODE,
         do_sample=False,
-        **kwargs
+        **kwargs,
     )
   return _cut_after_eos(
       out.numpy()[:, 1:], MAX_DECODE
@@ -192,7 +192,7 @@ def test_beam_search_matches_hf_generate(pair, alpha):
       hf_model, enc, num_beams=4, length_penalty=alpha, early_stopping=True
   )
   got = np.asarray(
-      _jitted_predict(model, "beam_search")(
+      _jitted_predict(model, "hf_beam_search")(
           params, jnp.asarray(enc, jnp.int32), jnp.float32(alpha)
       )
   )
@@ -211,11 +211,63 @@ def test_beam_search_without_early_stopping_matches_hf_generate(pair):
       hf_model, enc, num_beams=4, length_penalty=0.6, early_stopping=False
   )
   got = np.asarray(
-      _jitted_predict(model, "beam_search", False)(
+      _jitted_predict(model, "hf_beam_search", False)(
           params, jnp.asarray(enc, jnp.int32), jnp.float32(0.6)
       )
   )
   np.testing.assert_array_equal(_cut_after_eos(got, MAX_DECODE), want)
+
+
+def test_tk_instruct_eval_settings_decode_as_many_tokens_as_its_generate_call(
+    pair,
+):
+  """Tk-Instruct evaluates with transformers 4.18 `generate(max_length=128)`, which counts
+  the decoder start token: outputs that never reach EOS stop after 127 tokens. The eval
+  gin and tkx's default decode exactly that many."""
+  import gin
+
+  from tkx import infer
+  from tkx.models import config as config_lib
+
+  hf_model, model, params = pair
+  gin.clear_config()
+  try:
+    gin.parse_config_file(
+        f"{config_lib.REPO_ROOT}/gin_configs/runs/eval.gin", skip_unknown=True
+    )
+    eval_settings = infer.DecodeConfig()
+  finally:
+    gin.clear_config()
+  assert eval_settings == infer.DecodeConfig()  # the gin and the default agree
+  assert eval_settings.method == "greedy"
+  enc = _inputs(6)[:8]
+  with torch.no_grad():
+    want = hf_model.generate(
+        input_ids=torch.tensor(enc),
+        attention_mask=torch.tensor(enc > 0),
+        max_length=128,
+        do_sample=False,
+        num_beams=1,
+    ).numpy()[:, 1:]
+  decode_fn, kwargs = eval_settings.decode_fn_and_kwargs()
+  got = np.asarray(
+      jax.jit(
+          lambda p, e: model.predict_batch(
+              p,
+              {"encoder_input_tokens": e},
+              decode_fn=decode_fn,
+              max_decode_length=eval_settings.max_decode_length,
+              **kwargs,
+          )
+      )(params, jnp.asarray(enc, jnp.int32))
+  )
+  assert got.shape == (8, 127)
+  run_to_limit = ~(want == EOS).any(axis=1)
+  assert run_to_limit.sum() >= 2  # the test needs outputs that never end
+  # generate(max_length=128) returns the start token and 127 new tokens (pad ids may be
+  # among them: the random model emits token 0 as any other).
+  assert want.shape[1] == 127
+  np.testing.assert_array_equal(got[run_to_limit], want[run_to_limit])
 
 
 def test_logits_match_with_more_decoder_than_encoder_layers():

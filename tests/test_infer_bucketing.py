@@ -54,17 +54,29 @@ def test_decode_config_validates_and_maps_to_decoding_fns():
   from tkx import decoding
 
   assert infer.DecodeConfig().decode_fn_and_kwargs() == (decoding.greedy, {})
-  fn, kwargs = infer.DecodeConfig(num_beams=4, alpha=0.6).decode_fn_and_kwargs()
+  # --num_beams asks for Hugging Face's procedure explicitly, with HF's default alpha.
+  fn, kwargs = infer.DecodeConfig(num_beams=4).decode_fn_and_kwargs()
+  assert fn is decoding.hf_beam_search and kwargs == {
+      "num_decodes": 4,
+      "alpha": 1.0,
+  }
+  fn, kwargs = infer.DecodeConfig(
+      num_beams=4, beam_procedure="t5x"
+  ).decode_fn_and_kwargs()
   assert fn is decoding.beam_search and kwargs == {
       "num_decodes": 4,
       "alpha": 0.6,
   }
   fn, kwargs = infer.DecodeConfig(
-      temperature=0.7, top_k=5, top_p=0.9
+      num_beams=2, alpha=0.3, beam_procedure=decoding.BeamProcedure.T5X
+  ).decode_fn_and_kwargs()
+  assert fn is decoding.beam_search and kwargs["alpha"] == 0.3
+  fn, kwargs = infer.DecodeConfig(
+      temperature=0.7, top_p=0.9
   ).decode_fn_and_kwargs()
   assert fn is decoding.temperature_sample and kwargs == {
       "temperature": 0.7,
-      "topk": 5,
+      "topk": decoding.TOPK_OFF,
       "topp": 0.9,
   }
   with pytest.raises(ValueError, match="not both"):
@@ -72,7 +84,13 @@ def test_decode_config_validates_and_maps_to_decoding_fns():
   with pytest.raises(ValueError, match="set temperature > 0"):
     infer.DecodeConfig(top_k=5)
   with pytest.raises(ValueError, match="top_p"):
-    infer.DecodeConfig(temperature=1.0, top_p=0.0)
+    infer.DecodeConfig(temperature=1.0, top_p=1.5)
+  with pytest.raises(ValueError, match="top_k or top_p, not both"):
+    infer.DecodeConfig(temperature=1.0, top_k=5, top_p=0.9)
+  with pytest.raises(ValueError, match="beam procedure"):
+    infer.DecodeConfig(num_beams=2, beam_procedure="gnmt")
+  with pytest.raises(ValueError, match="num_beams > 1"):
+    infer.DecodeConfig(alpha=0.6)
 
 
 @pytest.fixture(scope="module")

@@ -309,8 +309,42 @@ def test_generate_builds_the_prompt_from_an_ni_task(
             "needs a non-empty --input",
         ),
         (["--input", "x"], "--input needs --ni_task"),
+        (
+            ["x", "--num_beams", "2", "--beam_procedure", "gnmt"],
+            "beam procedure",
+        ),
+        (
+            ["x", "--top_k", "2", "--top_p", "0.5", "--temperature", "1"],
+            "not both",
+        ),
     ],
 )
 def test_generate_errors(tiny_checkpoint, argv, message):
   with pytest.raises(ValueError, match=message):
     cli.main(["generate", "--checkpoint", tiny_checkpoint] + argv)
+
+
+def test_generate_with_t5x_beam_procedure(tiny_checkpoint, capsys):
+  prompt = "Definition: repeat the input. Input: a b c. Output:"
+  argv = ["generate", "--checkpoint", tiny_checkpoint, prompt]
+  argv += [
+      "--max_decode_length",
+      "6",
+      "--num_beams",
+      "2",
+      "--beam_procedure",
+      "t5x",
+  ]
+  assert cli.main(argv) == 0
+  printed = capsys.readouterr().out.strip().splitlines()
+  loaded = infer.load_checkpoint(tiny_checkpoint)
+  config = infer.DecodeConfig(
+      max_decode_length=6, num_beams=2, beam_procedure="t5x"
+  )
+  predictor = infer.Predictor(
+      loaded.model, loaded.params, batch_size=8, decode_config=config
+  )
+  [expected] = infer.predict_texts(
+      predictor, loaded.vocabulary, [prompt], progress=False
+  )
+  assert printed == [expected] if expected else printed in ([], [""])

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tkx import decoding
 from tkx.models import config as config_lib
 from tkx.models import models, network
 
@@ -305,7 +306,7 @@ def test_cached_decoding_matches_teacher_forced_logits(v11):
   )
   step = jax.jit(
       lambda state, cache: model._compute_logits_from_slice(
-          models.DecodingState(0, None, state, cache),
+          decoding.DecodingState(0, None, state, cache),
           params,
           encoded,
           inputs,
@@ -341,7 +342,7 @@ def test_predict_batch_greedy_equals_argmax_of_teacher_forcing_on_its_output():
       functools.partial(
           model.predict_batch,
           max_decode_length=6,
-          decode_fn=models.greedy_decode,
+          decode_fn=decoding.greedy,
       )
   )
   tokens = np.asarray(predict(params, {"encoder_input_tokens": inputs}))
@@ -373,7 +374,7 @@ def test_num_decodes_repeats_encoder_outputs_per_example():
   predict = functools.partial(
       model.predict_batch_with_aux,
       max_decode_length=5,
-      decode_fn=models.greedy_decode,
+      decode_fn=decoding.greedy,
   )
   one, aux1 = jax.jit(predict)(params, {"encoder_input_tokens": inputs})
   many, aux3 = jax.jit(

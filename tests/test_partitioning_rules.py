@@ -99,19 +99,134 @@ def _sharded_params_and_step(partitioner):
   return params, shardings, step
 
 
-def test_standard_rules_follow_t5x():
-  rules = dict(partitioning.standard_logical_axis_rules())
-  assert rules["batch"] == "data"
-  for name in ("vocab", "mlp", "heads", "joined_kv"):
-    assert rules[name] == "model"
-  for name in ("kv", "embed", "relpos_buckets", "length", "mlp_activations"):
-    assert rules[name] is None
-  assert (
-      dict(
-          partitioning.standard_logical_axis_rules(shard_params_over_data=True)
-      )["embed"]
-      == "data"
+@pytest.mark.parametrize(
+    "dims,activation,embed_mlp,vocab_embed,embed_only",
+    [
+        # t5x's 1-D rules: batch over data, the large parameter dims over model.
+        (
+            (1, 1),
+            P("data", None, None),
+            P(None, "model"),
+            P("model", None),
+            P(None),
+        ),
+        # 2-D activations: embed of activations over model (params: model is taken first).
+        (
+            (2, 1),
+            P("data", None, "model"),
+            P(None, "model"),
+            P("model", None),
+            P("model"),
+        ),
+        # 2-D parameters: embed of parameters over data (activations: data taken by batch).
+        (
+            (1, 2),
+            P("data", None, None),
+            P("data", "model"),
+            P("model", "data"),
+            P("data"),
+        ),
+        (
+            (2, 2),
+            P("data", None, "model"),
+            P("data", "model"),
+            P("model", "data"),
+            P("model"),
+        ),
+    ],
+)
+def test_standard_rules_follow_t5x(
+    dims, activation, embed_mlp, vocab_embed, embed_only
+):
+  rules = partitioning.standard_logical_axis_rules(*dims)
+  partitioner = Partitioner(num_partitions=2, logical_axis_rules=rules)
+  to_mesh = partitioner.logical_to_mesh_axes
+  assert to_mesh(P("batch", "length", "embed")) == activation
+  assert to_mesh(P("embed", "mlp")) == embed_mlp
+  assert to_mesh(P("vocab", "embed")) == vocab_embed
+  assert to_mesh(P("embed")) == embed_only
+  assert to_mesh(P("heads", "kv")) == P("model", None)
+  assert to_mesh(P("relpos_buckets", "heads")) == P(None, "model")
+  # Keyword form, and additional rules go last.
+  named = partitioning.standard_logical_axis_rules(
+      activation_partitioning_dims=dims[0],
+      parameter_partitioning_dims=dims[1],
+      additional_rules=[("experts", "data")],
   )
+  assert named[:-1] == rules and named[-1] == ("experts", "data")
+
+
+def test_standard_rules_refuse_other_dims_and_shard_params_over_data_is_2d_params():
+  with pytest.raises(ValueError, match="parameter_partitioning_dims=3"):
+    partitioning.standard_logical_axis_rules(1, 3)
+  fsdp = Partitioner(num_partitions=2, shard_params_over_data=True)
+  assert list(
+      fsdp.logical_axis_rules
+  ) == partitioning.standard_logical_axis_rules(parameter_partitioning_dims=2)
+  assert (
+      list(Partitioner(num_partitions=2).logical_axis_rules)
+      == partitioning.standard_logical_axis_rules()
+  )
+
+
+def test_t5x_gin_bindings_bind_and_take_effect():
+  import gin
+
+  gin.parse_config(
+      "tkx_t5x_gin/partitioning.PjitPartitioner.num_partitions = 4\n"
+      "tkx_t5x_gin/partitioning.PjitPartitioner.logical_axis_rules = "
+      "@partitioning.standard_logical_axis_rules()\n"
+      "tkx_t5x_gin/partitioning.standard_logical_axis_rules.activation_partitioning_dims = 2\n"
+      "tkx_t5x_gin/partitioning.standard_logical_axis_rules.parameter_partitioning_dims = 2"
+  )
+  with gin.config_scope("tkx_t5x_gin"):
+    partitioner = partitioning.PjitPartitioner()
+  assert (partitioner.data_axis_size, partitioner.model_axis_size) == (2, 4)
+  to_mesh = partitioner.logical_to_mesh_axes
+  assert to_mesh(P("batch", "length", "embed")) == P("data", None, "model")
+  assert to_mesh(P("embed", "mlp")) == P("data", "model")
+
+
+def test_t5x_gin_file_with_dynamic_registration_configures_tkx():
+  import gin
+
+  gin.clear_config()
+  try:
+    gin.parse_config(
+        "from __gin__ import dynamic_registration\n"
+        "from tkx import partitioning\n"
+        "partitioning.PjitPartitioner.num_partitions = 2\n"
+        "partitioning.PjitPartitioner.logical_axis_rules = "
+        "@partitioning.standard_logical_axis_rules()\n"
+        "partitioning.standard_logical_axis_rules.activation_partitioning_dims = 2\n"
+    )
+    partitioner = partitioning.PjitPartitioner()
+  finally:
+    gin.clear_config()
+  assert partitioner.model_axis_size == 2
+  assert partitioner.logical_to_mesh_axes(P("batch", "length", "embed")) == P(
+      "data", None, "model"
+  )
+
+
+def test_pjit_partitioner_takes_t5x_arguments_and_refuses_what_tkx_cannot_do():
+  tile = partitioning.PjitPartitioner(model_parallel_submesh=(1, 1, 1, 2))
+  assert tile.model_axis_size == 2
+  assert (
+      partitioning.PjitPartitioner(
+          num_partitions=1, backend="cpu"
+      ).data_axis_size
+      == 8
+  )
+  for kwargs, message in [
+      (dict(), "set num_partitions or model_parallel_submesh"),
+      (dict(num_partitions=2, model_parallel_submesh=(1, 1, 1, 2)), "not both"),
+      (dict(model_parallel_submesh=(2, 1)), "4-tuple"),
+      (dict(num_partitions=2, params_on_devices=False), "params_on_devices"),
+      (dict(num_partitions=2, ici_mesh_shape=(1, 4, 2)), "ici_mesh_shape"),
+  ]:
+    with pytest.raises(ValueError, match=message):
+      partitioning.PjitPartitioner(**kwargs)
 
 
 @pytest.mark.parametrize(

@@ -1,33 +1,36 @@
-"""Decoding on the key/value cache: greedy, temperature / top-k / top-p sampling, beam search.
+"""Decoding on the key/value cache, with t5x's `decoding.py` interface and semantics.
 
-Conventions follow t5x's `decoding.py`, so model code written for t5x drives these
-functions unchanged:
+`temperature_sample` and `beam_search` take t5x's parameters in t5x's order (positional
+calls work), with t5x's defaults and behaviour:
 
-* A decode function is called as
-  `fn(*, inputs, cache, tokens_to_logits, eos_id, max_decode_len=None, **options)`.
-  `inputs` is `[batch, L]` int32; only column 0 is read: the token decoding starts
-  from (T5's decoder start token, 0). Without `max_decode_len` it is `L`, so t5x's
-  zero "decoder prompt" of shape `[batch, max_decode_len]` works as is.
-* `tokens_to_logits(state: DecodingState) -> (logits [batch * n, vocab], new_cache)`
-  is called once per step with the current token `state.cur_token` `[batch * n, 1]`.
-* The `cache` comes in at batch size; functions that decode several sequences per
-  example (`num_decodes`, beams) repeat every cache array along axis 0, keeping
-  the copies of one example together (t5x's "flattened beams": row `b * n + j`).
-  The encoder outputs the model closes over must be expanded the same way
-  (`flat_batch_beam_expand`). Leaves named `cache_index` (and other scalars) are
-  shared and left alone.
-* Results are `(sequences [batch, n, max_decode_len], scores [batch, n])`, sorted by
-  score in ascending order (best last, as t5x: take `[:, -1]`). After EOS a
-  sequence holds padding (0). The start token is not part of `sequences`.
+* `inputs` is `[batch, length]` int32, shifted right: position 0 is the start (BOS, 0)
+  token and non-zero tokens after it are a decoder prompt that is teacher-forced (kept
+  in the output, scored 0). The outputs have `length` positions (the start dropped).
+* `temperature_sample` defaults to greedy (`topk=1`) and `rescale_log_probs=True`;
+  `topk` and `topp` are exclusive; top-p keeps every token tied with the cutoff; `topp`
+  may be traced under jit; the RNG is used as t5x does, so the same `decode_rng` gives
+  the same samples as t5x. `initial_index`, `max_decode_steps[_hard_limit]` and the
+  state/logit callbacks work as in t5x.
+* `beam_search` is t5x's procedure with the brevity penalty ((5 + len) / 6) ** alpha,
+  alpha 0.6 by default.
 
-Everything is jit-compatible: one `lax.while_loop` per call that stops as soon as
-every sequence is finished.
+Hugging Face's beam procedure (transformers `generate(num_beams=...)`, step for step) is
+`hf_beam_search`; `tkx infer/eval/generate --num_beams` use it, for parity with the
+released Tk-Instruct evaluation. `BeamProcedure` names the two.
 
-Beam search reproduces Hugging Face `generate(num_beams=K, length_penalty=alpha,
-early_stopping=...)` (transformers 5.x `_beam_search`) step for step; see
-`beam_search` for the rule and for the t5x brevity penalty option.
+The tkx decoding interface (see ARCHITECTURE.md "Decoding interface"): `cache` comes at
+batch size and every function that decodes several sequences per example repeats its
+arrays along axis `cache_offset` (t5x's flattened beams, example-major rows
+`b * n + j`); `cache_index` (and `cached_bias`, `position_embedder_index`) are shared.
+Beam reordering skips the per-example cross-attention leaves `encoded_key` /
+`encoded_value`, which are the same for every beam of an example.
+`tokens_to_logits(DecodingState) -> (logits [batch * n, vocab], new_cache)`.
+
+Results are `(sequences [batch, n, length], scores [batch, n])`, sorted ascending by
+score (best last: take `[:, -1]`). After EOS a sequence holds padding (0).
 """
 
+import enum
 import functools
 from typing import Any, Callable, Mapping, Optional, Tuple, Union
 
@@ -36,14 +39,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
-
-# Hugging Face's stand-in for -inf in beam search. The same float32 arithmetic
-# keeps ties among masked entries resolving as in HF.
-NEG_INF = np.float32(-1.0e9)
-# Temperatures at or below this are greedy (t5x's MIN_TEMPERATURE).
-MIN_TEMPERATURE = 1e-4
+from jax import lax
 
 PyTree = Any
+
+# t5x's "effective negative infinity" for masking.
+NEG_INF = np.array(-1.0e7)
+# Temperatures at or below this are greedy (t5x's MIN_TEMPERATURE).
+MIN_TEMPERATURE = np.array(1e-4)
+# The one definition of "off" for the sampling filters (t5x's): no top-k cut, no top-p cut.
+TOPK_OFF = 0
+TOPP_OFF = 0.0
 
 
 @flax.struct.dataclass
@@ -51,8 +57,9 @@ class DecodingState:
   """What `tokens_to_logits` sees at each step (t5x's `DecodingState`).
 
   Attributes:
-    cur_index: [batch * n] position of `cur_token` in `sequences` (0 at the start token).
-    sequences: [batch * n, max_decode_len + 1] the start token followed by the tokens so far.
+    cur_index: position of `cur_token` in `sequences`: [batch * n] when sampling, a scalar
+      in beam search (as t5x).
+    sequences: [batch * n, length] the start token, prompt and tokens so far.
     cur_token: [batch * n, 1] the token to feed now.
     cache: the model's autoregressive cache.
   """
@@ -60,457 +67,872 @@ class DecodingState:
   cur_index: jnp.ndarray
   sequences: jnp.ndarray
   cur_token: jnp.ndarray
-  cache: Mapping[str, Any]
+  cache: Mapping[str, jnp.ndarray]
+
+
+@flax.struct.dataclass
+class SamplingLoopState:
+  """The sampling loop's state, as t5x's (what `state_callback_fn` / `logit_callback_fn` get).
+
+  Attributes:
+    step: scalar step count from 0.
+    cur_index: [batch * n] position of the loop per row.
+    sequences: [batch * n, length + 2] prompt and sampled tokens (two spare slots at the
+      end; the last one absorbs writes of rows that finished their length early).
+    cache: the model's cache.
+    cur_token: [batch * n, 1] the token fed next.
+    ended: [batch * n, 1] whether a row has finished.
+    rng: the PRNG key carried by the loop.
+    log_prob: [batch * n] summed log-probabilities of the sampled tokens.
+  """
+
+  step: jnp.ndarray
+  cur_index: jnp.ndarray
+  sequences: jnp.ndarray
+  cache: Mapping[str, jnp.ndarray]
+  cur_token: jnp.ndarray
+  ended: jnp.ndarray
+  rng: jnp.ndarray
+  log_prob: jnp.ndarray
 
 
 TokensToLogits = Callable[[DecodingState], Tuple[jnp.ndarray, PyTree]]
+StateCallbackFn = Callable[[SamplingLoopState], SamplingLoopState]
+LogitCallbackFn = Callable[[jnp.ndarray, SamplingLoopState], jnp.ndarray]
 
 
 # ------------------------------------------------------------------------------
-# Beam / batch reshaping helpers (t5x names)
+# Modes
 # ------------------------------------------------------------------------------
+class BeamProcedure(str, enum.Enum):
+  """Which beam search: t5x's (`beam_search`) or Hugging Face's (`hf_beam_search`)."""
+
+  T5X = "t5x"
+  HF = "hf"
+
+  @classmethod
+  def parse(cls, value) -> "BeamProcedure":
+    if isinstance(value, cls):
+      return value
+    try:
+      return cls(value)
+    except ValueError:
+      raise ValueError(
+          f"beam procedure must be one of {[m.value for m in cls]}, got {value!r}"
+      ) from None
+
+  @property
+  def decode_fn(self) -> Callable:
+    return beam_search if self is BeamProcedure.T5X else hf_beam_search
+
+  @property
+  def default_alpha(self) -> float:
+    """t5x's brevity-penalty alpha 0.6; Hugging Face's `length_penalty` 1.0."""
+    return 0.6 if self is BeamProcedure.T5X else 1.0
+
+
+class LengthPenalty(str, enum.Enum):
+  """What `hf_beam_search` divides a finished hypothesis' summed log-probability by."""
+
+  HF = "hf"  # length ** alpha (HF `length_penalty`)
+  BREVITY = "t5x"  # ((5 + length) / 6) ** alpha (t5x's `brevity_penalty`)
+
+  @classmethod
+  def parse(cls, value) -> "LengthPenalty":
+    if isinstance(value, cls):
+      return value
+    try:
+      return cls(value)
+    except ValueError:
+      raise ValueError(
+          f"length penalty must be one of {[m.value for m in cls]}, got {value!r}"
+      ) from None
+
+  def divisor(self, length, alpha):
+    """The divisor for `length` generated tokens (EOS included, start token not)."""
+    if self is LengthPenalty.HF:
+      return jnp.power(jnp.asarray(length, jnp.float32), alpha)
+    return brevity_penalty(alpha, length)
+
+
+class EarlyStopping(enum.Enum):
+  """Hugging Face's `early_stopping` for `hf_beam_search` (values are HF's spellings).
+
+  WHEN_FULL (True): an example is done once it has K finished hypotheses.
+  HEURISTIC (False): done once the best running beam, scored at the current length,
+    cannot beat the worst finished one.
+  NEVER ("never"): as HEURISTIC, scored at the best length it could still reach.
+  """
+
+  WHEN_FULL = True
+  HEURISTIC = False
+  NEVER = "never"
+
+  @classmethod
+  def parse(cls, value) -> "EarlyStopping":
+    if isinstance(value, cls):
+      return value
+    for member in cls:
+      if value is member.value or (
+          isinstance(value, str) and value == member.value
+      ):
+        return member
+    raise ValueError(
+        f"early_stopping must be True, False or 'never', got {value!r}"
+    )
+
+
+def _is_tracer(value: Any) -> bool:
+  return isinstance(value, jax.core.Tracer)
+
+
+# ------------------------------------------------------------------------------
+# Beam / cache helpers (t5x's names and signatures)
+# ------------------------------------------------------------------------------
+def brevity_penalty(alpha: float, length: int) -> jnp.ndarray:
+  """t5x's brevity penalty ((5 + length) / 6) ** alpha."""
+  return jnp.power(((5.0 + length) / 6.0), alpha)
+
+
+def add_beam_dim(
+    x: jnp.ndarray, beam_size: int, offset: int = 0
+) -> jnp.ndarray:
+  """[..., batch, ...] -> [..., batch, beam_size, ...] (new axis after `offset`), tiled."""
+  x = jnp.expand_dims(x, axis=offset + 1)
+  reps = [1] * x.ndim
+  reps[offset + 1] = beam_size
+  return jnp.tile(x, reps)
+
+
+def flatten_beam_dim(x: jnp.ndarray, offset: int = 0) -> jnp.ndarray:
+  """Merges axes `offset` and `offset + 1` (batch, beam) into one."""
+  shape = list(x.shape)
+  beams = shape.pop(offset + 1)
+  shape[offset] *= beams
+  return x.reshape(shape)
+
+
+def unflatten_beam_dim(
+    x: jnp.ndarray, batch_size: int, beam_size: int, offset: int = 0
+) -> jnp.ndarray:
+  """Splits axis `offset` (batch * beam) into (batch, beam)."""
+  if x.shape[offset] != batch_size * beam_size:
+    raise ValueError(
+        f"unflatten_beam_dim: axis {offset} has {x.shape[offset]} rows, "
+        f"not batch_size * beam_size = {batch_size * beam_size}"
+    )
+  shape = list(x.shape)
+  return x.reshape(
+      shape[:offset] + [batch_size, beam_size] + shape[offset + 1 :]
+  )
 
 
 def flat_batch_beam_expand(
     x: jnp.ndarray, beam_size: int, offset: int = 0
 ) -> jnp.ndarray:
-  """[..., batch, ...] -> [..., batch * beam_size, ...] repeating each row beam_size times."""
-  return jnp.repeat(x, beam_size, axis=offset)
+  """[batch, ...] -> [batch * beam_size, ...], each row repeated beam_size times in place."""
+  return flatten_beam_dim(add_beam_dim(x, beam_size, offset), offset)
 
 
-def unflatten_beam_dim(
-    x: jnp.ndarray, batch_size: int, beam_size: int
-) -> jnp.ndarray:
-  return x.reshape((batch_size, beam_size) + x.shape[1:])
+# Cache leaves shared by every row (t5x excludes the same names).
+_SHARED_CACHE_LEAVES = ("cached_bias", "position_embedder_index")
+# Cache leaves holding the same rows for every beam of one example (cross-attention
+# keys/values of the encoder outputs): beam reordering would copy them unchanged.
+_PER_EXAMPLE_CACHE_LEAVES = ("encoded_key", "encoded_value")
 
 
-def flatten_beam_dim(x: jnp.ndarray) -> jnp.ndarray:
-  return x.reshape((x.shape[0] * x.shape[1],) + x.shape[2:])
+def cache_map(fn, cache, apply_to_index: bool = False):
+  """Applies `fn` to every cache array except `cache_index` (unless `apply_to_index`),
+  `cached_bias` and `position_embedder_index` (t5x's `cache_map`)."""
+  return _cache_map(fn, cache, apply_to_index=apply_to_index)
 
 
-# Cache leaves that are shared by every row and must not be repeated or gathered.
-_SHARED_CACHE_LEAVES = ("cache_index", "cached_bias", "position_embedder_index")
-
-
-def cache_map(
-    fn: Callable[[jnp.ndarray], jnp.ndarray], cache: PyTree, skip=()
-) -> PyTree:
-  """Applies `fn` to every per-row cache array (not to indices, scalars or leaves named in `skip`)."""
+def _cache_map(fn, cache, apply_to_index: bool = False, skip=()):
   if not cache:
     return cache
   frozen = isinstance(cache, flax.core.FrozenDict)
   if frozen:
     cache = flax.core.unfreeze(cache)
   flat = traverse_util.flatten_dict(cache)
-  mapped = {
-      k: (
-          v
-          if (
-              k[-1] in _SHARED_CACHE_LEAVES or k[-1] in skip or jnp.ndim(v) == 0
-          )
-          else fn(v)
-      )
-      for k, v in flat.items()
-  }
+  excluded = _SHARED_CACHE_LEAVES + tuple(skip)
+  if not apply_to_index:
+    excluded += ("cache_index",)
+  mapped = {k: v if k[-1] in excluded else fn(v) for k, v in flat.items()}
   out = traverse_util.unflatten_dict(mapped)
   return flax.core.freeze(out) if frozen else out
 
 
-# Cache leaves that hold the same rows for every decode of one example (the
-# encoder outputs' keys/values in cross-attention): beam reordering, which only
-# moves rows within an example, would copy them unchanged, so it skips them.
-_PER_EXAMPLE_CACHE_LEAVES = ("encoded_key", "encoded_value")
-
-
-def _reorder_cache(
-    cache: PyTree, flat_rows: jnp.ndarray, offset: int = 0
-) -> PyTree:
-  """Takes cache rows `flat_rows` (indices within each example's block of rows) along `offset`."""
-  return cache_map(
+def _reorder_cache(cache, flat_rows: jnp.ndarray, offset: int = 0):
+  """Takes cache rows `flat_rows` along `offset` (rows move only within an example)."""
+  return _cache_map(
       lambda x: jnp.take(x, flat_rows, axis=offset),
       cache,
       skip=_PER_EXAMPLE_CACHE_LEAVES,
   )
 
 
-def _expand_cache(cache: PyTree, n: int, offset: int = 0) -> PyTree:
-  if n == 1:
-    return cache
-  return cache_map(
-      functools.partial(flat_batch_beam_expand, beam_size=n, offset=offset),
-      cache,
-  )
-
-
-def _max_decode_len(inputs: jnp.ndarray, max_decode_len: Optional[int]) -> int:
-  if inputs.ndim != 2:
-    raise ValueError(
-        f"decoding inputs must be [batch, length] start tokens, got shape {inputs.shape}"
-    )
-  length = (
-      int(max_decode_len)
-      if max_decode_len is not None
-      else int(inputs.shape[1])
-  )
-  if length < 1:
-    raise ValueError(f"max_decode_len must be >= 1, got {length}")
-  return length
-
-
-def _call_tokens_to_logits(
-    tokens_to_logits, cur_index, sequences, cur_token, cache
-):
-  frozen = isinstance(cache, flax.core.FrozenDict)
-  logits, new_cache = tokens_to_logits(
-      DecodingState(
-          cur_index=cur_index,
-          sequences=sequences,
-          cur_token=cur_token,
-          cache=cache,
-      )
-  )
+def _call_tokens_to_logits(tokens_to_logits, decoding_state):
+  frozen = isinstance(decoding_state.cache, flax.core.FrozenDict)
+  logits, new_cache = tokens_to_logits(decoding_state)
   if frozen and not isinstance(new_cache, flax.core.FrozenDict):
     new_cache = flax.core.freeze(new_cache)
-  # Decide in float32 whatever the activation dtype (HF does the same).
-  return logits.astype(jnp.float32), new_cache
+  # Decide in float32 whatever the activation dtype.
+  return jnp.asarray(logits).astype(jnp.float32), new_cache
+
+
+def _positive_int(value, name: str) -> int:
+  if _is_tracer(value) or int(value) != value or int(value) < 1:
+    raise ValueError(f"{name} must be a positive Python integer, got {value!r}")
+  return int(value)
+
+
+def _decoder_inputs(inputs, max_decode_len: Optional[int]) -> jnp.ndarray:
+  """`inputs` as int32 [batch, length]; tkx's `max_decode_len` pads a shorter one with zeros."""
+  inputs = jnp.asarray(inputs)
+  if inputs.ndim != 2:
+    raise ValueError(
+        f"decoding inputs must be [batch, length] (start token, prompt, zeros), "
+        f"got shape {inputs.shape}"
+    )
+  inputs = inputs.astype(jnp.int32)
+  if max_decode_len is not None:
+    length = _positive_int(max_decode_len, "max_decode_len")
+    if inputs.shape[1] > length:
+      raise ValueError(
+          f"decoding inputs have {inputs.shape[1]} positions, more than "
+          f"max_decode_len={length}"
+      )
+    inputs = jnp.pad(inputs, ((0, 0), (0, length - inputs.shape[1])))
+  return inputs
 
 
 # ------------------------------------------------------------------------------
-# Logit filters (Hugging Face TopK / TopP warper semantics)
+# Logit filters (t5x's masks: masked logits become NEG_INF, ties kept)
 # ------------------------------------------------------------------------------
+def topk_mask(logits: jnp.ndarray, k, replace_val=NEG_INF) -> jnp.ndarray:
+  """Keeps the k largest logits per row and every logit tied with the k-th; the rest -> replace_val.
 
-
-def top_k_filter(logits: jnp.ndarray, k: int) -> jnp.ndarray:
-  """Keeps the k largest logits per row (and anything tied with the k-th); the rest -> -inf."""
-  k = min(int(k), logits.shape[-1])
-  kth = jax.lax.top_k(logits, k)[0][..., -1:]
-  return jnp.where(logits < kth, -jnp.inf, logits)
-
-
-def top_p_filter(logits: jnp.ndarray, p: float) -> jnp.ndarray:
-  """Nucleus filter: keeps the smallest set of most likely tokens whose probability reaches p.
-
-  A token is dropped when the tokens more likely than it already reach p; the
-  most likely token is always kept.
+  `k` may be traced; k larger than the vocabulary keeps everything.
   """
-  order = jnp.argsort(-logits, axis=-1)
-  sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
-  probs = jax.nn.softmax(sorted_logits, axis=-1)
-  mass_before = jnp.cumsum(probs, axis=-1) - probs
-  drop_sorted = mass_before >= p
-  drop_sorted = drop_sorted.at[..., 0].set(False)
-  # Scatter the decision back to vocabulary order.
-  drop = (
-      jnp.zeros_like(drop_sorted)
-      .at[jnp.arange(logits.shape[0])[:, None], order]
-      .set(drop_sorted)
+  vocab = logits.shape[-1]
+  if _is_tracer(k):
+    ordered = -jnp.sort(-logits, axis=-1)
+    index = jnp.clip(k - 1, 0, vocab - 1)
+    kth = lax.dynamic_index_in_dim(ordered, index, axis=-1, keepdims=True)
+  else:
+    kth = lax.top_k(logits, min(int(k), vocab))[0][..., -1:]
+  return jnp.where(logits >= kth, logits, jnp.full_like(logits, replace_val))
+
+
+def topp_mask(logits: jnp.ndarray, p, replace_val=NEG_INF) -> jnp.ndarray:
+  """Keeps the smallest set of most likely tokens whose probability reaches `p`, plus every
+  token as likely as the least likely one kept (t5x keeps the tie); the rest -> replace_val.
+
+  `p` may be traced; p <= 0 (off) leaves the logits unchanged.
+  """
+  probs = jax.nn.softmax(logits, axis=-1)
+  ordered = -jnp.sort(-probs, axis=-1)
+  mass = jnp.cumsum(ordered, axis=-1)
+  # The cutoff is the first token at which the mass reaches p (the last one if it never does).
+  cutoff_index = jnp.minimum(
+      jnp.sum(mass < p, axis=-1, keepdims=True), logits.shape[-1] - 1
   )
-  return jnp.where(drop, -jnp.inf, logits)
+  threshold = jnp.take_along_axis(ordered, cutoff_index, axis=-1)
+  masked = jnp.where(
+      probs >= threshold, logits, jnp.full_like(logits, replace_val)
+  )
+  return jnp.where(jnp.asarray(p) > 0, masked, logits)
 
 
 # ------------------------------------------------------------------------------
-# Greedy and temperature sampling
+# Temperature sampling (t5x's procedure)
 # ------------------------------------------------------------------------------
-
-
 def temperature_sample(
-    *,
     inputs: jnp.ndarray,
-    cache: PyTree,
+    cache: Mapping[str, jnp.ndarray],
     tokens_to_logits: TokensToLogits,
     eos_id: int,
-    max_decode_len: Optional[int] = None,
-    decode_rng: Optional[jax.Array] = None,
+    decode_rng: Optional[jnp.ndarray] = None,
     num_decodes: int = 1,
     temperature: Union[float, jnp.ndarray] = 1.0,
-    topk: int = 0,
+    topk: int = 1,
     topp: float = 0.0,
-    rescale_log_probs: bool = False,
     cache_offset: int = 0,
+    initial_index: Optional[jnp.ndarray] = None,
+    max_decode_steps: Optional[Union[int, jnp.ndarray]] = None,
+    max_decode_steps_hard_limit: Optional[int] = None,
+    rescale_log_probs: bool = True,
+    state_callback_fn: Optional[StateCallbackFn] = None,
+    logit_callback_fn: Optional[LogitCallbackFn] = None,
+    *,
+    max_decode_len: Optional[int] = None,
 ) -> Tuple[jnp.ndarray, jnp.ndarray]:
-  """Samples `num_decodes` continuations per example; temperature 0 is greedy.
+  """Samples `num_decodes` sequences per example (t5x's `temperature_sample`).
 
-  Filters are applied as Hugging Face does: logits / temperature, then top-k
-  (`topk` > 0), then top-p (0 < `topp` < 1); both may be set. `topk=1` or
-  `temperature=0` is greedy decoding.
+  Each step samples from softmax(logits / temperature), restricted to the `topk` most
+  likely tokens (`topk > 0`; the default 1 is greedy) or to the top-p nucleus (`topp > 0`);
+  at most one of them may be set (`TOPK_OFF`/`TOPP_OFF` = 0 is off). `temperature` at or
+  below `MIN_TEMPERATURE` is greedy; a [batch] array gives each example its own.
+
+  Args:
+    inputs: [batch, length] int32: 0 (start), then an optional decoder prompt (teacher-
+      forced: kept, not scored), then zeros. Decodes fill `length` positions.
+    cache: the model's cache at batch size.
+    tokens_to_logits: one decoder step (see module doc).
+    eos_id: the end token; a sequence ends at an EOS it generated (prompt EOS do not count).
+    decode_rng: PRNG key (default PRNGKey(0)); each step splits it as t5x does.
+    num_decodes: sequences per example.
+    temperature, topk, topp: see above; `topp` and `temperature` may be traced.
+    cache_offset: the cache's batch axis (1 with scanned layers).
+    initial_index: [batch] position of the token to start from when the cache already
+      holds the prompt before it (then the cache index must be a [batch] vector).
+    max_decode_steps: decode at most this many tokens after the prompt (may be traced).
+    max_decode_steps_hard_limit: a static cap on `max_decode_steps`.
+    rescale_log_probs: score under the tempered, filtered distribution that was sampled
+      (True, t5x's default: greedy scores 0) or under the model (False).
+    state_callback_fn: SamplingLoopState -> SamplingLoopState, before every step and
+      once after the loop.
+    logit_callback_fn: (logits, SamplingLoopState) -> logits, before sampling.
+    max_decode_len: (tkx) pads `inputs` with zeros to this many positions.
 
   Returns:
-    sequences [batch, num_decodes, max_decode_len] and their log-probabilities
-    [batch, num_decodes] (sum over generated tokens up to and including EOS) under
-    the model (`rescale_log_probs=False`) or under the filtered, tempered
-    distribution that was sampled (`rescale_log_probs=True`, t5x's default), both
-    sorted ascending.
+    sequences [batch, num_decodes, length] and their log-probabilities, sorted ascending.
   """
-  length = _max_decode_len(inputs, max_decode_len)
-  batch = inputs.shape[0]
-  n = int(num_decodes)
-  if n < 1:
-    raise ValueError(f"num_decodes must be >= 1, got {num_decodes}")
-  rows = batch * n
+  inputs = _decoder_inputs(inputs, max_decode_len)
+  num_decodes = _positive_int(num_decodes, "num_decodes")
   if decode_rng is None:
     decode_rng = jax.random.PRNGKey(0)
-  static_temperature = (
-      float(temperature)
-      if not isinstance(temperature, jax.core.Tracer)
-      and np.ndim(temperature) == 0
-      else None
-  )
-  greedy_only = (
-      static_temperature is not None and static_temperature <= MIN_TEMPERATURE
-  ) or topk == 1
-  temperature = jnp.asarray(temperature, jnp.float32)
-  if temperature.ndim == 1:  # one temperature per example
-    temperature = flat_batch_beam_expand(temperature, n)[:, None]
-
-  start = flat_batch_beam_expand(inputs[:, :1].astype(jnp.int32), n)
-  sequences0 = jnp.zeros((rows, length + 1), jnp.int32).at[:, :1].set(start)
-  cache = _expand_cache(cache, n, cache_offset)
-
-  def pick(logits, rng):
-    if greedy_only:
-      token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-      return token, jax.nn.log_softmax(
-          logits
-      ) if not rescale_log_probs else jnp.zeros_like(logits)
-    scaled = logits / jnp.maximum(temperature, MIN_TEMPERATURE)
-    if topk and topk > 0:
-      scaled = top_k_filter(scaled, topk)
-    if topp and 0.0 < topp < 1.0:
-      scaled = top_p_filter(scaled, topp)
-    sampled = jax.random.categorical(rng, scaled).astype(jnp.int32)
-    # A per-example temperature of 0 means greedy for that example.
-    token = jnp.where(
-        jnp.broadcast_to(temperature, (rows, 1))[:, 0] <= MIN_TEMPERATURE,
-        jnp.argmax(logits, axis=-1).astype(jnp.int32),
-        sampled,
+  if (
+      max_decode_steps_hard_limit is not None
+      and max_decode_steps_hard_limit > 0
+      and max_decode_steps is not None
+  ):
+    max_decode_steps = jnp.minimum(
+        max_decode_steps, max_decode_steps_hard_limit
     )
-    return token, jax.nn.log_softmax(scaled if rescale_log_probs else logits)
 
-  def cond(state):
-    i, _, _, ended, _, _ = state
-    return (i < length) & ~jnp.all(ended)
-
-  def body(state):
-    i, sequences, cache, ended, rng, log_prob = state
-    rng, step_rng = jax.random.split(rng)
-    cur_token = jax.lax.dynamic_slice_in_dim(sequences, i, 1, axis=1)
-    logits, cache = _call_tokens_to_logits(
-        tokens_to_logits,
-        jnp.full((rows,), i, jnp.int32),
-        sequences,
-        cur_token,
+  if num_decodes > 1:
+    expanded_inputs = flat_batch_beam_expand(inputs, num_decodes)
+    # A prefilled cache has a [batch] cache index, which must be expanded too.
+    expanded_cache = cache_map(
+        functools.partial(
+            flat_batch_beam_expand, beam_size=num_decodes, offset=cache_offset
+        ),
         cache,
+        apply_to_index=initial_index is not None,
     )
-    token, log_probs = pick(logits, step_rng)
-    token_log_prob = jnp.take_along_axis(log_probs, token[:, None], axis=-1)[
-        :, 0
-    ]
-    log_prob = log_prob + jnp.where(ended, 0.0, token_log_prob)
-    token = jnp.where(ended, 0, token)  # padding after EOS
-    sequences = jax.lax.dynamic_update_slice_in_dim(
-        sequences, token[:, None], i + 1, axis=1
-    )
-    ended = ended | (token == eos_id)
-    return i + 1, sequences, cache, ended, rng, log_prob
+    if initial_index is not None:
+      initial_index = flat_batch_beam_expand(
+          jnp.asarray(initial_index), num_decodes
+      )
+  else:
+    expanded_inputs, expanded_cache = inputs, cache
 
-  init = (
-      jnp.array(0, jnp.int32),
-      sequences0,
-      cache,
-      jnp.zeros((rows,), bool),
+  decodes, log_prob = _sample_single_trial(
+      expanded_inputs,
+      expanded_cache,
+      tokens_to_logits,
+      eos_id,
       decode_rng,
-      jnp.zeros((rows,), jnp.float32),
+      num_decodes,
+      temperature,
+      topk,
+      topp,
+      initial_index=initial_index,
+      max_decode_steps=max_decode_steps,
+      rescale_log_probs=rescale_log_probs,
+      state_callback_fn=state_callback_fn,
+      logit_callback_fn=logit_callback_fn,
   )
-  _, sequences, _, _, _, log_prob = jax.lax.while_loop(cond, body, init)
-
-  sequences = unflatten_beam_dim(sequences[:, 1:], batch, n)
-  log_prob = unflatten_beam_dim(log_prob, batch, n)
+  batch = inputs.shape[0]
+  decodes = unflatten_beam_dim(decodes, batch, num_decodes)
+  log_prob = unflatten_beam_dim(log_prob, batch, num_decodes)
   order = jnp.argsort(log_prob, axis=-1)
   return (
-      jnp.take_along_axis(sequences, order[:, :, None], axis=1),
+      jnp.take_along_axis(decodes, order[:, :, None], axis=1),
       jnp.take_along_axis(log_prob, order, axis=-1),
   )
 
 
-def greedy(**kwargs) -> Tuple[jnp.ndarray, jnp.ndarray]:
-  """Greedy decoding (argmax each step); same arguments and results as `temperature_sample`.
-
-  Scores are the model log-likelihoods of the decoded sequences.
-  """
-  kwargs.setdefault("num_decodes", 1)
-  kwargs["temperature"] = 0.0
-  kwargs.setdefault("rescale_log_probs", False)
-  return temperature_sample(**kwargs)
-
-
-# ------------------------------------------------------------------------------
-# Beam search
-# ------------------------------------------------------------------------------
-
-LENGTH_PENALTIES = ("hf", "t5x")
-
-
-def length_penalty_divisor(
-    length: int, alpha: float, kind: str = "hf"
-) -> float:
-  """What a finished hypothesis' summed log-probability is divided by.
-
-  kind="hf": `length ** alpha` (Hugging Face `length_penalty`; `length` counts the
-      generated tokens including EOS, not the decoder start token).
-  kind="t5x": `((5 + length) / 6) ** alpha` (GNMT brevity penalty used by t5x's
-      `decoding.brevity_penalty`).
-  """
-  if kind == "hf":
-    return float(length) ** float(alpha)
-  if kind == "t5x":
-    return ((5.0 + length) / 6.0) ** float(alpha)
-  raise ValueError(
-      f"length_penalty_type must be one of {LENGTH_PENALTIES}, got {kind!r}"
-  )
-
-
-def _divisor_table(max_len: int, alpha, kind: str) -> jnp.ndarray:
-  """[max_len + 1] divisors by generated length; `alpha` may be traced (one compile for all alphas)."""
-  if isinstance(alpha, jax.core.Tracer):
-    if kind not in LENGTH_PENALTIES:
+def _sample_single_trial(
+    inputs,
+    cache,
+    tokens_to_logits,
+    eos_id,
+    rng,
+    num_decodes,
+    temperature,
+    topk,
+    topp,
+    *,
+    initial_index,
+    max_decode_steps,
+    rescale_log_probs,
+    state_callback_fn,
+    logit_callback_fn,
+):
+  """One sample per row of the (already expanded) `inputs`; returns ([rows, length], [rows])."""
+  static_topk = not _is_tracer(topk)
+  static_topp = not _is_tracer(topp)
+  if static_topk and static_topp and topp and topk:
+    raise ValueError(
+        "temperature_sample: at most one of topk and topp may be non-zero "
+        f"(got topk={topk}, topp={topp}); 0 is off"
+    )
+  rows, length = inputs.shape
+  if max_decode_steps is not None:
+    if not _is_tracer(max_decode_steps) and max_decode_steps > length:
       raise ValueError(
-          f"length_penalty_type must be one of {LENGTH_PENALTIES}, got {kind!r}"
+          f"temperature_sample: max_decode_steps={max_decode_steps} is more than "
+          f"the {length} positions of inputs"
       )
-    n = jnp.maximum(jnp.arange(max_len + 1, dtype=jnp.float32), 1.0)
-    base = n if kind == "hf" else (5.0 + n) / 6.0
-    return base ** jnp.asarray(alpha, jnp.float32)
-  # Computed in double and rounded once, as HF's Python-scalar division does.
-  return jnp.asarray(
-      np.array(
-          [
-              length_penalty_divisor(n, alpha, kind) if n else 1.0
-              for n in range(max_len + 1)
-          ],
-          np.float64,
-      ).astype(np.float32)
+    # Each row ends after its prompt (the non-zero tokens) plus max_decode_steps tokens.
+    end_index = jnp.minimum(
+        length, jnp.sum(inputs != 0, axis=1) + max_decode_steps
+    )
+  else:
+    end_index = length
+
+  # Two spare positions: the loop writes at i + 1, and rows that reach their end
+  # before others keep writing into the last one.
+  spare = 2
+  sequences0 = jnp.pad(inputs, ((0, 0), (0, spare)))
+  if initial_index is None:
+    i0 = jnp.zeros((rows,), jnp.int32)
+    token0 = jnp.zeros((rows, 1), jnp.int32)
+  else:
+    i0 = jnp.broadcast_to(jnp.asarray(initial_index, jnp.int32), (rows,))
+    token0 = jnp.take_along_axis(sequences0, i0[:, None], axis=1)
+  initial_eos_count = jnp.sum(sequences0 == eos_id, axis=-1, keepdims=True)
+  temperature = jnp.asarray(temperature, jnp.float32)
+
+  def sample_nonzero_temperature(logits, temp, key):
+    scaled = logits / jnp.maximum(temp, MIN_TEMPERATURE)
+    if not static_topk:
+      scaled = lax.cond(
+          topk > 0, lambda x: topk_mask(x, topk), lambda x: x, scaled
+      )
+    elif topk:
+      scaled = topk_mask(scaled, topk)
+    if not static_topp or topp:
+      scaled = topp_mask(scaled, topp)
+    token = jax.random.categorical(key, scaled).astype(jnp.int32)
+    log_probs = jax.nn.log_softmax(scaled if rescale_log_probs else logits)
+    return token, jnp.take_along_axis(log_probs, token[:, None], axis=-1)[:, 0]
+
+  def sample_zero_temperature(logits, temp, key):
+    del temp, key
+    token = jnp.argmax(logits, -1).astype(jnp.int32)
+    if rescale_log_probs:
+      return token, jnp.zeros(token.shape, jnp.float32)
+    log_probs = jax.nn.log_softmax(logits)
+    return token, jnp.take_along_axis(log_probs, token[:, None], axis=-1)[:, 0]
+
+  def sample(logits, key):
+    if temperature.ndim == 1:
+      # One temperature per example; each row draws with the step key on its own, as t5x.
+      def per_row(row_logits, row_temperature):
+        return lax.cond(
+            row_temperature > MIN_TEMPERATURE,
+            sample_nonzero_temperature,
+            sample_zero_temperature,
+            row_logits[None],
+            row_temperature,
+            key,
+        )
+
+      token, log_prob = jax.vmap(per_row)(
+          logits, jnp.repeat(temperature, num_decodes)
+      )
+      return token[:, 0], log_prob[:, 0]
+    if not _is_tracer(temperature):
+      greedy = float(temperature) <= float(MIN_TEMPERATURE)
+      fn = sample_zero_temperature if greedy else sample_nonzero_temperature
+      return fn(logits, temperature, key)
+    return lax.cond(
+        temperature > MIN_TEMPERATURE,
+        sample_nonzero_temperature,
+        sample_zero_temperature,
+        logits,
+        temperature,
+        key,
+    )
+
+  def cond_fn(state: SamplingLoopState):
+    return ~jnp.all(state.ended)
+
+  def body_fn(state: SamplingLoopState):
+    if state_callback_fn is not None:
+      state = state_callback_fn(state)
+    step_key, next_key = jax.random.split(state.rng)
+    logits, new_cache = _call_tokens_to_logits(
+        tokens_to_logits,
+        DecodingState(
+            cur_index=state.cur_index,
+            sequences=state.sequences[:, :-spare],
+            cur_token=state.cur_token,
+            cache=state.cache,
+        ),
+    )
+    if logit_callback_fn is not None:
+      logits = logit_callback_fn(logits, state)
+    token, token_log_prob = sample(logits, step_key)
+
+    # Rows past their end keep writing into the last (spare) position.
+    i = jnp.minimum(state.cur_index, end_index)
+    forced = jnp.take_along_axis(state.sequences, (i + 1)[:, None], axis=1)[
+        :, 0
+    ]
+    out_of_prompt = forced == 0
+    token = jnp.where(out_of_prompt, token, forced)
+    log_prob = state.log_prob + jnp.where(
+        out_of_prompt & ~state.ended[:, 0], token_log_prob, 0.0
+    )
+    token_or_pad = jnp.where(state.ended, 0, token[:, None])
+    write = jax.nn.one_hot(i + 1, state.sequences.shape[1], dtype=jnp.bool_)
+    sequences = jnp.where(write, token_or_pad, state.sequences)
+    eos_count = jnp.sum(sequences == eos_id, axis=-1, keepdims=True)
+    ended = (
+        state.ended
+        | (eos_count > initial_eos_count)
+        | (i >= end_index - 1)[:, None]
+    )
+    return SamplingLoopState(
+        step=state.step + 1,
+        cur_index=i + 1,
+        sequences=sequences,
+        cache=new_cache,
+        cur_token=token_or_pad,
+        ended=ended,
+        rng=next_key,
+        log_prob=log_prob,
+    )
+
+  state0 = SamplingLoopState(
+      step=jnp.zeros((), jnp.int32),
+      cur_index=i0,
+      sequences=sequences0,
+      cache=cache,
+      cur_token=token0,
+      ended=jnp.zeros((rows, 1), jnp.bool_),
+      rng=rng,
+      log_prob=jnp.zeros((rows,), jnp.float32),
+  )
+  final = lax.while_loop(cond_fn, body_fn, state0)
+  if state_callback_fn is not None:
+    final = state_callback_fn(final)
+  # Drop the start token and the spare position.
+  return final.sequences[:, 1:-1], final.log_prob
+
+
+def greedy(
+    inputs: jnp.ndarray,
+    cache: Mapping[str, jnp.ndarray],
+    tokens_to_logits: TokensToLogits,
+    eos_id: int,
+    decode_rng: Optional[jnp.ndarray] = None,
+    num_decodes: int = 1,
+    cache_offset: int = 0,
+    *,
+    max_decode_len: Optional[int] = None,
+) -> Tuple[jnp.ndarray, jnp.ndarray]:
+  """Greedy decoding (argmax each step; HF `generate()`'s default) scored by the model's
+  log-likelihood: `temperature_sample(temperature=0, rescale_log_probs=False)`.
+  """
+  return temperature_sample(
+      inputs,
+      cache,
+      tokens_to_logits,
+      eos_id,
+      decode_rng,
+      num_decodes,
+      temperature=0.0,
+      topk=TOPK_OFF,
+      cache_offset=cache_offset,
+      rescale_log_probs=False,
+      max_decode_len=max_decode_len,
   )
 
 
+# ------------------------------------------------------------------------------
+# Beam search: t5x's procedure
+# ------------------------------------------------------------------------------
 def _gather_beams(x: jnp.ndarray, indices: jnp.ndarray) -> jnp.ndarray:
   """x [batch, beams, ...], indices [batch, k] -> [batch, k, ...]."""
   idx = indices.reshape(indices.shape + (1,) * (x.ndim - 2))
   return jnp.take_along_axis(x, idx, axis=1)
 
 
-def _best_continuations(
-    tokens_to_logits, seqs, scores, cache, i, num_candidates
-):
-  """One decoder step for every beam, then the `num_candidates` best (beam, token) extensions.
+def _top_k_ascending(scores: jnp.ndarray, k: int) -> jnp.ndarray:
+  """Indices of the k largest scores per row, worst first (t5x keeps beams best last)."""
+  return jnp.flip(lax.top_k(scores, k)[1], axis=1)
 
-  seqs: [batch, beams, len] with the current token at position i; scores: [batch, beams]
-  summed log-probabilities. Returns candidate scores [batch, n], their sequences with the new
-  token written at i + 1, the new tokens, the beams they extend, and the stepped cache (rows
-  still in the old beam order).
-  """
-  batch, beams = scores.shape
-  flat_seqs = flatten_beam_dim(seqs)
-  cur_token = jax.lax.dynamic_slice_in_dim(flat_seqs, i, 1, axis=1)
-  logits, cache = _call_tokens_to_logits(
-      tokens_to_logits,
-      jnp.full((batch * beams,), i, jnp.int32),
-      flat_seqs,
-      cur_token,
-      cache,
-  )
-  vocab = logits.shape[-1]
-  log_probs = unflatten_beam_dim(jax.nn.log_softmax(logits), batch, beams)
-  log_probs = (log_probs + scores[:, :, None]).reshape(batch, beams * vocab)
-  top_scores, top_idx = jax.lax.top_k(log_probs, num_candidates)
-  top_beam = top_idx // vocab
-  top_token = (top_idx % vocab).astype(jnp.int32)
-  top_seqs = _gather_beams(seqs, top_beam)
-  top_seqs = jax.lax.dynamic_update_slice_in_dim(
-      top_seqs, top_token[:, :, None], i + 1, axis=2
-  )
-  return top_scores, top_seqs, top_token, top_beam, cache
+
+def _static_initial_index(initial_index) -> int:
+  """beam_search's loop index is one scalar: one start position for the whole batch."""
+  if _is_tracer(initial_index):
+    raise ValueError(
+        "beam_search: initial_index must be concrete (a Python int or a concrete "
+        "array with one value); tkx beam search has one start position for the batch"
+    )
+  values = np.unique(np.asarray(initial_index))
+  if values.size != 1:
+    raise ValueError(
+        f"beam_search: initial_index must be the same for every example, got "
+        f"{np.asarray(initial_index).tolist()}; pad prompts to one length"
+    )
+  return int(values[0])
 
 
 def beam_search(
-    *,
     inputs: jnp.ndarray,
-    cache: PyTree,
+    cache: Mapping[str, jnp.ndarray],
     tokens_to_logits: TokensToLogits,
     eos_id: int,
-    max_decode_len: Optional[int] = None,
     num_decodes: int = 4,
-    alpha: float = 1.0,
-    length_penalty_type: str = "hf",
-    early_stopping: Union[bool, str] = True,
-    procedure: str = "hf",
+    alpha: float = 0.6,
+    max_decode_len: Optional[int] = None,
+    decode_rng: Optional[jnp.ndarray] = None,
     cache_offset: int = 0,
-    decode_rng: Optional[jax.Array] = None,
+    initial_index: Optional[Union[int, jnp.ndarray]] = None,
+    min_log_prob: Optional[float] = None,
 ) -> Tuple[jnp.ndarray, jnp.ndarray]:
-  """Beam search with `num_decodes` beams, as Hugging Face `generate(num_beams=...)`.
+  """t5x's beam search with `num_decodes` beams and brevity penalty ((5 + len) / 6) ** alpha.
 
-  Each step, the 2K best continuations of the K running beams are ranked by summed
-  log-probability. Those among the first K that end in EOS (or reach
-  `max_decode_len`) are offered to the example's K-best list of finished
-  hypotheses, scored `sum_log_prob / length_penalty_divisor(len, alpha)`; the K best
-  candidates that did not end keep running. With `early_stopping=True` an example
-  is done once it has K finished hypotheses; `False` stops when the best running
-  beam, scored at the current length, can no longer beat the worst finished one;
-  `"never"` uses the best possible length for that bound (HF's definitions).
+  Each step the 2K best (beam, token) continuations by summed log-probability are kept;
+  every one that ends in EOS is offered to the example's K-best finished list, scored
+  `log_prob / brevity_penalty(alpha, len)` (len counts positions after the start token,
+  prompt included); the K best that did not end stay live. Decoding stops at
+  `max_decode_len` or once, for every example, the best live beam scored at the maximum
+  length cannot beat the worst finished one. An example with nothing finished returns its
+  live beams and their summed log-probabilities.
 
-  `length_penalty_type="hf"` (default, for parity with HF and the released
-  Tk-Instruct evaluation) divides by `len ** alpha`; `"t5x"` by t5x's brevity
-  penalty `((5 + len) / 6) ** alpha`. `alpha` is HF's `length_penalty` (HF
-  default 1.0; t5x's default 0.6). The penalty alone does not change the search.
-
-  `procedure="t5x"` runs t5x's `decoding.beam_search` rule instead (use it with
-  `length_penalty_type="t5x", alpha=0.6` for t5x's behaviour): every EOS
-  candidate among the 2K is offered to the finished list, beams that reach
-  `max_decode_len` without EOS are not (an example with no finished hypothesis
-  returns its live beams and their summed log-probabilities), and decoding stops
-  once, for every example, the best live beam scored at the maximum length
-  cannot beat the worst finished one. `early_stopping` does not apply to it.
+  Args:
+    inputs: [batch, length] int32: 0 (start), an optional decoder prompt (teacher-forced:
+      kept, scored 0), zeros.
+    num_decodes: beams (and sequences returned per example).
+    alpha: brevity-penalty exponent (may be traced).
+    max_decode_len: output positions (default `inputs.shape[1]`).
+    decode_rng: unused (beam search is deterministic).
+    cache_offset: the cache's batch axis (1 with scanned layers).
+    initial_index: (prefilled cache) the position of the token to start from, the same for
+      every example; the prompt before it is taken as already in the cache.
+    min_log_prob: stop once no live beam's summed log-probability is above this.
 
   Returns:
-    sequences [batch, K, max_decode_len] and their scores [batch, K], ascending
-    (best last).
+    sequences [batch, num_decodes, max_decode_len] and scores [batch, num_decodes],
+    ascending (best last).
+  """
+  del decode_rng
+  beam_size = _positive_int(num_decodes, "num_decodes")
+  inputs = _decoder_inputs(inputs, None)
+  batch = inputs.shape[0]
+  if max_decode_len is None:
+    max_decode_len = inputs.shape[1]
+  max_decode_len = _positive_int(max_decode_len, "max_decode_len")
+  positions = max_decode_len + 1  # the start token, then max_decode_len outputs
+  # Token forced at each position (0: free); padded so the last step can look one ahead.
+  forced_tokens = jnp.pad(
+      inputs[:, : positions + 1],
+      ((0, 0), (0, max(0, positions + 1 - inputs.shape[1]))),
+  )
+  neg_inf = jnp.float32(NEG_INF)
+
+  start = 0 if initial_index is None else _static_initial_index(initial_index)
+  if not 0 <= start < max_decode_len:
+    raise ValueError(
+        f"beam_search: initial_index={start} must be in [0, max_decode_len={max_decode_len})"
+    )
+  live_seqs0 = jnp.zeros((batch, beam_size, positions), jnp.int32)
+  if start > 0:
+    prompt = forced_tokens[:, : start + 1]
+    live_seqs0 = live_seqs0.at[:, :, : start + 1].set(prompt[:, None, :])
+    # As after forcing a prompt: one live beam, kept last (best).
+    live_logprobs0 = jnp.full((batch, beam_size), neg_inf).at[:, -1].set(0.0)
+  else:
+    live_logprobs0 = jnp.full((batch, beam_size), neg_inf).at[:, 0].set(0.0)
+
+  state0 = dict(
+      cur_index=jnp.array(start, jnp.int32),
+      live_logprobs=live_logprobs0,
+      finished_scores=jnp.full((batch, beam_size), neg_inf),
+      live_seqs=live_seqs0,
+      finished_seqs=jnp.zeros((batch, beam_size, positions), jnp.int32),
+      finished_flags=jnp.zeros((batch, beam_size), jnp.bool_),
+      cache=cache_map(
+          functools.partial(
+              flat_batch_beam_expand, beam_size=beam_size, offset=cache_offset
+          ),
+          cache,
+      ),
+  )
+
+  def cond_fn(state):
+    not_at_end = state["cur_index"] < positions - 1
+    best_live = state["live_logprobs"][:, -1:] / brevity_penalty(
+        alpha, positions
+    )
+    worst_finished = jnp.where(
+        state["finished_flags"],
+        jnp.min(state["finished_scores"], axis=1, keepdims=True),
+        neg_inf,
+    )
+    keep_going = not_at_end & ~jnp.all(worst_finished > best_live)
+    if min_log_prob is not None:
+      keep_going &= jnp.any(state["live_logprobs"] > min_log_prob)
+    return keep_going
+
+  def body_fn(state):
+    i = state["cur_index"]
+    live_seqs = state["live_seqs"]
+    flat_seqs = flatten_beam_dim(live_seqs)
+    logits, cache = _call_tokens_to_logits(
+        tokens_to_logits,
+        DecodingState(
+            cur_index=i,
+            sequences=flat_seqs,
+            cur_token=lax.dynamic_slice_in_dim(flat_seqs, i, 1, axis=1),
+            cache=state["cache"],
+        ),
+    )
+    vocab = logits.shape[-1]
+    log_probs = jax.nn.log_softmax(unflatten_beam_dim(logits, batch, beam_size))
+    log_probs = log_probs + state["live_logprobs"][:, :, None]
+    candidates = 2 * beam_size
+    top_log_probs, top_indices = lax.top_k(
+        log_probs.reshape(batch, beam_size * vocab), candidates
+    )
+    top_ids = top_indices % vocab
+    top_beams = top_indices // vocab
+
+    # Inside the prompt the forced token replaces the candidates: one beam, scored 0.
+    forced = lax.dynamic_index_in_dim(
+        forced_tokens, i + 1, axis=1, keepdims=True
+    )
+    in_prompt = forced != 0
+    prompt_log_probs = jnp.full((batch, candidates), neg_inf).at[:, 0].set(0.0)
+    top_log_probs = jnp.where(in_prompt, prompt_log_probs, top_log_probs)
+    top_ids = jnp.where(in_prompt, forced, top_ids)
+
+    top_seqs = _gather_beams(live_seqs, top_beams)
+    top_seqs = lax.dynamic_update_slice_in_dim(
+        top_seqs, top_ids[:, :, None], i + 1, axis=2
+    )
+    newly_finished = top_ids == eos_id
+
+    # Live: the K best candidates that did not end.
+    alive_log_probs = top_log_probs + newly_finished * neg_inf
+    alive = _top_k_ascending(alive_log_probs, beam_size)
+    parents = jnp.take_along_axis(top_beams, alive, axis=1)
+    flat_parents = (jnp.arange(batch)[:, None] * beam_size + parents).reshape(
+        -1
+    )
+    cache = _reorder_cache(cache, flat_parents, cache_offset)
+
+    # Finished: the K best of the old finished list and the candidates that ended.
+    new_scores = top_log_probs / brevity_penalty(alpha, i + 1)
+    new_scores = new_scores + (~newly_finished) * neg_inf
+    scores = jnp.concatenate([state["finished_scores"], new_scores], axis=1)
+    keep = _top_k_ascending(scores, beam_size)
+    return dict(
+        cur_index=i + 1,
+        live_logprobs=jnp.take_along_axis(alive_log_probs, alive, axis=1),
+        finished_scores=jnp.take_along_axis(scores, keep, axis=1),
+        live_seqs=_gather_beams(top_seqs, alive),
+        finished_seqs=_gather_beams(
+            jnp.concatenate([state["finished_seqs"], top_seqs], axis=1), keep
+        ),
+        finished_flags=jnp.take_along_axis(
+            jnp.concatenate([state["finished_flags"], newly_finished], axis=1),
+            keep,
+            axis=1,
+        ),
+        cache=cache,
+    )
+
+  final = lax.while_loop(cond_fn, body_fn, state0)
+  any_finished = jnp.any(final["finished_flags"], axis=1)
+  seqs = jnp.where(
+      any_finished[:, None, None], final["finished_seqs"], final["live_seqs"]
+  )
+  scores = jnp.where(
+      any_finished[:, None], final["finished_scores"], final["live_logprobs"]
+  )
+  return seqs[:, :, 1:], scores
+
+
+# ------------------------------------------------------------------------------
+# Beam search: Hugging Face's procedure
+# ------------------------------------------------------------------------------
+# Hugging Face's stand-in for -inf in beam search; the same float32 arithmetic keeps ties
+# among masked entries resolving as in HF.
+_HF_NEG_INF = np.float32(-1.0e9)
+
+
+def _hf_divisor_table(max_len: int, alpha, length_penalty: LengthPenalty):
+  """[max_len + 1] divisors by generated length; `alpha` may be traced."""
+  if _is_tracer(alpha):
+    n = jnp.maximum(jnp.arange(max_len + 1, dtype=jnp.float32), 1.0)
+    return length_penalty.divisor(n, jnp.asarray(alpha, jnp.float32))
+  # In double, rounded once, as HF's Python-scalar division does.
+  if length_penalty is LengthPenalty.HF:
+    table = [float(n) ** float(alpha) for n in range(max_len + 1)]
+  else:
+    table = [((5.0 + n) / 6.0) ** float(alpha) for n in range(max_len + 1)]
+  table[0] = 1.0
+  return jnp.asarray(np.array(table, np.float64).astype(np.float32))
+
+
+def hf_beam_search(
+    inputs: jnp.ndarray,
+    cache: Mapping[str, jnp.ndarray],
+    tokens_to_logits: TokensToLogits,
+    eos_id: int,
+    num_decodes: int = 4,
+    alpha: float = 1.0,
+    max_decode_len: Optional[int] = None,
+    decode_rng: Optional[jnp.ndarray] = None,
+    cache_offset: int = 0,
+    *,
+    early_stopping: Union[EarlyStopping, bool, str] = EarlyStopping.WHEN_FULL,
+    length_penalty: Union[LengthPenalty, str] = LengthPenalty.HF,
+) -> Tuple[jnp.ndarray, jnp.ndarray]:
+  """Hugging Face's beam search: `generate(num_beams=K, length_penalty=alpha,
+  early_stopping=...)` (transformers 5.x `_beam_search`) step for step.
+
+  Each step the 2K best continuations of the K running beams are ranked by summed
+  log-probability. Those among the first K that end in EOS (or reach `max_decode_len`)
+  are offered to the example's K-best finished list, scored `log_prob / len ** alpha`
+  (`length_penalty=LengthPenalty.BREVITY`: t5x's brevity penalty); the K best that did
+  not end keep running. `early_stopping` is HF's rule (see `EarlyStopping`; True, False and
+  "never" are accepted). Decoder prompts are not supported: only `inputs[:, 0]` (the
+  start token) is read and `max_decode_len` defaults to `inputs.shape[1]`.
+
+  Returns:
+    sequences [batch, K, max_decode_len] and scores [batch, K], ascending (best last).
   """
   del decode_rng  # deterministic
-  length = _max_decode_len(inputs, max_decode_len)
-  if int(num_decodes) < 1:
+  early_stopping = EarlyStopping.parse(early_stopping)
+  length_penalty = LengthPenalty.parse(length_penalty)
+  k = _positive_int(num_decodes, "num_decodes")
+  inputs = _decoder_inputs(inputs, None)
+  if not _is_tracer(inputs) and np.any(np.asarray(inputs)[:, 1:] != 0):
     raise ValueError(
-        f"beam_search needs num_decodes (beams) >= 1, got {num_decodes}"
+        "hf_beam_search has no decoder prompts (inputs must be zero after position 0); "
+        "use beam_search (t5x's procedure) to force a prompt"
     )
-  if early_stopping not in (True, False, "never"):
-    raise ValueError(
-        f"early_stopping must be True, False or 'never', got {early_stopping!r}"
-    )
-  divisors = _divisor_table(
-      length, alpha, length_penalty_type
-  )  # [length + 1], by generated length
-  if procedure == "t5x":
-    return _beam_search_t5x(
-        inputs=inputs,
-        cache=cache,
-        tokens_to_logits=tokens_to_logits,
-        eos_id=eos_id,
-        length=length,
-        k=int(num_decodes),
-        alpha=alpha,
-        kind=length_penalty_type,
-        divisors=divisors,
-        cache_offset=cache_offset,
-    )
-  if procedure != "hf":
-    raise ValueError(
-        f"beam_search procedure must be 'hf' or 't5x', got {procedure!r}"
-    )
+  length = _positive_int(
+      inputs.shape[1] if max_decode_len is None else max_decode_len,
+      "max_decode_len",
+  )
+  divisors = _hf_divisor_table(length, alpha, length_penalty)
   batch = inputs.shape[0]
-  k = int(num_decodes)
   candidates = (
       2 * k
   )  # one EOS token: HF keeps (1 + n_eos) * num_beams candidates
-  neg = jnp.float32(NEG_INF)
+  neg = jnp.float32(_HF_NEG_INF)
 
-  start = inputs[:, :1].astype(jnp.int32)
+  start = inputs[:, :1]
   running_seqs0 = (
       jnp.zeros((batch, k, length + 1), jnp.int32)
       .at[:, :, :1]
@@ -519,6 +941,7 @@ def beam_search(
   # Only the first beam is live at the start, so the first step does not pick K copies.
   running_scores0 = jnp.zeros((batch, k), jnp.float32).at[:, 1:].set(neg)
   top_k_mask = jnp.arange(candidates) < k
+  stop_when_full = early_stopping is EarlyStopping.WHEN_FULL
 
   state0 = dict(
       i=jnp.array(0, jnp.int32),
@@ -529,55 +952,73 @@ def beam_search(
       finished_flags=jnp.zeros((batch, k), bool),
       improvable=jnp.ones((batch,), bool),
       done=jnp.array(False),
-      cache=_expand_cache(cache, k, cache_offset),
+      cache=cache_map(
+          functools.partial(
+              flat_batch_beam_expand, beam_size=k, offset=cache_offset
+          ),
+          cache,
+      ),
   )
-
-  def cond(s):
-    return ~s["done"]
 
   def body(s):
     i = s["i"]
-    # The 2K best continuations over all beams.
-    top_scores, top_seqs, top_token, top_beam, cache = _best_continuations(
+    flat_seqs = flatten_beam_dim(s["running_seqs"])
+    logits, cache = _call_tokens_to_logits(
         tokens_to_logits,
-        s["running_seqs"],
-        s["running_scores"],
-        s["cache"],
-        i,
-        candidates,
+        DecodingState(
+            cur_index=jnp.full((batch * k,), i, jnp.int32),
+            sequences=flat_seqs,
+            cur_token=lax.dynamic_slice_in_dim(flat_seqs, i, 1, axis=1),
+            cache=s["cache"],
+        ),
+    )
+    vocab = logits.shape[-1]
+    log_probs = unflatten_beam_dim(jax.nn.log_softmax(logits), batch, k)
+    log_probs = (log_probs + s["running_scores"][:, :, None]).reshape(
+        batch, k * vocab
+    )
+    top_scores, top_idx = lax.top_k(log_probs, candidates)
+    top_beam = top_idx // vocab
+    top_token = (top_idx % vocab).astype(jnp.int32)
+    top_seqs = lax.dynamic_update_slice_in_dim(
+        _gather_beams(s["running_seqs"], top_beam),
+        top_token[:, :, None],
+        i + 1,
+        axis=2,
     )
     ends = (top_token == eos_id) | (i + 1 >= length)
 
     # K best continuations that did not end keep running.
-    running_cand = top_scores + ends.astype(jnp.float32) * neg
-    run_scores, run_idx = jax.lax.top_k(running_cand, k)
+    run_scores, run_idx = lax.top_k(
+        top_scores + ends.astype(jnp.float32) * neg, k
+    )
     running_seqs = _gather_beams(top_seqs, run_idx)
     parent = jnp.take_along_axis(top_beam, run_idx, axis=1)
 
     # Offer the ended ones among the first K to the finished list.
     just_finished = ends & top_k_mask[None, :]
     cand = top_scores / divisors[i + 1]
-    full = jnp.all(s["finished_flags"], axis=-1, keepdims=True) & (
-        early_stopping is True
-    )
+    full = jnp.all(s["finished_flags"], axis=-1, keepdims=True) & stop_when_full
     cand = cand + full.astype(jnp.float32) * neg
     cand = cand + (~s["improvable"])[:, None].astype(jnp.float32) * neg
     cand = cand + (~just_finished).astype(jnp.float32) * neg
     merged_scores = jnp.concatenate([s["finished_scores"], cand], axis=1)
-    merged_seqs = jnp.concatenate([s["finished_seqs"], top_seqs], axis=1)
-    merged_flags = jnp.concatenate([s["finished_flags"], just_finished], axis=1)
-    finished_scores, keep = jax.lax.top_k(merged_scores, k)
-    finished_seqs = _gather_beams(merged_seqs, keep)
-    finished_flags = jnp.take_along_axis(merged_flags, keep, axis=1)
+    finished_scores, keep = lax.top_k(merged_scores, k)
+    finished_seqs = _gather_beams(
+        jnp.concatenate([s["finished_seqs"], top_seqs], axis=1), keep
+    )
+    finished_flags = jnp.take_along_axis(
+        jnp.concatenate([s["finished_flags"], just_finished], axis=1),
+        keep,
+        axis=1,
+    )
 
-    # Reorder the cache rows to follow their beams.
     flat_parent = (jnp.arange(batch)[:, None] * k + parent).reshape(-1)
     cache = _reorder_cache(cache, flat_parent, cache_offset)
 
     i = i + 1
-    if (
-        early_stopping == "never"
-    ):  # HF: the best case is the longest sequence when alpha favours length
+    if early_stopping is EarlyStopping.NEVER:
+      # HF: the best case is the longest sequence when alpha favours length.
       best_len = jnp.where(
           jnp.asarray(alpha) > 0, jnp.asarray(length, jnp.int32), i
       )
@@ -590,8 +1031,7 @@ def beam_search(
     improvable = s["improvable"] & jnp.any(
         best_running > worst_finished, axis=-1
     )
-
-    open_beams = ~(jnp.all(finished_flags) & (early_stopping is True))
+    open_beams = ~(jnp.all(finished_flags) & stop_when_full)
     done = ~(jnp.any(improvable) & open_beams & ~jnp.all(ends))
     return dict(
         i=i,
@@ -605,119 +1045,6 @@ def beam_search(
         cache=cache,
     )
 
-  final = jax.lax.while_loop(cond, body, state0)
-  # Finished lists are sorted best first; t5x returns best last.
-  sequences = final["finished_seqs"][:, ::-1, 1:]
-  scores = final["finished_scores"][:, ::-1]
-  return sequences, scores
-
-
-def _beam_search_t5x(
-    *,
-    inputs,
-    cache,
-    tokens_to_logits,
-    eos_id,
-    length,
-    k,
-    alpha,
-    kind,
-    divisors,
-    cache_offset,
-):
-  """t5x's beam search rule (see `beam_search(procedure="t5x")`), same inputs and outputs."""
-  batch = inputs.shape[0]
-  candidates = 2 * k
-  neg = jnp.float32(-1.0e7)  # t5x's NEG_INF
-  start = inputs[:, :1].astype(jnp.int32)
-  live_seqs0 = (
-      jnp.zeros((batch, k, length + 1), jnp.int32)
-      .at[:, :, :1]
-      .set(start[:, None, :])
-  )
-  # t5x bounds live beams by the penalty at one past the maximum length (its dummy start token).
-  if isinstance(alpha, jax.core.Tracer):
-    base = (
-        jnp.float32(length + 1)
-        if kind == "hf"
-        else (5.0 + jnp.float32(length + 1)) / 6.0
-    )
-    max_len_divisor = base ** jnp.asarray(alpha, jnp.float32)
-  else:
-    max_len_divisor = jnp.float32(
-        length_penalty_divisor(length + 1, alpha, kind)
-    )
-
-  state0 = dict(
-      i=jnp.array(0, jnp.int32),
-      live_seqs=live_seqs0,
-      live_scores=jnp.zeros((batch, k), jnp.float32).at[:, 1:].set(neg),
-      finished_seqs=live_seqs0,
-      finished_scores=jnp.full((batch, k), neg, jnp.float32),
-      finished_flags=jnp.zeros((batch, k), bool),
-      cache=_expand_cache(cache, k, cache_offset),
-  )
-
-  def cond(s):
-    best_live = (
-        jnp.max(s["live_scores"], axis=1, keepdims=True) / max_len_divisor
-    )
-    worst_finished = jnp.where(
-        s["finished_flags"],
-        jnp.min(s["finished_scores"], axis=1, keepdims=True),
-        neg,
-    )
-    terminated = jnp.all(worst_finished > best_live)
-    return (s["i"] < length) & ~terminated
-
-  def body(s):
-    i = s["i"]
-    top_scores, top_seqs, top_token, top_beam, cache = _best_continuations(
-        tokens_to_logits,
-        s["live_seqs"],
-        s["live_scores"],
-        s["cache"],
-        i,
-        candidates,
-    )
-    ended = top_token == eos_id
-
-    live_scores, live_idx = jax.lax.top_k(
-        top_scores + ended.astype(jnp.float32) * neg, k
-    )
-    live_seqs = _gather_beams(top_seqs, live_idx)
-    parent = jnp.take_along_axis(top_beam, live_idx, axis=1)
-    flat_parent = (jnp.arange(batch)[:, None] * k + parent).reshape(-1)
-    cache = _reorder_cache(cache, flat_parent, cache_offset)
-
-    new_scores = (
-        top_scores / divisors[i + 1] + (~ended).astype(jnp.float32) * neg
-    )
-    merged_scores = jnp.concatenate([s["finished_scores"], new_scores], axis=1)
-    finished_scores, keep = jax.lax.top_k(merged_scores, k)
-    finished_seqs = _gather_beams(
-        jnp.concatenate([s["finished_seqs"], top_seqs], axis=1), keep
-    )
-    finished_flags = jnp.take_along_axis(
-        jnp.concatenate([s["finished_flags"], ended], axis=1), keep, axis=1
-    )
-    return dict(
-        i=i + 1,
-        live_seqs=live_seqs,
-        live_scores=live_scores,
-        finished_seqs=finished_seqs,
-        finished_scores=finished_scores,
-        finished_flags=finished_flags,
-        cache=cache,
-    )
-
-  final = jax.lax.while_loop(cond, body, state0)
-  any_finished = jnp.any(final["finished_flags"], axis=1)
-  seqs = jnp.where(
-      any_finished[:, None, None], final["finished_seqs"], final["live_seqs"]
-  )
-  scores = jnp.where(
-      any_finished[:, None], final["finished_scores"], final["live_scores"]
-  )
-  # Both lists are sorted best first; return best last.
-  return seqs[:, ::-1, 1:], scores[:, ::-1]
+  final = lax.while_loop(lambda s: ~s["done"], body, state0)
+  # Finished lists are sorted best first; return best last.
+  return final["finished_seqs"][:, ::-1, 1:], final["finished_scores"][:, ::-1]

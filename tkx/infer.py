@@ -37,7 +37,10 @@ log = logging.getLogger(__name__)
 
 # Input lengths are rounded up to one of these (the encoding budget is 1024).
 DEFAULT_INPUT_BUCKETS = (128, 256, 384, 512, 768, 1024)
-DEFAULT_MAX_DECODE_LENGTH = 128
+# Tk-Instruct's evaluation calls transformers 4.18 `generate(max_length=128)`, which for
+# an encoder-decoder counts the decoder start token: at most 127 new tokens (EOS included).
+TK_INSTRUCT_MAX_DECODE_LENGTH = 127
+DEFAULT_MAX_DECODE_LENGTH = TK_INSTRUCT_MAX_DECODE_LENGTH
 PAD_ID = 0
 EOS_ID = 1
 
@@ -48,21 +51,34 @@ EOS_ID = 1
 class DecodeConfig:
   """How to decode: greedy (default), beam search (`num_beams` > 1) or sampling (`temperature` > 0).
 
-  `alpha` is the beam search length penalty. Sampling draws from the softmax at
-  `temperature`, optionally restricted to the `top_k` most likely tokens and/or
-  the smallest set of tokens whose probability reaches `top_p`; `seed` makes it
-  reproducible.
+  Beam search runs `beam_procedure`: Hugging Face's (default, so `tkx infer/eval/generate
+  --num_beams` reproduce HF `generate(num_beams=K, length_penalty=alpha,
+  early_stopping=True)` and the released Tk-Instruct evaluation) or t5x's
+  (`tkx.decoding.beam_search`); `alpha` is that procedure's length penalty (None: HF's
+  1.0, t5x's 0.6). Sampling draws from the softmax at `temperature`, optionally
+  restricted to the `top_k` most likely tokens or (not both, as t5x) to the top-p
+  nucleus; 0 turns either filter off (`tkx.decoding.TOPK_OFF` / `TOPP_OFF`); `seed`
+  makes it reproducible.
   """
 
   num_beams: int = 1
-  alpha: float = 1.0  # Hugging Face's default length_penalty
+  alpha: Optional[float] = None
   temperature: float = 0.0
   top_k: int = 0
-  top_p: float = 1.0
+  top_p: float = 0.0
   max_decode_length: int = DEFAULT_MAX_DECODE_LENGTH
   seed: int = 0
+  beam_procedure: Any = "hf"
 
   def __post_init__(self):
+    from tkx import decoding
+
+    # The one place the procedure's name is read.
+    object.__setattr__(
+        self,
+        "beam_procedure",
+        decoding.BeamProcedure.parse(self.beam_procedure),
+    )
     if self.num_beams < 1:
       raise ValueError(f"num_beams must be >= 1, got {self.num_beams}")
     if self.temperature < 0:
@@ -73,11 +89,20 @@ class DecodeConfig:
       )
     if self.top_k < 0:
       raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
-    if not 0.0 < self.top_p <= 1.0:
-      raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-    if (self.top_k or self.top_p < 1.0) and self.temperature == 0:
+    if not 0.0 <= self.top_p <= 1.0:
+      raise ValueError(f"top_p must be in [0, 1] (0 = off), got {self.top_p}")
+    if self.top_k and self.top_p:
+      raise ValueError(
+          f"set top_k or top_p, not both (got top_k={self.top_k}, top_p={self.top_p}); "
+          "t5x's sampling applies one filter"
+      )
+    if (self.top_k or self.top_p) and self.temperature == 0:
       raise ValueError(
           "top_k / top_p only apply to sampling; set temperature > 0"
+      )
+    if self.alpha is not None and self.num_beams == 1:
+      raise ValueError(
+          "alpha is the beam search length penalty; set num_beams > 1"
       )
     if self.max_decode_length < 1:
       raise ValueError(
@@ -95,20 +120,22 @@ class DecodeConfig:
     return self.method == "sample"
 
   def decode_fn_and_kwargs(self) -> Tuple[Callable, Dict[str, Any]]:
-    """The `tkx.decoding` function and its keyword arguments (without `rng`)."""
+    """The `tkx.decoding` function and its keyword arguments (without `decode_rng`)."""
     from tkx import decoding
 
     if self.method == "beam_search":
-      return decoding.beam_search, {
+      alpha = self.alpha
+      if alpha is None:
+        alpha = self.beam_procedure.default_alpha
+      return self.beam_procedure.decode_fn, {
           "num_decodes": self.num_beams,
-          "alpha": self.alpha,
+          "alpha": alpha,
       }
     if self.method == "sample":
-      # tkx.decoding reads topp=0 as "off".
       return decoding.temperature_sample, {
           "temperature": self.temperature,
           "topk": self.top_k,
-          "topp": self.top_p if self.top_p < 1.0 else 0.0,
+          "topp": self.top_p,
       }
     return decoding.greedy, {}
 

@@ -35,25 +35,43 @@ LogicalRules = Sequence[tuple[str, Optional[str]]]
 
 @gin.configurable(module="partitioning")
 def standard_logical_axis_rules(
-    shard_params_over_data: bool = False,
+    activation_partitioning_dims: int = 1,
+    parameter_partitioning_dims: int = 1,
     additional_rules: Optional[LogicalRules] = None,
 ) -> list:
-  """t5x's standard rules (1-D activation partitioning).
+  """t5x's standard logical-axis rules (same signature, same rules, same order).
 
-  With `shard_params_over_data` the "embed" dimension of parameters (and hence of
-  optimizer states) is also sharded over "data", as ZeRO-3/FSDP do (t5x's
-  `parameter_partitioning_dims=2`). The rule comes after ("batch", "data"), so an
-  activation such as [batch, length, embed] keeps "data" for its batch and leaves
-  embed unsharded: a mesh axis is taken by the first rule that claims it.
+  activation_partitioning_dims=2 also splits the "embed" dimension of activations over
+  "model" (2-D activation partitioning); parameter_partitioning_dims=2 also splits the
+  "embed" dimension of parameters (and optimizer states) over "data" (ZeRO-3/FSDP-like;
+  tkx's `shard_params_over_data`). A mesh axis goes to the first rule that claims it, so
+  [batch, length, embed] keeps "data" for batch, and [embed, mlp] keeps "model" for mlp.
+  `additional_rules` are appended (e.g. a rule for scanned layers).
   """
-  rules = [
+  base = [
       ("batch", DATA_AXIS),
       ("vocab", MODEL_AXIS),
       ("mlp", MODEL_AXIS),
       ("heads", MODEL_AXIS),
-      ("joined_kv", MODEL_AXIS),
       ("kv", None),
-      ("embed", DATA_AXIS if shard_params_over_data else None),
+      ("joined_kv", MODEL_AXIS),
+  ]
+  dims = (activation_partitioning_dims, parameter_partitioning_dims)
+  if dims == (1, 1):
+    rules = base[:2] + [("embed", None)] + base[2:]
+  elif dims == (2, 1):
+    rules = base + [("embed", MODEL_AXIS)]
+  elif dims == (1, 2):
+    rules = base + [("embed", DATA_AXIS)]
+  elif dims == (2, 2):
+    rules = base + [("embed", MODEL_AXIS), ("embed", DATA_AXIS)]
+  else:
+    raise ValueError(
+        "standard_logical_axis_rules: activation_partitioning_dims="
+        f"{activation_partitioning_dims}, parameter_partitioning_dims="
+        f"{parameter_partitioning_dims} is not supported (each must be 1 or 2)"
+    )
+  rules += [
       ("relpos_buckets", None),
       ("abspos_buckets", None),
       ("length", None),
@@ -206,10 +224,11 @@ class Partitioner:
     data_axis_size / model_axis_size: explicit axis sizes instead; their product
       must equal the number of devices.
     logical_axis_rules: (logical name, mesh axis or None) pairs; default
-      `standard_logical_axis_rules(shard_params_over_data)`.
+      `standard_logical_axis_rules()`, t5x's 1-D rules.
     shard_params_over_data: also shard parameters and optimizer state over
-      "data" (ZeRO-3/FSDP-like). With explicit rules, existing "embed" rules are
-      replaced by ("embed", "data").
+      "data" (ZeRO-3/FSDP-like): the default rules become
+      `standard_logical_axis_rules(parameter_partitioning_dims=2)`. With explicit
+      rules, existing "embed" rules are replaced by ("embed", "data").
     devices: devices to use (default: all devices of all processes).
   """
 
@@ -233,7 +252,7 @@ class Partitioner:
     )
     if logical_axis_rules is None:
       rules = standard_logical_axis_rules(
-          shard_params_over_data=shard_params_over_data
+          parameter_partitioning_dims=2 if shard_params_over_data else 1
       )
     else:
       rules = [tuple(rule) for rule in logical_axis_rules]
@@ -556,6 +575,67 @@ class Partitioner:
     from jax.experimental import multihost_utils
 
     return multihost_utils.process_allgather(tree, tiled=True)
+
+
+@gin.configurable(module="partitioning")
+class PjitPartitioner(Partitioner):
+  """t5x's `PjitPartitioner` constructor over tkx's `Partitioner`, so t5x gin bindings
+  (`partitioning.PjitPartitioner.num_partitions = 2`, ...) configure tkx.
+
+  Args (t5x's):
+    num_partitions: size of the "model" axis.
+    model_parallel_submesh: t5x's (x, y, z, c) device tile for model parallelism; tkx
+      uses its product as the "model" axis size and lays devices out itself
+      (topology-aware on TPU). Set at most one of the two.
+    params_on_devices: must be True (tkx keeps parameters on the devices).
+    backend: take the devices of this JAX backend ("cpu", "gpu", "tpu").
+    ici_mesh_shape, dcn_mesh_shape: not supported (tkx's mesh is ("data", "model")).
+    logical_axis_rules: default `standard_logical_axis_rules()`.
+    use_cpu_pjit: accepted; tkx partitions on CPU as on any backend.
+  """
+
+  def __init__(
+      self,
+      num_partitions: Optional[int] = None,
+      model_parallel_submesh: Optional[Sequence[int]] = None,
+      params_on_devices: bool = True,
+      backend: Optional[str] = None,
+      ici_mesh_shape: Optional[Sequence[int]] = None,
+      dcn_mesh_shape: Optional[Sequence[int]] = None,
+      logical_axis_rules: Optional[LogicalRules] = None,
+      use_cpu_pjit: Optional[bool] = False,
+  ):
+    del use_cpu_pjit
+    if not num_partitions and not model_parallel_submesh:
+      raise ValueError(
+          "PjitPartitioner: set num_partitions or model_parallel_submesh"
+      )
+    if num_partitions and model_parallel_submesh:
+      raise ValueError(
+          "PjitPartitioner: set num_partitions or model_parallel_submesh, not both"
+      )
+    if model_parallel_submesh is not None:
+      if len(tuple(model_parallel_submesh)) != 4:
+        raise ValueError(
+            "PjitPartitioner: model_parallel_submesh must be an (x, y, z, c) "
+            f"4-tuple, got {model_parallel_submesh!r}"
+        )
+      num_partitions = int(np.prod(model_parallel_submesh))
+    if not params_on_devices:
+      raise ValueError(
+          "PjitPartitioner: params_on_devices=False is not supported; tkx keeps "
+          "parameters on the devices"
+      )
+    if ici_mesh_shape is not None or dcn_mesh_shape is not None:
+      raise ValueError(
+          "PjitPartitioner: ici_mesh_shape / dcn_mesh_shape are not supported; tkx's "
+          "mesh is (data, model): set num_partitions"
+      )
+    super().__init__(
+        num_partitions=num_partitions,
+        logical_axis_rules=logical_axis_rules,
+        devices=jax.devices(backend) if backend else None,
+    )
 
 
 class PartitionedCallable:

@@ -11,7 +11,7 @@ prediction (with a warning); inputs over `--max_input_length` tokens are cut to
 the budget, first tokens kept (with a warning counting them).
 
 Decoding flags (shared with `tkx eval` and `tkx generate`): greedy by default,
-`--num_beams K [--alpha A]` for beam search, `--temperature T [--top_k K]
+`--num_beams K [--alpha A] [--beam_procedure hf|t5x]` for beam search, `--temperature T [--top_k K]
 [--top_p P] [--seed S]` for sampling. Gin: `--gin_file=gin_configs/runs/infer.gin`
 and `--gin.NAME=VALUE`; flags given on the command line win over gin.
 """
@@ -28,6 +28,7 @@ DECODE_FLAGS = (
     "top_p",
     "max_decode_length",
     "seed",
+    "beam_procedure",
 )
 
 
@@ -49,13 +50,19 @@ def add_common_arguments(parser, *, checkpoint_required=True):
       "--num_beams",
       type=int,
       default=None,
-      help="beam search with this many beams (> 1)",
+      help="beam search with this many beams (> 1); Hugging Face's procedure unless --beam_procedure t5x",
+  )
+  group.add_argument(
+      "--beam_procedure",
+      default=None,
+      help="with --num_beams: 'hf' (Hugging Face generate's beam search, default) or 't5x' "
+      "(t5x's beam search with its brevity penalty)",
   )
   group.add_argument(
       "--alpha",
       type=float,
       default=None,
-      help="beam search length penalty: score / length**alpha (HF length_penalty; default 1.0)",
+      help="beam search length penalty: score / length**alpha (HF length_penalty, default 1.0; t5x procedure: brevity penalty, default 0.6)",
   )
   group.add_argument(
       "--temperature",
@@ -67,13 +74,13 @@ def add_common_arguments(parser, *, checkpoint_required=True):
       "--top_k",
       type=int,
       default=None,
-      help="sample from the k most likely tokens (0: off)",
+      help="sample from the k most likely tokens (0: off; not with --top_p)",
   )
   group.add_argument(
       "--top_p",
       type=float,
       default=None,
-      help="nucleus sampling threshold (1.0: off)",
+      help="nucleus sampling: keep the most likely tokens up to this probability mass (0: off; not with --top_k)",
   )
   group.add_argument(
       "--seed", type=int, default=None, help="sampling seed (default 0)"
@@ -82,7 +89,7 @@ def add_common_arguments(parser, *, checkpoint_required=True):
       "--max_decode_length",
       type=int,
       default=None,
-      help="maximum output tokens (default 128)",
+      help="maximum output tokens, EOS included (default 127: Tk-Instruct's generate(max_length=128) minus the start token)",
   )
   group.add_argument(
       "--batch_size",

@@ -36,7 +36,11 @@ MODULES = ("token_embedder", "encoder", "decoder", "logits")
 
 
 def logical_axis_rules(shard_params_over_data: bool = False):
-  return list(partitioning.standard_logical_axis_rules(shard_params_over_data))
+  return list(
+      partitioning.standard_logical_axis_rules(
+          parameter_partitioning_dims=2 if shard_params_over_data else 1
+      )
+  )
 
 
 def build_model(config: config_lib.T5Config) -> models.EncoderDecoderModel:

@@ -5,27 +5,28 @@ Follows t5x's `models.EncoderDecoderModel`: batches are SeqIO
 optional label smoothing, and `predict_batch` runs a decoding function
 (`tkx.decoding.greedy`, `beam_search`, `temperature_sample`) over a KV cache.
 
-Decoding interface (shared with `tkx.decoding`; flattened beams as in t5x):
-  decode_fn(*, inputs, cache, tokens_to_logits, eos_id, max_decode_len, num_decodes, **kwargs)
-      -> (sequences [batch, num_decodes, max_decode_len], scores [batch, num_decodes]),
-  best decode last. `inputs` are the start tokens [batch, 1] (0 for T5) and
-  `cache` has batch `batch`; decode_fn expands both to batch*num_decodes
-  itself (`jnp.repeat(x, num_decodes, axis=0)` on every cache array with
-  ndim > 0; `cache_index` scalars are shared). `tokens_to_logits(state)` reads
-  `state.cur_token` [batch*num_decodes, 1] and `state.cache` and returns
+Decoding interface (t5x's; see `tkx.decoding`, flattened beams as in t5x):
+  decode_fn(inputs=, cache=, tokens_to_logits=, eos_id=, num_decodes=, **kwargs)
+      -> (sequences [batch, num_decodes, max_decode_length], scores [batch, num_decodes]),
+  best decode last. `inputs` are t5x's decoder prompt inputs, zeros
+  [batch, max_decode_length] (start token 0, no prompt), and `cache` has batch
+  `batch`; decode_fn expands it to batch*num_decodes itself (each array
+  repeated along axis 0; `cache_index` scalars are shared). `tokens_to_logits(state)`
+  reads `state.cur_token` [batch*num_decodes, 1] and `state.cache` and returns
   (float32 logits [batch*num_decodes, vocab], new_cache). The encoder output
   given to it is already repeated num_decodes times (example-major).
 """
 
 import functools
 import math
-from typing import Any, Callable, Mapping, NamedTuple, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Union
 
 import gin
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from tkx import decoding
 from tkx.models import network  # noqa: F401  (registers network.* with gin)
 
 Array = jax.Array
@@ -112,71 +113,11 @@ def compute_weighted_cross_entropy(
 
 
 # -----------------------------------------------------------------------------
-# Decoding state and a minimal greedy decoder (the real ones live in tkx.decoding).
+# Decoding helpers.
 # -----------------------------------------------------------------------------
-class DecodingState(NamedTuple):
-  cur_index: Array  # scalar: position being generated
-  sequences: Array  # [batch, max_decode_len] tokens generated so far
-  cur_token: Array  # [batch, 1] the token fed at this step
-  cache: PyTree
-
-
 def _expand(x: Array, n: int) -> Array:
+  """Repeats each row n times in place (t5x's flattened beams: row b * n + j)."""
   return x if (n == 1 or x.ndim == 0) else jnp.repeat(x, n, axis=0)
-
-
-def greedy_decode(
-    *,
-    inputs: Array,
-    cache: PyTree,
-    tokens_to_logits: Callable,
-    eos_id: int,
-    max_decode_len: int,
-    num_decodes: int = 1,
-    **unused_kwargs,
-):
-  """Argmax decoding over a fixed number of steps (used when tkx.decoding is absent)."""
-  inputs = _expand(inputs, num_decodes)
-  cache = jax.tree_util.tree_map(lambda x: _expand(x, num_decodes), cache)
-  batch = inputs.shape[0]
-
-  def step(i, carry):
-    sequences, cur_token, cache, ended, score = carry
-    logits, cache = tokens_to_logits(
-        DecodingState(i, sequences, cur_token, cache)
-    )
-    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    next_token = jnp.argmax(log_probs, axis=-1).astype(jnp.int32)
-    token_logp = jnp.take_along_axis(log_probs, next_token[:, None], axis=-1)[
-        :, 0
-    ]
-    next_token = jnp.where(ended, 0, next_token)  # pad after EOS
-    score = score + jnp.where(ended, 0.0, token_logp)
-    sequences = sequences.at[:, i].set(next_token)
-    ended = ended | (next_token == eos_id)
-    return sequences, next_token[:, None], cache, ended, score
-
-  carry = (
-      jnp.zeros((batch, max_decode_len), jnp.int32),
-      inputs[:, :1].astype(jnp.int32),
-      cache,
-      jnp.zeros((batch,), bool),
-      jnp.zeros((batch,), jnp.float32),
-  )
-  sequences, _, _, _, score = jax.lax.fori_loop(0, max_decode_len, step, carry)
-  return (
-      sequences.reshape(-1, num_decodes, max_decode_len),
-      score.reshape(-1, num_decodes),
-  )
-
-
-def _default_decode_fn():
-  try:
-    from tkx import decoding  # owned by the decoding module; optional at import time
-
-    return decoding.greedy
-  except (ImportError, AttributeError):
-    return greedy_decode
 
 
 # -----------------------------------------------------------------------------
@@ -459,7 +400,7 @@ class EncoderDecoderModel:
           if "decoder_input_tokens" in batch
           else 128
       )
-    decode_fn = decode_fn or _default_decode_fn()
+    decode_fn = decode_fn or decoding.greedy
     batch_size = inputs.shape[0]
     encoded = self.module.apply(
         {"params": params},
@@ -477,12 +418,12 @@ class EncoderDecoderModel:
     )
     if rng is not None:  # t5x's name for the sampling key
       decode_kwargs["decode_rng"] = rng
+    # t5x's decoder prompt: the start token (0) and no prompt, one position per output.
     decodes, scores = decode_fn(
-        inputs=jnp.zeros((batch_size, 1), jnp.int32),
+        inputs=jnp.zeros((batch_size, max_decode_length), jnp.int32),
         cache=cache,
         tokens_to_logits=tokens_to_logits,
         eos_id=self.eos_id,
-        max_decode_len=max_decode_length,
         num_decodes=num_decodes,
         **decode_kwargs,
     )
