@@ -7,6 +7,7 @@ import os
 import pytest
 
 from tkx import cli, infer
+from tkx.checkpoints import directory
 
 MIXTURE = "ni_default_test_def_pos2"
 FAST = [
@@ -217,7 +218,7 @@ def test_generate_prints_the_prediction_of_a_prompt(tiny_checkpoint, capsys):
   )
   printed = capsys.readouterr().out.strip().splitlines()
   # The same prompt through the library gives the same answer.
-  loaded = infer.load_checkpoint(tiny_checkpoint)
+  loaded = directory.load(tiny_checkpoint)
   predictor = infer.Predictor(
       loaded.model,
       loaded.params,
@@ -313,4 +314,4 @@ def test_generate_builds_the_prompt_from_an_ni_task(
 )
 def test_generate_errors(tiny_checkpoint, argv, message):
   with pytest.raises(ValueError, match=message):
-    cli.main(["generate", "--checkpoint", tiny_checkpoint] + argv)
+    cli.run(["generate", "--checkpoint", tiny_checkpoint] + argv)

@@ -12,8 +12,6 @@ A Hub name is downloaded with `huggingface_hub` (needs network).
 """
 
 import logging
-import os
-import sys
 
 DTYPES = ("float32", "bfloat16")
 
@@ -34,13 +32,6 @@ def add_arguments(parser):
       "--output", required=True, help="tkx checkpoint dir to create"
   )
   parser.add_argument(
-      "--gin_file",
-      dest="gin_files",
-      action="append",
-      default=[],
-      help="model gin file(s) describing a --t5x checkpoint (repeatable)",
-  )
-  parser.add_argument(
       "--dtype",
       choices=DTYPES,
       default="float32",
@@ -54,20 +45,10 @@ def add_arguments(parser):
   )
 
 
-def _setup_logging():
-  logging.basicConfig(
-      level=logging.INFO,
-      stream=sys.stderr,
-      format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-  )
-  for noisy in ("absl", "jax", "jax._src", "orbax"):
-    logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
 def _check_output(path):
-  if os.path.isdir(path) and any(
-      n.startswith("checkpoint_") for n in os.listdir(path)
-  ):
+  from tkx.checkpoints import layout
+
+  if layout.list_steps(path):
     raise SystemExit(
         f"tkx import-checkpoint: {path} already holds checkpoint_* directories; "
         "choose an empty --output"
@@ -76,15 +57,15 @@ def _check_output(path):
 
 def _import_t5x(args, dtype):
   import gin
-  from tkx.checkpoints import hf, t5x_format
-  from tkx.models import config as config_lib
+  from tkx import gin_utils
+  from tkx.checkpoints import directory, hf, t5x_format
 
   if not args.gin_files:
     raise SystemExit(
         "tkx import-checkpoint: --t5x needs --gin_file with the model config "
         "(e.g. gin_configs/models/t5_1_1/base.gin): t5x checkpoints do not store it"
     )
-  config = config_lib.load_config_from_gin(args.gin_files, args.gin_bindings)
+  config = gin_utils.load_config_from_gin(args.gin_files, args.gin_bindings)
   try:
     vocab_path = gin.query_parameter("vocab.get_vocabulary.path")
   except ValueError:
@@ -98,7 +79,7 @@ def _import_t5x(args, dtype):
   params = _cast(params, dtype)
   config = config.replace(param_dtype=dtype)
   # A t5x checkpoint carries no vocabulary: keep the one the gin files name.
-  return hf.write_tkx_checkpoint(
+  return directory.write_checkpoint(
       config,
       params,
       args.output,
@@ -120,7 +101,6 @@ def _cast(params, dtype):
 
 
 def main(args):
-  _setup_logging()
   from tkx.checkpoints import hf, t5x_format
 
   _check_output(args.output)
@@ -136,11 +116,11 @@ def main(args):
 
 def _import(args):
   import jax.numpy as jnp
-  from tkx.checkpoints import hf
+  from tkx.checkpoints import directory, hf
 
   if args.hf:
     config, params, spm = hf.import_hf(args.hf, dtype=jnp.dtype(args.dtype))
-    out = hf.write_tkx_checkpoint(
+    out = directory.write_checkpoint(
         config,
         params,
         args.output,

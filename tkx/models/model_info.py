@@ -21,7 +21,7 @@ The usual 6 * N * tokens estimate is reported beside it.
 import dataclasses
 import functools
 import math
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, Sequence, Optional
 
 import flax.linen as nn
 import jax
@@ -241,6 +241,28 @@ def train_step_flops(
       "six_n_per_token": 6.0 * total_params,
       "tokens": float(tokens),
   }
+
+
+# Dense bf16 peak FLOP/s per device, by `jax.Device.device_kind` substring (for MFU).
+PEAK_FLOPS = {
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5e": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v6 lite": 918e12,
+    "H100": 989e12,
+    "H200": 989e12,
+    "A100": 312e12,
+    "L4": 121e12,
+}
+
+
+def peak_flops_per_device(device_kind: str) -> Optional[float]:
+  """The dense bf16 peak of a device kind (e.g. "NVIDIA H100 80GB HBM3"), None when unknown (CPUs)."""
+  for name, flops in PEAK_FLOPS.items():
+    if name in device_kind:
+      return flops
+  return None
 
 
 def human(n: float, unit: str = "") -> str:

@@ -19,13 +19,15 @@ Decoding interface (shared with `tkx.decoding`; flattened beams as in t5x):
 
 import functools
 import math
-from typing import Any, Callable, Mapping, NamedTuple, Optional, Union
+import enum
+from typing import Any, Callable, Mapping, Optional, Union
 
 import gin
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from tkx import decoding
 from tkx.models import network  # noqa: F401  (registers network.* with gin)
 
 Array = jax.Array
@@ -111,72 +113,53 @@ def compute_weighted_cross_entropy(
   return jnp.sum(total * weights), jnp.sum(z * weights), jnp.sum(weights)
 
 
-# -----------------------------------------------------------------------------
-# Decoding state and a minimal greedy decoder (the real ones live in tkx.decoding).
-# -----------------------------------------------------------------------------
-class DecodingState(NamedTuple):
-  cur_index: Array  # scalar: position being generated
-  sequences: Array  # [batch, max_decode_len] tokens generated so far
-  cur_token: Array  # [batch, 1] the token fed at this step
-  cache: PyTree
+class LossNormalizingFactor(enum.Enum):
+  """What the summed token losses of a batch are divided by, when not a fixed number (t5x's names)."""
+
+  NUM_REAL_TARGET_TOKENS = "NUM_REAL_TARGET_TOKENS"  # non-padding target tokens
 
 
-def _expand(x: Array, n: int) -> Array:
-  return x if (n == 1 or x.ndim == 0) else jnp.repeat(x, n, axis=0)
+gin.constants_from_enum(LossNormalizingFactor, module="models")
+
+# Also accepted as strings; t5x's NUM_TARGET_TOKENS counts the same tokens here
+# (padding has zero loss weight).
+_LOSS_NORMALIZER_NAMES = {
+    "NUM_REAL_TARGET_TOKENS": LossNormalizingFactor.NUM_REAL_TARGET_TOKENS,
+    "NUM_TARGET_TOKENS": LossNormalizingFactor.NUM_REAL_TARGET_TOKENS,
+}
 
 
-def greedy_decode(
-    *,
-    inputs: Array,
-    cache: PyTree,
-    tokens_to_logits: Callable,
-    eos_id: int,
-    max_decode_len: int,
-    num_decodes: int = 1,
-    **unused_kwargs,
-):
-  """Argmax decoding over a fixed number of steps (used when tkx.decoding is absent)."""
-  inputs = _expand(inputs, num_decodes)
-  cache = jax.tree_util.tree_map(lambda x: _expand(x, num_decodes), cache)
-  batch = inputs.shape[0]
+def loss_normalizer(value) -> Optional[float]:
+  """None (divide by the batch's real target tokens) or the fixed number to divide by.
 
-  def step(i, carry):
-    sequences, cur_token, cache, ended, score = carry
-    logits, cache = tokens_to_logits(
-        DecodingState(i, sequences, cur_token, cache)
+  Accepts None, a positive number, a `LossNormalizingFactor` or its name.
+  """
+  if value is None or isinstance(value, LossNormalizingFactor):
+    return None
+  if isinstance(value, str):
+    if value.upper() not in _LOSS_NORMALIZER_NAMES:
+      raise ValueError(
+          f"loss_normalizing_factor: unknown {value!r}; use None or "
+          f"{' / '.join(repr(n) for n in _LOSS_NORMALIZER_NAMES)} (divide by the "
+          "number of target tokens) or a positive number"
+      )
+    return None
+  if isinstance(value, bool) or not float(value) > 0:
+    raise ValueError(
+        f"loss_normalizing_factor must be None, a positive number or "
+        f"{' / '.join(repr(n) for n in _LOSS_NORMALIZER_NAMES)}, got {value!r}"
     )
-    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    next_token = jnp.argmax(log_probs, axis=-1).astype(jnp.int32)
-    token_logp = jnp.take_along_axis(log_probs, next_token[:, None], axis=-1)[
-        :, 0
-    ]
-    next_token = jnp.where(ended, 0, next_token)  # pad after EOS
-    score = score + jnp.where(ended, 0.0, token_logp)
-    sequences = sequences.at[:, i].set(next_token)
-    ended = ended | (next_token == eos_id)
-    return sequences, next_token[:, None], cache, ended, score
-
-  carry = (
-      jnp.zeros((batch, max_decode_len), jnp.int32),
-      inputs[:, :1].astype(jnp.int32),
-      cache,
-      jnp.zeros((batch,), bool),
-      jnp.zeros((batch,), jnp.float32),
-  )
-  sequences, _, _, _, score = jax.lax.fori_loop(0, max_decode_len, step, carry)
-  return (
-      sequences.reshape(-1, num_decodes, max_decode_len),
-      score.reshape(-1, num_decodes),
-  )
+  return float(value)
 
 
-def _default_decode_fn():
-  try:
-    from tkx import decoding  # owned by the decoding module; optional at import time
-
-    return decoding.greedy
-  except (ImportError, AttributeError):
-    return greedy_decode
+def init_input_shapes(
+    batch_size: int = 1, inputs_length: int = 1, targets_length: int = 1
+) -> dict:
+  """`input_shapes` for `get_initial_variables` & co.; T5's parameter shapes do not depend on them."""
+  return {
+      "encoder_input_tokens": (batch_size, inputs_length),
+      "decoder_input_tokens": (batch_size, targets_length),
+  }
 
 
 # -----------------------------------------------------------------------------
@@ -201,28 +184,17 @@ class EncoderDecoderModel:
       output_vocabulary=None,
       z_loss: float = 1e-4,
       label_smoothing: float = 0.0,
-      loss_normalizing_factor: Optional[Union[float, str]] = None,
+      loss_normalizing_factor: Union[
+          None, float, str, "LossNormalizingFactor"
+      ] = None,
   ):
     self.module = module
     self.input_vocabulary = input_vocabulary
     self.output_vocabulary = output_vocabulary
     self.z_loss = float(z_loss)
     self.label_smoothing = float(label_smoothing)
-    if isinstance(
-        loss_normalizing_factor, str
-    ) and loss_normalizing_factor.upper() not in (
-        "NUM_REAL_TARGET_TOKENS",
-        "NUM_TARGET_TOKENS",
-    ):
-      raise ValueError(
-          f"loss_normalizing_factor: unknown {loss_normalizing_factor!r}; use None "
-          "(number of target tokens) or a number"
-      )
-    self.loss_normalizing_factor = (
-        None
-        if isinstance(loss_normalizing_factor, str)
-        else loss_normalizing_factor
-    )
+    # None: per target token; else a fixed number every batch's summed loss is divided by.
+    self.loss_normalizing_factor = loss_normalizer(loss_normalizing_factor)
 
   @property
   def config(self):
@@ -459,7 +431,7 @@ class EncoderDecoderModel:
           if "decoder_input_tokens" in batch
           else 128
       )
-    decode_fn = decode_fn or _default_decode_fn()
+    decode_fn = decode_fn or decoding.greedy
     batch_size = inputs.shape[0]
     encoded = self.module.apply(
         {"params": params},
@@ -471,8 +443,8 @@ class EncoderDecoderModel:
     tokens_to_logits = functools.partial(
         self._compute_logits_from_slice,
         params=params,
-        encoded_inputs=_expand(encoded, num_decodes),
-        raw_inputs=_expand(inputs, num_decodes),
+        encoded_inputs=decoding.flat_batch_beam_expand(encoded, num_decodes),
+        raw_inputs=decoding.flat_batch_beam_expand(inputs, num_decodes),
         max_decode_length=max_decode_length,
     )
     if rng is not None:  # t5x's name for the sampling key
@@ -498,16 +470,3 @@ class EncoderDecoderModel:
       **kwargs,
   ) -> Array:
     return self.predict_batch_with_aux(params, batch, rng, **kwargs)[0]
-
-
-def get_model_from_gin(
-    gin_files=(), bindings=(), *, clear: bool = True
-) -> EncoderDecoderModel:
-  """Parses model gin files (see `config.parse_gin`) and builds `models.EncoderDecoderModel()`.
-
-  This loads the vocabulary VOCABULARY names (the real T5 ones live on gs://).
-  """
-  from tkx.models import config as config_lib
-
-  config_lib.parse_gin(gin_files, bindings, clear=clear)
-  return EncoderDecoderModel()
