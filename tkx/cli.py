@@ -291,7 +291,7 @@ def build_parser():
 def command_parser(name: str, module) -> argparse.ArgumentParser:
   command = COMMANDS[name]
   doc = (module.__doc__ or "").strip()
-  epilog = "\n".join(doc.splitlines()[1:]).strip()
+  epilog = "\n".join(doc.splitlines()[1:]).strip("\n").rstrip()
   if command.uses_gin:
     epilog = (epilog + "\n\n" if epilog else "") + GIN_HELP
   parser = argparse.ArgumentParser(

@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import gin
 import numpy as np
 
-from tkx import infer, io_utils, jsonl
+from tkx import infer, io_utils, jsonl, multihost
 from tkx.checkpoints import directory, layout
 
 log = logging.getLogger(__name__)
@@ -190,7 +190,7 @@ def write_outputs(
     step: Optional[int],
 ) -> None:
   """Predictions file, metrics JSON and TensorBoard summaries (primary host only)."""
-  if not io_utils.is_primary_host():
+  if not multihost.is_primary_host():
     return
   jsonl.write_jsonl(os.path.join(output_dir, PREDICTIONS_FILE), records)
   with io_utils.atomic_write(os.path.join(output_dir, METRICS_FILE)) as f:

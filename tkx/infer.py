@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tkx import io_utils, jsonl
+from tkx import io_utils, jsonl, multihost
 from tkx.checkpoints import directory
 
 log = logging.getLogger(__name__)
@@ -501,7 +501,7 @@ def predict_input_file(
       names=[str(r["id"]) for r in records],
       progress=progress,
   )
-  if jax.process_index() != 0:  # one writer on many hosts
+  if not multihost.is_primary_host():  # one writer on many hosts
     return len(records)
   return jsonl.write_jsonl(
       output_file,

@@ -4,8 +4,8 @@
 - `atomic_write(path)`: a file appears complete or not at all (temporary file
   beside it, renamed at the end), so a failed run never leaves half a file over
   an old one.
-- `is_primary_host()`: the one host that writes shared files on a multi-host run.
-- `ScalarWriter(log_dir)`: TensorBoard scalars written with the core
+- `ScalarWriter(log_dir)`: TensorBoard scalars (written by the primary host,
+  `tkx.multihost.is_primary_host`, the one rule for who writes shared files), with the core
   `tf.summary.write` and the scalars plugin's metadata (the `tensorboard`
   package is not needed; the event files are the same).
 - `Progress`: a tqdm bar on a terminal, periodic log lines otherwise.
@@ -21,13 +21,6 @@ from typing import Mapping, Optional
 log = logging.getLogger(__name__)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def is_primary_host() -> bool:
-  """True on the host that writes shared files (process 0)."""
-  import jax
-
-  return jax.process_index() == 0
 
 
 @contextlib.contextmanager
@@ -65,7 +58,9 @@ class ScalarWriter:
 
   def __init__(self, log_dir: Optional[str]):
     self._writer = None
-    if log_dir and is_primary_host():
+    from tkx import multihost
+
+    if log_dir and multihost.is_primary_host():
       import tensorflow as tf
       from tensorflow.core.framework import summary_pb2
 

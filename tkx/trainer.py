@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from tkx import io_utils, optimizers
+from tkx import io_utils, multihost, optimizers
 from tkx.checkpoints import directory, layout, orbax_io
 from tkx.step_logger import StepLogger
 from tkx.train_state import TrainState, TrainStateInitializer
@@ -348,7 +348,7 @@ def _write_run_files(model_dir, model):
   dtype and dropout included, so `tkx eval/infer/export-checkpoint` read MODEL_DIR
   without the training gin files.
   """
-  if not io_utils.is_primary_host():
+  if not multihost.is_primary_host():
     return
   with io_utils.atomic_write(os.path.join(model_dir, "config.gin")) as f:
     f.write(gin.config_str())
@@ -519,6 +519,14 @@ def train(
   else:
     state = initializer.from_scratch()
     start_step, consumed = 0, 0
+  if start_step >= train_steps:
+    log.info(
+        "Checkpoint step %d >= TRAIN_STEPS=%d: nothing to do.",
+        start_step,
+        train_steps,
+    )
+    checkpoints.close()
+    return {"step": start_step, "loss": None, "state": state}
 
   # --- input ---
   if eval_every:
@@ -684,7 +692,7 @@ def train(
         eval_summaries.scalars(step, results)
     checkpoints.wait()
     last_good = checkpoints.latest_step()
-    if io_utils.is_primary_host():
+    if multihost.is_primary_host():
       with io_utils.atomic_write(
           os.path.join(model_dir, "operative_config.gin")
       ) as f:

@@ -22,6 +22,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from tkx import multihost
 from tkx.checkpoints import layout
 
 STATE_ITEM = layout.STATE_ITEM
@@ -45,7 +46,7 @@ def _abstract(x):
 def _remove_stale_tmp_dirs(directory):
   """Deletes what a killed save left (`checkpoint_<step>.orbax-checkpoint-tmp-*`), on the primary host."""
   if (
-      jax.process_index() != 0
+      not multihost.is_primary_host()
       or "://" in directory
       or not os.path.isdir(directory)
   ):

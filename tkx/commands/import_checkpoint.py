@@ -49,31 +49,24 @@ def _check_output(path):
   from tkx.checkpoints import layout
 
   if layout.list_steps(path):
-    raise SystemExit(
-        f"tkx import-checkpoint: {path} already holds checkpoint_* directories; "
+    raise FileExistsError(
+        f"--output {path} already holds checkpoint_<step> directories; "
         "choose an empty --output"
     )
 
 
 def _import_t5x(args, dtype):
-  import gin
   from tkx import gin_utils
   from tkx.checkpoints import directory, hf, t5x_format
 
   if not args.gin_files:
-    raise SystemExit(
-        "tkx import-checkpoint: --t5x needs --gin_file with the model config "
+    raise ValueError(
+        "--t5x needs --gin_file with the model config "
         "(e.g. gin_configs/models/t5_1_1/base.gin): t5x checkpoints do not store it"
     )
   config = gin_utils.load_config_from_gin(args.gin_files, args.gin_bindings)
-  try:
-    vocab_path = gin.query_parameter("vocab.get_vocabulary.path")
-  except ValueError:
-    vocab_path = None
-  try:
-    extra_ids = gin.query_parameter("vocab.get_vocabulary.extra_ids")
-  except ValueError:
-    extra_ids = None
+  vocab_path = gin_utils.query("vocab.get_vocabulary.path")
+  extra_ids = gin_utils.query("vocab.get_vocabulary.extra_ids")
   params = t5x_format.load_params(args.t5x)
   hf.check_params(params, config, source=args.t5x)
   params = _cast(params, dtype)
@@ -101,23 +94,10 @@ def _cast(params, dtype):
 
 
 def main(args):
-  from tkx.checkpoints import hf, t5x_format
-
-  _check_output(args.output)
-  try:
-    return _import(args)
-  except (
-      FileNotFoundError,
-      hf.CheckpointFormatError,
-      t5x_format.T5xCheckpointError,
-  ) as e:
-    raise SystemExit(f"tkx import-checkpoint: {e}") from e
-
-
-def _import(args):
   import jax.numpy as jnp
   from tkx.checkpoints import directory, hf
 
+  _check_output(args.output)
   if args.hf:
     config, params, spm = hf.import_hf(args.hf, dtype=jnp.dtype(args.dtype))
     out = directory.write_checkpoint(

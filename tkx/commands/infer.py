@@ -229,8 +229,7 @@ def add_arguments(parser):
 
 def main(args):
   parse_gin(args)
-  import jax
-  from tkx import infer, jsonl
+  from tkx import infer, jsonl, multihost
   from tkx.checkpoints import directory
 
   if args.input_file and args.ni_dir:
@@ -267,7 +266,7 @@ def main(args):
     )
     count = (
         jsonl.write_jsonl(args.output_file, records)
-        if jax.process_index() == 0
+        if multihost.is_primary_host()
         else len(records)
     )
   else:
