@@ -167,7 +167,7 @@ def test_unknown_mixture_lists_close_matches(tiny_checkpoint, tmp_path):
       ValueError,
       match="unknown mixture or task 'ni_default_tset_def_pos2'.*ni_default_test_def_pos2",
   ):
-    cli.main(
+    cli.run(
         [
             "infer",
             "--checkpoint",
@@ -185,7 +185,7 @@ def test_not_a_checkpoint_is_a_clear_error(tmp_path):
   with pytest.raises(
       FileNotFoundError, match="not a tkx checkpoint: no model.gin"
   ):
-    cli.main(
+    cli.run(
         [
             "infer",
             "--checkpoint",

@@ -124,7 +124,7 @@ def test_score_cli_unknown_task_without_categories(tmp_path, embedded_ni_dir):
       score_cmd.PredictionsFileError,
       match=r"line 1, field 'Categories'.*task_does_not_exist",
   ):
-    cli.main(
+    cli.run(
         ["score", "--predictions", str(path), "--ni_dir", str(embedded_ni_dir)]
     )
 

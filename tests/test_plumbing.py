@@ -414,3 +414,17 @@ def test_jsonl_write_then_read_round_trip(tmp_path):
       {"b": 2},
   ]
   assert json.loads(path.read_text().splitlines()[0]) == {"a": "é"}
+
+
+def test_gin_value_of_the_wrong_kind_names_the_macro(capsys):
+  line = _error_line(
+      capsys,
+      [
+          "train",
+          "--gin_file=gin_configs/experiments/embedded_tiny.gin",
+          "--gin.MODEL_DIR='/tmp/tkx_never_written'",
+          "--gin.BATCH_SIZE='eight'",
+      ],
+  )
+  assert "BATCH_SIZE must be a positive integer, got 'eight'" in line
+  assert not os.path.exists("/tmp/tkx_never_written")

@@ -139,9 +139,18 @@ class _StderrHandler(logging.StreamHandler):
 def setup_logging(level: str = "info") -> None:
   """One log format on stderr for every command; library chatter only at debug."""
   numeric = getattr(logging, level.upper())
+  root = logging.getLogger()
+  for handler in list(root.handlers):
+    # Replaces the stderr handlers (ours or a library's basicConfig); other handlers stay.
+    if isinstance(handler, logging.StreamHandler) and (
+        isinstance(handler, _StderrHandler)
+        or getattr(handler, "stream", None) in (sys.stderr, sys.__stderr__)
+    ):
+      root.removeHandler(handler)
   handler = _StderrHandler()
   handler.setFormatter(logging.Formatter(LOG_FORMAT))
-  logging.basicConfig(level=numeric, handlers=[handler], force=True)
+  root.addHandler(handler)
+  root.setLevel(numeric)
   for name in _CHATTY_LOGGERS:
     logging.getLogger(name).setLevel(
         logging.DEBUG if numeric <= logging.DEBUG else logging.WARNING

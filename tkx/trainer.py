@@ -338,6 +338,32 @@ def _data_shard_info(partitioner):
   return partitioner.get_data_shard_info() if jax.process_count() > 1 else None
 
 
+def _check_run_values(model_dir, batch_size, train_steps, task_feature_lengths):
+  """Errors naming the gin macro for values of the wrong kind (instead of a failure deep in the run)."""
+
+  def positive_int(name, value, allow_none=False):
+    if value is None and allow_none:
+      return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+  if not isinstance(model_dir, (str, os.PathLike)):
+    raise ValueError(
+        f"MODEL_DIR must be a string (--gin.MODEL_DIR=\"'/path'\"), got {model_dir!r}"
+    )
+  positive_int("BATCH_SIZE", batch_size)
+  positive_int("TRAIN_STEPS", train_steps, allow_none=True)
+  if not isinstance(task_feature_lengths, Mapping) or set(
+      task_feature_lengths
+  ) != {"inputs", "targets"}:
+    raise ValueError(
+        'TASK_FEATURE_LENGTHS must be {"inputs": N, "targets": M}, got '
+        f"{task_feature_lengths!r}"
+    )
+  for key, value in task_feature_lengths.items():
+    positive_int(f"TASK_FEATURE_LENGTHS[{key!r}]", value)
+
+
 # ------------------------------------------------------------------------------
 # Run files and throughput
 # ------------------------------------------------------------------------------
@@ -446,6 +472,7 @@ def train(
         f"trainer.train: set {', '.join(missing)} (e.g. --gin.{missing[0]}=...); "
         "the gin files leave them required"
     )
+  _check_run_values(model_dir, batch_size, train_steps, task_feature_lengths)
   model_dir = (
       os.path.abspath(model_dir) if "://" not in model_dir else model_dir
   )
