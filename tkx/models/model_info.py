@@ -43,16 +43,14 @@ def build_model(config: config_lib.T5Config) -> models.EncoderDecoderModel:
   return models.EncoderDecoderModel(network.Transformer(config))
 
 
-_SHAPES = {"encoder_input_tokens": (1, 1), "decoder_input_tokens": (1, 1)}
-
-
 @functools.lru_cache(
     maxsize=8
 )  # tracing a 24+24-layer model takes seconds; configs are hashable
 def abstract_params(config: config_lib.T5Config):
   """(ShapeDtypeStruct tree, logical PartitionSpec tree) of the parameters (do not mutate)."""
   model = build_model(config)
-  return model.params_shapes(_SHAPES), model.params_logical_axes(_SHAPES)
+  shapes = models.init_input_shapes()
+  return model.params_shapes(shapes), model.params_logical_axes(shapes)
 
 
 def _path(path) -> str:
