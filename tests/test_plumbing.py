@@ -428,3 +428,20 @@ def test_gin_value_of_the_wrong_kind_names_the_macro(capsys):
   )
   assert "BATCH_SIZE must be a positive integer, got 'eight'" in line
   assert not os.path.exists("/tmp/tkx_never_written")
+
+
+def test_generate_unknown_task(tiny_checkpoint, capsys):
+  line = _error_line(
+      capsys,
+      [
+          "generate",
+          "--checkpoint",
+          tiny_checkpoint,
+          "--ni_task",
+          "task9004_tkx_country_capitol_answering",
+          "--input",
+          "France",
+      ],
+  )
+  assert "unknown NI task 'task9004_tkx_country_capitol_answering'" in line
+  assert "did you mean task9004_tkx_country_capital_answering" in line
