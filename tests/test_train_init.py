@@ -84,6 +84,7 @@ def test_initial_checkpoint_is_loaded(tmp_path, kind):
   assert directory.read_config(str(tmp_path / "run")) == model.config
 
 
+@pytest.mark.slow  # a short training run: ~60 s on a loaded 2-core CPU
 def test_model_gin_describes_the_trained_model_not_the_initial_checkpoint(
     tmp_path,
 ):
