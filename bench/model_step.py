@@ -25,7 +25,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tkx.models import config as config_lib  # noqa: E402
+from tkx import gin_utils  # noqa: E402
 from tkx.models import model_info  # noqa: E402
 
 
@@ -171,7 +171,7 @@ def main(argv=None):
   if args.quick:
     args.steps, args.warmup, args.matmul_size = 1, 1, 2048
 
-  cfg = config_lib.load_config_from_gin([args.gin_file]).replace(
+  cfg = gin_utils.load_config_from_gin([args.gin_file]).replace(
       dtype=args.dtype, dropout_rate=0.0
   )
   b, li, lt = args.batch_size, args.inputs_length, args.targets_length

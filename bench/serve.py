@@ -62,8 +62,7 @@ def cpu_name():
 def make_checkpoint(name, path):
   """A tkx checkpoint dir of a random T5 1.1 model (embedded vocabulary, 32,128-row embedding)."""
   import jax
-  from tkx import infer
-  from tkx.checkpoints import hf, orbax_io
+  from tkx.checkpoints import directory, orbax_io
   from tkx.data import vocab as vocab_lib
   from tkx.models import config as config_lib
 
@@ -80,14 +79,14 @@ def make_checkpoint(name, path):
       logits_via_embedding=False,
       dropout_rate=0.0,
   )
-  model = infer.build_model(cfg, vocab_lib.get_vocabulary())
+  model = directory.build_model(cfg, vocab_lib.get_vocabulary())
   shapes = {"encoder_input_tokens": (1, 8), "decoder_input_tokens": (1, 8)}
   params = jax.jit(lambda rng: model.get_initial_variables(rng, shapes))(
       jax.random.PRNGKey(0)
   )["params"]
   orbax_io.save_params(path, params, step=1)
   with open(os.path.join(path, "model.gin"), "w") as f:
-    f.write(hf.config_to_gin(cfg))
+    f.write(directory.config_to_gin(cfg))
 
 
 def sample_prompts(count):
@@ -123,8 +122,9 @@ def percentile(values, q):
 def run_peer(checkpoint, prompts, max_decode_length):
   """(requests/s, latencies) of sequential generate calls on one loaded model."""
   from tkx import infer
+  from tkx.checkpoints import directory
 
-  loaded = infer.load_checkpoint(checkpoint)
+  loaded = directory.load(checkpoint)
   predictor = infer.Predictor(
       loaded.model,
       loaded.params,

@@ -134,7 +134,8 @@ def main(argv=None):
     )
     args.steps, args.warmup, args.matmul_size = 1, 1, 1024
 
-  from tkx.models import config as config_lib, model_info
+  from tkx import gin_utils
+  from tkx.models import model_info
 
   b, li, lt = args.batch_size, args.inputs_length, args.targets_length
   tokens = b * (li + lt)
@@ -142,7 +143,7 @@ def main(argv=None):
   rows = []
   for size in args.sizes.split(","):
     gin_file = f"gin_configs/models/t5_1_1/{size}.gin"
-    cfg = config_lib.load_config_from_gin([gin_file]).replace(
+    cfg = gin_utils.load_config_from_gin([gin_file]).replace(
         dtype="float32", dropout_rate=0.0
     )
     flops = model_info.train_step_flops(cfg, b, li, lt)["train_step"]

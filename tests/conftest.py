@@ -41,8 +41,8 @@ def tiny_checkpoint(tmp_path_factory):
   Saved at step 11 (tests check that number); tests only read it, so one serves the whole session.
   """
   import jax
-  from tkx import infer
-  from tkx.checkpoints import hf, orbax_io
+
+  from tkx.checkpoints import directory, orbax_io
   from tkx.data import vocab as vocab_lib
   from tkx.models import config as config_lib
 
@@ -58,14 +58,14 @@ def tiny_checkpoint(tmp_path_factory):
       logits_via_embedding=False,
       dropout_rate=0.0,
   )
-  model = infer.build_model(cfg, vocab_lib.get_vocabulary())
+  model = directory.build_model(cfg, vocab_lib.get_vocabulary())
   shapes = {"encoder_input_tokens": (1, 8), "decoder_input_tokens": (1, 8)}
   params = jax.jit(lambda rng: model.get_initial_variables(rng, shapes))(
       jax.random.PRNGKey(1)
   )["params"]
   path = tmp_path_factory.mktemp("ckpt")
   orbax_io.save_params(str(path), params, step=11)
-  (path / "model.gin").write_text(hf.config_to_gin(cfg))
+  (path / "model.gin").write_text(directory.config_to_gin(cfg))
   return str(path)
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from tkx.checkpoints import orbax_io
+from tkx.checkpoints import layout, orbax_io
 
 
 @flax.struct.dataclass
@@ -155,4 +155,4 @@ def test_params_only_checkpoint_and_load_params(tmp_path):
       np.asarray(loaded["dense"]["kernel"], np.float32), np.full((4, 3), 2.0)
   )
   with pytest.raises(FileNotFoundError, match="no checkpoint_<step>"):
-    orbax_io.find_step_dir(str(tmp_path))
+    layout.find_step_dir(str(tmp_path))

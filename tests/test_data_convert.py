@@ -195,4 +195,4 @@ def test_convert_skip_missing_as_a_subprocess(tmp_path):
 @pytest.mark.parametrize("bad", [["--ni_dir"], []])
 def test_convert_requires_its_arguments(bad, tmp_path):
   with pytest.raises(SystemExit):
-    cli.main(["convert", "--output", str(tmp_path / "x")] + bad)
+    cli.run(["convert", "--output", str(tmp_path / "x")] + bad)

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from tkx import cli, evaluate
+from tkx import cli, evaluate, gin_utils
 
 FAST = [
     "--max_decode_length",
@@ -176,7 +176,7 @@ def test_eval_xlingual_track_scores_with_the_xlingual_metrics(
 
 def test_eval_unknown_mixture_and_missing_checkpoint(tiny_checkpoint, tmp_path):
   with pytest.raises(ValueError, match="did you mean ni_default_test_def_pos2"):
-    cli.main(
+    cli.run(
         [
             "eval",
             "--checkpoint",
@@ -189,18 +189,17 @@ def test_eval_unknown_mixture_and_missing_checkpoint(tiny_checkpoint, tmp_path):
         + FAST
     )
   with pytest.raises(ValueError, match="tkx eval needs --checkpoint"):
-    cli.main(["eval"])
+    cli.run(["eval"])
 
 
 @pytest.mark.slow
 def test_eval_of_a_tiny_model_trained_on_the_embedded_sample(tmp_path):
   """Train the tiny T5 40 steps on one sentiment task with the trainer, then evaluate it there."""
   from tkx import trainer
-  from tkx.models import config as config_lib
 
   task = "ni_default_train_def_pos2_task9001_tkx_review_sentiment_polarity"
   model_dir = tmp_path / "model"
-  config_lib.parse_gin(
+  gin_utils.parse(
       ["gin_configs/experiments/embedded_tiny.gin"],
       [
           f"MODEL_DIR = '{model_dir}'",

@@ -10,9 +10,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from tkx import cli  # noqa: E402
-from tkx.checkpoints import hf, orbax_io  # noqa: E402
-from tkx.models import config as config_lib  # noqa: E402
+from tkx import cli, gin_utils  # noqa: E402
+from tkx.checkpoints import directory, hf, orbax_io  # noqa: E402
 
 SPM = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -83,7 +82,7 @@ def test_cli_import_export_round_trip(tmp_path, ff, tied):
   assert orbax_io.is_tkx_checkpoint(str(ckpt))
 
   # model.gin describes the HF config; the vocabulary it names is the copied spm.model.
-  config = config_lib.load_config_from_gin([str(ckpt / "model.gin")])
+  config = gin_utils.load_config_from_gin([str(ckpt / "model.gin")])
   assert config == hf.hf_config_to_t5config(model.config.to_dict())
   assert config.logits_via_embedding == tied
   gin_text = (ckpt / "model.gin").read_text()
@@ -91,7 +90,7 @@ def test_cli_import_export_round_trip(tmp_path, ff, tied):
   assert "vocab.get_vocabulary.extra_ids = 0" in gin_text
 
   # Params are the HF tensors, transposed where HF is [out, in].
-  params = hf.load_params(str(ckpt))
+  params = orbax_io.load_params(str(ckpt))
   state = _state(model)
   np.testing.assert_array_equal(
       params["token_embedder"]["embedding"], state["shared.weight"]
@@ -304,8 +303,8 @@ def test_errors_name_file_and_field(tmp_path, monkeypatch):
   with pytest.raises(FileNotFoundError, match="Offline"):
     hf.import_hf("allenai/tk-instruct-base-def-pos")
 
-  with pytest.raises(SystemExit, match=r"tkx import-checkpoint: .*'d_kv'"):
-    cli.main(
+  with pytest.raises(hf.CheckpointFormatError, match=r"'d_kv'"):
+    cli.run(
         [
             "import-checkpoint",
             "--hf",
@@ -314,8 +313,8 @@ def test_errors_name_file_and_field(tmp_path, monkeypatch):
             str(tmp_path / "never"),
         ]
     )
-  with pytest.raises(SystemExit, match="model.gin is missing"):
-    cli.main(
+  with pytest.raises(FileNotFoundError, match="no model.gin"):
+    cli.run(
         [
             "export-checkpoint",
             "--checkpoint",
@@ -331,8 +330,8 @@ def test_errors_name_file_and_field(tmp_path, monkeypatch):
       cli.main(["import-checkpoint", "--hf", str(good), "--output", str(ckpt)])
       == 0
   )
-  with pytest.raises(SystemExit, match="already holds"):
-    cli.main(["import-checkpoint", "--hf", str(good), "--output", str(ckpt)])
+  with pytest.raises(FileExistsError, match="already holds"):
+    cli.run(["import-checkpoint", "--hf", str(good), "--output", str(ckpt)])
 
 
 def test_import_t5x_checkpoint_via_cli(tmp_path):
@@ -342,7 +341,7 @@ def test_import_t5x_checkpoint_via_cli(tmp_path):
   t5x_cfg = hf.hf_config_to_t5config(model.config.to_dict())
   params = hf.hf_to_params(_state(model), t5x_cfg)
   gin_file = tmp_path / "model.gin"
-  gin_file.write_text(hf.config_to_gin(t5x_cfg))
+  gin_file.write_text(directory.config_to_gin(t5x_cfg))
   t5x_format.save_params(str(tmp_path / "t5x"), params, step=500)
   ckpt = tmp_path / "ckpt"
   assert (
@@ -359,7 +358,7 @@ def test_import_t5x_checkpoint_via_cli(tmp_path):
       )
       == 0
   )
-  assert config_lib.load_config_from_gin([str(ckpt / "model.gin")]) == t5x_cfg
+  assert gin_utils.load_config_from_gin([str(ckpt / "model.gin")]) == t5x_cfg
   out = tmp_path / "exported"
   assert (
       cli.main(
@@ -381,9 +380,11 @@ def test_import_t5x_checkpoint_via_cli(tmp_path):
   )
   # A t5x checkpoint whose tree does not fit the gin config is refused, naming the parameter.
   other = tmp_path / "other.gin"
-  other.write_text(hf.config_to_gin(t5x_cfg.replace(num_decoder_layers=3)))
-  with pytest.raises(SystemExit, match="layers_2"):
-    cli.main(
+  other.write_text(
+      directory.config_to_gin(t5x_cfg.replace(num_decoder_layers=3))
+  )
+  with pytest.raises(ValueError, match="layers_2"):
+    cli.run(
         [
             "import-checkpoint",
             "--t5x",

@@ -10,7 +10,8 @@ import dataclasses
 
 import pytest
 
-from tkx.checkpoints import hf
+from tkx import gin_utils
+from tkx.checkpoints import directory, hf
 from tkx.models import config as config_lib
 from tkx.models import models, network
 
@@ -92,7 +93,7 @@ def test_released_config_matches_gin_size_and_param_tree(name):
   gin_file, hf_config = RELEASED[name]
   config = hf.hf_config_to_t5config(hf_config, source=f"{name}/config.json")
   assert _architecture(config) == _architecture(
-      config_lib.load_config_from_gin([gin_file])
+      gin_utils.load_config_from_gin([gin_file])
   )
   model = models.EncoderDecoderModel(network.Transformer(config))
   shapes = model.params_shapes(
@@ -130,8 +131,8 @@ def test_config_gin_round_trip(tmp_path, activations):
       layer_norm_epsilon=1e-5,
   )
   path = tmp_path / "model.gin"
-  path.write_text(hf.config_to_gin(config, comment="test\nsecond line"))
-  assert config_lib.load_config_from_gin([str(path)]) == config
+  path.write_text(directory.config_to_gin(config, comment="test\nsecond line"))
+  assert gin_utils.load_config_from_gin([str(path)]) == config
   assert (
       hf.hf_config_to_t5config(
           hf.t5config_to_hf_config(config), dtype="bfloat16"
@@ -139,6 +140,6 @@ def test_config_gin_round_trip(tmp_path, activations):
       == config
   )
   # The gin file builds the whole model (MODEL, VOCABULARY), not only the config.
-  model = models.get_model_from_gin([str(path)])
+  model = gin_utils.get_model_from_gin([str(path)])
   assert model.module.config == config
   assert model.output_vocabulary.vocab_size <= config.vocab_size

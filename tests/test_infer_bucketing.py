@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from tkx import infer
+from tkx.checkpoints import directory
 
 
 def test_bucket_length_picks_smallest_fitting_bucket():
@@ -111,7 +112,7 @@ def tiny_model():
       dropout_rate=0.0,
   )
   vocabulary = vocab_lib.get_vocabulary()
-  model = infer.build_model(cfg, vocabulary)
+  model = directory.build_model(cfg, vocabulary)
   shapes = {"encoder_input_tokens": (1, 8), "decoder_input_tokens": (1, 8)}
   params = jax.jit(lambda rng: model.get_initial_variables(rng, shapes))(
       jax.random.PRNGKey(3)

@@ -7,6 +7,7 @@ import os
 import pytest
 
 from tkx import cli, infer
+from tkx.checkpoints import directory
 
 MIXTURE = "ni_default_test_def_pos2"
 FAST = [
@@ -166,7 +167,7 @@ def test_unknown_mixture_lists_close_matches(tiny_checkpoint, tmp_path):
       ValueError,
       match="unknown mixture or task 'ni_default_tset_def_pos2'.*ni_default_test_def_pos2",
   ):
-    cli.main(
+    cli.run(
         [
             "infer",
             "--checkpoint",
@@ -184,7 +185,7 @@ def test_not_a_checkpoint_is_a_clear_error(tmp_path):
   with pytest.raises(
       FileNotFoundError, match="not a tkx checkpoint: no model.gin"
   ):
-    cli.main(
+    cli.run(
         [
             "infer",
             "--checkpoint",
@@ -217,7 +218,7 @@ def test_generate_prints_the_prediction_of_a_prompt(tiny_checkpoint, capsys):
   )
   printed = capsys.readouterr().out.strip().splitlines()
   # The same prompt through the library gives the same answer.
-  loaded = infer.load_checkpoint(tiny_checkpoint)
+  loaded = directory.load(tiny_checkpoint)
   predictor = infer.Predictor(
       loaded.model,
       loaded.params,
@@ -321,7 +322,7 @@ def test_generate_builds_the_prompt_from_an_ni_task(
 )
 def test_generate_errors(tiny_checkpoint, argv, message):
   with pytest.raises(ValueError, match=message):
-    cli.main(["generate", "--checkpoint", tiny_checkpoint] + argv)
+    cli.run(["generate", "--checkpoint", tiny_checkpoint] + argv)
 
 
 def test_generate_with_t5x_beam_procedure(tiny_checkpoint, capsys):
@@ -335,9 +336,9 @@ def test_generate_with_t5x_beam_procedure(tiny_checkpoint, capsys):
       "--beam_procedure",
       "t5x",
   ]
-  assert cli.main(argv) == 0
+  assert cli.run(argv) == 0
   printed = capsys.readouterr().out.strip().splitlines()
-  loaded = infer.load_checkpoint(tiny_checkpoint)
+  loaded = directory.load(tiny_checkpoint)
   config = infer.DecodeConfig(
       max_decode_length=6, num_beams=2, beam_procedure="t5x"
   )

@@ -108,7 +108,7 @@ def test_score_cli_bad_lines_name_file_line_and_field(tmp_path, line, field):
   path.write_text(line, encoding="utf-8")
   line_no = line.count("\n")
   with pytest.raises(score_cmd.PredictionsFileError) as e:
-    cli.main(["score", "--predictions", str(path)])
+    cli.run(["score", "--predictions", str(path)])
   assert (
       str(path) in str(e.value)
       and f"line {line_no}" in str(e.value)
@@ -124,7 +124,7 @@ def test_score_cli_unknown_task_without_categories(tmp_path, embedded_ni_dir):
       score_cmd.PredictionsFileError,
       match=r"line 1, field 'Categories'.*task_does_not_exist",
   ):
-    cli.main(
+    cli.run(
         ["score", "--predictions", str(path), "--ni_dir", str(embedded_ni_dir)]
     )
 
@@ -317,7 +317,7 @@ def test_baselines_on_shared_sample_score(tmp_path, shared_ni_dir, capsys):
   ]  # the real test tasks fall in official categories
   # The official list names absent task files: an error naming them, or skipped on request.
   with pytest.raises(Exception, match="do not exist"):
-    cli.main(
+    cli.run(
         [
             "baseline",
             "--ni_dir",

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from tkx import cli
+from tkx import cli, gin_utils
 from tkx.models import config as config_lib
 from tkx.models import model_info
 
@@ -20,7 +20,7 @@ def clean_gin():
 
 
 def gin_config(family, size):
-  return config_lib.load_config_from_gin(
+  return gin_utils.load_config_from_gin(
       [f"gin_configs/models/{family}/{size}.gin"]
   )
 

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tkx import decoding
+from tkx import decoding, gin_utils
 from tkx.models import config as config_lib
 from tkx.models import models, network
 
@@ -129,7 +129,7 @@ def test_param_names_shapes_and_logical_axes(v11):
 
 
 def test_boxed_variables_give_partition_specs_and_real_sizes_need_no_memory():
-  cfg = config_lib.load_config_from_gin(["gin_configs/models/t5_1_1/xxl.gin"])
+  cfg = gin_utils.load_config_from_gin(["gin_configs/models/t5_1_1/xxl.gin"])
   model = models.EncoderDecoderModel(network.Transformer(cfg))
   shapes = {"encoder_input_tokens": (1, 4), "decoder_input_tokens": (1, 4)}
   boxed = jax.eval_shape(
@@ -437,7 +437,7 @@ def test_dropout_only_when_enabled():
 def test_gin_files_parse_for_every_size(family):
   expected_vocab = 250112 if family == "mt5" else 32128
   for size in ("tiny", "small", "base", "large", "xl", "xxl"):
-    cfg = config_lib.load_config_from_gin(
+    cfg = gin_utils.load_config_from_gin(
         [f"gin_configs/models/{family}/{size}.gin"]
     )
     assert cfg.vocab_size == (1024 if size == "tiny" else expected_vocab)
@@ -446,7 +446,7 @@ def test_gin_files_parse_for_every_size(family):
         ("relu",) if family == "t5_1_0" else ("gelu", "linear")
     )
     assert cfg.dtype == ("float32" if size == "tiny" else "bfloat16")
-  cfg = config_lib.load_config_from_gin(
+  cfg = gin_utils.load_config_from_gin(
       [f"gin_configs/models/{family}/base.gin"],
       ["network.T5Config.num_encoder_layers = 3", "DROPOUT_RATE = 0.25"],
   )
@@ -459,7 +459,7 @@ def test_gin_files_parse_for_every_size(family):
 
 def test_tiny_gin_builds_the_model_with_the_embedded_vocabulary():
   pytest.importorskip("tkx.data.vocab")
-  model = models.get_model_from_gin(["gin_configs/models/t5_1_1/tiny.gin"])
+  model = gin_utils.get_model_from_gin(["gin_configs/models/t5_1_1/tiny.gin"])
   assert model.input_vocabulary.vocab_size <= model.config.vocab_size
   assert model.eos_id == 1 and model.z_loss == 1e-4
 
@@ -470,7 +470,7 @@ def test_config_rejects_bad_values():
   with pytest.raises(ValueError, match="emb_dim"):
     small_config(emb_dim=0)
   with pytest.raises(FileNotFoundError, match="nope.gin"):
-    config_lib.load_config_from_gin(["gin_configs/models/nope.gin"])
+    gin_utils.load_config_from_gin(["gin_configs/models/nope.gin"])
 
 
 def test_remat_policies_give_the_same_gradients():

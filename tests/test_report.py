@@ -16,6 +16,7 @@ import threading
 import pytest
 
 from tkx import cli, evaluate, infer, report
+from tkx.checkpoints import directory
 from tkx.metrics import baselines as baselines_lib
 from tkx.metrics import ni_metrics
 
@@ -37,7 +38,7 @@ def evals(tiny_checkpoint, tmp_path_factory):
   """{"sweep": dir of `--encodings def,pos2`, "def"/"pos2": dirs of separate evals, "calls": counts}."""
   root = tmp_path_factory.mktemp("report")
   calls = {"load_checkpoint": 0, "build_predict_fn": 0}
-  load, build = infer.load_checkpoint, infer.Predictor._build_predict_fn
+  load, build = directory.load, infer.Predictor._build_predict_fn
 
   def counting_load(*args, **kwargs):
     calls["load_checkpoint"] += 1
@@ -48,7 +49,7 @@ def evals(tiny_checkpoint, tmp_path_factory):
     return build(self)
 
   with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(infer, "load_checkpoint", counting_load)
+    patch.setattr(directory, "load", counting_load)
     patch.setattr(infer.Predictor, "_build_predict_fn", counting_build)
     cli.main(
         [

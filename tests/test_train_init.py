@@ -5,9 +5,8 @@ import jax
 import numpy as np
 import pytest
 
-from tkx import cli, trainer
-from tkx.checkpoints import hf, orbax_io, t5x_format
-from tkx.models import models
+from tkx import cli, gin_utils
+from tkx.checkpoints import directory, orbax_io, t5x_format
 
 SMALL = [
     "network.T5Config.emb_dim = 64",
@@ -30,7 +29,7 @@ ARGS = ["--gin." + b.replace(" = ", "=") for b in SMALL] + [
 def _params(seed):
   gin.clear_config()
   try:
-    model = models.get_model_from_gin(
+    model = gin_utils.get_model_from_gin(
         ["gin_configs/models/t5_1_1/tiny.gin"], SMALL
     )
     shapes = {"encoder_input_tokens": (1, 8), "decoder_input_tokens": (1, 4)}
@@ -41,16 +40,17 @@ def _params(seed):
     gin.clear_config()
 
 
-def _train(model_dir, init_path):
+def _train(model_dir, init_path, extra=()):
   gin.clear_config()
   try:
-    return cli.main(
+    return cli.run(
         [
             "train",
             "--gin_file=gin_configs/experiments/embedded_tiny.gin",
             f"--gin.MODEL_DIR='{model_dir}'",
             f"--gin.INITIAL_CHECKPOINT_PATH='{init_path}'",
             *ARGS,
+            *extra,
         ]
     )
   finally:
@@ -73,7 +73,7 @@ def test_initial_checkpoint_is_loaded(tmp_path, kind):
   model, params = _params(seed=123)
   init = tmp_path / "init"
   if kind == "tkx":  # what `tkx import-checkpoint` writes
-    hf.write_tkx_checkpoint(
+    directory.write_checkpoint(
         model.config, params, str(init), comment="test init"
     )
   else:
@@ -81,8 +81,22 @@ def test_initial_checkpoint_is_loaded(tmp_path, kind):
   assert _train(tmp_path / "run", init) == 0
   # Learning rate 0: after one step the parameters are still the initial ones.
   _assert_same(orbax_io.load_params(str(tmp_path / "run")), params)
-  if kind == "tkx":  # the imported model config travels with the weights
-    assert "test init" in (tmp_path / "run" / "model.gin").read_text()
+  assert directory.read_config(str(tmp_path / "run")) == model.config
+
+
+@pytest.mark.slow  # a short training run: ~60 s on a loaded 2-core CPU
+def test_model_gin_describes_the_trained_model_not_the_initial_checkpoint(
+    tmp_path,
+):
+  model, params = _params(seed=1)
+  init = tmp_path / "init"
+  directory.write_checkpoint(model.config, params, str(init))
+  assert model.config.dtype == "float32" and model.config.dropout_rate == 0.0
+  run = tmp_path / "run"
+  extra = ["--gin.network.T5Config.dtype='bfloat16'", "--gin.DROPOUT_RATE=0.25"]
+  assert _train(run, init, extra) == 0
+  trained = directory.read_config(str(run))
+  assert trained == model.config.replace(dtype="bfloat16", dropout_rate=0.25)
 
 
 def test_mismatched_initial_checkpoint_names_the_parameter(tmp_path):
@@ -101,11 +115,11 @@ def test_mismatched_initial_checkpoint_names_the_parameter(tmp_path):
       ValueError,
       match=r"INITIAL_CHECKPOINT_PATH=.*bad.*'wo'.*\(7, 64\).*\(128, 64\)",
   ):
-    trainer._check_and_cast(
+    directory._check_and_cast(
         orbax_io.load_params(str(tmp_path / "bad")),
         abstract,
         str(tmp_path / "bad"),
     )
   del params["decoder"]
   with pytest.raises(ValueError, match="missing .*decoder"):
-    trainer._check_and_cast(params, abstract, "somewhere")
+    directory._check_and_cast(params, abstract, "somewhere")

@@ -5,7 +5,7 @@ import os
 
 import gin
 
-from tkx import cli
+from tkx import cli, gin_utils
 from tkx.checkpoints import orbax_io
 
 # A smaller-than-tiny model and short sequences keep each run to a few seconds of compute.
@@ -83,10 +83,9 @@ def test_train_learns_saves_and_logs(tmp_path, caplog):
   )
   model_gin = (model_dir / "model.gin").read_text()
   assert "emb_dim = 64" in model_gin and "train." not in model_gin
-  from tkx.models import config as config_lib
 
   assert (
-      config_lib.load_config_from_gin([str(model_dir / "model.gin")]).emb_dim
+      gin_utils.load_config_from_gin([str(model_dir / "model.gin")]).emb_dim
       == 64
   )
   params = orbax_io.load_params(str(model_dir))

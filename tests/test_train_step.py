@@ -108,9 +108,8 @@ def test_partitioned_step_matches_single_device_and_respects_shardings():
 
   partitioner = Partitioner(data_axis_size=4, model_axis_size=2)
   shapes = {"encoder_input_tokens": (1, 12), "decoder_input_tokens": (1, 6)}
-  params_sh = trainer._params_shardings(partitioner, model, shapes)
-  opt_sh = trainer._opt_state_shardings(
-      partitioner,
+  params_sh = partitioner.logical_to_sharding(model.params_logical_axes(shapes))
+  opt_sh = partitioner.optimizer_state_shardings(
       jax.eval_shape(optimizer.init, state.params),
       state.params,
       params_sh,

@@ -4,64 +4,247 @@ Each command module defines `add_arguments(parser)` and `main(args) -> int | Non
 Modules are imported only when their command runs, so `tkx convert` never pays
 for importing JAX and `tkx train` never pays for torch.
 
-Gin bindings follow t5x: `--gin_file=F` (repeatable) and `--gin.NAME=VALUE`
-(repeatable); they are collected into `args.gin_files` and `args.gin_bindings`.
+Everything every command shares happens here, once, before the command runs:
+- flags: `--log_level` for all; for commands configured by gin, `--gin_file=F`
+  and `--gin_search_path=D` (repeatable) and t5x's `--gin.NAME=VALUE`
+  (repeatable), collected into `args.gin_files`, `args.gin_search_paths` and
+  `args.gin_bindings` (`NAME = VALUE` strings);
+- logging: one format on stderr; JAX/TensorFlow/absl chatter only at debug;
+- TensorFlow (tf.data, SeqIO) is kept off the accelerators, which JAX owns,
+  whenever and however a command imports it (`keep_tensorflow_on_cpu`);
+- errors the user can cause (a missing file, a malformed line, an unknown
+  task, a bad gin binding, a wrong checkpoint) end the command with one line on
+  stderr and exit status 2; `--log_level debug` shows their tracebacks. Other
+  exceptions are bugs and keep their traceback.
 """
 
 import argparse
+import contextlib
+import dataclasses
 import importlib
+import importlib.abc
+import importlib.util
+import logging
+import os
 import sys
 
-# command name -> (module, one-line help)
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+  module: str
+  help: str
+  uses_gin: bool = False
+
+
 COMMANDS = {
-    "convert": (
+    "convert": Command(
         "tkx.commands.convert",
         "NI checkout -> encoded JSONL (the text the model sees)",
     ),
-    "score": (
+    "score": Command(
         "tkx.commands.score",
         "score a Tk-Instruct predictions file with the NI metrics",
     ),
-    "baseline": (
+    "baseline": Command(
         "tkx.commands.baseline",
         "write copy_input / copy_demo baseline predictions",
     ),
-    "train": (
+    "train": Command(
         "tkx.commands.train",
         "fine-tune a T5 model on NI mixtures (gin-configured)",
+        uses_gin=True,
     ),
-    "eval": (
+    "eval": Command(
         "tkx.commands.evaluate",
         "decode a test mixture and score it with the NI metrics",
+        uses_gin=True,
     ),
-    "report": (
+    "report": Command(
         "tkx.commands.report",
         "eval outputs and training runs side by side in one report.html",
     ),
-    "infer": (
+    "infer": Command(
         "tkx.commands.infer",
         "decode a mixture or an input file into a predictions file",
+        uses_gin=True,
     ),
-    "generate": ("tkx.commands.generate", "answer one instruction"),
-    "serve": (
+    "generate": Command(
+        "tkx.commands.generate", "answer one instruction", uses_gin=True
+    ),
+    "serve": Command(
         "tkx.commands.serve",
         "HTTP endpoint with dynamic batching and a playground page",
+        uses_gin=True,
     ),
-    "import-checkpoint": (
+    "import-checkpoint": Command(
         "tkx.commands.import_checkpoint",
         "Hugging Face / t5x checkpoint -> tkx checkpoint",
+        uses_gin=True,
     ),
-    "export-checkpoint": (
+    "export-checkpoint": Command(
         "tkx.commands.export_checkpoint",
         "tkx checkpoint -> Hugging Face checkpoint",
     ),
-    "model-info": (
+    "model-info": Command(
         "tkx.commands.model_info",
         "parameter counts, memory per device and FLOPs of a model",
+        uses_gin=True,
     ),
 }
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+# Libraries that log start-up details at INFO (backend probing, TPU/GPU plugin
+# discovery, checkpointing internals): shown only with --log_level debug.
+_CHATTY_LOGGERS = ("absl", "jax", "jax._src", "orbax", "tensorflow", "etils")
 
+GIN_HELP = """\
+gin configuration (as t5x):
+  --gin_file=FILE         a gin file; repeatable, parsed in order. Paths are tried as
+                          given, under each --gin_search_path, then under the tkx
+                          checkout (so gin_configs/... works from any directory).
+  --gin.NAME=VALUE        a binding after the files; repeatable. VALUE is a gin
+                          literal, so a string needs inner quotes:
+                          --gin.MODEL_DIR="'/tmp/run'"  --gin.TRAIN_STEPS=400
+                          --gin.trainer.train.log_every=20
+"""
+
+
+class UserError(Exception):
+  """An error in what the user asked for; `tkx` prints its message as one line."""
+
+
+# Exceptions that mean "the input is wrong", not "tkx is wrong". ValueError covers
+# the data, checkpoint, gin and JSON errors, which all name their file and field.
+USER_ERRORS = (
+    UserError,
+    ValueError,
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+)
+
+
+# ------------------------------------------------------------------------------
+# Process start-up: logging, quiet TensorFlow on the CPU
+# ------------------------------------------------------------------------------
+class _StderrHandler(logging.StreamHandler):
+  """Writes to whatever `sys.stderr` is when a record is emitted (it may be replaced, e.g. by pytest)."""
+
+  def __init__(self):
+    super().__init__()
+
+  @property
+  def stream(self):
+    return sys.stderr
+
+  @stream.setter
+  def stream(self, value):
+    del value
+
+
+def setup_logging(level: str = "info") -> None:
+  """One log format on stderr for every command; library chatter only at debug."""
+  numeric = getattr(logging, level.upper())
+  root = logging.getLogger()
+  for handler in list(root.handlers):
+    # Replaces the stderr handlers (ours or a library's basicConfig); other handlers stay.
+    if isinstance(handler, logging.StreamHandler) and (
+        isinstance(handler, _StderrHandler)
+        or getattr(handler, "stream", None) in (sys.stderr, sys.__stderr__)
+    ):
+      root.removeHandler(handler)
+  handler = _StderrHandler()
+  handler.setFormatter(logging.Formatter(LOG_FORMAT))
+  root.addHandler(handler)
+  root.setLevel(numeric)
+  for name in _CHATTY_LOGGERS:
+    logging.getLogger(name).setLevel(
+        logging.DEBUG if numeric <= logging.DEBUG else logging.WARNING
+    )
+
+
+@contextlib.contextmanager
+def _stderr_silenced(enabled: bool):
+  """Sends file descriptor 2 to /dev/null: TensorFlow's C++ start-up lines bypass Python logging."""
+  if not enabled:
+    yield
+    return
+  sys.stderr.flush()
+  saved = os.dup(2)
+  devnull = os.open(os.devnull, os.O_WRONLY)
+  try:
+    os.dup2(devnull, 2)
+    yield
+  finally:
+    sys.stderr.flush()
+    os.dup2(saved, 2)
+    os.close(saved)
+    os.close(devnull)
+
+
+_tensorflow_state = {"hidden": False, "quiet": True}
+
+
+def _hide_accelerators(tf) -> None:
+  """tf.data and SeqIO need only the CPU; without this TensorFlow takes GPU memory next to JAX."""
+  try:
+    tf.config.set_visible_devices([], "GPU")
+  except RuntimeError as e:  # TensorFlow already initialised its devices
+    if tf.config.get_visible_devices("GPU"):
+      logging.getLogger(__name__).warning(
+          "TensorFlow was initialised before tkx could hide the GPUs from it: %s",
+          e,
+      )
+      return
+  _tensorflow_state["hidden"] = True
+
+
+class _TensorFlowImportHook(importlib.abc.MetaPathFinder):
+  """Runs `_hide_accelerators` right after `import tensorflow`, before TensorFlow can use a device."""
+
+  def find_spec(self, fullname, path=None, target=None):
+    if fullname != "tensorflow":
+      return None
+    sys.meta_path.remove(self)  # once; find the real spec without us
+    spec = importlib.util.find_spec("tensorflow")
+    if spec is None or spec.loader is None:
+      return spec
+    exec_module = spec.loader.exec_module
+
+    def exec_then_hide(module):
+      with _stderr_silenced(_tensorflow_state["quiet"]):
+        exec_module(module)
+        _hide_accelerators(module)
+
+    spec.loader.exec_module = exec_then_hide
+    return spec
+
+
+def keep_tensorflow_on_cpu(quiet: bool = True) -> None:
+  """Keeps TensorFlow off the GPUs/TPUs for the whole process, whenever it gets imported.
+
+  `quiet` silences TensorFlow's C++ start-up lines (oneDNN, CUDA probing) while
+  it imports.
+  """
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3" if quiet else "0")
+  _tensorflow_state["quiet"] = quiet
+  if "tensorflow" in sys.modules:
+    _hide_accelerators(sys.modules["tensorflow"])
+  elif not any(isinstance(f, _TensorFlowImportHook) for f in sys.meta_path):
+    sys.meta_path.insert(0, _TensorFlowImportHook())
+
+
+def tensorflow_kept_on_cpu() -> bool:
+  """Whether TensorFlow has been imported and its accelerators hidden."""
+  return _tensorflow_state["hidden"]
+
+
+# ------------------------------------------------------------------------------
+# Arguments
+# ------------------------------------------------------------------------------
 def _split_gin_args(argv):
   """Pulls t5x-style `--gin.X=Y` bindings out of argv (argparse cannot declare them)."""
   rest, bindings = [], []
@@ -70,7 +253,10 @@ def _split_gin_args(argv):
     if arg.startswith("--gin."):
       body = arg[len("--gin.") :]
       if "=" not in body:
-        body = body + "=" + next(it)
+        value = next(it, None)
+        if value is None:
+          raise UserError(f"{arg}: give a value, e.g. {arg}=VALUE")
+        body = body + "=" + value
       name, value = body.split("=", 1)
       bindings.append(f"{name} = {value}")
     else:
@@ -78,18 +264,71 @@ def _split_gin_args(argv):
   return rest, bindings
 
 
+def add_shared_arguments(parser, command: Command) -> None:
+  """Flags every command has, and the gin flags of gin-configured commands."""
+  parser.add_argument(
+      "--log_level",
+      default="info",
+      type=str.lower,
+      choices=LOG_LEVELS,
+      help="logging level (default info); debug also shows library logs and "
+      "the traceback of an error",
+  )
+  if command.uses_gin:
+    group = parser.add_argument_group(
+        "gin", "see the gin configuration section below"
+    )
+    group.add_argument(
+        "--gin_file",
+        dest="gin_files",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="gin file (repeatable)",
+    )
+    group.add_argument(
+        "--gin_search_path",
+        dest="gin_search_paths",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="extra directory for gin `include` and --gin_file lookups (repeatable)",
+    )
+
+
 def build_parser():
   parser = argparse.ArgumentParser(
       prog="tkx", description=__doc__.splitlines()[0]
   )
   sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-  for name, (_, help_text) in COMMANDS.items():
-    sub.add_parser(name, help=help_text, add_help=False)
+  for name, command in COMMANDS.items():
+    sub.add_parser(name, help=command.help, add_help=False)
   return parser
 
 
-def main(argv=None):
-  argv = list(sys.argv[1:] if argv is None else argv)
+def command_parser(name: str, module) -> argparse.ArgumentParser:
+  command = COMMANDS[name]
+  doc = (module.__doc__ or "").strip()
+  epilog = "\n".join(doc.splitlines()[1:]).strip("\n").rstrip()
+  if command.uses_gin:
+    epilog = (epilog + "\n\n" if epilog else "") + GIN_HELP
+  parser = argparse.ArgumentParser(
+      prog=f"tkx {name}",
+      description=command.help,
+      epilog=epilog or None,
+      formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  module.add_arguments(parser)
+  add_shared_arguments(parser, command)
+  return parser
+
+
+# ------------------------------------------------------------------------------
+# Entry points
+# ------------------------------------------------------------------------------
+def run(argv) -> int:
+  """Runs one command; errors propagate (for programs and tests; `main` reports them)."""
+  argv = list(argv)
   if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
     parser = build_parser()
     if argv and argv[0] not in ("-h", "--help"):
@@ -99,17 +338,60 @@ def main(argv=None):
     parser.print_help()
     return 0
   name, rest = argv[0], argv[1:]
-  module = importlib.import_module(COMMANDS[name][0])
-  parser = argparse.ArgumentParser(
-      prog=f"tkx {name}", description=COMMANDS[name][1]
-  )
-  module.add_arguments(parser)
+  command = COMMANDS[name]
   rest, gin_bindings = _split_gin_args(rest)
-  args = parser.parse_args(rest)
-  args.gin_bindings = (
-      list(getattr(args, "gin_bindings", None) or []) + gin_bindings
-  )
+  if gin_bindings and not command.uses_gin:
+    raise UserError(
+        f"tkx {name} takes no gin bindings ({gin_bindings[0]!r}); "
+        f"see `tkx {name} --help`"
+    )
+  # Before the command module is imported: it may import TensorFlow.
+  debug = _asks_for_debug(rest)
+  keep_tensorflow_on_cpu(quiet=not debug)
+  setup_logging("debug" if debug else "info")
+  module = importlib.import_module(command.module)
+  args = command_parser(name, module).parse_args(rest)
+  setup_logging(args.log_level)
+  if command.uses_gin:
+    args.gin_bindings = gin_bindings
   return module.main(args) or 0
+
+
+def _asks_for_debug(argv) -> bool:
+  """Whether argv sets --log_level debug (read before argparse runs)."""
+  for i, arg in enumerate(argv):
+    if arg.lower() == "--log_level=debug":
+      return True
+    if arg == "--log_level" and i + 1 < len(argv):
+      if argv[i + 1].lower() == "debug":
+        return True
+  return False
+
+
+def _one_line(error: BaseException) -> str:
+  text = " ".join(
+      line.strip() for line in str(error).strip().splitlines() if line.strip()
+  )
+  if isinstance(error, KeyError) and len(error.args) == 1:
+    text = str(error.args[0])
+  return text or type(error).__name__
+
+
+def main(argv=None) -> int:
+  """The `tkx` console script: runs a command and reports user errors as one line (exit 2)."""
+  argv = list(sys.argv[1:] if argv is None else argv)
+  name = argv[0] if argv and argv[0] in COMMANDS else None
+  try:
+    return run(argv)
+  except USER_ERRORS as e:
+    if _asks_for_debug(argv):
+      raise
+    prefix = f"tkx {name}" if name else "tkx"
+    print(f"{prefix}: error: {_one_line(e)}", file=sys.stderr)
+    return 2
+  except KeyboardInterrupt:
+    print("tkx: interrupted", file=sys.stderr)
+    return 130
 
 
 if __name__ == "__main__":

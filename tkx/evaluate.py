@@ -29,7 +29,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import gin
 import numpy as np
 
-from tkx import infer
+from tkx import infer, io_utils, jsonl, multihost
+from tkx.checkpoints import directory, layout
 
 log = logging.getLogger(__name__)
 
@@ -189,17 +190,12 @@ def write_outputs(
     step: Optional[int],
 ) -> None:
   """Predictions file, metrics JSON and TensorBoard summaries (primary host only)."""
-  from tkx import multihost
-
   if not multihost.is_primary_host():
     return
-  os.makedirs(output_dir, exist_ok=True)
-  infer.write_jsonl(os.path.join(output_dir, PREDICTIONS_FILE), records)
-  tmp = os.path.join(output_dir, METRICS_FILE + ".tmp")
-  with open(tmp, "w", encoding="utf-8") as f:
+  jsonl.write_jsonl(os.path.join(output_dir, PREDICTIONS_FILE), records)
+  with io_utils.atomic_write(os.path.join(output_dir, METRICS_FILE)) as f:
     json.dump(results, f, indent=2, ensure_ascii=False)
     f.write("\n")
-  os.replace(tmp, os.path.join(output_dir, METRICS_FILE))
   write_summaries(os.path.join(output_dir, SUMMARY_DIR), results, step or 0)
   log.info(
       "wrote %s, %s and TensorBoard summaries to %s",
@@ -232,38 +228,15 @@ def summary_scalars(results: Mapping[str, Any]) -> Dict[str, float]:
 def write_summaries(
     log_dir: str, results: Mapping[str, Any], step: int
 ) -> None:
-  """TensorBoard scalars via `tf.summary.write` with the scalars plugin's metadata.
-
-  (`tf.summary.scalar` itself lives in the tensorboard package, which tensorflow
-  does not require; the event files are the same.)
-  """
-  import tensorflow as tf
-  from tensorflow.core.framework import summary_pb2
-
-  metadata = summary_pb2.SummaryMetadata(
-      plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
-  )
-  writer = tf.summary.create_file_writer(log_dir)
-  with writer.as_default():
-    for tag, value in summary_scalars(results).items():
-      tf.summary.write(
-          tag,
-          tf.constant(float(value), tf.float32),
-          step=int(step),
-          metadata=metadata,
-      )
-  writer.flush()
+  """TensorBoard scalars of the tables (`summary_scalars`) at `step`."""
+  writer = io_utils.ScalarWriter(log_dir)
+  writer.scalars(step, summary_scalars(results))
   writer.close()
 
 
 def checkpoint_step(path: str) -> int:
-  """The step of the checkpoint that `load_checkpoint` reads (for summaries)."""
-  from tkx.checkpoints import orbax_io
-
-  match = re.search(
-      r"checkpoint_(\d+)$", os.path.normpath(orbax_io.find_step_dir(path))
-  )
-  return int(match.group(1)) if match else 0
+  """The step of the checkpoint that `directory.load` reads (for summaries)."""
+  return layout.step_of(layout.find_step_dir(path)) or 0
 
 
 class SharedCheckpoint:
@@ -336,7 +309,7 @@ def evaluate(
 
   def load():
     chosen = partitioner or partitioning.Partitioner()  # gin bindings apply
-    return chosen, infer.load_checkpoint(
+    return chosen, directory.load(
         checkpoint_path, partitioner=chosen, vocab_path=vocab_path
     )
 

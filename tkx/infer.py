@@ -1,4 +1,4 @@
-"""Decoding into predictions: length buckets, tkx checkpoints, predictions files.
+"""Decoding into predictions: decode settings, length buckets, the Predictor, predictions records.
 
 A whole evaluation should compile a handful of XLA programs, not one per batch.
 So inputs are sorted by length and cut into batches, each padded to the
@@ -16,22 +16,21 @@ feeds the rows its devices hold; the outputs are gathered on every host.
 Layers here:
 - `DecodeConfig`: greedy / beam search / sampling settings -> `tkx.decoding` fn + kwargs.
 - `Predictor`: token ids in, token ids out (bucketing, padding, progress).
-- `load_checkpoint`: a tkx checkpoint dir -> config, model, params, vocabulary.
 - `predict_mixture` / `predict_input_file`: `tkx infer`'s two modes.
 """
 
 import dataclasses
 import difflib
-import json
 import logging
-import os
-import time
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from tkx import io_utils, jsonl, multihost
+from tkx.checkpoints import directory
 
 log = logging.getLogger(__name__)
 
@@ -265,7 +264,7 @@ class Predictor:
         getattr(vocab, "pad_id", PAD_ID) if vocab is not None else PAD_ID
     )
     if param_shardings is None:
-      param_shardings = param_shardings_for(model, self.partitioner)
+      param_shardings = directory.param_shardings_for(model, self.partitioner)
     self.param_shardings = param_shardings
     self.params = jax.device_put(params, param_shardings)
     # Shapes decoded so far: each is one compiled program.
@@ -357,7 +356,7 @@ class Predictor:
     plan = plan_batches(
         [len(inputs[i]) for i in todo], self.batch_size, self.input_buckets
     )
-    bar = _Progress(len(todo), desc=desc, enabled=progress)
+    bar = io_utils.Progress(len(todo), desc=desc, enabled=progress)
 
     def collect(positions, out):
       decoded = self._fetch(out)
@@ -385,216 +384,6 @@ class Predictor:
       collect(*pending)
     bar.close()
     return outputs  # type: ignore[return-value]
-
-
-class _Progress:
-  """tqdm bar (examples/s and ETA) on a terminal; periodic log lines otherwise."""
-
-  def __init__(
-      self,
-      total: int,
-      desc: str,
-      enabled: bool = True,
-      log_every_s: float = 30.0,
-  ):
-    self.total, self.desc, self.done = total, desc, 0
-    self.start = self.last_log = time.time()
-    self.log_every_s = log_every_s
-    self.bar = None
-    self.enabled = enabled and total > 0
-    if self.enabled:
-      import tqdm
-
-      self.bar = tqdm.tqdm(
-          total=total,
-          desc=desc,
-          unit="ex",
-          dynamic_ncols=True,
-          mininterval=1.0,
-          smoothing=0.1,
-      )
-
-  def update(self, n: int):
-    self.done += n
-    if self.bar is not None:
-      self.bar.update(n)
-    now = time.time()
-    if self.enabled and (
-        now - self.last_log >= self.log_every_s or self.done == self.total
-    ):
-      self.last_log = now
-      rate = self.done / max(now - self.start, 1e-9)
-      eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-      log.info(
-          "%s: %d/%d examples, %.2f examples/s, ETA %.0f s",
-          self.desc,
-          self.done,
-          self.total,
-          rate,
-          eta,
-      )
-
-  def close(self):
-    if self.bar is not None:
-      self.bar.close()
-
-
-# ----------------------------------------------------------------------------- model + checkpoint
-_INIT_SHAPES = {"encoder_input_tokens": (1, 8), "decoder_input_tokens": (1, 8)}
-
-
-def param_shardings_for(model, partitioner):
-  """NamedShardings of the model's params from their logical axes (no allocation)."""
-  return partitioner.logical_to_sharding(
-      model.params_logical_axes(_INIT_SHAPES)
-  )
-
-
-def abstract_params_for(model, partitioner):
-  """ShapeDtypeStructs of the params carrying their shardings (for `orbax_io.load_params`)."""
-  shapes = model.params_shapes(_INIT_SHAPES)
-  return jax.tree_util.tree_map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-      shapes,
-      param_shardings_for(model, partitioner),
-  )
-
-
-@dataclasses.dataclass
-class LoadedCheckpoint:
-  path: str
-  config: Any  # tkx.models.config.T5Config
-  model: Any  # tkx.models.models.EncoderDecoderModel
-  params: Any
-  vocabulary: Any  # seqio.Vocabulary
-
-
-def checkpoint_root(path: str) -> str:
-  """The dir holding `model.gin` for a checkpoint dir or one of its `checkpoint_<step>/` dirs."""
-  path = os.path.normpath(os.fspath(path))
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"checkpoint {path} does not exist")
-  if os.path.isfile(os.path.join(path, "model.gin")):
-    return path
-  parent = os.path.dirname(path)
-  if os.path.basename(path).startswith("checkpoint_") and os.path.isfile(
-      os.path.join(parent, "model.gin")
-  ):
-    return parent
-  raise FileNotFoundError(
-      f"{path} is not a tkx checkpoint: no model.gin in it (a tkx checkpoint dir holds "
-      "checkpoint_<step>/, model.gin and optionally spm.model; make one with "
-      "`tkx train` or `tkx import-checkpoint`)"
-  )
-
-
-def build_model(config, vocabulary):
-  from tkx.models import models, network
-
-  return models.EncoderDecoderModel(
-      network.Transformer(config), vocabulary, vocabulary
-  )
-
-
-def _sentinel_ids_for(spm_path: str, vocab_size: int) -> int:
-  """T5 convention: 100 sentinel ids after the pieces when the embedding has room for them.
-
-  (T5: 32,000 pieces + 100 <= 32,128; mT5: 250,000 + 100 <= 250,112; the
-  embedded 1,000-piece model in a 1,024-row embedding: none.)
-  """
-  import sentencepiece as spm
-
-  pieces = spm.SentencePieceProcessor(model_file=spm_path).get_piece_size()
-  return 100 if pieces + 100 <= vocab_size else 0
-
-
-def load_vocabulary_for_checkpoint(
-    root: str, config, vocab_path: Optional[str] = None
-):
-  """`vocab_path` if given, else the checkpoint's `spm.model`, else what its model.gin names (default: embedded)."""
-  from tkx.data import vocab as vocab_lib
-
-  path = vocab_path or (
-      os.path.join(root, "spm.model")
-      if os.path.isfile(os.path.join(root, "spm.model"))
-      else None
-  )
-  if path and "://" not in path:
-    try:  # model.gin may say how many sentinel ids the model was trained with
-      extra_ids = gin.query_parameter("vocab.get_vocabulary.extra_ids")
-    except ValueError:
-      extra_ids = None
-    if extra_ids is None:
-      extra_ids = _sentinel_ids_for(path, config.vocab_size)
-    return vocab_lib.get_vocabulary(path, extra_ids=extra_ids)
-  if path:
-    return vocab_lib.get_vocabulary(path)
-  return (
-      vocab_lib.get_vocabulary()
-  )  # bindings of model.gin (vocab.get_vocabulary.path) apply
-
-
-def _config_from_model_gin(path: str, gin_bindings: Sequence[str] = ()):
-  """The `T5Config` a checkpoint's model.gin binds (plain, or scoped under MODEL/ as an operative config)."""
-  from tkx.models import config as config_lib
-
-  try:
-    # clear=False: keep the bindings of a run gin file parsed before (eval.gin, infer.gin).
-    return config_lib.load_config_from_gin(
-        [path], list(gin_bindings), clear=False
-    )
-  except ValueError as plain_error:
-    # An operative config (gin.operative_config_str) scopes the bindings: MODEL/T5Config.emb_dim = ...
-    try:
-      with gin.config_scope("MODEL"):
-        return config_lib.T5Config()
-    except TypeError:
-      raise ValueError(
-          f"{path}: does not bind network.T5Config (plainly or under MODEL/): {plain_error}"
-      ) from None
-
-
-def load_checkpoint(
-    path: str,
-    *,
-    partitioner=None,
-    vocab_path: Optional[str] = None,
-    gin_bindings: Sequence[str] = (),
-) -> LoadedCheckpoint:
-  """Reads a tkx checkpoint: `model.gin` -> config and model, orbax params, vocabulary.
-
-  `path` may be the checkpoint dir (newest step is used) or one `checkpoint_<step>/`.
-  """
-  from tkx import partitioning
-  from tkx.checkpoints import orbax_io
-
-  root = checkpoint_root(path)
-  config = _config_from_model_gin(os.path.join(root, "model.gin"), gin_bindings)
-  vocabulary = load_vocabulary_for_checkpoint(root, config, vocab_path)
-  vocab_size = getattr(vocabulary, "vocab_size", None)
-  if vocab_size is not None and vocab_size > config.vocab_size:
-    raise ValueError(
-        f"{root}: the vocabulary has {vocab_size} ids but model.gin sets "
-        f"network.T5Config.vocab_size = {config.vocab_size}"
-    )
-  model = build_model(config, vocabulary)
-  partitioner = partitioner or partitioning.Partitioner()  # gin bindings apply
-  step_path = (
-      path
-      if os.path.basename(os.path.normpath(path)).startswith("checkpoint_")
-      else root
-  )
-  log.info("loading parameters from %s", orbax_io.find_step_dir(step_path))
-  params = orbax_io.load_params(
-      step_path, abstract_params_for(model, partitioner)
-  )
-  return LoadedCheckpoint(
-      path=root,
-      config=config,
-      model=model,
-      params=params,
-      vocabulary=vocabulary,
-  )
 
 
 # ----------------------------------------------------------------------------- texts
@@ -693,27 +482,8 @@ def prediction_record(
   return baselines.prediction_record(task, instance, prediction)
 
 
-def write_jsonl(path: str, records: Iterable[Mapping[str, Any]]) -> int:
-  """Writes JSON lines to a temp file and renames it, so a failed run leaves no half file."""
-  path = os.fspath(path)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.tmp-{os.getpid()}"
-  count = 0
-  try:
-    with open(tmp, "w", encoding="utf-8") as f:
-      for record in records:
-        f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        count += 1
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-  return count
-
-
 def read_input_file(path: str) -> List[dict]:
   """`{"id", "inputs"}` JSON lines (other fields are kept); errors name the file, line and field."""
-  from tkx import jsonl
 
   def fail(line_no, field, message):
     raise jsonl.line_error(path, line_no, field, message)
@@ -758,9 +528,9 @@ def predict_input_file(
       names=[str(r["id"]) for r in records],
       progress=progress,
   )
-  if jax.process_index() != 0:  # one writer on many hosts
+  if not multihost.is_primary_host():  # one writer on many hosts
     return len(records)
-  return write_jsonl(
+  return jsonl.write_jsonl(
       output_file,
       ({**r, "prediction": p} for r, p in zip(records, predictions)),
   )

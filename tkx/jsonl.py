@@ -1,6 +1,9 @@
-"""Reading JSON-lines files with errors that name the file, the line and the field."""
+"""JSON-lines files: reading with errors that name the file, the line and the field; atomic writing."""
 
 import json
+from typing import Any, Iterable, Mapping
+
+from tkx import io_utils
 
 
 def line_error(path, line_no, field, message, error=ValueError):
@@ -32,3 +35,13 @@ def iter_json_objects(path, error=ValueError):
             error,
         )
       yield line_no, record
+
+
+def write_jsonl(path: str, records: Iterable[Mapping[str, Any]]) -> int:
+  """Writes one JSON object per line, atomically (a failed run leaves no half file); returns the count."""
+  count = 0
+  with io_utils.atomic_write(path) as f:
+    for record in records:
+      f.write(json.dumps(record, ensure_ascii=False) + "\n")
+      count += 1
+  return count

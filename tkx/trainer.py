@@ -30,29 +30,21 @@ import re
 import time
 from typing import Any, Callable, Mapping, Optional
 
-import flax.struct
 import gin
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from tkx import optimizers
-from tkx.checkpoints import orbax_io
+from tkx import io_utils, multihost, optimizers
+from tkx.checkpoints import directory, layout, orbax_io
+from tkx.step_logger import StepLogger
+from tkx.train_state import TrainState, TrainStateInitializer
 
 log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
   """Raised when a step produces a non-finite loss, gradient or update."""
-
-
-@flax.struct.dataclass
-class TrainState:
-  step: jnp.ndarray  # number of optimizer updates applied
-  params: Any
-  opt_state: Any
-  rng: jnp.ndarray  # base key; dropout keys are fold_in(rng, step)
 
 
 # ------------------------------------------------------------------------------
@@ -346,258 +338,74 @@ def _data_shard_info(partitioner):
   return partitioner.get_data_shard_info() if jax.process_count() > 1 else None
 
 
-# ------------------------------------------------------------------------------
-# Shardings and state creation
-# ------------------------------------------------------------------------------
-def _input_shapes(task_feature_lengths, batch_size=1):
-  return {
-      "encoder_input_tokens": (batch_size, task_feature_lengths["inputs"]),
-      "decoder_input_tokens": (batch_size, task_feature_lengths["targets"]),
-  }
+def _check_run_values(model_dir, batch_size, train_steps, task_feature_lengths):
+  """Errors naming the gin macro for values of the wrong kind (instead of a failure deep in the run)."""
 
-
-def _params_shardings(partitioner, model, input_shapes):
-  """NamedShardings of the params from the model's logical axes."""
-  return partitioner.logical_to_sharding(
-      model.params_logical_axes(input_shapes)
-  )
-
-
-def _opt_state_shardings(
-    partitioner, abstract_opt_state, abstract_params, params_shardings
-):
-  """Optimizer state follows its params (Adam mu/nu; factored Adafactor rows/cols drop a dim)."""
-  return partitioner.optimizer_state_shardings(
-      abstract_opt_state, abstract_params, params_shardings
-  )
-
-
-def _check_and_cast(loaded, abstract_params, source):
-  """Clear errors for missing/extra/mis-shaped parameters; casts to the model's param dtypes."""
-  flat_expected = {
-      jax.tree_util.keystr(p): leaf
-      for p, leaf in jax.tree_util.tree_flatten_with_path(abstract_params)[0]
-  }
-  flat_loaded = {
-      jax.tree_util.keystr(p): leaf
-      for p, leaf in jax.tree_util.tree_flatten_with_path(dict(loaded))[0]
-  }
-  missing = sorted(set(flat_expected) - set(flat_loaded))
-  unexpected = sorted(set(flat_loaded) - set(flat_expected))
-  if missing or unexpected:
-    raise ValueError(
-        f"INITIAL_CHECKPOINT_PATH={source}: parameters do not match the model: "
-        f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-        f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
-    )
-  for key, leaf in flat_expected.items():
-    if tuple(np.shape(flat_loaded[key])) != tuple(leaf.shape):
-      raise ValueError(
-          f"INITIAL_CHECKPOINT_PATH={source}: parameter {key} has shape "
-          f"{tuple(np.shape(flat_loaded[key]))} in the checkpoint, the model expects {tuple(leaf.shape)}"
-      )
-  treedef = jax.tree_util.tree_structure(abstract_params)
-  return jax.tree_util.tree_unflatten(
-      treedef,
-      [
-          np.asarray(flat_loaded[k]).astype(flat_expected[k].dtype)
-          for k in flat_expected
-      ],
-  )
-
-
-def load_initial_params(path: str, abstract_params, params_shardings):
-  """Params from a tkx checkpoint (also those `tkx import-checkpoint` writes) or a t5x checkpoint."""
-  log.info("Initialising parameters from %s", path)
-  loaded = None
-  if orbax_io.is_tkx_checkpoint(path):
-    try:
-      loaded = orbax_io.load_params(path)
-    except (
-        KeyError
-    ):  # an orbax-era t5x checkpoint (state/target/...): t5x_format reads those
-      loaded = None
-  if loaded is None:
-    from tkx.checkpoints import t5x_format
-
-    loaded = t5x_format.load_params(path)
-  host = _check_and_cast(loaded, abstract_params, path)
-  return jax.tree_util.tree_map(
-      lambda x, s: jax.make_array_from_callback(x.shape, s, lambda idx: x[idx]),
-      host,
-      params_shardings,
-  )
-
-
-# ------------------------------------------------------------------------------
-# Logging helpers
-# ------------------------------------------------------------------------------
-# Dense bf16 peak FLOP/s per device for model FLOP utilisation (None: not reported).
-_PEAK_FLOPS = {
-    "TPU v4": 275e12,
-    "TPU v5 lite": 197e12,
-    "TPU v5e": 197e12,
-    "TPU v5p": 459e12,
-    "TPU v6 lite": 918e12,
-    "H100": 989e12,
-    "H200": 989e12,
-    "A100": 312e12,
-    "L4": 121e12,
-}
-
-
-def _peak_flops_per_device(configured):
-  if configured:
-    return float(configured)
-  kind = jax.devices()[0].device_kind
-  for name, flops in _PEAK_FLOPS.items():
-    if name in kind:
-      return flops
-  return None
-
-
-def train_flops_per_step(params, task_feature_lengths, batch_size):
-  """Model FLOPs of one training step: 6 x (encoder params x input tokens + decoder params x target tokens).
-
-  Embedding lookups are free; the output projection (tied or `logits_dense`) counts
-  per target token. Attention score FLOPs are left out (small at 1024/128 tokens),
-  so MFU is slightly understated, as is usual.
-  """
-  sizes = {"encoder": 0, "decoder": 0, "embedding": 0}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-    top = str(getattr(path[0], "key", path[0]))
-    n = int(np.prod(leaf.shape))
-    if top == "encoder":
-      sizes["encoder"] += n
-    elif top == "decoder":
-      sizes["decoder"] += n
-    else:
-      sizes["embedding"] += n
-  has_logits_dense = any(
-      "logits_dense" in jax.tree_util.keystr(p)
-      for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]
-  )
-  decoder = sizes["decoder"] + (0 if has_logits_dense else sizes["embedding"])
-  li, lt = task_feature_lengths["inputs"], task_feature_lengths["targets"]
-  return 6.0 * batch_size * (sizes["encoder"] * li + decoder * lt)
-
-
-def _train_step_flops(model, params, task_feature_lengths, batch_size):
-  """Model FLOPs of a step: model_info's formula (attention included) when it knows the config."""
-  try:
-    from tkx.models import model_info
-
-    return float(
-        model_info.train_step_flops(
-            model.config,
-            batch_size,
-            task_feature_lengths["inputs"],
-            task_feature_lengths["targets"],
-        )["train_step"]
-    )
-  except Exception:  # a model without a T5Config: parameter-count estimate
-    return train_flops_per_step(params, task_feature_lengths, batch_size)
-
-
-class _Summaries:
-  """TensorBoard scalars in MODEL_DIR/<name> (primary host only).
-
-  Written with the core `tf.summary.write` and the scalars plugin's metadata, so
-  TensorBoard shows them while the `tensorboard` package itself is not needed.
-  """
-
-  def __init__(self, model_dir, name):
-    self._writer = None
-    if jax.process_index() == 0 and model_dir:
-      import tensorflow as tf
-      from tensorflow.core.framework import summary_pb2
-
-      self._tf = tf
-      self._metadata = summary_pb2.SummaryMetadata(
-          plugin_data=summary_pb2.SummaryMetadata.PluginData(
-              plugin_name="scalars"
-          )
-      )
-      self._writer = tf.summary.create_file_writer(
-          os.path.join(model_dir, name)
-      )
-
-  def scalars(self, step, values):
-    if self._writer is None:
+  def positive_int(name, value, allow_none=False):
+    if value is None and allow_none:
       return
-    with self._writer.as_default():
-      for k, v in values.items():
-        if v is not None:
-          self._tf.summary.write(
-              k,
-              self._tf.constant(float(v), self._tf.float32),
-              step=int(step),
-              metadata=self._metadata,
-          )
-    self._writer.flush()
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
-  def close(self):
-    if self._writer is not None:
-      self._writer.close()
+  if not isinstance(model_dir, (str, os.PathLike)):
+    raise ValueError(
+        f"MODEL_DIR must be a string (--gin.MODEL_DIR=\"'/path'\"), got {model_dir!r}"
+    )
+  positive_int("BATCH_SIZE", batch_size)
+  positive_int("TRAIN_STEPS", train_steps, allow_none=True)
+  if not isinstance(task_feature_lengths, Mapping) or set(
+      task_feature_lengths
+  ) != {"inputs", "targets"}:
+    raise ValueError(
+        'TASK_FEATURE_LENGTHS must be {"inputs": N, "targets": M}, got '
+        f"{task_feature_lengths!r}"
+    )
+  for key, value in task_feature_lengths.items():
+    positive_int(f"TASK_FEATURE_LENGTHS[{key!r}]", value)
 
 
-def _write_configs(model_dir, initial_checkpoint_path, model):
-  """MODEL_DIR/config.gin (the whole gin config, as t5x) and MODEL_DIR/model.gin (the model alone).
+# ------------------------------------------------------------------------------
+# Run files and throughput
+# ------------------------------------------------------------------------------
+def _write_run_files(model_dir, model):
+  """MODEL_DIR/config.gin (the whole gin config, as t5x) and the trained model's model.gin.
 
-  `model.gin` makes MODEL_DIR a tkx checkpoint directory that `tkx eval/infer/export-checkpoint`
-  read without the training gin files. An imported initial checkpoint's `model.gin` and
-  `spm.model` are carried over (the vocabulary stays next to the weights).
+  model.gin (`tkx.checkpoints.directory`) describes the model being trained,
+  dtype and dropout included, so `tkx eval/infer/export-checkpoint` read MODEL_DIR
+  without the training gin files.
   """
-  if jax.process_index() != 0:
+  if not multihost.is_primary_host():
     return
-  tf_io = _gfile()
-  tf_io.makedirs(model_dir)
-  with tf_io.GFile(os.path.join(model_dir, "config.gin"), "w") as f:
+  with io_utils.atomic_write(os.path.join(model_dir, "config.gin")) as f:
     f.write(gin.config_str())
-  source_dir = initial_checkpoint_path
-  if source_dir and _STEP_DIR_NAME.match(
-      os.path.basename(os.path.normpath(source_dir))
-  ):
-    source_dir = os.path.dirname(os.path.normpath(source_dir))
-  if source_dir and tf_io.exists(os.path.join(source_dir, "model.gin")):
-    for name in ("model.gin", "spm.model"):
-      if tf_io.exists(os.path.join(source_dir, name)):
-        tf_io.copy(
-            os.path.join(source_dir, name),
-            os.path.join(model_dir, name),
-            overwrite=True,
-        )
-    return
-  with tf_io.GFile(os.path.join(model_dir, "model.gin"), "w") as f:
-    f.write(model_gin_text(model))
-
-
-def _gfile():
-  import tensorflow as tf
-
-  return tf.io.gfile
-
-
-_STEP_DIR_NAME = re.compile(r"^checkpoint_\d+$")
-
-
-def model_gin_text(model) -> str:
-  """A model gin file for `model` (config + vocabulary), as `tkx import-checkpoint` writes one."""
-  from tkx.checkpoints import hf
-  from tkx.data import vocab as vocab_lib
-
-  vocabulary = model.output_vocabulary
-  path = getattr(vocabulary, "sentencepiece_model_file", None)
-  if path and os.path.abspath(path) == os.path.abspath(
-      vocab_lib.EMBEDDED_SPM_PATH
-  ):
-    path = None  # the embedded vocabulary: keep model.gin portable
-  return hf.config_to_gin(
-      model.config,
-      vocab_path=path,
-      extra_ids=getattr(vocabulary, "extra_ids", None),
-      comment="Model of a tkx training run.",
+  directory.write_model_files_for(
+      model, model_dir, comment="Model of a tkx training run."
   )
+
+
+def _model_flops_per_step(model, task_feature_lengths, batch_size):
+  """Model FLOPs of a step from `model_info` (None for a model without a T5Config)."""
+  from tkx.models import model_info
+
+  config = getattr(model, "config", None)
+  if config is None:
+    return None
+  return model_info.train_step_flops(
+      config,
+      batch_size,
+      task_feature_lengths["inputs"],
+      task_feature_lengths["targets"],
+  )["train_step"]
+
+
+def _peak_flops(configured_per_device):
+  """Peak FLOP/s of all devices (None when the device kind is unknown, e.g. a CPU)."""
+  from tkx.models import model_info
+
+  per_device = configured_per_device or model_info.peak_flops_per_device(
+      jax.devices()[0].device_kind
+  )
+  return float(per_device) * jax.device_count() if per_device else None
 
 
 # ------------------------------------------------------------------------------
@@ -664,6 +472,7 @@ def train(
         f"trainer.train: set {', '.join(missing)} (e.g. --gin.{missing[0]}=...); "
         "the gin files leave them required"
     )
+  _check_run_values(model_dir, batch_size, train_steps, task_feature_lengths)
   model_dir = (
       os.path.abspath(model_dir) if "://" not in model_dir else model_dir
   )
@@ -698,46 +507,20 @@ def train(
         "set TRAIN_STEPS (trainer.train.train_steps) or trainer.train.train_epochs"
     )
 
-  # --- abstract state and shardings (nothing allocated yet) ---
-  rng = jax.random.PRNGKey(random_seed)
-  init_rng, state_rng = jax.random.split(rng)
-  input_shapes = _input_shapes(task_feature_lengths)
-  abstract_variables = jax.eval_shape(
-      lambda r: model.get_initial_variables(r, input_shapes), init_rng
+  # --- state: resumed from MODEL_DIR, else from INITIAL_CHECKPOINT_PATH, else random ---
+  initializer = TrainStateInitializer(
+      model, optimizer, partitioner, random_seed
   )
-  abstract_params = abstract_variables["params"]
-  params_shardings = _params_shardings(partitioner, model, input_shapes)
-  abstract_opt_state = jax.eval_shape(optimizer.init, abstract_params)
-  opt_shardings = _opt_state_shardings(
-      partitioner, abstract_opt_state, abstract_params, params_shardings
-  )
+  state_shardings = initializer.state_shardings
+  params_shardings = initializer.params_shardings
   replicated = partitioner.replicated
-  state_shardings = TrainState(
-      step=replicated,
-      params=params_shardings,
-      opt_state=opt_shardings,
-      rng=replicated,
-  )
-  abstract_state = TrainState(
-      step=jax.ShapeDtypeStruct((), jnp.int32),
-      params=abstract_params,
-      opt_state=abstract_opt_state,
-      rng=jax.eval_shape(lambda: state_rng),
-  )
-  abstract_state = jax.tree_util.tree_map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-      abstract_state,
-      state_shardings,
-  )
-
-  # --- resume, or initialise (from INITIAL_CHECKPOINT_PATH when given) ---
   checkpoints = orbax_io.CheckpointManager(
       model_dir,
       save_every=save_every,
       keep=keep_checkpoints,
       async_save=async_checkpointing,
   )
-  restored = checkpoints.restore_latest(abstract_state)
+  restored = initializer.restore(checkpoints)
   if restored is not None:
     state, data_state = restored
     start_step = int(state.step)
@@ -752,49 +535,17 @@ def train(
           data_state,
       )
     log.info(
-        "Resumed from %s/checkpoint_%d (%d batches consumed)",
+        "Resumed from %s/%s (%d batches consumed)",
         model_dir,
-        start_step,
+        layout.step_dir_name(start_step),
         consumed,
     )
-  else:
-
-    def init_state(init_rng, state_rng):
-      params = model.get_initial_variables(init_rng, input_shapes)["params"]
-      return TrainState(
-          step=jnp.zeros((), jnp.int32),
-          params=params,
-          opt_state=optimizer.init(params),
-          rng=state_rng,
-      )
-
-    def init_from(params, state_rng):
-      return TrainState(
-          step=jnp.zeros((), jnp.int32),
-          params=params,
-          opt_state=optimizer.init(params),
-          rng=state_rng,
-      )
-
-    if initial_checkpoint_path:
-      params = load_initial_params(
-          initial_checkpoint_path, abstract_params, params_shardings
-      )
-      p_init = partitioner.partition(
-          init_from,
-          in_shardings=(params_shardings, replicated),
-          out_shardings=state_shardings,
-      )
-      state = p_init(params, state_rng)
-    else:
-      p_init = partitioner.partition(
-          init_state,
-          in_shardings=(replicated, replicated),
-          out_shardings=state_shardings,
-      )
-      state = p_init(init_rng, state_rng)
+  elif initial_checkpoint_path:
+    state = initializer.from_params_checkpoint(initial_checkpoint_path)
     start_step, consumed = 0, 0
-
+  else:
+    state = initializer.from_scratch()
+    start_step, consumed = 0, 0
   if start_step >= train_steps:
     log.info(
         "Checkpoint step %d >= TRAIN_STEPS=%d: nothing to do.",
@@ -853,16 +604,22 @@ def train(
       else None
   )
 
-  _write_configs(model_dir, initial_checkpoint_path, model)
-  summaries = _Summaries(model_dir, "train")
-  eval_summaries = _Summaries(model_dir, "eval") if eval_every else None
-  tokens_per_batch = batch_size * (
-      task_feature_lengths["inputs"] + task_feature_lengths["targets"]
+  _write_run_files(model_dir, model)
+  eval_summaries = (
+      io_utils.ScalarWriter(f"{model_dir}/eval") if eval_every else None
   )
-  flops_per_step = _train_step_flops(
-      model, abstract_params, task_feature_lengths, batch_size
+  steps_logger = StepLogger(
+      model_dir=model_dir,
+      total_steps=train_steps,
+      start_step=start_step,
+      tokens_per_batch=batch_size
+      * (task_feature_lengths["inputs"] + task_feature_lengths["targets"]),
+      flops_per_step=_model_flops_per_step(
+          model, task_feature_lengths, batch_size
+      ),
+      peak_flops=_peak_flops(peak_flops_per_device),
+      log_every=log_every,
   )
-  peak = _peak_flops_per_device(peak_flops_per_device)
   log.info(
       "Training %s for steps %d..%d, batch %d, %s; setup %.1fs",
       mixture_or_task_name,
@@ -891,8 +648,7 @@ def train(
       else min(train_steps, stop_after_step)
   )
   batch, input_wait = next_batch()
-  window_start, window_steps, window_wait = time.time(), 0, input_wait
-  loop_start, steps_done = time.time(), 0
+  steps_logger.add_input_wait(input_wait)
   last_good = checkpoints.latest_step()
   metrics_host = {}
   step = start_step
@@ -904,7 +660,7 @@ def train(
           step < last_step
       ):  # overlap reading the next batch with this step's compute
         batch, wait = next_batch()
-        window_wait += wait
+        steps_logger.add_input_wait(wait)
       metrics_host = jax.device_get(metrics)
       if not bool(metrics_host["is_finite"]):
         checkpoints.wait()
@@ -915,54 +671,12 @@ def train(
             f"update_norm={float(metrics_host['update_norm'])}, "
             f"learning_rate={float(metrics_host['learning_rate'])}); stopping without saving it. "
             + (
-                f"Last good checkpoint: {model_dir}/checkpoint_{good}."
+                f"Last good checkpoint: {model_dir}/{layout.step_dir_name(good)}."
                 if good is not None
                 else f"No checkpoint was written to {model_dir}."
             )
         )
-      window_steps += 1
-      steps_done += 1
-      if step % log_every == 0 or step == last_step:
-        elapsed = time.time() - window_start
-        step_time = elapsed / max(window_steps, 1)
-        eta = (time.time() - loop_start) / steps_done * (train_steps - step)
-        tokens_per_s = tokens_per_batch / step_time
-        tflops = flops_per_step / step_time / 1e12
-        mfu = (
-            flops_per_step / step_time / (peak * jax.device_count())
-            if peak
-            else None
-        )
-        log.info(
-            "step %d/%d loss %.4f lr %.3g grad_norm %.3f | %.0f tokens/s %.3f TFLOP/s%s "
-            "input wait %.2fs | ETA %s",
-            step,
-            train_steps,
-            float(metrics_host["loss"]),
-            float(metrics_host["learning_rate"]),
-            float(metrics_host["grad_norm"]),
-            tokens_per_s,
-            tflops,
-            f" MFU {mfu:.1%}" if mfu is not None else "",
-            window_wait,
-            _fmt_seconds(eta),
-        )
-        summaries.scalars(
-            step,
-            {
-                "loss": metrics_host["loss"],
-                "learning_rate": metrics_host["learning_rate"],
-                "grad_norm": metrics_host["grad_norm"],
-                "z_loss": metrics_host.get("z_loss"),
-                "accuracy": metrics_host.get("accuracy"),
-                "timing/tokens_per_second": tokens_per_s,
-                "timing/steps_per_second": 1.0 / step_time,
-                "timing/model_tflops_per_second": tflops,
-                "timing/mfu": mfu,
-                "timing/input_wait_seconds": window_wait,
-            },
-        )
-        window_start, window_steps, window_wait = time.time(), 0, 0.0
+      steps_logger.step_done(step, metrics_host, force=step == last_step)
       if checkpoints.should_save(step) or step == train_steps:
         checkpoints.save(
             step,
@@ -1005,21 +719,21 @@ def train(
         eval_summaries.scalars(step, results)
     checkpoints.wait()
     last_good = checkpoints.latest_step()
-    if jax.process_index() == 0:
-      with _gfile().GFile(
-          os.path.join(model_dir, "operative_config.gin"), "w"
+    if multihost.is_primary_host():
+      with io_utils.atomic_write(
+          os.path.join(model_dir, "operative_config.gin")
       ) as f:
         f.write(gin.operative_config_str())
   finally:
     checkpoints.close()
-    summaries.close()
+    steps_logger.close()
     if eval_summaries:
       eval_summaries.close()
   log.info(
       "Done at step %d (last checkpoint %s) in %s",
       step,
       last_good,
-      _fmt_seconds(time.time() - t_setup),
+      io_utils.format_seconds(time.time() - t_setup),
   )
   return {
       "step": step,
@@ -1069,10 +783,3 @@ def evaluate_loss(
     )
     return {}
   return {"loss": loss_sum / tokens, "num_target_tokens": tokens}
-
-
-def _fmt_seconds(seconds):
-  seconds = int(max(seconds, 0))
-  h, rem = divmod(seconds, 3600)
-  m, s = divmod(rem, 60)
-  return f"{h:d}:{m:02d}:{s:02d}"

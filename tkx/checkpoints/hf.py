@@ -47,8 +47,6 @@ log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
 SPM_FILE = "spiece.model"  # in a Hugging Face checkpoint
-TKX_SPM_FILE = "spm.model"  # in a tkx checkpoint
-TKX_GIN_FILE = "model.gin"
 SAFETENSORS_FILE = "model.safetensors"
 
 # HF feed_forward_proj <-> tkx mlp_activations. HF special-cases "gated-gelu" to
@@ -189,101 +187,6 @@ def t5config_to_hf_config(config: T5Config) -> Dict[str, Any]:
       "decoder_start_token_id": 0,
       "torch_dtype": "float32",
   }
-
-
-def config_to_gin(
-    config: T5Config,
-    *,
-    vocab_path: Optional[str] = None,
-    extra_ids: Optional[int] = None,
-    comment: str = "",
-) -> str:
-  """A complete model gin file (as `gin_configs/models/*/*.gin`) for `config`, written as `model.gin`.
-
-  `vocab_path` (absolute, e.g. the checkpoint's `spm.model`) and `extra_ids` bind
-  `vocab.get_vocabulary`; without a path the embedded sample vocabulary is named.
-  Parse with `tkx.models.config.load_config_from_gin([path])`.
-  """
-  lines = [f"# {line}" for line in comment.splitlines()] if comment else []
-  lines += [
-      "# Model config written by tkx (tkx.checkpoints.hf.config_to_gin).",
-      "import tkx.models.models",
-      "import tkx.data.vocab",
-      "",
-      f"DROPOUT_RATE = {float(config.dropout_rate)!r}",
-      "Z_LOSS = 1e-4",
-      "LABEL_SMOOTHING = 0.0",
-      "LOSS_NORMALIZING_FACTOR = None",
-      "",
-      f"vocab.get_vocabulary.path = {_gin_literal(vocab_path) if vocab_path else 'None'}",
-  ]
-  if extra_ids is not None:
-    lines.append(f"vocab.get_vocabulary.extra_ids = {int(extra_ids)}")
-  lines += [
-      "VOCABULARY = @vocab.get_vocabulary()",
-      "",
-      "MODEL = @models.EncoderDecoderModel()",
-      "models.EncoderDecoderModel:",
-      "  module = @network.Transformer()",
-      "  input_vocabulary = %VOCABULARY",
-      "  output_vocabulary = %VOCABULARY",
-      "  z_loss = %Z_LOSS",
-      "  label_smoothing = %LABEL_SMOOTHING",
-      "  loss_normalizing_factor = %LOSS_NORMALIZING_FACTOR",
-      "",
-      "network.Transformer.config = @network.T5Config()",
-      "network.T5Config:",
-  ]
-  fields = [
-      ("vocab_size", int(config.vocab_size)),
-      ("dtype", str(config.dtype)),
-      ("param_dtype", str(config.param_dtype)),
-      ("emb_dim", int(config.emb_dim)),
-      ("num_heads", int(config.num_heads)),
-      ("head_dim", int(config.head_dim)),
-      ("mlp_dim", int(config.mlp_dim)),
-      ("num_encoder_layers", int(config.num_encoder_layers)),
-      ("num_decoder_layers", int(config.num_decoder_layers)),
-      ("mlp_activations", tuple(config.mlp_activations)),
-      ("logits_via_embedding", bool(config.logits_via_embedding)),
-      (
-          "relative_attention_num_buckets",
-          int(config.relative_attention_num_buckets),
-      ),
-      (
-          "relative_attention_max_distance",
-          int(config.relative_attention_max_distance),
-      ),
-      ("layer_norm_epsilon", float(config.layer_norm_epsilon)),
-  ]
-  lines += [f"  {name} = {_gin_literal(value)}" for name, value in fields]
-  lines.append("  dropout_rate = %DROPOUT_RATE")
-  return "\n".join(lines) + "\n"
-
-
-def sentinel_ids_for(spm_model: str, vocab_size: int) -> int:
-  """T5's convention: 100 sentinel ids after the pieces when the embedding has room (T5, mT5); else 0."""
-  import sentencepiece
-
-  pieces = sentencepiece.SentencePieceProcessor(
-      model_file=spm_model
-  ).get_piece_size()
-  return 100 if pieces + 100 <= vocab_size else 0
-
-
-def _gin_literal(value):
-  if isinstance(value, bool):
-    return "True" if value else "False"
-  if isinstance(value, str):
-    return repr(value)
-  if isinstance(value, tuple):
-    return (
-        "("
-        + ", ".join(_gin_literal(v) for v in value)
-        + ("," if len(value) == 1 else "")
-        + ")"
-    )
-  return repr(value)
 
 
 # ------------------------------------------------------------------------------
@@ -776,71 +679,6 @@ def export_hf(
   if spm_model:
     shutil.copyfile(spm_model, os.path.join(out_dir, SPM_FILE))
   return out_dir
-
-
-# ------------------------------------------------------------------------------
-# tkx checkpoints
-# ------------------------------------------------------------------------------
-
-
-def write_tkx_checkpoint(
-    config: T5Config,
-    params: Mapping[str, Any],
-    out_dir: str,
-    *,
-    spm_model: Optional[str] = None,
-    step: int = 0,
-    comment: str = "",
-    vocab_path: Optional[str] = None,
-    extra_ids: Optional[int] = None,
-) -> str:
-  """A tkx checkpoint dir: `checkpoint_<step>/` (orbax params), `model.gin`, `spm.model`.
-
-  `spm_model` is copied to `spm.model` and named in model.gin; without it,
-  model.gin names `vocab_path` / `extra_ids` (None: the embedded sample vocabulary).
-  """
-  from tkx.checkpoints import orbax_io
-
-  out_dir = os.path.abspath(out_dir)
-  os.makedirs(out_dir, exist_ok=True)
-  step_dir = orbax_io.save_params(out_dir, dict(params), step=step)
-  if spm_model:
-    vocab_path = os.path.join(out_dir, TKX_SPM_FILE)
-    if os.path.abspath(spm_model) != vocab_path:
-      shutil.copyfile(spm_model, vocab_path)
-    extra_ids = sentinel_ids_for(vocab_path, config.vocab_size)
-  with open(os.path.join(out_dir, TKX_GIN_FILE), "w") as f:
-    f.write(
-        config_to_gin(
-            config, vocab_path=vocab_path, extra_ids=extra_ids, comment=comment
-        )
-    )
-  log.info("Wrote %s", step_dir)
-  return out_dir
-
-
-def load_params(ckpt_dir: str, abstract_params: Any = None):
-  """Params of a tkx checkpoint (delegates to `orbax_io.load_params`)."""
-  from tkx.checkpoints import orbax_io
-
-  return orbax_io.load_params(ckpt_dir, abstract_params)
-
-
-def read_tkx_checkpoint(
-    ckpt_dir: str, *, load: bool = True
-) -> Tuple[T5Config, Optional[Dict[str, Any]], Optional[str]]:
-  """(config from model.gin, numpy params (None unless `load`), spm.model path or None) of a tkx checkpoint dir."""
-  from tkx.models.config import load_config_from_gin
-
-  gin_path = os.path.join(ckpt_dir, TKX_GIN_FILE)
-  if not os.path.exists(gin_path):
-    raise CheckpointFormatError(
-        f"{ckpt_dir}: {TKX_GIN_FILE} is missing (is it a tkx checkpoint?)"
-    )
-  config = load_config_from_gin([gin_path])
-  params = load_params(ckpt_dir) if load else None
-  spm = os.path.join(ckpt_dir, TKX_SPM_FILE)
-  return config, params, (spm if os.path.exists(spm) else None)
 
 
 # ------------------------------------------------------------------------------

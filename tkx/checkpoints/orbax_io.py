@@ -1,12 +1,8 @@
 """tkx checkpoints on orbax: save every N steps, keep the last K, atomic, exact resume.
 
-Layout of a checkpoint directory (also written by `tkx import-checkpoint`):
-
-    <dir>/checkpoint_<step>/state/        orbax PyTree: {"params": ..., and for training
-                                          runs "step", "opt_state", "rng"}
-    <dir>/checkpoint_<step>/data_state/   JSON: the input position (see trainer.py)
-    <dir>/model.gin                       the model config (gin)
-    <dir>/spm.model                       the vocabulary, when imported
+This module stores the steps of a tkx checkpoint directory (`checkpoint_<step>/state/`
+and `data_state/`); `tkx.checkpoints.layout` names what lies in the directory and
+`tkx.checkpoints.directory` reads and writes the rest (model.gin, vocabulary).
 
 Atomicity: orbax writes a step into `checkpoint_<step>.orbax-checkpoint-tmp-<t>/` and
 renames it to `checkpoint_<step>/` only once every item is written (and puts a
@@ -18,7 +14,6 @@ next older step, with a warning, if the newest one cannot be read.
 
 import logging
 import os
-import re
 import shutil
 from typing import Any, Mapping, Optional, Tuple
 
@@ -27,10 +22,12 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-STATE_ITEM = "state"
-DATA_ITEM = "data_state"
-STEP_PREFIX = "checkpoint"
-_STEP_DIR = re.compile(rf"^{STEP_PREFIX}_(\d+)$")
+from tkx import multihost
+from tkx.checkpoints import layout
+
+STATE_ITEM = layout.STATE_ITEM
+DATA_ITEM = layout.DATA_ITEM
+STEP_PREFIX = layout.STEP_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +46,7 @@ def _abstract(x):
 def _remove_stale_tmp_dirs(directory):
   """Deletes what a killed save left (`checkpoint_<step>.orbax-checkpoint-tmp-*`), on the primary host."""
   if (
-      jax.process_index() != 0
+      not multihost.is_primary_host()
       or "://" in directory
       or not os.path.isdir(directory)
   ):
@@ -127,7 +124,9 @@ class CheckpointManager:
         }
     )
     self._manager.save(step, args=args, force=True)
-    log.info("Saving checkpoint %s/%s_%d", self.directory, STEP_PREFIX, step)
+    log.info(
+        "Saving checkpoint %s/%s", self.directory, layout.step_dir_name(step)
+    )
     return True
 
   def wait(self):
@@ -168,10 +167,9 @@ class CheckpointManager:
           Exception
       ) as e:  # an incomplete or damaged step: try the one before
         log.warning(
-            "Cannot restore %s/%s_%d (%s: %s); trying an older checkpoint.",
+            "Cannot restore %s/%s (%s: %s); trying an older checkpoint.",
             self.directory,
-            STEP_PREFIX,
-            step,
+            layout.step_dir_name(step),
             type(e).__name__,
             e,
         )
@@ -183,32 +181,12 @@ def save_params(directory: str, params: Any, step: int = 0) -> str:
   manager = CheckpointManager(directory, save_every=1, async_save=False)
   manager.save(step, {"params": params}, data_state={}, force=True)
   manager.close()
-  return os.path.join(manager.directory, f"{STEP_PREFIX}_{step}")
-
-
-def find_step_dir(path: str) -> str:
-  """`path` itself when it is a `checkpoint_<step>` dir, else its newest complete step dir."""
-  path = os.fspath(path)
-  if _STEP_DIR.match(os.path.basename(os.path.normpath(path))):
-    return path
-  if not os.path.isdir(path):
-    raise FileNotFoundError(f"checkpoint directory {path} does not exist")
-  steps = sorted(
-      int(m.group(1))
-      for m in (_STEP_DIR.match(n) for n in os.listdir(path))
-      if m
-  )
-  if not steps:
-    raise FileNotFoundError(
-        f"no {STEP_PREFIX}_<step> directory in {path} "
-        f"(is it a tkx checkpoint directory?)"
-    )
-  return os.path.join(path, f"{STEP_PREFIX}_{steps[-1]}")
+  return os.path.join(manager.directory, layout.step_dir_name(step))
 
 
 def is_tkx_checkpoint(path: str) -> bool:
   try:
-    return os.path.isdir(os.path.join(find_step_dir(path), STATE_ITEM))
+    return os.path.isdir(os.path.join(layout.find_step_dir(path), STATE_ITEM))
   except FileNotFoundError:
     return False
 
@@ -220,7 +198,7 @@ def load_params(path: str, abstract_params: Any = None) -> Any:
   parameters are read (not the optimizer state), into those shardings and dtypes;
   without it they come back as host numpy arrays.
   """
-  state_dir = os.path.join(find_step_dir(path), STATE_ITEM)
+  state_dir = os.path.join(layout.find_step_dir(path), STATE_ITEM)
   checkpointer = ocp.PyTreeCheckpointer()
   if abstract_params is None:
     meta = checkpointer.metadata(state_dir)

@@ -37,17 +37,17 @@ checkpoint), scanned-layer t5x models (stacked `layers` params), and the
 
 import logging
 import os
-import re
 from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
 from flax import serialization, traverse_util
 
+from tkx.checkpoints import layout
+
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "checkpoint"
 T5X_VERSION = 3
-_STEP_DIR = re.compile(r"^checkpoint_(\d+)$")
 # Where the params sit in the restored state dict, by t5x version / train state kind.
 _PARAM_PATHS = (
     ("optimizer", "target"),
@@ -78,13 +78,9 @@ def find_orbax_state_dir(path: str) -> Optional[str]:
   path = os.fspath(path)
   candidates = [path, os.path.join(path, "state")]
   if os.path.isdir(path):
-    steps = sorted(
-        (int(m.group(1)), name)
-        for name in os.listdir(path)
-        if (m := _STEP_DIR.match(name))
-    )
+    steps = layout.list_steps(path)
     if steps:
-      newest = os.path.join(path, steps[-1][1])
+      newest = os.path.join(path, layout.step_dir_name(steps[-1]))
       candidates += [os.path.join(newest, "state"), newest]
   for candidate in candidates:
     if _is_orbax_dir(candidate) and not os.path.isfile(
@@ -120,18 +116,19 @@ def find_checkpoint_file(path: str) -> str:
   direct = os.path.join(path, CHECKPOINT_FILE)
   if os.path.isfile(direct):
     return direct
-  steps = sorted(
-      (int(m.group(1)), name)
-      for name in os.listdir(path)
-      if (m := _STEP_DIR.match(name))
-      and os.path.isfile(os.path.join(path, name, CHECKPOINT_FILE))
-  )
+  steps = [
+      step
+      for step in layout.list_steps(path)
+      if os.path.isfile(
+          os.path.join(path, layout.step_dir_name(step), CHECKPOINT_FILE)
+      )
+  ]
   if not steps:
     raise FileNotFoundError(
         f"{path}: no t5x checkpoint (neither a '{CHECKPOINT_FILE}' msgpack file nor "
         "checkpoint_<step>/checkpoint in it)"
     )
-  return os.path.join(path, steps[-1][1], CHECKPOINT_FILE)
+  return os.path.join(path, layout.step_dir_name(steps[-1]), CHECKPOINT_FILE)
 
 
 def _is_ts_spec(value) -> bool:
@@ -353,7 +350,7 @@ def save_params(
   """
   import tensorstore as ts
 
-  ckpt_dir = os.path.join(directory, f"checkpoint_{int(step)}")
+  ckpt_dir = os.path.join(directory, layout.step_dir_name(step))
   os.makedirs(ckpt_dir, exist_ok=True)
 
   def write_tree(tree, prefix):

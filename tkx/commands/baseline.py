@@ -1,7 +1,5 @@
 """`tkx baseline`: write the copy_input / copy_demo baseline predictions of an NI split."""
 
-import logging
-
 from tkx.data import vocab
 from tkx.metrics import baselines
 
@@ -39,7 +37,12 @@ def add_arguments(parser):
       default=None,
       help="seeded shuffle + cap per task (test splits first keep their first 100)",
   )
-  parser.add_argument("--seed", type=int, default=42)
+  parser.add_argument(
+      "--seed",
+      type=int,
+      default=42,
+      help="seed of the per-task shuffle behind --max_num_instances_per_task",
+  )
   parser.add_argument(
       "--skip_missing",
       action="store_true",
@@ -48,7 +51,6 @@ def add_arguments(parser):
 
 
 def main(args):
-  logging.basicConfig(level=logging.INFO, format="%(message)s")
   count = baselines.write_baseline(
       args.ni_dir,
       args.kind,

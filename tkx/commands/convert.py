@@ -10,10 +10,9 @@ the end, so a failed run never leaves a half-written file over an old one.
 """
 
 import json
-import os
 import sys
-import tempfile
 
+from tkx import io_utils
 from tkx.data import encodings as enc
 from tkx.data import ni
 
@@ -89,48 +88,36 @@ def convert(
   if vocabulary is not None:
     token_count, truncate = enc.vocabulary_token_fns(vocabulary)
   task_names = ni.split_tasks(ni_dir, track, split, skip_missing=skip_missing)
-  output = os.path.abspath(output)
-  os.makedirs(os.path.dirname(output), exist_ok=True)
-  fd, tmp_path = tempfile.mkstemp(
-      prefix=os.path.basename(output) + ".",
-      suffix=".tmp",
-      dir=os.path.dirname(output),
-  )
   count = 0
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      for task, instance in ni.iter_split_instances(
-          ni_dir,
-          track,
-          split,
-          max_num_instances_per_task=max_num_instances_per_task,
+  with io_utils.atomic_write(output) as f:
+    for task, instance in ni.iter_split_instances(
+        ni_dir,
+        track,
+        split,
+        max_num_instances_per_task=max_num_instances_per_task,
+        seed=seed,
+        task_names=task_names,
+        progress=progress,
+    ):
+      example = enc.make_example(
+          task,
+          instance,
+          encoding,
+          split=split,
           seed=seed,
-          task_names=task_names,
-          progress=progress,
-      ):
-        example = enc.make_example(
-            task,
-            instance,
-            encoding,
-            split=split,
-            seed=seed,
-            max_source_length=max_source_length,
-            token_count=token_count,
-            truncate=truncate,
-        )
-        line = {
-            "id": example["id"],
-            "task": example["task"],
-            "category": example["category"],
-            "inputs": example["inputs"],
-            "targets": example["references"],
-        }
-        f.write(json.dumps(line, ensure_ascii=False) + "\n")
-        count += 1
-    os.replace(tmp_path, output)
-  except BaseException:
-    os.unlink(tmp_path)
-    raise
+          max_source_length=max_source_length,
+          token_count=token_count,
+          truncate=truncate,
+      )
+      line = {
+          "id": example["id"],
+          "task": example["task"],
+          "category": example["category"],
+          "inputs": example["inputs"],
+          "targets": example["references"],
+      }
+      f.write(json.dumps(line, ensure_ascii=False) + "\n")
+      count += 1
   return count
 
 
@@ -140,21 +127,17 @@ def main(args):
     from tkx.data import vocab  # pylint: disable=g-import-not-at-top  (imports seqio / TF)
 
     vocabulary = vocab.get_vocabulary(args.vocab)
-  try:
-    count = convert(
-        args.ni_dir,
-        args.track,
-        args.split,
-        args.encoding,
-        args.output,
-        max_num_instances_per_task=args.max_num_instances_per_task,
-        seed=args.seed,
-        max_source_length=args.max_source_length,
-        vocabulary=vocabulary,
-        skip_missing=args.skip_missing,
-    )
-  except (ni.NIDataError, ValueError) as e:
-    print(f"tkx convert: error: {e}", file=sys.stderr)
-    return 2
+  count = convert(
+      args.ni_dir,
+      args.track,
+      args.split,
+      args.encoding,
+      args.output,
+      max_num_instances_per_task=args.max_num_instances_per_task,
+      seed=args.seed,
+      max_source_length=args.max_source_length,
+      vocabulary=vocabulary,
+      skip_missing=args.skip_missing,
+  )
   print(f"wrote {count} examples to {args.output}", file=sys.stderr)
   return 0

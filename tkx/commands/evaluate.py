@@ -84,9 +84,9 @@ _FLAG_TO_ARG = {
 
 
 def main(args):
-  infer_command.setup_logging()
   infer_command.parse_gin(args)
-  from tkx import evaluate, infer
+  from tkx import evaluate
+  from tkx.checkpoints import layout
 
   if not args.gin_files and not args.checkpoint:
     raise ValueError(
@@ -126,7 +126,7 @@ def main(args):
         ]
     )
     kwargs["output_dir"] = os.path.join(
-        infer.checkpoint_root(args.checkpoint), f"eval_{name}"
+        layout.root_of(args.checkpoint), f"eval_{name}"
     )
   if encodings:
     return _sweep(kwargs, encodings)

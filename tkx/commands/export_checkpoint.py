@@ -7,10 +7,6 @@ Writes `config.json`, `model.safetensors` and, when the checkpoint has `spm.mode
 `--checkpoint` is a tkx checkpoint dir (its newest step) or one `checkpoint_<step>/`.
 """
 
-import logging
-import os
-import sys
-
 
 def add_arguments(parser):
   parser.add_argument(
@@ -28,24 +24,9 @@ def add_arguments(parser):
 
 
 def main(args):
-  logging.basicConfig(
-      level=logging.INFO,
-      stream=sys.stderr,
-      format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-  )
-  from tkx.checkpoints import hf
+  from tkx.checkpoints import directory, hf
 
-  path = os.path.normpath(args.checkpoint)
-  root = (
-      os.path.dirname(path)
-      if os.path.basename(path).startswith("checkpoint_")
-      else path
-  )
-  try:
-    config, _, spm = hf.read_tkx_checkpoint(root, load=False)
-    params = hf.load_params(path)
-  except (FileNotFoundError, KeyError, hf.CheckpointFormatError) as e:
-    raise SystemExit(f"tkx export-checkpoint: {args.checkpoint}: {e}") from e
+  config, params, spm = directory.read(args.checkpoint)
   hf.export_hf(config, params, args.hf, spm_model=spm)
   print(f"wrote Hugging Face checkpoint {args.hf}")
   return 0

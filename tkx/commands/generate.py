@@ -102,7 +102,6 @@ def build_prompt(task, text, encoding, vocabulary, max_input_length):
 
 
 def main(args):
-  infer_command.setup_logging()
   if args.ni_task and args.text is not None:
     raise ValueError(
         "give either the prompt text or --ni_task with --input, not both"
@@ -122,10 +121,11 @@ def main(args):
   infer_command.parse_gin(args)
   import jax
   from tkx import infer
+  from tkx.checkpoints import directory
   # One example: one device unless model parallelism is asked for.
   devices = None if args.num_partitions else jax.local_devices()[:1]
   partitioner = infer_command.partitioner_from_args(args, devices=devices)
-  loaded = infer.load_checkpoint(
+  loaded = directory.load(
       args.checkpoint, partitioner=partitioner, vocab_path=args.vocab
   )
   max_input_length = args.max_input_length or 1024

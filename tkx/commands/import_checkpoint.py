@@ -12,8 +12,6 @@ A Hub name is downloaded with `huggingface_hub` (needs network).
 """
 
 import logging
-import os
-import sys
 
 DTYPES = ("float32", "bfloat16")
 
@@ -34,13 +32,6 @@ def add_arguments(parser):
       "--output", required=True, help="tkx checkpoint dir to create"
   )
   parser.add_argument(
-      "--gin_file",
-      dest="gin_files",
-      action="append",
-      default=[],
-      help="model gin file(s) describing a --t5x checkpoint (repeatable)",
-  )
-  parser.add_argument(
       "--dtype",
       choices=DTYPES,
       default="float32",
@@ -54,51 +45,34 @@ def add_arguments(parser):
   )
 
 
-def _setup_logging():
-  logging.basicConfig(
-      level=logging.INFO,
-      stream=sys.stderr,
-      format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-  )
-  for noisy in ("absl", "jax", "jax._src", "orbax"):
-    logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
 def _check_output(path):
-  if os.path.isdir(path) and any(
-      n.startswith("checkpoint_") for n in os.listdir(path)
-  ):
-    raise SystemExit(
-        f"tkx import-checkpoint: {path} already holds checkpoint_* directories; "
+  from tkx.checkpoints import layout
+
+  if layout.list_steps(path):
+    raise FileExistsError(
+        f"--output {path} already holds checkpoint_<step> directories; "
         "choose an empty --output"
     )
 
 
 def _import_t5x(args, dtype):
-  import gin
-  from tkx.checkpoints import hf, t5x_format
-  from tkx.models import config as config_lib
+  from tkx import gin_utils
+  from tkx.checkpoints import directory, hf, t5x_format
 
   if not args.gin_files:
-    raise SystemExit(
-        "tkx import-checkpoint: --t5x needs --gin_file with the model config "
+    raise ValueError(
+        "--t5x needs --gin_file with the model config "
         "(e.g. gin_configs/models/t5_1_1/base.gin): t5x checkpoints do not store it"
     )
-  config = config_lib.load_config_from_gin(args.gin_files, args.gin_bindings)
-  try:
-    vocab_path = gin.query_parameter("vocab.get_vocabulary.path")
-  except ValueError:
-    vocab_path = None
-  try:
-    extra_ids = gin.query_parameter("vocab.get_vocabulary.extra_ids")
-  except ValueError:
-    extra_ids = None
+  config = gin_utils.load_config_from_gin(args.gin_files, args.gin_bindings)
+  vocab_path = gin_utils.query("vocab.get_vocabulary.path")
+  extra_ids = gin_utils.query("vocab.get_vocabulary.extra_ids")
   params = t5x_format.load_params(args.t5x)
   hf.check_params(params, config, source=args.t5x)
   params = _cast(params, dtype)
   config = config.replace(param_dtype=dtype)
   # A t5x checkpoint carries no vocabulary: keep the one the gin files name.
-  return hf.write_tkx_checkpoint(
+  return directory.write_checkpoint(
       config,
       params,
       args.output,
@@ -120,27 +94,13 @@ def _cast(params, dtype):
 
 
 def main(args):
-  _setup_logging()
-  from tkx.checkpoints import hf, t5x_format
+  import jax.numpy as jnp
+  from tkx.checkpoints import directory, hf
 
   _check_output(args.output)
-  try:
-    return _import(args)
-  except (
-      FileNotFoundError,
-      hf.CheckpointFormatError,
-      t5x_format.T5xCheckpointError,
-  ) as e:
-    raise SystemExit(f"tkx import-checkpoint: {e}") from e
-
-
-def _import(args):
-  import jax.numpy as jnp
-  from tkx.checkpoints import hf
-
   if args.hf:
     config, params, spm = hf.import_hf(args.hf, dtype=jnp.dtype(args.dtype))
-    out = hf.write_tkx_checkpoint(
+    out = directory.write_checkpoint(
         config,
         params,
         args.output,

@@ -38,13 +38,6 @@ def add_common_arguments(parser, *, checkpoint_required=True):
       required=checkpoint_required,
       help="tkx checkpoint dir (checkpoint_<step>/ + model.gin [+ spm.model]) or one checkpoint_<step>/",
   )
-  parser.add_argument(
-      "--gin_file",
-      dest="gin_files",
-      action="append",
-      default=[],
-      help="gin file (repeatable), e.g. gin_configs/runs/infer.gin",
-  )
   group = parser.add_argument_group("decoding (default: greedy)")
   group.add_argument(
       "--num_beams",
@@ -126,35 +119,13 @@ def add_common_arguments(parser, *, checkpoint_required=True):
   )
 
 
-def setup_logging():
-  logging.basicConfig(
-      level=logging.INFO,
-      format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-      stream=sys.stderr,
-  )
-  for noisy in ("absl", "jax", "jax._src", "orbax", "tensorflow"):
-    logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
 def parse_gin(args):
   """Parses run gin files and `--gin.X=Y` bindings (imports what run files name)."""
-  import gin
   from tkx import evaluate, infer, partitioning  # noqa: F401  (register configurables)
-  from tkx.models import config as config_lib
+  from tkx import gin_utils
 
-  gin.clear_config()
-  gin.add_config_file_search_path(config_lib.REPO_ROOT)
-  files = []
-  for path in args.gin_files or ():
-    if not os.path.exists(path) and os.path.exists(
-        os.path.join(config_lib.REPO_ROOT, path)
-    ):
-      path = os.path.join(config_lib.REPO_ROOT, path)
-    if not os.path.exists(path):
-      raise FileNotFoundError(f"gin file not found: {path}")
-    files.append(path)
-  gin.parse_config_files_and_bindings(
-      files, list(args.gin_bindings or ()), finalize_config=False
+  gin_utils.parse(
+      args.gin_files, args.gin_bindings, search_paths=args.gin_search_paths
   )
 
 
@@ -264,17 +235,16 @@ def add_arguments(parser):
 
 
 def main(args):
-  setup_logging()
   parse_gin(args)
-  import jax
-  from tkx import infer
+  from tkx import infer, jsonl, multihost
+  from tkx.checkpoints import directory
 
   if args.input_file and args.ni_dir:
     raise ValueError("--ni_dir applies to --mixture, not to --input_file")
   if args.input_file and not os.path.isfile(args.input_file):
     raise FileNotFoundError(f"input file not found: {args.input_file}")
   partitioner = partitioner_from_args(args)
-  loaded = infer.load_checkpoint(
+  loaded = directory.load(
       args.checkpoint, partitioner=partitioner, vocab_path=args.vocab
   )
   max_input_length = args.max_input_length or 1024
@@ -302,8 +272,8 @@ def main(args):
         progress=progress,
     )
     count = (
-        infer.write_jsonl(args.output_file, records)
-        if jax.process_index() == 0
+        jsonl.write_jsonl(args.output_file, records)
+        if multihost.is_primary_host()
         else len(records)
     )
   else:

@@ -10,13 +10,6 @@ import json
 
 def add_arguments(parser):
   parser.add_argument(
-      "--gin_file",
-      dest="gin_files",
-      action="append",
-      default=[],
-      help="model gin file (repeatable), e.g. gin_configs/models/t5_1_1/base.gin",
-  )
-  parser.add_argument(
       "--data", type=int, default=1, help="size of the mesh's data axis"
   )
   parser.add_argument(
@@ -28,7 +21,10 @@ def add_arguments(parser):
       help="also shard parameters/optimizer state over 'data' (embed -> data, FSDP-style)",
   )
   parser.add_argument(
-      "--optimizer", choices=("adafactor", "adamw"), default="adafactor"
+      "--optimizer",
+      choices=("adafactor", "adamw"),
+      default="adafactor",
+      help="optimizer whose state is counted in the memory per device",
   )
   parser.add_argument(
       "--batch_size", type=int, default=1, help="examples per step (for FLOPs)"
@@ -51,14 +47,14 @@ def add_arguments(parser):
 
 
 def main(args):
-  from tkx.models import config as config_lib
+  from tkx import gin_utils
   from tkx.models import model_info
 
   if not args.gin_files:
-    raise SystemExit(
-        "tkx model-info: give at least one --gin_file (e.g. gin_configs/models/t5_1_1/base.gin)"
+    raise ValueError(
+        "give at least one --gin_file (e.g. --gin_file=gin_configs/models/t5_1_1/base.gin)"
     )
-  cfg = config_lib.load_config_from_gin(args.gin_files, args.gin_bindings)
+  cfg = gin_utils.load_config_from_gin(args.gin_files, args.gin_bindings)
   info = model_info.report(
       cfg,
       data=args.data,

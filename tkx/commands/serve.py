@@ -59,7 +59,6 @@ def _check_port_free(host: str, port: int):
 
 
 def main(args):
-  infer_command.setup_logging()
   if not 0 <= args.port <= 65535:
     raise ValueError(f"--port must be in [0, 65535], got {args.port}")
   if args.max_wait_ms < 0:
@@ -73,6 +72,7 @@ def main(args):
   import jax
   import uvicorn
   from tkx import infer
+  from tkx.checkpoints import directory
   from tkx.serve import app as app_lib
   from tkx.serve import metrics as metrics_lib
 
@@ -82,7 +82,7 @@ def main(args):
     )
   decode_config = infer_command.decode_config_from_args(args)
   partitioner = infer_command.partitioner_from_args(args)
-  loaded = infer.load_checkpoint(
+  loaded = directory.load(
       args.checkpoint, partitioner=partitioner, vocab_path=args.vocab
   )
   max_input_length = args.max_input_length or 1024

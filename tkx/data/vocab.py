@@ -18,8 +18,9 @@ import pathlib
 
 import gin
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
-EMBEDDED_NI_DIR = REPO_ROOT / "tasks"
+from tkx import io_utils
+
+EMBEDDED_NI_DIR = pathlib.Path(io_utils.REPO_ROOT) / "tasks"
 EMBEDDED_SPM_PATH = str(EMBEDDED_NI_DIR / "spm" / "tkx_sample.model")
 T5_SPM_PATH = "gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model"
 MT5_SPM_PATH = "gs://t5-data/vocabs/mc4.250000.100extra/sentencepiece.model"

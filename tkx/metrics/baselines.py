@@ -9,9 +9,6 @@ without `Instances`), the `Instance` {id, input, output} and the `prediction`,
 so `tkx score` (or Tk-Instruct's own script) reads them like model predictions.
 """
 
-import json
-import os
-
 from tkx.data import ni
 
 
@@ -78,17 +75,9 @@ def baseline_records(
 
 
 def write_baseline(ni_dir, kind, output_path, **kwargs):
-  """Writes the baseline's predictions JSONL; returns the number of records."""
-  directory = os.path.dirname(os.fspath(output_path))
-  if directory:
-    os.makedirs(directory, exist_ok=True)
-  count = 0
-  tmp_path = f"{output_path}.tmp"
-  with open(tmp_path, "w", encoding="utf-8") as f:
-    for record in baseline_records(ni_dir, kind, **kwargs):
-      f.write(json.dumps(record, ensure_ascii=False) + "\n")
-      count += 1
-  os.replace(
-      tmp_path, output_path
-  )  # no half-written predictions file on failure
-  return count
+  """Writes the baseline's predictions JSONL (atomically); returns the number of records."""
+  from tkx import jsonl
+
+  return jsonl.write_jsonl(
+      output_path, baseline_records(ni_dir, kind, **kwargs)
+  )

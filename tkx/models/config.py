@@ -3,21 +3,15 @@
 One frozen dataclass covers T5 1.0, T5 1.1 / LM-adapted and mT5; the families
 differ only in values (activations, tied logits, vocabulary), which live in
 `gin_configs/models/<family>/<size>.gin`. Gin sees the class as
-`network.T5Config`, the name t5x model gin files use.
+`network.T5Config`, the name t5x model gin files use. Reading gin files is
+`tkx.gin_utils`' job; this module imports nothing from tkx.
 """
 
 import dataclasses
-import os
 from typing import Any, Sequence
 
 import gin
 import jax.numpy as jnp
-
-# gin_configs/ sits beside the tkx package in the checkout.
-REPO_ROOT = os.path.dirname(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-)
-GIN_CONFIGS_DIR = os.path.join(REPO_ROOT, "gin_configs")
 
 
 @gin.configurable(module="network")
@@ -105,60 +99,3 @@ ACTIVATIONS = (
     "swish",
     "linear",
 )
-
-
-def parse_gin(
-    gin_files: Sequence[str] = (),
-    bindings: Sequence[str] = (),
-    *,
-    clear: bool = True,
-):
-  """Parses model gin files (paths may be relative to the repo root) and bindings.
-
-  Imports the modules whose configurables model gin files name, so that the
-  files parse even when only `T5Config` is needed afterwards.
-  """
-  from tkx.models import models as _models  # noqa: F401  (registers models.*, network.*)
-
-  try:  # vocab.get_vocabulary is referenced by VOCABULARY in model gin files.
-    from tkx.data import vocab as _vocab  # noqa: F401
-  except ImportError:
-    pass
-  if clear:
-    gin.clear_config()
-  gin.add_config_file_search_path(REPO_ROOT)
-  resolved = []
-  for path in gin_files or ():
-    if not os.path.exists(path) and os.path.exists(
-        os.path.join(REPO_ROOT, path)
-    ):
-      path = os.path.join(REPO_ROOT, path)
-    if not os.path.exists(path):
-      raise FileNotFoundError(f"gin file not found: {path}")
-    resolved.append(path)
-  # skip_unknown: a model file may name configurables of modules this process
-  # never imports (e.g. vocab on a machine without the data package).
-  gin.parse_config_files_and_bindings(
-      resolved, list(bindings or ()), skip_unknown=True, finalize_config=False
-  )  # callers may import or bind more later
-
-
-def load_config_from_gin(
-    gin_files: Sequence[str] = (),
-    bindings: Sequence[str] = (),
-    *,
-    clear: bool = True,
-) -> T5Config:
-  """Returns the `network.T5Config` a set of model gin files describes.
-
-  Parses the files (clearing gin's global config first unless clear=False) and
-  builds only the config: vocabularies are not loaded, so real-size files that
-  name gs:// vocabularies work offline.
-  """
-  parse_gin(gin_files, bindings, clear=clear)
-  try:
-    return T5Config()
-  except TypeError as e:
-    raise ValueError(
-        f"gin files {list(gin_files)} do not bind network.T5Config fully: {e}"
-    ) from e

@@ -21,7 +21,7 @@ The usual 6 * N * tokens estimate is reported beside it.
 import dataclasses
 import functools
 import math
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, Sequence, Optional
 
 import flax.linen as nn
 import jax
@@ -47,16 +47,14 @@ def build_model(config: config_lib.T5Config) -> models.EncoderDecoderModel:
   return models.EncoderDecoderModel(network.Transformer(config))
 
 
-_SHAPES = {"encoder_input_tokens": (1, 1), "decoder_input_tokens": (1, 1)}
-
-
 @functools.lru_cache(
     maxsize=8
 )  # tracing a 24+24-layer model takes seconds; configs are hashable
 def abstract_params(config: config_lib.T5Config):
   """(ShapeDtypeStruct tree, logical PartitionSpec tree) of the parameters (do not mutate)."""
   model = build_model(config)
-  return model.params_shapes(_SHAPES), model.params_logical_axes(_SHAPES)
+  shapes = models.init_input_shapes()
+  return model.params_shapes(shapes), model.params_logical_axes(shapes)
 
 
 def _path(path) -> str:
@@ -245,6 +243,28 @@ def train_step_flops(
       "six_n_per_token": 6.0 * total_params,
       "tokens": float(tokens),
   }
+
+
+# Dense bf16 peak FLOP/s per device, by `jax.Device.device_kind` substring (for MFU).
+PEAK_FLOPS = {
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5e": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v6 lite": 918e12,
+    "H100": 989e12,
+    "H200": 989e12,
+    "A100": 312e12,
+    "L4": 121e12,
+}
+
+
+def peak_flops_per_device(device_kind: str) -> Optional[float]:
+  """The dense bf16 peak of a device kind (e.g. "NVIDIA H100 80GB HBM3"), None when unknown (CPUs)."""
+  for name, flops in PEAK_FLOPS.items():
+    if name in device_kind:
+      return flops
+  return None
 
 
 def human(n: float, unit: str = "") -> str:

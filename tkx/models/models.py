@@ -19,6 +19,7 @@ Decoding interface (t5x's; see `tkx.decoding`, flattened beams as in t5x):
 
 import functools
 import math
+import enum
 from typing import Any, Callable, Mapping, Optional, Union
 
 import gin
@@ -120,6 +121,55 @@ def _expand(x: Array, n: int) -> Array:
   return x if (n == 1 or x.ndim == 0) else jnp.repeat(x, n, axis=0)
 
 
+class LossNormalizingFactor(enum.Enum):
+  """What the summed token losses of a batch are divided by, when not a fixed number (t5x's names)."""
+
+  NUM_REAL_TARGET_TOKENS = "NUM_REAL_TARGET_TOKENS"  # non-padding target tokens
+
+
+gin.constants_from_enum(LossNormalizingFactor, module="models")
+
+# Also accepted as strings; t5x's NUM_TARGET_TOKENS counts the same tokens here
+# (padding has zero loss weight).
+_LOSS_NORMALIZER_NAMES = {
+    "NUM_REAL_TARGET_TOKENS": LossNormalizingFactor.NUM_REAL_TARGET_TOKENS,
+    "NUM_TARGET_TOKENS": LossNormalizingFactor.NUM_REAL_TARGET_TOKENS,
+}
+
+
+def loss_normalizer(value) -> Optional[float]:
+  """None (divide by the batch's real target tokens) or the fixed number to divide by.
+
+  Accepts None, a positive number, a `LossNormalizingFactor` or its name.
+  """
+  if value is None or isinstance(value, LossNormalizingFactor):
+    return None
+  if isinstance(value, str):
+    if value.upper() not in _LOSS_NORMALIZER_NAMES:
+      raise ValueError(
+          f"loss_normalizing_factor: unknown {value!r}; use None or "
+          f"{' / '.join(repr(n) for n in _LOSS_NORMALIZER_NAMES)} (divide by the "
+          "number of target tokens) or a positive number"
+      )
+    return None
+  if isinstance(value, bool) or not float(value) > 0:
+    raise ValueError(
+        f"loss_normalizing_factor must be None, a positive number or "
+        f"{' / '.join(repr(n) for n in _LOSS_NORMALIZER_NAMES)}, got {value!r}"
+    )
+  return float(value)
+
+
+def init_input_shapes(
+    batch_size: int = 1, inputs_length: int = 1, targets_length: int = 1
+) -> dict:
+  """`input_shapes` for `get_initial_variables` & co.; T5's parameter shapes do not depend on them."""
+  return {
+      "encoder_input_tokens": (batch_size, inputs_length),
+      "decoder_input_tokens": (batch_size, targets_length),
+  }
+
+
 # -----------------------------------------------------------------------------
 # Logical axes.
 # -----------------------------------------------------------------------------
@@ -142,28 +192,17 @@ class EncoderDecoderModel:
       output_vocabulary=None,
       z_loss: float = 1e-4,
       label_smoothing: float = 0.0,
-      loss_normalizing_factor: Optional[Union[float, str]] = None,
+      loss_normalizing_factor: Union[
+          None, float, str, "LossNormalizingFactor"
+      ] = None,
   ):
     self.module = module
     self.input_vocabulary = input_vocabulary
     self.output_vocabulary = output_vocabulary
     self.z_loss = float(z_loss)
     self.label_smoothing = float(label_smoothing)
-    if isinstance(
-        loss_normalizing_factor, str
-    ) and loss_normalizing_factor.upper() not in (
-        "NUM_REAL_TARGET_TOKENS",
-        "NUM_TARGET_TOKENS",
-    ):
-      raise ValueError(
-          f"loss_normalizing_factor: unknown {loss_normalizing_factor!r}; use None "
-          "(number of target tokens) or a number"
-      )
-    self.loss_normalizing_factor = (
-        None
-        if isinstance(loss_normalizing_factor, str)
-        else loss_normalizing_factor
-    )
+    # None: per target token; else a fixed number every batch's summed loss is divided by.
+    self.loss_normalizing_factor = loss_normalizer(loss_normalizing_factor)
 
   @property
   def config(self):
@@ -412,8 +451,8 @@ class EncoderDecoderModel:
     tokens_to_logits = functools.partial(
         self._compute_logits_from_slice,
         params=params,
-        encoded_inputs=_expand(encoded, num_decodes),
-        raw_inputs=_expand(inputs, num_decodes),
+        encoded_inputs=decoding.flat_batch_beam_expand(encoded, num_decodes),
+        raw_inputs=decoding.flat_batch_beam_expand(inputs, num_decodes),
         max_decode_length=max_decode_length,
     )
     if rng is not None:  # t5x's name for the sampling key
@@ -439,16 +478,3 @@ class EncoderDecoderModel:
       **kwargs,
   ) -> Array:
     return self.predict_batch_with_aux(params, batch, rng, **kwargs)[0]
-
-
-def get_model_from_gin(
-    gin_files=(), bindings=(), *, clear: bool = True
-) -> EncoderDecoderModel:
-  """Parses model gin files (see `config.parse_gin`) and builds `models.EncoderDecoderModel()`.
-
-  This loads the vocabulary VOCABULARY names (the real T5 ones live on gs://).
-  """
-  from tkx.models import config as config_lib
-
-  config_lib.parse_gin(gin_files, bindings, clear=clear)
-  return EncoderDecoderModel()

@@ -19,6 +19,7 @@ import jax
 from starlette import applications, concurrency, exceptions, responses, routing
 
 from tkx import infer
+from tkx.checkpoints import directory
 from tkx.data import encodings
 from tkx.serve import batcher as batcher_lib
 from tkx.serve import metrics as metrics_lib
@@ -42,7 +43,7 @@ class Generator:
   """A loaded model behind a `Batcher`: requests -> ids -> batched decoding -> answers.
 
   Args:
-    loaded: an `infer.LoadedCheckpoint`.
+    loaded: a `directory.LoadedCheckpoint`.
     partitioner: the partitioner the params were loaded with.
     batch_size: requests per batch (the compiled batch size, as `tkx infer --batch_size`).
     decode_config: the server's decoding settings; requests may override some of them.
@@ -74,7 +75,9 @@ class Generator:
     self.max_input_length = min(max_input_length, max(self.input_buckets))
     self.metrics = metrics
     self._token_fns = encodings.vocabulary_token_fns(self.vocabulary)
-    self._param_shardings = infer.param_shardings_for(loaded.model, partitioner)
+    self._param_shardings = directory.param_shardings_for(
+        loaded.model, partitioner
+    )
     # Placed once; every Predictor (one per decode setting) then shares these arrays.
     self._params = jax.device_put(loaded.params, self._param_shardings)
     self._predictors: "collections.OrderedDict" = collections.OrderedDict()

@@ -1,0 +1,429 @@
+"""The tkx checkpoint directory: writing its model files and reading it back (t5x's checkpoints.py role).
+
+A tkx checkpoint directory (names in `tkx.checkpoints.layout`) holds
+`checkpoint_<step>/` (orbax; `orbax_io`), `model.gin` (the model config and
+vocabulary, written here from the config of the model the weights belong to)
+and, when the vocabulary came with the weights, `spm.model`.
+
+Writers: `write_model_files` (model.gin [+ spm.model]), `write_checkpoint`
+(params + model files; `tkx import-checkpoint`), `model_gin_text(model)`.
+Readers: `read_config`, `load_vocabulary`, `load` (config, model, sharded
+params, vocabulary: `tkx infer/eval/generate`), `read` (config, numpy params,
+spm path: `tkx export-checkpoint`), `load_initial_params` (a tkx or t5x
+checkpoint into a training run's abstract params).
+"""
+
+import dataclasses
+import logging
+import os
+import shutil
+from typing import Any, Optional, Sequence
+
+from tkx import gin_utils, io_utils
+from tkx.checkpoints import layout, orbax_io
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(ValueError):
+  """A checkpoint that does not fit the model or the layout; the message names the file and field."""
+
+
+# ------------------------------------------------------------------------------
+# Vocabulary rule
+# ------------------------------------------------------------------------------
+def sentinel_ids_for(spm_model: str, vocab_size: int) -> int:
+  """T5's convention: 100 sentinel ids after the pieces when the embedding has room for them, else 0.
+
+  (T5: 32,000 pieces + 100 <= 32,128; mT5: 250,000 + 100 <= 250,112; the
+  embedded 1,000-piece model in a 1,024-row embedding: none.)
+  """
+  import sentencepiece
+
+  pieces = sentencepiece.SentencePieceProcessor(
+      model_file=spm_model
+  ).get_piece_size()
+  return 100 if pieces + 100 <= vocab_size else 0
+
+
+# ------------------------------------------------------------------------------
+# model.gin
+# ------------------------------------------------------------------------------
+def _gin_literal(value):
+  if isinstance(value, bool):
+    return "True" if value else "False"
+  if isinstance(value, str):
+    return repr(value)
+  if isinstance(value, tuple):
+    return (
+        "("
+        + ", ".join(_gin_literal(v) for v in value)
+        + ("," if len(value) == 1 else "")
+        + ")"
+    )
+  return repr(value)
+
+
+def config_to_gin(
+    config,
+    *,
+    vocab_path: Optional[str] = None,
+    extra_ids: Optional[int] = None,
+    z_loss: float = 1e-4,
+    label_smoothing: float = 0.0,
+    loss_normalizing_factor: Optional[float] = None,
+    comment: str = "",
+) -> str:
+  """A complete model gin file (as `gin_configs/models/*/*.gin`) for a `T5Config`, written as `model.gin`.
+
+  Every `T5Config` field is written. `vocab_path` (absolute, e.g. the
+  checkpoint's `spm.model`) and `extra_ids` bind `vocab.get_vocabulary`; without
+  a path the embedded sample vocabulary is named. Read back with `read_config`.
+  """
+  lines = [f"# {line}" for line in comment.splitlines()] if comment else []
+  lines += [
+      "# Model config written by tkx (tkx.checkpoints.directory).",
+      "import tkx.models.models",
+      "import tkx.data.vocab",
+      "",
+      f"DROPOUT_RATE = {float(config.dropout_rate)!r}",
+      f"Z_LOSS = {float(z_loss)!r}",
+      f"LABEL_SMOOTHING = {float(label_smoothing)!r}",
+      f"LOSS_NORMALIZING_FACTOR = {_gin_literal(loss_normalizing_factor)}",
+      "",
+      f"vocab.get_vocabulary.path = {_gin_literal(vocab_path) if vocab_path else 'None'}",
+  ]
+  if extra_ids is not None:
+    lines.append(f"vocab.get_vocabulary.extra_ids = {int(extra_ids)}")
+  lines += [
+      "VOCABULARY = @vocab.get_vocabulary()",
+      "",
+      "MODEL = @models.EncoderDecoderModel()",
+      "models.EncoderDecoderModel:",
+      "  module = @network.Transformer()",
+      "  input_vocabulary = %VOCABULARY",
+      "  output_vocabulary = %VOCABULARY",
+      "  z_loss = %Z_LOSS",
+      "  label_smoothing = %LABEL_SMOOTHING",
+      "  loss_normalizing_factor = %LOSS_NORMALIZING_FACTOR",
+      "",
+      "network.Transformer.config = @network.T5Config()",
+      "network.T5Config:",
+  ]
+  for field in dataclasses.fields(config):
+    if field.name == "dropout_rate":
+      continue
+    value = getattr(config, field.name)
+    if isinstance(value, list):
+      value = tuple(value)
+    lines.append(f"  {field.name} = {_gin_literal(value)}")
+  lines.append("  dropout_rate = %DROPOUT_RATE")
+  return "\n".join(lines) + "\n"
+
+
+def write_model_files(
+    directory: str,
+    config,
+    *,
+    spm_model: Optional[str] = None,
+    vocab_path: Optional[str] = None,
+    extra_ids: Optional[int] = None,
+    z_loss: float = 1e-4,
+    label_smoothing: float = 0.0,
+    loss_normalizing_factor: Optional[float] = None,
+    comment: str = "",
+) -> None:
+  """Writes `model.gin` (atomically) and, given `spm_model`, copies it to `spm.model`.
+
+  With `spm_model` model.gin names the copy (and its sentinel ids); otherwise it
+  names `vocab_path` / `extra_ids` (None: the embedded sample vocabulary).
+  """
+  if spm_model:
+    target = os.path.join(os.path.abspath(directory), layout.SPM_MODEL)
+    if os.path.abspath(spm_model) != target:
+      os.makedirs(os.path.dirname(target), exist_ok=True)
+      shutil.copyfile(spm_model, target)
+    vocab_path = target
+    extra_ids = sentinel_ids_for(target, config.vocab_size)
+  with io_utils.atomic_write(os.path.join(directory, layout.MODEL_GIN)) as f:
+    f.write(
+        config_to_gin(
+            config,
+            vocab_path=vocab_path,
+            extra_ids=extra_ids,
+            z_loss=z_loss,
+            label_smoothing=label_smoothing,
+            loss_normalizing_factor=loss_normalizing_factor,
+            comment=comment,
+        )
+    )
+
+
+def write_model_files_for(model, directory: str, comment: str = "") -> None:
+  """`write_model_files` for an `EncoderDecoderModel`: its config, loss settings and vocabulary.
+
+  The embedded vocabulary is named by default (model.gin stays portable); a
+  vocabulary file called `spm.model` beside a checkpoint is copied in, so the
+  directory keeps its vocabulary next to the weights.
+  """
+  from tkx.data import vocab as vocab_lib
+
+  vocabulary = model.output_vocabulary
+  path = getattr(vocabulary, "sentencepiece_model_file", None)
+  spm_model = None
+  if path and os.path.abspath(path) == os.path.abspath(
+      vocab_lib.EMBEDDED_SPM_PATH
+  ):
+    path = None
+  elif (
+      path and "://" not in path and os.path.basename(path) == layout.SPM_MODEL
+  ):
+    spm_model, path = path, None
+  write_model_files(
+      directory,
+      model.config,
+      spm_model=spm_model,
+      vocab_path=path,
+      extra_ids=None if spm_model else getattr(vocabulary, "extra_ids", None),
+      z_loss=model.z_loss,
+      label_smoothing=model.label_smoothing,
+      loss_normalizing_factor=model.loss_normalizing_factor,
+      comment=comment,
+  )
+
+
+def write_checkpoint(
+    config,
+    params,
+    out_dir: str,
+    *,
+    spm_model: Optional[str] = None,
+    step: int = 0,
+    comment: str = "",
+    vocab_path: Optional[str] = None,
+    extra_ids: Optional[int] = None,
+) -> str:
+  """A params-only tkx checkpoint dir: `checkpoint_<step>/`, `model.gin` [+ `spm.model`]; returns the dir."""
+  out_dir = os.path.abspath(out_dir)
+  os.makedirs(out_dir, exist_ok=True)
+  step_dir = orbax_io.save_params(out_dir, dict(params), step=step)
+  write_model_files(
+      out_dir,
+      config,
+      spm_model=spm_model,
+      vocab_path=vocab_path,
+      extra_ids=extra_ids,
+      comment=comment,
+  )
+  log.info("Wrote %s", step_dir)
+  return out_dir
+
+
+# ------------------------------------------------------------------------------
+# Reading
+# ------------------------------------------------------------------------------
+def read_config(root: str, gin_bindings: Sequence[str] = (), clear=True):
+  """The `T5Config` a checkpoint's model.gin binds (plain, or scoped under MODEL/ as an operative config).
+
+  `clear=False` keeps a run gin file parsed before (eval.gin, infer.gin).
+  """
+  import gin
+  from tkx.models import config as config_lib
+
+  path = os.path.join(root, layout.MODEL_GIN)
+  if not os.path.isfile(path):
+    raise CheckpointError(
+        f"{root}: {layout.MODEL_GIN} is missing (is it a tkx checkpoint?)"
+    )
+  try:
+    return gin_utils.load_config_from_gin(
+        [path], list(gin_bindings), clear=clear
+    )
+  except gin_utils.GinConfigError as plain_error:
+    # An operative config (gin.operative_config_str) scopes the bindings: MODEL/T5Config.emb_dim = ...
+    try:
+      with gin.config_scope("MODEL"):
+        return config_lib.T5Config()
+    except TypeError:
+      raise CheckpointError(
+          f"{path}: does not bind network.T5Config (plainly or under MODEL/): {plain_error}"
+      ) from None
+
+
+def load_vocabulary(root: str, config, vocab_path: Optional[str] = None):
+  """`vocab_path` if given, else the checkpoint's `spm.model`, else what its model.gin names (default: embedded)."""
+  from tkx.data import vocab as vocab_lib
+
+  local_spm = os.path.join(root, layout.SPM_MODEL)
+  path = vocab_path or (local_spm if os.path.isfile(local_spm) else None)
+  if path and "://" not in path:
+    # model.gin may say how many sentinel ids the model was trained with.
+    extra_ids = gin_utils.query("vocab.get_vocabulary.extra_ids")
+    if extra_ids is None:
+      extra_ids = sentinel_ids_for(path, config.vocab_size)
+    return vocab_lib.get_vocabulary(path, extra_ids=extra_ids)
+  if path:
+    return vocab_lib.get_vocabulary(path)
+  return (
+      vocab_lib.get_vocabulary()
+  )  # model.gin's vocab.get_vocabulary bindings apply
+
+
+def build_model(config, vocabulary):
+  """`EncoderDecoderModel(Transformer(config), vocabulary, vocabulary)`."""
+  from tkx.models import models, network
+
+  return models.EncoderDecoderModel(
+      network.Transformer(config), vocabulary, vocabulary
+  )
+
+
+def param_shardings_for(model, partitioner):
+  """NamedShardings of the model's params from their logical axes (no allocation)."""
+  from tkx.models import models
+
+  return partitioner.logical_to_sharding(
+      model.params_logical_axes(models.init_input_shapes())
+  )
+
+
+def abstract_params_for(model, partitioner):
+  """ShapeDtypeStructs of the params carrying their shardings (what `orbax_io.load_params` fills)."""
+  import jax
+  from tkx.models import models
+
+  shapes = model.params_shapes(models.init_input_shapes())
+  return jax.tree_util.tree_map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      shapes,
+      param_shardings_for(model, partitioner),
+  )
+
+
+@dataclasses.dataclass
+class LoadedCheckpoint:
+  path: str  # the directory holding model.gin
+  step: int
+  config: Any  # tkx.models.config.T5Config
+  model: Any  # tkx.models.models.EncoderDecoderModel
+  params: Any
+  vocabulary: Any  # seqio.Vocabulary
+
+
+def load(
+    path: str,
+    *,
+    partitioner=None,
+    vocab_path: Optional[str] = None,
+    gin_bindings: Sequence[str] = (),
+) -> LoadedCheckpoint:
+  """model.gin -> config and model, vocabulary, params placed by `partitioner` (default: gin's).
+
+  `path` may be the checkpoint dir (newest step) or one `checkpoint_<step>/`.
+  Keeps gin bindings parsed before (a run file's).
+  """
+  from tkx import partitioning
+
+  root = layout.root_of(path)
+  config = read_config(root, gin_bindings, clear=False)
+  vocabulary = load_vocabulary(root, config, vocab_path)
+  vocab_size = getattr(vocabulary, "vocab_size", None)
+  if vocab_size is not None and vocab_size > config.vocab_size:
+    raise CheckpointError(
+        f"{root}: the vocabulary has {vocab_size} ids but model.gin sets "
+        f"network.T5Config.vocab_size = {config.vocab_size}"
+    )
+  model = build_model(config, vocabulary)
+  partitioner = partitioner or partitioning.Partitioner()
+  step_dir = layout.find_step_dir(path if layout.step_of(path) else root)
+  log.info("loading parameters from %s", step_dir)
+  params = orbax_io.load_params(
+      step_dir, abstract_params_for(model, partitioner)
+  )
+  return LoadedCheckpoint(
+      path=root,
+      step=layout.step_of(step_dir),
+      config=config,
+      model=model,
+      params=params,
+      vocabulary=vocabulary,
+  )
+
+
+def read(path: str, *, load_params: bool = True):
+  """(config, numpy params or None, spm.model path or None) of a checkpoint dir or one of its steps."""
+  root = layout.root_of(path)
+  config = read_config(root)
+  params = (
+      orbax_io.load_params(layout.find_step_dir(path)) if load_params else None
+  )
+  spm = os.path.join(root, layout.SPM_MODEL)
+  return config, params, (spm if os.path.isfile(spm) else None)
+
+
+def _check_and_cast(loaded, abstract_params, source):
+  """Clear errors for missing/extra/mis-shaped parameters; casts to the model's param dtypes."""
+  import jax
+  import numpy as np
+
+  flat_expected = {
+      jax.tree_util.keystr(p): leaf
+      for p, leaf in jax.tree_util.tree_flatten_with_path(abstract_params)[0]
+  }
+  flat_loaded = {
+      jax.tree_util.keystr(p): leaf
+      for p, leaf in jax.tree_util.tree_flatten_with_path(dict(loaded))[0]
+  }
+  missing = sorted(set(flat_expected) - set(flat_loaded))
+  unexpected = sorted(set(flat_loaded) - set(flat_expected))
+  if missing or unexpected:
+    raise CheckpointError(
+        f"INITIAL_CHECKPOINT_PATH={source}: parameters do not match the model: "
+        f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+        f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+    )
+  for key, leaf in flat_expected.items():
+    if tuple(np.shape(flat_loaded[key])) != tuple(leaf.shape):
+      raise CheckpointError(
+          f"INITIAL_CHECKPOINT_PATH={source}: parameter {key} has shape "
+          f"{tuple(np.shape(flat_loaded[key]))} in the checkpoint, the model expects {tuple(leaf.shape)}"
+      )
+  treedef = jax.tree_util.tree_structure(abstract_params)
+  return jax.tree_util.tree_unflatten(
+      treedef,
+      [
+          np.asarray(flat_loaded[k]).astype(flat_expected[k].dtype)
+          for k in flat_expected
+      ],
+  )
+
+
+def load_initial_params(path: str, abstract_params, params_shardings):
+  """Params from a tkx checkpoint (also those `tkx import-checkpoint` writes) or a t5x checkpoint.
+
+  Checked against the model's `abstract_params` (names, shapes), cast to their
+  dtypes and placed with `params_shardings`.
+  """
+  import jax
+
+  log.info("Initialising parameters from %s", path)
+  if not os.path.exists(path) and "://" not in path:
+    raise FileNotFoundError(f"INITIAL_CHECKPOINT_PATH={path} does not exist")
+  loaded = None
+  if orbax_io.is_tkx_checkpoint(path):
+    try:
+      loaded = orbax_io.load_params(path)
+    except (
+        KeyError
+    ):  # an orbax-era t5x checkpoint (state/target/...): t5x_format reads those
+      loaded = None
+  if loaded is None:
+    from tkx.checkpoints import t5x_format
+
+    loaded = t5x_format.load_params(path)
+  host = _check_and_cast(loaded, abstract_params, path)
+  return jax.tree_util.tree_map(
+      lambda x, s: jax.make_array_from_callback(x.shape, s, lambda idx: x[idx]),
+      host,
+      params_shardings,
+  )

@@ -1,0 +1,157 @@
+"""Small I/O helpers every run shares: the checkout root, atomic writes, TensorBoard scalars, progress.
+
+- `REPO_ROOT`: the tkx checkout (gin_configs/ and tasks/ live there).
+- `atomic_write(path)`: a file appears complete or not at all (temporary file
+  beside it, renamed at the end), so a failed run never leaves half a file over
+  an old one.
+- `ScalarWriter(log_dir)`: TensorBoard scalars (written by the primary host,
+  `tkx.multihost.is_primary_host`, the one rule for who writes shared files), with the core
+  `tf.summary.write` and the scalars plugin's metadata (the `tensorboard`
+  package is not needed; the event files are the same).
+- `Progress`: a tqdm bar on a terminal, periodic log lines otherwise.
+"""
+
+import contextlib
+import logging
+import os
+import tempfile
+import time
+from typing import Mapping, Optional
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@contextlib.contextmanager
+def atomic_write(path: str, mode: str = "w", encoding: Optional[str] = "utf-8"):
+  """Opens a temporary file beside `path` and renames it to `path` when the block ends without error.
+
+  Remote paths (`gs://...`) are written through `tf.io.gfile` directly: object
+  stores publish a file only when it is closed.
+  """
+  path = os.fspath(path)
+  if "://" in path:
+    import tensorflow as tf
+
+    with tf.io.gfile.GFile(path, mode) as f:
+      yield f
+    return
+  path = os.path.abspath(path)
+  directory = os.path.dirname(path)
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp_path = tempfile.mkstemp(
+      prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory
+  )
+  try:
+    with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as f:
+      yield f
+    os.replace(tmp_path, path)
+  except BaseException:
+    if os.path.exists(tmp_path):
+      os.remove(tmp_path)
+    raise
+
+
+class ScalarWriter:
+  """TensorBoard scalars in `log_dir` (written by the primary host only; a no-op elsewhere)."""
+
+  def __init__(self, log_dir: Optional[str]):
+    self._writer = None
+    from tkx import multihost
+
+    if log_dir and multihost.is_primary_host():
+      import tensorflow as tf
+      from tensorflow.core.framework import summary_pb2
+
+      self._tf = tf
+      self._metadata = summary_pb2.SummaryMetadata(
+          plugin_data=summary_pb2.SummaryMetadata.PluginData(
+              plugin_name="scalars"
+          )
+      )
+      self._writer = tf.summary.create_file_writer(log_dir)
+
+  def scalars(self, step: int, values: Mapping[str, Optional[float]]):
+    """Writes every value that is not None at `step`."""
+    if self._writer is None:
+      return
+    tf = self._tf
+    with self._writer.as_default():
+      for tag, value in values.items():
+        if value is not None:
+          tf.summary.write(
+              tag,
+              tf.constant(float(value), tf.float32),
+              step=int(step),
+              metadata=self._metadata,
+          )
+    self._writer.flush()
+
+  def close(self):
+    if self._writer is not None:
+      self._writer.close()
+      self._writer = None
+
+
+class Progress:
+  """tqdm bar (items/s and ETA) when enabled; a log line every `log_every_s` seconds in any case."""
+
+  def __init__(
+      self,
+      total: int,
+      desc: str,
+      enabled: bool = True,
+      log_every_s: float = 30.0,
+      unit: str = "examples",
+  ):
+    self.total, self.desc, self.done, self.unit = total, desc, 0, unit
+    self.start = self.last_log = time.time()
+    self.log_every_s = log_every_s
+    self.bar = None
+    self.enabled = enabled and total > 0
+    if self.enabled:
+      import tqdm
+
+      self.bar = tqdm.tqdm(
+          total=total,
+          desc=desc,
+          unit="ex",
+          dynamic_ncols=True,
+          mininterval=1.0,
+          smoothing=0.1,
+      )
+
+  def update(self, n: int):
+    self.done += n
+    if self.bar is not None:
+      self.bar.update(n)
+    now = time.time()
+    if self.enabled and (
+        now - self.last_log >= self.log_every_s or self.done == self.total
+    ):
+      self.last_log = now
+      rate = self.done / max(now - self.start, 1e-9)
+      eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+      log.info(
+          "%s: %d/%d %s, %.2f %s/s, ETA %.0f s",
+          self.desc,
+          self.done,
+          self.total,
+          self.unit,
+          rate,
+          self.unit,
+          eta,
+      )
+
+  def close(self):
+    if self.bar is not None:
+      self.bar.close()
+
+
+def format_seconds(seconds: float) -> str:
+  """H:MM:SS."""
+  seconds = int(max(seconds, 0))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h:d}:{m:02d}:{s:02d}"
