@@ -421,6 +421,10 @@ def load_initial_params(path: str, abstract_params, params_shardings):
     from tkx.checkpoints import t5x_format
 
     loaded = t5x_format.load_params(path)
+  from tkx.models import scan
+
+  # Per-layer or scanned checkpoints initialise models of either layout.
+  loaded = scan.to_layout(loaded, scan.is_scanned(abstract_params))
   host = _check_and_cast(loaded, abstract_params, path)
   return jax.tree_util.tree_map(
       lambda x, s: jax.make_array_from_callback(x.shape, s, lambda idx: x[idx]),

@@ -41,7 +41,8 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
-from tkx.models.config import T5Config
+from tkx.models import scan
+from tkx.models.config import AttentionImpl, T5Config
 
 log = logging.getLogger(__name__)
 
@@ -256,6 +257,13 @@ def config_to_gin(
       ),
       ("layer_norm_epsilon", float(config.layer_norm_epsilon)),
   ]
+  # Non-default execution choices only, so that other model.gin files stay as they were.
+  if (
+      config.scan_layers
+  ):  # the checkpoint's parameters are in the scanned layout
+    fields.append(("scan_layers", True))
+  if config.attention_impl != AttentionImpl.XLA:
+    fields.append(("attention_impl", config.attention_impl.value))
   lines += [f"  {name} = {_gin_literal(value)}" for name, value in fields]
   lines.append("  dropout_rate = %DROPOUT_RATE")
   return "\n".join(lines) + "\n"
@@ -580,7 +588,7 @@ def hf_to_params(
     for alias in _EMBEDDING_ALIASES + ("lm_head.weight",):
       state_dict.pop(alias, None)
   _check_shapes(params, config, source)
-  return params
+  return scan.to_layout(params, config.scan_layers)
 
 
 def _describe(config: T5Config) -> str:
@@ -626,8 +634,11 @@ def expected_shapes(config: T5Config) -> Dict[Tuple[str, ...], Tuple[int, ...]]:
 def check_params(
     params: Mapping[str, Any], config: T5Config, *, source: str = "params"
 ):
-  """Raises CheckpointFormatError unless `params` has exactly the tree and shapes `config` implies."""
-  params = _unbox(params)
+  """Raises CheckpointFormatError unless `params` has exactly the tree and shapes `config` implies.
+
+  Either layout passes (per-layer or scanned, see tkx.models.scan); shapes are checked per layer.
+  """
+  params = scan.unscan_params(_unbox(params))
   from flax import traverse_util
 
   got = set(traverse_util.flatten_dict(dict(params)))
@@ -656,8 +667,8 @@ def _check_shapes(params, config, source):
 def params_to_hf(
     params: Mapping[str, Any], config: T5Config
 ) -> Dict[str, np.ndarray]:
-  """HF T5 state dict (numpy, the params' dtype) from t5x-named params. Tied models get no lm_head."""
-  params = _unbox(params)
+  """HF T5 state dict (numpy, the params' dtype) from t5x-named params (either layout). Tied models get no lm_head."""
+  params = scan.unscan_params(_unbox(params))
   out = {}
   for hf_name, path, transpose in _name_map(config):
     node = params

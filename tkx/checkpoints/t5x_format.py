@@ -353,6 +353,11 @@ def save_params(
   """
   import tensorstore as ts
 
+  from tkx.models import scan
+
+  params = scan.unscan_params(
+      params
+  )  # t5x's per-layer names, whatever the model's layout
   ckpt_dir = os.path.join(directory, f"checkpoint_{int(step)}")
   os.makedirs(ckpt_dir, exist_ok=True)
 

@@ -430,7 +430,9 @@ class MultiHeadDotProductAttention(nn.Module):
   )
   static_kv: bool = False
   chunk_rows: Optional[int] = 0  # see `dot_product_attention`
-  attention_impl: AttentionImpl = AttentionImpl.XLA  # not used by cached decoding
+  attention_impl: AttentionImpl = (
+      AttentionImpl.XLA
+  )  # not used by cached decoding
 
   @nn.compact
   def __call__(
