@@ -242,7 +242,6 @@ def worker_decode(spec):
   state = hf.params_to_hf(
       jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params), cfg
   )
-  del params
   hf_model = _hf_model(cfg, torch.float32)
   missing, unexpected = hf_model.load_state_dict(
       {k: torch.from_numpy(v) for k, v in state.items()}, strict=False
