@@ -63,6 +63,7 @@ FULL = dict(
     steps=5,
     decode_batch=32,
     decode_length=128,
+    decode_dtype="bfloat16",
     budget_s=450,
 )
 QUICK = dict(
@@ -74,6 +75,8 @@ QUICK = dict(
     steps=2,
     decode_batch=2,
     decode_length=8,
+    # float32 here, so that the two frameworks' greedy outputs must agree exactly
+    decode_dtype="float32",
     budget_s=600,
 )
 
@@ -179,8 +182,12 @@ def worker_hf_train(spec):
   optimizer = torch.optim.AdamW(
       model.parameters(), lr=1e-4, fused=device == "cuda"
   )
-  inputs = torch.tensor(_random_tokens(cfg.vocab_size, b, li, 0), device=device)
-  labels = torch.tensor(_random_tokens(cfg.vocab_size, b, lt, 1), device=device)
+  inputs = torch.tensor(
+      _random_tokens(cfg.vocab_size, b, li, 0), dtype=torch.long, device=device
+  )
+  labels = torch.tensor(
+      _random_tokens(cfg.vocab_size, b, lt, 1), dtype=torch.long, device=device
+  )
   out = {}
 
   def step():
@@ -212,7 +219,10 @@ def worker_decode(spec):
   from tkx.models import models, network
 
   cfg = accel_common.t5_config(
-      spec["size"], param_dtype="bfloat16", attention_impl=spec["attention"]
+      spec["size"],
+      dtype=spec["dtype"],
+      param_dtype=spec["dtype"],
+      attention_impl=spec["attention"],
   )
   b, li, n_new = spec["batch"], spec["inputs_length"], spec["decode_length"]
   model = models.EncoderDecoderModel(network.Transformer(cfg))
@@ -251,8 +261,10 @@ def worker_decode(spec):
     raise RuntimeError(
         f"weights do not match HF T5: missing {missing}, unexpected {unexpected}"
     )
-  hf_model = hf_model.to(device=device, dtype=torch.bfloat16).eval()
-  ids = torch.tensor(inputs, device=device)
+  hf_model = hf_model.to(
+      device=device, dtype=getattr(torch, spec["dtype"])
+  ).eval()
+  ids = torch.tensor(inputs, dtype=torch.long, device=device)
   attention_mask = (ids > 0).long()
   hf_out = {}
 
@@ -339,6 +351,7 @@ def plan(settings, args):
         batch=settings["decode_batch"],
         decode_length=settings["decode_length"],
         attention="cudnn",
+        dtype=settings["decode_dtype"],
         steps=2,
     )
 
@@ -360,6 +373,16 @@ def plan(settings, args):
   items += [decode(s) for s in order[2:]]
   items += [train("tkx_train", s, scan=False, attention="cudnn") for s in order]
   return items
+
+
+def _worker_env(spec):
+  """JAX's GPU memory: most of the device for training; on demand for decoding, which shares it with PyTorch."""
+  env = dict(os.environ)
+  if spec["kind"] == "tkx_train":
+    env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.92")
+  elif spec["kind"] == "decode":
+    env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+  return env
 
 
 def label(spec):
@@ -400,6 +423,8 @@ def main(argv=None):
   if unknown:
     parser.error(f"--sizes {unknown}: choose from {list(settings['sizes'])}")
   budget = args.budget_s or settings["budget_s"]
+  import tkx  # noqa: F401  (adds the GPU XLA_FLAGS defaults, which the workers inherit; printed below)
+
   out_dir = os.path.dirname(os.path.abspath(args.output))
   os.makedirs(out_dir, exist_ok=True)
   start = time.perf_counter()
@@ -434,6 +459,7 @@ def main(argv=None):
               result_path,
           ],
           timeout=left,
+          env=_worker_env(spec),
           capture_output=True,
           text=True,
       )
