@@ -71,9 +71,8 @@ def test_quick_run_without_seqio_tensorflow_gin(tmp_path):
       assert r["step_s"] > 0 and r["tokens_per_s"] > 0
       assert r["loss"] == pytest.approx(r["loss"]) and r["loss"] > 0
   tkx = [r for r in results if r["spec"]["kind"] == "tkx_train"]
-  assert {(r["spec"]["scan_layers"], r["spec"]["attention"]) for r in tkx} == {
-      (True, "cudnn"),
-      (False, "xla"),
-  }
+  assert [(r["spec"]["scan_layers"], r["spec"]["attention"]) for r in tkx] == [
+      (True, "cudnn")
+  ]
   assert all(r["flops_per_step"] > 0 for r in tkx)
   assert "tiny: tkx" in proc.stdout  # the ratio line against HF
