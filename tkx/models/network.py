@@ -430,9 +430,8 @@ class MultiHeadDotProductAttention(nn.Module):
   )
   static_kv: bool = False
   chunk_rows: Optional[int] = 0  # see `dot_product_attention`
-  attention_impl: AttentionImpl = (
-      AttentionImpl.XLA
-  )  # not used by cached decoding
+  # Cached decoding steps always use the XLA path (one query per step).
+  attention_impl: AttentionImpl = AttentionImpl.XLA
 
   @nn.compact
   def __call__(
