@@ -355,16 +355,25 @@ def plan(settings, args):
         train("hf_train", "tiny"),
         decode("tiny"),
     ]
-  # Headline first (XL and small with the fast settings, HF beside them), then the rest.
-  order = sorted(sizes, key=lambda s: (s not in ("xl", "tiny"), s != "small"))
+  # Most important first: XL and small against HF, XL's attention variants, decoding,
+  # XL per layer, then base and large against HF, then every other variant.
+  order = sorted(sizes, key=lambda s: (s != "xl", s != "small"))
+  head, rest = order[:2], order[2:]
   items = []
-  for size in order:
+  for size in head:
     items += [train("tkx_train", size), train("hf_train", size)]
-  items += [decode(s) for s in order[:2]]
-  items += [train("tkx_train", s, attention="xla") for s in order]
-  items += [train("tkx_train", s, scan=False, attention="xla") for s in order]
-  items += [decode(s) for s in order[2:]]
-  items += [train("tkx_train", s, scan=False, attention="cudnn") for s in order]
+  items += [train("tkx_train", order[0], attention="xla")]
+  items += [decode(s) for s in head]
+  # Per layer compiles longest (the reason for scan_layers), so after the decoding runs.
+  items += [train("tkx_train", order[0], scan=False, attention="cudnn")]
+  for size in rest:
+    items += [train("tkx_train", size), train("hf_train", size)]
+  for size in order:
+    for scan, attention in ((True, "xla"), (False, "xla"), (False, "cudnn")):
+      item = train("tkx_train", size, scan=scan, attention=attention)
+      if item not in items:
+        items.append(item)
+  items += [decode(s) for s in rest]
   return items
 
 
