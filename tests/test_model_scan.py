@@ -75,6 +75,7 @@ def _max_abs_diff(a, b):
   )
 
 
+@pytest.mark.slow
 def test_scanned_tree_has_a_leading_layers_axis():
   model = _model(scan_layers=True)
   params = model.get_initial_variables(jax.random.PRNGKey(0), SHAPES)["params"]
