@@ -17,7 +17,9 @@ setuptools.setup(
         "optax==0.2.8",
         "orbax-checkpoint==0.12.8",
         "seqio==0.0.20",
-        "tensorflow-cpu==2.21.0",
+        # tensorflow itself, not tensorflow-cpu: seqio -> tensorflow-text requires `tensorflow`,
+        # so pinning tensorflow-cpu installed both (4.2 GB). tkx keeps TensorFlow off accelerators.
+        "tensorflow==2.21.0",
         "tensorflow-datasets==4.9.10",
         "importlib_resources",  # tensorflow-datasets 4.9.10 imports it when building a dataset
         "gin-config==0.5.0",
@@ -41,6 +43,14 @@ setuptools.setup(
         ),
         # Hugging Face interop (import/export checkpoints, parity tests, benchmarks).
         "hf": ["torch==2.13.0", "transformers==5.24.0"],
+        # Accelerators: the same JAX as the CPU pin, with its CUDA 12 plugins (CUDA/cuDNN
+        # pip wheels included) or with the libtpu that jax[tpu]==0.10.2 names.
+        "cuda12": [
+            "jax[cuda12]==0.10.2",
+            "jax-cuda12-plugin[with-cuda]==0.10.2",
+            "jax-cuda12-pjrt==0.10.2",
+        ],
+        "tpu": ["jax[tpu]==0.10.2", "libtpu==0.0.42.1"],
     },
     entry_points={"console_scripts": ["tkx=tkx.cli:main"]},
 )

@@ -51,7 +51,7 @@ def evals(tiny_checkpoint, tmp_path_factory):
   with pytest.MonkeyPatch.context() as patch:
     patch.setattr(directory, "load", counting_load)
     patch.setattr(infer.Predictor, "_build_predict_fn", counting_build)
-    cli.main(
+    cli.run(
         [
             "eval",
             "--checkpoint",
@@ -66,7 +66,7 @@ def evals(tiny_checkpoint, tmp_path_factory):
   dirs = {"sweep": root / "sweep", "calls": calls}
   # The last encoding of the sweep alone: it decodes after the first, with the shared state.
   for encoding in ENCODINGS[-1:]:
-    cli.main(
+    cli.run(
         [
             "eval",
             "--checkpoint",
@@ -272,7 +272,7 @@ def test_tkx_report_compares_eval_dirs_and_a_training_dir(evals, tmp_path):
 
   out = tmp_path / "compare.html"
   assert (
-      cli.main(
+      cli.run(
           [
               "report",
               str(evals["sweep"] / "def"),
@@ -297,12 +297,12 @@ def test_tkx_report_compares_eval_dirs_and_a_training_dir(evals, tmp_path):
   assert [s for s, _ in training.generation] == [10, 20]
 
   with pytest.raises(report.ReportInputError, match="no such directory"):
-    cli.main(["report", str(tmp_path / "missing")])
+    cli.run(["report", str(tmp_path / "missing")])
   (tmp_path / "empty").mkdir()
   with pytest.raises(
       report.ReportInputError, match="empty: not an eval output"
   ):
-    cli.main(["report", str(tmp_path / "empty")])
+    cli.run(["report", str(tmp_path / "empty")])
 
 
 def test_eval_encodings_flag_errors(tmp_path):
@@ -310,13 +310,13 @@ def test_eval_encodings_flag_errors(tmp_path):
   checkpoint = str(tmp_path / "checkpoint")
   base = ["eval", "--checkpoint", checkpoint, "--output_dir", str(tmp_path)]
   with pytest.raises(ValueError, match="Unknown part 'pos' in encoding"):
-    cli.main(base + ["--encodings", "def,pos"])
+    cli.run(base + ["--encodings", "def,pos"])
   with pytest.raises(ValueError, match="names def twice"):
-    cli.main(base + ["--encodings", "def,def"])
+    cli.run(base + ["--encodings", "def,def"])
   with pytest.raises(ValueError, match="cannot be combined with --encoding"):
-    cli.main(base + ["--encodings", "def", "--encoding", "def"])
+    cli.run(base + ["--encodings", "def", "--encoding", "def"])
   with pytest.raises(ValueError, match="give --output_dir"):
-    cli.main(
+    cli.run(
         [
             "eval",
             "--checkpoint",

@@ -1,3 +1,8 @@
 """tkx: Tk-Instruct on JAX/Flax with t5x conventions."""
 
 __version__ = "0.1.0"
+
+# Accelerator XLA flag defaults must be in XLA_FLAGS before JAX starts a backend.
+from tkx import xla_flags as _xla_flags  # noqa: E402
+
+_xla_flags.apply_defaults()

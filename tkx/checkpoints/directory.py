@@ -14,6 +14,7 @@ checkpoint into a training run's abstract params).
 """
 
 import dataclasses
+import enum
 import logging
 import os
 import shutil
@@ -50,6 +51,8 @@ def sentinel_ids_for(spm_model: str, vocab_size: int) -> int:
 # model.gin
 # ------------------------------------------------------------------------------
 def _gin_literal(value):
+  if isinstance(value, enum.Enum):  # T5Config's modes take their values
+    return repr(value.value)
   if isinstance(value, bool):
     return "True" if value else "False"
   if isinstance(value, str):
@@ -421,6 +424,10 @@ def load_initial_params(path: str, abstract_params, params_shardings):
     from tkx.checkpoints import t5x_format
 
     loaded = t5x_format.load_params(path)
+  from tkx.models import scan
+
+  # Per-layer or scanned checkpoints initialise models of either layout.
+  loaded = scan.to_layout(loaded, scan.is_scanned(abstract_params))
   host = _check_and_cast(loaded, abstract_params, path)
   return jax.tree_util.tree_map(
       lambda x, s: jax.make_array_from_callback(x.shape, s, lambda idx: x[idx]),

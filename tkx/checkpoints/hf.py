@@ -41,6 +41,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
+from tkx.models import scan
 from tkx.models.config import T5Config
 
 log = logging.getLogger(__name__)
@@ -483,7 +484,7 @@ def hf_to_params(
     for alias in _EMBEDDING_ALIASES + ("lm_head.weight",):
       state_dict.pop(alias, None)
   _check_shapes(params, config, source)
-  return params
+  return scan.to_layout(params, config.scan_layers)
 
 
 def _describe(config: T5Config) -> str:
@@ -529,8 +530,11 @@ def expected_shapes(config: T5Config) -> Dict[Tuple[str, ...], Tuple[int, ...]]:
 def check_params(
     params: Mapping[str, Any], config: T5Config, *, source: str = "params"
 ):
-  """Raises CheckpointFormatError unless `params` has exactly the tree and shapes `config` implies."""
-  params = _unbox(params)
+  """Raises CheckpointFormatError unless `params` has exactly the tree and shapes `config` implies.
+
+  Either layout passes (per-layer or scanned, see tkx.models.scan); shapes are checked per layer.
+  """
+  params = scan.unscan_params(_unbox(params))
   from flax import traverse_util
 
   got = set(traverse_util.flatten_dict(dict(params)))
@@ -559,8 +563,8 @@ def _check_shapes(params, config, source):
 def params_to_hf(
     params: Mapping[str, Any], config: T5Config
 ) -> Dict[str, np.ndarray]:
-  """HF T5 state dict (numpy, the params' dtype) from t5x-named params. Tied models get no lm_head."""
-  params = _unbox(params)
+  """HF T5 state dict (numpy, the params' dtype) from t5x-named params (either layout). Tied models get no lm_head."""
+  params = scan.unscan_params(_unbox(params))
   out = {}
   for hf_name, path, transpose in _name_map(config):
     node = params

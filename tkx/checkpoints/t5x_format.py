@@ -350,6 +350,11 @@ def save_params(
   """
   import tensorstore as ts
 
+  from tkx.models import scan
+
+  params = scan.unscan_params(
+      params
+  )  # t5x's per-layer names, whatever the model's layout
   ckpt_dir = os.path.join(directory, layout.step_dir_name(step))
   os.makedirs(ckpt_dir, exist_ok=True)
 

@@ -69,6 +69,9 @@ def _import_t5x(args, dtype):
   extra_ids = gin_utils.query("vocab.get_vocabulary.extra_ids")
   params = t5x_format.load_params(args.t5x)
   hf.check_params(params, config, source=args.t5x)
+  from tkx.models import scan
+
+  params = scan.to_layout(params, config.scan_layers)
   params = _cast(params, dtype)
   config = config.replace(param_dtype=dtype)
   # A t5x checkpoint carries no vocabulary: keep the one the gin files name.

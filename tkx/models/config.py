@@ -8,10 +8,21 @@ differ only in values (activations, tied logits, vocabulary), which live in
 """
 
 import dataclasses
+import enum
 from typing import Any, Sequence
 
 import gin
 import jax.numpy as jnp
+
+
+class AttentionImpl(str, enum.Enum):
+  """How attention (outside cached decoding) is computed."""
+
+  # tkx's einsum + softmax (row-chunked on a CPU), what XLA fuses on any backend.
+  XLA = "xla"
+  # jax.nn.dot_product_attention(implementation="cudnn"): cuDNN's fused attention on
+  # NVIDIA GPUs; elsewhere jax.nn.dot_product_attention's XLA implementation.
+  CUDNN = "cudnn"
 
 
 @gin.configurable(module="network")
@@ -46,6 +57,13 @@ class T5Config:
   # `network.dot_product_attention`): rows one at a time on a single CPU device
   # when the batch's logits are large, else the whole batch.
   attention_chunk_rows: Any = None
+  # Run each stack's layers under nn.scan (t5x's name): one compiled layer instead of
+  # one per layer (compile time, program size). Parameters are stacked along a leading
+  # `layers` axis: encoder/layers/<layer params> [num_layers, ...]; see tkx.models.scan
+  # for the conversion to and from the per-layer layout (encoder/layers_<i>/...).
+  scan_layers: bool = False
+  # "xla" or "cudnn" (see AttentionImpl); a gin string or the enum.
+  attention_impl: Any = AttentionImpl.XLA
 
   def __post_init__(self):
     # Gin and JSON hand over lists and strings; keep the dataclass hashable and canonical.
@@ -71,6 +89,16 @@ class T5Config:
       raise ValueError(
           f"T5Config.attention_chunk_rows must be None or >= 0, got {self.attention_chunk_rows!r}"
       )
+    try:
+      object.__setattr__(
+          self, "attention_impl", AttentionImpl(self.attention_impl)
+      )
+    except ValueError:
+      raise ValueError(
+          f"T5Config.attention_impl: unknown {self.attention_impl!r}; choose "
+          + " or ".join(repr(m.value) for m in AttentionImpl)
+      ) from None
+    object.__setattr__(self, "scan_layers", bool(self.scan_layers))
     if self.remat_policy not in ("none", "minimal", "full"):
       raise ValueError(
           f"T5Config.remat_policy: unknown {self.remat_policy!r}; choose none, minimal or full"

@@ -458,6 +458,9 @@ class EncoderDecoderModel:
     if rng is not None:  # t5x's name for the sampling key
       decode_kwargs["decode_rng"] = rng
     # t5x's decoder prompt: the start token (0) and no prompt, one position per output.
+    if self.config.scan_layers:
+      # Scanned decoder: cache arrays are [layers, batch, ...] (t5x's cache_offset).
+      decode_kwargs.setdefault("cache_offset", 1)
     decodes, scores = decode_fn(
         inputs=jnp.zeros((batch_size, max_decode_length), jnp.int32),
         cache=cache,

@@ -21,6 +21,7 @@ Conventions taken from T5 / t5x:
 """
 
 import functools
+import logging
 from typing import Any, Callable, Optional, Sequence
 
 import gin
@@ -29,7 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from tkx.models.config import T5Config
+from tkx.models.config import AttentionImpl, T5Config
+
+log = logging.getLogger(__name__)
 
 Array = jax.Array
 Initializer = Callable[..., Array]
@@ -275,6 +278,47 @@ def _attention_weights(
 _CHUNK_LOGITS_ABOVE_BYTES = 32 * 2**20
 
 
+# Backends already told that cuDNN attention runs as XLA there (one log line each).
+_CUDNN_FALLBACK_LOGGED = set()
+
+
+def fused_attention(
+    query: Array,
+    key: Array,
+    value: Array,
+    mask: Optional[Array],
+    bias: Optional[Array],
+    dtype,
+) -> Array:
+  """`jax.nn.dot_product_attention` with T5's conventions (scale 1, bias added before softmax).
+
+  cuDNN's fused kernel on an NVIDIA GPU (it takes the relative-position bias and
+  the boolean padding/segment/causal mask, which it folds into the bias);
+  elsewhere jax's own XLA implementation of the same function, logged once.
+  """
+  backend = jax.default_backend()
+  implementation = "cudnn" if backend == "gpu" else None
+  if implementation is None and backend not in _CUDNN_FALLBACK_LOGGED:
+    _CUDNN_FALLBACK_LOGGED.add(backend)
+    log.info(
+        "attention_impl='cudnn' needs an NVIDIA GPU; on %s it runs "
+        "jax.nn.dot_product_attention's XLA implementation",
+        backend,
+    )
+  if bias is not None:
+    # cuDNN adds the bias in the activation dtype; the XLA path keeps float32.
+    bias = bias.astype(dtype if implementation else jnp.float32)
+  return jax.nn.dot_product_attention(
+      query.astype(dtype),
+      key.astype(dtype),
+      value.astype(dtype),
+      bias=bias,
+      mask=mask,
+      scale=1.0,  # T5 folds 1/sqrt(head_dim) into the query initialisation
+      implementation=implementation,
+  )
+
+
 def dot_product_attention(
     query: Array,
     key: Array,
@@ -286,8 +330,12 @@ def dot_product_attention(
     dropout_rate: float = 0.0,
     dropout_rng: Optional[Array] = None,
     chunk_rows: Optional[int] = 0,
+    impl: AttentionImpl = AttentionImpl.XLA,
 ) -> Array:
   """softmax(q k^T + bias, masked) v for query [b, q, h, d], key/value [b, k, h, d] -> [b, q, h, d].
+
+  `impl=AttentionImpl.CUDNN` runs `fused_attention` instead, except with
+  attention dropout (which jax.nn.dot_product_attention does not offer).
 
   mask [b|1, 1|h, q, k] (True: attend), bias [1, h, q, k]. With `chunk_rows` > 0
   dividing the batch, the rows go through in chunks of that many, one after
@@ -325,6 +373,8 @@ def dot_product_attention(
   batch = query.shape[0]
   if dropout_rate <= 0.0:
     dropout_rng = None
+  if impl == AttentionImpl.CUDNN and dropout_rng is None:
+    return fused_attention(query, key, value, mask, bias, dtype)
   if not chunk_rows or chunk_rows >= batch or batch % chunk_rows:
     return attend(query, key, value, mask, dropout_rng)
   num_chunks = batch // chunk_rows
@@ -380,6 +430,8 @@ class MultiHeadDotProductAttention(nn.Module):
   )
   static_kv: bool = False
   chunk_rows: Optional[int] = 0  # see `dot_product_attention`
+  # Cached decoding steps always use the XLA path (one query per step).
+  attention_impl: AttentionImpl = AttentionImpl.XLA
 
   @nn.compact
   def __call__(
@@ -430,6 +482,7 @@ class MultiHeadDotProductAttention(nn.Module):
         dropout_rate=self.dropout_rate,
         dropout_rng=dropout_rng,
         chunk_rows=self.chunk_rows,
+        impl=self.attention_impl,
     )
     return self._output(out, inputs_q.shape[-1])
 
@@ -559,6 +612,7 @@ def _dropout(rate):
 
 class EncoderLayer(nn.Module):
   config: T5Config
+  scanned: bool = False  # under nn.scan: return (carry, None)
 
   @nn.compact
   def __call__(self, x, mask, bias, deterministic: bool = True):
@@ -575,6 +629,7 @@ class EncoderLayer(nn.Module):
         pdt,
         cfg.dropout_rate,
         chunk_rows=cfg.attention_chunk_rows,
+        attention_impl=cfg.attention_impl,
         name="attention",
     )(y, y, mask, bias, deterministic=deterministic)
     x = x + _dropout(cfg.dropout_rate)(y, deterministic=deterministic)
@@ -583,11 +638,13 @@ class EncoderLayer(nn.Module):
         cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, dt, pdt, name="mlp"
     )(y, deterministic=deterministic)
     x = x + _dropout(cfg.dropout_rate)(y, deterministic=deterministic)
-    return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    return (x, None) if self.scanned else x
 
 
 class DecoderLayer(nn.Module):
   config: T5Config
+  scanned: bool = False  # under nn.scan: return (carry, None)
 
   @nn.compact
   def __call__(
@@ -613,6 +670,7 @@ class DecoderLayer(nn.Module):
         pdt,
         cfg.dropout_rate,
         chunk_rows=cfg.attention_chunk_rows,
+        attention_impl=cfg.attention_impl,
     )
     y = norm(name="pre_self_attention_layer_norm")(x)
     y = attention(name="self_attention")(
@@ -633,7 +691,8 @@ class DecoderLayer(nn.Module):
         cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, dt, pdt, name="mlp"
     )(y, deterministic=deterministic)
     x = x + _dropout(cfg.dropout_rate)(y, deterministic=deterministic)
-    return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    return (x, None) if self.scanned else x
 
 
 # jax.checkpoint policies by t5x / flaxformer name: what the backward pass may keep.
@@ -656,6 +715,29 @@ def _layer_class(layer_cls, policy: str, static_argnums):
   return nn.remat(
       layer_cls, policy=_REMAT_POLICIES[policy], static_argnums=static_argnums
   )
+
+
+def _run_layers(layer_cls, cfg: T5Config, num_layers: int, x, *args):
+  """The stack's layers on x: layers_0 .. layers_{n-1}, or one `layers` module under nn.scan.
+
+  Scanned, every parameter (and decoding cache entry) gets a leading axis of
+  size num_layers, logical name "layers"; the other arguments are broadcast
+  (the same for every layer) and dropout draws a new key per layer.
+  """
+  if not cfg.scan_layers:
+    for i in range(num_layers):
+      x = layer_cls(cfg, name=f"layers_{i}")(x, *args)
+    return x
+  scanned = nn.scan(
+      layer_cls,
+      variable_axes={"params": 0, "cache": 0},
+      split_rngs={"params": True, "dropout": True},
+      in_axes=(nn.broadcast,) * len(args),
+      length=num_layers,
+      metadata_params={nn.PARTITION_NAME: "layers"},
+  )
+  x, _ = scanned(cfg, scanned=True, name="layers")(x, *args)
+  return x
 
 
 def _positions(tokens: Array, positions: Optional[Array]) -> Array:
@@ -693,8 +775,9 @@ class Encoder(nn.Module):
     layer_cls = _layer_class(
         EncoderLayer, cfg.remat_policy, static_argnums=(4,)
     )  # deterministic
-    for i in range(cfg.num_encoder_layers):
-      x = layer_cls(cfg, name=f"layers_{i}")(x, mask, bias, deterministic)
+    x = _run_layers(
+        layer_cls, cfg, cfg.num_encoder_layers, x, mask, bias, deterministic
+    )
     x = LayerNorm(
         cfg.layer_norm_epsilon,
         cfg.activation_dtype,
@@ -747,16 +830,18 @@ class Decoder(nn.Module):
     layer_cls = _layer_class(
         DecoderLayer, cfg.remat_policy, static_argnums=(6, 7)
     )  # deterministic, decode
-    for i in range(cfg.num_decoder_layers):
-      x = layer_cls(cfg, name=f"layers_{i}")(
-          x,
-          encoded,
-          decoder_mask,
-          encoder_decoder_mask,
-          bias,
-          deterministic,
-          decode,
-      )
+    x = _run_layers(
+        layer_cls,
+        cfg,
+        cfg.num_decoder_layers,
+        x,
+        encoded,
+        decoder_mask,
+        encoder_decoder_mask,
+        bias,
+        deterministic,
+        decode,
+    )
     x = LayerNorm(
         cfg.layer_norm_epsilon,
         cfg.activation_dtype,
