@@ -2,6 +2,7 @@
 
 import logging
 
+from tkx.data import source
 from tkx.data import vocab
 from tkx.metrics import baselines
 
@@ -49,6 +50,9 @@ def add_arguments(parser):
 
 def main(args):
   logging.basicConfig(level=logging.INFO, format="%(message)s")
+  source.check_checkout(
+      args.ni_dir
+  )  # a typo is an error, never another dataset
   count = baselines.write_baseline(
       args.ni_dir,
       args.kind,

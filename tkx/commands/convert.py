@@ -135,6 +135,11 @@ def convert(
 
 
 def main(args):
+  from tkx.data import source  # pylint: disable=g-import-not-at-top
+
+  source.check_checkout(
+      args.ni_dir
+  )  # a typo is an error, never another dataset
   vocabulary = None
   if args.vocab:
     from tkx.data import vocab  # pylint: disable=g-import-not-at-top  (imports seqio / TF)

@@ -63,6 +63,8 @@ def register_ni_for(
     ni_dir: Optional[str] = None,
     vocabulary=None,
     max_source_length: Optional[int] = None,
+    *,
+    flag: str = "MIXTURE_OR_TASK_NAME",
 ) -> Optional[names_lib.MixtureName]:
   """(Re-)registers the NI split behind an NI name with this vocabulary and token budget.
 
@@ -103,8 +105,8 @@ def register_ni_for(
   known = set(seqio.MixtureRegistry.names()) | set(seqio.TaskRegistry.names())
   if mixture_or_task_name not in known:
     raise ValueError(
-        f"MIXTURE_OR_TASK_NAME={mixture_or_task_name!r} is not a registered SeqIO task or mixture "
-        f"(NI names look like ni_default_train_def_pos2; NI_DIR={checkout!r})"
+        f"{flag}={mixture_or_task_name!r} is not a registered SeqIO task or mixture "
+        f"(NI names look like ni_default_train_def_pos2; checkout {checkout})"
     )
   return parsed[0] if parsed is not None else None
 
@@ -326,7 +328,8 @@ def padded_batches(
       inputs, targets = example["inputs"], example["targets"]
       batch["encoder_input_tokens"][r, : len(inputs)] = inputs
       batch["decoder_target_tokens"][r, : len(targets)] = targets
-      batch["decoder_input_tokens"][r, 1 : len(targets)] = targets[:-1]
+      shifted = targets[: tgt_len - 1]  # SeqIO shifts the padded targets right
+      batch["decoder_input_tokens"][r, 1 : len(shifted) + 1] = shifted
       batch["decoder_loss_weights"][r, : len(targets)] = 1
     last = rows[-1]["index"]
     step = stride or 1
