@@ -493,8 +493,13 @@ def iter_split_instances(
   `task_names` restricts the output to those tasks; the selection is still the
   split's (under `tk_instruct` the tasks before them are read to advance the stream).
   """
-  lines, names = read_split_lines(ni_dir, track, split, warn_repeats=True)
-  present = set(split_tasks(ni_dir, track, split, skip_missing=skip_missing))
+  lines, _ = read_split_lines(
+      ni_dir, track, split, warn_repeats=task_names is None
+  )
+  if task_names is None:
+    present = set(split_tasks(ni_dir, track, split, skip_missing=skip_missing))
+  else:  # the caller chose (and reported) the tasks
+    present = {n for n in lines if os.path.isfile(task_path(ni_dir, n))}
   wanted = set(task_names) if task_names is not None else present
   unknown = sorted(wanted - present)
   if unknown:
