@@ -303,3 +303,36 @@ def test_missing_checkout_is_refused_by_every_command(tmp_path):
     with pytest.raises(ni.NIDataError, match=str(ni_dir)):
       pipeline.register_ni_for("ni_default_train_def_pos2", ni_dir)
   assert not (tmp_path / "b.jsonl").exists()
+
+
+def test_one_stream_has_the_per_task_inputs(toy_dir, throwaway_vocab):  # noqa: F811
+  # Eval/infer decode the one stream; the per-task path decodes each task's SeqIO task.
+  # Same (task, id) -> input ids, so the same predictions and per-task metrics.
+  import seqio
+  from tkx import infer
+
+  tasks.register_ni(
+      toy_dir,
+      tracks=("default",),
+      encodings=("def_pos2",),
+      splits=("test",),
+      vocabulary=throwaway_vocab,
+      prefix="onestream",
+  )
+  lengths = {"inputs": 256, "targets": 16}
+  mixture = seqio.get_mixture_or_task("onestream_default_test_def_pos2")
+  (whole,) = mixture.tasks
+  stream = infer.task_inputs(whole, "test", lengths)
+  per_task = []
+  for ni_task in ni.read_split(toy_dir, "default", "test"):
+    task = seqio.get_mixture_or_task(
+        tasks.task_name("default", "test", "def_pos2", ni_task, "onestream")
+    )
+    per_task.extend(infer.task_inputs(task, "test", lengths))
+  assert stream == per_task and len({k[0] for k, _ in stream}) > 1
+  records = infer.records_for_task(
+      whole.name, [k for k, _ in stream[:3]], ["a", "b", "c"]
+  )
+  assert [(r["Task"], r["Instance"]["id"]) for r in records] == [
+      k for k, _ in stream[:3]
+  ]
