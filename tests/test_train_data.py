@@ -13,7 +13,9 @@ NAME = "ni_default_train_def_pos2_task9001_tkx_review_sentiment_polarity"
 
 @pytest.fixture(scope="module", autouse=True)
 def _registered():
-  pipeline.register_ni_for(NAME, None, vocab.get_vocabulary(), LENGTHS["inputs"])
+  pipeline.register_ni_for(
+      NAME, None, vocab.get_vocabulary(), LENGTHS["inputs"]
+  )
 
 
 def _batches(n, lengths=LENGTHS, **kw):

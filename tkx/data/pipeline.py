@@ -178,7 +178,11 @@ def _split_of(mixture_or_task_name: str) -> str:
 
 # ------------------------------------------------------------------------------ the stream
 def _ordered_map(fn, items: Iterator[Any], workers: int, lookahead: int):
-  """fn over items in a thread pool, results in input order, at most `lookahead` ahead."""
+  """fn over items in a thread pool, results in input order, at most `lookahead` ahead.
+
+  A result is handed out as soon as it and all before it are done, so the first
+  one does not wait for the window to fill.
+  """
   if workers <= 1:
     for item in items:
       yield fn(item)
@@ -188,7 +192,7 @@ def _ordered_map(fn, items: Iterator[Any], workers: int, lookahead: int):
     try:
       for item in items:
         pending.append(pool.submit(fn, item))
-        if len(pending) >= lookahead:
+        while pending and (len(pending) >= lookahead or pending[0].done()):
           yield pending.popleft().result()
       while pending:
         yield pending.popleft().result()
