@@ -144,9 +144,10 @@ def worker_reference(checkout: str, steady_batches: int) -> dict:
       task_data.pop("Instruction Source", None)
       instances = task_data.pop("Instances")
       random.shuffle(instances)
-      for instance in instances[:100]:
+      for index, instance in enumerate(instances[:100]):
         example = task_data.copy()
-        example["id"] = instance["id"]
+        # Older-schema tasks have no ids (Tk-Instruct's reader would fail on them).
+        example["id"] = instance.setdefault("id", f"{task_name}-{index}")
         example["Instance"] = instance
         examples.append(example)
   registered = time.perf_counter() - t0  # load_dataset returns here

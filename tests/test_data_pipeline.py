@@ -336,3 +336,42 @@ def test_one_stream_has_the_per_task_inputs(toy_dir, throwaway_vocab):  # noqa: 
   assert [(r["Task"], r["Instance"]["id"]) for r in records] == [
       k for k, _ in stream[:3]
   ]
+
+
+@pytest.mark.slow
+def test_two_processes_read_disjoint_rows_whose_union_is_the_stream(tmp_path):
+  import json
+  import os
+
+  import ni_data_worker
+  import test_multihost_training as mh
+
+  worker = os.path.join(mh.REPO_ROOT, "tests", "ni_data_worker.py")
+  mh.launch(
+      lambda i: [worker, "--out", str(tmp_path / f"rows_{i}.json")],
+      tmp_path,
+      timeout_s=400,
+  )
+  results = [
+      json.loads((tmp_path / f"rows_{i}.json").read_text()) for i in range(2)
+  ]
+  single = ni_data_worker.read_batches(0, 1)
+  n = ni_data_worker.GLOBAL_BATCH
+  for mesh, shards in (("8x1", 2), ("2x4", 2), ("1x8", 1)):
+    hosts = [r[mesh] for r in results]
+    assert sorted(h["shard"][1] for h in hosts) == [shards, shards]
+    if shards == 1:  # hosts of one replica set read the same rows
+      assert hosts[0]["rows"] == hosts[1]["rows"] == single["rows"]
+      continue
+    assert sorted(h["shard"][0] for h in hosts) == [0, 1]
+    union = sorted(hosts[0]["indices"] + hosts[1]["indices"])
+    assert union == list(range(len(union)))  # disjoint, nothing skipped
+    for b in range(ni_data_worker.NUM_BATCHES):
+      assert sorted(hosts[0]["rows"][b] + hosts[1]["rows"][b]) == sorted(
+          single["rows"][b]
+      )
+      assert (
+          hosts[0]["states"][b]
+          == hosts[1]["states"][b]
+          == {"next_index": (b + 1) * n}
+      )

@@ -262,7 +262,7 @@ def main(args):
         args.ni_dir,
         loaded.vocabulary,
         max_input_length,
-        flag="--mixture",
+        must_exist=False,  # resolve_mixture_or_task names close matches
     )
     records = infer.predict_mixture(
         predictor,

@@ -65,11 +65,13 @@ def register_ni_for(
     max_source_length: Optional[int] = None,
     *,
     flag: str = "MIXTURE_OR_TASK_NAME",
+    must_exist: bool = True,
 ) -> Optional[names_lib.MixtureName]:
   """(Re-)registers the NI split behind an NI name with this vocabulary and token budget.
 
   Returns the parsed mixture, or None for a non-NI name that is already registered
-  with SeqIO. A named `ni_dir` must be a checkout (`source.check_checkout`); None
+  with SeqIO (else ValueError naming `flag`, unless `must_exist` is False: the caller
+  reports unknown names itself). A named `ni_dir` must be a checkout (`source.check_checkout`); None
   means the embedded `tasks/`. Per-task tasks are registered only when the name
   is one (`<mixture>_<task>`).
   """
@@ -103,7 +105,7 @@ def register_ni_for(
         **kwargs,
     )
   known = set(seqio.MixtureRegistry.names()) | set(seqio.TaskRegistry.names())
-  if mixture_or_task_name not in known:
+  if must_exist and mixture_or_task_name not in known:
     raise ValueError(
         f"{flag}={mixture_or_task_name!r} is not a registered SeqIO task or mixture "
         f"(NI names look like ni_default_train_def_pos2; checkout {checkout})"
