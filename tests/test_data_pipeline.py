@@ -297,12 +297,21 @@ def test_missing_checkout_is_refused_by_every_command(tmp_path):
             "x",
         ],
     ]
+    commands.append(
+        [
+            "train",
+            "--gin_file=gin_configs/experiments/embedded_tiny.gin",
+            f"--gin.NI_DIR='{ni_dir}'",
+            f"--gin.MODEL_DIR='{tmp_path / 'model'}'",
+        ]
+    )
     for argv in commands:
       with pytest.raises(ni.NIDataError, match=str(ni_dir)):
         cli.main(argv)
     with pytest.raises(ni.NIDataError, match=str(ni_dir)):
       pipeline.register_ni_for("ni_default_train_def_pos2", ni_dir)
   assert not (tmp_path / "b.jsonl").exists()
+  assert not (tmp_path / "model").exists()
 
 
 def test_one_stream_has_the_per_task_inputs(toy_dir, throwaway_vocab):  # noqa: F811

@@ -463,7 +463,8 @@ class TrainInput:
             self.stream.open_stream,
             batch_size=local,
             feature_lengths=self.feature_lengths,
-            window=packing.DEFAULT_WINDOW,
+            # The packer owns its window default; the lead wires a gin knob at merge.
+            window=getattr(packing, "DEFAULT_WINDOW", 64),
             state=state,
         )
         return
