@@ -2,6 +2,7 @@
 
 import logging
 
+from tkx.data import ni
 from tkx.data import source
 from tkx.data import vocab
 from tkx.metrics import baselines
@@ -42,6 +43,12 @@ def add_arguments(parser):
   )
   parser.add_argument("--seed", type=int, default=42)
   parser.add_argument(
+      "--selection",
+      default=ni.DEFAULT_SELECTION.value,
+      choices=[s.value for s in ni.Selection],
+      help="capped splits: Tk-Instruct's one random stream (default) or a shuffle per task",
+  )
+  parser.add_argument(
       "--skip_missing",
       action="store_true",
       help="skip tasks named by the split whose task file does not exist",
@@ -61,6 +68,7 @@ def main(args):
       split=args.split,
       max_num_instances_per_task=args.max_num_instances_per_task,
       seed=args.seed,
+      selection=args.selection,
       skip_missing=args.skip_missing,
       progress=True,
   )

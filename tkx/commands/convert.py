@@ -50,6 +50,12 @@ def add_arguments(parser):
       help="seed for instance selection and tk_instruct encoding draws",
   )
   parser.add_argument(
+      "--selection",
+      default=ni.DEFAULT_SELECTION.value,
+      choices=[s.value for s in ni.Selection],
+      help="capped splits: Tk-Instruct's one random stream (default) or a shuffle per task",
+  )
+  parser.add_argument(
       "--max_source_length",
       type=int,
       default=1024,
@@ -76,6 +82,7 @@ def convert(
     *,
     max_num_instances_per_task=_SPLIT_DEFAULT,
     seed=42,
+    selection=ni.DEFAULT_SELECTION,
     max_source_length=1024,
     vocabulary=None,
     skip_missing=False,
@@ -105,6 +112,7 @@ def convert(
           split,
           max_num_instances_per_task=max_num_instances_per_task,
           seed=seed,
+          selection=selection,
           task_names=task_names,
           progress=progress,
       ):
@@ -154,6 +162,7 @@ def main(args):
         args.output,
         max_num_instances_per_task=args.max_num_instances_per_task,
         seed=args.seed,
+        selection=args.selection,
         max_source_length=args.max_source_length,
         vocabulary=vocabulary,
         skip_missing=args.skip_missing,
