@@ -121,11 +121,3 @@ def parse_name(
       f"{name!r} is not an NI name <prefix>_<track>_<split>_<encoding>[_<task>] "
       f"(tracks {', '.join(ni.TRACKS)}; e.g. ni_default_train_def_pos2)"
   )
-
-
-def is_ni_name(name: str, splits: Optional[Iterable[str]] = None) -> bool:
-  try:
-    parse_name(name, splits)
-    return True
-  except ValueError:
-    return False
