@@ -156,10 +156,16 @@ def main(argv=None):
   )
   register_s = time.perf_counter() - start
   mixture = tasks.mixture_name(args.track, args.split, args.encoding, "bench")
+  # The mixture is one task over the split's source; the per-task tasks are its rows.
+  per_task = [
+      tasks.task_name(args.track, args.split, args.encoding, n, "bench")
+      for n in tasks.ni.split_tasks(
+          args.ni_dir, args.track, args.split, skip_missing=True
+      )
+  ]
   if args.max_tasks:
-    names = [t.name for t in seqio.get_mixture_or_task(mixture).tasks][
-        : args.max_tasks
-    ]
+    per_task = per_task[: args.max_tasks]
+    names = per_task
     mixture += "_subset"
     if mixture in seqio.MixtureRegistry.names():
       seqio.MixtureRegistry.remove(mixture)
@@ -192,9 +198,7 @@ def main(argv=None):
       f"({total} examples in {r['build_s'] + r['steady_s']:.1f} s)"
   )
 
-  specs = [
-      tasks.task_spec(t.name) for t in seqio.get_mixture_or_task(mixture).tasks
-  ]
+  specs = [tasks.task_spec(n) for n in per_task]
   count, seconds = bench_python_peer(
       specs, vocabulary, max_examples=max(r["examples"], 500)
   )

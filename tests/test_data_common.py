@@ -52,6 +52,41 @@ def toy_task(name="task001_toy", **overrides):
   return task
 
 
+def tk_instruct_selection(ni_dir, track, split, cap, seed=42):
+  """{task: selected ids}: a plain-Python replica of Tk-Instruct's run_s2s.py + ni_dataset.py.
+
+  `set_seed(seed)` seeds the module-level `random`; each task of the split file, in
+  order, keeps its first 100 instances for test, then `random.shuffle` + cap.
+  """
+  import os
+  import random
+
+  random.seed(seed)
+  selected = {}
+  split_file = os.path.join(ni_dir, "splits", track, f"{split}_tasks.txt")
+  with open(split_file, encoding="utf-8") as split_f:
+    for line in split_f:
+      task_name = line.strip()
+      if not task_name:
+        continue
+      path = os.path.join(ni_dir, "tasks", task_name + ".json")
+      with open(path, encoding="utf-8") as task_f:
+        task_data = json.loads(task_f.read())
+      all_instances = task_data.pop("Instances")
+      instances = all_instances[:100] if split == "test" else all_instances
+      if cap is not None and cap >= 0:
+        random.shuffle(instances)
+        instances = instances[:cap]
+      selected.setdefault(
+          task_name,
+          [
+              i.get("id", f"{task_name}-{all_instances.index(i)}")
+              for i in instances
+          ],
+      )
+  return selected
+
+
 def write_checkout(root, tasks, splits):
   """Writes `tasks/*.json` and `splits/<track>/<split>_tasks.txt` under root.
 

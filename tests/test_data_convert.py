@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from test_data_common import small_checkout, throwaway_vocab, toy_task, write_checkout  # noqa: F401
+from test_data_common import small_checkout, throwaway_vocab, tk_instruct_selection, toy_task, write_checkout  # noqa: F401
 from tkx import cli
 from tkx.data import encodings as enc
 from tkx.data import ni
@@ -80,10 +80,10 @@ def test_convert_cap_seed_budget_and_tk_instruct(tmp_path, throwaway_vocab):  # 
   assert cli.main(args + ["--output", str(tmp_path / "b.jsonl")]) == 0
   a, b = _read(tmp_path / "a.jsonl"), _read(tmp_path / "b.jsonl")
   assert a == b and len(a) == 21
-  task = ni.load_task(root, "task100_toy_train")
-  assert [r["id"] for r in a[:7]] == [
-      i["id"] for i in ni.select_instances(task, "train", 7, 3)
-  ]
+  # Tk-Instruct's selection (one random stream over the split) unless --selection per_task.
+  assert [r["id"] for r in a[:7]] == tk_instruct_selection(
+      root, "default", "train", 7, seed=3
+  )["task100_toy_train"]
   assert all(len(throwaway_vocab.encode(r["inputs"])) + 1 <= 42 for r in a)
   assert (
       len({r["inputs"][:10] for r in a}) > 1

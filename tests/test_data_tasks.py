@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import seqio
 
-from test_data_common import small_checkout, throwaway_vocab, toy_task, write_checkout  # noqa: F401
+from test_data_common import small_checkout, throwaway_vocab, tk_instruct_selection, toy_task, write_checkout  # noqa: F401
 from tkx.data import encodings as enc
 from tkx.data import ni
 from tkx.data import tasks
@@ -82,10 +82,10 @@ def test_train_split_selection_targets_and_budget(toy_dir, throwaway_vocab):  # 
       "toyb_default_train_def_pos2_neg2_expl_task101_toy_train", "train"
   )
   assert len(a) == 25
-  task = ni.load_task(toy_dir, "task101_toy_train")
-  assert [e["id"].decode() for e in a] == [
-      i["id"] for i in ni.select_instances(task, "train", 25, 5)
-  ]
+  # Tk-Instruct's selection: one random stream over the split (task101 comes first).
+  assert [e["id"].decode() for e in a] == tk_instruct_selection(
+      toy_dir, "default", "train", 25, seed=5
+  )["task101_toy_train"]
   for ex in a:
     assert len(ex["inputs"]) <= 48 and ex["inputs"][-1] == 1
     refs = [r.decode() for r in ex["references"]]
@@ -116,19 +116,31 @@ def test_train_split_selection_targets_and_budget(toy_dir, throwaway_vocab):  # 
   )  # several encodings used
 
 
-def test_mixture_rates_are_instance_counts(toy_dir, throwaway_vocab):  # noqa: F811
+def test_mixture_is_one_task_over_the_split_source(toy_dir, throwaway_vocab):  # noqa: F811
   tasks.register_ni(
       toy_dir, encodings=("def",), vocabulary=throwaway_vocab, prefix="toyc"
   )
   train = seqio.get_mixture_or_task("toyc_default_train_def")
-  rates = {t.name.split("_def_")[1]: train.get_rate(t) for t in train.tasks}
+  # One SeqIO task holds every selected instance of the split; per-task tasks are its rows.
+  assert [t.name for t in train.tasks] == ["toyc_default_train_def_all_tasks"]
+  assert train.get_rate(train.tasks[0]) == 120.0
+  rates = {
+      n: tasks.instance_count_rate(
+          seqio.get_mixture_or_task(f"toyc_default_train_def_{n}")
+      )
+      for n in ("task100_toy_train", "task101_toy_train", "task102_toy_train")
+  }
   assert rates == {
       "task100_toy_train": 30.0,
       "task101_toy_train": 40.0,
       "task102_toy_train": 50.0,
   }
   test = seqio.get_mixture_or_task("toyc_default_test_def")
-  assert sorted(test.get_rate(t) for t in test.tasks) == [60.0, 70.0]
+  examples = _examples("toyc_default_test_def_all_tasks", "test")
+  assert [e["task"].decode() for e in examples] == ["task103_toy_test"] * 60 + [
+      "task104_toy_test"
+  ] * 70
+  assert test.get_rate(test.tasks[0]) == 130.0
   tasks.register_ni(
       toy_dir,
       encodings=("def",),
@@ -137,7 +149,7 @@ def test_mixture_rates_are_instance_counts(toy_dir, throwaway_vocab):  # noqa: F
       max_num_instances_per_task=45,
   )
   train = seqio.get_mixture_or_task("toyc_default_train_def")
-  assert sorted(train.get_rate(t) for t in train.tasks) == [30.0, 40.0, 45.0]
+  assert [train.get_rate(t) for t in train.tasks] == [30.0 + 40.0 + 45.0]
   assert train.total_rate == 115.0
   # The mixture samples from its tasks and keeps the model features.
   batch = list(
@@ -185,8 +197,11 @@ def test_registration_is_lazy_fast_and_idempotent(shared_ni_dir, throwaway_vocab
       == n_tasks
   )
   train = seqio.get_mixture_or_task("sharedfast_default_train_def_pos2")
-  assert len(train.tasks) == len(
-      ni.read_split(shared_ni_dir, "default", "train")
+  assert len(train.tasks) == 1
+  assert n_tasks == 3 * sum(
+      1 + len(ni.read_split(shared_ni_dir, track, split))
+      for track in ("default", "xlingual")
+      for split in ("train", "test")
   )
 
 
@@ -247,7 +262,8 @@ def test_postprocessor_gives_metrics_reference_lists(toy_dir, throwaway_vocab): 
       compute_metrics=True, predict_fn=predict_fn, score_fn=None
   )
   metrics = metrics.result()
-  assert {m["n"] for m in metrics.values()} == {60, 70}
+  # The mixture is one task: its metrics cover both NI tasks' 60 + 70 instances.
+  assert {m["n"] for m in metrics.values()} == {130}
   targets = seen["targets"]
   assert all(
       isinstance(t, list) and len(t) == 2 and all(isinstance(r, str) for r in t)
@@ -302,9 +318,11 @@ def test_embedded_sample_is_registered_on_import(embedded_ni_dir):
         mixture = seqio.get_mixture_or_task(
             tasks.mixture_name(track, split, encoding)
         )
-        assert len(mixture.tasks) == len(
-            ni.read_split(embedded_ni_dir, track, split)
-        )
+        assert len(mixture.tasks) == 1
+        for ni_task in ni.read_split(embedded_ni_dir, track, split):
+          seqio.get_mixture_or_task(
+              tasks.task_name(track, split, encoding, ni_task)
+          )
   name = seqio.get_mixture_or_task("ni_default_test_def_pos2").tasks[0].name
   example = next(
       seqio.get_mixture_or_task(name)
@@ -372,8 +390,10 @@ def test_registering_a_1600_task_checkout_takes_seconds(tmp_path, throwaway_voca
   elapsed = time.perf_counter() - start
   assert len(mixtures) == 4 and elapsed < 10.0, elapsed
   assert (
-      len(seqio.get_mixture_or_task("big_default_train_tk_instruct").tasks)
-      == 1500
+      len(seqio.get_mixture_or_task("big_default_train_tk_instruct").tasks) == 1
+  )
+  assert "big_default_train_tk_instruct_task1499_synthetic_name" in (
+      seqio.TaskRegistry.names()
   )
   # The JSON is opened only when a dataset is built, and a bad file is reported then.
   with pytest.raises(ni.NIDataError, match="malformed JSON"):

@@ -3,7 +3,7 @@
 import pytest
 import seqio
 
-from test_data_common import small_checkout, throwaway_vocab, toy_task, write_checkout  # noqa: F401
+from test_data_common import small_checkout, throwaway_vocab, tk_instruct_selection, toy_task, write_checkout  # noqa: F401
 from tkx.data import encodings as enc
 from tkx.data import ni
 from tkx.data import tasks
@@ -69,9 +69,11 @@ def test_round_trip_rebuilds_every_encoding(prepared, split):
   name = tfds_ni.builder_name("default")
   for ni_task in tfds_ni.split_task_names(name, data_dir, split):
     task = ni.load_task(ni_dir, ni_task)
-    expected = ni.select_instances(
-        task, split, ni.default_max_num_instances(split), 42
-    )
+    ids = tk_instruct_selection(
+        ni_dir, "default", split, ni.default_max_num_instances(split), 42
+    )[ni_task]
+    by_id = {i["id"]: i for i in task["Instances"]}
+    expected = [by_id[i] for i in ids]
     pairs = list(tfds_ni.iter_task_instances(name, data_dir, split, ni_task))
     assert [i["id"] for _, i in pairs] == [i["id"] for i in expected]
     for (t, instance), original in zip(pairs, expected):
@@ -128,8 +130,4 @@ def test_seqio_tasks_from_tfds_match_json(prepared, throwaway_vocab):  # noqa: F
             else x[k] == y[k]
         ), k
   mixture = seqio.get_mixture_or_task("viatfds_default_test_def_pos2")
-  assert sorted(mixture.get_rate(t) for t in mixture.tasks) == [
-      12.0,
-      60.0,
-      70.0,
-  ]
+  assert [mixture.get_rate(t) for t in mixture.tasks] == [12.0 + 60.0 + 70.0]

@@ -1,9 +1,9 @@
-"""The training input: deterministic for a seed, exact fast-forward on resume, packing on/off."""
+"""The SeqIO training input (non-NI names, PACK without tkx.data.packing): deterministic, exact skip, packing."""
 
 import numpy as np
 import pytest
 
-from tkx import trainer
+from tkx.data import pipeline
 from tkx.data import vocab
 
 LENGTHS = {"inputs": 128, "targets": 16}
@@ -13,11 +13,13 @@ NAME = "ni_default_train_def_pos2_task9001_tkx_review_sentiment_polarity"
 
 @pytest.fixture(scope="module", autouse=True)
 def _registered():
-  trainer.register_ni_for(NAME, None, vocab.get_vocabulary(), LENGTHS["inputs"])
+  pipeline.register_ni_for(
+      NAME, None, vocab.get_vocabulary(), LENGTHS["inputs"]
+  )
 
 
 def _batches(n, lengths=LENGTHS, **kw):
-  it = trainer.get_dataset(NAME, lengths, 4, **kw).as_numpy_iterator()
+  it = pipeline.get_dataset(NAME, lengths, 4, **kw).as_numpy_iterator()
   return [next(it) for _ in range(n)]
 
 
@@ -66,4 +68,4 @@ def test_unknown_mixture_is_a_clear_error():
       ValueError,
       match="MIXTURE_OR_TASK_NAME='no_such_mixture' is not a registered",
   ):
-    trainer.register_ni_for("no_such_mixture")
+    pipeline.register_ni_for("no_such_mixture")

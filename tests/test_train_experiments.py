@@ -95,10 +95,10 @@ def test_embedded_tiny_and_required_macros():
 
 
 def test_train_epochs_counts_mixture_instances():
-  from tkx import trainer
+  from tkx.data import pipeline
   from tkx.data import vocab
 
-  trainer.register_ni_for(
+  pipeline.register_ni_for(
       "ni_default_train_def_pos2", None, vocab.get_vocabulary(), 256
   )
   import seqio
@@ -114,6 +114,6 @@ def test_train_epochs_counts_mixture_instances():
   )
   assert count > 500
   assert (
-      trainer.steps_for_epochs("ni_default_train_def_pos2", 2, 16)
+      pipeline.steps_for_epochs("ni_default_train_def_pos2", 2, 16)
       == 2 * count // 16
   )

@@ -39,10 +39,6 @@ METRICS_FILE = "metrics.json"
 SUMMARY_DIR = "eval"
 
 
-def _text(value) -> str:
-  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
 def _input_ids(features: Mapping[str, Any]) -> List[int]:
   """The unpadded encoder ids of a cached task example (they end in EOS)."""
   return [int(t) for t in features["inputs"]]
@@ -101,19 +97,19 @@ def run_evaluation(
         f"{mixture_or_task_name}: no task with split {split!r} and metric functions to evaluate"
     )
 
-  # One decoding pass over every task's examples.
-  examples = {}  # task name -> [(id, input ids)]
+  # One decoding pass over every task's examples (an NI mixture: one stream over its source).
+  examples = {}  # SeqIO task name -> [((NI task, instance id), input ids)]
   for task in eval_tasks:
     examples[task.name] = [
-        (_text(ex["id"]), _input_ids(ex))
+        (infer.example_key(ex), _input_ids(ex))
         for ex in evaluator.cached_task_datasets[task.name].as_numpy_iterator()
     ]
   flat = [ids for task in eval_tasks for _, ids in examples[task.name]]
   log.info(
-      "%s: %d examples in %d tasks (split %s)",
+      "%s: %d examples of %d NI tasks (split %s)",
       mixture_or_task_name,
       len(flat),
-      len(eval_tasks),
+      len({k[0] for t in eval_tasks for k, _ in examples[t.name]}),
       split,
   )
   infer.warn_full_budget(flat, max_input_length, mixture_or_task_name)
@@ -330,6 +326,7 @@ def evaluate(
         splits=(split,),
         max_num_instances_per_task=max_num_instances_per_task,
         max_source_length=max_input_length,
+        per_task_tasks=False,
         metric_fns=[seqio_metrics.ni_metrics_xlingual]
         if track == "xlingual"
         else None,

@@ -567,7 +567,10 @@ def resolve_mixture_or_task(name: str):
 
 
 def ni_subtasks(name: str) -> List[Any]:
-  """The NI SeqIO tasks of a mixture (or the task itself), each with its `tkx.data.tasks` spec."""
+  """The NI SeqIO tasks of a mixture (or the task itself), each with its `tkx.data.tasks` spec.
+
+  An NI mixture is one task over its split's source: the whole split is one stream.
+  """
   from tkx.data import tasks as tasks_lib
 
   mixture_or_task = resolve_mixture_or_task(name)
@@ -587,10 +590,15 @@ def _text(value) -> str:
   return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
+def example_key(example: Mapping[str, Any]) -> Tuple[str, str]:
+  """(NI task, instance id) of a SeqIO example: the key of its source row."""
+  return _text(example["task"]), _text(example["id"])
+
+
 def task_inputs(
     task, split: str, sequence_length: Mapping[str, int]
-) -> List[Tuple[str, List[int]]]:
-  """(instance id, input ids ending in EOS) of one NI SeqIO task, in dataset order."""
+) -> List[Tuple[Tuple[str, str], List[int]]]:
+  """((NI task, instance id), input ids ending in EOS) of an NI SeqIO task, in source order."""
   ds = task.get_dataset(
       sequence_length=dict(sequence_length),
       split=split,
@@ -599,28 +607,27 @@ def task_inputs(
       use_cached=False,
   )
   return [
-      (_text(ex["id"]), [int(t) for t in ex["inputs"]])
+      (example_key(ex), [int(t) for t in ex["inputs"]])
       for ex in ds.as_numpy_iterator()
   ]
 
 
 def records_for_task(
-    seqio_task_name: str, ids: Sequence[str], predictions: Sequence[str]
+    seqio_task_name: str,
+    keys: Sequence[Tuple[str, str]],
+    predictions: Sequence[str],
 ) -> List[dict]:
-  """Tk-Instruct records for the predictions of one NI SeqIO task (instances looked up by id)."""
+  """Tk-Instruct records for predictions of an NI SeqIO task, rows looked up by (task, id)."""
   from tkx.data import tasks as tasks_lib
 
-  spec = tasks_lib.task_spec(seqio_task_name)
-  task, instances = spec.load()
-  by_id = {instance["id"]: instance for instance in instances}
+  source = tasks_lib.task_spec(seqio_task_name).split_source()
   records = []
-  for instance_id, prediction in zip(ids, predictions):
-    if instance_id not in by_id:
-      raise ValueError(
-          f"task {spec.ni_task!r} ({spec.ni_dir}): instance id {instance_id!r} from the SeqIO "
-          "dataset is not among the selected instances of the task file"
-      )
-    records.append(prediction_record(task, by_id[instance_id], prediction))
+  for (ni_task, instance_id), prediction in zip(keys, predictions):
+    try:
+      task, instance = source.lookup(ni_task, instance_id)
+    except KeyError as e:
+      raise ValueError(f"{seqio_task_name}: {e.args[0]}") from None
+    records.append(prediction_record(task, instance, prediction))
   return records
 
 
@@ -635,7 +642,8 @@ def predict_mixture(
 ) -> List[dict]:
   """Decodes every instance of an NI mixture or task -> Tk-Instruct predictions records.
 
-  All tasks are decoded together, so batches are full across task boundaries.
+  A mixture is one stream over its split's source, so batches are full across
+  task boundaries.
   """
   subtasks = ni_subtasks(name)
   lengths = {"inputs": max_input_length, "targets": max_target_length}
@@ -644,8 +652,9 @@ def predict_mixture(
     split = task.splits[0]
     per_task.append((task.name, task_inputs(task, split, lengths)))
   flat = [ids for _, examples in per_task for _, ids in examples]
+  num_ni_tasks = len({k[0] for _, examples in per_task for k, _ in examples})
   log.info(
-      "%s: decoding %d examples of %d task(s)", name, len(flat), len(per_task)
+      "%s: decoding %d examples of %d NI task(s)", name, len(flat), num_ni_tasks
   )
   warn_full_budget(flat, max_input_length, name)
   texts = decode_ids(
@@ -655,5 +664,5 @@ def predict_mixture(
   for task_name, examples in per_task:
     preds = texts[start : start + len(examples)]
     start += len(examples)
-    records.extend(records_for_task(task_name, [i for i, _ in examples], preds))
+    records.extend(records_for_task(task_name, [k for k, _ in examples], preds))
   return records

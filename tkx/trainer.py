@@ -9,15 +9,13 @@ inside a single jitted function whose inputs and outputs carry explicit
 shardings from `partitioning.Partitioner`, so the same gin runs on one CPU,
 eight CPU devices, a GPU or many hosts.
 
-Exact resume. The input is a deterministic SeqIO pipeline (fixed shuffle seed,
-deterministic tf.data); a checkpoint stores, next to parameters, optimizer state,
-step and RNG, the number of batches consumed. Resuming rebuilds the same pipeline
-and skips that many batches. We chose skipping over tf.data iterator checkpoints
-because it is exact by construction, survives changes to tf.data internals and
-costs nothing to store (iterator checkpoints of shuffle buffers are large); its
-price is replaying the input pipeline on resume (a few seconds per thousand
-batches for NI-sized examples). Dropout RNGs derive from (rng, step), so a run
-killed after checkpoint k and resumed ends with bit-identical parameters.
+Exact resume. The input (`tkx.data.pipeline`) is deterministic: for NI names an
+exact-epoch stream over the split's one source whose position is a global
+example index, reached in O(1). A checkpoint stores, next to parameters,
+optimizer state, step and RNG, the input state after the last trained batch;
+resuming opens the stream there (non-NI SeqIO names skip the batches consumed).
+Dropout RNGs derive from (rng, step), so a run killed after checkpoint k and
+resumed ends with bit-identical parameters.
 
 Non-finite values. Every step reports whether loss, gradient norm and update norm
 are finite; the loop checks it before any save, so a NaN state is never written,
@@ -26,7 +24,6 @@ and stops with `NonFiniteLossError` naming the step and the last good checkpoint
 
 import logging
 import os
-import re
 import time
 from typing import Any, Callable, Mapping, Optional
 
@@ -39,6 +36,7 @@ from tkx import io_utils, multihost, optimizers
 from tkx.checkpoints import directory, layout, orbax_io
 from tkx.step_logger import StepLogger
 from tkx.train_state import TrainState, TrainStateInitializer
+from tkx.data import pipeline as data_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -188,151 +186,8 @@ def make_eval_step(model):
 
 
 # ------------------------------------------------------------------------------
-# Data
+# Data (the input itself lives in tkx.data.pipeline)
 # ------------------------------------------------------------------------------
-_NI_TASK_SUFFIX = re.compile(r"_(task\d+.*)$")
-
-
-def register_ni_for(
-    mixture_or_task_name: str,
-    ni_dir: Optional[str] = None,
-    vocabulary=None,
-    max_source_length: Optional[int] = None,
-) -> None:
-  """(Re-)registers the NI tasks behind `<prefix>_<track>_<split>_<encoding>[_<task>]` names.
-
-  Registration uses the model's vocabulary and the run's input length as token
-  budget, so a run on the real T5 vocabulary never trains on the embedded one.
-  Names that are not NI names must already be registered with SeqIO.
-  """
-  import seqio
-  from tkx.data import ni
-  from tkx.data import tasks as ni_tasks
-
-  checkout = ni_dir or ni_tasks.EMBEDDED_NI_DIR
-  name = _NI_TASK_SUFFIX.sub("", mixture_or_task_name)
-  parsed = None
-  for track in ni.TRACKS:
-    marker = f"_{track}_"
-    if marker not in name:
-      continue
-    prefix, rest = name.split(marker, 1)
-    for split in sorted(ni.list_splits(checkout, track), key=len, reverse=True):
-      if rest.startswith(split + "_"):
-        parsed = (prefix, track, split, rest[len(split) + 1 :])
-        break
-    if parsed:
-      break
-  if parsed:
-    prefix, track, split, encoding = parsed
-    kwargs = {}
-    if max_source_length:
-      kwargs["max_source_length"] = max_source_length
-    ni_tasks.register_ni(
-        ni_dir=checkout,
-        tracks=(track,),
-        encodings=(encoding,),
-        vocabulary=vocabulary,
-        splits=(split,),
-        prefix=prefix,
-        **kwargs,
-    )
-  known = set(seqio.MixtureRegistry.names()) | set(seqio.TaskRegistry.names())
-  if mixture_or_task_name not in known:
-    raise ValueError(
-        f"MIXTURE_OR_TASK_NAME={mixture_or_task_name!r} is not a registered SeqIO task or mixture "
-        f"(NI names look like ni_default_train_def_pos2; NI_DIR={checkout!r})"
-    )
-
-
-def steps_for_epochs(
-    mixture_or_task_name: str, epochs: float, batch_size: int
-) -> int:
-  """floor(epochs x examples / batch) with examples = the mixture's summed rates (NI: instance counts)."""
-  import seqio
-
-  provider = seqio.get_mixture_or_task(mixture_or_task_name)
-  num_examples = getattr(provider, "total_rate", None)
-  if num_examples is None:  # a single task: count it
-    num_examples = sum(
-        1
-        for _ in provider.get_dataset(
-            None,
-            split=_split_of(mixture_or_task_name),
-            shuffle=False,
-            num_epochs=1,
-        )
-    )
-  steps = int(epochs * float(num_examples) // batch_size)
-  log.info(
-      "%s: %d examples x %g epochs / batch %d = %d steps",
-      mixture_or_task_name,
-      int(num_examples),
-      epochs,
-      batch_size,
-      steps,
-  )
-  return max(steps, 1)
-
-
-def _split_of(mixture_or_task_name: str) -> str:
-  """The one split an NI task/mixture has (its NI split name); 'train' otherwise."""
-  import seqio
-
-  splits = tuple(
-      getattr(seqio.get_mixture_or_task(mixture_or_task_name), "splits", ())
-      or ()
-  )
-  return splits[0] if len(splits) == 1 else "train"
-
-
-@gin.configurable(module="trainer")
-def get_dataset(
-    mixture_or_task_name: str,
-    task_feature_lengths: Mapping[str, int],
-    batch_size: int,
-    split: Optional[str] = None,
-    shuffle: bool = True,
-    seed: Optional[int] = 0,
-    pack: bool = False,
-    use_cached: bool = False,
-    num_epochs: Optional[int] = None,
-    shard_info=None,
-    skip_batches: int = 0,
-):
-  """Host-local batches (numpy dicts) of SeqIO's EncDecFeatureConverter output.
-
-  `batch_size` is global; each of `shard_info.num_shards` hosts reads its shard
-  and gets batch_size / num_shards examples per batch. `skip_batches` fast-forwards
-  a deterministic pipeline to where a checkpoint left it. `split` defaults to the
-  task's own (NI tasks have exactly one: their NI split).
-  """
-  import seqio
-
-  split = split or _split_of(mixture_or_task_name)
-  num_shards = shard_info.num_shards if shard_info is not None else 1
-  if batch_size % num_shards:
-    raise ValueError(
-        f"BATCH_SIZE={batch_size} is not divisible by the {num_shards} data shards (hosts)"
-    )
-  ds = seqio.get_dataset(
-      mixture_or_task_name,
-      task_feature_lengths=dict(task_feature_lengths),
-      feature_converter=seqio.EncDecFeatureConverter(pack=pack),
-      dataset_split=split,
-      use_cached=use_cached,
-      shuffle=shuffle,
-      num_epochs=num_epochs,
-      shard_info=shard_info,
-      seed=seed,
-      verbose=False,
-  )
-  ds = ds.batch(batch_size // num_shards, drop_remainder=True)
-  if skip_batches:
-    ds = ds.skip(skip_batches)
-  return ds.prefetch(2)
-
-
 def _data_shard_info(partitioner):
   """This host's SeqIO shard (hosts of one model-parallel replica read the same one)."""
   return partitioner.get_data_shard_info() if jax.process_count() > 1 else None
@@ -492,16 +347,19 @@ def train(
       grad_clip_norm=grad_clip_norm,
   )
 
-  register_ni_for(
+  train_input = data_pipeline.train_input(
       mixture_or_task_name,
-      ni_dir,
-      model.output_vocabulary,
-      task_feature_lengths["inputs"],
+      ni_dir=ni_dir,
+      vocabulary=model.output_vocabulary,
+      feature_lengths=task_feature_lengths,
+      batch_size=batch_size,
+      data_seed=data_seed,
+      pack=pack,
+      use_cached=use_cached,
+      shard_info=_data_shard_info(partitioner),
   )
   if train_epochs:
-    train_steps = steps_for_epochs(
-        mixture_or_task_name, train_epochs, batch_size
-    )
+    train_steps = train_input.steps_for_epochs(train_epochs)
   if not train_steps:
     raise ValueError(
         "set TRAIN_STEPS (trainer.train.train_steps) or trainer.train.train_epochs"
@@ -524,28 +382,19 @@ def train(
   if restored is not None:
     state, data_state = restored
     start_step = int(state.step)
-    consumed = int(data_state.get("consumed_batches", start_step))
-    if (
-        data_state.get("batch_size", batch_size) != batch_size
-        or data_state.get("data_seed", data_seed) != data_seed
-    ):
-      log.warning(
-          "Resuming with a different BATCH_SIZE or data seed than the checkpoint (%s): "
-          "the input order will not match the interrupted run.",
-          data_state,
-      )
+    input_state = train_input.state_from_checkpoint(data_state, start_step)
     log.info(
-        "Resumed from %s/%s (%d batches consumed)",
+        "Resumed from %s/%s (input at %s)",
         model_dir,
         layout.step_dir_name(start_step),
-        consumed,
+        input_state,
     )
   elif initial_checkpoint_path:
     state = initializer.from_params_checkpoint(initial_checkpoint_path)
-    start_step, consumed = 0, 0
+    start_step, input_state = 0, train_input.initial_state()
   else:
     state = initializer.from_scratch()
-    start_step, consumed = 0, 0
+    start_step, input_state = 0, train_input.initial_state()
   if start_step >= train_steps:
     log.info(
         "Checkpoint step %d >= TRAIN_STEPS=%d: nothing to do.",
@@ -562,25 +411,13 @@ def train(
           "eval_every is set but no eval mixture: evaluating on the training mixture"
       )
       eval_mixture_or_task_name = mixture_or_task_name
-    register_ni_for(
+    data_pipeline.register_ni_for(
         eval_mixture_or_task_name,
         ni_dir,
         model.output_vocabulary,
         task_feature_lengths["inputs"],
     )
-  ds = get_dataset(
-      mixture_or_task_name,
-      task_feature_lengths,
-      batch_size,
-      split=None,
-      shuffle=True,
-      seed=data_seed,
-      pack=pack,
-      use_cached=use_cached,
-      shard_info=_data_shard_info(partitioner),
-      skip_batches=consumed,
-  )
-  batches = ds.as_numpy_iterator()
+  batches = train_input.batches(input_state)
 
   # --- compiled step ---
   data_sharding = partitioner.data_sharding
@@ -635,19 +472,23 @@ def train(
   def next_batch():
     t0 = time.time()
     try:
-      host_batch = next(batches)
+      host_batch, state_after = next(batches)
     except StopIteration:
       raise RuntimeError(
           f"the input {mixture_or_task_name!r} ran out of batches"
       ) from None
-    return partitioner.host_local_to_global(host_batch), time.time() - t0
+    return (
+        partitioner.host_local_to_global(host_batch),
+        state_after,
+        time.time() - t0,
+    )
 
   last_step = (
       train_steps
       if stop_after_step is None
       else min(train_steps, stop_after_step)
   )
-  batch, input_wait = next_batch()
+  batch, batch_input_state, input_wait = next_batch()
   steps_logger.add_input_wait(input_wait)
   last_good = checkpoints.latest_step()
   metrics_host = {}
@@ -655,11 +496,13 @@ def train(
   try:
     for step in range(start_step + 1, last_step + 1):
       state, metrics = p_train_step(state, batch)
-      consumed += 1
+      input_state = (
+          batch_input_state  # the input position after the trained batch
+      )
       if (
           step < last_step
       ):  # overlap reading the next batch with this step's compute
-        batch, wait = next_batch()
+        batch, batch_input_state, wait = next_batch()
         steps_logger.add_input_wait(wait)
       metrics_host = jax.device_get(metrics)
       if not bool(metrics_host["is_finite"]):
@@ -681,12 +524,7 @@ def train(
         checkpoints.save(
             step,
             state,
-            {
-                "consumed_batches": consumed,
-                "batch_size": batch_size,
-                "data_seed": data_seed,
-                "mixture": mixture_or_task_name,
-            },
+            train_input.checkpoint_data_state(input_state),
             force=step == train_steps,
         )
       if eval_every and (step % eval_every == 0 or step == train_steps):
@@ -754,7 +592,7 @@ def evaluate_loss(
     pack=False,
 ):
   """Token-weighted loss over up to `max_batches` batches of the held-out split."""
-  ds = get_dataset(
+  ds = data_pipeline.get_dataset(
       mixture_or_task_name,
       task_feature_lengths,
       batch_size,

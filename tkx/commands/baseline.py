@@ -1,5 +1,7 @@
 """`tkx baseline`: write the copy_input / copy_demo baseline predictions of an NI split."""
 
+from tkx.data import ni
+from tkx.data import source
 from tkx.data import vocab
 from tkx.metrics import baselines
 
@@ -41,7 +43,13 @@ def add_arguments(parser):
       "--seed",
       type=int,
       default=42,
-      help="seed of the per-task shuffle behind --max_num_instances_per_task",
+      help="seed of the instance selection behind --max_num_instances_per_task",
+  )
+  parser.add_argument(
+      "--selection",
+      default=ni.DEFAULT_SELECTION.value,
+      choices=[s.value for s in ni.Selection],
+      help="capped splits: Tk-Instruct's one random stream (default) or a shuffle per task",
   )
   parser.add_argument(
       "--skip_missing",
@@ -51,6 +59,9 @@ def add_arguments(parser):
 
 
 def main(args):
+  source.check_checkout(
+      args.ni_dir
+  )  # a typo is an error, never another dataset
   count = baselines.write_baseline(
       args.ni_dir,
       args.kind,
@@ -59,6 +70,7 @@ def main(args):
       split=args.split,
       max_num_instances_per_task=args.max_num_instances_per_task,
       seed=args.seed,
+      selection=args.selection,
       skip_missing=args.skip_missing,
       progress=True,
   )

@@ -49,6 +49,12 @@ def add_arguments(parser):
       help="seed for instance selection and tk_instruct encoding draws",
   )
   parser.add_argument(
+      "--selection",
+      default=ni.DEFAULT_SELECTION.value,
+      choices=[s.value for s in ni.Selection],
+      help="capped splits: Tk-Instruct's one random stream (default) or a shuffle per task",
+  )
+  parser.add_argument(
       "--max_source_length",
       type=int,
       default=1024,
@@ -75,6 +81,7 @@ def convert(
     *,
     max_num_instances_per_task=_SPLIT_DEFAULT,
     seed=42,
+    selection=ni.DEFAULT_SELECTION,
     max_source_length=1024,
     vocabulary=None,
     skip_missing=False,
@@ -96,6 +103,7 @@ def convert(
         split,
         max_num_instances_per_task=max_num_instances_per_task,
         seed=seed,
+        selection=selection,
         task_names=task_names,
         progress=progress,
     ):
@@ -122,6 +130,11 @@ def convert(
 
 
 def main(args):
+  from tkx.data import source
+
+  source.check_checkout(
+      args.ni_dir
+  )  # a typo is an error, never another dataset
   vocabulary = None
   if args.vocab:
     from tkx.data import vocab  # pylint: disable=g-import-not-at-top  (imports seqio / TF)
@@ -135,6 +148,7 @@ def main(args):
       args.output,
       max_num_instances_per_task=args.max_num_instances_per_task,
       seed=args.seed,
+      selection=args.selection,
       max_source_length=args.max_source_length,
       vocabulary=vocabulary,
       skip_missing=args.skip_missing,

@@ -93,6 +93,10 @@ def main(args):
         "tkx eval needs --checkpoint (or a gin file that sets evaluate.evaluate.checkpoint_path, "
         "e.g. --gin_file=gin_configs/runs/eval.gin --gin.CHECKPOINT_PATH=\"'CKPT'\")"
     )
+  if args.ni_dir:
+    from tkx.data import source  # pylint: disable=g-import-not-at-top
+
+    source.check_checkout(args.ni_dir)  # before the checkpoint is loaded
   kwargs = infer_command.explicit_kwargs(args, _FLAG_TO_ARG)
   if any(getattr(args, f) is not None for f in infer_command.DECODE_FLAGS):
     kwargs["decode_config"] = infer_command.decode_config_from_args(args)

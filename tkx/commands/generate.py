@@ -122,6 +122,11 @@ def main(args):
   import jax
   from tkx import infer
   from tkx.checkpoints import directory
+
+  if args.ni_dir:
+    from tkx.data import source
+
+    source.check_checkout(args.ni_dir)  # before the checkpoint is loaded
   # One example: one device unless model parallelism is asked for.
   devices = None if args.num_partitions else jax.local_devices()[:1]
   partitioner = infer_command.partitioner_from_args(args, devices=devices)

@@ -16,7 +16,6 @@ Decoding flags (shared with `tkx eval` and `tkx generate`): greedy by default,
 and `--gin.NAME=VALUE`; flags given on the command line win over gin.
 """
 
-import logging
 import os
 import sys
 
@@ -181,39 +180,6 @@ def explicit_kwargs(args, names):
   }
 
 
-def register_mixture_for(name, ni_dir, vocabulary, max_input_length):
-  """(Re-)registers the NI checkout a mixture name `ni_<track>_<split>_<encoding>` names, with this vocabulary.
-
-  Names that do not follow that pattern are used as registered.
-  """
-  from tkx.data import ni
-  from tkx.data import tasks as tasks_lib
-
-  ni_dir = ni_dir or tasks_lib.EMBEDDED_NI_DIR
-  for track in ni.TRACKS:
-    for split in sorted(ni.list_splits(ni_dir, track), key=len, reverse=True):
-      prefix = tasks_lib.mixture_name(
-          track, split, "", tasks_lib.DEFAULT_PREFIX
-      )
-      if name.startswith(prefix) and len(name) > len(prefix):
-        encoding = name[len(prefix) :]
-        tasks_lib.register_ni(
-            ni_dir,
-            tracks=(track,),
-            encodings=(encoding,),
-            vocabulary=vocabulary,
-            splits=(split,),
-            max_source_length=max_input_length,
-        )
-        return
-  if ni_dir != tasks_lib.EMBEDDED_NI_DIR:
-    logging.getLogger(__name__).warning(
-        "mixture %r is not named <prefix>_<track>_<split>_<encoding> for a split of %s; using it as registered",
-        name,
-        ni_dir,
-    )
-
-
 def add_arguments(parser):
   source = parser.add_mutually_exclusive_group(required=True)
   source.add_argument(
@@ -241,6 +207,10 @@ def main(args):
 
   if args.input_file and args.ni_dir:
     raise ValueError("--ni_dir applies to --mixture, not to --input_file")
+  if args.ni_dir:
+    from tkx.data import source  # pylint: disable=g-import-not-at-top
+
+    source.check_checkout(args.ni_dir)  # before the checkpoint is loaded
   if args.input_file and not os.path.isfile(args.input_file):
     raise FileNotFoundError(f"input file not found: {args.input_file}")
   partitioner = partitioner_from_args(args)
@@ -261,8 +231,14 @@ def main(args):
   )
   progress = not args.no_progress
   if args.mixture:
-    register_mixture_for(
-        args.mixture, args.ni_dir, loaded.vocabulary, max_input_length
+    from tkx.data import pipeline  # pylint: disable=g-import-not-at-top
+
+    pipeline.register_ni_for(
+        args.mixture,
+        args.ni_dir,
+        loaded.vocabulary,
+        max_input_length,
+        must_exist=False,  # resolve_mixture_or_task names close matches
     )
     records = infer.predict_mixture(
         predictor,

@@ -10,11 +10,18 @@ input fails loudly with the file, the task and the field in the message.
 
 Instance selection follows Tk-Instruct's `ni_dataset.py`: test tasks keep their
 first 100 instances (the official evaluation instances are stored first); then,
-for every split, an optional cap is applied after a shuffle. We seed that
-shuffle per task (from `seed` and the task name) so a selection never depends
-on which other tasks were read before it.
+for every split, an optional cap is applied after a shuffle. Two shuffles
+(`Selection`):
+  tk_instruct  Tk-Instruct's own: ONE `random.Random(seed)` stream (run_s2s.py's
+               `set_seed(42)`), `shuffle` on each task's full list in split-file
+               order. Reproduces the published selection exactly; a task's
+               selection depends on the instance counts of the tasks before it.
+  per_task     each task shuffled by its own stream seeded from (seed, task name):
+               adding or removing a task leaves every other task's selection
+               unchanged (for ablations over task sets).
 """
 
+import enum
 import json
 import logging
 import os
@@ -27,6 +34,27 @@ EVAL_SPLITS = ("test", "official_test")
 NUM_EVAL_INSTANCES = 100
 # Tk-Instruct's default `max_num_instances_per_task` for training.
 DEFAULT_MAX_NUM_INSTANCES = {"train": 100}
+
+
+class Selection(enum.Enum):
+  """How a capped split picks its instances (see the module docstring)."""
+
+  TK_INSTRUCT = "tk_instruct"
+  PER_TASK = "per_task"
+
+  @classmethod
+  def parse(cls, value) -> "Selection":
+    if isinstance(value, cls):
+      return value
+    try:
+      return cls(value)
+    except ValueError:
+      raise ValueError(
+          f"instance selection must be one of {[s.value for s in cls]}, got {value!r}"
+      ) from None
+
+
+DEFAULT_SELECTION = Selection.TK_INSTRUCT
 
 
 class NIDataError(ValueError):
@@ -70,7 +98,14 @@ def list_splits(ni_dir, track: str) -> List[str]:
 
 
 def read_split(ni_dir, track: str, split: str) -> List[str]:
-  """Task names listed in `splits/<track>/<split>_tasks.txt` (blank lines ignored)."""
+  """Task names listed in `splits/<track>/<split>_tasks.txt` (blank lines ignored), each once."""
+  return read_split_lines(ni_dir, track, split, warn_repeats=True)[1]
+
+
+def read_split_lines(
+    ni_dir, track: str, split: str, *, warn_repeats: bool = False
+) -> tuple:
+  """(every task line in file order, repeats included; the distinct names in first-seen order)."""
   path = split_path(ni_dir, track, split)
   if not os.path.isfile(path):
     available = list_splits(ni_dir, track)
@@ -79,7 +114,7 @@ def read_split(ni_dir, track: str, split: str) -> List[str]:
         file=path,
         field=f"splits/{track}/{split}_tasks.txt",
     )
-  names, seen, repeated = [], set(), []
+  lines, names, seen, repeated = [], [], set(), []
   with open(path, encoding="utf-8") as f:
     for line_no, line in enumerate(f, 1):
       name = line.strip()
@@ -94,12 +129,13 @@ def read_split(ni_dir, track: str, split: str) -> List[str]:
             task=name,
             field="task name",
         )
+      lines.append(name)
       if name in seen:
         repeated.append(f"{name} (line {line_no})")
         continue
       seen.add(name)
       names.append(name)
-  if repeated:
+  if repeated and warn_repeats:
     # Real split files repeat a task now and then; a task is one SeqIO task, so it is
     # read once (Tk-Instruct would have read its instances twice). Said, not silent.
     logging.warning(
@@ -108,7 +144,7 @@ def read_split(ni_dir, track: str, split: str) -> List[str]:
         len(repeated),
         ", ".join(repeated),
     )
-  return names
+  return lines, names
 
 
 def split_tasks(
@@ -374,26 +410,70 @@ def default_max_num_instances(split: str) -> Optional[int]:
   return DEFAULT_MAX_NUM_INSTANCES.get(split)
 
 
+def _capped(cap: Optional[int]) -> bool:
+  return cap is not None and cap >= 0
+
+
 def select_instances(
     task: Dict[str, Any],
     split: str,
     max_num_instances_per_task: Optional[int],
     seed: int,
 ) -> List[Dict[str, Any]]:
-  """The instances of one task that a split uses, exactly Tk-Instruct's rule.
+  """One task's instances under the `per_task` rule (its own seeded shuffle).
 
   Test splits keep the first 100 instances. Then, when `max_num_instances_per_task`
   is not None and >= 0, the instances are shuffled (seeded by `seed` and the task
-  name) and cut to the cap. The task dict is not modified.
+  name) and cut to the cap. The task dict is not modified. A whole split under
+  Tk-Instruct's rule is `iter_split_instances(..., selection="tk_instruct")`.
   """
   instances = list(task["Instances"])
   if split in EVAL_SPLITS:
     instances = instances[:NUM_EVAL_INSTANCES]
-  if max_num_instances_per_task is not None and max_num_instances_per_task >= 0:
+  if _capped(max_num_instances_per_task):
     # A string seed is hashed with SHA-512 by `random`, so this is stable across runs.
     random.Random(f"{seed}:{task['Task']}").shuffle(instances)
     instances = instances[:max_num_instances_per_task]
   return instances
+
+
+class SplitSelector:
+  """Selects a split's instances task by task, in split-file order, under one rule.
+
+  Tk-Instruct's rule draws from one stream: `random.Random(seed)` is the stream
+  `random.seed(seed)` gives the module-level functions, and shuffling the indices
+  0..n-1 consumes it exactly as shuffling the n instances does. Call `select`
+  for every line of the split file in order (repeats included: Tk-Instruct
+  shuffles a repeated task again, so the stream advances for it too).
+  """
+
+  def __init__(
+      self,
+      split: str,
+      max_num_instances_per_task: Optional[int],
+      seed: int,
+      selection=DEFAULT_SELECTION,
+  ):
+    self.split, self.cap, self.seed = split, max_num_instances_per_task, seed
+    self.selection = Selection.parse(selection)
+    self._stream = random.Random(seed)
+
+  def indices(self, task_name: str, num_instances: int) -> List[int]:
+    """Positions (in the task file) of the selected instances, in selection order."""
+    order = list(range(num_instances))
+    if self.split in EVAL_SPLITS:
+      order = order[:NUM_EVAL_INSTANCES]
+    if not _capped(self.cap):
+      return order
+    if self.selection is Selection.TK_INSTRUCT:
+      self._stream.shuffle(order)
+    else:
+      random.Random(f"{self.seed}:{task_name}").shuffle(order)
+    return order[: self.cap]
+
+  def select(self, task: Dict[str, Any]) -> List[Dict[str, Any]]:
+    instances = task["Instances"]
+    return [instances[i] for i in self.indices(task["Task"], len(instances))]
 
 
 def iter_split_instances(
@@ -403,24 +483,47 @@ def iter_split_instances(
     *,
     max_num_instances_per_task: Optional[int] = None,
     seed: int = 42,
+    selection=DEFAULT_SELECTION,
     skip_missing: bool = False,
     task_names: Optional[Sequence[str]] = None,
     progress: bool = False,
 ) -> Iterable[tuple]:
-  """Yields `(task, instance)` for every selected instance of a split, task by task."""
-  names = (
-      list(task_names)
-      if task_names is not None
-      else split_tasks(ni_dir, track, split, skip_missing=skip_missing)
+  """Yields `(task, instance)` for every selected instance of a split, task by task.
+
+  `task_names` restricts the output to those tasks; the selection is still the
+  split's (under `tk_instruct` the tasks before them are read to advance the stream).
+  """
+  lines, _ = read_split_lines(
+      ni_dir, track, split, warn_repeats=task_names is None
   )
-  iterator = names
+  if task_names is None:
+    present = set(split_tasks(ni_dir, track, split, skip_missing=skip_missing))
+  else:  # the caller chose (and reported) the tasks
+    present = {n for n in lines if os.path.isfile(task_path(ni_dir, n))}
+  wanted = set(task_names) if task_names is not None else present
+  unknown = sorted(wanted - present)
+  if unknown:
+    raise NIDataError(
+        f"task(s) not in the split: {', '.join(unknown)}",
+        file=split_path(ni_dir, track, split),
+        task=unknown[0],
+    )
+  selector = SplitSelector(split, max_num_instances_per_task, seed, selection)
+  stream_matters = selector.selection is Selection.TK_INSTRUCT and _capped(
+      max_num_instances_per_task
+  )
+  done = set()
+  iterator = lines
   if progress:
     import tqdm  # only the CLI shows a bar
 
-    iterator = tqdm.tqdm(names, desc=f"{track}/{split} tasks", unit="task")
+    iterator = tqdm.tqdm(lines, desc=f"{track}/{split} tasks", unit="task")
   for name in iterator:
+    if name not in present or (name not in wanted and not stream_matters):
+      continue
     task = load_task(ni_dir, name)
-    for instance in select_instances(
-        task, split, max_num_instances_per_task, seed
-    ):
-      yield task, instance
+    chosen = selector.select(task)
+    if name in wanted and name not in done:
+      done.add(name)
+      for instance in chosen:
+        yield task, instance

@@ -1,15 +1,16 @@
-"""SeqIO Tasks and Mixtures over Natural Instructions checkouts.
+"""SeqIO Tasks and Mixtures over Natural Instructions checkouts: one source per split.
 
-One `seqio.Task` per (track, split, encoding, NI task), named
-`<prefix>_<track>_<split>_<encoding>_<taskname>`, and one `seqio.Mixture` per
-(track, split, encoding), named `<prefix>_<track>_<split>_<encoding>`, mixing its
-tasks at rates equal to their selected instance counts. The SeqIO split of each
-task is the NI split name (`train`, `test`, ...).
+For each (track, split, encoding) one `seqio.Task`, `<prefix>_<track>_<split>_<encoding>_all_tasks`,
+reads the split's one data source (`tkx.data.source.SplitSource`: the selected
+instances of all its tasks), and the mixture `<prefix>_<track>_<split>_<encoding>`
+is that one task. The SeqIO split is the NI split name (`train`, `test`, ...).
+Per-task tasks `<mixture>_<taskname>` (rows of the same source) are registered
+when asked for (`per_task_tasks=True`, or by `register_ni_for` on such a name);
+nothing at start-up needs them, so the cost of registration does not grow with
+the number of tasks beyond a stat per task file.
 
-Registration reads only the split files (and stats the task files), so a full
-1,600-task checkout registers in about a second; a task's JSON is opened when
-its dataset is built, and a mixture's rates (instance counts) are computed, and
-cached, the first time the mixture is used.
+Registration reads only the split files (and stats the task files); the source
+is built (or read from its cache) the first time a dataset is made.
 
 Examples carry, besides the tokenized `inputs` / `targets` (`targets` is one
 reference: seeded for training splits, the first one for evaluation splits):
@@ -20,15 +21,15 @@ The postprocessor hands metric functions, for each example, the list of its
 references as the target, so metric functions receive `targets` as a list of
 reference lists and `predictions` as a list of strings.
 
-The embedded sample `tasks/` is registered on import (prefix `ni`) when its
-vocabulary is present.
+Training does not go through SeqIO: `tkx.data.pipeline` reads the same source
+with exact epochs and O(1) resume. The embedded sample `tasks/` is registered on
+import (prefix `ni`) when its vocabulary is present.
 """
 
 import dataclasses
 import functools
 import logging
 import os
-import re
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 import gin
@@ -36,11 +37,13 @@ import seqio
 import tensorflow as tf
 
 from tkx.data import encodings as enc
+from tkx.data import names
 from tkx.data import ni
+from tkx.data import source as source_lib
 from tkx.data import vocab as vocab_lib
 
 EMBEDDED_NI_DIR = str(vocab_lib.EMBEDDED_NI_DIR)
-DEFAULT_PREFIX = "ni"
+DEFAULT_PREFIX = names.DEFAULT_PREFIX
 DEFAULT_ENCODINGS = ("def_pos2",)
 # What the embedded sample is registered with on import: Tk-Instruct's evaluation
 # encodings and its training mixture.
@@ -61,21 +64,15 @@ TASK_FEATURE_LENGTHS = {
 }
 _USE_SPLIT_DEFAULT = "split_default"
 
-_INVALID_NAME_CHARS = re.compile(r"[^\w.:#]")
-
 # The scalar text features of the source dataset (before tokenization); `references` is ragged.
 _TEXT_FEATURES = ("id", "task", "category", "inputs", "targets")
-
-
-def seqio_name(*parts: str) -> str:
-  """Joins name parts with "_", mapping characters SeqIO rejects (e.g. "-") to "_"."""
-  return _INVALID_NAME_CHARS.sub("_", "_".join(parts))
+seqio_name = names.seqio_name
 
 
 def mixture_name(
     track: str, split: str, encoding: str, prefix: str = DEFAULT_PREFIX
 ) -> str:
-  return seqio_name(prefix, track, split, encoding)
+  return names.MixtureName(prefix, track, split, encoding).name
 
 
 def task_name(
@@ -85,7 +82,7 @@ def task_name(
     ni_task: str,
     prefix: str = DEFAULT_PREFIX,
 ) -> str:
-  return seqio_name(prefix, track, split, encoding, ni_task)
+  return names.MixtureName(prefix, track, split, encoding).task_name(ni_task)
 
 
 def output_features(vocabulary: seqio.Vocabulary) -> Dict[str, seqio.Feature]:
@@ -135,12 +132,15 @@ def default_metric_fns(track: str) -> List[Callable]:
 
 @dataclasses.dataclass(frozen=True)
 class NITaskSpec:
-  """Everything needed to build one NI task's examples, lazily."""
+  """Everything needed to build a registered task's examples, lazily.
+
+  `ni_task` None: all the split's tasks (the `_all_tasks` task); else one NI task.
+  """
 
   ni_dir: str
   track: str
   split: str
-  ni_task: str
+  ni_task: Optional[str]
   encoding: str
   max_num_instances_per_task: Optional[int]
   seed: int
@@ -148,52 +148,57 @@ class NITaskSpec:
   source: str = "json"  # or "tfds"
   tfds_name: Optional[str] = None
   tfds_data_dir: Optional[str] = None
+  selection: ni.Selection = ni.DEFAULT_SELECTION
+  skip_missing: bool = False
+
+  def split_source(self) -> source_lib.SplitSource:
+    """The one source of this spec's split (built or read from the cache on first use)."""
+    if self.source == "tfds":
+      return source_lib.tfds_source(
+          self.tfds_name, self.tfds_data_dir, self.track, self.split
+      )
+    return source_lib.source_for(
+        self.ni_dir,
+        self.track,
+        self.split,
+        max_num_instances_per_task=self.max_num_instances_per_task,
+        seed=self.seed,
+        selection=self.selection,
+        skip_missing=self.skip_missing,
+    )
+
+  def rows(self) -> range:
+    source = self.split_source()
+    if self.ni_task is None:
+      return range(len(source))
+    return source.task_rows(self.ni_task)
 
   def load(self):
-    """(task dict, selected instances) from the JSON checkout."""
-    task = ni.load_task(self.ni_dir, self.ni_task)
-    return task, ni.select_instances(
-        task, self.split, self.max_num_instances_per_task, self.seed
-    )
+    """(task dict, selected instances) of a per-task spec."""
+    if self.ni_task is None:
+      raise ValueError("load() applies to one NI task; use split_source()")
+    source = self.split_source()
+    rows = self.rows()
+    if not rows:
+      raise ni.NIDataError("task has no selected instances", task=self.ni_task)
+    return source.row(rows[0])[0], [source.instances[i] for i in rows]
 
 
 # seqio task name -> its spec; read by the rate function and by tests.
 _SPECS: Dict[str, NITaskSpec] = {}
 
 
-@functools.lru_cache(maxsize=None)
-def _num_instances(spec: NITaskSpec) -> int:
-  if spec.source == "tfds":
-    from tkx.data import tfds_ni  # pylint: disable=g-import-not-at-top
-
-    start, end = tfds_ni.task_range(
-        spec.tfds_name, spec.tfds_data_dir, spec.split, spec.ni_task
-    )
-    return end - start
-  return len(spec.load()[1])
-
-
 def instance_count_rate(task: seqio.Task) -> float:
-  """Mixture rate: the number of selected instances of the task (loaded on first use)."""
-  # The count does not depend on the encoding: share one cache entry across encodings.
-  spec = dataclasses.replace(
-      _SPECS[task.name], encoding="", max_source_length=0
-  )
-  return float(_num_instances(spec))
+  """Mixture rate: the number of selected instances of the task (reads the source on first use)."""
+  return float(len(_SPECS[task.name].rows()))
 
 
-def _iter_examples(spec: NITaskSpec, vocabulary) -> Iterable[dict]:
+def iter_examples(spec: NITaskSpec, vocabulary, rows=None) -> Iterable[dict]:
+  """Text examples (`encodings.make_example`) of a spec's rows, in source order."""
   token_count, truncate = enc.vocabulary_token_fns(vocabulary)
-  if spec.source == "tfds":
-    from tkx.data import tfds_ni  # pylint: disable=g-import-not-at-top
-
-    pairs = tfds_ni.iter_task_instances(
-        spec.tfds_name, spec.tfds_data_dir, spec.split, spec.ni_task
-    )
-  else:
-    task, instances = spec.load()
-    pairs = ((task, instance) for instance in instances)
-  for task, instance in pairs:
+  source = spec.split_source()
+  for row in spec.rows() if rows is None else rows:
+    task, instance = source.row(row)
     yield enc.make_example(
         task,
         instance,
@@ -231,11 +236,11 @@ def _dataset_fn(spec: NITaskSpec, vocabulary) -> Callable[..., tf.data.Dataset]:
     )  # one ordered stream per task; SeqIO shuffles examples
     if split != spec.split:
       raise ValueError(
-          f"SeqIO task for NI task {spec.ni_task!r} has only split {spec.split!r}, "
+          f"SeqIO task for NI {spec.ni_task or 'split'!r} has only split {spec.split!r}, "
           f"got {split!r}"
       )
     # The task file is read and encoded here, when the dataset is built, never at registration.
-    return _examples_dataset(list(_iter_examples(spec, vocabulary)))
+    return _examples_dataset(list(iter_examples(spec, vocabulary)))
 
   return dataset_fn
 
@@ -274,6 +279,25 @@ def _default_vocabulary():
   return vocab_lib.get_vocabulary()
 
 
+def _split_task_names(
+    ni_dir, track, split, *, source, tfds_data_dir, skip_missing
+) -> List[str]:
+  if source == "tfds":
+    from tkx.data import tfds_ni  # pylint: disable=g-import-not-at-top
+
+    return tfds_ni.split_task_names(
+        tfds_ni.builder_name(track), tfds_data_dir, split
+    )
+  ni_tasks = ni.split_tasks(ni_dir, track, split, skip_missing=skip_missing)
+  if not ni_tasks:
+    raise ni.NIDataError(
+        "the split lists no tasks",
+        file=ni.split_path(ni_dir, track, split),
+        field=f"splits/{track}/{split}_tasks.txt",
+    )
+  return ni_tasks
+
+
 def _register(
     ni_dir,
     tracks,
@@ -284,15 +308,20 @@ def _register(
     prefix,
     max_num_instances_per_task,
     seed,
+    selection,
     max_source_length,
     skip_missing,
     source,
     tfds_data_dir,
     metric_fns,
+    per_task_tasks,
 ) -> List[str]:
-  ni_dir = os.fspath(ni_dir)
+  ni_dir = os.path.abspath(os.fspath(ni_dir))
   if source not in ("json", "tfds"):
     raise ValueError(f"source must be 'json' or 'tfds', got {source!r}")
+  if source == "json":
+    source_lib.check_checkout(ni_dir)
+  selection = ni.Selection.parse(selection)
   for encoding in encodings:
     enc.parse_encoding(encoding)  # fail early on a bad name
   vocabulary = vocabulary if vocabulary is not None else _default_vocabulary()
@@ -307,56 +336,78 @@ def _register(
           if max_num_instances_per_task == _USE_SPLIT_DEFAULT
           else max_num_instances_per_task
       )
-      tfds_name = None
-      if source == "tfds":
-        from tkx.data import tfds_ni  # pylint: disable=g-import-not-at-top
-
-        tfds_name = tfds_ni.builder_name(track)
-        ni_tasks = tfds_ni.split_task_names(tfds_name, tfds_data_dir, split)
-      else:
-        ni_tasks = ni.split_tasks(
-            ni_dir, track, split, skip_missing=skip_missing
-        )
-      if not ni_tasks:
-        raise ni.NIDataError(
-            "the split lists no tasks",
-            file=ni.split_path(ni_dir, track, split),
-            field=f"splits/{track}/{split}_tasks.txt",
-        )
+      # Checks the split file and stats the task files; reads no task file.
+      ni_tasks = _split_task_names(
+          ni_dir,
+          track,
+          split,
+          source=source,
+          tfds_data_dir=tfds_data_dir,
+          skip_missing=skip_missing,
+      )
       for encoding in encodings:
-        seen = {}
-        task_names = []
-        for ni_task in ni_tasks:
-          name = task_name(track, split, encoding, ni_task, prefix)
-          if name in seen:
-            raise ni.NIDataError(
-                f"tasks {seen[name]!r} and {ni_task!r} map to the same SeqIO name "
-                f"{name!r}",
-                file=ni.split_path(ni_dir, track, split),
-                task=ni_task,
-                field="task name",
-            )
-          seen[name] = ni_task
-          spec = NITaskSpec(
-              ni_dir=ni_dir,
-              track=track,
-              split=split,
-              ni_task=ni_task,
-              encoding=encoding,
-              max_num_instances_per_task=cap,
-              seed=seed,
-              max_source_length=max_source_length,
-              source=source,
-              tfds_name=tfds_name,
-              tfds_data_dir=tfds_data_dir,
+        mixture = names.MixtureName(prefix, track, split, encoding)
+        base = NITaskSpec(
+            ni_dir=ni_dir,
+            track=track,
+            split=split,
+            ni_task=None,
+            encoding=encoding,
+            max_num_instances_per_task=cap,
+            seed=seed,
+            max_source_length=max_source_length,
+            source=source,
+            tfds_name=_tfds_name(source, track),
+            tfds_data_dir=tfds_data_dir,
+            selection=selection,
+            skip_missing=skip_missing,
+        )
+        _add_task(mixture.all_tasks_name, base, vocabulary, track_metric_fns)
+        _add_mixture(mixture.name, [mixture.all_tasks_name])
+        if per_task_tasks:
+          _add_per_task_tasks(
+              mixture,
+              base,
+              ni_tasks,
+              vocabulary,
+              track_metric_fns,
+              per_task_tasks,
           )
-          _add_task(name, spec, vocabulary, track_metric_fns)
-          task_names.append(name)
-        mixture = mixture_name(track, split, encoding, prefix)
-        _add_mixture(mixture, task_names)
-        registered.append(mixture)
+        registered.append(mixture.name)
   logging.info("Registered %d NI mixtures from %s", len(registered), ni_dir)
   return registered
+
+
+def _tfds_name(source: str, track: str) -> Optional[str]:
+  if source != "tfds":
+    return None
+  from tkx.data import tfds_ni  # pylint: disable=g-import-not-at-top
+
+  return tfds_ni.builder_name(track)
+
+
+def _add_per_task_tasks(
+    mixture, base, ni_tasks, vocabulary, metric_fns, which
+) -> None:
+  wanted = None if which is True else set(which)
+  seen = {}
+  for ni_task in ni_tasks:
+    name = mixture.task_name(ni_task)
+    if name in seen:
+      raise ni.NIDataError(
+          f"tasks {seen[name]!r} and {ni_task!r} map to the same SeqIO name {name!r}",
+          file=ni.split_path(base.ni_dir, base.track, base.split),
+          task=ni_task,
+          field="task name",
+      )
+    seen[name] = ni_task
+    if wanted is None or ni_task in wanted or name in wanted:
+      _add_task(
+          name,
+          dataclasses.replace(base, ni_task=ni_task),
+          vocabulary,
+          metric_fns,
+      )
 
 
 @gin.configurable
@@ -370,24 +421,30 @@ def register_ni(
     prefix: str = DEFAULT_PREFIX,
     max_num_instances_per_task=_USE_SPLIT_DEFAULT,
     seed: int = 42,
+    selection=ni.DEFAULT_SELECTION,
     max_source_length: int = DEFAULT_MAX_SOURCE_LENGTH,
     skip_missing: bool = False,
     source: str = "json",
     tfds_data_dir: Optional[str] = None,
     metric_fns: Optional[Sequence[Callable]] = None,
+    per_task_tasks=True,
 ) -> List[str]:
   """Registers SeqIO tasks and mixtures for an NI checkout; returns the mixture names.
 
   Args:
     ni_dir: the checkout (`tasks/`, `splits/`); None means the embedded `tasks/`.
+      A directory without split files is an error.
     tracks: `default` and/or `xlingual`.
     encodings: encoding names (see `tkx.data.encodings`), e.g. `def_pos2`, `tk_instruct`.
     vocabulary: any `seqio.Vocabulary`; None means `tkx.data.vocab.get_vocabulary()`.
     splits: NI split names; None means every `splits/<track>/*_tasks.txt`.
     prefix: first part of every name.
-    max_num_instances_per_task: cap after a seeded shuffle; by default Tk-Instruct's
+    max_num_instances_per_task: cap after a shuffle; by default Tk-Instruct's
       (100 for `train`, none otherwise); None means no cap for any split.
     seed: instance selection, training reference choice and `tk_instruct` draws.
+    selection: `tk_instruct` (default: Tk-Instruct's exact choice, one random
+      stream over the split) or `per_task` (each task its own seeded shuffle, so
+      adding or removing a task leaves the others' selections unchanged).
     max_source_length: the source token budget (EOS included).
     skip_missing: skip, with one warning, tasks whose file is missing.
     source: `json` reads the checkout; `tfds` reads records prepared by
@@ -395,6 +452,8 @@ def register_ni(
     tfds_data_dir: TFDS data directory for `source="tfds"`.
     metric_fns: SeqIO metric functions; None means the NI metrics (`ni_metrics`, or
       `ni_metrics_xlingual` for the xlingual track).
+    per_task_tasks: also register `<mixture>_<task>` per NI task (True), only the
+      named ones (a collection of NI task or SeqIO task names), or none (False).
   """
   return _register(
       EMBEDDED_NI_DIR if ni_dir is None else ni_dir,
@@ -405,11 +464,13 @@ def register_ni(
       prefix=prefix,
       max_num_instances_per_task=max_num_instances_per_task,
       seed=seed,
+      selection=selection,
       max_source_length=max_source_length,
       skip_missing=skip_missing,
       source=source,
       tfds_data_dir=tfds_data_dir,
       metric_fns=metric_fns,
+      per_task_tasks=per_task_tasks,
   )
 
 
@@ -437,11 +498,13 @@ def _register_embedded() -> None:
         prefix=DEFAULT_PREFIX,
         max_num_instances_per_task=_USE_SPLIT_DEFAULT,
         seed=42,
+        selection=ni.DEFAULT_SELECTION,
         max_source_length=DEFAULT_MAX_SOURCE_LENGTH,
         skip_missing=False,
         source="json",
         tfds_data_dir=None,
         metric_fns=None,
+        per_task_tasks=True,
     )
   except ni.NIDataError as e:
     logging.error("Embedded NI tasks not registered: %s", e)

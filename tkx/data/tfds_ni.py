@@ -50,6 +50,8 @@ class NIConfig(tfds.core.BuilderConfig):
   max_num_instances_per_task: Optional[Dict[str, int]] = None
   seed: int = 42
   skip_missing: bool = False
+  # `tkx.data.ni.Selection` value: Tk-Instruct's one-stream rule by default.
+  selection: str = ni.DEFAULT_SELECTION.value
 
   def cap(self, split: str) -> Optional[int]:
     caps = (
@@ -127,23 +129,33 @@ class TkxNaturalInstructions(tfds.core.GeneratorBasedBuilder):
     names = ni.split_tasks(
         ni_dir, config.track, split, skip_missing=config.skip_missing
     )
+    lines, _ = ni.read_split_lines(ni_dir, config.track, split)
+    selector = ni.SplitSelector(
+        split, config.cap(split), config.seed, config.selection
+    )
+    present = set(names)
     position = 0
-    for count, name in enumerate(names, 1):
+    for count, name in enumerate(lines, 1):
+      if name not in present:
+        continue
       task = ni.load_task(ni_dir, name)
+      chosen = selector.select(task)
+      if (
+          name in ranges
+      ):  # a repeated line: the stream advanced, the rows are read once
+        continue
       start = position
-      for instance in ni.select_instances(
-          task, split, config.cap(split), config.seed
-      ):
+      for instance in chosen:
         yield f"{position:09d}", _record(task, instance)
         position += 1
       ranges[name] = [start, position]
-      if count % 100 == 0 or count == len(names):
+      if count % 100 == 0 or count == len(lines):
         logging.info(
             "%s/%s: %d/%d tasks, %d instances",
             config.track,
             split,
             count,
-            len(names),
+            len(lines),
             position,
         )
 
@@ -269,6 +281,17 @@ def iter_task_instances(
     return
   dataset = _builder(name, data_dir).as_dataset(
       split=f"{split}[{start}:{end}]", shuffle_files=False
+  )
+  for record in tfds.as_numpy(dataset):
+    yield from_record(record)
+
+
+def iter_split(
+    name: str, data_dir: Optional[str], split: str
+) -> Iterator[Tuple[dict, dict]]:
+  """(task, instance) pairs of a whole prepared split, in record order."""
+  dataset = _builder(name, data_dir).as_dataset(
+      split=split, shuffle_files=False
   )
   for record in tfds.as_numpy(dataset):
     yield from_record(record)

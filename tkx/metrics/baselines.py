@@ -46,6 +46,7 @@ def baseline_records(
     split="test",
     max_num_instances_per_task=None,
     seed=42,
+    selection=ni.DEFAULT_SELECTION,
     skip_missing=False,
     progress=False,
 ):
@@ -61,6 +62,7 @@ def baseline_records(
       split,
       max_num_instances_per_task=max_num_instances_per_task,
       seed=seed,
+      selection=selection,
       skip_missing=skip_missing,
       progress=progress,
   ):
