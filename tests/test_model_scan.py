@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tkx import decoding
+from tkx import decoding, gin_utils
 from tkx.models import config as config_lib
 from tkx.models import models, network, scan
 
@@ -240,14 +240,14 @@ def test_hf_export_of_scanned_model_equals_unscanned_export():
 
 
 def test_model_gin_records_scan_layers(tmp_path):
-  from tkx.checkpoints import hf
+  from tkx.checkpoints import directory
 
-  assert "scan_layers" not in hf.config_to_gin(_config())  # defaults unwritten
-  cfg = _config(scan_layers=True, attention_impl="cudnn")
-  path = tmp_path / "model.gin"
-  path.write_text(hf.config_to_gin(cfg))
-  loaded = config_lib.load_config_from_gin([str(path)])
-  assert loaded.scan_layers and loaded.attention_impl == "cudnn"
+  for cfg in (_config(), _config(scan_layers=True, attention_impl="cudnn")):
+    path = tmp_path / "model.gin"
+    path.write_text(directory.config_to_gin(cfg))
+    loaded = gin_utils.load_config_from_gin([str(path)])
+    assert loaded.scan_layers == cfg.scan_layers
+    assert loaded.attention_impl == cfg.attention_impl
 
 
 def test_t5x_checkpoint_of_scanned_params_is_per_layer(tmp_path):
@@ -264,8 +264,7 @@ def test_t5x_checkpoint_of_scanned_params_is_per_layer(tmp_path):
 def test_initial_checkpoint_of_either_layout_loads_into_a_scanned_model(
     tmp_path,
 ):
-  from tkx import trainer
-  from tkx.checkpoints import orbax_io
+  from tkx.checkpoints import directory, orbax_io
 
   params = jax.tree_util.tree_map(np.asarray, _unscanned_params())
   abstract = _model(scan_layers=True).params_shapes(SHAPES)
@@ -273,7 +272,7 @@ def test_initial_checkpoint_of_either_layout_loads_into_a_scanned_model(
   shardings = jax.tree_util.tree_map(lambda _: device, abstract)
   for name, tree in (("plain", params), ("scanned", scan.scan_params(params))):
     orbax_io.save_params(str(tmp_path / name), tree)
-    loaded = trainer.load_initial_params(
+    loaded = directory.load_initial_params(
         str(tmp_path / name), abstract, shardings
     )
     assert _max_abs_diff(loaded, scan.scan_params(params)) == 0.0
