@@ -51,6 +51,10 @@ COMMANDS = {
         "tkx.commands.model_info",
         "parameter counts, memory per device and FLOPs of a model",
     ),
+    "prepare-tfds": (
+        "tkx.commands.prepare_tfds",
+        "NI checkout -> TFDS records that training can read",
+    ),
 }
 
 
