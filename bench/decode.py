@@ -86,7 +86,7 @@ def parse_args(argv=None):
   args = parser.parse_args(argv)
   if args.smoke:
     args.model, args.num_examples, args.batch_size = "tiny", 2, 2
-    args.max_decode_length = 4
+    args.max_decode_length, args.max_input_length = 4, 128
   if args.num_examples is None:
     args.num_examples = 8 if args.quick else 48
   if args.quick:

@@ -120,11 +120,13 @@ def main(argv=None):
           "--checkpoint",
           model_dir,
           "--mixture",
-          "ni_default_train_def_pos2",
+          # --smoke: one task (a registered mixture takes no instance cap).
+          "ni_default_train_def_pos2"
+          + ("_task9011_tkx_synonym_selection" if args.smoke else ""),
           "--output_dir",
           eval_dir,
       ]
-      + cap,
+      + (["--max_decode_length", "4"] if args.smoke else []),
       "eval",
   )
   with open(os.path.join(eval_dir, "metrics.json"), encoding="utf-8") as f:

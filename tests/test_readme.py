@@ -175,6 +175,12 @@ TINY_TRAIN = (
     f"--gin.TRAIN_STEPS={TINY_STEPS} --gin.BATCH_SIZE=4 "
     "--gin.TASK_FEATURE_LENGTHS=\"{'inputs': 128, 'targets': 16}\""
 )
+# One NI task of a mixture, for commands that decode a whole registered mixture.
+EMBEDDED_TRAIN_TASK = "ni_default_train_def_pos2_task9011_tkx_synonym_selection"
+EMBEDDED_TEST_TASK = (
+    "ni_default_test_def_pos2_task9104_tkx_movie_review_sentiment"
+)
+SHARED_TEST_TASK = "ni_default_test_def_pos2_task1342_amazon_us_reviews_title"
 # Few instances, few output tokens, for eval / infer.
 FEW = "--max_num_instances_per_task 2 --max_decode_length 8"
 
@@ -184,6 +190,7 @@ class Work:
   root: pathlib.Path
   checkout: pathlib.Path
   port: int
+  port2: int
 
   @property
   def tiny(self) -> pathlib.Path:
@@ -195,6 +202,7 @@ class Work:
         "work": str(self.root),
         "tiny": str(self.tiny),
         "port": str(self.port),
+        "port2": str(self.port2),
         "repo": str(REPO_ROOT),
     }
 
@@ -387,11 +395,20 @@ FAST_FORMS: Dict[str, FastForm] = {
         "tkx train --gin_file=gin_configs/experiments/embedded_tiny.gin "
         "--gin.MODEL_DIR=\"'/tmp/tkx_tiny'\""
     ): FastForm(
-        add=f"--gin.TRAIN_STEPS={TINY_STEPS} --gin.EVAL_BATCHES=1",
+        # The generation eval at the end decodes one test task instead of all five.
+        add=(
+            f"--gin.TRAIN_STEPS={TINY_STEPS} --gin.EVAL_BATCHES=1 "
+            "--gin.evaluate.generation_eval.mixture_or_task_name="
+            f"\"'{EMBEDDED_TEST_TASK}'\""
+        ),
         check=_check_trained,
     ),
     "tkx eval --checkpoint /tmp/tkx_tiny --mixture ni_default_train_def_pos2": (
-        FastForm(add=FEW)
+        # One task of the mixture (a registered mixture takes no instance cap).
+        FastForm(
+            sub=(("ni_default_train_def_pos2", EMBEDDED_TRAIN_TASK),),
+            add="--max_decode_length 8",
+        )
     ),
     "tkx baseline --kind copy_input --split train --output /tmp/copy_input.jsonl": (
         FastForm()
@@ -460,11 +477,17 @@ FAST_FORMS: Dict[str, FastForm] = {
     (
         "tkx infer --checkpoint /tmp/tkx_tiny --mixture ni_default_test_def_pos2 "
         "--output_file /tmp/predicted_examples.jsonl"
-    ): FastForm(add="--max_decode_length 8"),
+    ): FastForm(
+        sub=(("ni_default_test_def_pos2", EMBEDDED_TEST_TASK),),
+        add="--max_decode_length 8",
+    ),
     (
         "tkx infer --checkpoint CKPT --mixture ni_default_test_def_pos2 --ni_dir "
         "/path/to/natural-instructions --output_file preds.jsonl --num_beams 4"
-    ): FastForm(add="--max_decode_length 4 --max_input_length 128"),
+    ): FastForm(
+        sub=(("ni_default_test_def_pos2", SHARED_TEST_TASK),),
+        add="--max_decode_length 4 --max_input_length 128",
+    ),
     "tkx infer --checkpoint CKPT --input_file in.jsonl --output_file out.jsonl": FastForm(
         add="--max_decode_length 8",
         before=_write_infer_input,
@@ -605,7 +628,7 @@ FAST_FORMS: Dict[str, FastForm] = {
         "--gin.partitioning.Partitioner.num_partitions=2 & done; wait"
     ): FastForm(
         sub=(
-            ("127.0.0.1:12355", "127.0.0.1:{port}"),
+            ("127.0.0.1:12355", "127.0.0.1:{port2}"),
             (
                 "--gin.partitioning.Partitioner.num_partitions=2 &",
                 "--gin.partitioning.Partitioner.num_partitions=2 "
@@ -742,7 +765,9 @@ def work(tmp_path_factory, shared_ni_dir):
   )
   (root / "tmp").mkdir()
   (root / "ckpt").mkdir()
-  return Work(root=root, checkout=checkout, port=_free_port())
+  return Work(
+      root=root, checkout=checkout, port=_free_port(), port2=_free_port()
+  )
 
 
 def _subprocess_env() -> Dict[str, str]:
@@ -811,3 +836,20 @@ def test_rerunning_the_quick_start_resumes(work):
   )
   assert result.returncode == 0, result.stderr[-3000:]
   _check_resumes(work, result)
+
+
+def test_prepare_tfds_rejects_a_folder_that_is_no_checkout(tmp_path, capsys):
+  from tkx import cli
+
+  status = cli.main(
+      [
+          "prepare-tfds",
+          "--ni_dir",
+          str(tmp_path),
+          "--data_dir",
+          str(tmp_path / "d"),
+      ]
+  )
+  assert status == 2
+  assert f"--ni_dir {tmp_path}: no tasks/ folder" in capsys.readouterr().err
+  assert not (tmp_path / "d").exists()
