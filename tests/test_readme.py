@@ -180,7 +180,6 @@ EMBEDDED_TRAIN_TASK = "ni_default_train_def_pos2_task9011_tkx_synonym_selection"
 EMBEDDED_TEST_TASK = (
     "ni_default_test_def_pos2_task9104_tkx_movie_review_sentiment"
 )
-SHARED_TEST_TASK = "ni_default_test_def_pos2_task1342_amazon_us_reviews_title"
 # Few instances, few output tokens, for eval / infer.
 FEW = "--max_num_instances_per_task 2 --max_decode_length 8"
 
@@ -280,6 +279,20 @@ def _write_score_inputs(work):
       work.checkout / "preds_fi.jsonl",
       _predictions(_shared_tasks("xlingual", "test", 2), with_categories=True),
   )
+
+
+def _one_test_task_checkout(work):
+  """A checkout of one shared-sample test task (its file linked, not copied)."""
+  root = work.root / "ni_one_test_task"
+  if root.exists():
+    return
+  (root / "tasks").mkdir(parents=True)
+  (root / "splits" / "default").mkdir(parents=True)
+  name = "task1342_amazon_us_reviews_title"
+  (root / "tasks" / f"{name}.json").symlink_to(
+      SHARED_NI_DIR / "tasks" / f"{name}.json"
+  )
+  (root / "splits" / "default" / "test_tasks.txt").write_text(name + "\n")
 
 
 def _check_scored(work, result):
@@ -477,16 +490,15 @@ FAST_FORMS: Dict[str, FastForm] = {
     (
         "tkx infer --checkpoint /tmp/tkx_tiny --mixture ni_default_test_def_pos2 "
         "--output_file /tmp/predicted_examples.jsonl"
-    ): FastForm(
-        sub=(("ni_default_test_def_pos2", EMBEDDED_TEST_TASK),),
-        add="--max_decode_length 8",
-    ),
+    ): FastForm(add="--max_decode_length 8 --batch_size 32"),
     (
         "tkx infer --checkpoint CKPT --mixture ni_default_test_def_pos2 --ni_dir "
         "/path/to/natural-instructions --output_file preds.jsonl --num_beams 4"
     ): FastForm(
-        sub=(("ni_default_test_def_pos2", SHARED_TEST_TASK),),
-        add="--max_decode_length 4 --max_input_length 128",
+        # Beam search over one shared-sample test task (100 instances), not all 17.
+        sub=(("/path/to/natural-instructions", "{work}/ni_one_test_task"),),
+        add="--max_decode_length 4 --max_input_length 128 --batch_size 32",
+        before=_one_test_task_checkout,
     ),
     "tkx infer --checkpoint CKPT --input_file in.jsonl --output_file out.jsonl": FastForm(
         add="--max_decode_length 8",
@@ -665,16 +677,18 @@ FAST_FORMS: Dict[str, FastForm] = {
 
 def fast_form(command: str, form: FastForm, work: Work) -> str:
   """Steps 2 and 3 of the module docstring."""
-  fields = work.fields()
   for old, new in form.sub:
     assert (
         old in command
     ), f"FAST_FORMS entry for {command!r}: {old!r} no longer occurs; update the entry"
-    command = command.replace(old, new.format(**fields))
+    command = command.replace(old, new)
   if form.add:
-    command = f"{command} {form.add.format(**fields)}"
+    command = f"{command} {form.add}"
   for pattern, replacement in PLACEHOLDERS:
-    command = re.sub(pattern, replacement.format(**fields), command)
+    command = re.sub(pattern, replacement, command)
+  # Last, so that README placeholders (`/tmp/`) never match inside the scratch paths.
+  for name, value in work.fields().items():
+    command = command.replace("{" + name + "}", value)
   return command
 
 
