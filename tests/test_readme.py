@@ -644,8 +644,7 @@ FAST_FORMS: Dict[str, FastForm] = {
             (
                 "--gin.partitioning.Partitioner.num_partitions=2 &",
                 "--gin.partitioning.Partitioner.num_partitions=2 "
-                f"--gin.TRAIN_STEPS={TINY_STEPS} --gin.BATCH_SIZE=4 "
-                "--gin.EVAL_EVERY=None &",
+                f"{TINY_TRAIN} --gin.EVAL_EVERY=None &",
             ),
             (
                 "done; wait",
