@@ -2,6 +2,7 @@
 
     python bench/data_pipeline.py [--ni_dir ../shared/natural-instructions] [--encoding def_pos2]
         [--split train] [--batch_size 8] [--max_batches 400] [--max_tasks N] [--vocab PATH]
+        [--quick] [--smoke]
 
 Measures `seqio.get_dataset` over the `ni_<track>_<split>_<encoding>` mixture with
 `EncDecFeatureConverter(pack=True)` at Tk-Instruct's lengths (inputs 1024, targets
@@ -134,7 +135,19 @@ def main(argv=None):
       help="SentencePiece model (default: the embedded one)",
   )
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument(
+      "--quick", action="store_true", help="10 tasks, 20 timed batches"
+  )
+  parser.add_argument(
+      "--smoke",
+      action="store_true",
+      help="a few seconds' run to check the script works (tests); its figures mean nothing",
+  )
   args = parser.parse_args(argv)
+  if args.quick:
+    args.max_tasks, args.max_batches = args.max_tasks or 10, 20
+  if args.smoke:
+    args.max_tasks, args.max_batches = 2, 2
 
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   import seqio  # pylint: disable=g-import-not-at-top
@@ -200,7 +213,9 @@ def main(argv=None):
 
   specs = [tasks.task_spec(n) for n in per_task]
   count, seconds = bench_python_peer(
-      specs, vocabulary, max_examples=max(r["examples"], 500)
+      specs,
+      vocabulary,
+      max_examples=max(r["examples"], 20 if args.smoke else 500),
   )
   print(
       f"peer, plain-Python Tk-Instruct-style collation (format + tokenize, no tf.data, no packing): "

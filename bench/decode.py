@@ -78,7 +78,15 @@ def parse_args(argv=None):
       help="few examples, short outputs: a smoke run",
   )
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument(
+      "--smoke",
+      action="store_true",
+      help="a few seconds' run to check the script works (tests); its figures mean nothing",
+  )
   args = parser.parse_args(argv)
+  if args.smoke:
+    args.model, args.num_examples, args.batch_size = "tiny", 2, 2
+    args.max_decode_length, args.max_input_length = 4, 128
   if args.num_examples is None:
     args.num_examples = 8 if args.quick else 48
   if args.quick:

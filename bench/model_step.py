@@ -167,9 +167,18 @@ def main(argv=None):
       action="store_true",
       help="1 warm-up + 1 timed step, smaller peak matmul",
   )
+  parser.add_argument(
+      "--smoke",
+      action="store_true",
+      help="a few seconds' run to check the script works (tests); its figures mean nothing",
+  )
   args = parser.parse_args(argv)
   if args.quick:
     args.steps, args.warmup, args.matmul_size = 1, 1, 2048
+  if args.smoke:
+    args.gin_file = "gin_configs/models/t5_1_1/tiny.gin"
+    args.batch_size, args.inputs_length, args.targets_length = 2, 32, 8
+    args.steps, args.warmup, args.matmul_size = 1, 1, 256
 
   cfg = gin_utils.load_config_from_gin([args.gin_file]).replace(
       dtype=args.dtype, dropout_rate=0.0

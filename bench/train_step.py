@@ -124,6 +124,11 @@ def main(argv=None):
       action="store_true",
       help="small only, batch 2, 128/32, one timed step",
   )
+  parser.add_argument(
+      "--smoke",
+      action="store_true",
+      help="a few seconds' run to check the script works (tests); its figures mean nothing",
+  )
   args = parser.parse_args(argv)
   if args.quick:
     args.sizes, args.batch_size, args.inputs_length, args.targets_length = (
@@ -133,6 +138,14 @@ def main(argv=None):
         32,
     )
     args.steps, args.warmup, args.matmul_size = 1, 1, 1024
+  if args.smoke:
+    args.sizes, args.batch_size, args.inputs_length, args.targets_length = (
+        "tiny",
+        2,
+        32,
+        8,
+    )
+    args.steps, args.warmup, args.matmul_size = 1, 1, 256
 
   from tkx import gin_utils
   from tkx.models import model_info

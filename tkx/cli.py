@@ -90,6 +90,10 @@ COMMANDS = {
         "parameter counts, memory per device and FLOPs of a model",
         uses_gin=True,
     ),
+    "prepare-tfds": (
+        "tkx.commands.prepare_tfds",
+        "NI checkout -> TFDS records that training can read",
+    ),
 }
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -198,7 +198,10 @@ def load_params(path: str, abstract_params: Any = None) -> Any:
   parameters are read (not the optimizer state), into those shardings and dtypes;
   without it they come back as host numpy arrays.
   """
+  # orbax reads no metadata through a relative path (README's `ckpts/run1`).
   state_dir = os.path.join(layout.find_step_dir(path), STATE_ITEM)
+  if "://" not in state_dir:
+    state_dir = os.path.abspath(state_dir)
   checkpointer = ocp.PyTreeCheckpointer()
   if abstract_params is None:
     meta = checkpointer.metadata(state_dir)

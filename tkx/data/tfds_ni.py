@@ -3,11 +3,11 @@
 Large runs prepare the selected instances once into sharded TFRecords and read
 those instead of thousands of JSON files:
 
-    python -m tkx.data.tfds_ni --ni_dir /path/to/natural-instructions --data_dir ~/tensorflow_datasets \\
+    tkx prepare-tfds --ni_dir /path/to/natural-instructions --data_dir ~/tensorflow_datasets \\
         [--config default|xlingual]
 
-then `register_ni(..., source="tfds", tfds_data_dir=...)` builds the SeqIO tasks from
-the records. One builder config per track (`default`, `xlingual`); splits `train`
+(or `prepare` from Python), then `register_ni(..., source="tfds", tfds_data_dir=...)`
+builds the SeqIO tasks from the records. One builder config per track (`default`, `xlingual`); splits `train`
 and `test`. Instance selection (test: first 100; train: 100 after a seeded shuffle,
 Tk-Instruct's defaults) happens at build time, so a config fixes it; build another
 `NIConfig` for other caps or seeds.
@@ -21,7 +21,6 @@ metadata stores each task's record range per split, so one NI task is read as a
 slice `split[start:end]` instead of a filter over the whole split.
 """
 
-import argparse
 import dataclasses
 import functools
 import logging
@@ -79,7 +78,7 @@ class TkxNaturalInstructions(tfds.core.GeneratorBasedBuilder):
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       "Clone https://github.com/allenai/natural-instructions (or any checkout with tasks/*.json "
       "and splits/<track>/<split>_tasks.txt) and pass it as the manual dir "
-      "(`--ni_dir` of `python -m tkx.data.tfds_ni`, or DownloadConfig(manual_dir=...))."
+      "(`--ni_dir` of `tkx prepare-tfds`, or DownloadConfig(manual_dir=...))."
   )
   BUILDER_CONFIGS = [
       NIConfig(
@@ -307,33 +306,3 @@ def prepare(
   )
   _builder.cache_clear()
   return builder
-
-
-def main(argv=None):
-  parser = argparse.ArgumentParser(
-      description="prepare Natural Instructions TFDS records"
-  )
-  parser.add_argument(
-      "--ni_dir", required=True, help="NI checkout (tasks/, splits/)"
-  )
-  parser.add_argument(
-      "--data_dir",
-      default=None,
-      help="TFDS data dir (default ~/tensorflow_datasets)",
-  )
-  parser.add_argument(
-      "--config",
-      default="default",
-      choices=[c.name for c in TkxNaturalInstructions.BUILDER_CONFIGS],
-  )
-  args = parser.parse_args(argv)
-  logging.getLogger().setLevel(logging.INFO)
-  builder = prepare(args.ni_dir, args.data_dir, args.config)
-  for split, info in builder.info.splits.items():
-    print(
-        f"{builder.name}/{args.config} {split}: {info.num_examples} examples in {builder.data_dir}"
-    )
-
-
-if __name__ == "__main__":
-  main()
