@@ -307,7 +307,8 @@ def test_missing_checkout_is_refused_by_every_command(tmp_path):
     )
     for argv in commands:
       with pytest.raises(ni.NIDataError, match=str(ni_dir)):
-        cli.main(argv)
+        cli.run(argv)
+      assert cli.main(argv) == 2  # the console script: one line, exit 2
     with pytest.raises(ni.NIDataError, match=str(ni_dir)):
       pipeline.register_ni_for("ni_default_train_def_pos2", ni_dir)
   assert not (tmp_path / "b.jsonl").exists()
