@@ -39,6 +39,7 @@ import os
 import pathlib
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -353,6 +354,46 @@ def _check_imported(path):
   return check
 
 
+def _copy_eval_runs(work):
+  """README's `tkx report` inputs: two runs' eval dirs (copies of the tiny model's eval)."""
+  evaluated = work.tiny / "eval_default_test_def_pos2"
+  for run in ("run_a", "run_b"):
+    target = work.root / "tmp" / run / "eval_default_test_def_pos2"
+    if not target.exists():
+      shutil.copytree(evaluated, target)
+
+
+def _check_report(name):
+  def check(work, result):
+    path = work.checkout / name
+    text = path.read_text(encoding="utf-8")
+    assert "<svg" in text and "http://" not in text.replace(
+        "http://www.w3.org", ""
+    ), path
+
+  return check
+
+
+def _check_sweep(work, result):
+  for encoding in ("def", "pos2"):
+    assert (work.root / "tmp" / "sweep" / encoding / "metrics.json").is_file()
+  assert (work.root / "tmp" / "sweep" / "report.html").is_file()
+
+
+def _check_answer(work, result):
+  answer = json.loads(result.stdout)
+  assert isinstance(answer["prediction"], str) and answer["input_tokens"] > 0
+
+
+def _stop_server(work):
+  pid_file = work.root / "serve.pid"
+  if pid_file.exists():
+    try:
+      os.kill(int(pid_file.read_text()), signal.SIGTERM)
+    except (ProcessLookupError, ValueError):
+      pass
+
+
 def _tfds_checkout(work):
   """prepare-tfds reads a copy of the embedded sample (fast: 19 + 5 tasks)."""
   copy = work.root / "ni_for_tfds"
@@ -580,6 +621,10 @@ FAST_FORMS: Dict[str, FastForm] = {
         add="--gin_file=gin_configs/models/t5_1_1/tiny.gin " + TINY_TRAIN,
     ),
     (
+        "tkx eval --checkpoint /ckpt/tk-instruct-3b-def-pos --ni_dir "
+        "/data/natural-instructions --split test"
+    ): FastForm(sub=(("/data/natural-instructions", "{repo}/tasks"),), add=FEW),
+    (
         "tkx train --gin_file=gin_configs/runs/finetune.gin "
         "--gin_file=gin_configs/models/t5_1_1/small.gin "
         "--gin.MIXTURE_OR_TASK_NAME=\"'ni_default_train_def_pos2'\" "
@@ -651,6 +696,95 @@ FAST_FORMS: Dict[str, FastForm] = {
                 "done; for p in $(jobs -p); do wait $p || exit 1; done",
             ),
         )
+    ),
+    # --- accelerators: install lines and benchmarks
+    'pip install -e ".[test,hf,cuda12]"': FastForm(
+        skip="installs JAX's CUDA wheels, for GPU hosts"
+    ),
+    'pip install -e ".[test,tpu]"': FastForm(
+        skip="installs libtpu, for TPU hosts"
+    ),
+    "python bench/compile_time.py": FastForm(
+        add="--size tiny --batch_size 8 --inputs_length 64 --targets_length 16"
+    ),
+    "python bench/compile_time.py --quick": FastForm(
+        add="--size tiny --batch_size 8 --inputs_length 64 --targets_length 16"
+    ),
+    "python bench/accelerator.py --output accel.json": FastForm(
+        skip="needs a GPU; its --quick CPU form runs next"
+    ),
+    "python bench/accelerator.py --quick --output q.json": FastForm(
+        skip="run by tests/test_bench_accelerator.py (the same --quick command, "
+        "with seqio, TensorFlow and gin hidden as on the GPU machine)"
+    ),
+    # --- NI at full size: the benchmark's --quick form (60 tasks)
+    "python bench/ni_scale.py --num_tasks 1616 --ni_dir ../shared/natural-instructions": FastForm(
+        sub=(("--num_tasks 1616 --ni_dir ../shared/natural-instructions", ""),),
+        add="--quick",
+    ),
+    "python bench/ni_scale.py --quick": FastForm(),
+    # --- reports: the tiny model on the shared sample's test split
+    "tkx eval --checkpoint CKPT --ni_dir DIR": FastForm(
+        add=FEW,
+        check=lambda work, result: _check_report(
+            str(work.tiny / "eval_default_test_def_pos2" / "report.html")
+        )(work, result),
+    ),
+    (
+        "tkx eval --checkpoint CKPT --ni_dir DIR --encodings "
+        "def,pos2,def_pos2,def_pos2_neg2_expl --output_dir /tmp/sweep"
+    ): FastForm(
+        sub=(("def,pos2,def_pos2,def_pos2_neg2_expl", "def,pos2"),),
+        add=FEW,
+        check=_check_sweep,
+    ),
+    (
+        "tkx report /tmp/run_a/eval_default_test_def_pos2 "
+        "/tmp/run_b/eval_default_test_def_pos2 /tmp/sweep MODEL_DIR --output compare.html"
+    ): FastForm(
+        sub=(("MODEL_DIR", "{tiny}"),),
+        before=_copy_eval_runs,
+        check=_check_report("compare.html"),
+    ),
+    # --- serving: the server runs in the background for the two requests after it
+    "tkx serve --checkpoint CKPT --host 127.0.0.1 --port 8000 --batch_size 8 --max_wait_ms 10": FastForm(
+        sub=(
+            ("tkx serve", "(timeout 600 tkx serve"),
+            ("--port 8000", "--port {port}"),
+        ),
+        add=(
+            "> {work}/serve.log 2>&1 & echo $! > {work}/serve.pid); "
+            "for i in $(seq 300); do "
+            "curl -sf localhost:{port}/healthz >/dev/null && exit 0; sleep 1; done; "
+            "cat {work}/serve.log; exit 1"
+        ),
+    ),
+    (
+        'curl -s localhost:8000/v1/generate -d \'{"inputs": "Definition: return the '
+        "currency of the given country. Now complete the following example - Input: "
+        "India. Output:\"}'"
+    ): FastForm(
+        sub=(("curl -s localhost:8000", "curl -sf localhost:{port}"),),
+        check=_check_answer,
+    ),
+    (
+        'curl -s localhost:8000/v1/generate -d \'{"definition": "Return the currency '
+        'of the given country.", "positive_examples": [{"input": "Japan", '
+        '"output": "Yen"}], "negative_examples": [], "input": "India", '
+        '"encoding": "def_pos2", "max_decode_length": 16}\''
+    ): FastForm(
+        sub=(("curl -s localhost:8000", "curl -sf localhost:{port}"),),
+        check=lambda work, result: (
+            _check_answer(work, result),
+            _stop_server(work),
+        ),
+    ),
+    "python bench/serve.py": FastForm(
+        add="--models tiny --max_decode_length 4 --requests_per_client 1 --peer_requests 2"
+    ),
+    "python bench/serve.py --models tiny --max_decode_length 16": FastForm(
+        sub=(("--max_decode_length 16", "--max_decode_length 4"),),
+        add="--requests_per_client 1 --peer_requests 2",
     ),
     # --- benchmarks: `--smoke` shrinks a run to seconds (its figures mean nothing). A
     # default-settings line adds `--quick --smoke`, the same run as its `--quick` line.
@@ -778,9 +912,13 @@ def work(tmp_path_factory, shared_ni_dir):
   )
   (root / "tmp").mkdir()
   (root / "ckpt").mkdir()
-  return Work(
+  work = Work(
       root=root, checkout=checkout, port=_free_port(), port2=_free_port()
   )
+  yield work
+  _stop_server(
+      work
+  )  # README's `tkx serve`, if a test failed before its last request
 
 
 def _subprocess_env() -> Dict[str, str]:

@@ -90,7 +90,7 @@ COMMANDS = {
         "parameter counts, memory per device and FLOPs of a model",
         uses_gin=True,
     ),
-    "prepare-tfds": (
+    "prepare-tfds": Command(
         "tkx.commands.prepare_tfds",
         "NI checkout -> TFDS records that training can read",
     ),
