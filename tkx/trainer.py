@@ -39,6 +39,7 @@ import optax
 
 from tkx import optimizers
 from tkx.checkpoints import orbax_io
+from tkx.data import packing
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +170,14 @@ def make_train_step(
         "num_target_tokens": _num_tokens(batch),
         "is_finite": is_finite,
     }
+    # Token efficiency = num_real_tokens / num_computed_tokens (padding is computed,
+    # not real); tokens/s and MFU should count the real ones.
+    real, computed = packing.token_counts(batch)
+    metrics["num_real_tokens"] = jnp.asarray(real, jnp.float32)
+    metrics["num_computed_tokens"] = jnp.asarray(computed, jnp.float32)
+    metrics["num_examples"] = jnp.asarray(
+        packing.num_examples(batch), jnp.float32
+    )
     for key in ("z_loss", "accuracy", "cross_ent_loss"):
       if key in model_metrics:
         metrics[key] = jnp.asarray(model_metrics[key], jnp.float32)
