@@ -385,3 +385,51 @@ def test_two_processes_read_disjoint_rows_whose_union_is_the_stream(tmp_path):
           == hosts[1]["states"][b]
           == {"next_index": (b + 1) * n}
       )
+
+
+def test_packed_train_input_counts_epochs_and_resumes(toy_dir, throwaway_vocab):  # noqa: F811
+  # The trainer's packed input (PACK=True): steps of an epoch are the packed batches of
+  # its examples, and a checkpointed position resumes the same batches.
+  from tkx.data import packing
+
+  _stream(toy_dir, throwaway_vocab)  # registers pipe_default_train_def_pos2
+  train = pipeline.train_input(
+      "pipe_default_train_def_pos2",
+      ni_dir=None,
+      vocabulary=throwaway_vocab,
+      feature_lengths=LENGTHS,
+      batch_size=2,
+      pack=True,
+      packing_window=8,
+  )
+  n = train.stream.examples_per_epoch
+  lengths = [
+      (len(e["inputs"]), len(e["targets"]))
+      for e in _take(train.stream, 0, 2 * n)
+  ]
+  rows = packing.count_packed_rows(
+      [i for i, _ in lengths], [t for _, t in lengths], LENGTHS, 8
+  )
+  steps = train.steps_for_epochs(2)
+  assert steps == -(-rows // 2)
+  batches = train.batches(train.initial_state())
+  taken = [next(batches) for _ in range(steps)]
+  examples = sum(packing.num_examples(b) for b, _ in taken)
+  assert (
+      2 * n - 8 < examples <= 2 * n + 8
+  )  # two epochs, up to the window at the end
+  saved = train.checkpoint_data_state(taken[1][1])
+  resumed = train.batches(train.state_from_checkpoint(saved, 2))
+  for (expected, _), (batch, _) in zip(
+      taken[2:4], [next(resumed), next(resumed)]
+  ):
+    for key in expected:
+      np.testing.assert_array_equal(batch[key], expected[key], err_msg=key)
+  with pytest.raises(ValueError, match="PACK"):
+    pipeline.train_input(
+        "pipe_default_train_def_pos2",
+        ni_dir=None,
+        vocabulary=throwaway_vocab,
+        feature_lengths=LENGTHS,
+        batch_size=2,
+    ).state_from_checkpoint(saved, 2)

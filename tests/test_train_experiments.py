@@ -66,15 +66,17 @@ def test_tk_instruct_recipes(name, emb_dim, vocab_size, partitions):
       gin.query_parameter("partitioning.Partitioner.num_partitions")
       == partitions
   )
-  if name.startswith("mtk"):
-    assert _macro("MIXTURE_OR_TASK_NAME") == "ni_xlingual_train_def_pos2"
-    assert (
-        _macro("TRAIN_STEPS") is None
-        and gin.query_parameter("trainer.train.train_epochs") == 2
-    )
-  else:
-    assert _macro("MIXTURE_OR_TASK_NAME") == "ni_default_train_def_pos2"
-    assert _macro("TRAIN_STEPS") == 9462  # 2 epochs x 75,700 examples / 16
+  # Packed by default: 8 rows of ~2 examples (~16 per step), exactly 2 epochs.
+  assert _macro("PACK") is True and _macro("PACKED_BATCH_SIZE") == 8
+  assert (
+      _macro("TRAIN_STEPS") is None
+      and gin.query_parameter("trainer.train.train_epochs") == 2
+  )
+  assert _macro("MIXTURE_OR_TASK_NAME") == (
+      "ni_xlingual_train_def_pos2"
+      if name.startswith("mtk")
+      else "ni_default_train_def_pos2"
+  )
 
 
 def test_embedded_tiny_and_required_macros():

@@ -37,6 +37,7 @@ from tkx.checkpoints import directory, layout, orbax_io
 from tkx.step_logger import StepLogger
 from tkx.train_state import TrainState, TrainStateInitializer
 from tkx.data import pipeline as data_pipeline
+from tkx.data import packing
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +160,14 @@ def make_train_step(
         "num_target_tokens": _num_tokens(batch),
         "is_finite": is_finite,
     }
+    # Token efficiency = num_real_tokens / num_computed_tokens (padding is computed,
+    # not real); tokens/s and MFU should count the real ones.
+    real, computed = packing.token_counts(batch)
+    metrics["num_real_tokens"] = jnp.asarray(real, jnp.float32)
+    metrics["num_computed_tokens"] = jnp.asarray(computed, jnp.float32)
+    metrics["num_examples"] = jnp.asarray(
+        packing.num_examples(batch), jnp.float32
+    )
     for key in ("z_loss", "accuracy", "cross_ent_loss"):
       if key in model_metrics:
         metrics[key] = jnp.asarray(model_metrics[key], jnp.float32)
@@ -285,6 +294,8 @@ def train(
     partitioner=None,
     initial_checkpoint_path: Optional[str] = None,
     pack: bool = False,
+    packed_batch_size: Optional[int] = None,
+    packing_window: int = packing.DEFAULT_WINDOW,
     use_cached: bool = False,
     ni_dir: Optional[str] = None,
     data_seed: int = 0,
@@ -327,6 +338,14 @@ def train(
         f"trainer.train: set {', '.join(missing)} (e.g. --gin.{missing[0]}=...); "
         "the gin files leave them required"
     )
+  if pack and packed_batch_size is not None:
+    # Packed rows hold ~2 NI examples each: a step is PACKED_BATCH_SIZE rows, not
+    # BATCH_SIZE examples (see finetune.gin).
+    log.info(
+        "PACK: %s rows of packed examples per step (PACKED_BATCH_SIZE)",
+        packed_batch_size,
+    )
+    batch_size = packed_batch_size
   _check_run_values(model_dir, batch_size, train_steps, task_feature_lengths)
   model_dir = (
       os.path.abspath(model_dir) if "://" not in model_dir else model_dir
@@ -355,6 +374,7 @@ def train(
       batch_size=batch_size,
       data_seed=data_seed,
       pack=pack,
+      packing_window=packing_window,
       use_cached=use_cached,
       shard_info=_data_shard_info(partitioner),
   )

@@ -408,20 +408,62 @@ class TrainInput:
   use_cached: bool
   shard_info: Any
   stream: Optional[NIStream] = None
+  packing_window: int = 1000
 
   @property
   def num_shards(self) -> int:
     return self.shard_info.num_shards if self.shard_info is not None else 1
 
   def steps_for_epochs(self, epochs: float) -> int:
+    if self.kind is InputKind.NI_STREAM and self.pack:
+      return self._packed_steps_for_epochs(epochs)
     return steps_for_epochs(self.mixture_or_task_name, epochs, self.batch_size)
 
-  def initial_state(self) -> Dict[str, Any]:
-    return (
-        {"next_index": 0}
-        if self.kind is InputKind.NI_STREAM
-        else {"consumed_batches": 0}
+  def _packed_steps_for_epochs(self, epochs: float) -> int:
+    """ceil(packed rows of the epochs' examples / rows per step), the most of any host.
+
+    The rows are counted by packing the lengths of this host's examples of the first
+    `epochs` x N global indices window by window, as `packed_batches` does (a window
+    that crosses the end is counted with the examples before it). Hosts whose shard
+    packs into fewer rows read on into the next epoch for the last steps.
+    """
+    from tkx.data import packing  # pylint: disable=g-import-not-at-top
+
+    total = int(epochs * self.stream.examples_per_epoch)
+    input_lengths, target_lengths = [], []
+    for example in self.stream.open_stream(0):
+      if example["index"] >= total:
+        break
+      input_lengths.append(len(example["inputs"]))
+      target_lengths.append(len(example["targets"]))
+    rows = packing.count_packed_rows(
+        input_lengths, target_lengths, self.feature_lengths, self.packing_window
     )
+    local = self.batch_size // self.num_shards
+    steps = -(-rows // local)
+    if self.num_shards > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+      steps = int(np.max(multihost_utils.process_allgather(np.int64(steps))))
+    log.info(
+        "%s: %d examples x %g epochs pack into %d rows on this host = %d steps of %d rows",
+        self.mixture_or_task_name,
+        self.stream.examples_per_epoch,
+        epochs,
+        rows,
+        steps,
+        self.batch_size,
+    )
+    return max(steps, 1)
+
+  def initial_state(self) -> Dict[str, Any]:
+    if self.kind is InputKind.NI_STREAM:
+      return (
+          {"window_start": 0, "rows_emitted": 0}
+          if self.pack
+          else {"next_index": 0}
+      )
+    return {"consumed_batches": 0}
 
   def state_from_checkpoint(
       self, data_state: Mapping[str, Any], start_step: int
@@ -437,7 +479,21 @@ class TrainInput:
       )
     consumed = int(data_state.get("consumed_batches", start_step))
     saved = dict(data_state.get("input") or {})
+    if self.kind is InputKind.NI_STREAM and self.pack:
+      if "window_start" not in saved:
+        raise ValueError(
+            f"the checkpoint's input position {saved or data_state} is not a packed "
+            "one: resume with the PACK setting the run was started with"
+        )
+      return {
+          "window_start": int(saved["window_start"]),
+          "rows_emitted": int(saved["rows_emitted"]),
+      }
     if self.kind is InputKind.NI_STREAM:
+      if "window_start" in saved:
+        raise ValueError(
+            "the checkpoint's input position is a packed one: resume with PACK=True"
+        )
       return {
           "next_index": int(saved.get("next_index", consumed * self.batch_size))
       }
@@ -463,8 +519,7 @@ class TrainInput:
             self.stream.open_stream,
             batch_size=local,
             feature_lengths=self.feature_lengths,
-            # The packer owns its window default; the lead wires a gin knob at merge.
-            window=getattr(packing, "DEFAULT_WINDOW", 64),
+            window=self.packing_window,
             state=state,
         )
         return
@@ -511,6 +566,7 @@ def train_input(
     batch_size: int,
     data_seed: int = 0,
     pack: bool = False,
+    packing_window: int = 1000,
     use_cached: bool = False,
     shard_info=None,
 ) -> TrainInput:
@@ -550,4 +606,5 @@ def train_input(
       use_cached=use_cached,
       shard_info=shard_info,
       stream=stream,
+      packing_window=packing_window,
   )
