@@ -340,9 +340,9 @@ def _check_exported(work, result):
 
 def _write_t5x_checkpoint(work):
   """A t5x checkpoint of the tiny model, written in t5x's layout by tkx's writer."""
-  from tkx.checkpoints import hf, t5x_format
+  from tkx.checkpoints import directory, t5x_format
 
-  _, params, _ = hf.read_tkx_checkpoint(str(work.tiny))
+  _, params, _ = directory.read(str(work.tiny))
   t5x_format.save_params(str(work.root / "t5x_model_dir"), params, step=1100000)
 
 

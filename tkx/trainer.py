@@ -338,6 +338,18 @@ def train(
         f"trainer.train: set {', '.join(missing)} (e.g. --gin.{missing[0]}=...); "
         "the gin files leave them required"
     )
+  vocab_size = getattr(model.output_vocabulary, "vocab_size", None)
+  config = getattr(model, "config", None)
+  if (
+      vocab_size is not None
+      and config is not None
+      and vocab_size > config.vocab_size
+  ):
+    # Ids past the embedding would be clamped silently by the lookup.
+    raise ValueError(
+        f"the vocabulary has {vocab_size} ids but network.T5Config.vocab_size = "
+        f"{config.vocab_size} (check vocab.get_vocabulary.extra_ids and the model gin files)"
+    )
   if pack and packed_batch_size is not None:
     # Packed rows hold ~2 NI examples each: a step is PACKED_BATCH_SIZE rows, not
     # BATCH_SIZE examples (see finetune.gin).
