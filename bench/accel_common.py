@@ -81,6 +81,7 @@ def ensure_gin():
 
   stand_in.configurable = configurable
   stand_in.external_configurable = lambda fn, *a, **k: fn
+  stand_in.constants_from_enum = lambda cls, *a, **k: cls
   stand_in.REQUIRED = object()
   sys.modules["gin"] = stand_in
   return True

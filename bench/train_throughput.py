@@ -278,9 +278,9 @@ def main(argv=None):
         f"--ni_dir={args.ni_dir}: no tasks/ folder (not an NI checkout)"
     )
 
-  from tkx.models import config as config_lib
+  from tkx import gin_utils
 
-  cfg = config_lib.load_config_from_gin(
+  cfg = gin_utils.load_config_from_gin(
       [os.path.join(REPO, f"gin_configs/models/t5_1_1/{args.model}.gin")]
   ).replace(dtype="float32", dropout_rate=0.0)
   t0 = time.perf_counter()

@@ -227,13 +227,13 @@ def test_tk_instruct_eval_settings_decode_as_many_tokens_as_its_generate_call(
   import gin
 
   from tkx import infer
-  from tkx.models import config as config_lib
+  from tkx import io_utils
 
   hf_model, model, params = pair
   gin.clear_config()
   try:
     gin.parse_config_file(
-        f"{config_lib.REPO_ROOT}/gin_configs/runs/eval.gin", skip_unknown=True
+        f"{io_utils.REPO_ROOT}/gin_configs/runs/eval.gin", skip_unknown=True
     )
     eval_settings = infer.DecodeConfig()
   finally:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from tkx import infer
+from tkx.checkpoints import directory
 
 
 def test_group_keys_order_examples_inside_a_bucket_only():
@@ -56,7 +57,7 @@ def test_predictor_reports_its_plan_once(caplog):
       logits_via_embedding=False,
       dropout_rate=0.0,
   )
-  model = infer.build_model(cfg, vocab_lib.get_vocabulary())
+  model = directory.build_model(cfg, vocab_lib.get_vocabulary())
   shapes = {"encoder_input_tokens": (1, 8), "decoder_input_tokens": (1, 8)}
   params = model.get_initial_variables(jax.random.PRNGKey(0), shapes)["params"]
   from tkx import partitioning

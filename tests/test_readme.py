@@ -786,6 +786,13 @@ FAST_FORMS: Dict[str, FastForm] = {
         sub=(("--max_decode_length 16", "--max_decode_length 4"),),
         add="--requests_per_client 1 --peer_requests 2",
     ),
+    # --- packed training: the tiny model on 16 examples (one HF batch)
+    "python bench/train_throughput.py --ni_dir ../shared/natural-instructions --model small": FastForm(
+        sub=(("--model small", "--model tiny"),), add="--examples 16"
+    ),
+    "python bench/train_throughput.py --quick": FastForm(
+        sub=(("--quick", "--model tiny --examples 16"),)
+    ),
     # --- benchmarks: `--smoke` shrinks a run to seconds (its figures mean nothing). A
     # default-settings line adds `--quick --smoke`, the same run as its `--quick` line.
     "python bench/quick_start.py": FastForm(add="--quick --smoke"),
