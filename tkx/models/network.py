@@ -17,7 +17,7 @@ Conventions taken from T5 / t5x:
   * Parameters are stored in `param_dtype`, computation runs in `dtype`;
     logits and softmaxes are float32.
   * Packed examples (segment ids) attend only within their segment; see
-    `_positions` for why the relative positions need no per-example ids.
+    `_row_positions` for why the relative positions need no per-example ids.
 """
 
 import functools
@@ -740,16 +740,16 @@ def _run_layers(layer_cls, cfg: T5Config, num_layers: int, x, *args):
   return x
 
 
-def _positions(tokens: Array, positions: Optional[Array]) -> Array:
+def _row_positions(tokens: Array) -> Array:
   """Positions for the relative-position bias: always 0..length-1, shared by the batch.
 
   Packed examples (SeqIO) number their tokens 0, 1, 2, ... within each segment,
   so a key-query distance inside a segment is the same whether measured with
   the packed `positions` or with the row index, and pairs across segments are
   masked. The row index gives one [1, heads, q, k] bias instead of a
-  per-example [batch, heads, q, k] one (gigabytes for large packed batches).
+  per-example [batch, heads, q, k] one (gigabytes for large packed batches), so
+  the packed `*_positions` inputs are accepted but not needed.
   """
-  del positions
   return jnp.arange(tokens.shape[-1], dtype=jnp.int32)[None, :]
 
 
@@ -763,7 +763,7 @@ class Encoder(nn.Module):
     x = self.shared_embedding(tokens.astype(jnp.int32))
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
     x = _dropout(cfg.dropout_rate)(x, deterministic=deterministic)
-    pos = _positions(tokens, positions)
+    pos = _row_positions(tokens)
     bias = RelativePositionBiases(
         cfg.relative_attention_num_buckets,
         cfg.relative_attention_max_distance,
@@ -825,7 +825,7 @@ class Decoder(nn.Module):
         )
       pos = jnp.arange(length, dtype=jnp.int32)[None, :]
     else:
-      pos = _positions(decoder_input_tokens, positions)
+      pos = _row_positions(decoder_input_tokens)
     bias = relpos(pos, pos, bidirectional=False)
     layer_cls = _layer_class(
         DecoderLayer, cfg.remat_policy, static_argnums=(6, 7)
