@@ -18,8 +18,9 @@ class _RecordingPredictor:
   def __init__(self, batches, config, gate):
     self.batches, self.config, self.gate = batches, config, gate
 
-  def predict_ids(self, inputs, progress=True):
-    del progress
+  def predict_ids(self, inputs, progress=True, log_plan=True):
+    # A server decodes a batch per few requests: no per-batch progress or plan log.
+    assert not progress and not log_plan
     self.gate.wait()
     self.batches.append((self.config, [ids[0] for ids in inputs]))
     return [[ids[0], len(inputs)] for ids in inputs]
@@ -88,7 +89,7 @@ def test_a_failing_batch_fails_its_requests_only():
 
   class Failing:
 
-    def predict_ids(self, inputs, progress=True):
+    def predict_ids(self, inputs, progress=True, log_plan=True):
       del progress
       calls.append(len(inputs))
       if len(calls) == 1:

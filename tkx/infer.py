@@ -407,10 +407,13 @@ class Predictor:
       *,
       progress: bool = True,
       desc: str = "decoding",
+      log_plan: bool = True,
   ) -> List[List[int]]:
     """Token ids (each ending in EOS, within the largest bucket) -> output ids (no EOS).
 
     An empty input (no token, or only EOS) is not decoded; its output is empty.
+    `log_plan=False` keeps the padding/waste summary in `last_plan_stats` only
+    (a server calls this once per batch; a run logs it once).
     """
     inputs = [list(ids) for ids in inputs]
     outputs: List[Optional[List[int]]] = [None] * len(inputs)
@@ -461,7 +464,7 @@ class Predictor:
     if pending is not None:
       collect(*pending)
     bar.close()
-    if stats.batches:
+    if stats.batches and log_plan:
       log.info("%s: %s", desc, stats.summary())
     self.last_plan_stats = stats
     return outputs  # type: ignore[return-value]

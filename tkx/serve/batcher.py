@@ -125,7 +125,9 @@ class Batcher:
           self.metrics.queue_seconds.observe(start - job.enqueued)
       try:
         predictor = self.predictor_for(batch[0].config)
-        outputs = predictor.predict_ids([j.ids for j in batch], progress=False)
+        outputs = predictor.predict_ids(
+            [j.ids for j in batch], progress=False, log_plan=False
+        )
       except Exception as e:  # pylint: disable=broad-except
         log.exception("decoding a batch of %d request(s) failed", len(batch))
         for job in batch:
