@@ -41,6 +41,8 @@ import numpy as np
 from flax import traverse_util
 from jax import lax
 
+from tkx import enums
+
 PyTree = Any
 
 # t5x's "effective negative infinity" for masking.
@@ -112,14 +114,7 @@ class BeamProcedure(str, enum.Enum):
 
   @classmethod
   def parse(cls, value) -> "BeamProcedure":
-    if isinstance(value, cls):
-      return value
-    try:
-      return cls(value)
-    except ValueError:
-      raise ValueError(
-          f"beam procedure must be one of {[m.value for m in cls]}, got {value!r}"
-      ) from None
+    return enums.parse_enum(cls, value, "beam procedure")
 
   @property
   def decode_fn(self) -> Callable:
@@ -139,14 +134,7 @@ class LengthPenalty(str, enum.Enum):
 
   @classmethod
   def parse(cls, value) -> "LengthPenalty":
-    if isinstance(value, cls):
-      return value
-    try:
-      return cls(value)
-    except ValueError:
-      raise ValueError(
-          f"length penalty must be one of {[m.value for m in cls]}, got {value!r}"
-      ) from None
+    return enums.parse_enum(cls, value, "length penalty")
 
   def divisor(self, length, alpha):
     """The divisor for `length` generated tokens (EOS included, start token not)."""

@@ -28,6 +28,8 @@ import os
 import random
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
+from tkx import enums
+
 TRACKS = ("default", "xlingual")
 # Splits whose tasks keep only their first 100 instances (Tk-Instruct's `subset == "test"`).
 EVAL_SPLITS = ("test", "official_test")
@@ -44,14 +46,7 @@ class Selection(enum.Enum):
 
   @classmethod
   def parse(cls, value) -> "Selection":
-    if isinstance(value, cls):
-      return value
-    try:
-      return cls(value)
-    except ValueError:
-      raise ValueError(
-          f"instance selection must be one of {[s.value for s in cls]}, got {value!r}"
-      ) from None
+    return enums.parse_enum(cls, value, "instance selection")
 
 
 DEFAULT_SELECTION = Selection.TK_INSTRUCT
