@@ -433,3 +433,20 @@ def test_packed_train_input_counts_epochs_and_resumes(toy_dir, throwaway_vocab):
         feature_lengths=LENGTHS,
         batch_size=2,
     ).state_from_checkpoint(saved, 2)
+
+
+def test_packed_resume_of_one_host_shard(toy_dir, throwaway_vocab):  # noqa: F811
+  # A host reads every num_shards-th global index: the packer's saved window start
+  # is a global index, so the resumed host repacks the same window.
+  from tkx.data import packing
+
+  host = _stream(toy_dir, throwaway_vocab, shard_id=1, num_shards=2)
+  kw = dict(batch_size=1, feature_lengths=LENGTHS, window=4)
+  whole = packing.packed_batches(host.open_stream, **kw)
+  taken = [next(whole) for _ in range(8)]
+  for k in (2, 5):
+    resumed = packing.packed_batches(host.open_stream, state=taken[k][1], **kw)
+    for expected, _ in taken[k + 1 : k + 3]:
+      batch, _ = next(resumed)
+      for key in expected:
+        np.testing.assert_array_equal(batch[key], expected[key], err_msg=key)

@@ -187,7 +187,13 @@ def packed_batches(
     for r, row in enumerate(rows[skip_rows:], start=skip_rows):
       pending.append((window_start, r, [examples[i] for i in row]))
     skip_rows = 0
-    window_start += len(examples)
+    # The next window starts after this one's last example, as a global stream index
+    # (a host's shard reads every num_shards-th index, so counting examples is not it).
+    window_start = (
+        int(examples[-1]["index"]) + 1
+        if "index" in examples[-1]
+        else window_start + len(examples)
+    )
     while len(pending) >= batch_size:
       batch = take_batch()
       yield batch, state_after()

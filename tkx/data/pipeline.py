@@ -43,6 +43,7 @@ import numpy as np
 from tkx.data import encodings as enc
 from tkx.data import names as names_lib
 from tkx.data import ni
+from tkx.data import packing
 from tkx.data import source as source_lib
 
 log = logging.getLogger(__name__)
@@ -408,7 +409,7 @@ class TrainInput:
   use_cached: bool
   shard_info: Any
   stream: Optional[NIStream] = None
-  packing_window: int = 1000
+  packing_window: int = packing.DEFAULT_WINDOW
 
   @property
   def num_shards(self) -> int:
@@ -427,8 +428,6 @@ class TrainInput:
     that crosses the end is counted with the examples before it). Hosts whose shard
     packs into fewer rows read on into the next epoch for the last steps.
     """
-    from tkx.data import packing  # pylint: disable=g-import-not-at-top
-
     total = int(epochs * self.stream.examples_per_epoch)
     input_lengths, target_lengths = [], []
     for example in self.stream.open_stream(0):
@@ -513,8 +512,6 @@ class TrainInput:
     local = self.batch_size // self.num_shards
     if self.kind is InputKind.NI_STREAM:
       if self.pack:
-        from tkx.data import packing  # pylint: disable=g-import-not-at-top
-
         yield from packing.packed_batches(
             self.stream.open_stream,
             batch_size=local,
@@ -548,15 +545,6 @@ class TrainInput:
       yield batch, {"consumed_batches": consumed}
 
 
-def _packer_available() -> bool:
-  try:
-    from tkx.data import packing  # pylint: disable=g-import-not-at-top,unused-import
-
-    return hasattr(packing, "packed_batches")
-  except ImportError:
-    return False
-
-
 def train_input(
     mixture_or_task_name: str,
     *,
@@ -566,7 +554,7 @@ def train_input(
     batch_size: int,
     data_seed: int = 0,
     pack: bool = False,
-    packing_window: int = 1000,
+    packing_window: int = packing.DEFAULT_WINDOW,
     use_cached: bool = False,
     shard_info=None,
 ) -> TrainInput:
@@ -580,12 +568,7 @@ def train_input(
         f"BATCH_SIZE={batch_size} is not divisible by the {num_shards} data shards (hosts)"
     )
   spec = ni_spec(mixture_or_task_name)
-  use_stream = spec is not None and (not pack or _packer_available())
-  if spec is not None and pack and not use_stream:
-    log.warning(
-        "PACK=True: tkx.data.packing is not available; packing with SeqIO's pipeline "
-        "(epochs not exact, resume replays the input)"
-    )
+  use_stream = spec is not None
   stream = None
   if use_stream:
     stream = NIStream(
