@@ -338,7 +338,7 @@ def load(
     )
   model = build_model(config, vocabulary)
   partitioner = partitioner or partitioning.Partitioner()
-  step_dir = layout.find_step_dir(path if layout.step_of(path) else root)
+  step_dir = layout.find_step_dir(path)
   log.info("loading parameters from %s", step_dir)
   params = orbax_io.load_params(
       step_dir, abstract_params_for(model, partitioner)
