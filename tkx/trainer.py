@@ -506,8 +506,9 @@ def train(
     try:
       host_batch, state_after = next(batches)
     except StopIteration:
-      raise RuntimeError(
-          f"the input {mixture_or_task_name!r} ran out of batches"
+      raise ValueError(  # a user's data/settings problem: one line, no traceback
+          f"MIXTURE_OR_TASK_NAME={mixture_or_task_name!r} ran out of batches of "
+          f"BATCH_SIZE={batch_size} (an empty split, or fewer examples than a batch)"
       ) from None
     return (
         partitioner.host_local_to_global(host_batch),
