@@ -1,28 +1,37 @@
 """NI training throughput in examples/s: tkx packed vs Tk-Instruct's Hugging Face recipe, same run.
 
-    python bench/train_throughput.py                      # t5_1_1 small, 128 examples
-    python bench/train_throughput.py --quick              # 48 examples
+    python bench/train_throughput.py                      # t5_1_1 small, ~128 examples
+    python bench/train_throughput.py --quick              # ~48 examples
     python bench/train_throughput.py --model tiny --examples 512 --ni_dir ../shared/natural-instructions
 
 Both sides train the same T5 1.1 config (random initialisation, float32, dropout
 off, AdamW lr 1e-4, weight decay 0) on the same NI `def_pos2` training examples
 (the checkout's train split, 100 instances per task, tokenised with the
 embedded vocabulary and cut to 1024 / 128 tokens as Tk-Instruct's collator
-does, shuffled with seed 0, the first `--examples`), each example exactly once:
+does, shuffled with seed 0), each example exactly once:
 
-- tkx: its packed recipe (gin_configs/runs/finetune.gin): `tkx.data.packing`
-  rows of 1024 / 128 tokens, 8 rows per step, a window of 1000 examples; the
-  jitted `trainer.make_train_step`.
-- Hugging Face transformers (PyTorch): `T5ForConditionalGeneration`, batches of
-  16 examples in stream order padded to the longest input and target of the
-  batch (Tk-Instruct's `DataCollatorForNI` with padding="longest", labels padded
-  with -100), `torch.optim.AdamW`. A batch runs as micro-batches of
-  `--hf_microbatch` rows (same padding, loss weighted per target token) to fit
-  this machine's memory; the work is the same.
+- tkx: its packed recipe, gin_configs/runs/finetune.gin's packing settings
+  (read from the file: PACKED_BATCH_SIZE rows per step, each
+  PACKED_ENCODER_BLOCKS blocks of 1024 sharing a decoder row of
+  PACKED_TARGETS_LENGTH, PACKING_WINDOW examples looked ahead over); the jitted
+  `trainer.make_train_step`. The packer packs the first window of the stream,
+  as a training run does, and the bench trains a seeded random sample of its
+  rows (whole rows, ~`--examples` examples), so the rows are as full as the
+  recipe's rows are on average (a short stream packed on its own would have
+  emptier rows than a run does).
+- Hugging Face transformers (PyTorch): `T5ForConditionalGeneration` on exactly
+  those examples in stream order, batches of 16 padded to the longest input and
+  target of the batch (Tk-Instruct's `DataCollatorForNI` with padding="longest",
+  labels padded with -100), `torch.optim.AdamW`. A batch runs as micro-batches
+  of `--hf_microbatch` rows (same padding, loss weighted per target token) to
+  fit this machine's memory; the work is the same.
 
 Timed: the optimizer steps over all batches after one warm-up step (compilation
 for tkx); batch building is not timed on either side (tkx's packing costs are
 printed). Real-token fraction = (input + target tokens) / positions computed.
+Model FLOPs per example (`tkx.models.model_info.train_step_flops`, attention
+included) are printed for both sides: the hardware-independent part of the
+ratio.
 """
 
 import argparse
@@ -41,6 +50,23 @@ import numpy as np  # noqa: E402
 
 LENGTHS = {"inputs": 1024, "targets": 128}
 HF_BATCH = 16
+FINETUNE_GIN = os.path.join(REPO, "gin_configs/runs/finetune.gin")
+
+
+def recipe_packing():
+  """finetune.gin's packing macros: (rows per step, RowLayout, window)."""
+  import ast
+  import re
+
+  from tkx.data import packing
+
+  with open(FINETUNE_GIN) as f:
+    macros = dict(re.findall(r"^([A-Z_]+) = (.+)$", f.read(), re.MULTILINE))
+  macro = lambda name: ast.literal_eval(macros[name])
+  layout = packing.RowLayout.for_lengths(
+      LENGTHS, macro("PACKED_ENCODER_BLOCKS"), macro("PACKED_TARGETS_LENGTH")
+  )
+  return macro("PACKED_BATCH_SIZE"), layout, macro("PACKING_WINDOW")
 
 
 def cpu_name() -> str:
@@ -73,7 +99,8 @@ def ni_examples(ni_dir, num_examples, seed=0):
   order = np.random.RandomState(seed).permutation(len(pairs))[:num_examples]
   if len(order) < num_examples:
     raise SystemExit(
-        f"--examples={num_examples}: {ni_dir} has only {len(pairs)} training instances"
+        f"a packing window of {num_examples} examples: {ni_dir} has only "
+        f"{len(pairs)} training instances (lower --window)"
     )
   examples = []
   for index in order:
@@ -96,20 +123,69 @@ def ni_examples(ni_dir, num_examples, seed=0):
   return examples
 
 
-def tkx_batches(examples, rows_per_batch, window):
+def tkx_batches(stream, num_examples, rows_per_batch, layout, seed=0):
+  """Packed batches of a seeded random sample of the rows of `stream` (one packing window).
+
+  Whole rows are taken until they hold >= `num_examples` examples and fill
+  whole batches. Returns (batches, the examples they hold in stream order,
+  packing seconds).
+  """
   from tkx.data import packing
 
   t0 = time.perf_counter()
+  rows = packing.pack_window(
+      [len(e["inputs"]) for e in stream],
+      [len(e["targets"]) for e in stream],
+      layout,
+  )
+  pack_s = time.perf_counter() - t0
+  chosen, count = [], 0
+  for r in np.random.RandomState(seed).permutation(len(rows)):
+    chosen.append(int(r))
+    count += sum(len(block) for block in rows[r])
+    if count >= num_examples and len(chosen) % rows_per_batch == 0:
+      break
+  else:
+    raise SystemExit(
+        f"--examples={num_examples}: the window's {len(rows)} rows hold fewer "
+        "examples; raise --window"
+    )
+  chosen.sort()  # the packer's order
   batches = [
-      batch
-      for batch, _ in packing.packed_batches(
-          lambda start: iter(examples[start:]),
-          batch_size=rows_per_batch,
-          feature_lengths=LENGTHS,
-          window=window,
+      packing.build_rows(
+          [
+              [[stream[i] for i in block] for block in rows[r]]
+              for r in chosen[start : start + rows_per_batch]
+          ],
+          layout,
       )
+      for start in range(0, len(chosen), rows_per_batch)
   ]
-  return batches, time.perf_counter() - t0
+  used = sorted(i for r in chosen for block in rows[r] for i in block)
+  return batches, [stream[i] for i in used], pack_s
+
+
+def flops_per_example(cfg, layout, tkx_steps, padded, n):
+  """Model FLOPs per example of tkx's packed steps and of HF's padded batches."""
+  from tkx.models import model_info
+
+  tkx = sum(
+      model_info.train_step_flops(
+          cfg,
+          len(batch["decoder_target_tokens"]),
+          layout.inputs,
+          layout.targets,
+          encoder_blocks=layout.encoder_blocks,
+      )["train_step"]
+      for batch in tkx_steps
+  )
+  hf = sum(
+      model_info.train_step_flops(cfg, *input_ids.shape, labels.shape[1])[
+          "train_step"
+      ]
+      for input_ids, _, labels in padded
+  )
+  return tkx / n, hf / n
 
 
 def hf_batches(examples):
@@ -246,33 +322,25 @@ def main(argv=None):
       "--examples",
       type=int,
       default=128,
-      help="training examples each side sees once (a multiple of 16)",
-  )
-  parser.add_argument(
-      "--rows_per_batch",
-      type=int,
-      default=8,
-      help="tkx packed rows per step (finetune.gin's PACKED_BATCH_SIZE)",
+      help="about this many training examples each side sees once (whole packed rows)",
   )
   parser.add_argument(
       "--window",
       type=int,
-      default=1000,
-      help="tkx packing window (finetune.gin's PACKING_WINDOW)",
+      default=None,
+      help="examples packed (default: finetune.gin's PACKING_WINDOW)",
   )
   parser.add_argument("--hf_microbatch", type=int, default=4)
   parser.add_argument("--learning_rate", type=float, default=1e-4)
   parser.add_argument(
       "--torch_threads", type=int, default=0, help="0: PyTorch's default"
   )
-  parser.add_argument("--quick", action="store_true", help="48 examples")
+  parser.add_argument("--quick", action="store_true", help="~48 examples")
   args = parser.parse_args(argv)
   if args.quick:
     args.examples = 48
-  if args.examples < HF_BATCH or args.examples % HF_BATCH:
-    parser.error(
-        f"--examples={args.examples} must be a positive multiple of 16"
-    )
+  if args.examples < 1:
+    parser.error(f"--examples={args.examples} must be positive")
   if not os.path.isdir(os.path.join(args.ni_dir, "tasks")):
     parser.error(
         f"--ni_dir={args.ni_dir}: no tasks/ folder (not an NI checkout)"
@@ -280,47 +348,66 @@ def main(argv=None):
 
   from tkx import gin_utils
 
+  rows_per_batch, layout, window = recipe_packing()
+  window = args.window or window
   cfg = gin_utils.load_config_from_gin(
       [os.path.join(REPO, f"gin_configs/models/t5_1_1/{args.model}.gin")]
   ).replace(dtype="float32", dropout_rate=0.0)
   t0 = time.perf_counter()
-  examples = ni_examples(args.ni_dir, args.examples)
-  log(f"{len(examples)} examples tokenised in {time.perf_counter() - t0:.1f}s")
-  packed, pack_s = tkx_batches(examples, args.rows_per_batch, args.window)
+  stream = ni_examples(args.ni_dir, window)
+  log(f"{len(stream)} examples tokenised in {time.perf_counter() - t0:.1f}s")
+  packed, examples, pack_s = tkx_batches(
+      stream, args.examples, rows_per_batch, layout
+  )
   padded = hf_batches(examples)
+  n = len(examples)
+  shape = (
+      f"{layout.encoder_blocks} x {layout.inputs}"
+      if layout.encoder_blocks > 1
+      else f"{layout.inputs}"
+  ) + f" / {layout.targets}"
   log(
-      f"tkx: {len(packed)} packed batches of {args.rows_per_batch} rows (packing {pack_s:.2f}s); "
-      f"HF: {len(padded)} batches of {HF_BATCH}"
+      f"tkx: packed {len(stream)} examples in {pack_s:.2f}s; {n} examples in "
+      f"{len(packed)} steps of {rows_per_batch} rows ({shape}); "
+      f"HF: {len(padded)} batches of <= {HF_BATCH}"
   )
   tkx_s = run_tkx(cfg, packed, args.learning_rate)
   hf_s = run_hf(
       cfg, padded, args.learning_rate, args.hf_microbatch, args.torch_threads
   )
 
-  n = len(examples)
   tkx_eff, hf_eff = fractions_tkx(packed), fractions_hf(padded)
+  tkx_flops, hf_flops = flops_per_example(cfg, layout, packed, padded, n)
   print(
       f"\nNI def_pos2 training, t5_1_1 {args.model} (float32, AdamW), {n} examples once each, "
       f"inputs <= 1024 / targets <= 128 tokens; {cpu_name()} ({os.cpu_count()} CPUs visible)"
   )
   print(
       f"{'':<44}{'steps':>6}{'ex/step':>9}{'s':>9}{'examples/s':>12}"
-      f"{'real enc':>10}{'real dec':>10}{'real all':>10}"
+      f"{'real enc':>10}{'real dec':>10}{'real all':>10}{'GFLOP/ex':>10}"
   )
-  for name, steps, seconds, (enc, dec, both) in (
+  for name, steps, seconds, (enc, dec, both), flops in (
       (
-          f"tkx packed ({args.rows_per_batch} rows x 1024/128)",
+          f"tkx packed ({rows_per_batch} rows x {shape})",
           len(packed),
           tkx_s,
           tkx_eff,
+          tkx_flops,
       ),
-      ("HF transformers (16, pad to longest)", len(padded), hf_s, hf_eff),
+      (
+          "HF transformers (16, pad to longest)",
+          len(padded),
+          hf_s,
+          hf_eff,
+          hf_flops,
+      ),
   ):
     print(
         f"{name:<44}{steps:>6}{n / steps:>9.1f}{seconds:>9.1f}{n / seconds:>12.2f}"
-        f"{enc:>10.1%}{dec:>10.1%}{both:>10.1%}"
+        f"{enc:>10.1%}{dec:>10.1%}{both:>10.1%}{flops / 1e9:>10.1f}"
     )
   print(f"real-token fraction tkx/HF: {tkx_eff[2] / hf_eff[2]:.2f}")
+  print(f"model FLOPs per example HF/tkx: {hf_flops / tkx_flops:.2f}")
   print(f"examples/s ratio tkx/HF: {hf_s / tkx_s:.2f}")
   return 0
 

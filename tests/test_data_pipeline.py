@@ -408,7 +408,10 @@ def test_packed_train_input_counts_epochs_and_resumes(toy_dir, throwaway_vocab):
       for e in _take(train.stream, 0, 2 * n)
   ]
   rows = packing.count_packed_rows(
-      [i for i, _ in lengths], [t for _, t in lengths], LENGTHS, 8
+      [i for i, _ in lengths],
+      [t for _, t in lengths],
+      packing.RowLayout.for_lengths(LENGTHS),
+      8,
   )
   steps = train.steps_for_epochs(2)
   assert steps == -(-rows // 2)
@@ -441,7 +444,9 @@ def test_packed_resume_of_one_host_shard(toy_dir, throwaway_vocab):  # noqa: F81
   from tkx.data import packing
 
   host = _stream(toy_dir, throwaway_vocab, shard_id=1, num_shards=2)
-  kw = dict(batch_size=1, feature_lengths=LENGTHS, window=4)
+  kw = dict(
+      batch_size=1, layout=packing.RowLayout.for_lengths(LENGTHS), window=4
+  )
   whole = packing.packed_batches(host.open_stream, **kw)
   taken = [next(whole) for _ in range(8)]
   for k in (2, 5):

@@ -66,8 +66,14 @@ def test_tk_instruct_recipes(name, emb_dim, vocab_size, partitions):
       gin.query_parameter("partitioning.Partitioner.num_partitions")
       == partitions
   )
-  # Packed by default: 8 rows of ~2 examples (~16 per step), exactly 2 epochs.
-  assert _macro("PACK") is True and _macro("PACKED_BATCH_SIZE") == 8
+  # Packed by default, ~16 examples per step, exactly 2 epochs: 3B (8 data-parallel
+  # devices) 8 rows of 1024/128; 11B (data axis 1) 2 rows of 4 x 1024 blocks + 184.
+  layout = (
+      (_macro("PACKED_BATCH_SIZE"), _macro("PACKED_ENCODER_BLOCKS")),
+      _macro("PACKED_TARGETS_LENGTH"),
+  )
+  assert _macro("PACK") is True
+  assert layout == (((8, 1), 128) if partitions == 1 else ((2, 4), 184))
   assert (
       _macro("TRAIN_STEPS") is None
       and gin.query_parameter("trainer.train.train_epochs") == 2

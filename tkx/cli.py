@@ -373,8 +373,11 @@ def _asks_for_debug(argv) -> bool:
 
 
 def _one_line(error: BaseException) -> str:
+  # gin appends "In call to configurable 'train' (<function ...>)": not the user's words.
   text = " ".join(
-      line.strip() for line in str(error).strip().splitlines() if line.strip()
+      line.strip()
+      for line in str(error).strip().splitlines()
+      if line.strip() and not line.strip().startswith("In call to configurable")
   )
   if isinstance(error, KeyError) and len(error.args) == 1:
     text = str(error.args[0])

@@ -202,7 +202,9 @@ def _data_shard_info(partitioner):
   return partitioner.get_data_shard_info() if jax.process_count() > 1 else None
 
 
-def _check_run_values(model_dir, batch_size, train_steps, task_feature_lengths):
+def _check_run_values(
+    model_dir, batch_size, batch_name, train_steps, task_feature_lengths
+):
   """Errors naming the gin macro for values of the wrong kind (instead of a failure deep in the run)."""
 
   def positive_int(name, value, allow_none=False):
@@ -215,7 +217,7 @@ def _check_run_values(model_dir, batch_size, train_steps, task_feature_lengths):
     raise ValueError(
         f"MODEL_DIR must be a string (--gin.MODEL_DIR=\"'/path'\"), got {model_dir!r}"
     )
-  positive_int("BATCH_SIZE", batch_size)
+  positive_int(batch_name, batch_size)
   positive_int("TRAIN_STEPS", train_steps, allow_none=True)
   if not isinstance(task_feature_lengths, Mapping) or set(
       task_feature_lengths
@@ -247,8 +249,8 @@ def _write_run_files(model_dir, model):
   )
 
 
-def _model_flops_per_step(model, task_feature_lengths, batch_size):
-  """Model FLOPs of a step from `model_info` (None for a model without a T5Config)."""
+def _model_flops_per_step(model, row_layout, batch_size):
+  """Model FLOPs of a step of `batch_size` rows from `model_info` (None for a model without a T5Config)."""
   from tkx.models import model_info
 
   config = getattr(model, "config", None)
@@ -257,8 +259,9 @@ def _model_flops_per_step(model, task_feature_lengths, batch_size):
   return model_info.train_step_flops(
       config,
       batch_size,
-      task_feature_lengths["inputs"],
-      task_feature_lengths["targets"],
+      row_layout.inputs,
+      row_layout.targets,
+      encoder_blocks=row_layout.encoder_blocks,
   )["train_step"]
 
 
@@ -296,6 +299,8 @@ def train(
     pack: bool = False,
     packed_batch_size: Optional[int] = None,
     packing_window: int = packing.DEFAULT_WINDOW,
+    packed_encoder_blocks: int = 1,
+    packed_targets_length: Optional[int] = None,
     use_cached: bool = False,
     ni_dir: Optional[str] = None,
     data_seed: int = 0,
@@ -350,15 +355,27 @@ def train(
         f"the vocabulary has {vocab_size} ids but network.T5Config.vocab_size = "
         f"{config.vocab_size} (check vocab.get_vocabulary.extra_ids and the model gin files)"
     )
+  batch_name = "BATCH_SIZE"
   if pack and packed_batch_size is not None:
-    # Packed rows hold ~2 NI examples each: a step is PACKED_BATCH_SIZE rows, not
-    # BATCH_SIZE examples (see finetune.gin).
-    log.info(
-        "PACK: %s rows of packed examples per step (PACKED_BATCH_SIZE)",
-        packed_batch_size,
+    # A step is PACKED_BATCH_SIZE packed rows, not BATCH_SIZE examples.
+    batch_size, batch_name = packed_batch_size, "PACKED_BATCH_SIZE"
+  _check_run_values(
+      model_dir, batch_size, batch_name, train_steps, task_feature_lengths
+  )
+  # The shape of a row of the batch (packed: several examples per row, see finetune.gin).
+  row_layout = packing.RowLayout.for_lengths(task_feature_lengths)
+  if pack:
+    row_layout = packing.RowLayout.for_lengths(
+        task_feature_lengths, packed_encoder_blocks, packed_targets_length
     )
-    batch_size = packed_batch_size
-  _check_run_values(model_dir, batch_size, train_steps, task_feature_lengths)
+    log.info(
+        "PACK: %d rows per step, each %d encoder block(s) of %d tokens and a "
+        "decoder row of %d",
+        batch_size,
+        row_layout.encoder_blocks,
+        row_layout.inputs,
+        row_layout.targets,
+    )
   model_dir = (
       os.path.abspath(model_dir) if "://" not in model_dir else model_dir
   )
@@ -367,9 +384,17 @@ def train(
 
     partitioner = partitioning.Partitioner()
   if batch_size % (partitioner.data_axis_size * max(num_microbatches, 1)):
+    hint = ""
+    if pack and row_layout.encoder_blocks > 1:
+      rows = partitioner.data_axis_size * max(num_microbatches, 1)
+      hint = (
+          "; or rows of one encoder block (~2 NI examples each): "
+          f"--gin.PACKED_ENCODER_BLOCKS=1 --gin.PACKED_TARGETS_LENGTH="
+          f"{task_feature_lengths['targets']} --gin.PACKED_BATCH_SIZE={rows}"
+      )
     raise ValueError(
-        f"BATCH_SIZE={batch_size} must be divisible by the data-parallel size "
-        f"{partitioner.data_axis_size} x NUM_MICROBATCHES={num_microbatches}"
+        f"{batch_name}={batch_size} must be divisible by the data-parallel size "
+        f"{partitioner.data_axis_size} x NUM_MICROBATCHES={num_microbatches}{hint}"
     )
   learning_rate = learning_rate_fn
   optimizer = optimizers.create_optimizer(
@@ -387,6 +412,7 @@ def train(
       data_seed=data_seed,
       pack=pack,
       packing_window=packing_window,
+      row_layout=row_layout if pack else None,
       use_cached=use_cached,
       shard_info=_data_shard_info(partitioner),
   )
@@ -482,10 +508,8 @@ def train(
       total_steps=train_steps,
       start_step=start_step,
       tokens_per_batch=batch_size
-      * (task_feature_lengths["inputs"] + task_feature_lengths["targets"]),
-      flops_per_step=_model_flops_per_step(
-          model, task_feature_lengths, batch_size
-      ),
+      * (row_layout.encoder_blocks * row_layout.inputs + row_layout.targets),
+      flops_per_step=_model_flops_per_step(model, row_layout, batch_size),
       peak_flops=_peak_flops(peak_flops_per_device),
       log_every=log_every,
   )
@@ -508,7 +532,7 @@ def train(
     except StopIteration:
       raise ValueError(  # a user's data/settings problem: one line, no traceback
           f"MIXTURE_OR_TASK_NAME={mixture_or_task_name!r} ran out of batches of "
-          f"BATCH_SIZE={batch_size} (an empty split, or fewer examples than a batch)"
+          f"{batch_name}={batch_size} (an empty split, or fewer examples than a batch)"
       ) from None
     return (
         partitioner.host_local_to_global(host_batch),

@@ -1,33 +1,54 @@
 """Packing training examples into full rows: several examples per row, none split.
 
-Half of a padded NI batch is padding (def_pos2 inputs average ~490 of 1024
-tokens). `packed_batches` fills rows instead: it reads the stream a window of
-`window` examples at a time, packs each window with best-fit decreasing
-(longest input first, into the row it leaves least room in, encoder and
-decoder both checked) and hands out rows `batch_size` at a time in SeqIO's
-`EncDecFeatureConverter(pack=True)` format: every example is one segment
-(segment ids 1, 2, ... per row, positions restarting at 0, decoder inputs
-shifted right inside each segment). On the shared NI sample (def_pos2,
-embedded vocabulary, rows of 1024/128) a window of 1000 examples gives ~97%
-real encoder tokens and ~2.0 examples per row (README, "Packed training").
+Half of a padded NI batch is padding (def_pos2 inputs average ~491 of 1024
+tokens, targets ~22 of 128). `packed_batches` fills rows instead. A row
+(`RowLayout`) is `encoder_blocks` encoder blocks of `inputs` tokens and one
+decoder row of `targets` tokens: every example sits whole in one block and in
+the decoder row. With one block this is SeqIO's
+`EncDecFeatureConverter(pack=True)` format (segment ids 1, 2, ... per row,
+positions restarting at 0, decoder inputs shifted right inside each segment).
+With several blocks the encoder features are [rows, blocks, inputs]: the
+network encodes each block on its own and the decoder row attends to all of
+them (segment ids are unique across the row's blocks). Why blocks: an encoder
+block of 1024 holds ~2 NI examples, i.e. ~45 target tokens, so a decoder row
+of 128 per block is two-thirds padding; four blocks share one decoder row of
+184 that they fill (README, "Packed training").
 
-Guarantees: deterministic (the rows depend only on the window's examples);
+The packer reads the stream a window of `window` examples at a time and fills
+one row at a time: it takes the remaining example with the largest size
+(inputs / encoder capacity + targets / decoder capacity) that fits, less how
+far the row's use of its two capacities would drift from the proportion in
+which the window's remaining examples need them (so that what is left can
+still fill rows); the example goes into the block it leaves least room in.
+
+Guarantees: deterministic (the rows depend only on the window's lengths);
 every example of the stream lands in exactly one row, whole (an example longer
-than a row is an error, never cut or dropped); a batch may take rows of two
-consecutive windows, so only the stream's last batch has empty rows; after
-each batch a small JSON state `{"window_start", "rows_emitted"}` from which
-`packed_batches(..., state=state)` continues bit-identically (it reopens the
-stream at the window's first example and repacks that window).
+than a block or the decoder row is an error, never cut or dropped); a batch may
+take rows of two consecutive windows, so only the stream's last batch has
+empty rows; after each batch a small JSON state `{"window_start",
+"rows_emitted"}` from which `packed_batches(..., state=state)` continues
+bit-identically (it reopens the stream at the window's first example and
+repacks that window).
 
 `open_stream(start)` is the data layer's: tokenised examples (1-D int32
 `inputs`/`targets`, EOS included, unpadded) from global example index `start`.
 """
 
-from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+import dataclasses
+from typing import (
+    Callable,
+    Dict,
+    Iterator,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+)
 
 import numpy as np
 
-# Examples looked ahead over: ~90% real tokens on NI def_pos2 (README, "Packed training").
+# Examples looked ahead over (README, "Packed training").
 DEFAULT_WINDOW = 1000
 
 FEATURES = (
@@ -43,94 +64,159 @@ FEATURES = (
 
 Example = Mapping[str, np.ndarray]
 Batch = Dict[str, np.ndarray]
+# A packed row: its blocks, each the examples (or their indices) it holds.
+Row = List[List]
+
+
+@dataclasses.dataclass(frozen=True)
+class RowLayout:
+  """A packed row: `encoder_blocks` blocks of `inputs` tokens, one decoder row of `targets`."""
+
+  inputs: int
+  targets: int
+  encoder_blocks: int = 1
+
+  def __post_init__(self):
+    for name in ("inputs", "targets", "encoder_blocks"):
+      if getattr(self, name) < 1:
+        raise ValueError(
+            f"packed row {name} must be >= 1, got {getattr(self, name)}"
+        )
+
+  @classmethod
+  def for_lengths(
+      cls,
+      feature_lengths: Mapping[str, int],
+      encoder_blocks: int = 1,
+      targets_length: Optional[int] = None,
+  ) -> "RowLayout":
+    """Blocks of TASK_FEATURE_LENGTHS inputs; a decoder row of `targets_length` (default: the targets length)."""
+    targets = targets_length or feature_lengths["targets"]
+    if targets < feature_lengths["targets"]:
+      raise ValueError(
+          f"the packed decoder row ({targets} tokens) is shorter than an example's "
+          f"targets may be (TASK_FEATURE_LENGTHS targets = {feature_lengths['targets']})"
+      )
+    return cls(feature_lengths["inputs"], targets, encoder_blocks)
+
+  @property
+  def encoder_shape(self) -> Tuple[int, ...]:
+    """Shape of a row's encoder features: (inputs,) for one block, else (blocks, inputs)."""
+    if self.encoder_blocks == 1:
+      return (self.inputs,)
+    return (self.encoder_blocks, self.inputs)
 
 
 def pack_window(
     input_lengths: Sequence[int],
     target_lengths: Sequence[int],
-    feature_lengths: Mapping[str, int],
-) -> List[List[int]]:
-  """Rows of example indices (into the window) by best-fit decreasing.
+    layout: RowLayout,
+) -> List[Row]:
+  """Rows of blocks of example indices (into the window); see the module docstring.
 
-  Examples are placed longest input first (ties: longest target, then stream
-  order) into the open row with the least encoder room left after it that also
-  has decoder room (ties: least decoder room, then the oldest row); a new row
-  is opened when none fits. Each row lists its examples in stream order, and
-  rows are ordered by their first example, so the output depends only on the
-  lengths.
+  Each block lists its examples in stream order; rows come in the order they
+  were filled. Ties go to the earlier example and the earlier block, so the
+  result depends only on the lengths.
   """
-  max_in, max_tgt = feature_lengths["inputs"], feature_lengths["targets"]
   inputs = np.asarray(input_lengths, np.int64)
   targets = np.asarray(target_lengths, np.int64)
-  order = np.lexsort((np.arange(len(inputs)), -targets, -inputs))
-  room_in = np.zeros(len(inputs), np.int64)
-  room_tgt = np.zeros(len(inputs), np.int64)
-  rows: List[List[int]] = []
-  for index in order:
-    n_in, n_tgt = inputs[index], targets[index]
-    n_rows = len(rows)
-    fits = (room_in[:n_rows] >= n_in) & (room_tgt[:n_rows] >= n_tgt)
-    if fits.any():
-      left = np.where(
-          fits,
-          (room_in[:n_rows] - n_in) * (max_tgt + 1) + room_tgt[:n_rows] - n_tgt,
-          np.iinfo(np.int64).max,
+  blocks, block_len = layout.encoder_blocks, layout.inputs
+  # Sizes as fractions of a row's encoder and decoder capacity.
+  size_in = inputs / (blocks * block_len)
+  size_tgt = targets / layout.targets
+  left = np.ones(len(inputs), bool)
+  rows: List[Row] = []
+  while left.any():
+    # The window's remaining demand, decoder per encoder: a row aims to use its
+    # capacities in that proportion (the scarcer one fully).
+    ratio = size_tgt[left].sum() / max(size_in[left].sum(), 1e-12)
+    weight_in, weight_tgt = min(ratio, 1.0), min(1.0 / max(ratio, 1e-12), 1.0)
+    room = np.full(blocks, block_len, np.int64)
+    room_tgt = layout.targets
+    used_in = used_tgt = 0.0
+    row: Row = [[] for _ in range(blocks)]
+    while True:
+      fits = left & (targets <= room_tgt) & (inputs <= room.max())
+      if not fits.any():
+        break
+      drift = np.abs(
+          weight_in * (used_in + size_in) - weight_tgt * (used_tgt + size_tgt)
       )
-      row = int(np.argmin(left))  # argmin takes the first (oldest) on ties
-      rows[row].append(int(index))
-    else:
-      row = n_rows
-      rows.append([int(index)])
-      room_in[row], room_tgt[row] = max_in, max_tgt
-    room_in[row] -= n_in
-    room_tgt[row] -= n_tgt
-  for row in rows:
-    row.sort()
-  rows.sort(key=lambda row: row[0])
+      score = np.where(fits, size_in + size_tgt - drift, -np.inf)
+      index = int(np.argmax(score))
+      block = int(
+          np.argmin(
+              np.where(room >= inputs[index], room, np.iinfo(np.int64).max)
+          )
+      )
+      row[block].append(index)
+      left[index] = False
+      room[block] -= inputs[index]
+      room_tgt -= targets[index]
+      used_in += size_in[index]
+      used_tgt += size_tgt[index]
+    for examples in row:
+      examples.sort()
+    rows.append(row)
   return rows
 
 
-def _check_example(example: Example, index: int, feature_lengths) -> None:
-  for feature in ("inputs", "targets"):
+def _check_example(example: Example, index: int, layout: RowLayout) -> None:
+  for feature, limit, where in (
+      ("inputs", layout.inputs, "an encoder block"),
+      ("targets", layout.targets, "the packed decoder row"),
+  ):
     length = len(example[feature])
-    if length > feature_lengths[feature]:
+    if length > limit:
       raise ValueError(
-          f"example {index} of the stream has {length} {feature} tokens, more than the "
-          f"packed row length {feature} = {feature_lengths[feature]}; the data layer must "
-          "truncate examples to TASK_FEATURE_LENGTHS before packing"
+          f"example {index} of the stream has {length} {feature} tokens, more than "
+          f"{where} holds ({limit}); the data layer must truncate examples to "
+          "TASK_FEATURE_LENGTHS before packing"
       )
 
 
-def build_rows(
-    rows: Sequence[Sequence[Example]], feature_lengths: Mapping[str, int]
-) -> Batch:
-  """Packed-format arrays of `rows` (each a list of examples), as SeqIO's EncDecFeatureConverter(pack=True).
+def build_rows(rows: Sequence[Row], layout: RowLayout) -> Batch:
+  """Packed-format arrays of `rows` (each a list of blocks of examples).
 
-  An empty row is all zeros (no segment, no loss).
+  Segments are numbered 1, 2, ... through the row, block by block; an empty
+  row is all zeros (no segment, no loss).
   """
-  n_in, n_tgt = feature_lengths["inputs"], feature_lengths["targets"]
   batch = {
       name: np.zeros(
-          (len(rows), n_in if name.startswith("encoder") else n_tgt), np.int32
+          (len(rows),)
+          + (
+              layout.encoder_shape
+              if name.startswith("encoder")
+              else (layout.targets,)
+          ),
+          np.int32,
       )
       for name in FEATURES
   }
+  enc = {
+      name: batch[name].reshape(len(rows), layout.encoder_blocks, layout.inputs)
+      for name in FEATURES
+      if name.startswith("encoder")
+  }  # views: writing a block writes the batch
   for r, row in enumerate(rows):
-    at_in = at_tgt = 0
-    for segment, example in enumerate(row, start=1):
-      inputs = np.asarray(example["inputs"], np.int32)
-      targets = np.asarray(example["targets"], np.int32)
-      end_in, end_tgt = at_in + len(inputs), at_tgt + len(targets)
-      batch["encoder_input_tokens"][r, at_in:end_in] = inputs
-      batch["encoder_segment_ids"][r, at_in:end_in] = segment
-      batch["encoder_positions"][r, at_in:end_in] = np.arange(len(inputs))
-      batch["decoder_target_tokens"][r, at_tgt:end_tgt] = targets
-      # Shifted right inside the segment: each segment starts from 0 (seqio).
-      batch["decoder_input_tokens"][r, at_tgt + 1 : end_tgt] = targets[:-1]
-      batch["decoder_segment_ids"][r, at_tgt:end_tgt] = segment
-      batch["decoder_positions"][r, at_tgt:end_tgt] = np.arange(len(targets))
-      batch["decoder_loss_weights"][r, at_tgt:end_tgt] = targets != 0
-      at_in, at_tgt = end_in, end_tgt
+    segment = at_tgt = 0
+    for b, block in enumerate(row):
+      at_in = 0
+      for example in block:
+        segment += 1
+        inputs = np.asarray(example["inputs"], np.int32)
+        targets = np.asarray(example["targets"], np.int32)
+        end_in, end_tgt = at_in + len(inputs), at_tgt + len(targets)
+        enc["encoder_input_tokens"][r, b, at_in:end_in] = inputs
+        enc["encoder_segment_ids"][r, b, at_in:end_in] = segment
+        enc["encoder_positions"][r, b, at_in:end_in] = np.arange(len(inputs))
+        batch["decoder_target_tokens"][r, at_tgt:end_tgt] = targets
+        # Shifted right inside the segment: each segment starts from 0 (seqio).
+        batch["decoder_input_tokens"][r, at_tgt + 1 : end_tgt] = targets[:-1]
+        batch["decoder_segment_ids"][r, at_tgt:end_tgt] = segment
+        batch["decoder_positions"][r, at_tgt:end_tgt] = np.arange(len(targets))
+        batch["decoder_loss_weights"][r, at_tgt:end_tgt] = targets != 0
+        at_in, at_tgt = end_in, end_tgt
   return batch
 
 
@@ -138,7 +224,7 @@ def packed_batches(
     open_stream: Callable[[int], Iterator[Example]],
     *,
     batch_size: int,
-    feature_lengths: Mapping[str, int],
+    layout: RowLayout,
     window: int,
     state: Optional[Mapping[str, int]] = None,
 ) -> Iterator[Tuple[Batch, dict]]:
@@ -156,8 +242,8 @@ def packed_batches(
   window_start = int(state["window_start"]) if state else 0
   skip_rows = int(state["rows_emitted"]) if state else 0
   stream = iter(open_stream(window_start))
-  # Rows not yet handed out: (window_start, row index in its window, examples).
-  pending: List[Tuple[int, int, List[Example]]] = []
+  # Rows not yet handed out: (window_start, row index in its window, row of examples).
+  pending: List[Tuple[int, int, Row]] = []
 
   def state_after() -> dict:
     if pending:
@@ -165,15 +251,15 @@ def packed_batches(
     return {"window_start": window_start, "rows_emitted": 0}
 
   def take_batch() -> Batch:
-    taken = [examples for _, _, examples in pending[:batch_size]]
+    taken = [row for _, _, row in pending[:batch_size]]
     del pending[:batch_size]
     taken += [[]] * (batch_size - len(taken))
-    return build_rows(taken, feature_lengths)
+    return build_rows(taken, layout)
 
   while True:
     examples = []
     for example in stream:
-      _check_example(example, window_start + len(examples), feature_lengths)
+      _check_example(example, window_start + len(examples), layout)
       examples.append(example)
       if len(examples) == window:
         break
@@ -182,10 +268,12 @@ def packed_batches(
     rows = pack_window(
         [len(e["inputs"]) for e in examples],
         [len(e["targets"]) for e in examples],
-        feature_lengths,
+        layout,
     )
     for r, row in enumerate(rows[skip_rows:], start=skip_rows):
-      pending.append((window_start, r, [examples[i] for i in row]))
+      pending.append(
+          (window_start, r, [[examples[i] for i in block] for block in row])
+      )
     skip_rows = 0
     # The next window starts after this one's last example, as a global stream index
     # (a host's shard reads every num_shards-th index, so counting examples is not it).
@@ -207,7 +295,7 @@ def packed_batches(
 def count_packed_rows(
     input_lengths: Sequence[int],
     target_lengths: Sequence[int],
-    feature_lengths: Mapping[str, int],
+    layout: RowLayout,
     window: int,
 ) -> int:
   """Rows `packed_batches` makes of a stream with these lengths (its batches: ceil(rows / batch_size))."""
@@ -217,7 +305,7 @@ def count_packed_rows(
         pack_window(
             input_lengths[start : start + window],
             target_lengths[start : start + window],
-            feature_lengths,
+            layout,
         )
     )
   return total

@@ -410,6 +410,7 @@ class TrainInput:
   shard_info: Any
   stream: Optional[NIStream] = None
   packing_window: int = packing.DEFAULT_WINDOW
+  row_layout: Optional[packing.RowLayout] = None  # packed NI rows
 
   @property
   def num_shards(self) -> int:
@@ -436,7 +437,7 @@ class TrainInput:
       input_lengths.append(len(example["inputs"]))
       target_lengths.append(len(example["targets"]))
     rows = packing.count_packed_rows(
-        input_lengths, target_lengths, self.feature_lengths, self.packing_window
+        input_lengths, target_lengths, self.row_layout, self.packing_window
     )
     local = self.batch_size // self.num_shards
     steps = -(-rows // local)
@@ -515,7 +516,7 @@ class TrainInput:
         yield from packing.packed_batches(
             self.stream.open_stream,
             batch_size=local,
-            feature_lengths=self.feature_lengths,
+            layout=self.row_layout,
             window=self.packing_window,
             state=state,
         )
@@ -555,10 +556,15 @@ def train_input(
     data_seed: int = 0,
     pack: bool = False,
     packing_window: int = packing.DEFAULT_WINDOW,
+    row_layout: Optional[packing.RowLayout] = None,
     use_cached: bool = False,
     shard_info=None,
 ) -> TrainInput:
-  """Registers the name (NI names from `ni_dir`, see `register_ni_for`) and sets up its input."""
+  """Registers the name (NI names from `ni_dir`, see `register_ni_for`) and sets up its input.
+
+  `row_layout` (packed NI input only; default: one block of the feature lengths)
+  shapes the packed rows.
+  """
   register_ni_for(
       mixture_or_task_name, ni_dir, vocabulary, feature_lengths["inputs"]
   )
@@ -570,6 +576,18 @@ def train_input(
   spec = ni_spec(mixture_or_task_name)
   use_stream = spec is not None
   stream = None
+  if pack and use_stream:
+    row_layout = row_layout or packing.RowLayout.for_lengths(feature_lengths)
+  elif row_layout is not None and row_layout != packing.RowLayout.for_lengths(
+      feature_lengths
+  ):
+    raise ValueError(
+        f"{mixture_or_task_name!r}: packed rows of several encoder blocks or a longer "
+        "decoder row (PACKED_ENCODER_BLOCKS, PACKED_TARGETS_LENGTH) need PACK = True "
+        "and an NI mixture (SeqIO's own packing makes rows of TASK_FEATURE_LENGTHS)"
+    )
+  else:
+    row_layout = None
   if use_stream:
     stream = NIStream(
         spec,
@@ -590,4 +608,5 @@ def train_input(
       shard_info=shard_info,
       stream=stream,
       packing_window=packing_window,
+      row_layout=row_layout,
   )

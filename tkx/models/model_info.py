@@ -15,7 +15,10 @@ cross-attention key/value kernels (N_cross_kv, applied to the Li encoder
 outputs), N_logits = emb_dim * vocab (tied or not), hd = heads * head_dim, and
 the second line is the attention scores and weighted sums (QK^T and AV,
 computed densely: no causal saving). FLOPs per token divide by B * (Li + Lt).
-The usual 6 * N * tokens estimate is reported beside it.
+The usual 6 * N * tokens estimate is reported beside it. Packed rows of G
+encoder blocks of Li tokens sharing one decoder row (`encoder_blocks`): the
+encoder terms count G * Li tokens, its attention G * Li^2, the cross-attention
+Lt * G * Li.
 """
 
 import dataclasses
@@ -207,10 +210,18 @@ def train_step_flops(
     batch_size: int,
     inputs_length: int,
     targets_length: int,
+    encoder_blocks: int = 1,
 ) -> Dict[str, float]:
-  """FLOPs of one training step (formula in the module docstring)."""
+  """FLOPs of one training step (formula in the module docstring).
+
+  `encoder_blocks` > 1: packed rows of that many encoder blocks of
+  `inputs_length` (each block attends within itself) sharing one decoder row
+  of `targets_length` that attends to all of them (`tkx.data.packing`).
+  """
   n = _matmul_params(config)
-  b, li, lt = batch_size, inputs_length, targets_length
+  b, lt = batch_size, targets_length
+  blocks, block = encoder_blocks, inputs_length
+  li = blocks * block  # encoder tokens per row
   hd = config.num_heads * config.head_dim
   dense = (
       2
@@ -228,7 +239,7 @@ def train_step_flops(
       * 2
       * hd
       * (
-          config.num_encoder_layers * li * li
+          config.num_encoder_layers * li * block
           + config.num_decoder_layers * (lt * lt + lt * li)
       )
   )

@@ -1002,10 +1002,31 @@ class Transformer(nn.Module):
       decode: bool = False,
       max_decode_length: Optional[int] = None,
   ):
-    """Teacher-forced logits [batch, target_length, vocab] (float32)."""
+    """Teacher-forced logits [batch, target_length, vocab] (float32).
+
+    Encoder features may be [batch, blocks, length]: packed rows whose decoder
+    row spans several encoder blocks (`tkx.data.packing.RowLayout`). Each block
+    is encoded on its own (no example crosses a block) and the decoder attends
+    to the row's blocks side by side, masked by segment ids (unique in a row).
+    """
     if (encoder_segment_ids is None) != (decoder_segment_ids is None):
       raise ValueError(
           "give both encoder_segment_ids and decoder_segment_ids (packed) or neither"
+      )
+    blocks = None
+    if encoder_input_tokens.ndim == 3:
+      if encoder_segment_ids is None or decode:
+        raise ValueError(
+            "encoder blocks [batch, blocks, length] are for packed training only "
+            "(give segment ids; not with decode=True)"
+        )
+      batch, blocks, length = encoder_input_tokens.shape
+      as_blocks = (
+          lambda x: x if x is None else x.reshape(batch * blocks, length)
+      )
+      encoder_input_tokens, encoder_segment_ids, encoder_positions = map(
+          as_blocks,
+          (encoder_input_tokens, encoder_segment_ids, encoder_positions),
       )
     encoded = self.encode(
         encoder_input_tokens,
@@ -1013,6 +1034,13 @@ class Transformer(nn.Module):
         encoder_positions,
         enable_dropout=enable_dropout,
     )
+    if blocks is not None:
+      as_row = lambda x: x.reshape((batch, blocks * length) + x.shape[2:])
+      encoded = nn.with_logical_constraint(
+          as_row(encoded), ("batch", "length", "embed")
+      )
+      encoder_input_tokens = as_row(encoder_input_tokens)
+      encoder_segment_ids = as_row(encoder_segment_ids)
     return self.decode(
         encoded,
         encoder_input_tokens,
