@@ -82,3 +82,11 @@ def _fresh_gin_config():
   gin.clear_config()
   yield
   gin.clear_config()
+
+
+@pytest.fixture(autouse=True)
+def _data_warnings_unsaid():
+  """Each test may see the NI data warnings `tkx.data.ni` logs once per process."""
+  from tkx.data import ni
+
+  ni._SAID.clear()  # pylint: disable=protected-access

@@ -135,6 +135,33 @@ def test_eval_with_the_run_gin_file(tiny_checkpoint, tmp_path):
   assert len(records) == results["overall"]["num_examples"] > 0
 
 
+def test_eval_default_output_dir_names_the_gin_bound_encoding(
+    tiny_checkpoint, tmp_path
+):
+  import shutil
+
+  checkpoint = tmp_path / "run"
+  shutil.copytree(tiny_checkpoint, checkpoint)
+  assert (
+      cli.main(
+          [
+              "eval",
+              "--checkpoint",
+              str(checkpoint),
+              "--gin.evaluate.evaluate.encoding='def'",
+              "--max_num_instances_per_task=1",
+              "--max_decode_length=2",
+              "--no_progress",
+          ]
+      )
+      == 0
+  )
+  results = json.loads(
+      (checkpoint / "eval_default_test_def" / evaluate.METRICS_FILE).read_text()
+  )
+  assert results["settings"]["encoding"] == "def"
+
+
 def test_eval_xlingual_track_scores_with_the_xlingual_metrics(
     tiny_checkpoint, tmp_path
 ):

@@ -629,12 +629,12 @@ FAST_FORMS: Dict[str, FastForm] = {
         "--gin_file=gin_configs/models/t5_1_1/small.gin "
         "--gin.MIXTURE_OR_TASK_NAME=\"'ni_default_train_def_pos2'\" "
         "--gin.NI_DIR=\"'/data/natural-instructions'\" "
-        "--gin.MODEL_DIR=\"'/tmp/tk_small'\" --gin.TRAIN_STEPS=2000 --gin.BATCH_SIZE=32"
+        "--gin.MODEL_DIR=\"'/tmp/tk_small'\" --gin.TRAIN_STEPS=2000 --gin.PACKED_BATCH_SIZE=4"
     ): FastForm(
         sub=(
             ("/data/natural-instructions", "{repo}/tasks"),
             ("t5_1_1/small.gin", "t5_1_1/tiny.gin"),
-            ("--gin.TRAIN_STEPS=2000 --gin.BATCH_SIZE=32", TINY_TRAIN),
+            ("--gin.TRAIN_STEPS=2000 --gin.PACKED_BATCH_SIZE=4", TINY_TRAIN),
         )
     ),
     (

@@ -124,9 +124,11 @@ def main(args):
   ):
     name = args.mixture or "_".join(
         [
-            args.track or "default",
-            args.split or "test",
-            "encodings" if encodings else (args.encoding or "def_pos2"),
+            _flag_or_gin(args.track, "track"),
+            _flag_or_gin(args.split, "split"),
+            "encodings"
+            if encodings
+            else _flag_or_gin(args.encoding, "encoding"),
         ]
     )
     kwargs["output_dir"] = os.path.join(
@@ -224,6 +226,27 @@ def _write_report(output_dir, encodings=None):
   if encodings:
     return report.write_sweep_report(output_dir, encodings)
   return report.write_eval_report(output_dir)
+
+
+def _flag_or_gin(value, parameter):
+  """The flag's value, else evaluate.evaluate's gin binding, else its default (for naming the output dir)."""
+  import inspect
+
+  import gin
+
+  from tkx import evaluate
+
+  if value is not None:
+    return value
+  selector = f"evaluate.evaluate.{parameter}"
+  if _gin_binds(selector):
+    bound = gin.query_parameter(selector)
+    scoped = getattr(bound, "scoped_selector", "")
+    if scoped.endswith("/gin.macro"):  # %MACRO
+      bound = gin.query_parameter("%" + scoped[: -len("/gin.macro")])
+    if isinstance(bound, str):
+      return bound
+  return inspect.signature(evaluate.evaluate).parameters[parameter].default
 
 
 def _gin_binds(name):

@@ -132,14 +132,24 @@ def read_split_lines(
       names.append(name)
   if repeated and warn_repeats:
     # Real split files repeat a task now and then; a task is one SeqIO task, so it is
-    # read once (Tk-Instruct would have read its instances twice). Said, not silent.
-    logging.warning(
+    # read once (Tk-Instruct would have read its instances twice). Said once per run.
+    _warn_once(
         "%s lists %d task(s) more than once; each is read once: %s",
         path,
         len(repeated),
         ", ".join(repeated),
     )
   return lines, names
+
+
+_SAID = set()
+
+
+def _warn_once(message: str, *args) -> None:
+  """A warning about the data, logged the first time only (the split is read by several users)."""
+  if (message, args) not in _SAID:
+    _SAID.add((message, args))
+    logging.warning(message, *args)
 
 
 def split_tasks(
@@ -161,7 +171,7 @@ def split_tasks(
         field="tasks/<task>.json",
     )
   if missing:
-    logging.warning(
+    _warn_once(
         "Skipping %d task(s) of %s whose task file does not exist: %s",
         len(missing),
         split_path(ni_dir, track, split),

@@ -226,6 +226,7 @@ class NIStream:
           file=self.spec.ni_dir,
       )
     self._perm_epoch, self._perm = None, None
+    self._row_lengths = None
     self._token_fns = enc.vocabulary_token_fns(self.vocabulary)
     self._eos = getattr(self.vocabulary, "eos_id", 1)
 
@@ -276,6 +277,44 @@ class NIStream:
             example["targets"], self.feature_lengths["targets"]
         ),
     }
+
+  def row_lengths(self) -> Tuple[np.ndarray, np.ndarray]:
+    """(inputs, targets) token counts of `rows[k]` for every k, EOS included.
+
+    An example's tokens do not depend on its epoch, so the rows are encoded
+    once (in the thread pool), whatever the number of epochs counted.
+    """
+    if self._row_lengths is None:
+
+      def lengths(chunk):
+        encoded = [self.encode_row(int(self.rows[k])) for k in chunk]
+        return [(len(e["inputs"]), len(e["targets"])) for e in encoded]
+
+      chunks = (
+          range(start, min(start + _CHUNK, len(self.rows)))
+          for start in range(0, len(self.rows), _CHUNK)
+      )
+      pairs = [
+          pair
+          for chunk in _ordered_map(
+              lengths, chunks, self.workers, max(1, self.lookahead // _CHUNK)
+          )
+          for pair in chunk
+      ]
+      counts = np.asarray(pairs, np.int64).reshape(-1, 2)
+      self._row_lengths = (counts[:, 0], counts[:, 1])
+    return self._row_lengths
+
+  def shard_row_positions(self, end: int) -> np.ndarray:
+    """k (into `rows`) of this host's global indices below `end`, in stream order."""
+    n = len(self.rows)
+    positions = []
+    for epoch in range(-(-end // n)):
+      lo, hi = epoch * n, min((epoch + 1) * n, end)
+      first = lo + (self.shard_id - lo) % self.num_shards
+      indices = np.arange(first, hi, self.num_shards)
+      positions.append(self.permutation(epoch)[indices - lo])
+    return np.concatenate(positions) if positions else np.zeros(0, np.int64)
 
   def open_stream(self, start: int) -> Iterator[Dict[str, Any]]:
     """This host's examples from global index `start` on (endless: epoch after epoch)."""
@@ -430,14 +469,13 @@ class TrainInput:
     packs into fewer rows read on into the next epoch for the last steps.
     """
     total = int(epochs * self.stream.examples_per_epoch)
-    input_lengths, target_lengths = [], []
-    for example in self.stream.open_stream(0):
-      if example["index"] >= total:
-        break
-      input_lengths.append(len(example["inputs"]))
-      target_lengths.append(len(example["targets"]))
+    input_lengths, target_lengths = self.stream.row_lengths()
+    positions = self.stream.shard_row_positions(total)
     rows = packing.count_packed_rows(
-        input_lengths, target_lengths, self.row_layout, self.packing_window
+        input_lengths[positions],
+        target_lengths[positions],
+        self.row_layout,
+        self.packing_window,
     )
     local = self.batch_size // self.num_shards
     steps = -(-rows // local)
