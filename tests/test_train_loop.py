@@ -99,7 +99,11 @@ def test_train_learns_saves_and_logs(tmp_path, caplog):
       if r.getMessage().startswith("step ")
   ]
   assert any(
-      "tokens/s" in line and "ETA" in line and "lr " in line for line in lines
+      "tokens/s" in line
+      and "examples/s" in line
+      and "ETA" in line
+      and "lr " in line
+      for line in lines
   ), lines
   # Running again with the same TRAIN_STEPS resumes at 40 and has nothing to do.
   assert (

@@ -85,6 +85,9 @@ def test_gradient_accumulation_equals_large_batch():
       abs(float(naive) - float(m1["loss"])) > 1e-3
   )  # so the check above is meaningful
   assert float(mn["num_target_tokens"]) == batch["decoder_loss_weights"].sum()
+  # Per-token metrics of the micro-batches combine into the large batch's.
+  for key in ("accuracy", "cross_ent_loss", "z_loss"):
+    np.testing.assert_allclose(mn[key], m1[key], rtol=1e-5, err_msg=key)
   for a, b in zip(
       jax.tree_util.tree_leaves(sn.params), jax.tree_util.tree_leaves(s1.params)
   ):

@@ -2,8 +2,8 @@
 
 One log line per window of steps:
 
-    step 200/400 loss 2.3141 lr 0.001 grad_norm 0.812 | 5120 tokens/s token efficiency 61.2%
-    0.021 TFLOP/s MFU 12.3% input wait 0.02s | ETA 0:01:05
+    step 200/400 loss 2.3141 lr 0.001 grad_norm 0.812 | 5120 tokens/s 9.8 examples/s
+    token efficiency 61.2% 0.021 TFLOP/s MFU 12.3% input wait 0.02s | ETA 0:01:05
 
 and the same numbers as TensorBoard scalars in MODEL_DIR/train. Tokens are the
 batch's real (non-padding) tokens when the step reports `num_real_tokens`
@@ -48,6 +48,7 @@ class StepLogger:
   def _reset_window(self, now):
     self.window_start, self.window_steps = now, 0
     self.input_wait, self.real_tokens, self.computed_tokens = 0.0, 0.0, 0.0
+    self.examples = 0.0
 
   def add_input_wait(self, seconds: float):
     self.input_wait += seconds
@@ -57,6 +58,8 @@ class StepLogger:
     self.window_steps += 1
     real = metrics.get("num_real_tokens")
     computed = metrics.get("num_computed_tokens")
+    if metrics.get("num_examples") is not None:
+      self.examples += float(metrics["num_examples"])
     self.real_tokens += (
         float(real) if real is not None else self.tokens_per_batch
     )
@@ -92,6 +95,9 @@ class StepLogger:
         f"grad_norm {float(metrics['grad_norm']):.3f} |",
         f"{tokens_per_s:.0f} tokens/s",
     ]
+    examples_per_s = self.examples / elapsed if self.examples else None
+    if examples_per_s is not None:
+      parts.append(f"{examples_per_s:.3g} examples/s")
     if has_token_counts:
       parts.append(f"token efficiency {real_share:.1%}")
     if model_flops_per_s is not None:
@@ -113,6 +119,7 @@ class StepLogger:
             "token_efficiency": real_share if has_token_counts else None,
             "timing/tokens_per_second": tokens_per_s,
             "timing/steps_per_second": 1.0 / step_time,
+            "timing/examples_per_second": examples_per_s,
             "timing/model_tflops_per_second": (
                 model_flops_per_s / 1e12 if model_flops_per_s else None
             ),

@@ -113,12 +113,32 @@ def compute_gradients(
       (jnp.zeros((), jnp.float32), zeros),
       (jnp.arange(num_microbatches), micro_batches),
   )
-  # Per-micro-batch metrics: counts add up, everything else is averaged.
-  metrics = {
-      k: jnp.sum(v) if k.startswith("num") else jnp.mean(v)
-      for k, v in metrics.items()
-  }
-  return loss, grads, metrics
+  return loss, grads, _combine_micro_metrics(metrics, per_token)
+
+
+def _combine_micro_metrics(metrics, per_token: bool):
+  """The large batch's metrics from per-micro-batch ones ([n] each).
+
+  Counts add up. Per-token means (accuracy; the losses when normalised per token)
+  are weighted by each micro-batch's target tokens; losses normalised by a fixed
+  factor add up.
+  """
+  tokens = metrics.get("num_tokens")
+  if tokens is None:
+    return {
+        k: jnp.sum(v) if k.startswith("num") else jnp.mean(v)
+        for k, v in metrics.items()
+    }
+  share = tokens / jnp.maximum(jnp.sum(tokens), 1.0)
+  combined = {}
+  for key, value in metrics.items():
+    if key.startswith("num"):
+      combined[key] = jnp.sum(value)
+    elif key == "accuracy" or per_token:
+      combined[key] = jnp.sum(value * share)
+    else:
+      combined[key] = jnp.sum(value)
+  return combined
 
 
 def make_train_step(
