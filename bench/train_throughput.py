@@ -30,10 +30,11 @@ The two sides' losses differ from the first step (each framework's random
 initialisation: HF draws the untied output layer with standard deviation 1, so
 its first losses are far larger); the work per step does not depend on it.
 
-Timed: the optimizer steps over all batches after one warm-up step (compilation
-for tkx), the two sides' steps alternating (so a change in the machine's speed
-during the run falls on both); batch building is not timed on either side
-(tkx's packing costs are printed). Real-token fraction = (input + target tokens) / positions computed.
+Timed: each side alone (tkx first, then HF; alternating their steps was tried
+and slows both on a 2-core machine, each framework's idle worker threads
+competing with the other's), the optimizer steps over all batches after one warm-up step (compilation
+for tkx); batch building is not timed on either side (tkx's packing costs are
+printed). Real-token fraction = (input + target tokens) / positions computed.
 Model FLOPs per example (`tkx.models.model_info.train_step_flops`, attention
 included) are printed for both sides: the hardware-independent part of the
 ratio.
@@ -233,8 +234,7 @@ def fractions_hf(batches):
   )
 
 
-def tkx_step_fn(cfg, first_batch, lr):
-  """tkx's jitted step on a fresh state: run(batch) -> (loss, examples); compiled on `first_batch`."""
+def run_tkx(cfg, batches, lr):
   import jax
   import jax.numpy as jnp
   from tkx import optimizers, trainer
@@ -256,24 +256,26 @@ def tkx_step_fn(cfg, first_batch, lr):
         rng=jax.random.PRNGKey(1),
     )
 
+  state = jax.jit(init)(jax.random.PRNGKey(0))
   step = jax.jit(
       trainer.make_train_step(model, optimizer, lr), donate_argnums=(0,)
   )
-  holder = {"state": jax.jit(init)(jax.random.PRNGKey(0))}
-
-  def run(batch):
-    holder["state"], metrics = step(holder["state"], batch)
-    jax.block_until_ready(metrics["loss"])
-    return float(metrics["loss"]), int(metrics["num_examples"])
-
   t0 = time.perf_counter()
-  run(first_batch)
+  state, metrics = step(state, batches[0])
+  jax.block_until_ready(metrics["loss"])
   log(f"tkx: warm-up step (compiles) {time.perf_counter() - t0:.1f}s")
-  return run
+  t0 = time.perf_counter()
+  for i, batch in enumerate(batches):
+    state, metrics = step(state, batch)
+    jax.block_until_ready(metrics["loss"])
+    log(
+        f"tkx: step {i + 1}/{len(batches)} loss {float(metrics['loss']):.3f} "
+        f"{int(metrics['num_examples'])} examples"
+    )
+  return time.perf_counter() - t0
 
 
-def hf_step_fn(cfg, first_batch, lr, microbatch, threads):
-  """HF's step on a fresh model: run(batch) -> (loss, examples); warmed up on `first_batch`."""
+def run_hf(cfg, batches, lr, microbatch, threads):
   import torch
   from transformers import T5ForConditionalGeneration
 
@@ -283,8 +285,7 @@ def hf_step_fn(cfg, first_batch, lr, microbatch, threads):
   model = T5ForConditionalGeneration(hf_t5_config(cfg)).train()
   optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
 
-  def run(batch):
-    input_ids, mask, labels = batch
+  def step(input_ids, mask, labels):
     optimizer.zero_grad(set_to_none=True)
     total = float((labels != -100).sum())
     # HF's loss is the mean over one call's targets: weight each micro-batch by its share.
@@ -301,39 +302,16 @@ def hf_step_fn(cfg, first_batch, lr, microbatch, threads):
       (out.loss * share).backward()
       loss_sum += float(out.loss.detach()) * share
     optimizer.step()
-    return loss_sum, len(input_ids)
+    return loss_sum
 
   t0 = time.perf_counter()
-  run(first_batch)
+  step(*batches[0])
   log(f"HF: warm-up step {time.perf_counter() - t0:.1f}s")
-  return run
-
-
-def run_interleaved(sides):
-  """Runs the sides' steps in alternation, in proportion to their step counts; seconds per side.
-
-  Interleaving spreads any drift of the machine's speed (other jobs, clock
-  changes) over both sides instead of charging it to whichever ran later.
-  """
-  names = list(sides)
-  done = {name: 0 for name in names}
-  seconds = {name: 0.0 for name in names}
-  while any(done[n] < len(sides[n][1]) for n in names):
-    # The side furthest behind (as a fraction of its steps) goes next.
-    name = min(
-        (n for n in names if done[n] < len(sides[n][1])),
-        key=lambda n: (done[n] / len(sides[n][1]), names.index(n)),
-    )
-    run, batches = sides[name]
-    t0 = time.perf_counter()
-    loss, examples = run(batches[done[name]])
-    seconds[name] += time.perf_counter() - t0
-    done[name] += 1
-    log(
-        f"{name}: step {done[name]}/{len(batches)} loss {loss:.3f} "
-        f"{examples} examples"
-    )
-  return seconds
+  t0 = time.perf_counter()
+  for i, batch in enumerate(batches):
+    loss = step(*batch)
+    log(f"HF: step {i + 1}/{len(batches)} loss {loss:.3f}")
+  return time.perf_counter() - t0
 
 
 def main(argv=None):
@@ -399,22 +377,10 @@ def main(argv=None):
       f"{len(packed)} steps of {rows_per_batch} rows ({shape}); "
       f"HF: {len(padded)} batches of <= {HF_BATCH}"
   )
-  seconds = run_interleaved(
-      {
-          "tkx": (tkx_step_fn(cfg, packed[0], args.learning_rate), packed),
-          "HF": (
-              hf_step_fn(
-                  cfg,
-                  padded[0],
-                  args.learning_rate,
-                  args.hf_microbatch,
-                  args.torch_threads,
-              ),
-              padded,
-          ),
-      }
+  tkx_s = run_tkx(cfg, packed, args.learning_rate)
+  hf_s = run_hf(
+      cfg, padded, args.learning_rate, args.hf_microbatch, args.torch_threads
   )
-  tkx_s, hf_s = seconds["tkx"], seconds["HF"]
 
   tkx_eff, hf_eff = fractions_tkx(packed), fractions_hf(padded)
   tkx_flops, hf_flops = flops_per_example(cfg, layout, packed, padded, n)
