@@ -278,32 +278,33 @@ class NIStream:
         ),
     }
 
-  def row_lengths(self) -> Tuple[np.ndarray, np.ndarray]:
-    """(inputs, targets) token counts of `rows[k]` for every k, EOS included.
+  def lengths_at(self, positions: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(inputs, targets) token counts, EOS included, of `rows[k]` for each k in `positions`.
 
-    An example's tokens do not depend on its epoch, so the rows are encoded
-    once (in the thread pool), whatever the number of epochs counted.
+    An example's tokens do not depend on its epoch, so each row is encoded (in
+    the thread pool) the first time it is asked for only.
     """
     if self._row_lengths is None:
+      self._row_lengths = np.full((len(self.rows), 2), -1, np.int64)
+    known = self._row_lengths
+    missing = np.unique(positions[known[positions, 0] < 0])
 
-      def lengths(chunk):
-        encoded = [self.encode_row(int(self.rows[k])) for k in chunk]
-        return [(len(e["inputs"]), len(e["targets"])) for e in encoded]
+    def lengths(chunk):
+      encoded = [self.encode_row(int(self.rows[k])) for k in chunk]
+      return [(len(e["inputs"]), len(e["targets"])) for e in encoded]
 
-      chunks = (
-          range(start, min(start + _CHUNK, len(self.rows)))
-          for start in range(0, len(self.rows), _CHUNK)
-      )
-      pairs = [
-          pair
-          for chunk in _ordered_map(
-              lengths, chunks, self.workers, max(1, self.lookahead // _CHUNK)
-          )
-          for pair in chunk
-      ]
-      counts = np.asarray(pairs, np.int64).reshape(-1, 2)
-      self._row_lengths = (counts[:, 0], counts[:, 1])
-    return self._row_lengths
+    chunks = (
+        missing[start : start + _CHUNK]
+        for start in range(0, len(missing), _CHUNK)
+    )
+    done = 0
+    for chunk_lengths in _ordered_map(
+        lengths, chunks, self.workers, max(1, self.lookahead // _CHUNK)
+    ):
+      chunk = missing[done : done + len(chunk_lengths)]
+      known[chunk] = chunk_lengths
+      done += len(chunk_lengths)
+    return known[positions, 0], known[positions, 1]
 
   def shard_row_positions(self, end: int) -> np.ndarray:
     """k (into `rows`) of this host's global indices below `end`, in stream order."""
@@ -469,13 +470,11 @@ class TrainInput:
     packs into fewer rows read on into the next epoch for the last steps.
     """
     total = int(epochs * self.stream.examples_per_epoch)
-    input_lengths, target_lengths = self.stream.row_lengths()
-    positions = self.stream.shard_row_positions(total)
+    input_lengths, target_lengths = self.stream.lengths_at(
+        self.stream.shard_row_positions(total)
+    )
     rows = packing.count_packed_rows(
-        input_lengths[positions],
-        target_lengths[positions],
-        self.row_layout,
-        self.packing_window,
+        input_lengths, target_lengths, self.row_layout, self.packing_window
     )
     local = self.batch_size // self.num_shards
     steps = -(-rows // local)
