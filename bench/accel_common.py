@@ -6,7 +6,6 @@ in a plain JAX + PyTorch environment. `ensure_gin()` must run before tkx is
 imported there; see its docstring.
 """
 
-import os
 import sys
 import types
 
@@ -185,12 +184,4 @@ def sharded_train_step(
   return jitted, abstract_state, abstract_batch, materialise
 
 
-def cpu_name():
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return os.uname().machine
+cpu_name = common.cpu_name

@@ -18,6 +18,18 @@ if REPO not in sys.path:
   sys.path.insert(0, REPO)
 
 
+def cpu_name() -> str:
+  """The CPU's model name (for printing beside figures measured on it)."""
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return os.uname().machine
+
+
 def log(msg):
   print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 

@@ -42,13 +42,12 @@ ratio.
 
 import argparse
 import os
-import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import REPO, hf_t5_config, log  # noqa: E402  (puts the repo root on sys.path)
+from common import REPO, cpu_name, hf_t5_config, log  # noqa: E402  (puts the repo root on sys.path)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -73,19 +72,6 @@ def recipe_packing():
       LENGTHS, macro("PACKED_ENCODER_BLOCKS"), macro("PACKED_TARGETS_LENGTH")
   )
   return macro("PACKED_BATCH_SIZE"), layout, macro("PACKING_WINDOW")
-
-
-def cpu_name() -> str:
-  try:
-    out = subprocess.run(
-        ["lscpu"], capture_output=True, text=True, check=True
-    ).stdout
-  except (OSError, subprocess.CalledProcessError):
-    return "unknown CPU"
-  for line in out.splitlines():
-    if line.startswith("Model name:"):
-      return line.split(":", 1)[1].strip()
-  return "unknown CPU"
 
 
 def ni_examples(ni_dir, num_examples, seed=0):

@@ -383,7 +383,6 @@ def train(
       model_dir, batch_size, batch_name, train_steps, task_feature_lengths
   )
   # The shape of a row of the batch (packed: several examples per row, see finetune.gin).
-  row_layout = packing.RowLayout.for_lengths(task_feature_lengths)
   if pack:
     row_layout = packing.RowLayout.for_lengths(
         task_feature_lengths, packed_encoder_blocks, packed_targets_length
@@ -396,6 +395,8 @@ def train(
         row_layout.inputs,
         row_layout.targets,
     )
+  else:
+    row_layout = packing.RowLayout.for_lengths(task_feature_lengths)
   model_dir = (
       os.path.abspath(model_dir) if "://" not in model_dir else model_dir
   )
