@@ -297,6 +297,49 @@ def test_gin_unknown_name(capsys):
   assert "--gin.network.T5Config.emb_dimm=8" in line
 
 
+def test_gin_macro_that_nothing_reads_stops_train_before_work(tmp_path):
+  """A misspelled macro (TRAIN_STEP for TRAIN_STEPS) is refused at start-up, not trained past."""
+  proc = subprocess.run(
+      [sys.executable, "-m", "tkx.cli", "train"]
+      + ["--gin_file=gin_configs/experiments/embedded_tiny.gin"]
+      + [f"--gin.MODEL_DIR='{tmp_path / 'run'}'", "--gin.TRAIN_STEP=10"],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      check=False,
+  )
+  err = proc.stderr.strip().splitlines()
+  assert proc.returncode == 2, proc.stderr
+  assert err[-1].startswith("tkx train: error: --gin.TRAIN_STEP=10: "), err
+  assert "did you mean TRAIN_STEPS" in err[-1] and "Traceback" not in proc.stderr
+  assert not (tmp_path / "run").exists()  # refused before any work
+
+
+def test_gin_macro_of_another_command_is_refused(capsys):
+  """eval's run file reads no TRAIN_STEPS: the flag names a setting eval does not have."""
+  line = _error_line(
+      capsys,
+      [
+          "eval",
+          "--gin_file=gin_configs/runs/eval.gin",
+          "--gin.CHECKPOINT_PATH='/nonexistent'",
+          "--gin.EVAL_OUTPUT_DIR='/nonexistent'",
+          "--gin.TRAIN_STEPS=10",
+      ],
+  )
+  assert "TRAIN_STEPS" in line and "nothing reads it" in line
+
+
+def test_gin_macro_in_a_file_that_nothing_reads(tmp_path, capsys):
+  typo = tmp_path / "typo.gin"
+  typo.write_text(
+      "include 'gin_configs/models/t5_1_1/tiny.gin'\nDROPOUT_RAT = 0.1\n"
+  )
+  line = _error_line(capsys, ["model-info", f"--gin_file={typo}"])
+  assert f"gin file {typo}" in line and "DROPOUT_RAT" in line
+  assert "did you mean DROPOUT_RATE" in line
+
+
 def test_gin_bad_value(capsys):
   line = _error_line(
       capsys,

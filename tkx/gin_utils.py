@@ -9,11 +9,16 @@ One policy for every caller:
 - Errors from a file or a `--gin.NAME=VALUE` binding become one `GinConfigError`
   line naming the file or the flag (with the fix for a string without its inner
   quotes).
+- A macro that nothing reads (`--gin.TRAIN_STEP=10` for `TRAIN_STEPS`) is a typo,
+  not a setting: `parse` refuses it before any work, naming the macro, where it
+  was bound and the close names that are read. `MODEL` (t5x's entry macro, read
+  by the commands themselves) is always read.
 """
 
+import difflib
 import os
 import re
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import gin
 
@@ -66,6 +71,71 @@ def _binding_error(binding: str, error: Exception) -> GinConfigError:
   return GinConfigError(message)
 
 
+# Macros the commands read themselves (t5x binds the model as `MODEL`).
+ENTRY_MACROS = ("MODEL",)
+_MACRO_SELECTOR = "gin.macro"
+
+
+def _references(value) -> Iterator[str]:
+  """Scoped selectors of the `%MACRO` / `@configurable` references inside a bound value."""
+  if isinstance(value, gin.config.ConfigurableReference):
+    yield value.scoped_selector
+  elif isinstance(value, dict):
+    for item in value.values():
+      yield from _references(item)
+  elif isinstance(value, (list, tuple, set)):
+    for item in value:
+      yield from _references(item)
+
+
+def unread_macros() -> list:
+  """Macros bound in the current config that no binding references (and that are no entry macro)."""
+  defined, referenced = [], set()
+  for (scope, selector), params in gin.config._CONFIG.items():  # pylint: disable=protected-access
+    if selector == _MACRO_SELECTOR:
+      defined.append(scope)
+    for value in params.values():
+      for ref in _references(value):
+        if ref.endswith("/" + _MACRO_SELECTOR):
+          referenced.add(ref[: -len(_MACRO_SELECTOR) - 1])
+  return [
+      name
+      for name in defined
+      if name not in referenced and name not in ENTRY_MACROS
+  ]
+
+
+def _where_bound(name: str, files: Sequence[str], bindings: Sequence[str]):
+  for binding in bindings:
+    if binding.partition("=")[0].strip() == name:
+      return binding_flag(binding)
+  pattern = re.compile(rf"^\s*{re.escape(name)}\s*=", re.MULTILINE)
+  for path in files:
+    with open(path) as f:
+      if pattern.search(f.read()):
+        return f"gin file {path}"
+  return "gin"
+
+
+def check_macros_read(files: Sequence[str] = (), bindings: Sequence[str] = ()):
+  """Raises `GinConfigError` for the first macro nothing reads, naming where it is bound."""
+  unread = unread_macros()
+  if not unread:
+    return
+  known = sorted(
+      scope
+      for scope, selector in gin.config._CONFIG  # pylint: disable=protected-access
+      if selector == _MACRO_SELECTOR and scope not in unread
+  )
+  name = unread[0]
+  close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+  hint = f"; did you mean {' or '.join(close)}?" if close else ""
+  raise GinConfigError(
+      f"{_where_bound(name, files, bindings)}: gin macro {name} is bound but "
+      f"nothing reads it{hint}"
+  )
+
+
 def parse(
     gin_files: Sequence[str] = (),
     bindings: Sequence[str] = (),
@@ -76,6 +146,7 @@ def parse(
   """Parses gin files, then bindings (`NAME = VALUE` strings), in order; config is not finalized.
 
   `clear=False` keeps what was parsed before (e.g. a run file before a checkpoint's model.gin).
+  A macro that nothing reads is a `GinConfigError` (see the module docstring).
   """
   if clear:
     gin.clear_config()
@@ -92,6 +163,7 @@ def parse(
       gin.parse_config(binding)
     except (SyntaxError, ValueError, KeyError, ImportError) as e:
       raise _binding_error(binding, e) from e
+  check_macros_read(files, bindings or ())
 
 
 def query(name: str, default=None):
