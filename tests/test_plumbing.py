@@ -244,6 +244,27 @@ def test_infer_unknown_mixture(tiny_checkpoint, tmp_path, capsys):
   assert "ni_default_tset_def_pos2" in line and "did you mean" in line
 
 
+@pytest.mark.parametrize("command", ["infer", "eval"])
+def test_unknown_mixture_is_refused_before_the_checkpoint_is_read(
+    command, tmp_path, capsys, monkeypatch
+):
+  from tkx.checkpoints import directory
+
+  def must_not_load(*args, **kwargs):
+    raise AssertionError("the checkpoint was read before the name was checked")
+
+  monkeypatch.setattr(directory, "load", must_not_load)
+  argv = [command, "--checkpoint", str(tmp_path), "--mixture"]
+  argv += [
+      "ni_default_tset_def_pos2",
+      "--output_file" if command == "infer" else "--output_dir",
+      str(tmp_path / "o"),
+  ]
+  line = _error_line(capsys, argv)
+  assert "--mixture unknown mixture or task 'ni_default_tset_def_pos2'" in line
+  assert "ni_default_test_def_pos2" in line
+
+
 def test_export_wrong_checkpoint(tmp_path, capsys):
   line = _error_line(
       capsys,
@@ -311,7 +332,9 @@ def test_gin_macro_that_nothing_reads_stops_train_before_work(tmp_path):
   err = proc.stderr.strip().splitlines()
   assert proc.returncode == 2, proc.stderr
   assert err[-1].startswith("tkx train: error: --gin.TRAIN_STEP=10: "), err
-  assert "did you mean TRAIN_STEPS" in err[-1] and "Traceback" not in proc.stderr
+  assert (
+      "did you mean TRAIN_STEPS" in err[-1] and "Traceback" not in proc.stderr
+  )
   assert not (tmp_path / "run").exists()  # refused before any work
 
 

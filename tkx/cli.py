@@ -102,6 +102,23 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 # discovery, checkpointing internals): shown only with --log_level debug.
 _CHATTY_LOGGERS = ("absl", "jax", "jax._src", "orbax", "tensorflow", "etils")
 
+# Library warnings that are no news to a tkx user (tkx pads eval inputs to its length
+# buckets on purpose, writes its own eval results, and exports without orbax metadata):
+# shown only with --log_level debug.
+_CHATTER_PREFIXES = (
+    "Given sequence lengths are longer than necessary",  # seqio.Evaluator
+    "'logger_cls' is empty",  # seqio.Evaluator
+    "Metadata file does not exist",  # orbax, reading a params-only checkpoint
+)
+
+
+class _ChatterFilter(logging.Filter):
+  """Drops the library warnings listed in `_CHATTER_PREFIXES` (the handler's level decides the rest)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(_CHATTER_PREFIXES)
+
+
 GIN_HELP = """\
 gin configuration (as t5x):
   --gin_file=FILE         a gin file; repeatable, parsed in order. Paths are tried as
@@ -162,6 +179,8 @@ def setup_logging(level: str = "info") -> None:
       root.removeHandler(handler)
   handler = _StderrHandler()
   handler.setFormatter(logging.Formatter(LOG_FORMAT))
+  if numeric > logging.DEBUG:
+    handler.addFilter(_ChatterFilter())
   root.addHandler(handler)
   root.setLevel(numeric)
   for name in _CHATTY_LOGGERS:

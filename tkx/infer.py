@@ -20,9 +20,8 @@ Layers here:
 """
 
 import dataclasses
-import difflib
 import logging
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import gin
 import jax
@@ -31,6 +30,7 @@ import numpy as np
 
 from tkx import io_utils, jsonl, multihost
 from tkx.checkpoints import directory
+from tkx.data import names as names_lib
 
 log = logging.getLogger(__name__)
 
@@ -621,21 +621,6 @@ def predict_input_file(
 
 
 # ----------------------------------------------------------------------------- mixtures
-def close_matches_message(kind: str, name: str, known: Iterable[str]) -> str:
-  known = sorted(known)
-  close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
-  hint = (
-      f"; did you mean {', '.join(close)}?"
-      if close
-      else (
-          f"; known {kind}s include {', '.join(known[:5])}"
-          if known
-          else f"; no {kind} is registered"
-      )
-  )
-  return f"unknown {kind} {name!r}{hint}"
-
-
 def resolve_mixture_or_task(name: str):
   """`seqio.get_mixture_or_task(name)`, or an error listing close names."""
   import seqio
@@ -643,7 +628,7 @@ def resolve_mixture_or_task(name: str):
   known = set(seqio.MixtureRegistry.names()) | set(seqio.TaskRegistry.names())
   if name not in known:
     raise ValueError(
-        close_matches_message("mixture or task", name, known)
+        names_lib.close_matches_message("mixture or task", name, known)
         + " (NI mixtures are named <prefix>_<track>_<split>_<encoding>, e.g. ni_default_test_def_pos2;"
         " pass --ni_dir to register another checkout)"
     )

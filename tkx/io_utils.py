@@ -8,15 +8,17 @@
   `tkx.multihost.is_primary_host`, the one rule for who writes shared files), with the core
   `tf.summary.write` and the scalars plugin's metadata (the `tensorboard`
   package is not needed; the event files are the same).
-- `Progress`: a tqdm bar on a terminal, periodic log lines otherwise.
+- `Progress` / `track(iterable, ...)`: a tqdm bar only when stderr is a terminal
+  (never into a log file), and a log line every `log_every_s` seconds either way.
 """
 
 import contextlib
 import logging
 import os
+import sys
 import tempfile
 import time
-from typing import Mapping, Optional
+from typing import Iterable, Iterator, Mapping, Optional, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +96,16 @@ class ScalarWriter:
       self._writer = None
 
 
+def stderr_is_terminal() -> bool:
+  """Whether a progress bar would reach a person (not a log file or a pipe)."""
+  try:
+    return sys.stderr.isatty()
+  except (AttributeError, ValueError):  # replaced or closed stderr
+    return False
+
+
 class Progress:
-  """tqdm bar (items/s and ETA) when enabled; a log line every `log_every_s` seconds in any case."""
+  """Progress of `total` items: a tqdm bar on a terminal; a log line every `log_every_s` seconds in any case."""
 
   def __init__(
       self,
@@ -110,13 +120,13 @@ class Progress:
     self.log_every_s = log_every_s
     self.bar = None
     self.enabled = enabled and total > 0
-    if self.enabled:
+    if self.enabled and stderr_is_terminal():
       import tqdm
 
       self.bar = tqdm.tqdm(
           total=total,
           desc=desc,
-          unit="ex",
+          unit=unit,
           dynamic_ncols=True,
           mininterval=1.0,
           smoothing=0.1,
@@ -147,6 +157,27 @@ class Progress:
   def close(self):
     if self.bar is not None:
       self.bar.close()
+
+
+_Item = TypeVar("_Item")
+
+
+def track(
+    items: Iterable[_Item],
+    total: int,
+    desc: str,
+    unit: str,
+    enabled: bool = True,
+    log_every_s: float = 30.0,
+) -> Iterator[_Item]:
+  """Yields `items`, showing their progress as `Progress` does."""
+  progress = Progress(total, desc, enabled, log_every_s, unit)
+  try:
+    for item in items:
+      yield item
+      progress.update(1)
+  finally:
+    progress.close()
 
 
 def format_seconds(seconds: float) -> str:

@@ -97,6 +97,10 @@ def main(args):
     from tkx.data import source  # pylint: disable=g-import-not-at-top
 
     source.check_checkout(args.ni_dir)  # before the checkpoint is loaded
+  if args.mixture:
+    from tkx.data import pipeline  # pylint: disable=g-import-not-at-top
+
+    pipeline.check_mixture_name(args.mixture, args.ni_dir, flag="--mixture")
   kwargs = infer_command.explicit_kwargs(args, _FLAG_TO_ARG)
   if any(getattr(args, f) is not None for f in infer_command.DECODE_FLAGS):
     kwargs["decode_config"] = infer_command.decode_config_from_args(args)

@@ -213,6 +213,10 @@ def main(args):
     source.check_checkout(args.ni_dir)  # before the checkpoint is loaded
   if args.input_file and not os.path.isfile(args.input_file):
     raise FileNotFoundError(f"input file not found: {args.input_file}")
+  if args.mixture:
+    from tkx.data import pipeline  # pylint: disable=g-import-not-at-top
+
+    pipeline.check_mixture_name(args.mixture, args.ni_dir, flag="--mixture")
   partitioner = partitioner_from_args(args)
   loaded = directory.load(
       args.checkpoint, partitioner=partitioner, vocab_path=args.vocab

@@ -100,9 +100,11 @@ def main(args):
   )
   app = app_lib.create_app(generator, max_request_bytes=args.max_request_bytes)
   logging.getLogger(__name__).info(
-      "serving %s: batch size %d, max wait %g ms, input buckets %s, %s "
+      "serving %s at http://%s:%d: batch size %d, max wait %g ms, input buckets %s, %s "
       "(each new bucket or setting compiles on its first request)",
       loaded.path,
+      args.host,
+      args.port,
       generator.batch_size,
       args.max_wait_ms,
       ",".join(map(str, generator.input_buckets)),
@@ -116,7 +118,10 @@ def main(args):
           host=args.host,
           port=args.port,
           lifespan="on",
-          log_level="info",
+          # uvicorn's loggers propagate to tkx's one handler and format; its start-up
+          # lines (process id, lifespan) only at debug: the line above says where we serve.
+          log_config=None,
+          log_level="debug" if args.log_level == "debug" else "warning",
           access_log=False,
       )
   ).run()

@@ -7,6 +7,7 @@ all of a split's instances is `<mixture>_all_tasks`.
 """
 
 import dataclasses
+import difflib
 import re
 from typing import Iterable, Optional, Tuple
 
@@ -121,3 +122,19 @@ def parse_name(
       f"{name!r} is not an NI name <prefix>_<track>_<split>_<encoding>[_<task>] "
       f"(tracks {', '.join(ni.TRACKS)}; e.g. ni_default_train_def_pos2)"
   )
+
+
+def close_matches_message(kind: str, name: str, known: Iterable[str]) -> str:
+  """`unknown <kind> '<name>'` with the close known names (or a few known ones) to pick from."""
+  known = sorted(known)
+  close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
+  hint = (
+      f"; did you mean {', '.join(close)}?"
+      if close
+      else (
+          f"; known {kind}s include {', '.join(known[:5])}"
+          if known
+          else f"; no {kind} is registered"
+      )
+  )
+  return f"unknown {kind} {name!r}{hint}"

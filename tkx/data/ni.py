@@ -28,7 +28,7 @@ import os
 import random
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
-from tkx import enums
+from tkx import enums, io_utils
 
 TRACKS = ("default", "xlingual")
 # Splits whose tasks keep only their first 100 instances (Tk-Instruct's `subset == "test"`).
@@ -518,11 +518,9 @@ def iter_split_instances(
       max_num_instances_per_task
   )
   done = set()
-  iterator = lines
-  if progress:
-    import tqdm  # only the CLI shows a bar
-
-    iterator = tqdm.tqdm(lines, desc=f"{track}/{split} tasks", unit="task")
+  iterator = io_utils.track(
+      lines, len(lines), f"{track}/{split} tasks", "tasks", enabled=progress
+  )
   for name in iterator:
     if name not in present or (name not in wanted and not stream_matters):
       continue

@@ -114,6 +114,49 @@ def register_ni_for(
   return parsed[0] if parsed is not None else None
 
 
+def check_mixture_name(
+    mixture_or_task_name: str, ni_dir: Optional[str] = None, *, flag: str
+) -> None:
+  """Refuses, before any checkpoint is read or model compiled, a name that is neither NI nor registered.
+
+  NI names are checked against the checkout's splits (`names_lib.parse_name`);
+  other names must already be SeqIO tasks or mixtures. The error names `flag` and
+  the close NI and registered names.
+  """
+  import seqio  # pylint: disable=g-import-not-at-top
+  from tkx.data import tasks as ni_tasks  # pylint: disable=g-import-not-at-top
+
+  checkout = (
+      source_lib.check_checkout(ni_dir) if ni_dir else ni_tasks.EMBEDDED_NI_DIR
+  )
+  splits = {s for t in ni.TRACKS for s in ni.list_splits(checkout, t)}
+  try:
+    names_lib.parse_name(mixture_or_task_name, splits)
+    return
+  except ValueError:
+    pass
+  known = set(seqio.MixtureRegistry.names()) | set(seqio.TaskRegistry.names())
+  if mixture_or_task_name in known:
+    return
+  known.update(
+      names_lib.MixtureName(
+          names_lib.DEFAULT_PREFIX, track, split, encoding
+      ).name
+      for track in ni.TRACKS
+      for split in ni.list_splits(checkout, track)
+      for encoding in [c.name for c in enc.TK_INSTRUCT_ENCODINGS] + [
+          "tk_instruct"
+      ]
+  )
+  raise ValueError(
+      f"{flag} "
+      + names_lib.close_matches_message(
+          "mixture or task", mixture_or_task_name, known
+      )
+      + f" (NI checkout {checkout})"
+  )
+
+
 def ni_spec(mixture_or_task_name: str):
   """The `tasks.NITaskSpec` behind a registered NI mixture or task name, or None."""
   import seqio  # pylint: disable=g-import-not-at-top

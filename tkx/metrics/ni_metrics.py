@@ -27,6 +27,8 @@ from rouge_score import rouge_scorer
 from rouge_score import scoring
 from rouge_score import tokenizers
 
+from tkx import io_utils
+
 METRICS = ("exact_match", "rouge1", "rougeL")
 DEFAULT_METRIC = "rougeL"
 OFFICIAL_CATEGORY_METRICS = {
@@ -171,13 +173,13 @@ def example_scores(predictions, references, xlingual=False, progress=False):
         f"# of predictions {len(predictions)} doesn't match # of references {len(references)}"
     )
   _check_references(references)
-  pairs = zip(predictions, references)
-  if progress:
-    import tqdm  # pylint: disable=g-import-not-at-top
-
-    pairs = tqdm.tqdm(
-        pairs, total=len(predictions), desc="scoring", unit="example"
-    )
+  pairs = io_utils.track(
+      zip(predictions, references),
+      len(predictions),
+      "scoring",
+      "examples",
+      enabled=progress,
+  )
   scores = []
   for prediction, refs in pairs:
     rouges = [_rouge_fmeasures(prediction, ref, xlingual) for ref in refs]
