@@ -192,7 +192,15 @@ def test_convert_skip_missing_as_a_subprocess(tmp_path):
   )
 
 
-@pytest.mark.parametrize("bad", [["--ni_dir"], []])
-def test_convert_requires_its_arguments(bad, tmp_path):
+def test_convert_requires_its_arguments(tmp_path):
   with pytest.raises(SystemExit):
-    cli.run(["convert", "--output", str(tmp_path / "x")] + bad)
+    cli.run(["convert", "--output", str(tmp_path / "x"), "--ni_dir"])
+  with pytest.raises(SystemExit):
+    cli.run(["convert"])
+
+
+def test_convert_defaults_to_the_embedded_sample(tmp_path):
+  out = tmp_path / "embedded.jsonl"
+  assert cli.run(["convert", "--split", "train", "--output", str(out)]) == 0
+  rows = _read(out)
+  assert rows and all(r["task"].startswith("task9") for r in rows)

@@ -147,6 +147,46 @@ def test_cli_import_export_round_trip(tmp_path, ff, tied):
   )
 
 
+def test_export_carries_a_tokenizer_that_tokenizes_as_the_vocabulary(
+    tiny_checkpoint, tmp_path, caplog
+):
+  """A checkpoint on the embedded SentencePiece vocabulary exports with a tokenizer AutoTokenizer loads."""
+  from tkx.data import vocab as vocab_lib
+
+  out = tmp_path / "hf"
+  assert (
+      cli.main(
+          [
+              "export-checkpoint",
+              "--checkpoint",
+              tiny_checkpoint,
+              "--hf",
+              str(out),
+          ]
+      )
+      == 0
+  )
+  assert (out / "spiece.model").read_bytes() == open(
+      vocab_lib.EMBEDDED_SPM_PATH, "rb"
+  ).read()
+  tokenizer = transformers.AutoTokenizer.from_pretrained(str(out))
+  text = "Definition: Answer with the capital city. Input: Finland"
+  ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+  assert ids == list(vocab_lib.get_vocabulary().encode(text))
+  caplog.clear()
+  with caplog.at_level("WARNING"):
+    transformers.T5ForConditionalGeneration.from_pretrained(str(out))
+  # transformers 5 forces tie_word_embeddings=True on every T5 config and says so for
+  # any T5 1.1 / mT5 checkpoint (Google's own included); nothing else may warn.
+  others = [
+      r.getMessage()
+      for r in caplog.records
+      if r.levelname == "WARNING"
+      and "tie_word_embeddings" not in r.getMessage()
+  ]
+  assert not others, others
+
+
 def test_bin_sharded_and_safetensors_give_the_same_params(tmp_path):
   model = _hf_model("gated-gelu", False, seed=3)
   state = _state(model)

@@ -261,10 +261,7 @@ def load_vocabulary(root: str, config, vocab_path: Optional[str] = None):
   path = vocab_path or (local_spm if os.path.isfile(local_spm) else None)
   if path and "://" not in path:
     # model.gin may say how many sentinel ids the model was trained with.
-    extra_ids = gin_utils.query("vocab.get_vocabulary.extra_ids")
-    if extra_ids is None:
-      extra_ids = sentinel_ids_for(path, config.vocab_size)
-    return vocab_lib.get_vocabulary(path, extra_ids=extra_ids)
+    return vocab_lib.get_vocabulary(path, extra_ids=extra_ids_for(path, config))
   if path:
     return vocab_lib.get_vocabulary(path)
   return (
@@ -354,14 +351,32 @@ def load(
 
 
 def read(path: str, *, load_params: bool = True):
-  """(config, numpy params or None, spm.model path or None) of a checkpoint dir or one of its steps."""
+  """(config, numpy params or None, SentencePiece model or None) of a checkpoint dir or one of its steps.
+
+  The SentencePiece model is the checkpoint's `spm.model`, else the local file its
+  model.gin names (the embedded sample's when it names none); None for a remote one.
+  """
+  from tkx.data import vocab as vocab_lib
+
   root = layout.root_of(path)
   config = read_config(root)
   params = (
       orbax_io.load_params(layout.find_step_dir(path)) if load_params else None
   )
   spm = os.path.join(root, layout.SPM_MODEL)
+  if not os.path.isfile(spm):
+    spm = gin_utils.query("vocab.get_vocabulary.path") or str(
+        vocab_lib.EMBEDDED_SPM_PATH
+    )
   return config, params, (spm if os.path.isfile(spm) else None)
+
+
+def extra_ids_for(spm_model: str, config) -> int:
+  """Sentinel ids of the model's vocabulary: model.gin's binding (read by `read`), else counted."""
+  extra_ids = gin_utils.query("vocab.get_vocabulary.extra_ids")
+  if extra_ids is None:
+    extra_ids = sentinel_ids_for(spm_model, config.vocab_size)
+  return int(extra_ids)
 
 
 def _check_and_cast(loaded, abstract_params, source):

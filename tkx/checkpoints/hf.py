@@ -669,8 +669,13 @@ def export_hf(
     out_dir: str,
     *,
     spm_model: Optional[str] = None,
+    extra_ids: int = 0,
 ) -> str:
-  """Writes `config.json`, `model.safetensors` (and `spiece.model`) loadable by `T5ForConditionalGeneration`."""
+  """Writes `config.json`, `model.safetensors` loadable by `T5ForConditionalGeneration`.
+
+  With `spm_model`, also the tokenizer (`spiece.model` + transformers' tokenizer
+  files, `hf_tokenizer(spm_model, extra_ids)`), loadable by `AutoTokenizer`.
+  """
   from safetensors.numpy import save_file
 
   os.makedirs(out_dir, exist_ok=True)
@@ -682,6 +687,18 @@ def export_hf(
     json.dump(t5config_to_hf_config(config), f, indent=2, sort_keys=True)
   if spm_model:
     shutil.copyfile(spm_model, os.path.join(out_dir, SPM_FILE))
+    try:
+      tokenizer = hf_tokenizer(spm_model, extra_ids)
+    except (
+        ImportError
+    ):  # transformers is the `hf` extra; spiece.model alone still loads
+      log.warning(
+          "%s: wrote spiece.model without transformers' tokenizer files "
+          "(pip install transformers to write them)",
+          out_dir,
+      )
+    else:
+      tokenizer.save_pretrained(out_dir)
   return out_dir
 
 

@@ -1,6 +1,6 @@
 """`tkx convert`: an NI checkout -> JSON lines of the text the model sees.
 
-    tkx convert --ni_dir DIR --track default --split test --encoding def_pos2 --output FILE.jsonl \\
+    tkx convert [--ni_dir DIR] --track default --split test --encoding def_pos2 --output FILE.jsonl \\
         [--max_num_instances_per_task N] [--seed S] [--max_source_length L --vocab PATH] [--skip_missing]
 
 One line per selected instance: {"id", "task", "category", "inputs", "targets"}, where
@@ -15,13 +15,16 @@ import sys
 from tkx import io_utils
 from tkx.data import encodings as enc
 from tkx.data import ni
+from tkx.data import vocab
 
 _SPLIT_DEFAULT = object()
 
 
 def add_arguments(parser):
   parser.add_argument(
-      "--ni_dir", required=True, help="NI checkout with tasks/ and splits/"
+      "--ni_dir",
+      default=str(vocab.EMBEDDED_NI_DIR),
+      help="NI checkout with tasks/ and splits/; default: the embedded sample",
   )
   parser.add_argument(
       "--track", default="default", help="splits/<track>/ (default or xlingual)"
@@ -137,8 +140,6 @@ def main(args):
   )  # a typo is an error, never another dataset
   vocabulary = None
   if args.vocab:
-    from tkx.data import vocab  # pylint: disable=g-import-not-at-top  (imports seqio / TF)
-
     vocabulary = vocab.get_vocabulary(args.vocab)
   count = convert(
       args.ni_dir,

@@ -2,8 +2,11 @@
 
     tkx export-checkpoint --checkpoint ckpts/run1 --hf exported/run1
 
-Writes `config.json`, `model.safetensors` and, when the checkpoint has `spm.model`,
-`spiece.model`; load it with `transformers.T5ForConditionalGeneration.from_pretrained`.
+Writes `config.json`, `model.safetensors` and, when the vocabulary is a local
+SentencePiece file (the checkpoint's `spm.model`, or the one its model.gin names),
+the tokenizer (`spiece.model` and transformers' tokenizer files); load them with
+`transformers.T5ForConditionalGeneration.from_pretrained` and
+`transformers.AutoTokenizer.from_pretrained`.
 `--checkpoint` is a tkx checkpoint dir (its newest step) or one `checkpoint_<step>/`.
 """
 
@@ -27,6 +30,12 @@ def main(args):
   from tkx.checkpoints import directory, hf
 
   config, params, spm = directory.read(args.checkpoint)
-  hf.export_hf(config, params, args.hf, spm_model=spm)
+  hf.export_hf(
+      config,
+      params,
+      args.hf,
+      spm_model=spm,
+      extra_ids=directory.extra_ids_for(spm, config) if spm else 0,
+  )
   print(f"wrote Hugging Face checkpoint {args.hf}")
   return 0
