@@ -9,6 +9,7 @@ tests run the real data path on the 8 CPU devices in a shuffled order.
 
 import dataclasses
 import itertools
+import pathlib
 from unittest import mock
 
 import jax
@@ -520,3 +521,154 @@ def test_hybrid_mesh_on_cpu_runs_a_step():
       out_shardings=partitioner.data_sharding,
   )(partitioner.host_local_to_global(x), jax.device_put(w, w_sharding))
   np.testing.assert_allclose(np.asarray(out), x @ np.ones((4, 6)))
+
+
+# ------------------------------------------ docs/partitioning.md's layout table
+DOCS_PAGE = (
+    pathlib.Path(__file__).resolve().parents[1] / "docs" / "partitioning.md"
+)
+TABLE_PLATFORMS = {
+    "v4-8": lambda: slice_devices("v4-8"),
+    "v4-32": lambda: slice_devices("v4-32"),
+    "v5e-32": lambda: slice_devices("v5e-32"),
+    "8x8 GPUs": lambda: gpu_cluster(8),
+}
+
+
+def _recipe_settings(path) -> dict:
+  """A recipe's mesh and batch settings, as gin binds them (unknown configurables skipped)."""
+  import gin
+
+  def query(name, default=None):
+    try:
+      return gin.query_parameter(name)
+    except ValueError:
+      return default
+
+  gin.clear_config()
+  try:
+    gin.add_config_file_search_path(str(DOCS_PAGE.parents[1]))
+    gin.parse_config_file(str(path), skip_unknown=True)
+    pack = query("%PACK", True)
+    return dict(
+        num_partitions=query("partitioning.Partitioner.num_partitions"),
+        shard_params_over_data=bool(
+            query("partitioning.Partitioner.shard_params_over_data", False)
+        ),
+        rows=query("%PACKED_BATCH_SIZE") if pack else query("%BATCH_SIZE"),
+        rows_name="PACKED_BATCH_SIZE" if pack else "BATCH_SIZE",
+        microbatches=max(query("%NUM_MICROBATCHES", 1) or 1, 1),
+    )
+  finally:
+    gin.clear_config()
+
+
+def _host_rows_text(partitioner, rows) -> str:
+  """Each host's rows in words: one block each (hosts sharing a replica share it)."""
+  ranges = partitioning.host_data_rows(partitioner, rows)
+  blocks = sorted(set(ranges.values()))
+  if len(blocks) == 1:
+    return f"rows 0-{rows - 1} (all {len(ranges)} hosts)"
+  assert all(len(block) == 1 for block in blocks)
+  size = rows // len(blocks)
+  order = [
+      "+".join(str(p) for p, r in ranges.items() if r == block)
+      for block in blocks
+  ]
+  return f"{size} rows each, block by block: hosts {', '.join(order)}"
+
+
+def recipe_layout_table() -> str:
+  """The markdown table of docs/partitioning.md: each recipe's mesh and host rows per platform."""
+  lines = [
+      "| recipe | platform | mesh (data x model) | FSDP | rows per step | each host feeds |",
+      "|---|---|---|---|---|---|",
+  ]
+  recipes = sorted(
+      (DOCS_PAGE.parents[1] / "gin_configs" / "experiments").glob("*.gin")
+  )
+  for recipe in recipes:
+    settings = _recipe_settings(recipe)
+    for platform, make in TABLE_PLATFORMS.items():
+      devices = make()
+      if len(devices) % settings["num_partitions"]:
+        lines.append(
+            f"| {recipe.stem} | {platform} | - | - | - | refused: num_partitions="
+            f"{settings['num_partitions']} does not divide {len(devices)} devices |"
+        )
+        continue
+      partitioner = Partitioner(
+          num_partitions=settings["num_partitions"],
+          shard_params_over_data=settings["shard_params_over_data"],
+          devices=devices,
+      )
+      need = partitioner.data_axis_size * settings["microbatches"]
+      rows = settings["rows"]
+      step = f"{settings['rows_name']}={rows}"
+      if settings["microbatches"] > 1:
+        step += f" ({settings['microbatches']} micro-batches)"
+      if rows % need:
+        fed = (
+            f"needs {settings['rows_name']} a multiple of {need}; at {need}: "
+            + _host_rows_text(partitioner, need)
+        )
+      else:
+        fed = _host_rows_text(partitioner, rows)
+      lines.append(
+          f"| {recipe.stem} | {platform} | {partitioner.data_axis_size} x "
+          f"{partitioner.model_axis_size} | {'yes' if partitioner.shard_params_over_data else 'no'} "
+          f"| {step} | {fed} |"
+      )
+  return "\n".join(lines) + "\n"
+
+
+HYBRID_EXAMPLES = [
+    # (what, Partitioner arguments, rows per step) on 8 nodes x 8 GPUs
+    (
+        "3B, FSDP in a node",
+        dict(ici_mesh_shape=(1, 8, 1), dcn_mesh_shape=(8, 1, 1)),
+        64,
+    ),
+    (
+        "11B, model 8 in a node",
+        dict(ici_mesh_shape=(1, 1, 8), dcn_mesh_shape=(8, 1, 1)),
+        16,
+    ),
+    (
+        "11B, model 4 x FSDP 2 in a node",
+        dict(ici_mesh_shape=(1, 2, 4), dcn_mesh_shape=(8, 1, 1)),
+        16,
+    ),
+]
+
+
+def hybrid_layout_table() -> str:
+  """docs/partitioning.md's hybrid examples on 8x8 GPUs, with FSDP ("embed" -> "data")."""
+  lines = [
+      "| example | ici_mesh_shape | dcn_mesh_shape | mesh (replica x data x model) | rows per step | each host feeds |",
+      "|---|---|---|---|---|---|",
+  ]
+  for what, kwargs, rows in HYBRID_EXAMPLES:
+    partitioner = Partitioner(
+        shard_params_over_data=True, devices=gpu_cluster(8), **kwargs
+    )
+    shape = " x ".join(str(v) for v in partitioner.mesh.devices.shape)
+    lines.append(
+        f"| {what} | {kwargs['ici_mesh_shape']} | {kwargs['dcn_mesh_shape']} | {shape} "
+        f"| {rows} | {_host_rows_text(partitioner, rows)} |"
+    )
+  return "\n".join(lines) + "\n"
+
+
+def test_docs_layout_table_is_what_the_code_computes():
+  page = DOCS_PAGE.read_text()
+  table = recipe_layout_table() + "\n" + hybrid_layout_table()
+  assert all(part in page for part in table.split("\n\n")), (
+      "docs/partitioning.md's recipe table is out of date; "
+      "`python tests/test_partitioning_mesh.py` prints the current one:\n"
+      + table
+  )
+
+
+if __name__ == "__main__":
+  print(recipe_layout_table() + "\n" + hybrid_layout_table())

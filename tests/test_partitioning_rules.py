@@ -223,7 +223,7 @@ def test_pjit_partitioner_takes_t5x_arguments_and_refuses_what_tkx_cannot_do():
       (dict(num_partitions=2, model_parallel_submesh=(1, 1, 1, 2)), "not both"),
       (dict(model_parallel_submesh=(2, 1)), "4-tuple"),
       (dict(num_partitions=2, params_on_devices=False), "params_on_devices"),
-      (dict(num_partitions=2, ici_mesh_shape=(1, 4, 2)), "ici_mesh_shape"),
+      (dict(num_partitions=2, ici_mesh_shape=(1, 4, 2)), "set both"),
   ]:
     with pytest.raises(ValueError, match=message):
       partitioning.PjitPartitioner(**kwargs)

@@ -1,16 +1,23 @@
-"""Partitioning over a `jax.sharding.Mesh` with axes ("data", "model"), in t5x's style.
+"""Partitioning over a `jax.sharding.Mesh`, in t5x's style.
 
 Model code names array dimensions logically ("batch", "embed", "mlp", ...); the
-rules here map those names onto the two mesh axes. `Partitioner` owns the mesh
-and the rules, turns logical specs into `NamedSharding`s, jits step functions
-with explicit in/out shardings, and turns host-local numpy batches into global
-arrays (one host or many).
+rules here map those names onto the mesh axes "data" and "model" (plus
+"replica" on a hybrid mesh). `Partitioner` owns the mesh and the rules, turns
+logical specs into `NamedSharding`s, jits step functions with explicit in/out
+shardings, and turns host-local numpy batches into global arrays.
+
+Meshes: t5x's public functions (`bounds_from_last_device`, `get_coords`,
+`get_mesh`, `get_cpu_mesh`, `get_gpu_mesh`, `default_mesh`) with t5x's meaning:
+on a TPU slice a model replica is an (x, y, z, cores) tile of the torus, ordered
+host by host where needed; on GPUs it stays inside a node; `ici_mesh_shape` /
+`dcn_mesh_shape` give t5x's ("replica", "data", "model") hybrid mesh. They also
+take mock devices, so every pod shape can be tested on a laptop.
 
 Data layout across hosts: every host feeds the rows of the global batch that
-its own devices hold along "data". When the "model" axis spans several hosts,
-those hosts hold the same rows and must read the same data shard;
-`Partitioner.get_data_layout()` works this out from the mesh (t5x's
-`get_data_layout` idea).
+its own devices hold, read off the mesh for any device order
+(`host_data_rows`, `Partitioner.host_rows`, t5x's `get_data_layout` contract,
+`LocalChunker`). Hosts holding the same rows (a model replica spanning hosts)
+form a replica set and read the same data shard. See docs/partitioning.md.
 """
 
 import collections
@@ -226,6 +233,9 @@ def get_mesh(
       (default: those of the first process among `input_devices`).
     tile_by_host_if_needed: order the repetitions by host when needed.
     backend: JAX backend for the default devices.
+
+  Devices without a torus (GPU, CPU) get a tile of the same size, placed as
+  `get_gpu_mesh` places it.
   """
   devices = list(input_devices) or jax.devices(backend)
   if not all(_has_tpu_coords(d) for d in devices):
