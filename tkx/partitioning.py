@@ -239,7 +239,6 @@ def get_mesh(
   """
   devices = list(input_devices) or jax.devices(backend)
   if not all(_has_tpu_coords(d) for d in devices):
-    # No torus (GPU, CPU): the tile's size, placed as `get_gpu_mesh` does.
     return get_gpu_mesh(int(np.prod(model_parallel_submesh)), devices)
   first = min(d.process_index for d in devices)
   local = list(input_local_devices) or [
@@ -264,28 +263,7 @@ def get_mesh(
   for device in devices:
     grid[tuple(np.asarray(get_coords(device)) - origin)] = device
   host = _tpu_bounds(local)
-  gx, gy, gz, _ = bounds
-  mx, my, mz, _ = submesh
-  # A tile that is a full X (Y) line, or a full Y-Z (X-Z) plane: Z becomes
-  # major in that plane, so each host still holds whole tiles (t5x's rule).
-  if (mx == gx > 1 and my == mz == 1) or (
-      mx == 1 and my == gy > 1 and mz == gz > 1
-  ):
-    grid, bounds, submesh, host = (
-        grid.swapaxes(1, 2),
-        _swap(bounds, 1, 2),
-        _swap(submesh, 1, 2),
-        _swap(host, 1, 2),
-    )
-  elif (my == gy > 1 and mx == mz == 1) or (
-      my == 1 and mx == gx > 1 and mz == gz > 1
-  ):
-    grid, bounds, submesh, host = (
-        grid.swapaxes(0, 2),
-        _swap(bounds, 0, 2),
-        _swap(submesh, 0, 2),
-        _swap(host, 0, 2),
-    )
+  grid, bounds, submesh, host = _z_major(grid, bounds, submesh, host)
   ordered = _tile_over(grid, [(g // m, m) for g, m in zip(bounds, submesh)])
   if tile_by_host_if_needed and not _rows_contiguous_per_host(ordered):
     parts = _host_tile(bounds, submesh, host)
@@ -299,10 +277,29 @@ def get_mesh(
   return Mesh(ordered, MESH_AXES)
 
 
-def _swap(values, i, j):
-  values = list(values)
-  values[i], values[j] = values[j], values[i]
-  return tuple(values)
+def _z_major(grid, bounds, submesh, host):
+  """t5x's rule: a tile that is a full X (Y) line, or a full Y-Z (X-Z) plane, puts
+  Z major in that plane (the grid's axes swapped), so hosts still hold whole tiles.
+  """
+  gx, gy, gz, _ = bounds
+  mx, my, mz, _ = submesh
+  if (mx == gx > 1 and my == mz == 1) or (
+      mx == 1 and my == gy > 1 and mz == gz > 1
+  ):
+    i, j = 1, 2
+  elif (my == gy > 1 and mx == mz == 1) or (
+      my == 1 and mx == gx > 1 and mz == gz > 1
+  ):
+    i, j = 0, 2
+  else:
+    return grid, bounds, submesh, host
+
+  def swap(values):
+    values = list(values)
+    values[i], values[j] = values[j], values[i]
+    return tuple(values)
+
+  return grid.swapaxes(i, j), swap(bounds), swap(submesh), swap(host)
 
 
 def _tile_over(grid: np.ndarray, parts) -> np.ndarray:
@@ -977,6 +974,7 @@ class Partitioner:
     self.shard_params_over_data = shard_params_over_data
     batch_axes = nn.logical_to_mesh_axes(("batch",), self.logical_axis_rules)[0]
     self.data_axes = _batch_axes(self.mesh, batch_axes or ())
+    self._layouts, self._host_rows = {}, {}
     if jax.process_index() == 0:
       logging.info(
           "Partitioner: mesh %s over %d devices (%d processes), batch split over %s",
@@ -1204,7 +1202,12 @@ class Partitioner:
     Read off the mesh, so any device order works (see `data_layout`).
     `host_index` (default this process) computes another host's layout.
     """
-    return data_layout(self.mesh, batch_size, host_index, self.data_axes)
+    key = (batch_size, host_index)
+    if key not in self._layouts:  # every step asks; the mesh never changes
+      self._layouts[key] = data_layout(
+          self.mesh, batch_size, host_index, self.data_axes
+      )
+    return self._layouts[key]
 
   def get_data_shard_info(self):
     """`seqio.ShardInfo` for this host's input pipeline."""
@@ -1221,9 +1224,14 @@ class Partitioner:
     process_index = (
         jax.process_index() if process_index is None else process_index
     )
-    self.get_data_layout(batch_size, process_index)  # checks the layout
-    ranges = host_data_rows(self, batch_size)[process_index]
-    return np.concatenate([np.arange(a, b) for a, b in ranges])
+    key = (batch_size, process_index)
+    if key not in self._host_rows:  # every step asks; the mesh never changes
+      self.get_data_layout(batch_size, process_index)  # checks the layout
+      ranges = host_data_rows(self, batch_size)[process_index]
+      rows = np.concatenate([np.arange(a, b) for a, b in ranges])
+      rows.flags.writeable = False
+      self._host_rows[key] = rows
+    return self._host_rows[key]
 
   def host_local_to_global(self, batch):
     """Host-local numpy batch (this host's rows) -> global `jax.Array`s split over the batch axes.
