@@ -521,6 +521,16 @@ def test_hybrid_mesh_on_cpu_runs_a_step():
       out_shardings=partitioner.data_sharding,
   )(partitioner.host_local_to_global(x), jax.device_put(w, w_sharding))
   np.testing.assert_allclose(np.asarray(out), x @ np.ones((4, 6)))
+  t5x_style = (
+      partitioning.PjitPartitioner(  # t5x: num_partitions is then ignored
+          num_partitions=1,
+          ici_mesh_shape=(1, 2, 4),
+          dcn_mesh_shape=(1, 1, 1),
+          backend="cpu",
+      )
+  )
+  assert dict(t5x_style.mesh.shape) == {"replica": 1, "data": 2, "model": 4}
+  assert t5x_style.data_partition_spec == P(("replica", "data"))
 
 
 # ------------------------------------------ docs/partitioning.md's layout table
