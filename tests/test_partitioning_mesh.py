@@ -318,7 +318,7 @@ def test_hybrid_mesh_keeps_model_and_fsdp_inside_a_node():
               dcn_mesh_shape=(4, 1, 1),
               num_partitions=4,
           ),
-          "drop num_partitions",
+          "num_partitions = None",
       ),
   ]:
     with pytest.raises(ValueError, match=message):

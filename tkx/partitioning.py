@@ -268,7 +268,8 @@ def get_mesh(
   if tile_by_host_if_needed and not _rows_contiguous_per_host(ordered):
     parts = _host_tile(bounds, submesh, host)
     if parts is not None:
-      logging.info(
+      log = logging.info if jax.process_index() == 0 else logging.debug
+      log(
           "get_mesh: ordering the data axis host by host (tile %s, host %s)",
           submesh,
           host,
@@ -840,7 +841,9 @@ def _model_size(
     if given not in (None, model) or data_axis_size is not None:
       raise ValueError(
           f"Partitioner: ici_mesh_shape={tuple(ici_mesh_shape)} x dcn_mesh_shape="
-          f"{tuple(dcn_mesh_shape)} set the mesh; drop num_partitions / the axis sizes"
+          f"{tuple(dcn_mesh_shape)} give a model axis of {model}, but num_partitions / "
+          f"model_axis_size={given}, data_axis_size={data_axis_size}: set "
+          "partitioning.Partitioner.num_partitions = None (and no axis sizes)"
       )
     return model
   return _mesh_shape(
