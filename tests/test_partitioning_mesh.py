@@ -423,6 +423,23 @@ def test_t5x_local_chunker():
     assert info.slice == (slice(None), slice(0, 16))
 
 
+def test_cpu_meshes_and_local_chunks_of_interleaved_hosts():
+  mesh = partitioning.get_cpu_mesh()  # t5x's: processes x local devices
+  assert dict(mesh.shape) == {"data": 1, "model": 8}
+  mesh = partitioning.get_mesh(
+      (1, 1, 1, 2), jax.devices()
+  )  # no torus: a tile of 2
+  assert dict(mesh.shape) == {"data": 4, "model": 2}
+  interleaved = partitioning.get_mesh(
+      (1, 1, 1, 1), slice_devices("v4-32"), tile_by_host_if_needed=False
+  )
+  chunker = partitioning.LocalChunker(interleaved, process_index=1)
+  assert chunker.num_chunks["data"] == 4
+  with pytest.raises(ValueError, match="not consecutive"):
+    chunker.get_local_chunk_info((64,), ["data"])
+  assert chunker.get_local_chunk_info((64,), [None]).slice == (slice(None),)
+
+
 def test_t5x_get_mesh_axes_of_params():
   partitioner = partitioning.PjitPartitioner(
       num_partitions=1,
