@@ -481,6 +481,24 @@ def test_t5x_standard_logical_axis_rules_take_additional_rules(
   assert rules[len(default) :] == list(custom)
 
 
+def test_t5x_update_logical_axis_rules():
+  updated = partitioning.update_logical_axis_rules(
+      (("a", None), ("b", "model"), ("c", "data")),
+      (("a", "model"), ("d", None), ("c", None)),
+  )
+  assert updated == (("a", "model"), ("b", "model"), ("c", None), ("d", None))
+  fsdp = partitioning.standard_logical_axis_rules(
+      2, 2
+  )  # embed -> model, then data
+  assert [
+      t
+      for n, t in partitioning.update_logical_axis_rules(
+          fsdp, [("embed", None)]
+      )
+      if n == "embed"
+  ] == [None]
+
+
 def test_t5x_data_layout_contract():
   partitioner = Partitioner(num_partitions=4, devices=TPU_V3_32)
   layouts = [partitioner.get_data_layout(host_index=p) for p in range(4)]

@@ -98,6 +98,27 @@ def standard_logical_axis_rules(
   return rules
 
 
+def update_logical_axis_rules(
+    rules: LogicalRules, overrides: LogicalRules
+) -> tuple:
+  """t5x's: `rules` with each override's logical name re-pointed, new names appended.
+
+  An overridden name keeps the place of its first rule (its other rules go);
+  names the rules lack are appended in the overrides' order.
+  """
+  overrides = {name: target for name, target in overrides}
+  updated, seen = [], set()
+  for name, target in rules:
+    if name in overrides:
+      if name in seen:
+        continue
+      target = overrides[name]
+    seen.add(name)
+    updated.append((name, target))
+  updated += [(n, t) for n, t in overrides.items() if n not in seen]
+  return tuple(updated)
+
+
 def _mesh_shape(
     num_devices: int, num_partitions, data_axis_size, model_axis_size
 ) -> tuple[int, int]:
