@@ -262,11 +262,7 @@ def train_losses(
       out_shardings=(state_shardings, partitioner.replicated),
       donate_argnums=(0,),
   )
-  layout = partitioner.get_data_layout(GLOBAL_BATCH_SIZE)
-  rows = slice(
-      layout.shard_id * layout.per_host_batch_size,
-      (layout.shard_id + 1) * layout.per_host_batch_size,
-  )
+  rows = partitioner.host_rows(GLOBAL_BATCH_SIZE)
   losses = []
   for step_index in range(num_steps):
     local = {k: v[rows] for k, v in problem.global_batch(step_index).items()}
@@ -276,8 +272,26 @@ def train_losses(
 
 
 def parse_mesh(text: str) -> dict:
-  data, model = (int(v) for v in text.lower().split("x"))
-  return dict(data_axis_size=data, model_axis_size=model)
+  """Partitioner arguments for "DATAxMODEL"; a trailing "i" interleaves the hosts
+  along "data" (rows 0, 2, ... on one host, 1, 3, ... on the next): a device
+  order in which no host holds one block of rows."""
+  interleaved = text.lower().endswith("i")
+  data, model = (int(v) for v in text.lower().rstrip("i").split("x"))
+  if not interleaved:
+    return dict(data_axis_size=data, model_axis_size=model)
+  local_position = {}
+  for device in jax.devices():
+    local_position[device] = sum(
+        1
+        for other in jax.devices()
+        if other.process_index == device.process_index and other.id < device.id
+    )
+  order = sorted(
+      jax.devices(),
+      key=lambda d: (local_position[d] // model, d.process_index, d.id),
+  )
+  devices = np.asarray(order, dtype=object).reshape(data, model)
+  return dict(mesh=jax.sharding.Mesh(devices, ("data", "model")))
 
 
 def main(argv=None):
@@ -317,6 +331,9 @@ def main(argv=None):
         layout.num_shards,
         layout.is_first_host_in_replica_set,
     ]
+    result.setdefault("rows", {})[mesh] = partitioner.host_rows(
+        GLOBAL_BATCH_SIZE
+    ).tolist()
     result["losses"][mesh] = train_losses(
         partitioner, problem, args.num_steps, step=args.step
     )

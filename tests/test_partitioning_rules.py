@@ -223,7 +223,7 @@ def test_pjit_partitioner_takes_t5x_arguments_and_refuses_what_tkx_cannot_do():
       (dict(num_partitions=2, model_parallel_submesh=(1, 1, 1, 2)), "not both"),
       (dict(model_parallel_submesh=(2, 1)), "4-tuple"),
       (dict(num_partitions=2, params_on_devices=False), "params_on_devices"),
-      (dict(num_partitions=2, ici_mesh_shape=(1, 4, 2)), "ici_mesh_shape"),
+      (dict(num_partitions=2, ici_mesh_shape=(1, 4, 2)), "set both"),
   ]:
     with pytest.raises(ValueError, match=message):
       partitioning.PjitPartitioner(**kwargs)
@@ -416,7 +416,7 @@ def test_optimizer_state_follows_params(make_tx):
 
 def test_data_layout_single_process():
   partitioner = Partitioner(num_partitions=2)
-  layout = partitioner.get_data_layout(global_batch_size=8)
+  layout = partitioner.get_data_layout(batch_size=8)
   assert (
       layout.shard_id,
       layout.num_shards,
@@ -426,7 +426,7 @@ def test_data_layout_single_process():
   info = partitioner.get_data_shard_info()
   assert (info.index, info.num_shards) == (0, 1)
   with pytest.raises(ValueError, match="not divisible by the data axis size 4"):
-    partitioner.get_data_layout(global_batch_size=6)
+    partitioner.get_data_layout(batch_size=6)
 
 
 def test_host_local_to_global_keeps_values_and_checks_shapes():

@@ -388,9 +388,7 @@ class Predictor:
 
   def _dispatch(self, rows: np.ndarray):
     """Starts decoding [batch_size, bucket] global ids; returns the (not yet fetched) device result."""
-    layout = self.partitioner.get_data_layout(self.batch_size)
-    per_host = self.batch_size // layout.num_shards
-    local = rows[layout.shard_id * per_host : (layout.shard_id + 1) * per_host]
+    local = rows[self.partitioner.host_rows(self.batch_size)]
     global_rows = self.partitioner.host_local_to_global(local)
     rng = jax.random.fold_in(self._rng, self._num_batches)
     self._num_batches += 1

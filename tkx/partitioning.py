@@ -1,22 +1,31 @@
-"""Partitioning over a `jax.sharding.Mesh` with axes ("data", "model"), in t5x's style.
+"""Partitioning over a `jax.sharding.Mesh`, in t5x's style.
 
 Model code names array dimensions logically ("batch", "embed", "mlp", ...); the
-rules here map those names onto the two mesh axes. `Partitioner` owns the mesh
-and the rules, turns logical specs into `NamedSharding`s, jits step functions
-with explicit in/out shardings, and turns host-local numpy batches into global
-arrays (one host or many).
+rules here map those names onto the mesh axes "data" and "model" (plus
+"replica" on a hybrid mesh). `Partitioner` owns the mesh and the rules, turns
+logical specs into `NamedSharding`s, jits step functions with explicit in/out
+shardings, and turns host-local numpy batches into global arrays.
+
+Meshes: t5x's public functions (`bounds_from_last_device`, `get_coords`,
+`get_mesh`, `get_cpu_mesh`, `get_gpu_mesh`, `default_mesh`) with t5x's meaning:
+on a TPU slice a model replica is an (x, y, z, cores) tile of the torus, ordered
+host by host where needed; on GPUs it stays inside a node; `ici_mesh_shape` /
+`dcn_mesh_shape` give t5x's ("replica", "data", "model") hybrid mesh. They also
+take mock devices, so every pod shape can be tested on a laptop.
 
 Data layout across hosts: every host feeds the rows of the global batch that
-its own devices hold along "data". When the "model" axis spans several hosts,
-those hosts hold the same rows and must read the same data shard;
-`Partitioner.get_data_layout()` works this out from the mesh (t5x's
-`get_data_layout` idea).
+its own devices hold, read off the mesh for any device order
+(`host_data_rows`, `Partitioner.host_rows`, t5x's `get_data_layout` contract,
+`LocalChunker`). Hosts holding the same rows (a model replica spanning hosts)
+form a replica set and read the same data shard. See docs/partitioning.md.
 """
 
+import collections
 import dataclasses
 import functools
 import logging
-from typing import Any, Callable, Optional, Sequence
+import math
+from typing import Any, Callable, Optional, Sequence, Union
 
 import flax
 import flax.linen as nn
@@ -28,7 +37,13 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
 MODEL_AXIS = "model"
+REPLICA_AXIS = "replica"
 MESH_AXES = (DATA_AXIS, MODEL_AXIS)
+HYBRID_MESH_AXES = (REPLICA_AXIS, DATA_AXIS, MODEL_AXIS)
+
+TpuMesh = tuple[int, int, int, int]  # (x, y, z, cores per chip)
+OtherMesh = tuple[int, int]  # (processes, devices per process)
+HardwareMesh = Union[TpuMesh, OtherMesh]
 
 LogicalRules = Sequence[tuple[str, Optional[str]]]
 
@@ -83,6 +98,27 @@ def standard_logical_axis_rules(
   return rules
 
 
+def update_logical_axis_rules(
+    rules: LogicalRules, overrides: LogicalRules
+) -> tuple:
+  """t5x's: `rules` with each override's logical name re-pointed, new names appended.
+
+  An overridden name keeps the place of its first rule (its other rules go);
+  names the rules lack are appended in the overrides' order.
+  """
+  overrides = {name: target for name, target in overrides}
+  updated, seen = [], set()
+  for name, target in rules:
+    if name in overrides:
+      if name in seen:
+        continue
+      target = overrides[name]
+    seen.add(name)
+    updated.append((name, target))
+  updated += [(n, t) for n, t in overrides.items() if n not in seen]
+  return tuple(updated)
+
+
 def _mesh_shape(
     num_devices: int, num_partitions, data_axis_size, model_axis_size
 ) -> tuple[int, int]:
@@ -131,39 +167,621 @@ def _mesh_shape(
   return int(data), int(model)
 
 
-def _ordered_devices(
-    devices: Sequence[Any], shape: tuple[int, int]
-) -> np.ndarray:
-  """Devices laid out as [data, model]; "model" varies fastest so it stays within a host."""
-  if devices[0].platform == "tpu" and len(devices) == jax.device_count():
-    from jax.experimental import mesh_utils  # topology-aware placement on TPU slices
+# ------------------------------------------------------------ mesh creation
+# t5x's public mesh functions (same names, signatures and meaning). A TPU
+# device has `coords` (x, y, z) and `core_on_chip`; its "hardware mesh" is
+# (x, y, z, cores). Elsewhere the hardware mesh is (hosts, devices per host).
 
-    return mesh_utils.create_device_mesh(
-        shape, devices=devices, allow_split_physical_axes=True
+
+def _has_tpu_coords(device) -> bool:
+  return len(tuple(getattr(device, "coords", ()) or ())) == 3
+
+
+def bounds_from_last_device(last_device) -> HardwareMesh:
+  """The hardware mesh's size, read off the device at its highest corner.
+
+  TPU: (x, y, z, cores per chip); otherwise (processes, devices per process).
+  """
+  if _has_tpu_coords(last_device):
+    x, y, z = last_device.coords
+    return x + 1, y + 1, z + 1, last_device.core_on_chip + 1
+  return jax.process_count(), jax.local_device_count()
+
+
+def get_coords(device) -> HardwareMesh:
+  """A device's place in the hardware mesh (see `bounds_from_last_device`)."""
+  if hasattr(device, "coords"):
+    return (*device.coords, device.core_on_chip)
+  return (device.process_index, device.id % jax.local_device_count())
+
+
+def _tpu_bounds(devices) -> tuple[int, ...]:
+  """(x, y, z, cores) extent of TPU devices (max - min + 1 per dimension)."""
+  coords = np.asarray([get_coords(d) for d in devices])
+  return tuple(int(v) for v in coords.max(0) - coords.min(0) + 1)
+
+
+def _host_tile(global_shape, model_shape, host_shape):
+  """Per dimension (data hosts, data devices, model hosts, model devices), or None.
+
+  A model tile larger than a host spans whole hosts; a smaller one fits a
+  host a whole number of times. None: the tile neither divides nor is a
+  multiple of the host's extent, so tiling by host is impossible.
+  """
+  parts = []
+  for g, m, h in zip(global_shape, model_shape, host_shape):
+    if m >= h:
+      if m % h:
+        return None
+      parts.append((g // m, 1, m // h, h))
+    else:
+      if h % m:
+        return None
+      parts.append((g // h, h // m, 1, m))
+  return parts
+
+
+def _rows_contiguous_per_host(devices: np.ndarray) -> bool:
+  """Whether every host's devices in a [data, model] array hold consecutive data rows."""
+  rows = {}
+  for (row, _), device in np.ndenumerate(devices):
+    rows.setdefault(device.process_index, set()).add(row)
+  return all(max(r) - min(r) + 1 == len(r) for r in rows.values())
+
+
+def get_mesh(
+    model_parallel_submesh: HardwareMesh,
+    input_devices: Sequence[Any] = (),
+    input_local_devices: Sequence[Any] = (),
+    tile_by_host_if_needed: bool = True,
+    backend: Optional[str] = None,
+) -> Mesh:
+  """A ("data", "model") mesh whose "model" axis is one `model_parallel_submesh` tile.
+
+  t5x's `get_mesh`. The tile (x, y, z, cores) is laid over the TPU torus and
+  repeated; "data" runs over the repetitions. Each tile dimension must divide
+  the slice's. A tile that spans a whole X (or Y) line puts Z major in that
+  plane, as t5x does. When the plain torus order would give a host
+  non-consecutive data rows and `tile_by_host_if_needed`, the repetitions are
+  ordered host by host (each host then feeds one block of rows); otherwise
+  the torus order is kept and tkx maps each host's rows as they fall
+  (`host_data_rows`).
+
+  Args:
+    model_parallel_submesh: (x, y, z, cores) of one model replica.
+    input_devices: the devices (default `jax.devices(backend)`).
+    input_local_devices: one host's devices, giving the host's extent
+      (default: those of the first process among `input_devices`).
+    tile_by_host_if_needed: order the repetitions by host when needed.
+    backend: JAX backend for the default devices.
+
+  Devices without a torus (GPU, CPU) get a tile of the same size, placed as
+  `get_gpu_mesh` places it.
+  """
+  devices = list(input_devices) or jax.devices(backend)
+  if not all(_has_tpu_coords(d) for d in devices):
+    return get_gpu_mesh(int(np.prod(model_parallel_submesh)), devices)
+  first = min(d.process_index for d in devices)
+  local = list(input_local_devices) or [
+      d for d in devices if d.process_index == first
+  ]
+  submesh = tuple(int(v) for v in model_parallel_submesh)
+  bounds = _tpu_bounds(devices)
+  if len(submesh) != len(bounds) or any(
+      m < 1 or g % m for g, m in zip(bounds, submesh)
+  ):
+    raise ValueError(
+        f"get_mesh: each dimension of model_parallel_submesh {submesh} must divide "
+        f"the slice's (x, y, z, cores) = {bounds}"
     )
-  ordered = sorted(devices, key=lambda d: (d.process_index, d.id))
-  return np.asarray(ordered, dtype=object).reshape(shape)
+  if len(devices) != int(np.prod(bounds)):
+    raise ValueError(
+        f"get_mesh: {len(devices)} devices do not fill the (x, y, z, cores) box "
+        f"{bounds} (several slices? set ici_mesh_shape and dcn_mesh_shape)"
+    )
+  grid = np.empty(bounds, dtype=object)
+  origin = np.asarray([get_coords(d) for d in devices]).min(0)
+  for device in devices:
+    grid[tuple(np.asarray(get_coords(device)) - origin)] = device
+  host = _tpu_bounds(local)
+  grid, bounds, submesh, host = _z_major(grid, bounds, submesh, host)
+  ordered = _tile_over(grid, [(g // m, m) for g, m in zip(bounds, submesh)])
+  if tile_by_host_if_needed and not _rows_contiguous_per_host(ordered):
+    parts = _host_tile(bounds, submesh, host)
+    if parts is not None:
+      log = logging.info if jax.process_index() == 0 else logging.debug
+      log(
+          "get_mesh: ordering the data axis host by host (tile %s, host %s)",
+          submesh,
+          host,
+      )
+      ordered = _tile_over(grid, parts)
+  return Mesh(ordered, MESH_AXES)
+
+
+def _z_major(grid, bounds, submesh, host):
+  """t5x's rule: a tile that is a full X (Y) line, or a full Y-Z (X-Z) plane, puts
+  Z major in that plane (the grid's axes swapped), so hosts still hold whole tiles.
+  """
+  gx, gy, gz, _ = bounds
+  mx, my, mz, _ = submesh
+  if (mx == gx > 1 and my == mz == 1) or (
+      mx == 1 and my == gy > 1 and mz == gz > 1
+  ):
+    i, j = 1, 2
+  elif (my == gy > 1 and mx == mz == 1) or (
+      my == 1 and mx == gx > 1 and mz == gz > 1
+  ):
+    i, j = 0, 2
+  else:
+    return grid, bounds, submesh, host
+
+  def swap(values):
+    values = list(values)
+    values[i], values[j] = values[j], values[i]
+    return tuple(values)
+
+  return grid.swapaxes(i, j), swap(bounds), swap(submesh), swap(host)
+
+
+def _tile_over(grid: np.ndarray, parts) -> np.ndarray:
+  """[data, model] devices from a hardware grid whose dimensions split into `parts`.
+
+  parts[d] splits dimension d into k factors, the first k/2 for "data", the
+  rest for "model": (data, model) or (data hosts, data devices, model hosts,
+  model devices). Each axis takes its factors major to minor, factor by
+  factor, dimension by dimension (x major).
+  """
+  k = len(parts[0])
+  split = grid.reshape([f for p in parts for f in p])
+  order = [d * k + j for j in range(k) for d in range(len(parts))]
+  model_size = int(np.prod([p[j] for p in parts for j in range(k // 2, k)]))
+  return split.transpose(order).reshape(-1, model_size)
+
+
+def get_cpu_mesh() -> Mesh:
+  """t5x's CPU test mesh: "data" over processes, "model" over each process's devices."""
+  return Mesh(_devices_by_host(jax.devices()), MESH_AXES)
+
+
+def _devices_by_host(devices) -> np.ndarray:
+  """[processes, devices per process], each row sorted by device id."""
+  by_host = {}
+  for device in devices:
+    by_host.setdefault(device.process_index, []).append(device)
+  sizes = {len(v) for v in by_host.values()}
+  if len(sizes) != 1:
+    raise ValueError(
+        f"Partitioner: processes hold different numbers of devices {sorted(sizes)}"
+    )
+  return np.asarray(
+      [sorted(by_host[p], key=lambda d: d.id) for p in sorted(by_host)],
+      dtype=object,
+  )
+
+
+def _host_grouped(devices, num_partitions: int) -> np.ndarray:
+  """[data, model] with "model" inside a process (or over whole processes).
+
+  A model replica of at most one process's devices stays inside a process
+  (NVLink / host memory); a larger one spans consecutive whole processes.
+  "data" runs process-major, so each process holds consecutive rows.
+  """
+  hosts = _devices_by_host(devices)
+  num_hosts, per_host = hosts.shape
+  if num_partitions <= per_host and per_host % num_partitions == 0:
+    return hosts.reshape(-1, num_partitions)
+  if num_partitions > per_host and num_partitions % per_host == 0:
+    span = num_partitions // per_host
+    if num_hosts % span == 0:
+      return hosts.reshape(num_hosts // span, num_partitions)
+  raise ValueError(
+      f"Partitioner: model axis size {num_partitions} must divide, or be a "
+      f"multiple of, the {per_host} devices of each process "
+      f"({num_hosts} processes)"
+  )
+
+
+def get_gpu_mesh(
+    num_partitions: int, devices: Optional[Sequence[Any]] = None
+) -> Mesh:
+  """t5x's GPU mesh: "model" on NVLink (inside a node) first, "data" across nodes.
+
+  `devices` (default `jax.devices()`) is a tkx addition, e.g. for mock devices.
+  """
+  return Mesh(
+      _host_grouped(
+          list(devices) if devices else jax.devices(), num_partitions
+      ),
+      MESH_AXES,
+  )
+
+
+def _t5x_submesh(device_kind: str, bounds, num_partitions: int):
+  """t5x's default (x, y, z, cores) tiles for TPU v2/v3/v4 (megacore), or None."""
+  if device_kind in ("TPU v2", "TPU v3"):
+    return {
+        1: (1, 1, 1, 1),
+        2: (1, 1, 1, 2),
+        4: (2, 1, 1, 2),
+        8: (2, 2, 1, 2),
+        16: (4, 2, 1, 2),
+    }.get(num_partitions)
+  if device_kind in ("TPU v4", "TPU v4 lite") and bounds[3] == 1:
+    x, _, z, _ = bounds
+    table = {1: (1, 1, 1, 1), 2: (1, 2, 1, 1)}
+    table[4] = (4, 1, 1, 1) if x >= 4 else (2, 2, 1, 1)
+    table[8] = (1, 1, 8, 1) if z >= 8 else (4, 2, 1, 1)
+    if z >= 16:
+      table[16] = (1, 1, 16, 1)
+    elif x >= 8:
+      table[16] = (8, 2, 1, 1)
+    elif x >= 4:
+      table[16] = (4, 4, 1, 1)
+    else:
+      table[16] = (2, 2, 4, 1)
+    return table.get(num_partitions)
+  return None
+
+
+def _grown_submesh(bounds, host, num_partitions: int):
+  """A tile of `num_partitions` devices: one host's cores, x, y, z first, then the slice's.
+
+  Used where t5x has no default (newer TPUs, other sizes). None if no tile of
+  that size divides the slice.
+  """
+  tile = [1, 1, 1, 1]
+  left = num_partitions
+  for limits in (host, bounds):
+    for d in (3, 0, 1, 2):  # cores, then x, y, z
+      room = limits[d] // tile[d]
+      take = math.gcd(left, room)
+      tile[d] *= take
+      left //= take
+  return tuple(tile) if left == 1 else None
+
+
+def _tpu_mesh(devices, num_partitions: int, model_parallel_submesh) -> Mesh:
+  first = min(d.process_index for d in devices)
+  local = [d for d in devices if d.process_index == first]
+  submesh = model_parallel_submesh
+  if not submesh:
+    bounds = _tpu_bounds(devices)
+    submesh = _t5x_submesh(devices[-1].device_kind, bounds, num_partitions)
+    if submesh is None or any(g % m for g, m in zip(bounds, submesh)):
+      submesh = _grown_submesh(bounds, _tpu_bounds(local), num_partitions)
+    if submesh is None or any(g % m for g, m in zip(bounds, submesh)):
+      raise ValueError(
+          f"Partitioner: no (x, y, z, cores) tile of {num_partitions} devices fits the "
+          f"{devices[-1].device_kind} slice {bounds}; set model_parallel_submesh"
+      )
+  return get_mesh(submesh, devices, local)
+
+
+def _is_full_tpu_box(devices) -> bool:
+  if not all(d.platform == "tpu" and _has_tpu_coords(d) for d in devices):
+    return False
+  if len({getattr(d, "slice_index", 0) for d in devices}) > 1:
+    return False
+  return len(devices) == int(np.prod(_tpu_bounds(devices)))
+
+
+def hybrid_mesh(ici_mesh_shape, dcn_mesh_shape, devices=None) -> Mesh:
+  """("replica", "data", "model") mesh: `ici_mesh_shape` inside a slice (or GPU node),
+  `dcn_mesh_shape` across them (t5x's multi-slice mesh; the overall shape is
+  their product). Slices are told apart by `slice_index`, or by process where
+  devices have none (GPUs).
+  """
+  devices = list(devices) if devices else jax.devices()
+  for name, shape in (
+      ("ici_mesh_shape", ici_mesh_shape),
+      ("dcn_mesh_shape", dcn_mesh_shape),
+  ):
+    if len(tuple(shape)) != 3 or any(int(v) < 1 for v in shape):
+      raise ValueError(
+          f"Partitioner: {name} must be 3 positive sizes (replica, data, model), "
+          f"got {tuple(shape)!r}"
+      )
+  from jax.experimental import mesh_utils
+
+  # TPU slices are told apart by slice_index; GPU nodes (and CPU hosts) by process.
+  by_process = devices[0].platform != "tpu" or not hasattr(
+      devices[0], "slice_index"
+  )
+  try:
+    grid = mesh_utils.create_hybrid_device_mesh(
+        [int(v) for v in ici_mesh_shape],
+        [int(v) for v in dcn_mesh_shape],
+        devices=devices,
+        process_is_granule=by_process,
+        allow_split_physical_axes=True,
+    )
+  except (ValueError, AssertionError, NotImplementedError) as e:
+    granule = "process" if by_process else "slice"
+    raise ValueError(
+        f"Partitioner: ici_mesh_shape={tuple(ici_mesh_shape)} (devices per {granule}) x "
+        f"dcn_mesh_shape={tuple(dcn_mesh_shape)} ({granule}s) does not fit the "
+        f"{len(devices)} devices: {e}"
+    ) from None
+  return Mesh(grid, HYBRID_MESH_AXES)
+
+
+def default_mesh(
+    num_partitions: int,
+    model_parallel_submesh: Optional[HardwareMesh] = None,
+    backend: Optional[str] = None,
+    ici_mesh_shape: Optional[HardwareMesh] = None,
+    dcn_mesh_shape: Optional[HardwareMesh] = None,
+    *,
+    devices: Optional[Sequence[Any]] = None,
+) -> Mesh:
+  """t5x's `default_mesh`: the mesh for `num_partitions`-way model parallelism.
+
+  ici and dcn shapes given: `hybrid_mesh` (axes replica, data, model). A
+  `model_parallel_submesh`, or a TPU slice: `get_mesh` with that tile, or
+  t5x's default tile for the chip and `num_partitions` (TPU v2-v4); where t5x
+  has none, the tile fills one host's chips (cores, x, y, z) before growing
+  over the slice. GPU, CPU and anything else: `get_gpu_mesh` placement
+  ("model" inside a process first). Unlike t5x's CPU mesh, `num_partitions`
+  counts on CPU too. `devices` (default `jax.devices(backend)`) is a tkx
+  addition.
+  """
+  devices = list(devices) if devices else jax.devices(backend)
+  if ici_mesh_shape is not None or dcn_mesh_shape is not None:
+    if ici_mesh_shape is None or dcn_mesh_shape is None:
+      raise ValueError(
+          "Partitioner: set both ici_mesh_shape and dcn_mesh_shape, or neither"
+      )
+    return hybrid_mesh(ici_mesh_shape, dcn_mesh_shape, devices)
+  if _is_full_tpu_box(devices):
+    return _tpu_mesh(devices, num_partitions, model_parallel_submesh)
+  if model_parallel_submesh:
+    num_partitions = int(np.prod(model_parallel_submesh))
+  if len({getattr(d, "slice_index", 0) for d in devices}) > 1:
+    raise ValueError(
+        "Partitioner: the devices span several TPU slices; set ici_mesh_shape and "
+        "dcn_mesh_shape (data parallelism across slices)"
+    )
+  try:
+    return Mesh(_host_grouped(devices, num_partitions), MESH_AXES)
+  except ValueError:
+    # Uneven processes (e.g. a hand-picked device subset): plain id order.
+    ordered = sorted(devices, key=lambda d: (d.process_index, d.id))
+    return Mesh(
+        np.asarray(ordered, dtype=object).reshape(-1, num_partitions), MESH_AXES
+    )
+
+
+# ------------------------------------------------------------ data rows
+def _batch_axes(mesh: Mesh, data_axes=None) -> tuple[str, ...]:
+  """Mesh axes the batch dimension is split over (major first)."""
+  if data_axes is None:
+    return tuple(a for a in (REPLICA_AXIS, DATA_AXIS) if a in mesh.axis_names)
+  if isinstance(data_axes, str):
+    return (data_axes,)
+  return tuple(data_axes)
+
+
+def _row_blocks(mesh: Mesh, data_axes) -> tuple[dict, int]:
+  """{process_index: set of batch blocks its devices hold}, number of blocks.
+
+  A device's block is its position along the batch axes, the first axis
+  major: how `NamedSharding(mesh, P(data_axes))` splits a batch.
+  """
+  axes = _batch_axes(mesh, data_axes)
+  positions = [mesh.axis_names.index(a) for a in axes]
+  num_blocks = int(np.prod([mesh.devices.shape[p] for p in positions]))
+  blocks = {}
+  for index, device in np.ndenumerate(mesh.devices):
+    block = 0
+    for p in positions:
+      block = block * mesh.devices.shape[p] + index[p]
+    blocks.setdefault(device.process_index, set()).add(block)
+  return blocks, num_blocks
+
+
+def _merge_ranges(rows) -> tuple[tuple[int, int], ...]:
+  ranges = []
+  for row in sorted(rows):
+    if ranges and ranges[-1][1] == row:
+      ranges[-1][1] = row + 1
+    else:
+      ranges.append([row, row + 1])
+  return tuple((a, b) for a, b in ranges)
+
+
+def host_data_rows(
+    partitioner_or_mesh, batch_size: int, data_axes=None
+) -> dict:
+  """{process_index: ((start, stop), ...)}: the global batch rows each host feeds.
+
+  Read off the mesh (the devices each process owns and where they sit along
+  the batch axes), so it holds for any device order. One range when a host's
+  rows are consecutive (every mesh tkx builds on a TPU slice or a cluster of
+  equal nodes). For `python -m tkx.multihost` and the docs.
+  """
+  mesh, axes = _mesh_and_batch_axes(partitioner_or_mesh, data_axes)
+  blocks, num_blocks = _row_blocks(mesh, axes)
+  if batch_size % num_blocks:
+    raise ValueError(
+        f"batch size {batch_size} is not divisible by the {num_blocks} data-parallel "
+        "devices (the data axis size)"
+    )
+  rows_per_block = batch_size // num_blocks
+  return {
+      process: _merge_ranges(
+          row
+          for block in sorted(held)
+          for row in range(block * rows_per_block, (block + 1) * rows_per_block)
+      )
+      for process, held in sorted(blocks.items())
+  }
+
+
+def _mesh_and_batch_axes(partitioner_or_mesh, data_axes):
+  if isinstance(partitioner_or_mesh, Mesh):
+    return partitioner_or_mesh, _batch_axes(partitioner_or_mesh, data_axes)
+  partitioner = partitioner_or_mesh
+  return partitioner.mesh, (
+      partitioner.data_axes
+      if data_axes is None
+      else _batch_axes(partitioner.mesh, data_axes)
+  )
 
 
 @dataclasses.dataclass(frozen=True)
 class DataLayout:
-  """Which slice of the global batch this host feeds.
+  """Which part of the global batch one host feeds (t5x's `DataLayout`).
 
-  Hosts whose devices hold the same rows along "data" (model parallelism that
-  spans hosts) form a replica set; they share `shard_id` and must read the same
-  data. `per_host_batch_size` is known once a global batch size is given.
+  `batch_size` is global. Hosts whose devices hold the same rows (a model
+  replica that spans hosts) form a replica set: they share `shard_id` and read
+  the same data; `num_shards` counts the distinct sets.
   """
 
+  batch_size: int
   shard_id: int
   num_shards: int
   is_first_host_in_replica_set: bool
-  per_host_batch_size: Optional[int] = None
+
+  @property
+  def per_host_batch_size(self) -> int:
+    return self.batch_size // self.num_shards
 
   @property
   def shard_info(self):
     import seqio  # imported here so partitioning stays usable without the data stack
 
     return seqio.ShardInfo(index=self.shard_id, num_shards=self.num_shards)
+
+
+def data_layout(
+    mesh: Mesh, batch_size=None, process_index=None, data_axes=None
+) -> DataLayout:
+  """t5x's `get_data_layout` for any device order, read off the mesh.
+
+  Shards are the distinct sets of batch blocks hosts hold, numbered by their
+  first block. Raises when hosts hold partly overlapping or unequal sets: no
+  host-local input can feed such a mesh.
+  """
+  blocks, num_blocks = _row_blocks(mesh, _batch_axes(mesh, data_axes))
+  process_index = (
+      jax.process_index() if process_index is None else process_index
+  )
+  if process_index not in blocks:
+    raise ValueError(
+        f"Partitioner: process {process_index} has no device in this mesh and "
+        "cannot feed data"
+    )
+  groups = sorted({frozenset(b) for b in blocks.values()}, key=min)
+  held = set()
+  for group in groups:
+    if held & group or len(group) != len(groups[0]):
+      raise ValueError(
+          "Partitioner: hosts hold partly overlapping or unequal sets of data rows "
+          f"({sorted(sorted(g) for g in groups)}); use a mesh whose model axis stays "
+          "within a host or spans whole hosts"
+      )
+    held |= group
+  batch_size = num_blocks if batch_size is None else int(batch_size)
+  if batch_size % num_blocks:
+    raise ValueError(
+        f"Partitioner: global batch size {batch_size} is not divisible by the data "
+        f"axis size {num_blocks}"
+    )
+  mine = frozenset(blocks[process_index])
+  replicas = [p for p, b in blocks.items() if frozenset(b) == mine]
+  return DataLayout(
+      batch_size=batch_size,
+      shard_id=groups.index(mine),
+      num_shards=len(groups),
+      is_first_host_in_replica_set=process_index == min(replicas),
+  )
+
+
+@dataclasses.dataclass
+class LocalChunkInfo:
+  """The part of a global array on one host: `slice` per dimension, and
+  `replica_id`, unique among hosts holding the same part."""
+
+  slice: tuple
+  replica_id: int
+
+
+class LocalChunker:
+  """Which chunk of a sharded array one host holds (t5x's `LocalChunker`).
+
+  For each mesh axis, `num_chunks[axis]` is how many distinct sets of
+  positions hosts hold along it and `chunk_ids[axis]` this host's set, ordered
+  by first position; for meshes whose hosts hold consecutive positions this
+  is t5x's (position // positions per host). `process_index` (default this
+  process) is a tkx addition, e.g. for mock devices.
+  """
+
+  def __init__(self, global_mesh: Mesh, process_index: Optional[int] = None):
+    self.global_mesh = global_mesh
+    self.process_index = (
+        jax.process_index() if process_index is None else process_index
+    )
+    self.mesh_axes = list(global_mesh.axis_names)
+    self.num_chunks = collections.OrderedDict()
+    self.chunk_ids = collections.OrderedDict()
+    self._positions = {}
+    for axis_index, axis in enumerate(self.mesh_axes):
+      held = {}
+      for index, device in np.ndenumerate(global_mesh.devices):
+        held.setdefault(device.process_index, set()).add(index[axis_index])
+      groups = sorted({frozenset(p) for p in held.values()}, key=min)
+      mine = held.get(self.process_index)
+      if mine is None:
+        raise ValueError(
+            f"LocalChunker: process {self.process_index} has no device in the mesh"
+        )
+      self.num_chunks[axis] = len(groups)
+      self.chunk_ids[axis] = groups.index(frozenset(mine))
+      self._positions[axis] = sorted(mine)
+
+  def get_local_chunk_info(self, global_shape, mesh_axes) -> LocalChunkInfo:
+    """This host's slice of an array of `global_shape` sharded as `mesh_axes`.
+
+    Raises if this host's positions along a sharded axis are not consecutive
+    (its part is then no single slice; see `host_data_rows`).
+    """
+    local_slice = [slice(None)] * len(global_shape)
+    sharded = set()
+    for dim, (axis, size) in enumerate(zip(mesh_axes, global_shape)):
+      if not axis:
+        continue
+      if not isinstance(axis, str):
+        raise NotImplementedError(
+            "LocalChunker: a dimension sharded over several mesh axes"
+        )
+      sharded.add(axis)
+      positions = self._positions[axis]
+      if positions[-1] - positions[0] + 1 != len(positions):
+        raise ValueError(
+            f"LocalChunker: this host holds positions {positions} along {axis!r}, "
+            "which are not consecutive"
+        )
+      step = size // self.global_mesh.shape[axis]
+      local_slice[dim] = slice(positions[0] * step, (positions[-1] + 1) * step)
+    return LocalChunkInfo(tuple(local_slice), self.get_replica_id(sharded))
+
+  def get_shard_id(self, sharded_mesh_axes) -> int:
+    """This host's index along `sharded_mesh_axes` (first axis major)."""
+    if isinstance(sharded_mesh_axes, str):
+      sharded_mesh_axes = (sharded_mesh_axes,)
+    shard_id = 0
+    for axis in sharded_mesh_axes:
+      shard_id = shard_id * self.num_chunks[axis] + self.chunk_ids[axis]
+    return shard_id
+
+  def get_replica_id(self, sharded_mesh_axes) -> int:
+    """This host's index along the mesh axes not in `sharded_mesh_axes`."""
+    if isinstance(sharded_mesh_axes, str):
+      sharded_mesh_axes = (sharded_mesh_axes,)
+    return self.get_shard_id(
+        [a for a in self.mesh_axes if a not in set(sharded_mesh_axes)]
+    )
 
 
 def _path_keys(path) -> tuple:
@@ -215,9 +833,91 @@ def state_spec_from_param(state_shape, param_shape, param_spec):
   return None
 
 
+def _model_size(
+    num_devices,
+    num_partitions,
+    data_axis_size,
+    model_axis_size,
+    model_parallel_submesh,
+    ici_mesh_shape,
+    dcn_mesh_shape,
+) -> int:
+  """The "model" axis size from whichever mesh settings were given (one way each)."""
+  if model_parallel_submesh is not None:
+    submesh = tuple(model_parallel_submesh)
+    if len(submesh) != 4:
+      raise ValueError(
+          "Partitioner: model_parallel_submesh must be an (x, y, z, cores) 4-tuple, "
+          f"got {model_parallel_submesh!r}"
+      )
+    if num_partitions or model_axis_size or data_axis_size:
+      raise ValueError(
+          "Partitioner: set num_partitions (or the axis sizes) or "
+          "model_parallel_submesh, not both"
+      )
+    return int(np.prod(submesh))
+  if ici_mesh_shape is not None and dcn_mesh_shape is not None:
+    model = int(tuple(ici_mesh_shape)[-1]) * int(tuple(dcn_mesh_shape)[-1])
+    given = model_axis_size if model_axis_size is not None else num_partitions
+    if given not in (None, model) or data_axis_size is not None:
+      raise ValueError(
+          f"Partitioner: ici_mesh_shape={tuple(ici_mesh_shape)} x dcn_mesh_shape="
+          f"{tuple(dcn_mesh_shape)} give a model axis of {model}, but num_partitions / "
+          f"model_axis_size={given}, data_axis_size={data_axis_size}: set "
+          "partitioning.Partitioner.num_partitions = None (and no axis sizes)"
+      )
+    return model
+  return _mesh_shape(
+      num_devices, num_partitions, data_axis_size, model_axis_size
+  )[1]
+
+
+def _checked_rules(
+    logical_axis_rules, shard_params_over_data, mesh_axes
+) -> tuple:
+  """The rules to use, each a (logical name, mesh axis of this mesh or None) pair.
+
+  On a hybrid mesh the batch rule's "data" becomes ("replica", "data"), as in t5x.
+  """
+  if logical_axis_rules is None:
+    rules = standard_logical_axis_rules(
+        parameter_partitioning_dims=2 if shard_params_over_data else 1
+    )
+  else:
+    rules = [tuple(rule) for rule in logical_axis_rules]
+    if shard_params_over_data:
+      rules = [rule for rule in rules if rule[0] != "embed"] + [
+          ("embed", DATA_AXIS)
+      ]
+  for rule in rules:
+    if len(rule) != 2 or not isinstance(rule[0], str):
+      raise ValueError(
+          f"Partitioner: logical axis rule {rule!r} is not a "
+          "(logical name, mesh axis) pair"
+      )
+    targets = rule[1] if isinstance(rule[1], (tuple, list)) else (rule[1],)
+    for target in targets:
+      if target is not None and target not in mesh_axes:
+        raise ValueError(
+            f"Partitioner: rule {rule!r} names mesh axis {target!r}; "
+            f"the mesh axes are {tuple(mesh_axes)}"
+        )
+  if REPLICA_AXIS in mesh_axes:
+    rules = [
+        (name, (REPLICA_AXIS, DATA_AXIS))
+        if name == "batch" and target == DATA_AXIS
+        else (name, target)
+        for name, target in rules
+    ]
+  return tuple(rules)
+
+
 @gin.configurable(module="partitioning")
 class Partitioner:
-  """A ("data", "model") mesh plus logical-axis rules; jits functions with explicit shardings.
+  """A device mesh plus logical-axis rules; jits functions with explicit shardings.
+
+  The mesh is ("data", "model"), or ("replica", "data", "model") with
+  `ici_mesh_shape` / `dcn_mesh_shape`; `default_mesh` places the devices.
 
   Args:
     num_partitions: size of the "model" axis (t5x's name); "data" takes the rest.
@@ -229,7 +929,18 @@ class Partitioner:
       "data" (ZeRO-3/FSDP-like): the default rules become
       `standard_logical_axis_rules(parameter_partitioning_dims=2)`. With explicit
       rules, existing "embed" rules are replaced by ("embed", "data").
-    devices: devices to use (default: all devices of all processes).
+    devices: devices to use (default: all devices of all processes, or of
+      `backend`).
+    model_parallel_submesh: t5x's (x, y, z, cores) TPU tile of one model
+      replica, laid over the torus by `get_mesh` (instead of num_partitions).
+    ici_mesh_shape / dcn_mesh_shape: t5x's hybrid mesh, (replica, data, model)
+      sizes inside a slice (GPU node) and across slices (nodes); the batch is
+      split over ("replica", "data"), so with dcn (n, 1, 1) the model and FSDP
+      ("embed" -> "data") collectives stay inside a slice and only data
+      parallelism crosses the slower network.
+    backend: take the devices of this JAX backend ("cpu", "gpu", "tpu").
+    mesh: a ready mesh with "data" and "model" axes (e.g. from `get_mesh`)
+      instead of the settings above.
   """
 
   def __init__(
@@ -240,53 +951,70 @@ class Partitioner:
       logical_axis_rules: Optional[LogicalRules] = None,
       shard_params_over_data: bool = False,
       devices: Optional[Sequence[Any]] = None,
+      model_parallel_submesh: Optional[HardwareMesh] = None,
+      ici_mesh_shape: Optional[Sequence[int]] = None,
+      dcn_mesh_shape: Optional[Sequence[int]] = None,
+      backend: Optional[str] = None,
+      mesh: Optional[Mesh] = None,
   ):
-    devices = list(devices) if devices is not None else jax.devices()
-    shape = _mesh_shape(
-        len(devices), num_partitions, data_axis_size, model_axis_size
-    )
-    self.mesh = Mesh(
-        _ordered_devices(devices, shape),
-        MESH_AXES,
-        axis_types=(AxisType.Auto,) * 2,
-    )
-    if logical_axis_rules is None:
-      rules = standard_logical_axis_rules(
-          parameter_partitioning_dims=2 if shard_params_over_data else 1
-      )
-    else:
-      rules = [tuple(rule) for rule in logical_axis_rules]
-      if shard_params_over_data:
-        rules = [rule for rule in rules if rule[0] != "embed"] + [
-            ("embed", DATA_AXIS)
-        ]
-    for rule in rules:
-      if len(rule) != 2 or not isinstance(rule[0], str):
+    if mesh is not None:
+      mesh_settings = (num_partitions, data_axis_size, model_axis_size, devices)
+      mesh_settings += (model_parallel_submesh, ici_mesh_shape, dcn_mesh_shape)
+      if any(v is not None for v in mesh_settings) or backend:
         raise ValueError(
-            f"Partitioner: logical axis rule {rule!r} is not a "
-            "(logical name, mesh axis) pair"
+            "Partitioner: a ready mesh was given; leave the other mesh settings unset"
         )
-      targets = rule[1] if isinstance(rule[1], (tuple, list)) else (rule[1],)
-      for target in targets:
-        if target is not None and target not in MESH_AXES:
-          raise ValueError(
-              f"Partitioner: rule {rule!r} names mesh axis {target!r}; "
-              f"the mesh axes are {MESH_AXES}"
-          )
-    self.logical_axis_rules = tuple(rules)
-    self.shard_params_over_data = shard_params_over_data
-    logging.info(
-        "Partitioner: mesh data=%d x model=%d over %d devices (%d processes)",
-        shape[0],
-        shape[1],
-        len(devices),
-        jax.process_count(),
+      if MODEL_AXIS not in mesh.axis_names or DATA_AXIS not in mesh.axis_names:
+        raise ValueError(
+            f"Partitioner: the mesh's axes {mesh.axis_names} need 'data' and 'model'"
+        )
+      devices = list(mesh.devices.flat)
+    else:
+      devices = list(devices) if devices is not None else jax.devices(backend)
+      model = _model_size(
+          len(devices),
+          num_partitions,
+          data_axis_size,
+          model_axis_size,
+          model_parallel_submesh,
+          ici_mesh_shape,
+          dcn_mesh_shape,
+      )
+      mesh = default_mesh(
+          model,
+          model_parallel_submesh,
+          ici_mesh_shape=ici_mesh_shape,
+          dcn_mesh_shape=dcn_mesh_shape,
+          devices=devices,
+      )
+    self.mesh = Mesh(
+        mesh.devices,
+        mesh.axis_names,
+        axis_types=(AxisType.Auto,) * len(mesh.axis_names),
     )
+    self.logical_axis_rules = _checked_rules(
+        logical_axis_rules, shard_params_over_data, self.mesh.axis_names
+    )
+    self.shard_params_over_data = shard_params_over_data
+    batch_axes = nn.logical_to_mesh_axes(("batch",), self.logical_axis_rules)[0]
+    self.data_axes = _batch_axes(self.mesh, batch_axes or ())
+    self._layouts, self._host_rows = {}, {}
+    if jax.process_index() == 0:
+      logging.info(
+          "Partitioner: mesh %s over %d devices (%d processes), batch split over %s",
+          dict(self.mesh.shape),
+          len(devices),
+          len({d.process_index for d in devices}),
+          self.data_axes,
+      )
 
   # ---------------------------------------------------------------- mesh facts
   @property
   def data_axis_size(self) -> int:
-    return self.mesh.shape[DATA_AXIS]
+    """How many parts the batch is split into (t5x's `data_mesh_size`)."""
+    return int(np.prod([self.mesh.shape[a] for a in self.data_axes]))
+
+  data_mesh_size = data_axis_size
 
   @property
   def model_axis_size(self) -> int:
@@ -297,9 +1025,13 @@ class Partitioner:
     return self.model_axis_size
 
   @property
+  def data_partition_spec(self) -> PartitionSpec:
+    return PartitionSpec(self.data_axes or None)
+
+  @property
   def data_sharding(self) -> NamedSharding:
-    """Leading (batch) dimension over "data", the rest replicated."""
-    return NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))
+    """Leading (batch) dimension over the batch axes, the rest replicated."""
+    return NamedSharding(self.mesh, self.data_partition_spec)
 
   @property
   def replicated(self) -> NamedSharding:
@@ -487,62 +1219,51 @@ class Partitioner:
 
   # ------------------------------------------------------------ host <-> global
   def get_data_layout(
-      self, global_batch_size: Optional[int] = None
+      self, batch_size: Optional[int] = None, host_index: Optional[int] = None
   ) -> DataLayout:
-    """This host's data shard, from which "data" rows its devices hold (see module doc)."""
-    rows_by_process = {}
-    for (data_index, _), device in np.ndenumerate(self.mesh.devices):
-      rows_by_process.setdefault(device.process_index, set()).add(data_index)
-    groups = sorted(
-        {frozenset(rows) for rows in rows_by_process.values()}, key=min
-    )
-    for i, group in enumerate(groups):
-      if max(group) - min(group) + 1 != len(group):
-        raise ValueError(
-            f"Partitioner: a host holds non-contiguous data rows {sorted(group)}; "
-            "this device layout cannot feed host-local batches"
-        )
-      for other in groups[i + 1 :]:
-        if group & other:
-          raise ValueError(
-              "Partitioner: hosts hold partly overlapping data rows; "
-              "use a mesh whose model axis stays within or spans whole hosts"
-          )
-    if jax.process_index() not in rows_by_process:
-      raise ValueError(
-          f"Partitioner: process {jax.process_index()} has no device in this mesh "
-          "and cannot feed data"
+    """t5x's `get_data_layout`: which rows of a global `batch_size` this host feeds.
+
+    Read off the mesh, so any device order works (see `data_layout`).
+    `host_index` (default this process) computes another host's layout.
+    """
+    key = (batch_size, host_index)
+    if key not in self._layouts:  # every step asks; the mesh never changes
+      self._layouts[key] = data_layout(
+          self.mesh, batch_size, host_index, self.data_axes
       )
-    mine = frozenset(rows_by_process[jax.process_index()])
-    shard_id = groups.index(mine)
-    same_replica = [
-        p for p, rows in rows_by_process.items() if frozenset(rows) == mine
-    ]
-    per_host = None
-    if global_batch_size is not None:
-      if global_batch_size % self.data_axis_size:
-        raise ValueError(
-            f"Partitioner: global batch size {global_batch_size} is not divisible by the "
-            f"data axis size {self.data_axis_size}"
-        )
-      per_host = global_batch_size // len(groups)
-    return DataLayout(
-        shard_id=shard_id,
-        num_shards=len(groups),
-        is_first_host_in_replica_set=jax.process_index() == min(same_replica),
-        per_host_batch_size=per_host,
-    )
+    return self._layouts[key]
 
   def get_data_shard_info(self):
     """`seqio.ShardInfo` for this host's input pipeline."""
     return self.get_data_layout().shard_info
 
-  def host_local_to_global(self, batch):
-    """Host-local numpy batch (this host's rows) -> global `jax.Array`s sharded on "data".
+  def get_local_chunk_info(self, global_shape, mesh_axes) -> LocalChunkInfo:
+    """t5x's: this host's slice of an array of `global_shape` sharded as `mesh_axes`."""
+    return LocalChunker(self.mesh).get_local_chunk_info(global_shape, mesh_axes)
 
-    Each leaf's first dimension is the host-local batch; the global batch is
-    that times the number of data shards. Arrays that are already global
-    `jax.Array`s pass through.
+  def host_rows(
+      self, batch_size: int, process_index: Optional[int] = None
+  ) -> np.ndarray:
+    """Global batch rows this host feeds, ascending: its host-local batch, row by row."""
+    process_index = (
+        jax.process_index() if process_index is None else process_index
+    )
+    key = (batch_size, process_index)
+    if key not in self._host_rows:  # every step asks; the mesh never changes
+      self.get_data_layout(batch_size, process_index)  # checks the layout
+      ranges = host_data_rows(self, batch_size)[process_index]
+      rows = np.concatenate([np.arange(a, b) for a, b in ranges])
+      rows.flags.writeable = False
+      self._host_rows[key] = rows
+    return self._host_rows[key]
+
+  def host_local_to_global(self, batch):
+    """Host-local numpy batch (this host's rows) -> global `jax.Array`s split over the batch axes.
+
+    Each leaf's first dimension is the host-local batch, which holds the rows
+    `host_rows` names, in order; the global batch is that times the number
+    of data shards. Each device gets its rows wherever the mesh puts it.
+    Arrays that are already global `jax.Array`s pass through.
     """
     num_shards = self.get_data_layout().num_shards
 
@@ -562,11 +1283,27 @@ class Partitioner:
             f"({x.shape[0]} per host x {num_shards} shards) is not divisible by the "
             f"data axis size {self.data_axis_size}"
         )
-      return jax.make_array_from_process_local_data(
-          self.data_sharding, x, global_shape
-      )
+      return self._place_rows(x, global_shape)
 
     return jax.tree_util.tree_map(to_global, batch)
+
+  def _place_rows(self, x: np.ndarray, global_shape) -> jax.Array:
+    """Puts each addressable device's global rows, found in the host-local `x`, on it."""
+    rows = self.host_rows(global_shape[0])
+    local_of = {int(row): k for k, row in enumerate(rows)}
+    sharding = self.data_sharding
+    devices, pieces = [], []
+    for device, index in sharding.addressable_devices_indices_map(
+        global_shape
+    ).items():
+      start, stop, _ = index[0].indices(global_shape[0])
+      first = local_of[start]
+      devices.append(device)
+      pieces.append(x[first : first + (stop - start)])
+    arrays = jax.device_put(pieces, devices)
+    return jax.make_array_from_single_device_arrays(
+        global_shape, sharding, arrays
+    )
 
   def global_to_host(self, tree):
     """Global arrays -> full numpy arrays on every host (e.g. decoded predictions)."""
@@ -584,12 +1321,12 @@ class PjitPartitioner(Partitioner):
 
   Args (t5x's):
     num_partitions: size of the "model" axis.
-    model_parallel_submesh: t5x's (x, y, z, c) device tile for model parallelism; tkx
-      uses its product as the "model" axis size and lays devices out itself
-      (topology-aware on TPU). Set at most one of the two.
+    model_parallel_submesh: t5x's (x, y, z, cores) TPU tile of one model replica,
+      laid over the torus by `get_mesh`. Set one of the two.
     params_on_devices: must be True (tkx keeps parameters on the devices).
     backend: take the devices of this JAX backend ("cpu", "gpu", "tpu").
-    ici_mesh_shape, dcn_mesh_shape: not supported (tkx's mesh is ("data", "model")).
+    ici_mesh_shape, dcn_mesh_shape: t5x's hybrid (replica, data, model) mesh;
+      num_partitions is then ignored, as in t5x.
     logical_axis_rules: default `standard_logical_axis_rules()`.
     use_cpu_pjit: accepted; tkx partitions on CPU as on any backend.
   """
@@ -597,7 +1334,7 @@ class PjitPartitioner(Partitioner):
   def __init__(
       self,
       num_partitions: Optional[int] = None,
-      model_parallel_submesh: Optional[Sequence[int]] = None,
+      model_parallel_submesh: Optional[HardwareMesh] = None,
       params_on_devices: bool = True,
       backend: Optional[str] = None,
       ici_mesh_shape: Optional[Sequence[int]] = None,
@@ -606,7 +1343,8 @@ class PjitPartitioner(Partitioner):
       use_cpu_pjit: Optional[bool] = False,
   ):
     del use_cpu_pjit
-    if not num_partitions and not model_parallel_submesh:
+    hybrid = ici_mesh_shape is not None and dcn_mesh_shape is not None
+    if not num_partitions and not model_parallel_submesh and not hybrid:
       raise ValueError(
           "PjitPartitioner: set num_partitions or model_parallel_submesh"
       )
@@ -614,27 +1352,18 @@ class PjitPartitioner(Partitioner):
       raise ValueError(
           "PjitPartitioner: set num_partitions or model_parallel_submesh, not both"
       )
-    if model_parallel_submesh is not None:
-      if len(tuple(model_parallel_submesh)) != 4:
-        raise ValueError(
-            "PjitPartitioner: model_parallel_submesh must be an (x, y, z, c) "
-            f"4-tuple, got {model_parallel_submesh!r}"
-        )
-      num_partitions = int(np.prod(model_parallel_submesh))
     if not params_on_devices:
       raise ValueError(
           "PjitPartitioner: params_on_devices=False is not supported; tkx keeps "
           "parameters on the devices"
       )
-    if ici_mesh_shape is not None or dcn_mesh_shape is not None:
-      raise ValueError(
-          "PjitPartitioner: ici_mesh_shape / dcn_mesh_shape are not supported; tkx's "
-          "mesh is (data, model): set num_partitions"
-      )
     super().__init__(
-        num_partitions=num_partitions,
+        num_partitions=None if hybrid else num_partitions,
         logical_axis_rules=logical_axis_rules,
-        devices=jax.devices(backend) if backend else None,
+        model_parallel_submesh=model_parallel_submesh,
+        ici_mesh_shape=ici_mesh_shape,
+        dcn_mesh_shape=dcn_mesh_shape,
+        backend=backend,
     )
 
 
