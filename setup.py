@@ -39,7 +39,7 @@ setuptools.setup(
         "serve": SERVE,
         # The serve tests talk to a real server with httpx.
         "test": (
-            ["pytest", "pyink==26.5.1", "ruff==0.17.6", "httpx==0.28.1"] + SERVE
+            ["pytest", "pytest-xdist==3.8.0", "pyink==26.5.1", "ruff==0.17.6", "httpx==0.28.1"] + SERVE
         ),
         # Hugging Face interop (import/export checkpoints, parity tests, benchmarks).
         "hf": ["torch==2.13.0", "transformers==5.24.0"],

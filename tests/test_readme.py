@@ -434,7 +434,7 @@ FAST_FORMS: Dict[str, FastForm] = {
     'pip install -e ".[test,hf]"': FastForm(
         skip="installs tkx; this test runs in the installed environment"
     ),
-    "python3 -m pytest -q tests": FastForm(skip="the test suite itself"),
+    "python3 -m pytest -q -n 2 --dist loadfile tests": FastForm(skip="the test suite itself"),
     (
         "python -m pytest -q tests/test_partitioning_rules.py tests/test_partitioning_t5.py "
         "tests/test_multihost_init.py tests/test_multihost_training.py"
