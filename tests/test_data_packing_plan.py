@@ -209,3 +209,35 @@ def test_the_layout_is_recorded_and_a_resumed_run_keeps_it(tmp_path, caplog):
     _resolve(tmp_path / "a", True, 32)
   with pytest.raises(ValueError, match="PACKED_ENCODER_BLOCKS must be"):
     _resolve(tmp_path / "d", False, 16, encoder_blocks="four")
+
+
+def test_plan_packing_command_lists_the_choice_first(capsys):
+  from tkx import cli
+
+  argv = [
+      "plan-packing",
+      "--data_parallel",
+      "2",
+      "--window",
+      "200",
+      "--top",
+      "3",
+  ]
+  assert cli.run(argv) == 0
+  out = capsys.readouterr().out
+  table = out.splitlines()
+  assert (
+      "ni_default_train_def_pos2 (embedded tasks/): 200 sampled examples"
+      in table[0]
+  )
+  assert (
+      table[1].split()
+      == "layout rows ex/row ex/step enc real dec real tokens FLOPs".split()
+  )
+  chosen = table[2].split()
+  assert chosen[0] == "*" and int(chosen[6]) % 2 == 0  # rows per step
+  assert len([line for line in table if line.startswith(("* ", "  "))]) == 4
+  assert cli.run(argv + ["--json"]) == 0
+  rows = json.loads(capsys.readouterr().out)
+  assert rows[0]["rows_per_step"] == int(chosen[6]) and len(rows) == 3
+  assert 0 < rows[0]["flop_efficiency"] < rows[0]["token_efficiency"] <= 1

@@ -174,7 +174,7 @@ def main(args):
   )
   print(format_table(ranked, args.top))
   print(
-      "* the trainer's choice with these settings ('auto'); FLOPs: the share of the "
+      "*: the trainer's choice with these settings ('auto'); FLOPs: the share of the "
       "model's training FLOPs that the examples would cost alone"
   )
   return 0
