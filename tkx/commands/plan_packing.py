@@ -44,15 +44,30 @@ def add_arguments(parser):
       default=None,
       help="SentencePiece model (default: the embedded one)",
   )
-  parser.add_argument("--inputs_length", type=int, default=1024)
-  parser.add_argument("--targets_length", type=int, default=128)
+  parser.add_argument(
+      "--inputs_length",
+      type=int,
+      default=1024,
+      help="TASK_FEATURE_LENGTHS inputs: input cap and encoder block",
+  )
+  parser.add_argument(
+      "--targets_length",
+      type=int,
+      default=128,
+      help="TASK_FEATURE_LENGTHS targets: target cap, shortest decoder row",
+  )
   parser.add_argument(
       "--data_parallel",
       type=int,
       default=1,
       help="data-parallel devices (the mesh's data axis)",
   )
-  parser.add_argument("--num_microbatches", type=int, default=1)
+  parser.add_argument(
+      "--num_microbatches",
+      type=int,
+      default=1,
+      help="NUM_MICROBATCHES (rows divide by it too)",
+  )
   parser.add_argument(
       "--examples_per_step",
       type=int,
