@@ -241,3 +241,44 @@ def test_plan_packing_command_lists_the_choice_first(capsys):
   rows = json.loads(capsys.readouterr().out)
   assert rows[0]["rows_per_step"] == int(chosen[6]) and len(rows) == 3
   assert 0 < rows[0]["flop_efficiency"] < rows[0]["token_efficiency"] <= 1
+
+
+def test_step_logger_reports_flop_efficiency(tmp_path, caplog):
+  import glob
+
+  import tensorflow as tf
+
+  from tkx.step_logger import StepLogger
+
+  caplog.set_level("INFO", logger="tkx.step_logger")
+  logger = StepLogger(
+      model_dir=str(tmp_path),
+      total_steps=2,
+      start_step=0,
+      tokens_per_batch=100,
+      flops_per_step=1e9,
+      peak_flops=None,
+      log_every=2,
+  )
+  base = {"loss": 1.0, "learning_rate": 0.1, "grad_norm": 1.0}
+  for step, useful in ((1, 2e8), (2, 6e8)):
+    logger.step_done(
+        step,
+        dict(
+            base,
+            num_real_tokens=90.0,
+            num_computed_tokens=100.0,
+            num_useful_flops=useful,
+            num_computed_flops=1e9,
+        ),
+    )
+  logger.close()
+  assert "token efficiency 90.0% FLOP efficiency 40.0%" in caplog.text
+  values = [
+      float(tf.make_ndarray(v.tensor))
+      for path in glob.glob(str(tmp_path / "train" / "events.out.tfevents.*"))
+      for event in tf.compat.v1.train.summary_iterator(path)
+      for v in event.summary.value
+      if v.tag == "flop_efficiency"
+  ]
+  assert values == [pytest.approx(0.4)]
