@@ -194,6 +194,11 @@ def test_the_layout_is_recorded_and_a_resumed_run_keeps_it(tmp_path, caplog):
   assert _resolve(tmp_path / "a", True, 32, encoder_blocks=3) == small
   assert "resuming with the recorded layout" in caplog.text
   assert "PACK auto" not in caplog.text
+  # Checkpoints without a record (a run from before 'auto'): chosen again, with a warning;
+  # the same data and settings give the same layout.
+  caplog.clear()
+  assert _resolve(tmp_path / "e", True, 4) == small
+  assert f"but no {packing_plan.RECORD_FILE}" in caplog.text
   # A fresh run with every setting given keeps them (and records them).
   given = _resolve(
       tmp_path / "c",

@@ -454,6 +454,14 @@ def resolve_layout(
         layout_name(layout),
     )
     return layout, rows
+  if resuming and any(_is_auto(s) for s in settings):
+    log.warning(
+        "PACK: %s has checkpoints but no %s (a run started before 'auto' layouts): "
+        "choosing a layout; set PACKED_ENCODER_BLOCKS/PACKED_TARGETS_LENGTH/"
+        "PACKED_BATCH_SIZE to the values the run started with for an exact resume",
+        model_dir,
+        RECORD_FILE,
+    )
   if not any(_is_auto(s) for s in settings):
     layout = packing.RowLayout.for_lengths(
         feature_lengths, encoder_blocks, targets_length
