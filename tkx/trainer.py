@@ -190,9 +190,8 @@ def make_train_step(
     metrics["num_examples"] = jnp.asarray(
         packing.num_examples(batch), jnp.float32
     )
-    if (
-        model_config is not None
-    ):  # FLOP efficiency = useful / computed model FLOPs
+    # FLOP efficiency = useful / computed model FLOPs (docs/packing.md).
+    if model_config is not None:
       useful, computed = packing.flop_counts(batch, model_config)
       metrics["num_useful_flops"] = jnp.asarray(useful, jnp.float32)
       metrics["num_computed_flops"] = jnp.asarray(computed, jnp.float32)

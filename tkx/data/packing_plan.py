@@ -368,6 +368,14 @@ def _check_setting(name: str, value: Setting, allow_none: bool = False):
     )
 
 
+def _log_once(level: int, message: str, *args) -> None:
+  """Logs on the primary host only (every host makes the same choice)."""
+  from tkx import multihost  # pylint: disable=g-import-not-at-top
+
+  if multihost.is_primary_host():
+    log.log(level, message, *args)
+
+
 def read_record(model_dir: str) -> Optional[dict]:
   """The layout recorded in MODEL_DIR (None when there is none)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -441,13 +449,15 @@ def resolve_layout(
         not _is_auto(s) and s is not None and s != g
         for s, g in zip(settings, given)
     ):
-      log.warning(
+      _log_once(
+          logging.WARNING,
           "PACKED_ENCODER_BLOCKS/PACKED_TARGETS_LENGTH/PACKED_BATCH_SIZE = %s differ "
           "from the layout this run started with (%s); resuming with the recorded one",
           settings,
           record,
       )
-    log.info(
+    _log_once(
+        logging.INFO,
         "PACK: resuming with the recorded layout (%s): %d rows per step of %s",
         os.path.join(model_dir, RECORD_FILE),
         rows,
@@ -455,7 +465,8 @@ def resolve_layout(
     )
     return layout, rows
   if resuming and any(_is_auto(s) for s in settings):
-    log.warning(
+    _log_once(
+        logging.WARNING,
         "PACK: %s has checkpoints but no %s (a run started before 'auto' layouts): "
         "choosing a layout; set PACKED_ENCODER_BLOCKS/PACKED_TARGETS_LENGTH/"
         "PACKED_BATCH_SIZE to the values the run started with for an exact resume",
@@ -466,7 +477,8 @@ def resolve_layout(
     layout = packing.RowLayout.for_lengths(
         feature_lengths, encoder_blocks, targets_length
     )
-    log.info(
+    _log_once(
+        logging.INFO,
         "PACK: %d rows per step, each %d encoder block(s) of %d tokens and a "
         "decoder row of %d",
         rows_per_step,
@@ -501,7 +513,8 @@ def resolve_layout(
       rows_per_step=rows_per_step,
   )
   best = ranked[0]
-  log.info(
+  _log_once(
+      logging.INFO,
       "PACK auto: %s (expected, from %d sampled examples; %d layouts compared, "
       "rows a multiple of %d, ~%d examples per step wanted; `tkx plan-packing` lists them)",
       best.describe(),
