@@ -12,7 +12,8 @@ network encodes each block on its own and the decoder row attends to all of
 them (segment ids are unique across the row's blocks). Why blocks: an encoder
 block of 1024 holds ~2 NI examples, i.e. ~45 target tokens, so a decoder row
 of 128 per block is two-thirds padding; four blocks share one decoder row of
-184 that they fill (README, "Packed training").
+~200 that they fill. Which layout a run uses is chosen from its own examples
+(`tkx.data.packing_plan`, docs/packing.md).
 
 The packer reads the stream a window of `window` examples at a time and fills
 one row at a time: it takes the remaining example with the largest size
