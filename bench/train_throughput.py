@@ -10,11 +10,11 @@ off, AdamW lr 1e-4, weight decay 0) on the same NI `def_pos2` training examples
 embedded vocabulary and cut to 1024 / 128 tokens as Tk-Instruct's collator
 does, shuffled with seed 0), each example exactly once:
 
-- tkx: its packed recipe, gin_configs/runs/finetune.gin's packing settings
-  (read from the file: PACKED_BATCH_SIZE rows per step, each
-  PACKED_ENCODER_BLOCKS blocks of 1024 sharing a decoder row of
-  PACKED_TARGETS_LENGTH, PACKING_WINDOW examples looked ahead over); the jitted
-  `trainer.make_train_step`. The packer packs the first window of the stream,
+- tkx: its packed recipe, gin_configs/runs/finetune.gin's 'auto' packing (the
+  layout `tkx train` chooses for this model on one device from its examples,
+  `tkx.data.packing_plan.plan` on the packing window: rows per step, encoder
+  blocks of 1024 and decoder row length; PACKING_WINDOW read from the file);
+  the jitted `trainer.make_train_step`. The packer packs the first window of the stream,
   as a training run does, and the bench trains a seeded random sample of its
   rows (whole rows, ~`--examples` examples), so the rows are as full as the
   recipe's rows are on average (a short stream packed on its own would have
@@ -58,20 +58,30 @@ HF_BATCH = 16
 FINETUNE_GIN = os.path.join(REPO, "gin_configs/runs/finetune.gin")
 
 
-def recipe_packing():
-  """finetune.gin's packing macros: (rows per step, RowLayout, window)."""
-  import ast
+def recipe_window():
+  """finetune.gin's PACKING_WINDOW."""
   import re
 
-  from tkx.data import packing
-
   with open(FINETUNE_GIN) as f:
-    macros = dict(re.findall(r"^([A-Z_]+) = (.+)$", f.read(), re.MULTILINE))
-  macro = lambda name: ast.literal_eval(macros[name])
-  layout = packing.RowLayout.for_lengths(
-      LENGTHS, macro("PACKED_ENCODER_BLOCKS"), macro("PACKED_TARGETS_LENGTH")
-  )
-  return macro("PACKED_BATCH_SIZE"), layout, macro("PACKING_WINDOW")
+    return int(
+        re.search(r"^PACKING_WINDOW = (\d+)$", f.read(), re.MULTILINE)[1]
+    )
+
+
+def auto_packing(stream, cfg, window):
+  """(rows per step, RowLayout) that 'auto' chooses for `cfg` on one device from the stream's lengths."""
+  from tkx.data import packing_plan
+
+  best = packing_plan.plan(
+      [len(e["inputs"]) for e in stream],
+      [len(e["targets"]) for e in stream],
+      feature_lengths=LENGTHS,
+      examples_per_step=HF_BATCH,
+      window=window,
+      config=cfg,
+  )[0]
+  log(f"tkx: 'auto' packing: {best.describe()}")
+  return best.rows_per_step, best.layout
 
 
 def ni_examples(ni_dir, num_examples, seed=0):
@@ -340,14 +350,14 @@ def main(argv=None):
 
   from tkx import gin_utils
 
-  rows_per_batch, layout, window = recipe_packing()
-  window = args.window or window
+  window = args.window or recipe_window()
   cfg = gin_utils.load_config_from_gin(
       [os.path.join(REPO, f"gin_configs/models/t5_1_1/{args.model}.gin")]
   ).replace(dtype="float32", dropout_rate=0.0)
   t0 = time.perf_counter()
   stream = ni_examples(args.ni_dir, window)
   log(f"{len(stream)} examples tokenised in {time.perf_counter() - t0:.1f}s")
+  rows_per_batch, layout = auto_packing(stream, cfg, window)
   packed, examples, pack_s = tkx_batches(
       stream, args.examples, rows_per_batch, layout
   )

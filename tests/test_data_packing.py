@@ -309,6 +309,17 @@ def test_packed_and_unpacked_training_give_the_same_loss(layout):
   assert float(m_packed["num_computed_tokens"]) < float(
       m_unpacked["num_computed_tokens"]
   )
+  # Useful FLOPs are the examples' own, whatever the batch's shape; computed ones its shape's.
+  assert float(m_packed["num_useful_flops"]) == pytest.approx(
+      float(m_unpacked["num_useful_flops"]), rel=1e-6
+  )
+  for metrics, batch in ((m_packed, packed), (m_unpacked, unpacked)):
+    assert float(metrics["num_computed_flops"]) == pytest.approx(
+        packing.flop_counts(batch, model.config)[1], rel=1e-6
+    )
+    assert float(metrics["num_useful_flops"]) < float(
+        metrics["num_computed_flops"]
+    )
 
 
 def test_shared_ni_sample_is_packed_densely(shared_ni_dir):

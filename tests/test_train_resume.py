@@ -1,5 +1,6 @@
 """A run killed with SIGKILL after checkpoint k and resumed ends with exactly the uninterrupted parameters."""
 
+import json
 import os
 import signal
 import subprocess
@@ -124,3 +125,60 @@ def test_sigkill_after_checkpoint_then_resume_is_exact(tmp_path):
   assert not np.array_equal(
       jax.tree_util.tree_leaves(at_kill)[0], jax.tree_util.tree_leaves(got)[0]
   )
+
+
+PACKED_AUTO = [  # finetune.gin's 'auto' PACKED_* settings
+    "--gin.PACK=True",
+    "--gin.PACKING_WINDOW=64",
+    "--gin.NUM_MICROBATCHES=1",
+    "--gin.TRAIN_STEPS=4",
+    "--gin.SAVE_EVERY=2",
+    "--gin.partitioning.Partitioner.num_partitions=1",
+]
+
+
+def _train_in_process(model_dir, *extra):
+  import gin
+
+  from tkx import cli
+
+  gin.clear_config()
+  try:
+    argv = ["train", *ARGS, f"--gin.MODEL_DIR='{model_dir}'", *PACKED_AUTO]
+    assert cli.main(argv + list(extra)) == 0
+  finally:
+    gin.clear_config()
+
+
+@pytest.mark.slow
+def test_auto_packed_layout_is_recorded_and_reused_on_resume(tmp_path, caplog):
+  """A resumed run trains with the layout recorded at its start, not one chosen again: bit-exact."""
+  import shutil
+
+  from tkx.data import packing_plan
+
+  caplog.set_level("INFO", logger="tkx")
+  reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+  _train_in_process(reference)
+  assert "PACK auto:" in caplog.text
+  record = json.loads((reference / packing_plan.RECORD_FILE).read_text())
+  assert record["chosen"] == "auto"
+  # The run as preempted after checkpoint 2: its files, without what came later.
+  shutil.copytree(reference, resumed)
+  shutil.rmtree(resumed / "checkpoint_4")
+  caplog.clear()
+  # Another BATCH_SIZE would choose another layout; the resumed run keeps the recorded one.
+  _train_in_process(resumed, "--gin.BATCH_SIZE=64")
+  assert "resuming with the recorded layout" in caplog.text
+  assert "PACK auto:" not in caplog.text
+  assert f"Resumed from {resumed}/checkpoint_2" in caplog.text
+  assert json.loads((resumed / packing_plan.RECORD_FILE).read_text()) == record
+  expected = jax.tree_util.tree_leaves(
+      orbax_io.load_params(str(reference / "checkpoint_4"))
+  )
+  got = jax.tree_util.tree_leaves(
+      orbax_io.load_params(str(resumed / "checkpoint_4"))
+  )
+  assert len(expected) == len(got)
+  for want, have in zip(expected, got):
+    np.testing.assert_array_equal(have, want)

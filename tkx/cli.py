@@ -90,6 +90,11 @@ COMMANDS = {
         "parameter counts, memory per device and FLOPs of a model",
         uses_gin=True,
     ),
+    "plan-packing": Command(
+        "tkx.commands.plan_packing",
+        "packed row layouts for a checkout and devices: token and FLOP efficiency",
+        uses_gin=True,
+    ),
     "prepare-tfds": Command(
         "tkx.commands.prepare_tfds",
         "NI checkout -> TFDS records that training can read",

@@ -3,15 +3,18 @@
 One log line per window of steps:
 
     step 200/400 loss 2.3141 lr 0.001 grad_norm 0.812 | 5120 tokens/s 9.8 examples/s
-    token efficiency 61.2% 0.021 TFLOP/s MFU 12.3% input wait 0.02s | ETA 0:01:05
+    token efficiency 61.2% FLOP efficiency 58.4% 0.021 TFLOP/s MFU 12.3% input wait 0.02s | ETA 0:01:05
 
 and the same numbers as TensorBoard scalars in MODEL_DIR/train. Tokens are the
 batch's real (non-padding) tokens when the step reports `num_real_tokens`
 (with `num_computed_tokens`, the tokens the step computed on: their ratio is
 the token efficiency); otherwise every position of the batch counts. Model
 FLOPs come from `tkx.models.model_info.train_step_flops` only, scaled to the
-real tokens, and MFU divides them by the devices' peak
-(`model_info.peak_flops_per_device`, or `peak_flops_per_device` when given).
+useful share when the step reports `num_useful_flops` / `num_computed_flops`
+(the FLOP efficiency: what the examples cost alone over what the batch's shape
+costs, `tkx.data.packing.flop_counts`), else to the real tokens; MFU divides
+them by the devices' peak (`model_info.peak_flops_per_device`, or
+`peak_flops_per_device` when given).
 """
 
 import logging
@@ -48,6 +51,7 @@ class StepLogger:
   def _reset_window(self, now):
     self.window_start, self.window_steps = now, 0
     self.input_wait, self.real_tokens, self.computed_tokens = 0.0, 0.0, 0.0
+    self.useful_flops, self.computed_flops = 0.0, 0.0
     self.examples = 0.0
 
   def add_input_wait(self, seconds: float):
@@ -58,6 +62,9 @@ class StepLogger:
     self.window_steps += 1
     real = metrics.get("num_real_tokens")
     computed = metrics.get("num_computed_tokens")
+    if metrics.get("num_computed_flops") is not None:
+      self.useful_flops += float(metrics["num_useful_flops"])
+      self.computed_flops += float(metrics["num_computed_flops"])
     if metrics.get("num_examples") is not None:
       self.examples += float(metrics["num_examples"])
     self.real_tokens += (
@@ -79,8 +86,13 @@ class StepLogger:
     real_share = (
         self.real_tokens / self.computed_tokens if self.computed_tokens else 1.0
     )
+    flop_share = (
+        self.useful_flops / self.computed_flops if self.computed_flops else None
+    )
     model_flops_per_s = (
-        self.flops_per_step * real_share / step_time
+        self.flops_per_step
+        * (real_share if flop_share is None else flop_share)
+        / step_time
         if self.flops_per_step
         else None
     )
@@ -100,6 +112,8 @@ class StepLogger:
       parts.append(f"{examples_per_s:.3g} examples/s")
     if has_token_counts:
       parts.append(f"token efficiency {real_share:.1%}")
+    if flop_share is not None:
+      parts.append(f"FLOP efficiency {flop_share:.1%}")
     if model_flops_per_s is not None:
       parts.append(f"{model_flops_per_s / 1e12:.3f} TFLOP/s")
     if mfu is not None:
@@ -117,6 +131,7 @@ class StepLogger:
             "z_loss": metrics.get("z_loss"),
             "accuracy": metrics.get("accuracy"),
             "token_efficiency": real_share if has_token_counts else None,
+            "flop_efficiency": flop_share,
             "timing/tokens_per_second": tokens_per_s,
             "timing/steps_per_second": 1.0 / step_time,
             "timing/examples_per_second": examples_per_s,

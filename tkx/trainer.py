@@ -25,7 +25,7 @@ and stops with `NonFiniteLossError` naming the step and the last good checkpoint
 import logging
 import os
 import time
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Union
 
 import gin
 import jax
@@ -38,6 +38,7 @@ from tkx.step_logger import StepLogger
 from tkx.train_state import TrainState, TrainStateInitializer
 from tkx.data import pipeline as data_pipeline
 from tkx.data import packing
+from tkx.data import packing_plan
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +150,7 @@ def make_train_step(
     inject_nan_at_step: Optional[int] = None,
 ):
   """train_step(state, batch) -> (state, metrics); pure, to be jitted by the partitioner."""
+  model_config = getattr(model, "config", None)
 
   def train_step(state: TrainState, batch):
     dropout_rng = jax.random.fold_in(state.rng, state.step)
@@ -188,6 +190,11 @@ def make_train_step(
     metrics["num_examples"] = jnp.asarray(
         packing.num_examples(batch), jnp.float32
     )
+    # FLOP efficiency = useful / computed model FLOPs (docs/packing.md).
+    if model_config is not None:
+      useful, computed = packing.flop_counts(batch, model_config)
+      metrics["num_useful_flops"] = jnp.asarray(useful, jnp.float32)
+      metrics["num_computed_flops"] = jnp.asarray(computed, jnp.float32)
     for key in ("z_loss", "accuracy", "cross_ent_loss"):
       if key in model_metrics:
         metrics[key] = jnp.asarray(model_metrics[key], jnp.float32)
@@ -317,10 +324,10 @@ def train(
     partitioner=None,
     initial_checkpoint_path: Optional[str] = None,
     pack: bool = False,
-    packed_batch_size: Optional[int] = None,
+    packed_batch_size: Union[int, str, None] = None,
     packing_window: int = packing.DEFAULT_WINDOW,
-    packed_encoder_blocks: int = 1,
-    packed_targets_length: Optional[int] = None,
+    packed_encoder_blocks: Union[int, str] = 1,
+    packed_targets_length: Union[int, str, None] = None,
     use_cached: bool = False,
     ni_dir: Optional[str] = None,
     data_seed: int = 0,
@@ -375,44 +382,51 @@ def train(
         f"the vocabulary has {vocab_size} ids but network.T5Config.vocab_size = "
         f"{config.vocab_size} (check vocab.get_vocabulary.extra_ids and the model gin files)"
     )
-  batch_name = "BATCH_SIZE"
-  if pack and packed_batch_size is not None:
-    # A step is PACKED_BATCH_SIZE packed rows, not BATCH_SIZE examples.
-    batch_size, batch_name = packed_batch_size, "PACKED_BATCH_SIZE"
-  _check_run_values(
-      model_dir, batch_size, batch_name, train_steps, task_feature_lengths
-  )
-  # The shape of a row of the batch (packed: several examples per row, see finetune.gin).
-  if pack:
-    row_layout = packing.RowLayout.for_lengths(
-        task_feature_lengths, packed_encoder_blocks, packed_targets_length
-    )
-    log.info(
-        "PACK: %d rows per step, each %d encoder block(s) of %d tokens and a "
-        "decoder row of %d",
-        batch_size,
-        row_layout.encoder_blocks,
-        row_layout.inputs,
-        row_layout.targets,
-    )
-  else:
-    row_layout = packing.RowLayout.for_lengths(task_feature_lengths)
   model_dir = (
-      os.path.abspath(model_dir) if "://" not in model_dir else model_dir
+      os.path.abspath(model_dir)
+      if isinstance(model_dir, str) and "://" not in model_dir
+      else model_dir
   )
   if partitioner is None:
     from tkx import partitioning
 
     partitioner = partitioning.Partitioner()
+  batch_name = "BATCH_SIZE"
+  # The shape of a row of the batch (packed: several examples per row, see finetune.gin).
+  row_layout = packing.RowLayout.for_lengths(task_feature_lengths)
+  if pack:
+    # A step is PACKED_BATCH_SIZE packed rows, not BATCH_SIZE examples.
+    _check_run_values(
+        model_dir, batch_size, "BATCH_SIZE", train_steps, task_feature_lengths
+    )
+    row_layout, batch_size = packing_plan.resolve_layout(
+        model_dir=model_dir,
+        resuming=bool(layout.list_steps(model_dir)),
+        mixture_or_task_name=mixture_or_task_name,
+        ni_dir=ni_dir,
+        vocabulary=model.output_vocabulary,
+        feature_lengths=task_feature_lengths,
+        config=config,
+        encoder_blocks=packed_encoder_blocks,
+        targets_length=packed_targets_length,
+        rows_per_step=packed_batch_size,
+        examples_per_step=batch_size,
+        row_multiple=partitioner.data_axis_size * max(num_microbatches, 1),
+        window=packing_window,
+        seed=data_seed,
+    )
+    batch_name = "PACKED_BATCH_SIZE"
+  _check_run_values(
+      model_dir, batch_size, batch_name, train_steps, task_feature_lengths
+  )
   if batch_size % (partitioner.data_axis_size * max(num_microbatches, 1)):
-    hint = ""
-    if pack and row_layout.encoder_blocks > 1:
-      rows = partitioner.data_axis_size * max(num_microbatches, 1)
-      hint = (
-          "; or rows of one encoder block (~2 NI examples each): "
-          f"--gin.PACKED_ENCODER_BLOCKS=1 --gin.PACKED_TARGETS_LENGTH="
-          f"{task_feature_lengths['targets']} --gin.PACKED_BATCH_SIZE={rows}"
-      )
+    hint = (
+        "; or let tkx choose the packed rows for these devices: "
+        "--gin.PACKED_ENCODER_BLOCKS=\"'auto'\" --gin.PACKED_TARGETS_LENGTH=\"'auto'\" "
+        "--gin.PACKED_BATCH_SIZE=\"'auto'\" (docs/packing.md)"
+        if pack
+        else ""
+    )
     raise ValueError(
         f"{batch_name}={batch_size} must be divisible by the data-parallel size "
         f"{partitioner.data_axis_size} x NUM_MICROBATCHES={num_microbatches}{hint}"

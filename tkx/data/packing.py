@@ -12,7 +12,8 @@ network encodes each block on its own and the decoder row attends to all of
 them (segment ids are unique across the row's blocks). Why blocks: an encoder
 block of 1024 holds ~2 NI examples, i.e. ~45 target tokens, so a decoder row
 of 128 per block is two-thirds padding; four blocks share one decoder row of
-184 that they fill (README, "Packed training").
+~200 that they fill. Which layout a run uses is chosen from its own examples
+(`tkx.data.packing_plan`, docs/packing.md).
 
 The packer reads the stream a window of `window` examples at a time and fills
 one row at a time: it takes the remaining example with the largest size
@@ -330,6 +331,56 @@ def token_efficiency(batch) -> float:
   """Real tokens / computed tokens of a batch (see `token_counts`)."""
   real, computed = token_counts(batch)
   return float(real) / float(computed) if computed else 0.0
+
+
+def segment_lengths(batch) -> Tuple:
+  """(inputs, targets) tokens of each example of a batch: two [rows, S] arrays, numpy or jax.
+
+  Packed (segment ids present): column s-1 is segment s of the row (S = the
+  decoder row's length, which bounds a row's examples: each has a target token;
+  absent segments are 0). Unpacked: one column, the row's real tokens.
+  """
+  if "decoder_segment_ids" not in batch:
+    return (
+        (batch["encoder_input_tokens"] > 0).sum(axis=-1)[:, None],
+        (batch["decoder_loss_weights"] > 0).sum(axis=-1)[:, None],
+    )
+  rows, targets = batch["decoder_segment_ids"].shape
+  encoder = batch["encoder_segment_ids"].reshape(rows, -1)
+  segments = np.arange(1, targets + 1)
+  decoder = batch["decoder_segment_ids"] * (batch["decoder_loss_weights"] > 0)
+  return (
+      (encoder[:, :, None] == segments).sum(axis=1),
+      (decoder[:, :, None] == segments).sum(axis=1),
+  )
+
+
+def flop_counts(batch, config) -> Tuple:
+  """(useful, computed) training FLOPs of a batch for a `T5Config`, numpy or jax.
+
+  Useful: what each example costs alone at its own lengths; computed: what the
+  batch's shape costs (padding, other examples' attention keys, empty rows).
+  Both from `tkx.models.model_info.forward_flops` (x3: forward + backward).
+  """
+  from tkx.models import model_info  # pylint: disable=g-import-not-at-top
+
+  inputs, targets = segment_lengths(batch)
+  dense, attention = model_info.forward_flops(
+      config, inputs.astype(np.float32), targets.astype(np.float32)
+  )
+  useful = 3 * (dense + attention).sum()
+  shape = batch["encoder_input_tokens"].shape
+  blocks = shape[1] if len(shape) == 3 else 1
+  computed = 3 * sum(
+      model_info.forward_flops(
+          config,
+          shape[-1],
+          batch["decoder_target_tokens"].shape[-1],
+          blocks,
+          batch_size=shape[0],
+      )
+  )
+  return useful, float(computed)
 
 
 def num_examples(batch):

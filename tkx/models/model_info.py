@@ -205,18 +205,18 @@ def _matmul_params(config: config_lib.T5Config) -> Dict[str, int]:
   }
 
 
-def train_step_flops(
+def forward_flops(
     config: config_lib.T5Config,
-    batch_size: int,
-    inputs_length: int,
-    targets_length: int,
+    inputs_length,
+    targets_length,
     encoder_blocks: int = 1,
-) -> Dict[str, float]:
-  """FLOPs of one training step (formula in the module docstring).
+    batch_size: int = 1,
+):
+  """(dense, attention) forward FLOPs of `batch_size` rows (the module docstring's formula).
 
-  `encoder_blocks` > 1: packed rows of that many encoder blocks of
-  `inputs_length` (each block attends within itself) sharing one decoder row
-  of `targets_length` that attends to all of them (`tkx.data.packing`).
+  The lengths may be numpy or jax arrays (elementwise, cast to float first in
+  jax: the products overflow int32): the FLOPs of each example computed alone at
+  its own lengths, what `tkx.data.packing.flop_counts` calls useful.
   """
   n = _matmul_params(config)
   b, lt = batch_size, targets_length
@@ -243,8 +243,27 @@ def train_step_flops(
           + config.num_decoder_layers * (lt * lt + lt * li)
       )
   )
+  return dense, attention
+
+
+def train_step_flops(
+    config: config_lib.T5Config,
+    batch_size: int,
+    inputs_length: int,
+    targets_length: int,
+    encoder_blocks: int = 1,
+) -> Dict[str, float]:
+  """FLOPs of one training step (formula in the module docstring).
+
+  `encoder_blocks` > 1: packed rows of that many encoder blocks of
+  `inputs_length` (each block attends within itself) sharing one decoder row
+  of `targets_length` that attends to all of them (`tkx.data.packing`).
+  """
+  dense, attention = forward_flops(
+      config, inputs_length, targets_length, encoder_blocks, batch_size
+  )
   forward = dense + attention
-  tokens = b * (li + lt)
+  tokens = batch_size * (encoder_blocks * inputs_length + targets_length)
   total_params = count_params(config)["total"]
   return {
       "forward": float(forward),
