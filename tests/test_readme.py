@@ -1,6 +1,7 @@
-"""README.md's shell commands, run as a user runs them (in fast forms).
+"""README.md's and the docs/ pages' shell commands, run as a user runs them (in fast forms).
 
-Every command in README's ```bash blocks is read from README itself, turned into
+Every command in the ```bash blocks of README.md and of every docs/*.md page is
+read from the document itself ("README" below means any of them), turned into
 its fast form by the table `FAST_FORMS` below, and run as a subprocess (`bash -c`,
 the installed `tkx` console script, `python bench/x.py`) from a scratch checkout
 layout: `<work>/checkout/` holds links to the repository's `tasks/`,
@@ -62,8 +63,9 @@ pytestmark = pytest.mark.slow
 @dataclasses.dataclass(frozen=True)
 class ReadmeCommand:
   text: str  # normalized command
-  line: int  # README line where it starts
+  line: int  # line of its document where it starts
   network: bool  # marked `# needs network`
+  document: str = "README.md"  # or docs/<page>.md
 
 
 def fenced_blocks(text: str) -> List[Tuple[str, int, List[str]]]:
@@ -144,12 +146,30 @@ def shell_commands(lines: List[str], first_line: int) -> List[ReadmeCommand]:
   return commands
 
 
+def documents() -> List[pathlib.Path]:
+  """README.md and the docs/ pages: every ```bash block in them is a command a user runs."""
+  return [README] + sorted((REPO_ROOT / "docs").glob("*.md"))
+
+
 def readme_commands(text: Optional[str] = None) -> List[ReadmeCommand]:
-  text = README.read_text(encoding="utf-8") if text is None else text
+  """The commands of `text`, or of README.md and every docs/ page (each naming its document)."""
+  if text is not None:
+    return _commands_of(text, "README.md")
+  commands = []
+  for path in documents():
+    name = str(path.relative_to(REPO_ROOT))
+    commands += _commands_of(path.read_text(encoding="utf-8"), name)
+  return commands
+
+
+def _commands_of(text: str, document: str) -> List[ReadmeCommand]:
   commands = []
   for language, start, lines in fenced_blocks(text):
     if language in SHELL_LANGUAGES:
-      commands += shell_commands(lines, start)
+      commands += [
+          dataclasses.replace(c, document=document)
+          for c in shell_commands(lines, start)
+      ]
   return commands
 
 
@@ -434,7 +454,9 @@ FAST_FORMS: Dict[str, FastForm] = {
     'pip install -e ".[test,hf]"': FastForm(
         skip="installs tkx; this test runs in the installed environment"
     ),
-    "python3 -m pytest -q -n 2 --dist loadfile tests": FastForm(skip="the test suite itself"),
+    "python3 -m pytest -q -n 2 --dist loadfile tests": FastForm(
+        skip="the test suite itself"
+    ),
     (
         "python -m pytest -q tests/test_partitioning_rules.py tests/test_partitioning_t5.py "
         "tests/test_multihost_init.py tests/test_multihost_training.py"
@@ -793,6 +815,11 @@ FAST_FORMS: Dict[str, FastForm] = {
     "python bench/train_throughput.py --quick": FastForm(
         sub=(("--quick", "--model tiny --examples 16"),)
     ),
+    # --- docs/packing.md
+    "tkx plan-packing --data_parallel 8 --top 4": FastForm(
+        add="--window 64 --gin_file=gin_configs/models/t5_1_1/tiny.gin"
+    ),
+    "python bench/packing_layouts.py --smoke": FastForm(),
     # --- benchmarks: `--smoke` shrinks a run to seconds (its figures mean nothing). A
     # default-settings line adds `--quick --smoke`, the same run as its `--quick` line.
     "python bench/quick_start.py": FastForm(add="--quick --smoke"),
@@ -835,17 +862,18 @@ def fast_form(command: str, form: FastForm, work: Work) -> str:
 # ------------------------------------------------------------------------------
 # Tests
 # ------------------------------------------------------------------------------
-def test_readme_blocks_name_their_language():
+@pytest.mark.parametrize("document", documents(), ids=lambda p: p.name)
+def test_readme_blocks_name_their_language(document):
   """Untagged blocks would escape the harness: shell ones must say bash, others text."""
   untagged = [
       start - 1
       for language, start, _ in fenced_blocks(
-          README.read_text(encoding="utf-8")
+          document.read_text(encoding="utf-8")
       )
       if not language
   ]
   assert not untagged, (
-      f"README.md: fenced blocks at lines {untagged} name no language; use ```bash for "
+      f"{document.name}: fenced blocks at lines {untagged} name no language; use ```bash for "
       "commands (they are then run by tests/test_readme.py) and ```text otherwise"
   )
 
@@ -854,13 +882,13 @@ def test_every_readme_command_has_a_fast_form():
   commands = readme_commands()
   bracketed = [c for c in commands if re.search(r"\s\[-", c.text)]
   assert not bracketed, "\n".join(
-      f"README.md line {c.line}: {c.text!r}: optional arguments in [brackets] do not run; "
+      f"{c.document} line {c.line}: {c.text!r}: optional arguments in [brackets] do not run; "
       "write the command as a user types it (one line per variant)"
       for c in bracketed
   )
   missing = [c for c in commands if c.text not in FAST_FORMS]
   assert not missing, "\n".join(
-      f"README.md line {c.line}: no fast form for this command; add an entry to "
+      f"{c.document} line {c.line}: no fast form for this command; add an entry to "
       f"FAST_FORMS in tests/test_readme.py:\n    {c.text!r}: FastForm(...),"
       for c in missing
   )
@@ -874,7 +902,7 @@ def test_every_readme_command_has_a_fast_form():
     form = FAST_FORMS[c.text]
     assert (
         c.network == form.network
-    ), f"README.md line {c.line}: {c.text!r} " + (
+    ), f"{c.document} line {c.line}: {c.text!r} " + (
         f"is marked `# {NETWORK_MARK}` but its FAST_FORMS entry has no local stand-in"
         if c.network
         else f"needs the network: mark it `# {NETWORK_MARK}` in README"
