@@ -12,6 +12,10 @@ Everything every command shares happens here, once, before the command runs:
 - logging: one format on stderr; JAX/TensorFlow/absl chatter only at debug;
 - TensorFlow (tf.data, SeqIO) is kept off the accelerators, which JAX owns,
   whenever and however a command imports it (`keep_tensorflow_on_cpu`);
+- gin: a command's `configure(args)` parses its gin files and bindings; then a
+  command that runs a model (`joins_processes`) joins the other processes of a
+  cluster (`tkx.multihost.initialize`: gin's `multihost.initialize.*`, TKX_*/JAX_*
+  variables or the detected cluster), before anything touches a JAX device;
 - errors the user can cause (a missing file, a malformed line, an unknown
   task, a bad gin binding, a wrong checkpoint) end the command with one line on
   stderr and exit status 2; `--log_level debug` shows their tracebacks. Other
@@ -34,6 +38,8 @@ class Command:
   module: str
   help: str
   uses_gin: bool = False
+  # Runs a model: joins the other processes of a cluster (`tkx.multihost`) before it starts.
+  joins_processes: bool = False
 
 
 COMMANDS = {
@@ -53,11 +59,13 @@ COMMANDS = {
         "tkx.commands.train",
         "fine-tune a T5 model on NI mixtures (gin-configured)",
         uses_gin=True,
+        joins_processes=True,
     ),
     "eval": Command(
         "tkx.commands.evaluate",
         "decode a test mixture and score it with the NI metrics",
         uses_gin=True,
+        joins_processes=True,
     ),
     "report": Command(
         "tkx.commands.report",
@@ -67,9 +75,13 @@ COMMANDS = {
         "tkx.commands.infer",
         "decode a mixture or an input file into a predictions file",
         uses_gin=True,
+        joins_processes=True,
     ),
     "generate": Command(
-        "tkx.commands.generate", "answer one instruction", uses_gin=True
+        "tkx.commands.generate",
+        "answer one instruction",
+        uses_gin=True,
+        joins_processes=True,
     ),
     "serve": Command(
         "tkx.commands.serve",
@@ -89,6 +101,7 @@ COMMANDS = {
         "tkx.commands.model_info",
         "parameter counts, memory per device and FLOPs of a model",
         uses_gin=True,
+        joins_processes=True,
     ),
     "prepare-tfds": Command(
         "tkx.commands.prepare_tfds",
@@ -358,6 +371,12 @@ def run(argv) -> int:
   setup_logging(args.log_level)
   if command.uses_gin:
     args.gin_bindings = gin_bindings
+    if hasattr(module, "configure"):
+      module.configure(args)
+  if command.joins_processes:
+    from tkx import multihost  # pylint: disable=g-import-not-at-top
+
+    multihost.initialize()
   return module.main(args) or 0
 
 

@@ -83,9 +83,11 @@ _FLAG_TO_ARG = {
 }
 
 
+configure = infer_command.parse_gin  # before `tkx.cli` joins the processes
+
+
 def main(args):
-  infer_command.parse_gin(args)
-  from tkx import evaluate
+  from tkx import evaluate, multihost
   from tkx.checkpoints import layout
 
   if not args.gin_files and not args.checkpoint:
@@ -139,6 +141,8 @@ def main(args):
   results = evaluate.evaluate(**kwargs)
   settings = results["settings"]
   report_path = _write_report(settings["output_dir"])
+  if not multihost.is_primary_host():
+    return 0
   print(
       f"\n{settings['num_examples']} examples, {settings['examples_per_second']} examples/s decoding; "
       f"wrote {evaluate.PREDICTIONS_FILE}, {evaluate.METRICS_FILE}, eval/ summaries"
