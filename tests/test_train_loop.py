@@ -50,9 +50,45 @@ def _scalars(event_dir, tag):
   return values
 
 
-def test_train_learns_saves_and_logs(tmp_path, caplog):
+def _record_dispatch_and_fetch(monkeypatch):
+  """Counts train-step dispatches; notes, for each step whose metrics are fetched, how many were dispatched then."""
+  from tkx import partitioning, trainer
+
+  dispatched, fetched = [], []
+  partition = partitioning.Partitioner.partition
+
+  def recording_partition(self, fn, *args, **kwargs):
+    compiled = partition(self, fn, *args, **kwargs)
+    if getattr(fn, "__name__", "") != "train_step":
+      return compiled
+
+    def dispatch(*call_args):
+      out = compiled(*call_args)  # returns once the step is enqueued
+      dispatched.append(True)
+      return out
+
+    return dispatch
+
+  fetch = trainer.PendingMetrics._fetch
+
+  def recording_fetch(held):
+    if held is not None:
+      fetched.append((held[0], len(dispatched)))
+    return fetch(held)
+
+  monkeypatch.setattr(
+      partitioning.Partitioner, "partition", recording_partition
+  )
+  monkeypatch.setattr(
+      trainer.PendingMetrics, "_fetch", staticmethod(recording_fetch)
+  )
+  return fetched
+
+
+def test_train_learns_saves_and_logs(tmp_path, caplog, monkeypatch):
   model_dir = tmp_path / "run"
   caplog.set_level("INFO", logger="tkx.trainer")
+  fetched = _record_dispatch_and_fetch(monkeypatch)
   rc = _run(
       model_dir,
       "--gin.TRAIN_STEPS=40",
@@ -62,6 +98,13 @@ def test_train_learns_saves_and_logs(tmp_path, caplog):
       "--gin.LEARNING_RATE=0.02",
   )
   assert rc == 0
+  # No per-step host wait: step n's metrics are read with step n+1 already dispatched,
+  # except at the saved steps (20, 40), which are read before they are saved.
+  assert [step for step, _ in fetched] == list(range(1, 41))
+  assert all(
+      in_flight == (step if step in (20, 40) else step + 1)
+      for step, in_flight in fetched
+  ), fetched
   losses = _scalars(model_dir / "train", "loss")
   assert sorted(losses) == list(range(5, 41, 5))
   assert losses[40] < losses[5] - 1.0, losses  # learning, not noise
