@@ -24,6 +24,7 @@ mesh, each host's data rows and a cross-process sum: a quick cluster check.
 """
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import os
@@ -606,6 +607,31 @@ def host_data_rows(partitioner, global_batch_size: int) -> Tuple[int, int]:
   return layout.shard_id * per_host, (layout.shard_id + 1) * per_host
 
 
+@contextlib.contextmanager
+def _native_output_silenced(enabled: bool):
+  """fds 1 and 2 to /dev/null: CPU collectives (Gloo) print connection lines from C++, bypassing logging."""
+  if not enabled:
+    yield
+    return
+  import sys  # pylint: disable=g-import-not-at-top
+
+  sys.stdout.flush()
+  sys.stderr.flush()
+  saved = [os.dup(1), os.dup(2)]
+  devnull = os.open(os.devnull, os.O_WRONLY)
+  try:
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    yield
+  finally:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(saved[0], 1)
+    os.dup2(saved[1], 2)
+    for fd in saved + [devnull]:
+      os.close(fd)
+
+
 def _check_main(argv=None) -> int:
   """`python -m tkx.multihost`: joins the cluster, prints the layout, checks a global sum."""
   parser = argparse.ArgumentParser(
@@ -635,17 +661,20 @@ def _check_main(argv=None) -> int:
   layout = partitioner.get_data_layout(batch)
   start, stop = host_data_rows(partitioner, batch)
   local_rows = np.arange(start, stop, dtype=np.float32)[:, None] + 1.0
-  total = partitioner.partition(
-      lambda x: x.sum(),
-      in_shardings=partitioner.data_sharding,
-      out_shardings=partitioner.replicated,
-  )(partitioner.host_local_to_global(local_rows))
-  expected = batch * (batch + 1) / 2
-  rows = [(start, stop)]
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  with _native_output_silenced(args.log_level != "debug"):
+    total = float(
+        partitioner.partition(
+            lambda x: x.sum(),
+            in_shardings=partitioner.data_sharding,
+            out_shardings=partitioner.replicated,
+        )(partitioner.host_local_to_global(local_rows))
+    )
+    rows = [(start, stop)]
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
 
-    rows = multihost_utils.process_allgather(np.array([start, stop]))
+      rows = multihost_utils.process_allgather(np.array([start, stop]))
+  expected = batch * (batch + 1) / 2
   if is_primary_host():
     print(f"environment: {(settings() or resolve()).describe()}")
     print(
@@ -657,11 +686,12 @@ def _check_main(argv=None) -> int:
   print(
       f"process {jax.process_index()}/{jax.process_count()}: {jax.local_device_count()} local devices, "
       f"data shard {layout.shard_id}/{layout.num_shards}, rows {start}..{stop - 1}, "
-      f"global sum {float(total)} (expected {expected})",
+      f"global sum {total} (expected {expected})",
       flush=True,
   )
-  sync("tkx_multihost_check")
-  return 0 if float(total) == expected else 1
+  with _native_output_silenced(args.log_level != "debug"):
+    sync("tkx_multihost_check")
+  return 0 if total == expected else 1
 
 
 if __name__ == "__main__":
