@@ -208,11 +208,18 @@ def _sigterm_then_resume(tmp_path, num_processes):
     assert time.time() < deadline, "training never reached the step"
     time.sleep(0.01)
   os.kill(victim[-1].pid, signal.SIGTERM)
-  time.sleep(0.2)
-  if victim[-1].poll() is None:
-    os.kill(victim[-1].pid, signal.SIGTERM)  # a second one, while it saves
+  # A second SIGTERM once the checkpoint is being written.
+  signalled_log = tmp_path / f"victim_{num_processes - 1}.log"
+  while "Saving checkpoint" not in signalled_log.read_text():
+    assert victim[-1].poll() is None, signalled_log.read_text()[-3000:]
+    assert time.time() < deadline, "no preemption checkpoint started"
+    time.sleep(0.01)
+  still_saving = "Preempted:" not in signalled_log.read_text()
+  os.kill(victim[-1].pid, signal.SIGTERM)
   _wait_all(victim, tmp_path / "victim")
   log = primary_log.read_text()
+  if num_processes == 1 and still_saving:
+    assert "SIGTERM again: still saving the preemption checkpoint" in log
   saved = re.findall(
       rf"Preempted: saved {re.escape(str(victim_dir))}/checkpoint_(\d+) at step (\d+); "
       "exiting with status 0",
