@@ -32,6 +32,8 @@ import logging
 import os
 import sys
 
+from tkx.logs import LOG_FORMAT, LOG_LEVELS, setup_logging  # noqa: F401  (tkx's one log format)
+
 
 @dataclasses.dataclass(frozen=True)
 class Command:
@@ -109,12 +111,6 @@ COMMANDS = {
     ),
 }
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-LOG_LEVELS = ("debug", "info", "warning", "error")
-# Libraries that log start-up details at INFO (backend probing, TPU/GPU plugin
-# discovery, checkpointing internals): shown only with --log_level debug.
-_CHATTY_LOGGERS = ("absl", "jax", "jax._src", "orbax", "tensorflow", "etils")
-
 GIN_HELP = """\
 gin configuration (as t5x):
   --gin_file=FILE         a gin file; repeatable, parsed in order. Paths are tried as
@@ -147,42 +143,6 @@ USER_ERRORS = (
 # ------------------------------------------------------------------------------
 # Process start-up: logging, quiet TensorFlow on the CPU
 # ------------------------------------------------------------------------------
-class _StderrHandler(logging.StreamHandler):
-  """Writes to whatever `sys.stderr` is when a record is emitted (it may be replaced, e.g. by pytest)."""
-
-  def __init__(self):
-    super().__init__()
-
-  @property
-  def stream(self):
-    return sys.stderr
-
-  @stream.setter
-  def stream(self, value):
-    del value
-
-
-def setup_logging(level: str = "info") -> None:
-  """One log format on stderr for every command; library chatter only at debug."""
-  numeric = getattr(logging, level.upper())
-  root = logging.getLogger()
-  for handler in list(root.handlers):
-    # Replaces the stderr handlers (ours or a library's basicConfig); other handlers stay.
-    if isinstance(handler, logging.StreamHandler) and (
-        isinstance(handler, _StderrHandler)
-        or getattr(handler, "stream", None) in (sys.stderr, sys.__stderr__)
-    ):
-      root.removeHandler(handler)
-  handler = _StderrHandler()
-  handler.setFormatter(logging.Formatter(LOG_FORMAT))
-  root.addHandler(handler)
-  root.setLevel(numeric)
-  for name in _CHATTY_LOGGERS:
-    logging.getLogger(name).setLevel(
-        logging.DEBUG if numeric <= logging.DEBUG else logging.WARNING
-    )
-
-
 @contextlib.contextmanager
 def _stderr_silenced(enabled: bool):
   """Sends file descriptor 2 to /dev/null: TensorFlow's C++ start-up lines bypass Python logging."""

@@ -650,9 +650,9 @@ def _check_main(argv=None) -> int:
       "--log_level", default="warning", choices=("debug", "info", "warning")
   )
   args = parser.parse_args(argv)
-  from tkx import cli  # pylint: disable=g-import-not-at-top
+  from tkx import logs  # pylint: disable=g-import-not-at-top
 
-  cli.setup_logging(args.log_level)
+  logs.setup_logging(args.log_level)
   initialize(args.coordinator_address, args.num_processes, args.process_id)
   from tkx import partitioning  # pylint: disable=g-import-not-at-top
 
