@@ -320,7 +320,9 @@ class _Metadata(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def metadata_server(monkeypatch):
   server = http.server.HTTPServer(("127.0.0.1", 0), _Metadata)
-  thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+  thread = threading.Thread(
+      target=server.serve_forever, args=(0.05,), daemon=True
+  )
   thread.start()
   monkeypatch.setenv("GCE_METADATA_IP", f"127.0.0.1:{server.server_port}")
   monkeypatch.setattr(multihost, "tpu_chips_present", lambda: True)
@@ -420,18 +422,36 @@ def test_half_configured_cluster_is_one_clear_error(
 
 
 _JOIN_PROBE = """
-import jax, sys
+import json, sys
+import jax
 from jax._src import xla_bridge
 from tkx import cli
+
+class Joined(Exception):
+  pass
+
 def record(**kw):
   print("JOIN", sorted(kw.items()), "backends up:", xla_bridge.backends_are_initialized())
+  raise Joined()  # stop here: what runs after joining is the command itself
+
 jax.distributed.initialize = record
-sys.exit(cli.main(sys.argv[1:]))
+for argv in json.loads(sys.argv[1]):
+  try:
+    cli.run(argv)
+  except Joined:
+    pass
 """
+
+_GIN_JOIN = [
+    "--gin.multihost.initialize.coordinator_address='head:7'",
+    "--gin.multihost.initialize.num_processes=2",
+    "--gin.multihost.initialize.process_id=0",
+]
 
 
 def test_cli_joins_after_gin_and_before_any_device(calls, tmp_path):
-  """`multihost.initialize.*` gin bindings count, and no JAX backend exists yet when it joins."""
+  """Every model command: `multihost.initialize.*` gin bindings count, and no JAX backend exists yet."""
+  import json
   import subprocess
 
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -439,30 +459,39 @@ def test_cli_joins_after_gin_and_before_any_device(calls, tmp_path):
       os.environ,
       PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""),
   )
+  commands = [
+      ["model-info", "--gin_file=gin_configs/models/t5_1_1/tiny.gin"],
+      [
+          "train",
+          "--gin_file=gin_configs/experiments/embedded_tiny.gin",
+          f"--gin.MODEL_DIR='{tmp_path}'",
+      ],
+      ["infer", "--checkpoint", "c", "--input_file", "i", "--output_file", "o"],
+      ["eval", "--checkpoint", "c"],
+      ["generate", "--checkpoint", "c", "a prompt"],
+  ]
   out = subprocess.run(
       [
           sys.executable,
           "-c",
           _JOIN_PROBE,
-          "model-info",
-          "--gin_file=gin_configs/models/t5_1_1/tiny.gin",
-          "--gin.multihost.initialize.coordinator_address='head:7'",
-          "--gin.multihost.initialize.num_processes=2",
-          "--gin.multihost.initialize.process_id=0",
+          json.dumps([command + _GIN_JOIN for command in commands]),
       ],
       cwd=repo,
       env=env,
       capture_output=True,
       text=True,
-      timeout=120,
+      timeout=300,
   )
-  assert out.returncode == 0, out.stderr[-2000:]
-  assert (
+  assert out.returncode == 0, out.stderr[-3000:]
+  joined = (
       "JOIN [('cluster_detection_method', 'deactivate'), ('coordinator_address', 'head:7'), "
       "('initialization_timeout', 300), ('local_device_ids', None), ('num_processes', 2), "
       "('process_id', 0)] backends up: False"
-  ) in out.stdout
-  assert "parameters" in out.stdout.lower()
+  )
+  assert out.stdout.count(joined) == len(commands), (
+      out.stdout + out.stderr[-3000:]
+  )
 
 
 def test_serve_refuses_a_cluster_with_one_line(calls, monkeypatch, capsys):
