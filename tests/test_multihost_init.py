@@ -9,6 +9,7 @@ real joining is in test_multihost_training.py / test_multihost_commands.py).
 import http.server
 import os
 import sys
+import socket
 import threading
 import types
 
@@ -509,3 +510,12 @@ def test_serve_refuses_a_cluster_with_one_line(calls, monkeypatch, capsys):
       in err
   )
   assert calls == []
+
+
+def test_tpu_chips_without_a_metadata_server_is_one_process(calls, monkeypatch):
+  with socket.socket() as sock:  # a port nothing listens on
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+  monkeypatch.setenv("GCE_METADATA_IP", f"127.0.0.1:{port}")
+  monkeypatch.setattr(multihost, "tpu_chips_present", lambda: True)
+  assert multihost.initialize() is False

@@ -412,11 +412,9 @@ def _cloud_tpu_vm(env: Mapping[str, str], hint: ClusterSettings):
     worker_id = gce_metadata("agent-worker-number")
     endpoints = gce_metadata("worker-network-endpoints")
     tpu_env = gce_metadata("tpu-env") or ""
-  except OSError as e:
-    raise ClusterConfigError(
-        f"multihost: Cloud TPU VM, but the metadata server did not answer ({e}); "
-        f"set {ENV_COORDINATOR_ADDRESS}, {ENV_NUM_PROCESSES} and {ENV_PROCESS_ID}"
-    ) from None
+  except OSError as e:  # TPU chips but no metadata server: not a Cloud TPU VM
+    log.debug("multihost: TPU chips, but no metadata server (%s)", e)
+    return None
   if worker_id is None or not endpoints:
     return None
   # Entries are hostnames, or name:id:ip triples (older VMs).
