@@ -168,14 +168,25 @@ def test_two_processes_match_one_process_t5(tmp_path):
 
 @pytest.mark.multiprocess
 def test_multihost_check_command(tmp_path):
+  """`python -m tkx.multihost`: the environment, the mesh and each host's rows, once; quiet logs."""
   logs = launch(
       lambda i: ["-m", "tkx.multihost", "--num_partitions", "2"],
       tmp_path,
       timeout_s=180,
   )
+  assert (
+      "environment: arguments: process 0 of 2, coordinator 127.0.0.1:"
+      in logs[0]
+  )
+  assert "mesh: data=4 model=2 over 8 devices, 2 processes" in logs[0]
+  assert (
+      "  host 0: data rows 0..1 of 4\n  host 1: data rows 2..3 of 4" in logs[0]
+  )
+  assert "mesh:" not in logs[1]  # said once per job
   for process_id, log in enumerate(logs):
     assert (
-        f"process {process_id}/2: 4 local devices, mesh data=4 model=2, data shard {process_id}/2"
-        in log
-    )
-    assert "global sum 6.0 (expected 6)" in log
+        f"process {process_id}/2: 4 local devices, data shard {process_id}/2, "
+        f"rows {2 * process_id}..{2 * process_id + 1}, global sum 10.0 (expected 10.0)"
+    ) in log
+    # Quiet at the default level: no INFO lines (ours, root's or a library's).
+    assert "INFO" not in log and "I1" not in log, log

@@ -1,6 +1,7 @@
 """`tkx train` end to end on the embedded sample with a very small T5 (in-process, fast)."""
 
 import glob
+import json
 import os
 
 import gin
@@ -50,9 +51,45 @@ def _scalars(event_dir, tag):
   return values
 
 
-def test_train_learns_saves_and_logs(tmp_path, caplog):
+def _record_dispatch_and_fetch(monkeypatch):
+  """Counts train-step dispatches; notes, for each step whose metrics are fetched, how many were dispatched then."""
+  from tkx import partitioning, trainer
+
+  dispatched, fetched = [], []
+  partition = partitioning.Partitioner.partition
+
+  def recording_partition(self, fn, *args, **kwargs):
+    compiled = partition(self, fn, *args, **kwargs)
+    if getattr(fn, "__name__", "") != "train_step":
+      return compiled
+
+    def dispatch(*call_args):
+      out = compiled(*call_args)  # returns once the step is enqueued
+      dispatched.append(True)
+      return out
+
+    return dispatch
+
+  fetch = trainer.PendingMetrics._fetch
+
+  def recording_fetch(held):
+    if held is not None:
+      fetched.append((held[0], len(dispatched)))
+    return fetch(held)
+
+  monkeypatch.setattr(
+      partitioning.Partitioner, "partition", recording_partition
+  )
+  monkeypatch.setattr(
+      trainer.PendingMetrics, "_fetch", staticmethod(recording_fetch)
+  )
+  return fetched
+
+
+def test_train_learns_saves_and_logs(tmp_path, caplog, monkeypatch):
   model_dir = tmp_path / "run"
   caplog.set_level("INFO", logger="tkx.trainer")
+  fetched = _record_dispatch_and_fetch(monkeypatch)
   rc = _run(
       model_dir,
       "--gin.TRAIN_STEPS=40",
@@ -62,6 +99,13 @@ def test_train_learns_saves_and_logs(tmp_path, caplog):
       "--gin.LEARNING_RATE=0.02",
   )
   assert rc == 0
+  # No per-step host wait: step n's metrics are read with step n+1 already dispatched,
+  # except at the saved steps (20, 40), which are read before they are saved.
+  assert [step for step, _ in fetched] == list(range(1, 41))
+  assert all(
+      in_flight == (step if step in (20, 40) else step + 1)
+      for step, in_flight in fetched
+  ), fetched
   losses = _scalars(model_dir / "train", "loss")
   assert sorted(losses) == list(range(5, 41, 5))
   assert losses[40] < losses[5] - 1.0, losses  # learning, not noise
@@ -131,3 +175,44 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, caplog):
   ]
   # (An infinite learning rate, whose loss stays finite while the update is not, is covered
   # at the step level in test_train_step.py.)
+
+
+def test_sigterm_saves_the_step_reached_and_exits_0_unpacked(
+    tmp_path, caplog, monkeypatch
+):
+  """Unpacked input (this file's runs), one process: a SIGTERM arriving during step 4 saves step 4."""
+  import signal
+
+  from tkx import trainer
+
+  fetch = trainer.PendingMetrics._fetch
+
+  def fetch_then_preempt(held):
+    if held is not None and held[0] == 3:  # read while step 4 runs
+      os.kill(os.getpid(), signal.SIGTERM)
+    return fetch(held)
+
+  monkeypatch.setattr(
+      trainer.PendingMetrics, "_fetch", staticmethod(fetch_then_preempt)
+  )
+  previous = signal.getsignal(signal.SIGTERM)
+  model_dir = tmp_path / "preempted"
+  try:
+    assert _run(model_dir, "--gin.TRAIN_STEPS=10", "--gin.SAVE_EVERY=100") == 0
+  finally:
+    signal.signal(
+        signal.SIGTERM, previous
+    )  # the watch keeps it after a preemption
+  assert [p.name for p in model_dir.glob("checkpoint_*")] == ["checkpoint_4"]
+  said = [
+      r.getMessage() for r in caplog.records if "Preempted" in r.getMessage()
+  ]
+  assert said == [
+      f"Preempted: saved {model_dir}/checkpoint_4 at step 4; exiting with status 0 "
+      "(tkx train with the same MODEL_DIR resumes from it)"
+  ]
+  # The input position after step 4: 4 batches of 8 examples.
+  data_state = json.loads(
+      (model_dir / "checkpoint_4" / "data_state" / "metadata").read_text()
+  )
+  assert data_state["input"] == {"next_index": 32}, data_state

@@ -12,6 +12,10 @@ Everything every command shares happens here, once, before the command runs:
 - logging: one format on stderr; JAX/TensorFlow/absl chatter only at debug;
 - TensorFlow (tf.data, SeqIO) is kept off the accelerators, which JAX owns,
   whenever and however a command imports it (`keep_tensorflow_on_cpu`);
+- gin: a command's `configure(args)` parses its gin files and bindings; then a
+  command that runs a model (`joins_processes`) joins the other processes of a
+  cluster (`tkx.multihost.initialize`: gin's `multihost.initialize.*`, TKX_*/JAX_*
+  variables or the detected cluster), before anything touches a JAX device;
 - errors the user can cause (a missing file, a malformed line, an unknown
   task, a bad gin binding, a wrong checkpoint) end the command with one line on
   stderr and exit status 2; `--log_level debug` shows their tracebacks. Other
@@ -28,12 +32,16 @@ import logging
 import os
 import sys
 
+from tkx.logs import LOG_FORMAT, LOG_LEVELS, setup_logging  # noqa: F401  (tkx's one log format)
+
 
 @dataclasses.dataclass(frozen=True)
 class Command:
   module: str
   help: str
   uses_gin: bool = False
+  # Runs a model: joins the other processes of a cluster (`tkx.multihost`) before it starts.
+  joins_processes: bool = False
 
 
 COMMANDS = {
@@ -53,11 +61,13 @@ COMMANDS = {
         "tkx.commands.train",
         "fine-tune a T5 model on NI mixtures (gin-configured)",
         uses_gin=True,
+        joins_processes=True,
     ),
     "eval": Command(
         "tkx.commands.evaluate",
         "decode a test mixture and score it with the NI metrics",
         uses_gin=True,
+        joins_processes=True,
     ),
     "report": Command(
         "tkx.commands.report",
@@ -67,9 +77,13 @@ COMMANDS = {
         "tkx.commands.infer",
         "decode a mixture or an input file into a predictions file",
         uses_gin=True,
+        joins_processes=True,
     ),
     "generate": Command(
-        "tkx.commands.generate", "answer one instruction", uses_gin=True
+        "tkx.commands.generate",
+        "answer one instruction",
+        uses_gin=True,
+        joins_processes=True,
     ),
     "serve": Command(
         "tkx.commands.serve",
@@ -89,6 +103,7 @@ COMMANDS = {
         "tkx.commands.model_info",
         "parameter counts, memory per device and FLOPs of a model",
         uses_gin=True,
+        joins_processes=True,
     ),
     "plan-packing": Command(
         "tkx.commands.plan_packing",
@@ -100,29 +115,6 @@ COMMANDS = {
         "NI checkout -> TFDS records that training can read",
     ),
 }
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-LOG_LEVELS = ("debug", "info", "warning", "error")
-# Libraries that log start-up details at INFO (backend probing, TPU/GPU plugin
-# discovery, checkpointing internals): shown only with --log_level debug.
-_CHATTY_LOGGERS = ("absl", "jax", "jax._src", "orbax", "tensorflow", "etils")
-
-# Library warnings that are no news to a tkx user (tkx pads eval inputs to its length
-# buckets on purpose, writes its own eval results, and exports without orbax metadata):
-# shown only with --log_level debug.
-_CHATTER_PREFIXES = (
-    "Given sequence lengths are longer than necessary",  # seqio.Evaluator
-    "'logger_cls' is empty",  # seqio.Evaluator
-    "Metadata file does not exist",  # orbax, reading a params-only checkpoint
-)
-
-
-class _ChatterFilter(logging.Filter):
-  """Drops the library warnings listed in `_CHATTER_PREFIXES` (the handler's level decides the rest)."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    return not str(record.msg).startswith(_CHATTER_PREFIXES)
-
 
 GIN_HELP = """\
 gin configuration (as t5x):
@@ -156,44 +148,6 @@ USER_ERRORS = (
 # ------------------------------------------------------------------------------
 # Process start-up: logging, quiet TensorFlow on the CPU
 # ------------------------------------------------------------------------------
-class _StderrHandler(logging.StreamHandler):
-  """Writes to whatever `sys.stderr` is when a record is emitted (it may be replaced, e.g. by pytest)."""
-
-  def __init__(self):
-    super().__init__()
-
-  @property
-  def stream(self):
-    return sys.stderr
-
-  @stream.setter
-  def stream(self, value):
-    del value
-
-
-def setup_logging(level: str = "info") -> None:
-  """One log format on stderr for every command; library chatter only at debug."""
-  numeric = getattr(logging, level.upper())
-  root = logging.getLogger()
-  for handler in list(root.handlers):
-    # Replaces the stderr handlers (ours or a library's basicConfig); other handlers stay.
-    if isinstance(handler, logging.StreamHandler) and (
-        isinstance(handler, _StderrHandler)
-        or getattr(handler, "stream", None) in (sys.stderr, sys.__stderr__)
-    ):
-      root.removeHandler(handler)
-  handler = _StderrHandler()
-  handler.setFormatter(logging.Formatter(LOG_FORMAT))
-  if numeric > logging.DEBUG:
-    handler.addFilter(_ChatterFilter())
-  root.addHandler(handler)
-  root.setLevel(numeric)
-  for name in _CHATTY_LOGGERS:
-    logging.getLogger(name).setLevel(
-        logging.DEBUG if numeric <= logging.DEBUG else logging.WARNING
-    )
-
-
 @contextlib.contextmanager
 def _stderr_silenced(enabled: bool):
   """Sends file descriptor 2 to /dev/null: TensorFlow's C++ start-up lines bypass Python logging."""
@@ -382,6 +336,12 @@ def run(argv) -> int:
   setup_logging(args.log_level)
   if command.uses_gin:
     args.gin_bindings = gin_bindings
+    if hasattr(module, "configure"):
+      module.configure(args)
+  if command.joins_processes:
+    from tkx import multihost  # pylint: disable=g-import-not-at-top
+
+    multihost.initialize()
   return module.main(args) or 0
 
 

@@ -172,7 +172,7 @@ def run_evaluation(
       batch_size=predictor.batch_size,
       input_buckets=list(predictor.input_buckets),
   )
-  if print_tables:
+  if print_tables and multihost.is_primary_host():  # one table per job
     print(ni_metrics.format_tables(results), end="")
   if output_dir:
     write_outputs(output_dir, records, results, step)

@@ -20,6 +20,14 @@ resumed ends with bit-identical parameters.
 Non-finite values. Every step reports whether loss, gradient norm and update norm
 are finite; the loop checks it before any save, so a NaN state is never written,
 and stops with `NonFiniteLossError` naming the step and the last good checkpoint.
+
+No per-step host wait. Step n's metrics are fetched after step n+1 is dispatched
+(`PendingMetrics`); only a step that is saved, evaluated or last is waited for.
+
+Preemption. SIGTERM (or JAX's preemption notice on a multi-process run) stops
+every host at the same step boundary (`tkx.preemption`); that step is saved, one
+line names the checkpoint, and `train` returns (`tkx train` exits 0). See
+docs/clusters.md.
 """
 
 import logging
@@ -32,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from tkx import io_utils, multihost, optimizers
+from tkx import io_utils, multihost, optimizers, preemption
 from tkx.checkpoints import directory, layout, orbax_io
 from tkx.step_logger import StepLogger
 from tkx.train_state import TrainState, TrainStateInitializer
@@ -582,9 +590,22 @@ def train(
   )
   batch, batch_input_state, input_wait = next_batch()
   steps_logger.add_input_wait(input_wait)
-  last_good = checkpoints.latest_step()
   metrics_host = {}
   step = start_step
+  pending = PendingMetrics()
+
+  def step_read(read):
+    """A step's fetched metrics: stop before any save if non-finite, else log them."""
+    nonlocal metrics_host
+    for read_step, host_metrics in read:
+      if not bool(host_metrics["is_finite"]):
+        raise _non_finite_error(read_step, host_metrics, checkpoints, model_dir)
+      metrics_host = host_metrics
+      steps_logger.step_done(
+          read_step, host_metrics, force=read_step == last_step
+      )
+
+  watch = preemption.PreemptionWatch().start()
   try:
     for step in range(start_step + 1, last_step + 1):
       state, metrics = p_train_step(state, batch)
@@ -596,30 +617,28 @@ def train(
       ):  # overlap reading the next batch with this step's compute
         batch, batch_input_state, wait = next_batch()
         steps_logger.add_input_wait(wait)
-      metrics_host = jax.device_get(metrics)
-      if not bool(metrics_host["is_finite"]):
-        checkpoints.wait()
-        good = checkpoints.latest_step()
-        raise NonFiniteLossError(
-            f"non-finite value at step {step} (loss={float(metrics_host['loss'])}, "
-            f"grad_norm={float(metrics_host['grad_norm'])}, "
-            f"update_norm={float(metrics_host['update_norm'])}, "
-            f"learning_rate={float(metrics_host['learning_rate'])}); stopping without saving it. "
-            + (
-                f"Last good checkpoint: {model_dir}/{layout.step_dir_name(good)}."
-                if good is not None
-                else f"No checkpoint was written to {model_dir}."
-            )
-        )
-      steps_logger.step_done(step, metrics_host, force=step == last_step)
-      if checkpoints.should_save(step) or step == train_steps:
+      # Step n's numbers are read once step n+1 is dispatched (no per-step host wait).
+      step_read(pending.push(step, metrics))
+      preempted = watch.reached(step)
+      evaluate_now = eval_every and (
+          step % eval_every == 0 or step == train_steps
+      )
+      save_now = (
+          checkpoints.should_save(step) or step == train_steps or preempted
+      )
+      if save_now or evaluate_now or step == last_step:
+        step_read(pending.flush())  # this step is finite before it is saved
+      if save_now:
         checkpoints.save(
             step,
             state,
             train_input.checkpoint_data_state(input_state),
-            force=step == train_steps,
+            force=step == train_steps or preempted,
         )
-      if eval_every and (step % eval_every == 0 or step == train_steps):
+      if preempted:
+        _log_preemption_save(checkpoints, model_dir, step)
+        break
+      if evaluate_now:
         results = evaluate_loss(
             p_eval_step,
             state.params,
@@ -655,6 +674,7 @@ def train(
       ) as f:
         f.write(gin.operative_config_str())
   finally:
+    watch.close()
     checkpoints.close()
     steps_logger.close()
     if eval_summaries:
@@ -669,7 +689,62 @@ def train(
       "step": step,
       "loss": float(metrics_host["loss"]) if metrics_host else None,
       "state": state,
+      "preempted": watch.step is not None,
   }
+
+
+class PendingMetrics:
+  """Step metrics read one step late, so the host never waits on the step it just dispatched.
+
+  `push(n, metrics)` after dispatching step n returns step n-1's metrics, fetched
+  (`jax.device_get`) while step n runs; `flush()` fetches the held step now
+  (before a save: a non-finite step is never saved). Both return a list of
+  `(step, host metrics)`, empty when nothing was held.
+  """
+
+  def __init__(self):
+    self._held = None
+
+  def push(self, step: int, metrics) -> list:
+    held, self._held = self._held, (step, metrics)
+    return self._fetch(held)
+
+  def flush(self) -> list:
+    held, self._held = self._held, None
+    return self._fetch(held)
+
+  @staticmethod
+  def _fetch(held) -> list:
+    return [] if held is None else [(held[0], jax.device_get(held[1]))]
+
+
+def _non_finite_error(step, metrics_host, checkpoints, model_dir):
+  checkpoints.wait()
+  good = checkpoints.latest_step()
+  return NonFiniteLossError(
+      f"non-finite value at step {step} (loss={float(metrics_host['loss'])}, "
+      f"grad_norm={float(metrics_host['grad_norm'])}, "
+      f"update_norm={float(metrics_host['update_norm'])}, "
+      f"learning_rate={float(metrics_host['learning_rate'])}); stopping without saving it. "
+      + (
+          f"Last good checkpoint: {model_dir}/{layout.step_dir_name(good)}."
+          if good is not None
+          else f"No checkpoint was written to {model_dir}."
+      )
+  )
+
+
+def _log_preemption_save(checkpoints, model_dir, step):
+  """Waits for the preemption checkpoint, then says once which it is."""
+  checkpoints.wait()
+  if multihost.is_primary_host():
+    log.warning(
+        "Preempted: saved %s/%s at step %d; exiting with status 0 "
+        "(tkx train with the same MODEL_DIR resumes from it)",
+        model_dir,
+        layout.step_dir_name(step),
+        step,
+    )
 
 
 def evaluate_loss(

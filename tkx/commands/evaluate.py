@@ -83,9 +83,11 @@ _FLAG_TO_ARG = {
 }
 
 
+configure = infer_command.parse_gin  # before `tkx.cli` joins the processes
+
+
 def main(args):
-  infer_command.parse_gin(args)
-  from tkx import evaluate
+  from tkx import evaluate, multihost
   from tkx.checkpoints import layout
 
   if not args.gin_files and not args.checkpoint:
@@ -143,6 +145,8 @@ def main(args):
   results = evaluate.evaluate(**kwargs)
   settings = results["settings"]
   report_path = _write_report(settings["output_dir"])
+  if not multihost.is_primary_host():
+    return 0
   print(
       f"\n{settings['num_examples']} examples, {settings['examples_per_second']} examples/s decoding; "
       f"wrote {evaluate.PREDICTIONS_FILE}, {evaluate.METRICS_FILE}, eval/ summaries"
@@ -178,7 +182,7 @@ def _parse_encodings(args):
 
 def _sweep(kwargs, encodings):
   """One evaluation per encoding, sharing the loaded checkpoint; one report comparing them."""
-  from tkx import evaluate
+  from tkx import evaluate, multihost
   from tkx.metrics import ni_metrics
 
   if "output_dir" not in kwargs:
@@ -189,8 +193,10 @@ def _sweep(kwargs, encodings):
   parent = kwargs.pop("output_dir")
   shared = evaluate.SharedCheckpoint()
   overall = {}
+  primary = multihost.is_primary_host()  # one table per job
   for i, encoding in enumerate(encodings, 1):
-    print(f"\n=== encoding {encoding} ({i}/{len(encodings)}) ===")
+    if primary:
+      print(f"\n=== encoding {encoding} ({i}/{len(encodings)}) ===")
     results = evaluate.evaluate(
         **kwargs,
         encoding=encoding,
@@ -200,6 +206,8 @@ def _sweep(kwargs, encodings):
     _write_report(results["settings"]["output_dir"])
     overall[encoding] = results["overall"]
   report_path = _write_report(parent, encodings)
+  if not primary:
+    return 0
   width = max(len(e) for e in encodings)
   print("\n== Encodings ==")
   print(

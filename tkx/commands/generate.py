@@ -101,7 +101,8 @@ def build_prompt(task, text, encoding, vocabulary, max_input_length):
   )
 
 
-def main(args):
+def configure(args):
+  """Checks the arguments and parses gin, before `tkx.cli` joins the processes."""
   if args.ni_task and args.text is not None:
     raise ValueError(
         "give either the prompt text or --ni_task with --input, not both"
@@ -119,7 +120,11 @@ def main(args):
         "empty instruction: pass the prompt text, or --ni_task NAME --input TEXT"
     )
   infer_command.parse_gin(args)
+
+
+def main(args):
   import jax
+  from tkx import multihost
   from tkx import infer
   from tkx.checkpoints import directory
 
@@ -127,8 +132,13 @@ def main(args):
     from tkx.data import source
 
     source.check_checkout(args.ni_dir)  # before the checkpoint is loaded
-  # One example: one device unless model parallelism is asked for.
-  devices = None if args.num_partitions else jax.local_devices()[:1]
+  # One example: one device unless model parallelism is asked for; on several
+  # processes all devices decode it together (global arrays), as tkx infer.
+  devices = (
+      None
+      if args.num_partitions or jax.process_count() > 1
+      else jax.local_devices()[:1]
+  )
   partitioner = infer_command.partitioner_from_args(args, devices=devices)
   loaded = directory.load(
       args.checkpoint, partitioner=partitioner, vocab_path=args.vocab
@@ -141,7 +151,7 @@ def main(args):
     )
   else:
     prompt = args.text
-  if args.show_prompt:
+  if args.show_prompt and multihost.is_primary_host():
     print(prompt, file=sys.stderr)
   predictor = infer.Predictor(
       loaded.model,
@@ -160,5 +170,6 @@ def main(args):
       max_input_length=max_input_length,
       progress=False,
   )
-  print(prediction)
+  if multihost.is_primary_host():
+    print(prediction)
   return 0

@@ -120,7 +120,7 @@ def add_common_arguments(parser, *, checkpoint_required=True):
 
 def parse_gin(args):
   """Parses run gin files and `--gin.X=Y` bindings (imports what run files name)."""
-  from tkx import evaluate, infer, partitioning  # noqa: F401  (register configurables)
+  from tkx import evaluate, infer, multihost, partitioning  # noqa: F401  (register configurables)
   from tkx import gin_utils
 
   gin_utils.parse(
@@ -200,8 +200,10 @@ def add_arguments(parser):
   add_common_arguments(parser)
 
 
+configure = parse_gin  # `tkx.cli` parses gin before the processes join
+
+
 def main(args):
-  parse_gin(args)
   from tkx import infer, jsonl, multihost
   from tkx.checkpoints import directory
 
@@ -265,5 +267,6 @@ def main(args):
         max_input_length=max_input_length,
         progress=progress,
     )
-  print(f"wrote {count} predictions to {args.output_file}", file=sys.stderr)
+  if multihost.is_primary_host():
+    print(f"wrote {count} predictions to {args.output_file}", file=sys.stderr)
   return 0

@@ -46,15 +46,24 @@ def add_arguments(parser):
   )
 
 
-def main(args):
-  from tkx import gin_utils
-  from tkx.models import model_info
+def configure(args):
+  """The model config from gin, before `tkx.cli` joins the processes."""
+  from tkx import gin_utils, multihost  # noqa: F401  (multihost.* bindings)
 
   if not args.gin_files:
     raise ValueError(
         "give at least one --gin_file (e.g. --gin_file=gin_configs/models/t5_1_1/base.gin)"
     )
-  cfg = gin_utils.load_config_from_gin(args.gin_files, args.gin_bindings)
+  args.model_config = gin_utils.load_config_from_gin(
+      args.gin_files, args.gin_bindings
+  )
+
+
+def main(args):
+  from tkx import multihost
+  from tkx.models import model_info
+
+  cfg = args.model_config
   info = model_info.report(
       cfg,
       data=args.data,
@@ -65,9 +74,10 @@ def main(args):
       inputs_length=args.inputs_length,
       targets_length=args.targets_length,
   )
-  print(
-      json.dumps(info, indent=1)
-      if args.json
-      else model_info.format_report(info)
-  )
+  if multihost.is_primary_host():  # one report per job
+    print(
+        json.dumps(info, indent=1)
+        if args.json
+        else model_info.format_report(info)
+    )
   return 0

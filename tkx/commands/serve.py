@@ -58,6 +58,9 @@ def _check_port_free(host: str, port: int):
     raise ValueError(f"--host {host} --port {port}: {reason}") from None
 
 
+configure = infer_command.parse_gin
+
+
 def main(args):
   if not 0 <= args.port <= 65535:
     raise ValueError(f"--port must be in [0, 65535], got {args.port}")
@@ -68,18 +71,20 @@ def main(args):
         f"--max_request_bytes must be >= 1, got {args.max_request_bytes}"
     )
   _check_port_free(args.host, args.port)
-  infer_command.parse_gin(args)
-  import jax
+  from tkx import multihost
+
+  cluster = multihost.resolve()  # gin is parsed (configure); nothing joins
+  if cluster.is_multi_process:
+    raise ValueError(
+        f"tkx serve runs as one process, but this is {cluster.describe()}; "
+        "serve from one host, or decode on all of them with `tkx infer`"
+    )
   import uvicorn
   from tkx import infer
   from tkx.checkpoints import directory
   from tkx.serve import app as app_lib
   from tkx.serve import metrics as metrics_lib
 
-  if jax.process_count() > 1:
-    raise ValueError(
-        "tkx serve runs on one host; use `tkx infer` for multi-host decoding"
-    )
   decode_config = infer_command.decode_config_from_args(args)
   partitioner = infer_command.partitioner_from_args(args)
   loaded = directory.load(

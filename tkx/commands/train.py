@@ -37,8 +37,8 @@ def add_arguments(parser):
       "--multihost",
       action="store_true",
       help="require a multi-host cluster: fail unless other processes join "
-      "(tkx.multihost.initialize() always runs; it reads TKX_COORDINATOR_ADDRESS, "
-      "TKX_NUM_PROCESSES, TKX_PROCESS_ID or detects the cluster)",
+      "(tkx.multihost.initialize() always runs; it reads TKX_*/JAX_* variables or "
+      "detects the cluster, see docs/clusters.md)",
   )
 
 
@@ -51,26 +51,27 @@ def parse_gin(gin_files, gin_bindings, search_paths=()):
   gin_utils.parse(gin_files, gin_bindings, search_paths=search_paths)
 
 
-def main(args):
+def configure(args):
+  """gin, before `tkx.cli` joins the processes (so `multihost.initialize.*` bindings count)."""
   if not args.gin_files:
     raise ValueError(
         "give at least one --gin_file (e.g. --gin_file=gin_configs/runs/finetune.gin "
         "--gin_file=gin_configs/models/t5_1_1/small.gin); see tkx train --help"
     )
-  from tkx import multihost
+  parse_gin(args.gin_files, args.gin_bindings, args.gin_search_paths)
 
-  multihost.initialize()  # no-op for one process; before anything touches the devices
+
+def main(args):
   if args.multihost:
     import jax
 
     if jax.process_count() == 1:
       print(
           "tkx train --multihost: only one process joined (set TKX_COORDINATOR_ADDRESS, "
-          "TKX_NUM_PROCESSES, TKX_PROCESS_ID)",
+          "TKX_NUM_PROCESSES, TKX_PROCESS_ID, or run under a cluster launcher)",
           file=sys.stderr,
       )
       return 2
-  parse_gin(args.gin_files, args.gin_bindings, args.gin_search_paths)
   from tkx import trainer
 
   try:
