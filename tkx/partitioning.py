@@ -35,6 +35,8 @@ import numpy as np
 from flax.linen import partitioning as nn_partitioning
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+log = logging.getLogger(__name__)
+
 DATA_AXIS = "data"
 MODEL_AXIS = "model"
 REPLICA_AXIS = "replica"
@@ -1000,7 +1002,7 @@ class Partitioner:
     self.data_axes = _batch_axes(self.mesh, batch_axes or ())
     self._layouts, self._host_rows = {}, {}
     if jax.process_index() == 0:
-      logging.info(
+      log.info(
           "Partitioner: mesh %s over %d devices (%d processes), batch split over %s",
           dict(self.mesh.shape),
           len(devices),
@@ -1111,7 +1113,7 @@ class Partitioner:
       if tuple(spec) != tuple(sharding.spec) + (None,) * (
           len(spec) - len(sharding.spec)
       ):
-        logging.warning(
+        log.warning(
             "Partitioner: %s of shape %s cannot be split as %s on mesh %s; "
             "leaving the uneven dimensions unsharded",
             jax.tree_util.keystr(path),

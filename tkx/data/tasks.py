@@ -42,6 +42,8 @@ from tkx.data import ni
 from tkx.data import source as source_lib
 from tkx.data import vocab as vocab_lib
 
+log = logging.getLogger(__name__)
+
 EMBEDDED_NI_DIR = str(vocab_lib.EMBEDDED_NI_DIR)
 DEFAULT_PREFIX = names.DEFAULT_PREFIX
 DEFAULT_ENCODINGS = ("def_pos2",)
@@ -374,7 +376,7 @@ def _register(
               per_task_tasks,
           )
         registered.append(mixture.name)
-  logging.info("Registered %d NI mixtures from %s", len(registered), ni_dir)
+  log.debug("Registered %d NI mixtures from %s", len(registered), ni_dir)
   return registered
 
 
@@ -485,7 +487,7 @@ def _register_embedded() -> None:
   try:
     vocabulary = _default_vocabulary()
   except (ImportError, FileNotFoundError) as e:
-    logging.warning("Embedded NI tasks not registered: no vocabulary (%s)", e)
+    log.warning("Embedded NI tasks not registered: no vocabulary (%s)", e)
     return
   tracks = [t for t in ni.TRACKS if ni.list_splits(EMBEDDED_NI_DIR, t)]
   try:
@@ -507,7 +509,7 @@ def _register_embedded() -> None:
         per_task_tasks=True,
     )
   except ni.NIDataError as e:
-    logging.error("Embedded NI tasks not registered: %s", e)
+    log.error("Embedded NI tasks not registered: %s", e)
 
 
 _register_embedded()
