@@ -236,6 +236,14 @@ def _free_port() -> int:
 # --- before / check hooks
 
 
+def _check_only_documented_lines(result, prefixes):
+  """The command printed nothing (stdout or stderr) beyond the lines its docs show."""
+  lines = [l for l in (result.stdout + result.stderr).splitlines() if l.strip()]
+  extra = [l for l in lines if not l.startswith(prefixes)]
+  assert not extra, f"undocumented output at the default log level: {extra}"
+  assert len(lines) == len(prefixes), lines
+
+
 def _check_trained(work, result):
   assert (work.tiny / f"checkpoint_{TINY_STEPS}").is_dir(), result.stderr[
       -3000:
@@ -814,6 +822,12 @@ FAST_FORMS: Dict[str, FastForm] = {
     ),
     "python bench/train_throughput.py --quick": FastForm(
         sub=(("--quick", "--model tiny --examples 16"),)
+    ),
+    # --- docs/clusters.md
+    "python -m tkx.multihost --num_partitions 1": FastForm(
+        check=lambda work, result: _check_only_documented_lines(
+            result, ("environment: ", "mesh: ", "  host 0: ", "process 0/1: ")
+        )
     ),
     # --- docs/packing.md
     "tkx plan-packing --data_parallel 8 --top 4": FastForm(
