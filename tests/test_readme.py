@@ -244,7 +244,26 @@ def _check_only_documented_lines(result, prefixes):
   assert len(lines) == len(prefixes), lines
 
 
+_LOG_LINE = re.compile(
+    r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ ([\w.]+): "
+)
+
+
+def _check_quiet(text: str) -> None:
+  """At the default log level only tkx speaks, in its one format, and draws no bars into a pipe."""
+  assert (
+      "\r" not in text and "it/s]" not in text
+  ), "a progress bar went to a pipe"
+  foreign = [
+      line
+      for line in text.splitlines()
+      if (m := _LOG_LINE.match(line)) and not m.group(1).startswith("tkx")
+  ]
+  assert not foreign, f"library log lines at the default level: {foreign}"
+
+
 def _check_trained(work, result):
+  _check_quiet(result.stderr)
   assert (work.tiny / f"checkpoint_{TINY_STEPS}").is_dir(), result.stderr[
       -3000:
   ]
@@ -361,9 +380,11 @@ def _link_run1(work):
 
 
 def _check_exported(work, result):
+  _check_quiet(result.stdout + result.stderr)
   exported = work.checkout / "exported" / "run1"
   assert (exported / "config.json").is_file()
   assert (exported / "model.safetensors").is_file()
+  assert (exported / "spiece.model").is_file()  # and the tokenizer files
 
 
 def _write_t5x_checkpoint(work):
@@ -492,6 +513,7 @@ FAST_FORMS: Dict[str, FastForm] = {
         FastForm(
             sub=(("ni_default_train_def_pos2", EMBEDDED_TRAIN_TASK),),
             add="--max_decode_length 8",
+            check=lambda work, result: _check_quiet(result.stderr),
         )
     ),
     "tkx baseline --kind copy_input --split train --output /tmp/copy_input.jsonl": (
@@ -807,6 +829,7 @@ FAST_FORMS: Dict[str, FastForm] = {
         check=lambda work, result: (
             _check_answer(work, result),
             _stop_server(work),
+            _check_quiet((work.root / "serve.log").read_text()),
         ),
     ),
     "python bench/serve.py": FastForm(
