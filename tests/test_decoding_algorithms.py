@@ -259,6 +259,7 @@ def test_beam_search_matches_reference(alpha, kind, early):
   assert np.all(np.diff(np.asarray(scores), axis=1) >= 0)
 
 
+@pytest.mark.float_order
 @pytest.mark.parametrize("procedure", list(decoding.BeamProcedure))
 def test_beam_search_traced_alpha_equals_static_alpha(procedure):
   toy = make_toy(2)

@@ -69,6 +69,7 @@ def test_attention_impl_is_validated():
     _config(attention_impl="flash")
 
 
+@pytest.mark.float_order
 @pytest.mark.slow
 def test_cudnn_impl_falls_back_on_cpu_with_equal_loss_and_gradients(caplog):
   assert jax.default_backend() == "cpu"
@@ -95,6 +96,7 @@ def test_cudnn_impl_falls_back_on_cpu_with_equal_loss_and_gradients(caplog):
   assert max(jax.tree_util.tree_leaves(diffs)) < 1e-5
 
 
+@pytest.mark.float_order
 def test_fused_attention_matches_xla_attention_with_bias_and_mask():
   rng = np.random.RandomState(0)
   q, k, v = (rng.randn(3, 5, 2, 4).astype(np.float32) for _ in range(3))

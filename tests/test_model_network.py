@@ -216,6 +216,7 @@ def random_batch(rng, vocab, batch, enc_len, dec_len, pad_from=None):
   )
 
 
+@pytest.mark.float_order
 @pytest.mark.parametrize("v11", [True, False], ids=["t5_1_1", "t5_1_0"])
 def test_packed_batch_equals_unpacked_examples(v11):
   model, params = model_and_params(v11)
@@ -283,6 +284,7 @@ def test_packed_batch_equals_unpacked_examples(v11):
   assert float(packed_score[0]) == pytest.approx(total_score, rel=1e-5)
 
 
+@pytest.mark.float_order
 @pytest.mark.parametrize("v11", [True, False], ids=["t5_1_1", "t5_1_0"])
 def test_cached_decoding_matches_teacher_forced_logits(v11):
   model, params = model_and_params(v11)
@@ -369,6 +371,7 @@ def test_predict_batch_greedy_equals_argmax_of_teacher_forcing_on_its_output():
   np.testing.assert_array_equal(np.where(ended, 0, argmax), tokens)
 
 
+@pytest.mark.float_order
 def test_num_decodes_repeats_encoder_outputs_per_example():
   model, params = model_and_params(True)
   cfg = model.config
@@ -475,6 +478,7 @@ def test_config_rejects_bad_values():
     gin_utils.load_config_from_gin(["gin_configs/models/nope.gin"])
 
 
+@pytest.mark.float_order
 def test_remat_policies_give_the_same_gradients():
   batch = random_batch(np.random.RandomState(0), 96, 2, 8, 6)
   # One layer and no dropout (threefry bits are slow to compile on CPU) keep the three compiles short.
@@ -505,6 +509,7 @@ def test_remat_policies_give_the_same_gradients():
     small_config(remat_policy="some")
 
 
+@pytest.mark.float_order
 @pytest.mark.parametrize("chunk_rows", [1, 2])
 def test_attention_in_row_chunks_equals_whole_batch_attention(chunk_rows):
   """attention_chunk_rows only changes how the batch is swept: logits and gradients stay the same."""
