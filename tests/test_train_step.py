@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from tkx import optimizers, trainer
 from tkx.models import config as config_lib, models, network
