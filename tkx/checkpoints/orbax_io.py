@@ -315,22 +315,36 @@ def is_tkx_checkpoint(path: str) -> bool:
     return False
 
 
+def _state_dir(path: str) -> str:
+  # orbax reads no metadata through a relative path (README's `ckpts/run1`).
+  state_dir = os.path.join(layout.find_step_dir(path), STATE_ITEM)
+  return state_dir if "://" in state_dir else os.path.abspath(state_dir)
+
+
+def _tree_metadata(state_dir: str):
+  meta = ocp.PyTreeCheckpointer().metadata(state_dir)
+  meta = getattr(meta, "item_metadata", meta)  # StepMetadata -> TreeMetadata
+  return getattr(meta, "tree", meta)
+
+
+def params_metadata(path: str) -> Optional[Any]:
+  """The stored params' tree of array metadata (`.shape`, `.dtype`; nothing read), None without "params"."""
+  tree = _tree_metadata(_state_dir(path))
+  return tree.get("params") if "params" in tree else None
+
+
 def load_params(path: str, abstract_params: Any = None) -> Any:
   """The "params" subtree of a tkx checkpoint (dir or one `checkpoint_<step>` dir).
 
   With `abstract_params` (ShapeDtypeStructs, optionally with shardings) only the
-  parameters are read (not the optimizer state), into those shardings and dtypes;
-  without it they come back as host numpy arrays.
+  parameters are read (not the optimizer state), into those shardings and dtypes:
+  each process reads only the slices its devices hold, cast as they are read.
+  Without it they come back whole as host numpy arrays.
   """
-  # orbax reads no metadata through a relative path (README's `ckpts/run1`).
-  state_dir = os.path.join(layout.find_step_dir(path), STATE_ITEM)
-  if "://" not in state_dir:
-    state_dir = os.path.abspath(state_dir)
+  state_dir = _state_dir(path)
   checkpointer = ocp.PyTreeCheckpointer()
   if abstract_params is None:
-    meta = checkpointer.metadata(state_dir)
-    meta = getattr(meta, "item_metadata", meta)  # StepMetadata -> TreeMetadata
-    tree = getattr(meta, "tree", meta)
+    tree = _tree_metadata(state_dir)
     if "params" not in tree:
       raise KeyError(
           f"{state_dir} has no 'params' entry (found {sorted(tree)})"
