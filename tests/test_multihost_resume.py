@@ -91,7 +91,7 @@ def _read(path):
     return f.read()
 
 
-def _wait(jobs, timeout=300, expect_rc=0):
+def _wait(jobs, timeout=600, expect_rc=0):
   deadline = time.time() + timeout
   for proc, log_path in jobs:
     try:
@@ -111,7 +111,7 @@ def _kill_between(jobs, model_dir, step, delay, why):
   """SIGKILLs every process `delay` s after checkpoint_<step> is complete, at the latest
   when checkpoint_<step + 1> is: a moment inside step + 1 (its compute, input or save).
   """
-  deadline = time.time() + 300
+  deadline = time.time() + 600
   while not _checkpoint_exists(model_dir, step):
     for proc, log_path in jobs:
       assert (
