@@ -5,15 +5,20 @@
 
 Writes a random-valued checkpoint of the model (tkx/orbax format and t5x
 format), then starts 2 local `jax.distributed` processes, 2 CPU devices each, per
-reader; the parameters are sharded 4 ways over the model axis, so each process
-holds half of them. Each process reports its peak RSS growth while loading
-(`ru_maxrss` after less before; on the CPU the device buffers are host memory
-too, so its own half is part of it) and the bytes of its shards. Readers:
+reader; the parameters are sharded 4 ways, so each process
+holds half of them (`Partitioner(shard_params_over_data=True)`: t5x's 2-D parameter
+partitioning, `embed` on the data axis). Each process reports its peak RSS growth while loading
+(Linux: the peak is reset to the current RSS before, `VmHWM` after less `VmRSS` before;
+on the CPU the device buffers are host memory too, so its own half is part of it) and the bytes of its shards. Readers:
 
 - `shard-wise tkx` / `shard-wise t5x`: `directory.load_initial_params` (each
   process reads only its devices' slices, cast as read);
-- `whole tkx` (the peer, what tkx did before): every process reads the whole
+- `whole t5x` (the peer, what tkx did before): every process reads the whole
   params as numpy, casts, then places its slices.
+
+Both checkpoints are written with chunks of at most 4 MiB (`CHUNK_BYTES`): on T5
+small that is what t5x's 64 MiB cap (also `orbax_io.save_params`'s) is on a 16x
+larger model; a reader decodes whole chunks.
 
 Printed: per reader and process, peak growth and own shard in MiB, and growth /
 model size (about 0.5 shard-wise: each process reads its share; 1.5 or more whole).
@@ -30,8 +35,10 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402  (puts the repository root on sys.path)
 
-READERS = ("shard-wise tkx", "shard-wise t5x", "whole tkx")
-MODEL_AXIS = 4
+READERS = ("shard-wise tkx", "shard-wise t5x", "whole t5x")
+# Stored chunk cap: 4 MiB on T5 small is what t5x's 64 MiB is on a 16x larger model
+# (a reader decodes whole chunks, so chunks as large as the arrays defeat slicing).
+CHUNK_BYTES = 4 * 2**20
 
 
 def _model(size):
@@ -67,15 +74,30 @@ def write_checkpoints(size, out_dir):
       lambda a: rng.standard_normal(a.shape, np.float32),
       _abstract(_model(size)),
   )
-  orbax_io.save_params(os.path.join(out_dir, "tkx"), params)
-  t5x_format.save_params(os.path.join(out_dir, "t5x"), params, step=0)
+  orbax_io.save_params(
+      os.path.join(out_dir, "tkx"), params, chunk_byte_size=CHUNK_BYTES
+  )
+  t5x_format.save_params(
+      os.path.join(out_dir, "t5x"),
+      params,
+      step=0,
+      target_chunk_bytes=CHUNK_BYTES,
+  )
   return sum(x.nbytes for x in jax.tree_util.tree_leaves(params))
 
 
-def _peak_rss_bytes():
-  import resource
+def _status_bytes(field):
+  with open("/proc/self/status") as f:
+    for line in f:
+      if line.startswith(field + ":"):
+        return int(line.split()[1]) * 1024
+  raise SystemExit(f"/proc/self/status has no {field}")
 
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+def _reset_peak_rss():
+  """Sets this process's peak RSS (VmHWM) to its current RSS (Linux: clear_refs 5)."""
+  with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
 
 
 def worker(args):
@@ -88,11 +110,11 @@ def worker(args):
   import jax
 
   from tkx import partitioning
-  from tkx.checkpoints import directory, orbax_io
+  from tkx.checkpoints import directory, t5x_format
 
   model = _model(args.size)
   abstract = _abstract(model)
-  partitioner = partitioning.Partitioner(model_axis_size=MODEL_AXIS)
+  partitioner = partitioning.Partitioner(shard_params_over_data=True)
   shardings = partitioner.logical_to_sharding(
       model.params_logical_axes(
           __import__("tkx.models.models").models.models.init_input_shapes()
@@ -101,12 +123,13 @@ def worker(args):
   jax.block_until_ready(jax.numpy.zeros(1))
   kind = args.reader.split()[-1]
   path = os.path.join(args.checkpoints, kind)
-  before = _peak_rss_bytes()
+  _reset_peak_rss()
+  before = _status_bytes("VmRSS")
   if args.reader.startswith("shard-wise"):
     params = directory.load_initial_params(path, abstract, shardings)
   else:  # the peer: the whole params as numpy on every process, then placed
     host = directory._check_and_cast(  # pylint: disable=protected-access
-        orbax_io.load_params(path), abstract, path
+        t5x_format.load_params(path), abstract, path
     )
     params = directory._from_slices(host, abstract, shardings)  # pylint: disable=protected-access
   jax.block_until_ready(params)
@@ -119,7 +142,7 @@ def worker(args):
       json.dumps(
           {
               "process": jax.process_index(),
-              "growth": _peak_rss_bytes() - before,
+              "growth": _status_bytes("VmHWM") - before,
               "own_shards": own,
           }
       ),
@@ -189,7 +212,8 @@ def main(argv=None):
     mib = 2**20
     print(
         f"t5_1_1 {size}: {model_bytes / mib:.1f} MiB of float32 params, 2 processes x 2 "
-        f"CPU devices, model axis {MODEL_AXIS} (each process holds half), {common.cpu_name()}"
+        "CPU devices, params sharded over the 4-way data axis (FSDP: each process "
+        f"holds half), {common.cpu_name()}"
     )
     for reader in READERS[1:2] if args.smoke else READERS:
       common.log(f"loading with {reader}")

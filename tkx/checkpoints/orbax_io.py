@@ -119,15 +119,28 @@ class CheckpointManager:
       train_state: Any,
       data_state: Optional[Mapping] = None,
       force: bool = False,
+      chunk_byte_size: Optional[int] = None,
   ) -> bool:
-    """Writes checkpoint_<step> when due (or forced); returns whether it did."""
+    """Writes checkpoint_<step> when due (or forced); returns whether it did.
+
+    `chunk_byte_size` caps the stored chunks (default: one chunk per written
+    shard), so that a reader of a slice decodes no more than the chunks it needs.
+    """
     if not (force or self.should_save(step)):
       return False
     if step in self._manager.all_steps():
       return False
     args = ocp.args.Composite(
         **{
-            STATE_ITEM: ocp.args.StandardSave(_to_tree(train_state)),
+            STATE_ITEM: ocp.args.StandardSave(
+                _to_tree(train_state),
+                save_args=jax.tree_util.tree_map(
+                    lambda _: ocp.SaveArgs(chunk_byte_size=chunk_byte_size),
+                    _to_tree(train_state),
+                )
+                if chunk_byte_size
+                else None,
+            ),
             DATA_ITEM: ocp.args.JsonSave(dict(data_state or {})),
         }
     )
@@ -300,10 +313,29 @@ def _all_processes(value: int) -> list:
   ]
 
 
-def save_params(directory: str, params: Any, step: int = 0) -> str:
-  """Writes a params-only tkx checkpoint (as `tkx import-checkpoint` does); returns the step dir."""
+# t5x's chunk cap: a slice of a big array is read without decoding the whole array.
+PARAMS_CHUNK_BYTES = 64 * 2**20
+
+
+def save_params(
+    directory: str,
+    params: Any,
+    step: int = 0,
+    chunk_byte_size: int = PARAMS_CHUNK_BYTES,
+) -> str:
+  """Writes a params-only tkx checkpoint (as `tkx import-checkpoint` does); returns the step dir.
+
+  Arrays are stored in chunks of at most `chunk_byte_size` bytes (t5x's 64 MiB),
+  so that shard-wise readers decode about their slices, not whole arrays.
+  """
   manager = CheckpointManager(directory, save_every=1, async_save=False)
-  manager.save(step, {"params": params}, data_state={}, force=True)
+  manager.save(
+      step,
+      {"params": params},
+      data_state={},
+      force=True,
+      chunk_byte_size=chunk_byte_size,
+  )
   manager.close()
   return os.path.join(manager.directory, layout.step_dir_name(step))
 
