@@ -425,7 +425,9 @@ def _from_slices(sources, abstract_params, params_shardings):
     return jax.make_array_from_callback(
         abstract.shape,
         sharding,
-        lambda index: np.asarray(source[index]).astype(abstract.dtype),
+        lambda index: np.asarray(source[index]).astype(
+            abstract.dtype, copy=False
+        ),
     )
 
   return jax.tree_util.tree_map_with_path(
