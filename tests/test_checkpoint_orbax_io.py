@@ -156,3 +156,56 @@ def test_params_only_checkpoint_and_load_params(tmp_path):
   )
   with pytest.raises(FileNotFoundError, match="no checkpoint_<step>"):
     layout.find_step_dir(str(tmp_path))
+
+
+def _three_steps(tmp_path):
+  manager = orbax_io.CheckpointManager(
+      str(tmp_path), save_every=1, async_save=False
+  )
+  for step in (2, 4, 6):
+    manager.save(step, _state(step, scale=float(step)), {"at": step})
+  manager.close()
+
+
+def test_damaged_newest_metadata_is_skipped_before_any_restore(
+    tmp_path, caplog
+):
+  _three_steps(tmp_path)
+  (tmp_path / "checkpoint_6" / "state" / "_METADATA").write_text('{"tree_me')
+  manager = orbax_io.CheckpointManager(str(tmp_path), save_every=1)
+  assert "_METADATA: JSONDecodeError" in manager.unreadable_reason(6)
+  with caplog.at_level("WARNING"):
+    state, data_state = manager.restore_latest(_abstract(_state(0)))
+  manager.close()
+  assert int(state.step) == 4 and data_state == {"at": 4}
+  said = [
+      r.getMessage() for r in caplog.records if "Skipping" in r.getMessage()
+  ]
+  assert said == [
+      f"Skipping checkpoint(s) 6 of {tmp_path}: not readable on every process; "
+      "all processes restore checkpoint_4"
+  ]
+
+
+def test_processes_agree_on_the_newest_step_all_can_read(tmp_path, monkeypatch):
+  # Another process (simulated: the same rounds, over its own view) cannot read
+  # steps 6 and 4: both restore step 2, the newest every process reads.
+  _three_steps(tmp_path)
+  other_readable, other = {2}, {"bound": None, "rounds": 0}
+
+  def all_processes(mine):
+    bound = other["bound"]
+    theirs = max(
+        (s for s in other_readable if bound is None or s <= bound), default=-1
+    )
+    other["bound"], other["rounds"] = min(mine, theirs), other["rounds"] + 1
+    return [mine, theirs]
+
+  monkeypatch.setattr(orbax_io, "_all_processes", all_processes)
+  manager = orbax_io.CheckpointManager(str(tmp_path), save_every=1)
+  assert manager.agreed_step() == 2 and other["rounds"] == 2
+  other_readable.clear()
+  assert (
+      manager.agreed_step() is None
+  )  # nothing every process reads: start afresh
+  manager.close()

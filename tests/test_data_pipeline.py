@@ -475,3 +475,68 @@ def test_packed_resume_of_one_host_shard(toy_dir, throwaway_vocab):  # noqa: F81
       batch, _ = next(resumed)
       for key in expected:
         np.testing.assert_array_equal(batch[key], expected[key], err_msg=key)
+
+
+def _train_input(vocab, *, pack, shard_id=0, num_shards=1):
+  import seqio
+
+  return pipeline.train_input(
+      "pipe_default_train_def_pos2",
+      ni_dir=None,
+      vocabulary=vocab,
+      feature_lengths=LENGTHS,
+      batch_size=4,
+      pack=pack,
+      packing_window=4,
+      shard_info=seqio.ShardInfo(shard_id, num_shards),
+  )
+
+
+def test_checkpoint_resumes_each_shard_or_refuses_other_shard_counts(toy_dir, throwaway_vocab):  # noqa: F811
+  # Two hosts pack their own shards, so their positions differ; a checkpoint holds both
+  # (`input_by_shard`, gathered at the save) and each host resumes its own.
+  _stream(toy_dir, throwaway_vocab)  # registers pipe_default_train_def_pos2
+  hosts = [
+      _train_input(throwaway_vocab, pack=True, shard_id=s, num_shards=2)
+      for s in (0, 1)
+  ]
+  runs = [h.batches(h.initial_state()) for h in hosts]
+  taken = [[next(run) for _ in range(5)] for run in runs]
+  positions = [t[2][1] for t in taken]
+  assert positions[0] != positions[1]
+  saved = dict(
+      hosts[0].checkpoint_data_state(positions[0]),
+      input_by_shard=positions,
+  )
+  for host, expected in zip(hosts, taken):
+    resumed = host.batches(host.state_from_checkpoint(saved, 3))
+    for want, _ in expected[3:5]:
+      got, _ = next(resumed)
+      for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+  # Packed positions are per shard: another number of shards is refused, naming both.
+  with pytest.raises(
+      ValueError,
+      match=r"checkpoint_3 was written with 2 data shard\(s\).*this run has 1",
+  ):
+    _train_input(throwaway_vocab, pack=True).state_from_checkpoint(saved, 3)
+  # A checkpoint of one position (older tkx: the primary host's) cannot resume host 1.
+  legacy = {"input": positions[0], "batch_size": 4, "data_seed": 0}
+  with pytest.raises(ValueError, match="only the first host's input position"):
+    hosts[1].state_from_checkpoint(legacy, 3)
+  # Unpadded input: the position is a global example index, valid on any number of
+  # hosts; one host then reads exactly the examples the two hosts' batches held.
+  two = [
+      _train_input(throwaway_vocab, pack=False, shard_id=s, num_shards=2)
+      for s in (0, 1)
+  ]
+  state = {"next_index": 8}
+  saved = dict(two[0].checkpoint_data_state(state), input_by_shard=[state] * 2)
+  one = _train_input(throwaway_vocab, pack=False)
+  assert one.state_from_checkpoint(saved, 2) == state
+  whole, _ = next(one.batches(one.state_from_checkpoint(saved, 2)))
+  parts = [next(h.batches(h.state_from_checkpoint(saved, 2)))[0] for h in two]
+  union = np.concatenate([p["encoder_input_tokens"] for p in parts])
+  assert sorted(map(tuple, union)) == sorted(
+      map(tuple, whole["encoder_input_tokens"])
+  )

@@ -379,21 +379,12 @@ def extra_ids_for(spm_model: str, config) -> int:
   return int(extra_ids)
 
 
-def _check_and_cast(loaded, abstract_params, source):
-  """Clear errors for missing/extra/mis-shaped parameters; casts to the model's param dtypes."""
-  import jax
+def _check_names_and_shapes(flat_stored, flat_expected, source):
+  """CheckpointError naming missing/extra/mis-shaped parameters; `flat_*`: {keystr: leaf with .shape}."""
   import numpy as np
 
-  flat_expected = {
-      jax.tree_util.keystr(p): leaf
-      for p, leaf in jax.tree_util.tree_flatten_with_path(abstract_params)[0]
-  }
-  flat_loaded = {
-      jax.tree_util.keystr(p): leaf
-      for p, leaf in jax.tree_util.tree_flatten_with_path(dict(loaded))[0]
-  }
-  missing = sorted(set(flat_expected) - set(flat_loaded))
-  unexpected = sorted(set(flat_loaded) - set(flat_expected))
+  missing = sorted(set(flat_expected) - set(flat_stored))
+  unexpected = sorted(set(flat_stored) - set(flat_expected))
   if missing or unexpected:
     raise CheckpointError(
         f"INITIAL_CHECKPOINT_PATH={source}: parameters do not match the model: "
@@ -401,11 +392,32 @@ def _check_and_cast(loaded, abstract_params, source):
         f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
     )
   for key, leaf in flat_expected.items():
-    if tuple(np.shape(flat_loaded[key])) != tuple(leaf.shape):
+    if tuple(np.shape(flat_stored[key])) != tuple(leaf.shape):
       raise CheckpointError(
           f"INITIAL_CHECKPOINT_PATH={source}: parameter {key} has shape "
-          f"{tuple(np.shape(flat_loaded[key]))} in the checkpoint, the model expects {tuple(leaf.shape)}"
+          f"{tuple(np.shape(flat_stored[key]))} in the checkpoint, the model expects {tuple(leaf.shape)}"
       )
+
+
+def _flat(tree):
+  import jax
+
+  return {
+      jax.tree_util.keystr(p): leaf
+      for p, leaf in jax.tree_util.tree_flatten_with_path(
+          dict(tree), is_leaf=lambda x: hasattr(x, "shape")
+      )[0]
+  }
+
+
+def _check_and_cast(loaded, abstract_params, source):
+  """Clear errors for missing/extra/mis-shaped parameters; casts to the model's param dtypes."""
+  import jax
+  import numpy as np
+
+  flat_expected = _flat(abstract_params)
+  flat_loaded = _flat(loaded)
+  _check_names_and_shapes(flat_loaded, flat_expected, source)
   treedef = jax.tree_util.tree_structure(abstract_params)
   return jax.tree_util.tree_unflatten(
       treedef,
@@ -416,17 +428,81 @@ def _check_and_cast(loaded, abstract_params, source):
   )
 
 
+def _from_slices(sources, abstract_params, params_shardings):
+  """Global arrays whose every local shard is read from `sources` (numpy-style slicing) and cast."""
+  import jax
+  import numpy as np
+
+  flat_sources = _flat(sources)
+
+  def make(path, abstract, sharding):
+    source = flat_sources[jax.tree_util.keystr(path)]
+    return jax.make_array_from_callback(
+        abstract.shape,
+        sharding,
+        lambda index: np.asarray(source[index]).astype(
+            abstract.dtype, copy=False
+        ),
+    )
+
+  return jax.tree_util.tree_map_with_path(
+      make, abstract_params, params_shardings
+  )
+
+
+def _read_shard_wise(path, abstract_params, params_shardings):
+  """The params of a tkx or t5x (msgpack) checkpoint, each process reading only its devices' slices.
+
+  None when the checkpoint cannot be read so: another layer layout (scanned vs per
+  layer: converted after a whole read) or an orbax-era t5x checkpoint.
+  """
+  import jax
+
+  from tkx.models import scan
+
+  scanned = scan.is_scanned(abstract_params)
+  flat_expected = _flat(abstract_params)
+  if orbax_io.is_tkx_checkpoint(path):
+    stored = orbax_io.params_metadata(path)
+    if stored is not None:
+      if scan.is_scanned(stored) != scanned:
+        return None
+      _check_names_and_shapes(_flat(stored), flat_expected, path)
+      target = jax.tree_util.tree_map(
+          lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+          abstract_params,
+          params_shardings,
+      )
+      return orbax_io.load_params(path, target)
+  from tkx.checkpoints import t5x_format
+
+  sources = t5x_format.open_params(path)
+  if sources is None or scan.is_scanned(sources) != scanned:
+    return None
+  _check_names_and_shapes(_flat(sources), flat_expected, path)
+  return _from_slices(sources, abstract_params, params_shardings)
+
+
 def load_initial_params(path: str, abstract_params, params_shardings):
   """Params from a tkx checkpoint (also those `tkx import-checkpoint` writes) or a t5x checkpoint.
 
   Checked against the model's `abstract_params` (names, shapes), cast to their
-  dtypes and placed with `params_shardings`.
+  dtypes and placed with `params_shardings`. Each process reads only the slices
+  its devices hold, cast as they are read (`_read_shard_wise`), so its peak host
+  memory grows with its shard; a checkpoint in the other layer layout (scanned or
+  per layer) or an orbax-era t5x one is read whole and converted.
   """
-  import jax
 
   log.info("Initialising parameters from %s", path)
   if not os.path.exists(path) and "://" not in path:
     raise FileNotFoundError(f"INITIAL_CHECKPOINT_PATH={path} does not exist")
+  params = _read_shard_wise(path, abstract_params, params_shardings)
+  if params is not None:
+    return params
+  log.info(
+      "%s: another layer layout or an orbax-era t5x checkpoint; reading it whole",
+      path,
+  )
   loaded = None
   if orbax_io.is_tkx_checkpoint(path):
     try:
@@ -444,8 +520,4 @@ def load_initial_params(path: str, abstract_params, params_shardings):
   # Per-layer or scanned checkpoints initialise models of either layout.
   loaded = scan.to_layout(loaded, scan.is_scanned(abstract_params))
   host = _check_and_cast(loaded, abstract_params, path)
-  return jax.tree_util.tree_map(
-      lambda x, s: jax.make_array_from_callback(x.shape, s, lambda idx: x[idx]),
-      host,
-      params_shardings,
-  )
+  return _from_slices(host, abstract_params, params_shardings)

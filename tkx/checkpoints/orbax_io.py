@@ -8,10 +8,15 @@ Atomicity: orbax writes a step into `checkpoint_<step>.orbax-checkpoint-tmp-<t>/
 renames it to `checkpoint_<step>/` only once every item is written (and puts a
 `commit_success.txt` in it); listing ignores the tmp directories and we delete
 stale ones on start. A SIGKILL mid-save therefore leaves the previous checkpoint
-as the latest. As a second line of defence `restore_latest` falls back to the
-next older step, with a warning, if the newest one cannot be read.
+as the latest.
+
+Restore is agreed: `restore_latest` restores the newest step that every process
+can read (`agreed_step`: each checks a step's committed metadata, the processes
+all-gather their newest readable step until they agree), so an incomplete or
+damaged newest step is skipped by all processes together and said once.
 """
 
+import json
 import logging
 import os
 import shutil
@@ -89,6 +94,9 @@ class CheckpointManager:
     )
     if not read_only:
       _remove_stale_tmp_dirs(self.directory)
+    self._unreadable = (
+        {}
+    )  # step -> why this process cannot read it (None: it can)
     self._manager = ocp.CheckpointManager(
         self.directory, options=options, item_names=(STATE_ITEM, DATA_ITEM)
     )
@@ -111,15 +119,28 @@ class CheckpointManager:
       train_state: Any,
       data_state: Optional[Mapping] = None,
       force: bool = False,
+      chunk_byte_size: Optional[int] = None,
   ) -> bool:
-    """Writes checkpoint_<step> when due (or forced); returns whether it did."""
+    """Writes checkpoint_<step> when due (or forced); returns whether it did.
+
+    `chunk_byte_size` caps the stored chunks (default: one chunk per written
+    shard), so that a reader of a slice decodes no more than the chunks it needs.
+    """
     if not (force or self.should_save(step)):
       return False
     if step in self._manager.all_steps():
       return False
     args = ocp.args.Composite(
         **{
-            STATE_ITEM: ocp.args.StandardSave(_to_tree(train_state)),
+            STATE_ITEM: ocp.args.StandardSave(
+                _to_tree(train_state),
+                save_args=jax.tree_util.tree_map(
+                    lambda _: ocp.SaveArgs(chunk_byte_size=chunk_byte_size),
+                    _to_tree(train_state),
+                )
+                if chunk_byte_size
+                else None,
+            ),
             DATA_ITEM: ocp.args.JsonSave(dict(data_state or {})),
         }
     )
@@ -159,27 +180,162 @@ class CheckpointManager:
   def restore_latest(
       self, abstract_train_state: Any
   ) -> Optional[Tuple[Any, dict]]:
-    """(train_state, data_state) of the newest readable checkpoint, or None when there is none."""
-    for step in reversed(self.all_steps()):
+    """(train_state, data_state) of the newest step every process can read, or None when there is none.
+
+    The step is agreed by all processes (`agreed_step`), so they restore the same
+    one. One process falls back to the next older step when a restore fails; with
+    several a failed restore raises (a process leaving orbax's restore early would
+    leave the others waiting at its barrier).
+    """
+    step = self.agreed_step()
+    while step is not None:
       try:
         return self.restore(step, abstract_train_state)
-      except (
-          Exception
-      ) as e:  # an incomplete or damaged step: try the one before
+      except Exception as e:  # pylint: disable=broad-except
+        reason = f"{type(e).__name__}: {e}"
+        if jax.process_count() > 1:
+          raise CheckpointReadError(
+              f"{self.directory}/{layout.step_dir_name(step)}: cannot restore "
+              f"({reason}); move it away to resume from the step before"
+          ) from e
+        self._unreadable[step] = reason
         log.warning(
-            "Cannot restore %s/%s (%s: %s); trying an older checkpoint.",
+            "Cannot restore %s/%s (%s); trying an older checkpoint.",
             self.directory,
             layout.step_dir_name(step),
-            type(e).__name__,
-            e,
+            reason,
         )
+        step = self.agreed_step()
     return None
 
+  def agreed_step(self) -> Optional[int]:
+    """The newest step that every process finds readable (`unreadable_reason`); the same on all.
 
-def save_params(directory: str, params: Any, step: int = 0) -> str:
-  """Writes a params-only tkx checkpoint (as `tkx import-checkpoint` does); returns the step dir."""
+    Each process proposes its newest readable step at most the last agreed bound;
+    the minimum of the proposals becomes the bound until every process proposes
+    it (one all-gather per round; one round when all read the newest). Steps skipped
+    are said once, by the primary process; each process warns of what it cannot read.
+    """
+    steps = self.all_steps()
+    bound, first_proposals = None, None
+    while True:
+      mine = next(
+          (
+              s
+              for s in reversed(steps)
+              if (bound is None or s <= bound)
+              and self.unreadable_reason(s) is None
+          ),
+          -1,
+      )
+      proposals = _all_processes(mine)
+      first_proposals = first_proposals or proposals
+      bound = min(proposals)
+      if bound == max(proposals):
+        break
+    agreed = None if bound < 0 else bound
+    skipped = sorted(
+        {s for s in first_proposals if s > bound}
+        | {s for s in steps if s > bound}
+    )
+    if skipped and multihost.is_primary_host():
+      log.warning(
+          "Skipping checkpoint(s) %s of %s: not readable on every process; all "
+          "processes restore %s",
+          ", ".join(str(s) for s in skipped),
+          self.directory,
+          layout.step_dir_name(agreed) if agreed is not None else "none",
+      )
+    return agreed
+
+  def unreadable_reason(self, step: int) -> Optional[str]:
+    """Why this process cannot read step `step` (None: it can), from the step's files.
+
+    Checked: the step was committed and the metadata of the checkpoint and of both
+    items parses (what orbax reads before any array), and the state's array store
+    is there. Memoised per manager.
+    """
+    if step not in self._unreadable:
+      self._unreadable[step] = _step_problem(
+          os.path.join(self.directory, layout.step_dir_name(step))
+      )
+      if self._unreadable[step] is not None:
+        log.warning(
+            "Cannot read %s/%s on process %d: %s",
+            self.directory,
+            layout.step_dir_name(step),
+            jax.process_index(),
+            self._unreadable[step],
+        )
+    return self._unreadable[step]
+
+
+class CheckpointReadError(ValueError):
+  """An agreed checkpoint step failed to restore (message names the step dir and the cause)."""
+
+
+# Files orbax reads of a step before any array: (path in the step dir, must parse as JSON).
+_STEP_FILES = (
+    ("_CHECKPOINT_METADATA", True),
+    (f"{STATE_ITEM}/_METADATA", True),
+    (f"{STATE_ITEM}/manifest.ocdbt", False),
+    (f"{DATA_ITEM}/metadata", True),
+)
+
+
+def _step_problem(step_dir: str) -> Optional[str]:
+  """What is wrong with a step's files (None when the metadata reads), for `unreadable_reason`."""
+  if "://" in step_dir:  # remote: let orbax's restore find out
+    return None
+  for name, is_json in _STEP_FILES:
+    path = os.path.join(step_dir, name)
+    try:
+      with open(path, "rb") as f:
+        data = f.read()
+      if is_json:
+        json.loads(data)
+      elif not data:
+        return f"{name} is empty"
+    except (OSError, ValueError) as e:
+      return f"{name}: {type(e).__name__}: {e}"
+  return None
+
+
+def _all_processes(value: int) -> list:
+  """`value` of every process (itself alone with one process)."""
+  if jax.process_count() == 1:
+    return [int(value)]
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+  return [
+      int(v)
+      for v in np.asarray(multihost_utils.process_allgather(np.int64(value)))
+  ]
+
+
+# t5x's chunk cap: a slice of a big array is read without decoding the whole array.
+PARAMS_CHUNK_BYTES = 64 * 2**20
+
+
+def save_params(
+    directory: str,
+    params: Any,
+    step: int = 0,
+    chunk_byte_size: int = PARAMS_CHUNK_BYTES,
+) -> str:
+  """Writes a params-only tkx checkpoint (as `tkx import-checkpoint` does); returns the step dir.
+
+  Arrays are stored in chunks of at most `chunk_byte_size` bytes (t5x's 64 MiB),
+  so that shard-wise readers decode about their slices, not whole arrays.
+  """
   manager = CheckpointManager(directory, save_every=1, async_save=False)
-  manager.save(step, {"params": params}, data_state={}, force=True)
+  manager.save(
+      step,
+      {"params": params},
+      data_state={},
+      force=True,
+      chunk_byte_size=chunk_byte_size,
+  )
   manager.close()
   return os.path.join(manager.directory, layout.step_dir_name(step))
 
@@ -191,22 +347,36 @@ def is_tkx_checkpoint(path: str) -> bool:
     return False
 
 
+def _state_dir(path: str) -> str:
+  # orbax reads no metadata through a relative path (README's `ckpts/run1`).
+  state_dir = os.path.join(layout.find_step_dir(path), STATE_ITEM)
+  return state_dir if "://" in state_dir else os.path.abspath(state_dir)
+
+
+def _tree_metadata(state_dir: str):
+  meta = ocp.PyTreeCheckpointer().metadata(state_dir)
+  meta = getattr(meta, "item_metadata", meta)  # StepMetadata -> TreeMetadata
+  return getattr(meta, "tree", meta)
+
+
+def params_metadata(path: str) -> Optional[Any]:
+  """The stored params' tree of array metadata (`.shape`, `.dtype`; nothing read), None without "params"."""
+  tree = _tree_metadata(_state_dir(path))
+  return tree.get("params") if "params" in tree else None
+
+
 def load_params(path: str, abstract_params: Any = None) -> Any:
   """The "params" subtree of a tkx checkpoint (dir or one `checkpoint_<step>` dir).
 
   With `abstract_params` (ShapeDtypeStructs, optionally with shardings) only the
-  parameters are read (not the optimizer state), into those shardings and dtypes;
-  without it they come back as host numpy arrays.
+  parameters are read (not the optimizer state), into those shardings and dtypes:
+  each process reads only the slices its devices hold, cast as they are read.
+  Without it they come back whole as host numpy arrays.
   """
-  # orbax reads no metadata through a relative path (README's `ckpts/run1`).
-  state_dir = os.path.join(layout.find_step_dir(path), STATE_ITEM)
-  if "://" not in state_dir:
-    state_dir = os.path.abspath(state_dir)
+  state_dir = _state_dir(path)
   checkpointer = ocp.PyTreeCheckpointer()
   if abstract_params is None:
-    meta = checkpointer.metadata(state_dir)
-    meta = getattr(meta, "item_metadata", meta)  # StepMetadata -> TreeMetadata
-    tree = getattr(meta, "tree", meta)
+    tree = _tree_metadata(state_dir)
     if "params" not in tree:
       raise KeyError(
           f"{state_dir} has no 'params' entry (found {sorted(tree)})"

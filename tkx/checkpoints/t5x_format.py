@@ -311,6 +311,73 @@ def load_params(path: str, dtype: Optional[Any] = None) -> Dict[str, Any]:
   return traverse_util.unflatten_dict(out, sep="/")
 
 
+class _TensorStoreSlices:
+  """A TensorStore array read by numpy-style slices (`source[index]`); opened on first use."""
+
+  def __init__(self, spec, ckpt_dir: str, name: str):
+    self._spec, self._ckpt_dir, self._name = spec, ckpt_dir, name
+    self._store = None
+    self.shape = tuple(self._open().shape)
+    self.dtype = np.dtype(self._open().dtype.numpy_dtype)
+
+  def _open(self):
+    if self._store is None:
+      import tensorstore as ts
+
+      local = _localize_spec(self._spec, self._ckpt_dir)
+      try:
+        self._store = ts.open(local, open=True, read=True).result()
+      except Exception as e:  # tensorstore raises ValueError / its own errors
+        raise T5xCheckpointError(
+            f"{self._ckpt_dir}: cannot open array {self._name!r} at "
+            f"{local['kvstore']['path']}: {e}"
+        ) from e
+    return self._store
+
+  def __getitem__(self, index) -> np.ndarray:
+    try:
+      return np.asarray(self._open()[index].read().result())
+    except Exception as e:
+      raise T5xCheckpointError(
+          f"{self._ckpt_dir}: cannot read array {self._name!r}: {e}"
+      ) from e
+
+
+def open_params(path: str) -> Optional[Dict[str, Any]]:
+  """The params of a msgpack t5x checkpoint as arrays read by slice: nothing big is read yet.
+
+  Nested dicts (t5x names) whose leaves have `.shape`, `.dtype` and `leaf[index]`:
+  numpy arrays for the arrays stored inline in the msgpack file, TensorStore
+  readers for the rest. None for an orbax-era checkpoint (`load_params` reads those).
+  """
+  try:
+    ckpt_file = find_checkpoint_file(path)
+  except FileNotFoundError:
+    if find_orbax_state_dir(path) is not None:
+      return None
+    raise
+  ckpt_dir = os.path.dirname(ckpt_file)
+  with open(ckpt_file, "rb") as f:
+    try:
+      state = serialization.msgpack_restore(f.read())
+    except Exception as e:
+      raise T5xCheckpointError(
+          f"{ckpt_file}: not a msgpack t5x checkpoint ({e})"
+      ) from e
+  flat = _flatten_to_arrays(_find_params(state, ckpt_file))
+  return traverse_util.unflatten_dict(
+      {
+          name: (
+              _TensorStoreSlices(value, ckpt_dir, name)
+              if _is_ts_spec(value)
+              else np.asarray(value)
+          )
+          for name, value in flat.items()
+      },
+      sep="/",
+  )
+
+
 # ------------------------------------------------------------------------------
 # Writer (t5x's layout; used by tests and to hand tkx params to t5x tooling)
 # ------------------------------------------------------------------------------

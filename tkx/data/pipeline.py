@@ -25,6 +25,12 @@ Batchers take `open_stream` and a JSON state and yield `(batch, state)`:
 `tkx.data.packing.packed_batches` the packed one (gin PACK=True). The state of
 `padded_batches` is {"next_index": global index of the next batch's first example}.
 
+Checkpoints (`TrainInput.checkpoint_data_state`) hold every data shard's state,
+gathered from all hosts at the save (packed positions differ per host: each packs
+its own shard). A resume on the same number of shards takes its own shard's; on
+another number only the unpadded stream's global index resumes (the same examples
+per step), and packed or SeqIO input is refused with one line naming both numbers.
+
 Names that are not NI names keep SeqIO's pipeline (`get_dataset`), resumed by
 skipping the batches already consumed.
 """
@@ -545,20 +551,32 @@ class TrainInput:
       )
     return {"consumed_batches": 0}
 
+  @property
+  def shard_id(self) -> int:
+    return self.shard_info.index if self.shard_info is not None else 0
+
   def state_from_checkpoint(
       self, data_state: Mapping[str, Any], start_step: int
   ) -> Dict[str, Any]:
-    """The input state a checkpoint recorded (older checkpoints: batches consumed)."""
+    """This host's input state from a checkpoint's `data_state` (see `checkpoint_data_state`).
+
+    The position of this host's data shard when the checkpoint has the same
+    number of shards; on another number only a position that does not depend on
+    the sharding (unpadded NI input: the next global example index) resumes, and
+    anything else is a ValueError naming both numbers. Older checkpoints (one
+    position, written by the primary host; `consumed_batches`) are read where
+    that position is valid for every host.
+    """
     if data_state.get("batch_size", self.batch_size) != self.batch_size or (
         data_state.get("data_seed", self.data_seed) != self.data_seed
     ):
       log.warning(
           "Resuming with a different BATCH_SIZE or data seed than the checkpoint (%s): "
           "the input order will not match the interrupted run.",
-          dict(data_state),
+          {k: v for k, v in data_state.items() if k != "input_by_shard"},
       )
     consumed = int(data_state.get("consumed_batches", start_step))
-    saved = dict(data_state.get("input") or {})
+    saved = self._saved_position(data_state, start_step)
     if self.kind is InputKind.NI_STREAM and self.pack:
       if "window_start" not in saved:
         raise ValueError(
@@ -579,14 +597,86 @@ class TrainInput:
       }
     return {"consumed_batches": int(saved.get("consumed_batches", consumed))}
 
+  def _saved_position(self, data_state, start_step) -> dict:
+    """The recorded position that applies to this host's shard (ValueError when none does)."""
+    by_shard = data_state.get("input_by_shard")
+    if not by_shard:  # older tkx: one position, the primary host's
+      if self.num_shards == 1 or self._position_is_global():
+        return dict(data_state.get("input") or {})
+      raise ValueError(
+          f"checkpoint_{start_step}: its data_state holds only the first host's input "
+          f"position (written before tkx recorded every host's), so the other "
+          f"{self.num_shards - 1} data shard(s) cannot resume exactly; start a new "
+          "MODEL_DIR from it (INITIAL_CHECKPOINT_PATH) or resume unpacked"
+      )
+    saved_shards = len(by_shard)
+    if saved_shards == self.num_shards:
+      return dict(by_shard[self.shard_id])
+    if self._position_is_global():
+      from tkx import multihost  # pylint: disable=g-import-not-at-top
+
+      position = dict(by_shard[0])
+      if multihost.is_primary_host():
+        log.info(
+            "checkpoint_%d was written with %d data shards, this run has %d: the "
+            "unpacked input resumes at global example %s, so every step trains on "
+            "the same examples as before (their rows sit on other devices)",
+            start_step,
+            saved_shards,
+            self.num_shards,
+            position.get("next_index"),
+        )
+      return position
+    what = "packed rows" if self.pack else "SeqIO's sharded pipeline"
+    raise ValueError(
+        f"checkpoint_{start_step} was written with {saved_shards} data shard(s) "
+        f"(hosts), this run has {self.num_shards}: the input ({what}) is per "
+        f"shard and cannot resume exactly on a different number; resume with "
+        f"{saved_shards} data shard(s), or start a new MODEL_DIR from the "
+        "checkpoint (INITIAL_CHECKPOINT_PATH)"
+    )
+
+  def _position_is_global(self) -> bool:
+    # Unpadded NI input: every host's state is the next batch's first global index.
+    return self.kind is InputKind.NI_STREAM and not self.pack
+
   def checkpoint_data_state(self, input_state: Mapping[str, Any]) -> dict:
-    """What a checkpoint stores next to the parameters."""
+    """What a checkpoint stores next to the parameters: every data shard's input position.
+
+    `input_by_shard[k]` is shard k's state (gathered from every host: call it
+    on all hosts at the same step); `input` keeps the primary host's for older
+    readers.
+    """
     return {
         "input": dict(input_state),
+        "input_by_shard": self._gather_shard_states(input_state),
         "batch_size": self.batch_size,
         "data_seed": self.data_seed,
         "mixture": self.mixture_or_task_name,
     }
+
+  def _gather_shard_states(self, input_state: Mapping[str, Any]) -> list:
+    """[state of shard 0, ..., shard num_shards-1], from every process (one all-gather)."""
+    import jax  # pylint: disable=g-import-not-at-top
+
+    keys = sorted(input_state)
+    if jax.process_count() == 1:
+      return [dict(input_state)] * self.num_shards
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+    mine = np.array(
+        [self.shard_id] + [int(input_state[k]) for k in keys], np.int64
+    )
+    rows = np.asarray(multihost_utils.process_allgather(mine))
+    by_shard = {}
+    for row in rows:
+      state = dict(zip(keys, (int(v) for v in row[1:])))
+      if by_shard.setdefault(int(row[0]), state) != state:
+        raise RuntimeError(  # hosts of one data shard read the same input
+            f"hosts of data shard {int(row[0])} are at different input positions: "
+            f"{by_shard[int(row[0])]} and {state}"
+        )
+    return [by_shard[k] for k in range(self.num_shards)]
 
   def batches(self, state: Mapping[str, Any]) -> Iterator[tuple]:
     """(host batch, state after it) from `state` on."""
