@@ -1076,3 +1076,19 @@ def test_prepare_tfds_rejects_a_folder_that_is_no_checkout(tmp_path, capsys):
   assert status == 2
   assert f"--ni_dir {tmp_path}: no tasks/ folder" in capsys.readouterr().err
   assert not (tmp_path / "d").exists()
+
+
+def test_quick_start_bench_checks_a_band_not_a_point(capsys):
+  """bench/quick_start.py fails a full run whose scores leave README's bands (they vary with the CPU)."""
+  import importlib.util
+
+  spec = importlib.util.spec_from_file_location(
+      "quick_start", REPO_ROOT / "bench" / "quick_start.py"
+  )
+  quick_start = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(quick_start)
+  assert quick_start._check_bands({"exact_match": 29.98, "rougeL": 39.65}) == 0
+  assert quick_start._check_bands({"exact_match": 31.5, "rougeL": 40.9}) == 0
+  assert quick_start._check_bands({"exact_match": 12.0, "rougeL": 39.0}) == 1
+  assert "exact match 12.0 outside" in capsys.readouterr().err
+
