@@ -230,6 +230,17 @@ def read_state_dict(path: str) -> Dict[str, Any]:
   return load(state, "")
 
 
+def _read_msgpack(ckpt_file: str):
+  """The msgpack state tree of a t5x `checkpoint` file (arrays as TensorStore references)."""
+  with open(ckpt_file, "rb") as f:
+    try:
+      return serialization.msgpack_restore(f.read())
+    except Exception as e:
+      raise T5xCheckpointError(
+          f"{ckpt_file}: not a msgpack t5x checkpoint ({e})"
+      ) from e
+
+
 def _find_params(state: Mapping[str, Any], source: str) -> Mapping[str, Any]:
   for keys in _PARAM_PATHS:
     node = state
@@ -286,13 +297,7 @@ def load_params(path: str, dtype: Optional[Any] = None) -> Dict[str, Any]:
         sep="/",
     )
   ckpt_dir = os.path.dirname(ckpt_file)
-  with open(ckpt_file, "rb") as f:
-    try:
-      state = serialization.msgpack_restore(f.read())
-    except Exception as e:
-      raise T5xCheckpointError(
-          f"{ckpt_file}: not a msgpack t5x checkpoint ({e})"
-      ) from e
+  state = _read_msgpack(ckpt_file)
   params = _find_params(state, ckpt_file)
   flat = _flatten_to_arrays(params)
   log.info("Reading %d arrays from t5x checkpoint %s", len(flat), ckpt_dir)
@@ -357,13 +362,7 @@ def open_params(path: str) -> Optional[Dict[str, Any]]:
       return None
     raise
   ckpt_dir = os.path.dirname(ckpt_file)
-  with open(ckpt_file, "rb") as f:
-    try:
-      state = serialization.msgpack_restore(f.read())
-    except Exception as e:
-      raise T5xCheckpointError(
-          f"{ckpt_file}: not a msgpack t5x checkpoint ({e})"
-      ) from e
+  state = _read_msgpack(ckpt_file)
   flat = _flatten_to_arrays(_find_params(state, ckpt_file))
   return traverse_util.unflatten_dict(
       {
