@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from tkx import io_utils, multihost, optimizers
+from tkx import io_utils, multihost, optimizers, storage
 from tkx.checkpoints import directory, layout, orbax_io
 from tkx.step_logger import StepLogger
 from tkx.train_state import TrainState, TrainStateInitializer
@@ -397,9 +397,7 @@ def train(
     )
   else:
     row_layout = packing.RowLayout.for_lengths(task_feature_lengths)
-  model_dir = (
-      os.path.abspath(model_dir) if "://" not in model_dir else model_dir
-  )
+  model_dir = storage.abspath(model_dir)
   if partitioner is None:
     from tkx import partitioning
 

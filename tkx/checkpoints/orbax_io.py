@@ -22,7 +22,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from tkx import multihost
+from tkx import multihost, storage
 from tkx.checkpoints import layout
 
 STATE_ITEM = layout.STATE_ITEM
@@ -47,7 +47,7 @@ def _remove_stale_tmp_dirs(directory):
   """Deletes what a killed save left (`checkpoint_<step>.orbax-checkpoint-tmp-*`), on the primary host."""
   if (
       not multihost.is_primary_host()
-      or "://" in directory
+      or storage.is_remote(directory)
       or not os.path.isdir(directory)
   ):
     return
@@ -73,9 +73,7 @@ class CheckpointManager:
       async_save: bool = True,
       read_only: bool = False,
   ):
-    self.directory = (
-        os.path.abspath(directory) if "://" not in directory else directory
-    )
+    self.directory = storage.abspath(directory)
     self.save_every = max(int(save_every), 1)
     self.keep = keep
     options = ocp.CheckpointManagerOptions(
@@ -181,12 +179,12 @@ def save_params(directory: str, params: Any, step: int = 0) -> str:
   manager = CheckpointManager(directory, save_every=1, async_save=False)
   manager.save(step, {"params": params}, data_state={}, force=True)
   manager.close()
-  return os.path.join(manager.directory, layout.step_dir_name(step))
+  return storage.join(manager.directory, layout.step_dir_name(step))
 
 
 def is_tkx_checkpoint(path: str) -> bool:
   try:
-    return os.path.isdir(os.path.join(layout.find_step_dir(path), STATE_ITEM))
+    return storage.isdir(storage.join(layout.find_step_dir(path), STATE_ITEM))
   except FileNotFoundError:
     return False
 
@@ -199,9 +197,9 @@ def load_params(path: str, abstract_params: Any = None) -> Any:
   without it they come back as host numpy arrays.
   """
   # orbax reads no metadata through a relative path (README's `ckpts/run1`).
-  state_dir = os.path.join(layout.find_step_dir(path), STATE_ITEM)
-  if "://" not in state_dir:
-    state_dir = os.path.abspath(state_dir)
+  state_dir = storage.abspath(
+      storage.join(layout.find_step_dir(path), STATE_ITEM)
+  )
   checkpointer = ocp.PyTreeCheckpointer()
   if abstract_params is None:
     meta = checkpointer.metadata(state_dir)
