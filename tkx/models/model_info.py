@@ -540,6 +540,14 @@ def verdict(
         (f"NUM_MICROBATCHES = {2 * base['num_microbatches']}", config,
          {"num_microbatches": 2 * base["num_microbatches"]})
     )  # fmt: skip
+  if base["optimizer"] == "adamw":
+    candidates.append(
+        (
+            "trainer.train.optimizer_fn = @optimizers.adafactor (factored state)",
+            config,
+            {"optimizer": "adafactor"},
+        )
+    )
   if base["data"] % 2 == 0:
     candidates.append(
         (f"partitioning.Partitioner.num_partitions = {2 * base['model']} (model axis)",
@@ -611,6 +619,7 @@ def _format_training_memory(info: Dict[str, Any]) -> List[str]:
       "accumulation",
       "activations",
       "logits",
+      "update",
       "total",
   ):
     lines.append(f"  {name:<22}{human_bytes(tm[name]):>14}")
