@@ -256,13 +256,14 @@ def test_cli_reads_the_recipe_and_judges_a_target(capsys):
   assert command.parse_bytes("80 GB") == 80 * 10**9
   with pytest.raises(ValueError, match="--device_memory"):
     command.parse_bytes("eighty")
+  recipe_file = "gin_configs/experiments/tk_instruct_11b_def_pos.gin"
   rc = cli.main(
       [
           "model-info",
           "--gin_file",
-          "gin_configs/experiments/tk_instruct_11b_def_pos.gin",
+          recipe_file,
           "--target",
-          "tpu-v4-32",
+          "gpu-8x80gb",
           "--json",
       ]
   )
@@ -270,8 +271,11 @@ def test_cli_reads_the_recipe_and_judges_a_target(capsys):
   info = json.loads(capsys.readouterr().out)
   recipe = info["recipe"]
   # The 11B recipe: 8-way model axis, FSDP, AdamW, packed rows of 4 x 1024 + 184, 2 micro-batches.
-  assert (recipe["data"], recipe["model"]) == (2, 8)
+  assert (recipe["data"], recipe["model"]) == (1, 8)
   assert recipe["shard_params_over_data"] and recipe["optimizer"] == "adamw"
   assert (recipe["encoder_blocks"], recipe["targets_length"]) == (4, 184)
-  assert recipe["num_microbatches"] == 2
-  assert info["verdict"]["device_memory"] == 32 * 2**30
+  assert recipe["num_microbatches"] == 2 and recipe["batch_rows"] == 2
+  assert info["verdict"]["device_memory"] == 80 * 2**30
+  # On a v4-32 the mesh is 2 x 8: 2 rows cannot make 2 micro-batches on each of 2 data shards.
+  with pytest.raises(ValueError, match="not divisible"):
+    cli.run(["model-info", "--gin_file", recipe_file, "--target", "tpu-v4-32"])

@@ -66,7 +66,7 @@ def add_arguments(parser):
       "--batch_size",
       type=int,
       default=None,
-      help="rows per step over all devices (default: the recipe's, else 1)",
+      help="rows per step over all devices (default: the recipe's, else one per data shard)",
   )
   parser.add_argument(
       "--inputs_length",
@@ -127,7 +127,7 @@ def _recipe(args):
   lengths = gin_utils.query("%TASK_FEATURE_LENGTHS", None) or {}
   blocks = int(gin_utils.query("%PACKED_ENCODER_BLOCKS", 1)) if pack else 1
   rows = pick(
-      args.batch_size, "%PACKED_BATCH_SIZE" if pack else "%BATCH_SIZE", 1
+      args.batch_size, "%PACKED_BATCH_SIZE" if pack else "%BATCH_SIZE", None
   )
   targets = args.targets_length or (
       gin_utils.query("%PACKED_TARGETS_LENGTH", None) if pack else None
@@ -141,6 +141,9 @@ def _recipe(args):
   model = pick(args.model, "partitioning.Partitioner.num_partitions", 1) or 1
   devices = TARGETS[args.target][0] if args.target else None
   data = args.data or (devices // model if devices else 1)
+  microbatches = int(pick(args.num_microbatches, "%NUM_MICROBATCHES", 1))
+  if rows is None:  # a model gin file alone: one row per data-parallel device
+    rows = data * microbatches
   return xla_memory.Recipe(
       data=int(data),
       model=int(model),
@@ -157,7 +160,7 @@ def _recipe(args):
       targets_length=int(targets or lengths.get("targets", 128)),
       encoder_blocks=blocks,
       packed=pack,
-      num_microbatches=int(pick(args.num_microbatches, "%NUM_MICROBATCHES", 1)),
+      num_microbatches=microbatches,
       decode_batch=int(args.decode_batch or data),
       max_decode_length=int(lengths.get("targets", 128)),
   )
@@ -195,6 +198,11 @@ def main(args):
     raise ValueError(
         f"--target {args.target} has {TARGETS[args.target][0]} devices; the mesh "
         f"data={recipe.data} x model={recipe.model} has {recipe.devices}"
+    )
+  if recipe.batch_rows % (recipe.data * recipe.num_microbatches):
+    raise ValueError(
+        f"batch of {recipe.batch_rows} rows (--batch_size or the recipe's) is not divisible by "
+        f"data={recipe.data} x num_microbatches={recipe.num_microbatches}; tkx train refuses it too"
     )
   info = model_info.report(
       cfg,
