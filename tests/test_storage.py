@@ -30,12 +30,14 @@ def emulator():
 @pytest.fixture
 def gcs(emulator, monkeypatch):
   """This process's storage clients pointed at the emulator (as `import tkx` does in a fresh process)."""
-  import gcsfs
-
   monkeypatch.setenv(storage.EMULATOR_VARIABLE, emulator.url)
-  for name in storage.configure_environment({storage.EMULATOR_VARIABLE: "x"}):
-    monkeypatch.delenv(name, raising=False)
-  storage.configure_environment()
+  derived = storage.configure_environment(
+      {storage.EMULATOR_VARIABLE: emulator.url}
+  )
+  for name, value in derived.items():  # restored after the test
+    monkeypatch.setenv(name, value)
+  import gcsfs  # after the variables: it reads them on import
+
   gcsfs.GCSFileSystem.clear_instance_cache()
   yield "gs://tkx"
   gcsfs.GCSFileSystem.clear_instance_cache()
