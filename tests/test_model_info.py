@@ -188,3 +188,94 @@ def test_cli_prints_counts_memory_and_flops(capsys):
   assert info["config"]["num_decoder_layers"] == 4
   assert info["params"]["total"] < 76_961_152
   assert info["memory"]["param_bytes_per_device"] == 4 * info["params"]["total"]
+
+
+# The formula's train-step bytes per device against XLA's own analysis of the compiled step
+# (no remat): docs/memory.md states this margin.
+FORMULA_OVER_XLA = (0.6, 1.15)
+
+
+@pytest.mark.parametrize(
+    "data,model,optimizer,microbatches",
+    [(8, 1, "adafactor", 1), (4, 2, "adamw", 2)],
+)
+def test_training_memory_formula_within_margin_of_xla_analysis(
+    data, model, optimizer, microbatches
+):
+  from tkx.models import xla_memory
+
+  cfg = gin_config("t5_1_1", "tiny")
+  recipe = xla_memory.Recipe(
+      data=data,
+      model=model,
+      optimizer=optimizer,
+      batch_rows=64,
+      inputs_length=256,
+      targets_length=32,
+      num_microbatches=microbatches,
+  )
+  xla = xla_memory.analyse(cfg, recipe)[
+      "train_step"
+  ]  # conftest's 8 CPU devices
+  formula = model_info.training_memory_per_device(
+      cfg,
+      data=data,
+      model=model,
+      optimizer=optimizer,
+      batch_rows=64,
+      inputs_length=256,
+      targets_length=32,
+      num_microbatches=microbatches,
+  )
+  # The state is an argument donated to the output: XLA counts it once.
+  assert xla["aliased"] == pytest.approx(xla["outputs"], rel=0.01)
+  state = formula.params + formula.optimizer_state
+  assert xla["arguments"] == pytest.approx(state, rel=0.05)
+  low, high = FORMULA_OVER_XLA
+  assert low <= formula.total / xla["peak"] <= high
+
+
+def test_verdict_names_changes_that_fit():
+  cfg = gin_config("t5_1_1", "xl")
+  info = model_info.report(
+      cfg, data=8, optimizer="adamw", batch_size=64, inputs_length=1024
+  )
+  v = model_info.verdict(cfg, info, device_memory=70 * 2**30)
+  assert not v["fits"] and v["source"] == "formula"
+  changes = {c["change"]: c for c in v["changes"]}
+  assert "network.T5Config.remat_policy = 'full'" in changes
+  assert any("shard_params_over_data" in c for c in changes)
+  assert any(c["fits"] for c in v["changes"])
+  assert model_info.verdict(cfg, info, device_memory=2**40)["fits"]
+
+
+def test_cli_reads_the_recipe_and_judges_a_target(capsys):
+  from tkx.commands import model_info as command
+
+  assert command.parse_bytes("80GiB") == 80 * 2**30
+  assert command.parse_bytes("80 GB") == 80 * 10**9
+  with pytest.raises(ValueError, match="--device_memory"):
+    command.parse_bytes("eighty")
+  recipe_file = "gin_configs/experiments/tk_instruct_11b_def_pos.gin"
+  rc = cli.main(
+      [
+          "model-info",
+          "--gin_file",
+          recipe_file,
+          "--target",
+          "gpu-8x80gb",
+          "--json",
+      ]
+  )
+  assert rc == 0
+  info = json.loads(capsys.readouterr().out)
+  recipe = info["recipe"]
+  # The 11B recipe: 8-way model axis, FSDP, AdamW, packed rows of 4 x 1024 + 184, 2 micro-batches.
+  assert (recipe["data"], recipe["model"]) == (1, 8)
+  assert recipe["shard_params_over_data"] and recipe["optimizer"] == "adamw"
+  assert (recipe["encoder_blocks"], recipe["targets_length"]) == (4, 184)
+  assert recipe["num_microbatches"] == 2 and recipe["batch_rows"] == 2
+  assert info["verdict"]["device_memory"] == 80 * 2**30
+  # On a v4-32 the mesh is 2 x 8: 2 rows cannot make 2 micro-batches on each of 2 data shards.
+  with pytest.raises(ValueError, match="not divisible"):
+    cli.run(["model-info", "--gin_file", recipe_file, "--target", "tpu-v4-32"])

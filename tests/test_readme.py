@@ -1091,4 +1091,3 @@ def test_quick_start_bench_checks_a_band_not_a_point(capsys):
   assert quick_start._check_bands({"exact_match": 31.5, "rougeL": 40.9}) == 0
   assert quick_start._check_bands({"exact_match": 12.0, "rougeL": 39.0}) == 1
   assert "exact match 12.0 outside" in capsys.readouterr().err
-

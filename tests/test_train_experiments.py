@@ -49,6 +49,9 @@ def test_tk_instruct_recipes(name, emb_dim, vocab_size, partitions):
       config.dtype,
       config.param_dtype,
   ) == (emb_dim, vocab_size, "bfloat16", "float32")
+  # What XLA's memory analysis recommends (docs/memory.md): scanned layers everywhere.
+  assert config.scan_layers is True
+  assert config.remat_policy == ("full" if partitions == 8 else "none")
   assert config.dropout_rate == 0.1 and config.mlp_activations == (
       "gelu",
       "linear",

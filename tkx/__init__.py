@@ -6,3 +6,8 @@ __version__ = "0.1.0"
 from tkx import xla_flags as _xla_flags  # noqa: E402
 
 _xla_flags.apply_defaults()
+
+# Storage clients (etils.epath/orbax, tensorstore, gcsfs) read their settings at first use.
+from tkx import storage as _storage  # noqa: E402
+
+_storage.configure_environment()

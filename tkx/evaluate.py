@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import gin
 import numpy as np
 
-from tkx import infer, io_utils, jsonl, multihost
+from tkx import infer, io_utils, jsonl, multihost, storage
 from tkx.checkpoints import directory, layout
 
 log = logging.getLogger(__name__)
@@ -163,7 +163,7 @@ def run_evaluation(
       settings or {},
       mixture_or_task_name=mixture_or_task_name,
       split=split,
-      output_dir=os.path.abspath(output_dir) if output_dir else None,
+      output_dir=storage.abspath(output_dir) if output_dir else None,
       step=step,
       num_examples=len(records),
       decode_seconds=round(decode_seconds, 2),
@@ -313,7 +313,7 @@ def evaluate(
     partitioner, loaded = load()
   else:
     partitioner, loaded = shared_checkpoint.get(
-        (os.path.abspath(checkpoint_path), vocab_path), load
+        (storage.abspath(checkpoint_path), vocab_path), load
     )
   if mixture_or_task_name is None:
     from tkx.metrics import seqio_metrics
@@ -341,9 +341,9 @@ def evaluate(
       input_buckets=infer.buckets_up_to(max_input_length, input_buckets),
   )
   settings = {
-      "checkpoint": os.path.abspath(checkpoint_path),
+      "checkpoint": storage.abspath(checkpoint_path),
       "ni_dir": (
-          os.path.abspath(ni_dir) if ni_dir else tasks_lib.EMBEDDED_NI_DIR
+          storage.abspath(ni_dir) if ni_dir else tasks_lib.EMBEDDED_NI_DIR
       ),
       "track": track,
       "encoding": encoding,
@@ -395,11 +395,7 @@ def generation_eval(
       decode_config=decode_config or infer.DecodeConfig(),
       input_buckets=infer.buckets_up_to(max_input_length, input_buckets),
   )
-  output_dir = (
-      os.path.join(model_dir, "generation_eval", f"step_{step}")
-      if "://" not in model_dir
-      else None
-  )
+  output_dir = storage.join(model_dir, "generation_eval", f"step_{step}")
   results = run_evaluation(
       predictor,
       model.output_vocabulary,

@@ -1,7 +1,7 @@
 """Gin for tkx (t5x's gin_utils): file resolution, parsing, model and config loading.
 
 One policy for every caller:
-- A gin file path is tried as given, then under each search path, then under the
+- A gin file path (local or remote, `tkx.storage`) is tried as given, then under each search path, then under the
   checkout (`io_utils.REPO_ROOT`), so `gin_configs/...` works from any directory.
 - Names are never skipped: a gin file imports the modules whose configurables it
   names (as t5x's do), and a command imports those its run files rely on before
@@ -16,13 +16,17 @@ One policy for every caller:
 """
 
 import difflib
-import os
 import re
 from typing import Iterator, Sequence
 
 import gin
 
-from tkx import io_utils
+from tkx import io_utils, storage
+
+# Gin files on remote storage (gs://...) parse like local ones, includes too.
+gin.config.register_file_reader(
+    storage.open, lambda path: storage.is_remote(path) and storage.isfile(path)
+)
 
 
 class GinConfigError(ValueError):
@@ -32,8 +36,8 @@ class GinConfigError(ValueError):
 def resolve_gin_file(path: str, search_paths: Sequence[str] = ()) -> str:
   """`path` as given, else relative to a search path or the checkout."""
   for base in ("",) + tuple(search_paths) + (io_utils.REPO_ROOT,):
-    candidate = os.path.join(base, path) if base else path
-    if os.path.isfile(candidate):
+    candidate = storage.join(base, path) if base else path
+    if storage.isfile(candidate):
       return candidate
   raise FileNotFoundError(
       f"gin file not found: {path} (looked in the working directory"

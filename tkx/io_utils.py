@@ -2,8 +2,8 @@
 
 - `REPO_ROOT`: the tkx checkout (gin_configs/ and tasks/ live there).
 - `atomic_write(path)`: a file appears complete or not at all (temporary file
-  beside it, renamed at the end), so a failed run never leaves half a file over
-  an old one.
+  beside it, renamed at the end; on `gs://` one whole-object upload at the end), so a
+  failed run never leaves half a file over an old one.
 - `ScalarWriter(log_dir)`: TensorBoard scalars (written by the primary host,
   `tkx.multihost.is_primary_host`, the one rule for who writes shared files), with the core
   `tf.summary.write` and the scalars plugin's metadata (the `tensorboard`
@@ -15,6 +15,7 @@
 import contextlib
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -27,32 +28,39 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @contextlib.contextmanager
 def atomic_write(path: str, mode: str = "w", encoding: Optional[str] = "utf-8"):
-  """Opens a temporary file beside `path` and renames it to `path` when the block ends without error.
+  """Opens a temporary file and puts it at `path` only when the block ends without error.
 
-  Remote paths (`gs://...`) are written through `tf.io.gfile` directly: object
-  stores publish a file only when it is closed.
+  Local paths: the temporary file lies beside `path` and is renamed over it. Remote paths
+  (`gs://...`, `tkx.storage`): the block writes a local temporary file, uploaded whole at the
+  end; an object store publishes an object only when its upload completes, so a failed or
+  killed run never leaves half a file over an old one there either.
   """
-  path = os.fspath(path)
-  if "://" in path:
-    import tensorflow as tf
+  from tkx import storage
 
-    with tf.io.gfile.GFile(path, mode) as f:
-      yield f
-    return
-  path = os.path.abspath(path)
-  directory = os.path.dirname(path)
-  os.makedirs(directory, exist_ok=True)
+  path = os.fspath(path)
+  remote = storage.is_remote(path)
+  directory = (
+      tempfile.gettempdir()
+      if remote
+      else os.path.dirname(os.path.abspath(path))
+  )
+  if not remote:
+    path = os.path.abspath(path)
+    os.makedirs(directory, exist_ok=True)
   fd, tmp_path = tempfile.mkstemp(
       prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory
   )
   try:
     with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as f:
       yield f
-    os.replace(tmp_path, path)
-  except BaseException:
+    if remote:
+      with open(tmp_path, "rb") as f:
+        storage.write_bytes_whole(path, f.read())
+    else:
+      os.replace(tmp_path, path)
+  finally:
     if os.path.exists(tmp_path):
       os.remove(tmp_path)
-    raise
 
 
 class ScalarWriter:
@@ -60,7 +68,8 @@ class ScalarWriter:
 
   def __init__(self, log_dir: Optional[str]):
     self._writer = None
-    from tkx import multihost
+    self._remote_dir = None
+    from tkx import multihost, storage
 
     if log_dir and multihost.is_primary_host():
       import tensorflow as tf
@@ -72,6 +81,12 @@ class ScalarWriter:
               plugin_name="scalars"
           )
       )
+      self._remote_dir = log_dir if storage.is_remote(log_dir) else None
+      if self._remote_dir:
+        # TensorFlow's own GCS client cannot reach an emulator and appends are object rewrites
+        # anyway: events go to a local file, uploaded whole after each flush.
+        self._staging = tempfile.mkdtemp(prefix="tkx_events_")
+        log_dir = self._staging
       self._writer = tf.summary.create_file_writer(log_dir)
 
   def scalars(self, step: int, values: Mapping[str, Optional[float]]):
@@ -89,11 +104,25 @@ class ScalarWriter:
               metadata=self._metadata,
           )
     self._writer.flush()
+    self._upload()
+
+  def _upload(self):
+    if self._remote_dir:
+      from tkx import storage
+
+      for name in os.listdir(self._staging):
+        storage.copy(
+            os.path.join(self._staging, name),
+            storage.join(self._remote_dir, name),
+        )
 
   def close(self):
     if self._writer is not None:
       self._writer.close()
       self._writer = None
+      self._upload()
+      if self._remote_dir:
+        shutil.rmtree(self._staging, ignore_errors=True)
 
 
 def stderr_is_terminal() -> bool:

@@ -3,7 +3,7 @@
 import json
 from typing import Any, Iterable, Mapping
 
-from tkx import io_utils
+from tkx import io_utils, storage
 
 
 def line_error(path, line_no, field, message, error=ValueError):
@@ -16,7 +16,7 @@ def iter_json_objects(path, error=ValueError):
 
   Raises `error` (field '<json>') on a line that is not valid JSON or not a JSON object.
   """
-  with open(path, encoding="utf-8") as f:
+  with storage.open(path) as f:
     for line_no, line in enumerate(f, 1):
       if not line.strip():
         continue

@@ -23,14 +23,14 @@ instance input (copy input) or the task's first positive example's output
 """
 
 import dataclasses
-import glob
 import html
 import io
 import json
-import os
+import posixpath
 import re
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from tkx import storage
 from tkx.metrics import baselines as baselines_lib
 from tkx.metrics import ni_metrics
 
@@ -131,14 +131,14 @@ def _score_baselines(records, xlingual):
 
 def write_baselines(output_dir: str) -> Dict[str, Any]:
   """Scores the baselines on `output_dir`'s predictions file; writes and returns baselines.json."""
-  metrics = _read_json(os.path.join(output_dir, METRICS_FILE))
+  metrics = _read_json(storage.join(output_dir, METRICS_FILE))
   records = [
       record
-      for _, record in _iter_records(os.path.join(output_dir, PREDICTIONS_FILE))
+      for _, record in _iter_records(storage.join(output_dir, PREDICTIONS_FILE))
   ]
   result = score_baselines(records, xlingual=metrics["track"] == "xlingual")
   _write_text(
-      os.path.join(output_dir, BASELINES_FILE),
+      storage.join(output_dir, BASELINES_FILE),
       json.dumps(result, indent=2, ensure_ascii=False) + "\n",
   )
   return result
@@ -168,7 +168,7 @@ class TrainingRun:
 
 def _read_json(path):
   try:
-    with open(path, encoding="utf-8") as f:
+    with storage.open(path) as f:
       return json.load(f)
   except json.JSONDecodeError as e:
     raise ReportInputError(f"{path}: not valid JSON ({e})") from None
@@ -177,35 +177,35 @@ def _read_json(path):
 def _iter_records(path):
   from tkx import jsonl
 
-  if not os.path.exists(path):
+  if not storage.exists(path):
     raise ReportInputError(f"{path}: missing (the predictions tkx eval writes)")
   return jsonl.iter_json_objects(path, ReportInputError)
 
 
 def _write_text(path, text):
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
+  from tkx import io_utils
+
+  with io_utils.atomic_write(path) as f:
     f.write(text)
-  os.replace(tmp, path)
 
 
 def load_eval_run(directory: str, label: str) -> EvalRun:
-  metrics = _read_json(os.path.join(directory, METRICS_FILE))
+  metrics = _read_json(storage.join(directory, METRICS_FILE))
   for field in ("overall", "per_category", "per_task", "settings"):
     if field not in metrics:
       raise ReportInputError(
-          f"{os.path.join(directory, METRICS_FILE)}: no field {field!r} "
+          f"{storage.join(directory, METRICS_FILE)}: no field {field!r} "
           "(not a metrics.json written by tkx eval)"
       )
-  baselines_path = os.path.join(directory, BASELINES_FILE)
-  if os.path.exists(baselines_path):
+  baselines_path = storage.join(directory, BASELINES_FILE)
+  if storage.exists(baselines_path):
     baselines = _read_json(baselines_path)
   else:  # an eval output written before reports: score its predictions now
     records = [
-        r for _, r in _iter_records(os.path.join(directory, PREDICTIONS_FILE))
+        r for _, r in _iter_records(storage.join(directory, PREDICTIONS_FILE))
     ]
     baselines = score_baselines(records, metrics.get("track") == "xlingual")
-  return EvalRun(label, os.path.abspath(directory), metrics, baselines)
+  return EvalRun(label, storage.abspath(directory), metrics, baselines)
 
 
 def read_scalars(log_dir: str) -> Dict[str, List[Tuple[int, float]]]:
@@ -214,8 +214,13 @@ def read_scalars(log_dir: str) -> Dict[str, List[Tuple[int, float]]]:
   from tensorflow.core.util import event_pb2
 
   series = {}
-  for path in sorted(glob.glob(os.path.join(log_dir, "events.out.tfevents.*"))):
-    for serialized in tf.data.TFRecordDataset(path).as_numpy_iterator():
+  for remote_path in storage.glob(
+      storage.join(log_dir, "events.out.tfevents.*")
+  ):
+    # TensorFlow's reader gets a local file (it cannot reach an emulator).
+    with storage.local_copy(remote_path) as path:
+      records = list(tf.data.TFRecordDataset(path).as_numpy_iterator())
+    for serialized in records:
       event = event_pb2.Event.FromString(serialized)
       for value in event.summary.value:
         kind = value.WhichOneof("value")
@@ -230,40 +235,42 @@ def read_scalars(log_dir: str) -> Dict[str, List[Tuple[int, float]]]:
 
 
 def _step_of(path):
-  match = re.search(r"step_(\d+)$", os.path.normpath(path))
+  match = re.search(r"step_(\d+)$", storage.normpath(path))
   return int(match.group(1)) if match else None
 
 
 def load_training_run(directory: str, label: str) -> TrainingRun:
   scalars = {
-      name: read_scalars(os.path.join(directory, name))
+      name: read_scalars(storage.join(directory, name))
       for name in ("train", "eval")
-      if os.path.isdir(os.path.join(directory, name))
+      if storage.isdir(storage.join(directory, name))
   }
   generation = []
-  for step_dir in glob.glob(os.path.join(directory, GENERATION_EVAL_DIR, "*")):
+  for step_dir in storage.glob(
+      storage.join(directory, GENERATION_EVAL_DIR, "*")
+  ):
     step = _step_of(step_dir)
-    if step is not None and os.path.exists(
-        os.path.join(step_dir, METRICS_FILE)
+    if step is not None and storage.exists(
+        storage.join(step_dir, METRICS_FILE)
     ):
       generation.append(
-          (step, _read_json(os.path.join(step_dir, METRICS_FILE)))
+          (step, _read_json(storage.join(step_dir, METRICS_FILE)))
       )
   generation.sort(key=lambda item: item[0])
-  return TrainingRun(label, os.path.abspath(directory), scalars, generation)
+  return TrainingRun(label, storage.abspath(directory), scalars, generation)
 
 
 def _is_training_dir(directory):
   return bool(
-      glob.glob(os.path.join(directory, "train", "events.out.tfevents.*"))
-  ) or os.path.isdir(os.path.join(directory, GENERATION_EVAL_DIR))
+      storage.glob(storage.join(directory, "train", "events.out.tfevents.*"))
+  ) or storage.isdir(storage.join(directory, GENERATION_EVAL_DIR))
 
 
 def _sweep_subdirs(directory):
   return sorted(
       d
-      for d in glob.glob(os.path.join(directory, "*"))
-      if os.path.isfile(os.path.join(d, METRICS_FILE))
+      for d in storage.glob(storage.join(directory, "*"))
+      if storage.isfile(storage.join(d, METRICS_FILE))
   )
 
 
@@ -274,15 +281,17 @@ def load_dirs(
   eval_runs, training_runs = [], []
   labels = _labels(directories)
   for directory, label in zip(directories, labels):
-    if not os.path.isdir(directory):
+    if not storage.isdir(directory):
       raise ReportInputError(f"{directory}: no such directory")
-    if os.path.isfile(os.path.join(directory, METRICS_FILE)):
+    if storage.isfile(storage.join(directory, METRICS_FILE)):
       eval_runs.append(load_eval_run(directory, label))
     elif _is_training_dir(directory):
       training_runs.append(load_training_run(directory, label))
     elif _sweep_subdirs(directory):
       for sub in _sweep_subdirs(directory):
-        eval_runs.append(load_eval_run(sub, f"{label}/{os.path.basename(sub)}"))
+        eval_runs.append(
+            load_eval_run(sub, f"{label}/{posixpath.basename(sub)}")
+        )
     else:
       raise ReportInputError(
           f"{directory}: not an eval output (no {METRICS_FILE}), an encoding sweep "
@@ -294,9 +303,9 @@ def load_dirs(
 
 def _labels(directories):
   """Each directory's last path part, or its path where two last parts coincide."""
-  names = [os.path.basename(os.path.normpath(d)) for d in directories]
+  names = [posixpath.basename(storage.normpath(d)) for d in directories]
   return [
-      name if names.count(name) == 1 else os.path.normpath(d)
+      name if names.count(name) == 1 else storage.normpath(d)
       for name, d in zip(names, directories)
   ]
 
@@ -923,8 +932,6 @@ def write_report(
     training_runs: Sequence[TrainingRun] = (),
     title: str = "tkx evaluation report",
 ) -> str:
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
   _write_text(path, render(eval_runs, training_runs, title))
   return path
 
@@ -933,10 +940,10 @@ def write_eval_report(output_dir: str, label: Optional[str] = None) -> str:
   """After `tkx eval` wrote `output_dir`: baselines.json and report.html there."""
   write_baselines(output_dir)
   run = load_eval_run(
-      output_dir, label or os.path.basename(os.path.normpath(output_dir))
+      output_dir, label or posixpath.basename(storage.normpath(output_dir))
   )
   return write_report(
-      os.path.join(output_dir, REPORT_FILE),
+      storage.join(output_dir, REPORT_FILE),
       [run],
       title=f"tkx eval: {run.label}",
   )
@@ -945,11 +952,11 @@ def write_eval_report(output_dir: str, label: Optional[str] = None) -> str:
 def write_sweep_report(output_dir: str, encodings: Sequence[str]) -> str:
   """After `tkx eval --encodings` wrote `output_dir/<encoding>/`: one report comparing them."""
   runs = [
-      load_eval_run(os.path.join(output_dir, encoding), encoding)
+      load_eval_run(storage.join(output_dir, encoding), encoding)
       for encoding in encodings
   ]
   return write_report(
-      os.path.join(output_dir, REPORT_FILE),
+      storage.join(output_dir, REPORT_FILE),
       runs,
       title="tkx eval: instruction encodings " + ", ".join(encodings),
   )

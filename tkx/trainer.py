@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from tkx import io_utils, multihost, optimizers, preemption
+from tkx import io_utils, multihost, optimizers, preemption, storage
 from tkx.checkpoints import directory, layout, orbax_io
 from tkx.step_logger import StepLogger
 from tkx.train_state import TrainState, TrainStateInitializer
@@ -390,11 +390,7 @@ def train(
         f"the vocabulary has {vocab_size} ids but network.T5Config.vocab_size = "
         f"{config.vocab_size} (check vocab.get_vocabulary.extra_ids and the model gin files)"
     )
-  model_dir = (
-      os.path.abspath(model_dir)
-      if isinstance(model_dir, str) and "://" not in model_dir
-      else model_dir
-  )
+  model_dir = storage.abspath(model_dir)
   if partitioner is None:
     from tkx import partitioning
 

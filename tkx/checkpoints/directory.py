@@ -17,10 +17,9 @@ import dataclasses
 import enum
 import logging
 import os
-import shutil
 from typing import Any, Optional, Sequence
 
-from tkx import gin_utils, io_utils
+from tkx import gin_utils, io_utils, storage
 from tkx.checkpoints import layout, orbax_io
 
 log = logging.getLogger(__name__)
@@ -142,13 +141,13 @@ def write_model_files(
   names `vocab_path` / `extra_ids` (None: the embedded sample vocabulary).
   """
   if spm_model:
-    target = os.path.join(os.path.abspath(directory), layout.SPM_MODEL)
-    if os.path.abspath(spm_model) != target:
-      os.makedirs(os.path.dirname(target), exist_ok=True)
-      shutil.copyfile(spm_model, target)
+    target = storage.join(storage.abspath(directory), layout.SPM_MODEL)
+    if storage.abspath(spm_model) != target:
+      storage.makedirs(storage.abspath(directory))
+      storage.copy(spm_model, target)
     vocab_path = target
     extra_ids = sentinel_ids_for(target, config.vocab_size)
-  with io_utils.atomic_write(os.path.join(directory, layout.MODEL_GIN)) as f:
+  with io_utils.atomic_write(storage.join(directory, layout.MODEL_GIN)) as f:
     f.write(
         config_to_gin(
             config,
@@ -233,8 +232,8 @@ def read_config(root: str, gin_bindings: Sequence[str] = (), clear=True):
   import gin
   from tkx.models import config as config_lib
 
-  path = os.path.join(root, layout.MODEL_GIN)
-  if not os.path.isfile(path):
+  path = storage.join(root, layout.MODEL_GIN)
+  if not storage.isfile(path):
     raise CheckpointError(
         f"{root}: {layout.MODEL_GIN} is missing (is it a tkx checkpoint?)"
     )
@@ -257,8 +256,12 @@ def load_vocabulary(root: str, config, vocab_path: Optional[str] = None):
   """`vocab_path` if given, else the checkpoint's `spm.model`, else what its model.gin names (default: embedded)."""
   from tkx.data import vocab as vocab_lib
 
-  local_spm = os.path.join(root, layout.SPM_MODEL)
-  path = vocab_path or (local_spm if os.path.isfile(local_spm) else None)
+  local_spm = storage.join(root, layout.SPM_MODEL)
+  if storage.isfile(local_spm) and storage.is_remote(local_spm):
+    local_spm = storage.cached_local_copy(
+        local_spm
+    )  # SentencePiece reads local files
+  path = vocab_path or (local_spm if storage.isfile(local_spm) else None)
   if path and "://" not in path:
     # model.gin may say how many sentinel ids the model was trained with.
     return vocab_lib.get_vocabulary(path, extra_ids=extra_ids_for(path, config))
@@ -363,12 +366,14 @@ def read(path: str, *, load_params: bool = True):
   params = (
       orbax_io.load_params(layout.find_step_dir(path)) if load_params else None
   )
-  spm = os.path.join(root, layout.SPM_MODEL)
-  if not os.path.isfile(spm):
+  spm = storage.join(root, layout.SPM_MODEL)
+  if not storage.isfile(spm):
     spm = gin_utils.query("vocab.get_vocabulary.path") or str(
         vocab_lib.EMBEDDED_SPM_PATH
     )
-  return config, params, (spm if os.path.isfile(spm) else None)
+  if storage.isfile(spm) and storage.is_remote(spm):
+    spm = storage.cached_local_copy(spm)  # an HF export copies a local file
+  return config, params, (spm if storage.isfile(spm) else None)
 
 
 def extra_ids_for(spm_model: str, config) -> int:
@@ -494,7 +499,7 @@ def load_initial_params(path: str, abstract_params, params_shardings):
   """
 
   log.info("Initialising parameters from %s", path)
-  if not os.path.exists(path) and "://" not in path:
+  if not storage.exists(path):
     raise FileNotFoundError(f"INITIAL_CHECKPOINT_PATH={path} does not exist")
   params = _read_shard_wise(path, abstract_params, params_shardings)
   if params is not None:

@@ -1,4 +1,4 @@
-"""Names inside a tkx checkpoint directory, and finding its steps (no tkx imports).
+"""Names inside a tkx checkpoint directory, and finding its steps (imports only tkx.storage).
 
     <dir>/checkpoint_<step>/state/        orbax PyTree {"params", and for training runs
                                           "step", "opt_state", "rng"}   (orbax_io)
@@ -6,12 +6,16 @@
     <dir>/model.gin                       the model config (directory.write_model_files)
     <dir>/spm.model                       the vocabulary, when it came with the weights
 
-t5x checkpoints name their steps the same way (`checkpoint_<step>/`).
+t5x checkpoints name their steps the same way (`checkpoint_<step>/`). Paths may be local or remote
+(`tkx.storage`).
 """
 
 import os
+import posixpath
 import re
 from typing import List, Optional
+
+from tkx import storage
 
 STEP_PREFIX = "checkpoint"
 STATE_ITEM = "state"
@@ -28,17 +32,17 @@ def step_dir_name(step: int) -> str:
 
 def step_of(path: str) -> Optional[int]:
   """The step of a `.../checkpoint_<step>` path, else None."""
-  match = _STEP_DIR.match(os.path.basename(os.path.normpath(os.fspath(path))))
+  match = _STEP_DIR.match(posixpath.basename(storage.normpath(path)))
   return int(match.group(1)) if match else None
 
 
 def list_steps(directory: str) -> List[int]:
   """Sorted steps of the `checkpoint_<step>` entries of `directory` (complete saves only)."""
-  if not os.path.isdir(directory):
+  if not storage.isdir(directory):
     return []
   return sorted(
       step
-      for step in (step_of(name) for name in os.listdir(directory))
+      for step in (step_of(name) for name in storage.listdir(directory))
       if step is not None
   )
 
@@ -48,7 +52,7 @@ def find_step_dir(path: str) -> str:
   path = os.fspath(path)
   if step_of(path) is not None:
     return path
-  if not os.path.isdir(path):
+  if not storage.isdir(path):
     raise FileNotFoundError(f"checkpoint directory {path} does not exist")
   steps = list_steps(path)
   if not steps:
@@ -56,19 +60,19 @@ def find_step_dir(path: str) -> str:
         f"no {STEP_PREFIX}_<step> directory in {path} "
         f"(is it a tkx checkpoint directory?)"
     )
-  return os.path.join(path, step_dir_name(steps[-1]))
+  return storage.join(path, step_dir_name(steps[-1]))
 
 
 def root_of(path: str) -> str:
   """The directory holding `model.gin` for a checkpoint dir or one of its `checkpoint_<step>/` dirs."""
-  path = os.path.normpath(os.fspath(path))
-  if not os.path.exists(path):
+  path = storage.normpath(path)
+  if not storage.exists(path):
     raise FileNotFoundError(f"checkpoint {path} does not exist")
-  if os.path.isfile(os.path.join(path, MODEL_GIN)):
+  if storage.isfile(storage.join(path, MODEL_GIN)):
     return path
-  parent = os.path.dirname(path)
-  if step_of(path) is not None and os.path.isfile(
-      os.path.join(parent, MODEL_GIN)
+  parent = posixpath.dirname(path)
+  if step_of(path) is not None and storage.isfile(
+      storage.join(parent, MODEL_GIN)
   ):
     return parent
   raise FileNotFoundError(

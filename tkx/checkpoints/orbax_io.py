@@ -27,7 +27,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from tkx import multihost
+from tkx import multihost, storage
 from tkx.checkpoints import layout
 
 STATE_ITEM = layout.STATE_ITEM
@@ -52,7 +52,7 @@ def _remove_stale_tmp_dirs(directory):
   """Deletes what a killed save left (`checkpoint_<step>.orbax-checkpoint-tmp-*`), on the primary host."""
   if (
       not multihost.is_primary_host()
-      or "://" in directory
+      or storage.is_remote(directory)
       or not os.path.isdir(directory)
   ):
     return
@@ -78,9 +78,7 @@ class CheckpointManager:
       async_save: bool = True,
       read_only: bool = False,
   ):
-    self.directory = (
-        os.path.abspath(directory) if "://" not in directory else directory
-    )
+    self.directory = storage.abspath(directory)
     self.save_every = max(int(save_every), 1)
     self.keep = keep
     options = ocp.CheckpointManagerOptions(
@@ -337,20 +335,19 @@ def save_params(
       chunk_byte_size=chunk_byte_size,
   )
   manager.close()
-  return os.path.join(manager.directory, layout.step_dir_name(step))
+  return storage.join(manager.directory, layout.step_dir_name(step))
 
 
 def is_tkx_checkpoint(path: str) -> bool:
   try:
-    return os.path.isdir(os.path.join(layout.find_step_dir(path), STATE_ITEM))
+    return storage.isdir(storage.join(layout.find_step_dir(path), STATE_ITEM))
   except FileNotFoundError:
     return False
 
 
 def _state_dir(path: str) -> str:
   # orbax reads no metadata through a relative path (README's `ckpts/run1`).
-  state_dir = os.path.join(layout.find_step_dir(path), STATE_ITEM)
-  return state_dir if "://" in state_dir else os.path.abspath(state_dir)
+  return storage.abspath(storage.join(layout.find_step_dir(path), STATE_ITEM))
 
 
 def _tree_metadata(state_dir: str):

@@ -16,6 +16,7 @@ Decoding flags as `tkx infer` (greedy by default).
 
 import os
 
+from tkx import storage
 from tkx.commands import infer as infer_command
 
 
@@ -224,7 +225,7 @@ def _sweep(kwargs, encodings):
   print(
       f"wrote {', '.join(f'{e}/' for e in encodings)}"
       + (" and report.html" if report_path else "")
-      + f" to {os.path.abspath(parent)}"
+      + f" to {storage.abspath(parent)}"
   )
   return 0
 

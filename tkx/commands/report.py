@@ -8,7 +8,7 @@ MODEL_DIR (loss curve from its TensorBoard scalars in `train/` and `eval/`,
 generation metrics over steps from `generation_eval/step_<N>/metrics.json`).
 """
 
-import os
+from tkx import storage
 
 
 def add_arguments(parser):
@@ -36,7 +36,7 @@ def main(args):
       args.output, eval_runs, training_runs, title=args.title
   )
   print(
-      f"wrote {os.path.abspath(path)}: {len(eval_runs)} evaluation run(s), "
+      f"wrote {storage.abspath(path)}: {len(eval_runs)} evaluation run(s), "
       f"{len(training_runs)} training run(s)"
   )
   return 0

@@ -24,7 +24,7 @@ Lt * G * Li.
 import dataclasses
 import functools
 import math
-from typing import Any, Dict, Sequence, Optional
+from typing import Any, Dict, List, Sequence, Optional
 
 import flax.linen as nn
 import jax
@@ -191,6 +191,128 @@ def memory_per_device(
   )
 
 
+def activation_bytes_per_device(
+    config: config_lib.T5Config,
+    rows: int,
+    inputs_length: int,
+    targets_length: int,
+    encoder_blocks: int = 1,
+    model: int = 1,
+) -> Dict[str, int]:
+  """Activations the backward pass keeps for `rows` rows on one device (one micro-batch).
+
+  Per token and layer, without remat, in the activation dtype (a bytes): the layer-norm
+  outputs and residual sums (4 e), q/k/v and the attention output (4 hd), the MLP's
+  inputs and activations ((n_act + 1) m) and, per query, the attention logits and
+  probabilities (heads x keys, float32 softmax: 4 + a bytes); decoder layers add the
+  cross-attention (q, out 2 hd, probabilities over the encoder keys, and keys/values
+  2 hd per encoder token). With remat ("full" / "minimal") a layer keeps only its input
+  (e) plus, while it is recomputed, one layer's full set. The logits cost T_dec x vocab x
+  (a + 3 x 4) (bf16 logits, float32 log-softmax, its gradient and the loss' one-hot).
+  Model-parallel dimensions (heads, mlp, vocab) divide by `model`.
+  """
+  a = np.dtype(config.dtype).itemsize
+  e, m = config.emb_dim, config.mlp_dim
+  hd = config.num_heads * config.head_dim
+  heads = (
+      max(config.num_heads // model, 1)
+      if config.num_heads % model == 0
+      else config.num_heads
+  )
+  shard = lambda n: n // model if n % model == 0 else n  # noqa: E731
+  n_act = len(config.mlp_activations)
+  enc_tokens = rows * encoder_blocks * inputs_length
+  dec_tokens = rows * targets_length
+  dense = 4 * e + shard(4 * hd) + shard((n_act + 1) * m)
+  enc_layer = enc_tokens * (a * dense + heads * inputs_length * (4 + a))
+  dec_layer = dec_tokens * (
+      a * (dense + 2 * e + shard(2 * hd))
+      + heads * (targets_length + encoder_blocks * inputs_length) * (4 + a)
+  ) + enc_tokens * a * shard(2 * hd)
+  logits = dec_tokens * shard(config.vocab_size) * (a + 3 * 4)
+  if config.remat_policy in ("full", "minimal"):
+    layers = (
+        config.num_encoder_layers * enc_tokens * a * e
+        + config.num_decoder_layers * dec_tokens * a * e
+        + max(enc_layer, dec_layer)
+    )
+  else:
+    layers = (
+        config.num_encoder_layers * enc_layer
+        + config.num_decoder_layers * dec_layer
+    )
+  return {"layers": int(layers), "logits": int(logits)}
+
+
+@dataclasses.dataclass
+class TrainingMemory:
+  """The formula's bytes per device of a train step (fields in bytes; `total` their sum)."""
+
+  params: int
+  optimizer_state: int
+  gradients: int  # float32 like the parameters, sharded like them
+  accumulation: int  # the micro-batch gradient sum (num_microbatches > 1)
+  activations: int
+  logits: int
+  update: int  # the optimizer update's parameter-sized float32 temporaries
+  total: (
+      int  # params + state + accumulation + the larger of the two phases below
+  )
+  # backward phase: activations + logits + gradients; update phase: gradients + update
+
+
+# Parameter-sized float32 buffers the optimizer update holds beside the gradients (the new
+# parameters and the scaled update), fitted to XLA's analysis (docs/memory.md).
+UPDATE_TEMPORARIES = 2
+
+
+def training_memory_per_device(
+    config: config_lib.T5Config,
+    *,
+    data: int = 1,
+    model: int = 1,
+    shard_params_over_data: bool = False,
+    optimizer: str = "adafactor",
+    batch_rows: int = 1,
+    inputs_length: int = 1024,
+    targets_length: int = 128,
+    encoder_blocks: int = 1,
+    num_microbatches: int = 1,
+) -> TrainingMemory:
+  """Parameters + optimizer state + gradients + accumulation buffer + activations, per device.
+
+  `batch_rows` is the global batch (rows over all data-parallel devices); each device
+  holds `batch_rows / data / num_microbatches` rows of activations at a time.
+  """
+  mem = memory_per_device(
+      config, data, model, shard_params_over_data, optimizer
+  )
+  rows = max(batch_rows // (data * max(num_microbatches, 1)), 1)
+  act = activation_bytes_per_device(
+      config, rows, inputs_length, targets_length, encoder_blocks, model
+  )
+  grads = mem.param_bytes_per_device
+  accumulation = grads if num_microbatches > 1 else 0
+  update = UPDATE_TEMPORARIES * mem.param_bytes_per_device
+  backward = act["layers"] + act["logits"] + grads
+  total = (
+      mem.param_bytes_per_device
+      + mem.optimizer_bytes_per_device
+      + accumulation
+      + max(backward, grads + update)
+  )
+  return TrainingMemory(
+      params=mem.param_bytes_per_device,
+      optimizer_state=mem.optimizer_bytes_per_device,
+      gradients=grads,
+      accumulation=accumulation,
+      activations=act["layers"],
+      logits=act["logits"],
+      update=update,
+      total=total,
+  )
+
+
 def _matmul_params(config: config_lib.T5Config) -> Dict[str, int]:
   e, hd, m = config.emb_dim, config.num_heads * config.head_dim, config.mlp_dim
   mlp = len(config.mlp_activations) * e * m + m * e
@@ -326,8 +448,10 @@ def report(
     batch_size: int = 1,
     inputs_length: int = 1024,
     targets_length: int = 128,
+    encoder_blocks: int = 1,
+    num_microbatches: int = 1,
 ) -> Dict[str, Any]:
-  """Everything `tkx model-info` prints, as a dict."""
+  """Everything `tkx model-info` prints, as a dict (`batch_size`: rows per step, all devices)."""
   return {
       "config": dataclasses.asdict(config),
       "params": count_params(config),
@@ -336,16 +460,128 @@ def report(
               config, data, model, shard_params_over_data, optimizer
           )
       ),
+      "training_memory": dataclasses.asdict(
+          training_memory_per_device(
+              config,
+              data=data,
+              model=model,
+              shard_params_over_data=shard_params_over_data,
+              optimizer=optimizer,
+              batch_rows=batch_size,
+              inputs_length=inputs_length,
+              targets_length=targets_length,
+              encoder_blocks=encoder_blocks,
+              num_microbatches=num_microbatches,
+          )
+      ),
       "flops": train_step_flops(
-          config, batch_size, inputs_length, targets_length
+          config, batch_size, inputs_length, targets_length, encoder_blocks
       ),
       "shapes": {
           "batch_size": batch_size,
           "inputs_length": inputs_length,
           "targets_length": targets_length,
+          "encoder_blocks": encoder_blocks,
+          "num_microbatches": num_microbatches,
       },
       "shard_params_over_data": shard_params_over_data,
   }
+
+
+# Memory per device by `jax.Device.device_kind` substring, for devices whose runtime reports none.
+DEVICE_MEMORY = {
+    "TPU v4": 32 * 2**30,
+    "TPU v5 lite": 16 * 2**30,
+    "TPU v5p": 95 * 2**30,
+}
+
+
+def local_device_memory() -> Optional[int]:
+  """The first local accelerator's memory (its runtime's limit, else `DEVICE_MEMORY`); None on CPUs."""
+  device = jax.local_devices()[0]
+  if device.platform == "cpu":
+    return None
+  stats = (
+      (device.memory_stats() or {}) if hasattr(device, "memory_stats") else {}
+  )
+  if stats.get("bytes_limit"):
+    return int(stats["bytes_limit"])
+  return next(
+      (v for k, v in DEVICE_MEMORY.items() if k in device.device_kind), None
+  )
+
+
+def verdict(
+    config: config_lib.T5Config, info: Dict[str, Any], device_memory: int
+) -> Dict[str, Any]:
+  """Whether the train step fits `device_memory` per device (XLA's peak when measured, else the
+  formula's) and, when it does not, the changes that make the formula fit, cheapest first.
+  """
+  xla = info.get("xla", {}).get("train_step")
+  need = xla["peak"] if xla else info["training_memory"]["total"]
+  out = {
+      "device_memory": device_memory,
+      "needed": need,
+      "source": "xla" if xla else "formula",
+      "fits": need <= device_memory,
+      "changes": [],
+  }
+  if out["fits"]:
+    return out
+  shapes, mesh = info["shapes"], info["memory"]["mesh_shape"]
+  base = dict(
+      data=mesh["data"],
+      model=mesh["model"],
+      shard_params_over_data=info["shard_params_over_data"],
+      optimizer=info["memory"]["optimizer"],
+      batch_rows=shapes["batch_size"],
+      inputs_length=shapes["inputs_length"],
+      targets_length=shapes["targets_length"],
+      encoder_blocks=shapes["encoder_blocks"],
+      num_microbatches=shapes["num_microbatches"],
+  )
+  # Scale the formula by XLA's own figure, so that a candidate is judged on XLA's terms.
+  scale = need / info["training_memory"]["total"]
+  candidates = []
+  if config.remat_policy == "none":
+    candidates.append(
+        ("network.T5Config.remat_policy = 'full'",
+         dataclasses.replace(config, remat_policy="full"), {})
+    )  # fmt: skip
+  if not base["shard_params_over_data"]:
+    candidates.append(
+        ("partitioning.Partitioner.shard_params_over_data = True (FSDP)",
+         config, {"shard_params_over_data": True})
+    )  # fmt: skip
+  rows_per_device = base["batch_rows"] // max(base["data"], 1)
+  if rows_per_device // base["num_microbatches"] >= 2:
+    candidates.append(
+        (f"NUM_MICROBATCHES = {2 * base['num_microbatches']}", config,
+         {"num_microbatches": 2 * base["num_microbatches"]})
+    )  # fmt: skip
+  if base["optimizer"] == "adamw":
+    candidates.append(
+        (
+            "trainer.train.optimizer_fn = @optimizers.adafactor (factored state)",
+            config,
+            {"optimizer": "adafactor"},
+        )
+    )
+  if base["data"] % 2 == 0:
+    candidates.append(
+        (f"partitioning.Partitioner.num_partitions = {2 * base['model']} (model axis)",
+         config, {"model": 2 * base["model"], "data": base["data"] // 2})
+    )  # fmt: skip
+  for change, cfg, overrides in candidates:
+    total = training_memory_per_device(cfg, **{**base, **overrides}).total
+    out["changes"].append(
+        {
+            "change": change,
+            "estimate": int(total * scale),
+            "fits": total * scale <= device_memory,
+        }
+    )
+  return out
 
 
 def format_report(info: Dict[str, Any]) -> str:
@@ -378,8 +614,57 @@ def format_report(info: Dict[str, Any]) -> str:
       f"{'params + state':<24}{human_bytes(mem['param_bytes_total'] + mem['optimizer_bytes_total']):>14}"
       f"{human_bytes(mem['param_bytes_per_device'] + mem['optimizer_bytes_per_device']):>14}",
       "",
+      *_format_training_memory(info),
+      "",
       f"training FLOPs (batch {sh['batch_size']}, inputs {sh['inputs_length']}, targets {sh['targets_length']}):",
       f"  per step {human(fl['train_step'], 'FLOP')}, per token {human(fl['per_token'], 'FLOP')} "
       f"(attention {fl['attention_fraction']:.1%} of it; 6N estimate {human(fl['six_n_per_token'], 'FLOP')})",
   ]
   return "\n".join(lines)
+
+
+def _format_training_memory(info: Dict[str, Any]) -> List[str]:
+  """The train step per device: the formula's parts, XLA's analysis beside it, the verdict."""
+  tm, sh = info["training_memory"], info["shapes"]
+  lines = [
+      f"train step per device (rows {sh['batch_size']} over all devices, "
+      f"{sh['encoder_blocks']} x {sh['inputs_length']} + {sh['targets_length']} tokens, "
+      f"{sh['num_microbatches']} micro-batch(es)), formula:",
+  ]
+  for name in (
+      "params",
+      "optimizer_state",
+      "gradients",
+      "accumulation",
+      "activations",
+      "logits",
+      "update",
+      "total",
+  ):
+    lines.append(f"  {name:<22}{human_bytes(tm[name]):>14}")
+  for step, analysis in info.get("xla", {}).items():
+    if not isinstance(analysis, dict):
+      continue
+    lines.append(
+        f"XLA {step.replace('_', ' ')} per device ({info['xla']['devices']} CPU devices standing in): "
+        + ", ".join(
+            f"{k} {human_bytes(analysis[k])}"
+            for k in ("arguments", "outputs", "temporaries", "aliased", "peak")
+        )
+    )
+  if "xla" in info:
+    lines.append(
+        f"formula / XLA train step peak: {tm['total'] / info['xla']['train_step']['peak']:.2f}"
+    )
+  v = info.get("verdict")
+  if v:
+    lines.append(
+        f"verdict: {'fits' if v['fits'] else 'does NOT fit'} in {human_bytes(v['device_memory'])} per device "
+        f"(needs {human_bytes(v['needed'])}, {v['source']})"
+    )
+    for c in v["changes"]:
+      lines.append(
+          f"  try {c['change']}: ~{human_bytes(c['estimate'])}"
+          f"{' fits' if c['fits'] else ''}"
+      )
+  return lines
