@@ -652,7 +652,10 @@ def recipe_layout_table() -> str:
       step = f"{settings['rows_name']}={rows}"
       if settings["microbatches"] > 1:
         step += f" ({settings['microbatches']} micro-batches)"
-      if rows % need:
+      if rows == "auto":  # tkx chooses a multiple of `need` (docs/packing.md)
+        step = f"{settings['rows_name']}='auto' (a multiple of {need})"
+        fed = f"at {need}: " + _host_rows_text(partitioner, need)
+      elif rows % need:
         fed = (
             f"needs {settings['rows_name']} a multiple of {need}; at {need}: "
             + _host_rows_text(partitioner, need)

@@ -599,12 +599,14 @@ class TrainInput:
 
   def _saved_position(self, data_state, start_step) -> dict:
     """The recorded position that applies to this host's shard (ValueError when none does)."""
+    from tkx.checkpoints import layout  # pylint: disable=g-import-not-at-top
+
     by_shard = data_state.get("input_by_shard")
     if not by_shard:  # older tkx: one position, the primary host's
       if self.num_shards == 1 or self._position_is_global():
         return dict(data_state.get("input") or {})
       raise ValueError(
-          f"checkpoint_{start_step}: its data_state holds only the first host's input "
+          f"{layout.step_dir_name(start_step)}: its data_state holds only the first host's input "
           f"position (written before tkx recorded every host's), so the other "
           f"{self.num_shards - 1} data shard(s) cannot resume exactly; start a new "
           "MODEL_DIR from it (INITIAL_CHECKPOINT_PATH) or resume unpacked"
@@ -618,10 +620,10 @@ class TrainInput:
       position = dict(by_shard[0])
       if multihost.is_primary_host():
         log.info(
-            "checkpoint_%d was written with %d data shards, this run has %d: the "
+            "%s was written with %d data shards, this run has %d: the "
             "unpacked input resumes at global example %s, so every step trains on "
             "the same examples as before (their rows sit on other devices)",
-            start_step,
+            layout.step_dir_name(start_step),
             saved_shards,
             self.num_shards,
             position.get("next_index"),
@@ -629,7 +631,7 @@ class TrainInput:
       return position
     what = "packed rows" if self.pack else "SeqIO's sharded pipeline"
     raise ValueError(
-        f"checkpoint_{start_step} was written with {saved_shards} data shard(s) "
+        f"{layout.step_dir_name(start_step)} was written with {saved_shards} data shard(s) "
         f"(hosts), this run has {self.num_shards}: the input ({what}) is per "
         f"shard and cannot resume exactly on a different number; resume with "
         f"{saved_shards} data shard(s), or start a new MODEL_DIR from the "

@@ -260,6 +260,7 @@ def create_app(
     # Uvicorn has finished the requests in flight; stop the decoder thread.
     log.info("shutting down: stopping the decoder")
     await concurrency.run_in_threadpool(generator.close)
+    log.info("shut down")
 
   return applications.Starlette(
       routes=[
