@@ -90,3 +90,30 @@ def _data_warnings_unsaid():
   from tkx.data import ni
 
   ni._SAID.clear()  # pylint: disable=protected-access
+
+
+# README commands that need nothing an earlier README command wrote (benchmarks, model-info,
+# the cluster check): a second xdist group, so the two workers share README's long list.
+_SELF_CONTAINED_README_COMMANDS = (
+    "python bench/",
+    "tkx model-info",
+    "tkx plan-packing",
+    "python -m tkx.multihost",
+)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+  """xdist groups for `--dist loadgroup`: a test file is one group (its fixtures are made once).
+
+  README's self-contained commands form a group of their own (`test_readme_bench`).
+  """
+  del config
+  for item in items:
+    group = item.path.stem
+    callspec = getattr(item, "callspec", None)
+    if group == "test_readme" and callspec is not None:
+      text = callspec.params.get("readme_text", "")
+      if text.startswith(_SELF_CONTAINED_README_COMMANDS):
+        group = "test_readme_bench"
+    item.add_marker(pytest.mark.xdist_group(group))

@@ -69,7 +69,6 @@ def test_attention_impl_is_validated():
     _config(attention_impl="flash")
 
 
-@pytest.mark.float_order
 @pytest.mark.slow
 def test_cudnn_impl_falls_back_on_cpu_with_equal_loss_and_gradients(caplog):
   assert jax.default_backend() == "cpu"

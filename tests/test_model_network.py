@@ -216,7 +216,6 @@ def random_batch(rng, vocab, batch, enc_len, dec_len, pad_from=None):
   )
 
 
-@pytest.mark.float_order
 @pytest.mark.parametrize("v11", [True, False], ids=["t5_1_1", "t5_1_0"])
 def test_packed_batch_equals_unpacked_examples(v11):
   model, params = model_and_params(v11)
@@ -371,7 +370,6 @@ def test_predict_batch_greedy_equals_argmax_of_teacher_forcing_on_its_output():
   np.testing.assert_array_equal(np.where(ended, 0, argmax), tokens)
 
 
-@pytest.mark.float_order
 def test_num_decodes_repeats_encoder_outputs_per_example():
   model, params = model_and_params(True)
   cfg = model.config
@@ -478,7 +476,6 @@ def test_config_rejects_bad_values():
     gin_utils.load_config_from_gin(["gin_configs/models/nope.gin"])
 
 
-@pytest.mark.float_order
 def test_remat_policies_give_the_same_gradients():
   batch = random_batch(np.random.RandomState(0), 96, 2, 8, 6)
   # One layer and no dropout (threefry bits are slow to compile on CPU) keep the three compiles short.

@@ -110,7 +110,6 @@ def test_scanned_tree_has_a_leading_layers_axis():
 @pytest.mark.parametrize(
     "remat_policy,packed", [("none", True), ("minimal", False)]
 )
-@pytest.mark.float_order
 def test_scanned_loss_and_gradients_equal_unscanned(remat_policy, packed):
   params = _unscanned_params()
   batch = _batch(packed)
@@ -142,7 +141,6 @@ def test_scanned_dropout_draws_a_mask_per_layer_and_trains():
     "decode_fn,num_decodes",
     [(decoding.greedy, 1), (decoding.beam_search, 3)],
 )
-@pytest.mark.float_order
 def test_scanned_decoding_equals_unscanned(decode_fn, num_decodes):
   params = _unscanned_params()
   batch = _batch()

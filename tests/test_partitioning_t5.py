@@ -94,7 +94,6 @@ def reference():
   return model, jax.device_get(params), float(loss), jax.device_get(grads)
 
 
-@pytest.mark.float_order
 @pytest.mark.parametrize("mesh", list(MESHES))
 def test_mesh_matches_one_device(reference, mesh):
   model, params1, loss1, grads1 = reference

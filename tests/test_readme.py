@@ -483,7 +483,7 @@ FAST_FORMS: Dict[str, FastForm] = {
     'pip install -e ".[test,hf]"': FastForm(
         skip="installs tkx; this test runs in the installed environment"
     ),
-    "python3 -m pytest -q -n 2 --dist loadfile tests": FastForm(
+    "python3 -m pytest -q -n 2 --dist loadgroup tests": FastForm(
         skip="the test suite itself"
     ),
     (

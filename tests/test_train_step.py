@@ -101,7 +101,6 @@ def test_gradient_accumulation_equals_large_batch():
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
 
 
-@pytest.mark.float_order
 def test_partitioned_step_matches_single_device_and_respects_shardings():
   model = _tiny_model(dropout_rate=0.1)
   batch = _batch()
