@@ -23,10 +23,14 @@ import gin
 
 from tkx import io_utils, storage
 
-# Gin files on remote storage (gs://...) parse like local ones, includes too.
-gin.config.register_file_reader(
-    storage.open, lambda path: storage.is_remote(path) and storage.isfile(path)
-)
+# Gin files on remote storage (gs://...) parse like local ones, includes too. (The
+# accelerator bench's gin stand-in, bench/accel_common.py, parses no files and has no
+# `config`.)
+if hasattr(gin, "config"):
+  gin.config.register_file_reader(
+      storage.open,
+      lambda path: storage.is_remote(path) and storage.isfile(path),
+  )
 
 
 class GinConfigError(ValueError):

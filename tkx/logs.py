@@ -21,6 +21,8 @@ _CHATTER_PREFIXES = (
     "Given sequence lengths are longer than necessary",  # seqio.Evaluator
     "'logger_cls' is empty",  # seqio.Evaluator
     "Metadata file does not exist",  # orbax, reading a params-only checkpoint
+    "system_path_file_exists:",  # gin, trying an include under each search path
+    "Path not found: ",  # gin, the same (the path is found under a later one)
 )
 
 

@@ -131,7 +131,8 @@ def _auto_layout(config, lengths, data, microbatches, settings):
   inputs, targets = packing_plan.sample_lengths(
       "ni_default_train_def_pos2",
       ni_dir=None,
-      vocabulary=vocab.get_vocabulary(),
+      # Explicit arguments: the recipe's own (gs://) vocabulary binding does not apply.
+      vocabulary=vocab.get_vocabulary(vocab.EMBEDDED_SPM_PATH, extra_ids=0),
       feature_lengths=lengths,
       size=1000,
   )
