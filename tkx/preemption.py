@@ -54,7 +54,7 @@ class PreemptionWatch:
   def start(self) -> "PreemptionWatch":
     self._multi_process = jax.process_count() > 1
     if self._multi_process:
-      if _sync_manager() is None:
+      if _sync_manager() is None and jax.process_index() == 0:  # once per job
         log.warning(
             "preemption: JAX's preemption service is off (jax_enable_preemption_service); "
             "a SIGTERM will not save a checkpoint"
