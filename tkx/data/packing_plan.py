@@ -35,11 +35,11 @@ import dataclasses
 import json
 import logging
 import math
-import os
 from typing import List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from tkx import storage
 from tkx.data import packing
 
 log = logging.getLogger(__name__)
@@ -378,12 +378,10 @@ def _log_once(level: int, message: str, *args) -> None:
 
 def read_record(model_dir: str) -> Optional[dict]:
   """The layout recorded in MODEL_DIR (None when there is none)."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
-  path = os.path.join(model_dir, RECORD_FILE)
-  if not tf.io.gfile.exists(path):
+  path = storage.join(model_dir, RECORD_FILE)
+  if not storage.exists(path):
     return None
-  with tf.io.gfile.GFile(path) as f:
+  with storage.open(path) as f:
     try:
       record = json.load(f)
       packing.RowLayout(
@@ -405,7 +403,7 @@ def write_record(
   if not multihost.is_primary_host():
     return
   record = dict(dataclasses.asdict(layout), rows_per_step=rows, chosen=how)
-  with io_utils.atomic_write(os.path.join(model_dir, RECORD_FILE)) as f:
+  with io_utils.atomic_write(storage.join(model_dir, RECORD_FILE)) as f:
     json.dump(record, f, indent=1)
     f.write("\n")
 
@@ -459,7 +457,7 @@ def resolve_layout(
     _log_once(
         logging.INFO,
         "PACK: resuming with the recorded layout (%s): %d rows per step of %s",
-        os.path.join(model_dir, RECORD_FILE),
+        storage.join(model_dir, RECORD_FILE),
         rows,
         layout_name(layout),
     )
