@@ -65,6 +65,16 @@ def _default_workers() -> int:
 
 
 # ------------------------------------------------------------------------------ registration
+def _checkout_splits(ni_dir: Optional[str]):
+  """(checkout, {track: its split names}): a named `ni_dir` checked, None the embedded one."""
+  from tkx.data import tasks as ni_tasks  # pylint: disable=g-import-not-at-top
+
+  checkout = (
+      source_lib.check_checkout(ni_dir) if ni_dir else ni_tasks.EMBEDDED_NI_DIR
+  )
+  return checkout, {t: ni.list_splits(checkout, t) for t in ni.TRACKS}
+
+
 def register_ni_for(
     mixture_or_task_name: str,
     ni_dir: Optional[str] = None,
@@ -85,15 +95,11 @@ def register_ni_for(
   import seqio  # pylint: disable=g-import-not-at-top
   from tkx.data import tasks as ni_tasks  # pylint: disable=g-import-not-at-top
 
-  checkout = (
-      source_lib.check_checkout(ni_dir) if ni_dir else ni_tasks.EMBEDDED_NI_DIR
-  )
-  parsed = None
+  checkout, splits = _checkout_splits(ni_dir)
   try:
-    track_splits = set()
-    for track in ni.TRACKS:
-      track_splits.update(ni.list_splits(checkout, track))
-    parsed = names_lib.parse_name(mixture_or_task_name, track_splits)
+    parsed = names_lib.parse_name(
+        mixture_or_task_name, {s for names in splits.values() for s in names}
+    )
   except ValueError:
     parsed = None
   if parsed is not None:
@@ -130,14 +136,12 @@ def check_mixture_name(
   the close NI and registered names.
   """
   import seqio  # pylint: disable=g-import-not-at-top
-  from tkx.data import tasks as ni_tasks  # pylint: disable=g-import-not-at-top
 
-  checkout = (
-      source_lib.check_checkout(ni_dir) if ni_dir else ni_tasks.EMBEDDED_NI_DIR
-  )
-  splits = {s for t in ni.TRACKS for s in ni.list_splits(checkout, t)}
+  checkout, splits = _checkout_splits(ni_dir)
   try:
-    names_lib.parse_name(mixture_or_task_name, splits)
+    names_lib.parse_name(
+        mixture_or_task_name, {s for names in splits.values() for s in names}
+    )
     return
   except ValueError:
     pass
@@ -148,8 +152,8 @@ def check_mixture_name(
       names_lib.MixtureName(
           names_lib.DEFAULT_PREFIX, track, split, encoding
       ).name
-      for track in ni.TRACKS
-      for split in ni.list_splits(checkout, track)
+      for track, names in splits.items()
+      for split in names
       for encoding in [c.name for c in enc.TK_INSTRUCT_ENCODINGS] + [
           "tk_instruct"
       ]
@@ -663,7 +667,7 @@ class TrainInput:
 
     keys = sorted(input_state)
     if jax.process_count() == 1:
-      return [dict(input_state)] * self.num_shards
+      return [dict(input_state) for _ in range(self.num_shards)]
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
 
     mine = np.array(
