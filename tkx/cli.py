@@ -32,7 +32,7 @@ import logging
 import os
 import sys
 
-from tkx.logs import LOG_FORMAT, LOG_LEVELS, setup_logging  # noqa: F401  (tkx's one log format)
+from tkx.logs import LOG_LEVELS, setup_logging  # tkx's one log format
 
 
 @dataclasses.dataclass(frozen=True)

@@ -119,7 +119,7 @@ def _where_bound(name: str, files: Sequence[str], bindings: Sequence[str]):
       return binding_flag(binding)
   pattern = re.compile(rf"^\s*{re.escape(name)}\s*=", re.MULTILINE)
   for path in files:
-    with open(path) as f:
+    with storage.open(path) as f:
       if pattern.search(f.read()):
         return f"gin file {path}"
   return "gin"

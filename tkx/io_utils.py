@@ -69,6 +69,7 @@ class ScalarWriter:
   def __init__(self, log_dir: Optional[str]):
     self._writer = None
     self._remote_dir = None
+    self._uploaded = float("-inf")  # the first scalars are uploaded at once
     from tkx import multihost, storage
 
     if log_dir and multihost.is_primary_host():
@@ -104,12 +105,17 @@ class ScalarWriter:
               metadata=self._metadata,
           )
     self._writer.flush()
-    self._upload()
+    if self._remote_dir and time.time() - self._uploaded >= self.UPLOAD_EVERY_S:
+      self._upload()
+
+  # A remote event file is rewritten whole on each upload: at most this often (and at close).
+  UPLOAD_EVERY_S = 60.0
 
   def _upload(self):
     if self._remote_dir:
       from tkx import storage
 
+      self._uploaded = time.time()
       for name in os.listdir(self._staging):
         storage.copy(
             os.path.join(self._staging, name),

@@ -598,13 +598,6 @@ def sync(name: str) -> None:
 # ------------------------------------------------------------------------------
 # python -m tkx.multihost
 # ------------------------------------------------------------------------------
-def host_data_rows(partitioner, global_batch_size: int) -> Tuple[int, int]:
-  """[start, stop) of the global batch rows this host feeds (the one place the check reads them)."""
-  layout = partitioner.get_data_layout(global_batch_size)
-  per_host = layout.per_host_batch_size
-  return layout.shard_id * per_host, (layout.shard_id + 1) * per_host
-
-
 @contextlib.contextmanager
 def _native_output_silenced(enabled: bool):
   """fds 1 and 2 to /dev/null: CPU collectives (Gloo) print connection lines from C++, bypassing logging."""
@@ -657,8 +650,11 @@ def _check_main(argv=None) -> int:
   partitioner = partitioning.Partitioner(num_partitions=args.num_partitions)
   batch = partitioner.data_axis_size
   layout = partitioner.get_data_layout(batch)
-  start, stop = host_data_rows(partitioner, batch)
-  local_rows = np.arange(start, stop, dtype=np.float32)[:, None] + 1.0
+  every_host = partitioning.host_data_rows(
+      partitioner, batch
+  )  # read off the mesh
+  mine = partitioner.host_rows(batch)
+  local_rows = mine.astype(np.float32)[:, None] + 1.0
   with _native_output_silenced(args.log_level != "debug"):
     total = float(
         partitioner.partition(
@@ -667,11 +663,9 @@ def _check_main(argv=None) -> int:
             out_shardings=partitioner.replicated,
         )(partitioner.host_local_to_global(local_rows))
     )
-    rows = [(start, stop)]
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-
-      rows = multihost_utils.process_allgather(np.array([start, stop]))
+    sync(
+        "tkx_multihost_layout"
+    )  # connects the CPU collectives (Gloo) while they are silenced
   expected = batch * (batch + 1) / 2
   if is_primary_host():
     print(f"environment: {(settings() or resolve()).describe()}")
@@ -679,11 +673,12 @@ def _check_main(argv=None) -> int:
         f"mesh: data={partitioner.data_axis_size} model={partitioner.model_axis_size} "
         f"over {jax.device_count()} devices, {jax.process_count()} processes"
     )
-    for process, (first, end) in enumerate(np.asarray(rows).tolist()):
-      print(f"  host {process}: data rows {first}..{end - 1} of {batch}")
+    for process, ranges in every_host.items():
+      spans = ", ".join(f"{first}..{end - 1}" for first, end in ranges)
+      print(f"  host {process}: data rows {spans} of {batch}")
   print(
       f"process {jax.process_index()}/{jax.process_count()}: {jax.local_device_count()} local devices, "
-      f"data shard {layout.shard_id}/{layout.num_shards}, rows {start}..{stop - 1}, "
+      f"data shard {layout.shard_id}/{layout.num_shards}, rows {', '.join(map(str, mine))}, "
       f"global sum {total} (expected {expected})",
       flush=True,
   )

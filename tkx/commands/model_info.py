@@ -66,7 +66,8 @@ def add_arguments(parser):
       "--batch_size",
       type=int,
       default=None,
-      help="rows per step over all devices (default: the recipe's, else one per data shard)",
+      help="rows per step over all devices (default: the recipe's, else one per data shard "
+      "per micro-batch)",
   )
   parser.add_argument(
       "--inputs_length",
@@ -173,10 +174,26 @@ def _recipe(args, config):
     optimizer = (
         "adamw" if fn is not None and "adamw" in str(fn) else "adafactor"
     )
-  model = pick(args.model, "partitioning.Partitioner.num_partitions", 1) or 1
+  # A flag the user gave is used as given (0 is then refused by the mesh check).
+  model = (
+      args.model
+      if args.model is not None
+      else gin_utils.query("partitioning.Partitioner.num_partitions", 1) or 1
+  )
   devices = TARGETS[args.target][0] if args.target else None
-  data = args.data or (devices // model if devices else 1)
+  data = (
+      args.data
+      if args.data is not None
+      else (devices // model if devices and model > 0 else 1)
+  )
   microbatches = int(pick(args.num_microbatches, "%NUM_MICROBATCHES", 1))
+  for flag, value in (
+      ("--data", data),
+      ("--model", model),
+      ("--num_microbatches", microbatches),
+  ):
+    if int(value) < 1:
+      raise ValueError(f"{flag} must be >= 1, got {value}")
   if "auto" in (blocks, targets, rows):
     settings = (blocks, targets or "auto", rows or "auto")
     auto = _auto_layout(config, lengths, int(data), microbatches, settings)
@@ -236,6 +253,10 @@ def configure(args):
       args.gin_files, args.gin_bindings
   )
   args.recipe = _recipe(args, args.model_config)
+  if (
+      args.device_memory
+  ):  # a bad --device_memory before any compile (no device touched)
+    parse_bytes(args.device_memory)
 
 
 def main(args):
