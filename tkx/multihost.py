@@ -623,6 +623,10 @@ def _native_output_silenced(enabled: bool):
       os.close(fd)
 
 
+def _spans(ranges) -> str:
+  return ", ".join(f"{first}..{end - 1}" for first, end in ranges)
+
+
 def _check_main(argv=None) -> int:
   """`python -m tkx.multihost`: joins the cluster, prints the layout, checks a global sum."""
   parser = argparse.ArgumentParser(
@@ -674,11 +678,10 @@ def _check_main(argv=None) -> int:
         f"over {jax.device_count()} devices, {jax.process_count()} processes"
     )
     for process, ranges in every_host.items():
-      spans = ", ".join(f"{first}..{end - 1}" for first, end in ranges)
-      print(f"  host {process}: data rows {spans} of {batch}")
+      print(f"  host {process}: data rows {_spans(ranges)} of {batch}")
   print(
       f"process {jax.process_index()}/{jax.process_count()}: {jax.local_device_count()} local devices, "
-      f"data shard {layout.shard_id}/{layout.num_shards}, rows {', '.join(map(str, mine))}, "
+      f"data shard {layout.shard_id}/{layout.num_shards}, rows {_spans(every_host[jax.process_index()])}, "
       f"global sum {total} (expected {expected})",
       flush=True,
   )
