@@ -213,6 +213,49 @@ def _describe(value) -> str:
   return f"{type(value).__name__} {text}"
 
 
+def _check_string(value, *, path, task, field):
+  if not isinstance(value, str):
+    raise NIDataError(
+        f"expected a string, got {_describe(value)}",
+        file=path,
+        task=task,
+        field=field,
+    )
+
+
+def _check_nonempty_string_list(value, *, path, task, field):
+  _check_string_list(value, nonempty=True, path=path, task=task, field=field)
+
+
+def _check_record(record, *, required, optional, path, task, field):
+  """An example or instance: an object whose `required` keys are present and whose present keys
+  pass their checks (in the order given: the first bad one is named)."""
+  if not isinstance(record, dict):
+    raise NIDataError(
+        f"expected an object with input/output, got {_describe(record)}",
+        file=path,
+        task=task,
+        field=field,
+    )
+  for key, check in {**required, **optional}.items():
+    if key in record:
+      check(record[key], path=path, task=task, field=f"{field}.{key}")
+    elif key in required:
+      raise NIDataError(
+          "missing field", file=path, task=task, field=f"{field}.{key}"
+      )
+
+
+_EXAMPLE_FIELDS = {"input": _check_string, "output": _check_string}
+# `explanation` is optional (Tk-Instruct adds it only when present).
+_EXAMPLE_OPTIONAL = {"explanation": _check_string}
+_INSTANCE_FIELDS = {
+    "input": _check_string,
+    "output": _check_nonempty_string_list,
+}
+_INSTANCE_OPTIONAL = {"id": _check_string}
+
+
 def _check_examples(examples, *, kind, path, task):
   if not isinstance(examples, list):
     raise NIDataError(
@@ -222,34 +265,14 @@ def _check_examples(examples, *, kind, path, task):
         field=kind,
     )
   for i, example in enumerate(examples):
-    field = f"{kind}[{i}]"
-    if not isinstance(example, dict):
-      raise NIDataError(
-          f"expected an object with input/output, got {_describe(example)}",
-          file=path,
-          task=task,
-          field=field,
-      )
-    for key in ("input", "output"):
-      if key not in example:
-        raise NIDataError(
-            "missing field", file=path, task=task, field=f"{field}.{key}"
-        )
-      if not isinstance(example[key], str):
-        raise NIDataError(
-            f"expected a string, got {_describe(example[key])}",
-            file=path,
-            task=task,
-            field=f"{field}.{key}",
-        )
-    # `explanation` is optional (Tk-Instruct adds it only when present).
-    if "explanation" in example and not isinstance(example["explanation"], str):
-      raise NIDataError(
-          f"expected a string, got {_describe(example['explanation'])}",
-          file=path,
-          task=task,
-          field=f"{field}.explanation",
-      )
+    _check_record(
+        example,
+        required=_EXAMPLE_FIELDS,
+        optional=_EXAMPLE_OPTIONAL,
+        path=path,
+        task=task,
+        field=f"{kind}[{i}]",
+    )
 
 
 def validate_task(task: Dict[str, Any], *, path: str, task_name: str) -> None:
@@ -321,43 +344,14 @@ def validate_task(task: Dict[str, Any], *, path: str, task_name: str) -> None:
         field="Instances",
     )
   for i, instance in enumerate(instances):
-    field = f"Instances[{i}]"
-    if not isinstance(instance, dict):
-      raise NIDataError(
-          f"expected an object with input/output, got {_describe(instance)}",
-          file=path,
-          task=task_name,
-          field=field,
-      )
-    if "input" not in instance:
-      raise NIDataError(
-          "missing field", file=path, task=task_name, field=f"{field}.input"
-      )
-    if not isinstance(instance["input"], str):
-      raise NIDataError(
-          f"expected a string, got {_describe(instance['input'])}",
-          file=path,
-          task=task_name,
-          field=f"{field}.input",
-      )
-    if "output" not in instance:
-      raise NIDataError(
-          "missing field", file=path, task=task_name, field=f"{field}.output"
-      )
-    _check_string_list(
-        instance["output"],
-        nonempty=True,
+    _check_record(
+        instance,
+        required=_INSTANCE_FIELDS,
+        optional=_INSTANCE_OPTIONAL,
         path=path,
         task=task_name,
-        field=f"{field}.output",
+        field=f"Instances[{i}]",
     )
-    if "id" in instance and not isinstance(instance["id"], str):
-      raise NIDataError(
-          f"expected a string, got {_describe(instance['id'])}",
-          file=path,
-          task=task_name,
-          field=f"{field}.id",
-      )
 
 
 def load_task(ni_dir, task_name: str) -> Dict[str, Any]:
