@@ -75,8 +75,10 @@ def test_no_import_cycles_inside_tkx():
       visit(node)
 
 
-def test_model_config_imports_nothing_from_tkx():
-  assert _tkx_imports()["tkx.models.config"] == set()
+def test_model_config_imports_nothing_from_tkx_but_its_errors():
+  # tkx.errors imports nothing, so the config stays readable without the rest of tkx.
+  assert _tkx_imports()["tkx.models.config"] == {"tkx.errors"}
+  assert _tkx_imports()["tkx.errors"] == set()
 
 
 def test_checkpoint_step_naming_lives_in_one_module():
@@ -400,6 +402,31 @@ def test_debug_log_level_shows_the_traceback(tmp_path):
             "debug",
         ]
     )
+
+
+@pytest.mark.parametrize("bug", [ValueError("boom"), KeyError("boom")])
+def test_an_unexpected_value_or_key_error_keeps_its_traceback(bug, monkeypatch):
+  """Only tkx.errors.UserError (and missing paths) are one-line errors; a bug is not bad input."""
+  from tkx.commands import score
+
+  def main(args):
+    raise bug
+
+  monkeypatch.setattr(score, "main", main)
+  with pytest.raises(type(bug), match="boom"):
+    cli.main(["score", "--predictions", "p.jsonl"])
+
+
+def test_a_user_error_raised_anywhere_is_one_line(monkeypatch, capsys):
+  from tkx import errors
+  from tkx.commands import score
+
+  def main(args):
+    raise errors.ConfigError("--predictions: say which file\nsecond line")
+
+  monkeypatch.setattr(score, "main", main)
+  line = _error_line(capsys, ["score", "--predictions", "p.jsonl"])
+  assert line == "tkx score: error: --predictions: say which file second line"
 
 
 def test_gin_bindings_refused_by_commands_without_gin(capsys):

@@ -16,10 +16,11 @@ Everything every command shares happens here, once, before the command runs:
   command that runs a model (`joins_processes`) joins the other processes of a
   cluster (`tkx.multihost.initialize`: gin's `multihost.initialize.*`, TKX_*/JAX_*
   variables or the detected cluster), before anything touches a JAX device;
-- errors the user can cause (a missing file, a malformed line, an unknown
-  task, a bad gin binding, a wrong checkpoint) end the command with one line on
-  stderr and exit status 2; `--log_level debug` shows their tracebacks. Other
-  exceptions are bugs and keep their traceback.
+- errors the user can cause (`tkx.errors.UserError` and its subclasses: a
+  malformed line, an unknown task, a bad flag or gin binding, a wrong
+  checkpoint; and a missing file) end the command with one line on stderr and
+  exit status 2; `--log_level debug` shows their tracebacks. Other exceptions,
+  a plain ValueError or KeyError included, are bugs and keep their traceback.
 """
 
 import argparse
@@ -32,6 +33,7 @@ import logging
 import os
 import sys
 
+from tkx.errors import UserError
 from tkx.logs import LOG_LEVELS, setup_logging  # tkx's one log format
 
 
@@ -128,15 +130,12 @@ gin configuration (as t5x):
 """
 
 
-class UserError(Exception):
-  """An error in what the user asked for; `tkx` prints its message as one line."""
-
-
-# Exceptions that mean "the input is wrong", not "tkx is wrong". ValueError covers
-# the data, checkpoint, gin and JSON errors, which all name their file and field.
+# Exceptions that mean "the input is wrong", not "tkx is wrong": `UserError` (the
+# data, checkpoint, gin, flag and JSON errors subclass it; each names its file,
+# flag or field) and a path that is missing or of the wrong kind. Anything else,
+# a plain ValueError or KeyError included, is a bug and keeps its traceback.
 USER_ERRORS = (
     UserError,
-    ValueError,
     FileNotFoundError,
     FileExistsError,
     NotADirectoryError,

@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import gin
 import numpy as np
 
-from tkx import infer, io_utils, jsonl, multihost, storage
+from tkx import errors, infer, io_utils, jsonl, multihost, storage
 from tkx.checkpoints import directory, layout
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ def run_evaluation(
     )
   splits = {task.splits[0] for task in subtasks}
   if len(splits) != 1:
-    raise ValueError(
+    raise errors.ConfigError(
         f"{mixture_or_task_name}: its tasks have different splits {sorted(splits)}"
     )
   split = splits.pop()
@@ -93,7 +93,7 @@ def run_evaluation(
   )
   eval_tasks = list(evaluator.eval_tasks)
   if not eval_tasks:
-    raise ValueError(
+    raise errors.ConfigError(
         f"{mixture_or_task_name}: no task with split {split!r} and metric functions to evaluate"
     )
 
@@ -297,7 +297,7 @@ def evaluate(
   ):
     # A registered mixture has its instance selection fixed; silently ignoring the cap would
     # score other instances than the user asked for.
-    raise ValueError(
+    raise errors.ConfigError(
         "max_num_instances_per_task applies when tkx eval registers the split itself "
         "(--ni_dir/--track/--split/--encoding); it cannot change the registered mixture "
         f"{mixture_or_task_name!r}"

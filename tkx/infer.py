@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tkx import io_utils, jsonl, multihost
+from tkx import errors, io_utils, jsonl, multihost
 from tkx.checkpoints import directory
 from tkx.data import names as names_lib
 
@@ -82,32 +82,38 @@ class DecodeConfig:
         decoding.BeamProcedure.parse(self.beam_procedure),
     )
     if self.num_beams < 1:
-      raise ValueError(f"num_beams must be >= 1, got {self.num_beams}")
+      raise errors.ConfigError(f"num_beams must be >= 1, got {self.num_beams}")
     if self.temperature < 0:
-      raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+      raise errors.ConfigError(
+          f"temperature must be >= 0, got {self.temperature}"
+      )
     if self.num_beams > 1 and self.temperature > 0:
-      raise ValueError(
+      raise errors.ConfigError(
           "choose beam search (num_beams > 1) or sampling (temperature > 0), not both"
       )
     if self.top_k < 0:
-      raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+      raise errors.ConfigError(
+          f"top_k must be >= 0 (0 = off), got {self.top_k}"
+      )
     if not 0.0 <= self.top_p <= 1.0:
-      raise ValueError(f"top_p must be in [0, 1] (0 = off), got {self.top_p}")
+      raise errors.ConfigError(
+          f"top_p must be in [0, 1] (0 = off), got {self.top_p}"
+      )
     if self.top_k and self.top_p:
-      raise ValueError(
+      raise errors.ConfigError(
           f"set top_k or top_p, not both (got top_k={self.top_k}, top_p={self.top_p}); "
           "t5x's sampling applies one filter"
       )
     if (self.top_k or self.top_p) and self.temperature == 0:
-      raise ValueError(
+      raise errors.ConfigError(
           "top_k / top_p only apply to sampling; set temperature > 0"
       )
     if self.alpha is not None and self.num_beams == 1:
-      raise ValueError(
+      raise errors.ConfigError(
           "alpha is the beam search length penalty; set num_beams > 1"
       )
     if self.max_decode_length < 1:
-      raise ValueError(
+      raise errors.ConfigError(
           f"max_decode_length must be >= 1, got {self.max_decode_length}"
       )
 
@@ -312,12 +318,12 @@ class Predictor:
     self.decode_config = decode_config or DecodeConfig()
     self.input_buckets = tuple(sorted(set(int(b) for b in input_buckets)))
     if not self.input_buckets or self.input_buckets[0] < 1:
-      raise ValueError(
+      raise errors.ConfigError(
           f"input_buckets must be positive lengths, got {input_buckets}"
       )
     data_size = self.partitioner.data_axis_size
     if batch_size < 1 or batch_size % data_size:
-      raise ValueError(
+      raise errors.ConfigError(
           f"batch_size {batch_size} must be a positive multiple of the data axis size "
           f"{data_size} (the batch is split over the 'data' mesh axis)"
       )
@@ -587,7 +593,7 @@ def read_input_file(path: str) -> List[dict]:
     seen.add(record["id"])
     records.append(record)
   if not records:
-    raise ValueError(f"{path}: no input lines (the file is empty)")
+    raise errors.InputFileError(f"{path}: no input lines (the file is empty)")
   return records
 
 
@@ -625,7 +631,7 @@ def resolve_mixture_or_task(name: str):
 
   known = set(seqio.MixtureRegistry.names()) | set(seqio.TaskRegistry.names())
   if name not in known:
-    raise ValueError(
+    raise errors.ConfigError(
         names_lib.close_matches_message("mixture or task", name, known)
         + " (NI mixtures are named <prefix>_<track>_<split>_<encoding>, e.g. ni_default_test_def_pos2;"
         " pass --ni_dir to register another checkout)"
@@ -646,7 +652,7 @@ def ni_subtasks(name: str) -> List[Any]:
     try:
       tasks_lib.task_spec(task.name)
     except KeyError:
-      raise ValueError(
+      raise errors.ConfigError(
           f"{task.name!r} (in {name!r}) is not an NI task registered by "
           "tkx.data.tasks.register_ni; predictions files need the NI task fields"
       ) from None

@@ -30,7 +30,7 @@ import posixpath
 import re
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from tkx import storage
+from tkx import errors, storage
 from tkx.metrics import baselines as baselines_lib
 from tkx.metrics import ni_metrics
 
@@ -70,7 +70,7 @@ PUBLISHED_RESULTS = (
 )
 
 
-class ReportInputError(ValueError):
+class ReportInputError(errors.InputFileError):
   """A directory `tkx report` cannot read; the message names it and what is missing."""
 
 
@@ -896,7 +896,9 @@ def render(
 ) -> str:
   """The report as one self-contained HTML document."""
   if not eval_runs and not training_runs:
-    raise ValueError("a report needs at least one evaluation or training run")
+    raise ReportInputError(
+        "a report needs at least one evaluation or training run"
+    )
   parts = [
       "<!DOCTYPE html>",
       '<html lang="en"><head><meta charset="utf-8">',

@@ -16,7 +16,7 @@ Decoding flags as `tkx infer` (greedy by default).
 
 import os
 
-from tkx import storage
+from tkx import errors, storage
 from tkx.commands import infer as infer_command
 
 
@@ -92,7 +92,7 @@ def main(args):
   from tkx.checkpoints import layout
 
   if not args.gin_files and not args.checkpoint:
-    raise ValueError(
+    raise errors.ConfigError(
         "tkx eval needs --checkpoint (or a gin file that sets evaluate.evaluate.checkpoint_path, "
         "e.g. --gin_file=gin_configs/runs/eval.gin --gin.CHECKPOINT_PATH=\"'CKPT'\")"
     )
@@ -119,7 +119,7 @@ def main(args):
       and "output_dir" not in kwargs
       and _gin_binds("evaluate.evaluate.output_dir")
   ):
-    raise ValueError(
+    raise errors.ConfigError(
         "tkx eval --encodings writes one directory per encoding under --output_dir; "
         "give --output_dir (the gin binding evaluate.evaluate.output_dir names one "
         "evaluation's directory)"
@@ -161,23 +161,23 @@ def _parse_encodings(args):
   from tkx.data import encodings as encodings_lib
 
   if args.encoding is not None or args.mixture is not None:
-    raise ValueError(
+    raise errors.ConfigError(
         "--encodings evaluates several encodings of the split; it cannot be combined "
         "with --encoding or --mixture"
     )
   names = [name.strip() for name in args.encodings.split(",")]
   if not all(names):
-    raise ValueError(
+    raise errors.ConfigError(
         f"--encodings {args.encodings!r}: an empty name between commas"
     )
   for name in names:
     try:
       encodings_lib.parse_encoding(name)
     except ValueError as e:
-      raise ValueError(f"--encodings: {e}") from None
+      raise errors.ConfigError(f"--encodings: {e}") from None
   duplicates = sorted({n for n in names if names.count(n) > 1})
   if duplicates:
-    raise ValueError(f"--encodings names {', '.join(duplicates)} twice")
+    raise errors.ConfigError(f"--encodings names {', '.join(duplicates)} twice")
   return names
 
 
@@ -187,7 +187,7 @@ def _sweep(kwargs, encodings):
   from tkx.metrics import ni_metrics
 
   if "output_dir" not in kwargs:
-    raise ValueError(
+    raise errors.ConfigError(
         "tkx eval --encodings needs --output_dir (or --checkpoint, for the default "
         "<checkpoint>/eval_<track>_<split>_encodings)"
     )

@@ -14,6 +14,7 @@ import difflib
 import os
 import sys
 
+from tkx import errors
 from tkx.commands import infer as infer_command
 
 
@@ -81,7 +82,9 @@ def load_ni_task(name_or_path, ni_dir=None):
         if close
         else f" ({len(known)} tasks there)"
     )
-    raise ValueError(f"unknown NI task {name_or_path!r} in {task_dir}{hint}")
+    raise errors.ConfigError(
+        f"unknown NI task {name_or_path!r} in {task_dir}{hint}"
+    )
   return ni.load_task(ni_dir, name_or_path)
 
 
@@ -104,19 +107,19 @@ def build_prompt(task, text, encoding, vocabulary, max_input_length):
 def configure(args):
   """Checks the arguments and parses gin, before `tkx.cli` joins the processes."""
   if args.ni_task and args.text is not None:
-    raise ValueError(
+    raise errors.ConfigError(
         "give either the prompt text or --ni_task with --input, not both"
     )
   if args.ni_task is None and args.input is not None:
-    raise ValueError(
+    raise errors.ConfigError(
         "--input needs --ni_task (or pass the whole prompt as the positional text)"
     )
   if args.ni_task is not None and (
       args.input is None or not args.input.strip()
   ):
-    raise ValueError("--ni_task needs a non-empty --input")
+    raise errors.ConfigError("--ni_task needs a non-empty --input")
   if args.ni_task is None and (args.text is None or not args.text.strip()):
-    raise ValueError(
+    raise errors.ConfigError(
         "empty instruction: pass the prompt text, or --ni_task NAME --input TEXT"
     )
   infer_command.parse_gin(args)

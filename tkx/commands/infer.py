@@ -19,6 +19,8 @@ and `--gin.NAME=VALUE`; flags given on the command line win over gin.
 import os
 import sys
 
+from tkx import errors
+
 DECODE_FLAGS = (
     "num_beams",
     "alpha",
@@ -161,11 +163,11 @@ def input_buckets_from_args(args):
   try:
     buckets = tuple(int(b) for b in args.input_buckets.split(",") if b.strip())
   except ValueError:
-    raise ValueError(
+    raise errors.ConfigError(
         f"--input_buckets must be comma-separated integers, got {args.input_buckets!r}"
     ) from None
   if not buckets or min(buckets) < 1:
-    raise ValueError(
+    raise errors.ConfigError(
         f"--input_buckets must be positive integers, got {args.input_buckets!r}"
     )
   return buckets
@@ -208,7 +210,9 @@ def main(args):
   from tkx.checkpoints import directory
 
   if args.input_file and args.ni_dir:
-    raise ValueError("--ni_dir applies to --mixture, not to --input_file")
+    raise errors.ConfigError(
+        "--ni_dir applies to --mixture, not to --input_file"
+    )
   if args.ni_dir:
     from tkx.data import source  # pylint: disable=g-import-not-at-top
 

@@ -15,6 +15,7 @@ import errno
 import logging
 import socket
 
+from tkx import errors
 from tkx.commands import infer as infer_command
 
 
@@ -55,7 +56,7 @@ def _check_port_free(host: str, port: int):
     reason = (
         "address already in use" if e.errno == errno.EADDRINUSE else e.strerror
     )
-    raise ValueError(f"--host {host} --port {port}: {reason}") from None
+    raise errors.ConfigError(f"--host {host} --port {port}: {reason}") from None
 
 
 configure = infer_command.parse_gin
@@ -63,11 +64,13 @@ configure = infer_command.parse_gin
 
 def main(args):
   if not 0 <= args.port <= 65535:
-    raise ValueError(f"--port must be in [0, 65535], got {args.port}")
+    raise errors.ConfigError(f"--port must be in [0, 65535], got {args.port}")
   if args.max_wait_ms < 0:
-    raise ValueError(f"--max_wait_ms must be >= 0, got {args.max_wait_ms}")
+    raise errors.ConfigError(
+        f"--max_wait_ms must be >= 0, got {args.max_wait_ms}"
+    )
   if args.max_request_bytes < 1:
-    raise ValueError(
+    raise errors.ConfigError(
         f"--max_request_bytes must be >= 1, got {args.max_request_bytes}"
     )
   _check_port_free(args.host, args.port)
@@ -75,7 +78,7 @@ def main(args):
 
   cluster = multihost.resolve()  # gin is parsed (configure); nothing joins
   if cluster.is_multi_process:
-    raise ValueError(
+    raise errors.ConfigError(
         f"tkx serve runs as one process, but this is {cluster.describe()}; "
         "serve from one host, or decode on all of them with `tkx infer`"
     )

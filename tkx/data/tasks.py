@@ -36,6 +36,7 @@ import gin
 import seqio
 import tensorflow as tf
 
+from tkx import errors
 from tkx.data import encodings as enc
 from tkx.data import names
 from tkx.data import ni
@@ -237,7 +238,7 @@ def _dataset_fn(spec: NITaskSpec, vocabulary) -> Callable[..., tf.data.Dataset]:
         seed,
     )  # one ordered stream per task; SeqIO shuffles examples
     if split != spec.split:
-      raise ValueError(
+      raise errors.ConfigError(
           f"SeqIO task for NI {spec.ni_task or 'split'!r} has only split {spec.split!r}, "
           f"got {split!r}"
       )
@@ -320,7 +321,7 @@ def _register(
 ) -> List[str]:
   ni_dir = os.path.abspath(os.fspath(ni_dir))
   if source not in ("json", "tfds"):
-    raise ValueError(f"source must be 'json' or 'tfds', got {source!r}")
+    raise errors.ConfigError(f"source must be 'json' or 'tfds', got {source!r}")
   if source == "json":
     source_lib.check_checkout(ni_dir)
   selection = ni.Selection.parse(selection)
