@@ -163,6 +163,40 @@ def test_every_flag_is_documented_and_train_help_explains_gin(capsys):
     assert needle in text
 
 
+def test_command_flags_become_gin_bindings_that_win_over_gin(monkeypatch):
+  """eval's flags bind evaluate.evaluate / DecodeConfig once at start-up; flags left out bind nothing."""
+  import gin
+
+  from tkx import gin_utils
+  from tkx.commands import evaluate as eval_command
+
+  seen = {}
+
+  def main(args):
+    for name in (
+        "evaluate.evaluate.track",
+        "evaluate.evaluate.input_buckets",
+        "infer.DecodeConfig.num_beams",
+        "evaluate.evaluate.split",
+    ):
+      seen[name] = gin_utils.query(name)
+    return 0
+
+  monkeypatch.setattr(eval_command, "main", main)
+  argv = ["eval", "--checkpoint", "c", "--gin.evaluate.evaluate.track='x'"]
+  argv += ["--track", "xlingual", "--num_beams", "4", "--input_buckets", "9,3"]
+  assert cli.run(argv) == 0
+  assert seen == {
+      "evaluate.evaluate.track": "xlingual",
+      "evaluate.evaluate.input_buckets": (9, 3),
+      "infer.DecodeConfig.num_beams": 4,
+      "evaluate.evaluate.split": (
+          None
+      ),  # not given: evaluate.evaluate's default applies
+  }
+  gin.clear_config()
+
+
 # ------------------------------------------------------------------------------
 # User errors: one line on stderr, exit 2; traceback only with --log_level debug
 # ------------------------------------------------------------------------------

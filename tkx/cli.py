@@ -12,6 +12,9 @@ Everything every command shares happens here, once, before the command runs:
 - logging: one format on stderr; JAX/TensorFlow/absl chatter only at debug;
 - TensorFlow (tf.data, SeqIO) is kept off the accelerators, which JAX owns,
   whenever and however a command imports it (`keep_tensorflow_on_cpu`);
+- flags -> gin: the flags a command lists in `GIN_FLAGS` become gin bindings
+  after the user's `--gin.NAME=VALUE` (`flag_bindings`), so a flag given wins
+  and each default lives in the function the flag binds (docs/configuration.md);
 - gin: a command's `configure(args)` parses its gin files and bindings; then a
   command that runs a model (`joins_processes`) joins the other processes of a
   cluster (`tkx.multihost.initialize`: gin's `multihost.initialize.*`, TKX_*/JAX_*
@@ -245,6 +248,24 @@ def _split_gin_args(argv):
   return rest, bindings
 
 
+def flag_bindings(args, gin_flags) -> list:
+  """The gin bindings (`SELECTOR = VALUE`) of the flags given, for a command's `GIN_FLAGS`.
+
+  `GIN_FLAGS` maps a flag's dest to the gin parameter it sets, or to
+  (parameter, converter from the flag's value). Flags left out (None) bind
+  nothing, so gin files and the function's default apply; the bindings follow
+  the user's `--gin.NAME=VALUE`, so a flag given wins.
+  """
+  bindings = []
+  for flag, target in gin_flags.items():
+    value = getattr(args, flag, None)
+    if value is None:
+      continue
+    selector, convert = target if isinstance(target, tuple) else (target, None)
+    bindings.append(f"{selector} = {convert(value) if convert else value!r}")
+  return bindings
+
+
 def add_shared_arguments(parser, command: Command) -> None:
   """Flags every command has, and the gin flags of gin-configured commands."""
   parser.add_argument(
@@ -334,7 +355,9 @@ def run(argv) -> int:
   args = command_parser(name, module).parse_args(rest)
   setup_logging(args.log_level)
   if command.uses_gin:
-    args.gin_bindings = gin_bindings
+    args.gin_bindings = gin_bindings + flag_bindings(
+        args, getattr(module, "GIN_FLAGS", {})
+    )
     if hasattr(module, "configure"):
       module.configure(args)
   if command.joins_processes:
@@ -362,8 +385,6 @@ def _one_line(error: BaseException) -> str:
       for line in str(error).strip().splitlines()
       if line.strip() and not line.strip().startswith("In call to configurable")
   )
-  if isinstance(error, KeyError) and len(error.args) == 1:
-    text = str(error.args[0])
   return text or type(error).__name__
 
 

@@ -16,6 +16,8 @@ feeds the rows its devices hold; the outputs are gathered on every host.
 Layers here:
 - `DecodeConfig`: greedy / beam search / sampling settings -> `tkx.decoding` fn + kwargs.
 - `Predictor`: token ids in, token ids out (bucketing, padding, progress).
+- `make_predictor` (gin `infer.make_predictor`): the Predictor of the commands and evaluations;
+  the input budget and batch size default here (`DEFAULT_MAX_INPUT_LENGTH`, `default_batch_size`).
 - `predict_mixture` / `predict_input_file`: `tkx infer`'s two modes.
 """
 
@@ -36,6 +38,10 @@ log = logging.getLogger(__name__)
 
 # Input lengths are rounded up to one of these (the encoding budget is 1024).
 DEFAULT_INPUT_BUCKETS = (128, 256, 384, 512, 768, 1024)
+# The input token budget (EOS included) of every command and evaluation: Tk-Instruct's.
+DEFAULT_MAX_INPUT_LENGTH = 1024
+# Global decode batch rows, raised to one row per data-parallel device where there are more.
+DEFAULT_BATCH_SIZE = 8
 # Tk-Instruct's evaluation calls transformers 4.18 `generate(max_length=128)`, which for
 # an encoder-decoder counts the decoder start token: at most 127 new tokens (EOS included).
 TK_INSTRUCT_MAX_DECODE_LENGTH = 127
@@ -158,6 +164,11 @@ def bucket_length(length: int, buckets: Sequence[int]) -> int:
       f"an input of {length} tokens is longer than the largest length bucket "
       f"{max(buckets)}; cut inputs to the budget first"
   )
+
+
+def default_batch_size(partitioner) -> int:
+  """The decode batch when none is given: `DEFAULT_BATCH_SIZE`, at least one row per data-parallel device."""
+  return max(DEFAULT_BATCH_SIZE, partitioner.data_axis_size)
 
 
 def buckets_up_to(
@@ -292,7 +303,8 @@ class Predictor:
     model: an `EncoderDecoderModel` (has `predict_batch`).
     params: its parameters (placed by the partitioner when not yet sharded).
     partitioner: a `tkx.partitioning.Partitioner` (default: one model partition).
-    batch_size: global batch size; a multiple of the data axis size.
+    batch_size: global batch size; a multiple of the data axis size (default
+      `default_batch_size(partitioner)`).
     decode_config: a `DecodeConfig`.
     input_buckets: allowed encoder lengths.
     param_shardings: shardings of `params` (default: from the model's logical axes).
@@ -304,7 +316,7 @@ class Predictor:
       params,
       *,
       partitioner=None,
-      batch_size: int = 8,
+      batch_size: Optional[int] = None,
       decode_config: Optional[DecodeConfig] = None,
       input_buckets: Sequence[int] = DEFAULT_INPUT_BUCKETS,
       param_shardings=None,
@@ -322,6 +334,8 @@ class Predictor:
           f"input_buckets must be positive lengths, got {input_buckets}"
       )
     data_size = self.partitioner.data_axis_size
+    if batch_size is None:
+      batch_size = default_batch_size(self.partitioner)
     if batch_size < 1 or batch_size % data_size:
       raise errors.ConfigError(
           f"batch_size {batch_size} must be a positive multiple of the data axis size "
@@ -475,6 +489,32 @@ class Predictor:
 
 
 # ----------------------------------------------------------------------------- texts
+@gin.configurable(module="infer")
+def make_predictor(
+    model,
+    params,
+    *,
+    partitioner=None,
+    batch_size: Optional[int] = None,
+    decode_config: Optional[DecodeConfig] = None,
+    max_input_length: int = DEFAULT_MAX_INPUT_LENGTH,
+    input_buckets: Sequence[int] = DEFAULT_INPUT_BUCKETS,
+) -> Predictor:
+  """The Predictor of `tkx infer`, `tkx generate` and the evaluations: inputs up to `max_input_length` tokens.
+
+  Encoder lengths are `input_buckets` below the budget, then the budget itself
+  (`buckets_up_to`); the other settings default as in `Predictor`.
+  """
+  return Predictor(
+      model,
+      params,
+      partitioner=partitioner,
+      batch_size=batch_size,
+      decode_config=decode_config,
+      input_buckets=buckets_up_to(max_input_length, input_buckets),
+  )
+
+
 def encode_texts(
     vocabulary,
     texts: Sequence[str],

@@ -248,11 +248,35 @@ def _dataset_fn(spec: NITaskSpec, vocabulary) -> Callable[..., tf.data.Dataset]:
   return dataset_fn
 
 
+# What each task tkx registered was registered with: (spec, vocabulary, metric fns, the Task).
+_REGISTERED: Dict[str, tuple] = {}
+
+
+def _registered_as(name: str, spec: NITaskSpec, vocabulary, metric_fns) -> bool:
+  """Whether SeqIO holds the task tkx registered under `name` with exactly these settings."""
+  held = _REGISTERED.get(name)
+  if held is None or name not in seqio.TaskRegistry.names():
+    return False
+  return (
+      held[0] == spec
+      and held[1] is vocabulary
+      and held[2] == tuple(metric_fns)
+      and seqio.TaskRegistry.get(name) is held[3]
+  )
+
+
 def _add_task(name: str, spec: NITaskSpec, vocabulary, metric_fns) -> None:
+  """Registers (or replaces) the task; asked again with the same settings it leaves SeqIO as it is.
+
+  So a command whose steps each make sure of their names (the input, the packing
+  plan, the evaluation) changes the registry once.
+  """
+  if _registered_as(name, spec, vocabulary, metric_fns):
+    return
   if name in seqio.TaskRegistry.names():
     seqio.TaskRegistry.remove(name)  # re-registration replaces: idempotent
   _SPECS[name] = spec
-  seqio.TaskRegistry.add(
+  task = seqio.TaskRegistry.add(
       name,
       source=seqio.FunctionDataSource(
           _dataset_fn(spec, vocabulary), splits=(spec.split,)
@@ -268,10 +292,16 @@ def _add_task(name: str, spec: NITaskSpec, vocabulary, metric_fns) -> None:
       postprocess_fn=references_postprocessor,
       metric_fns=list(metric_fns),
   )
+  _REGISTERED[name] = (spec, vocabulary, tuple(metric_fns), task)
 
 
 def _add_mixture(name: str, task_names: Sequence[str]) -> None:
   if name in seqio.MixtureRegistry.names():
+    held = seqio.MixtureRegistry.get(name)
+    if sorted(t.name for t in held.tasks) == sorted(task_names) and all(
+        t is seqio.TaskRegistry.get(t.name) for t in held.tasks
+    ):
+      return  # the same tasks, as registered now
     seqio.MixtureRegistry.remove(name)
   seqio.MixtureRegistry.add(
       name, [(t, instance_count_rate) for t in task_names]
