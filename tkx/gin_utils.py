@@ -21,7 +21,7 @@ from typing import Iterator, Sequence
 
 import gin
 
-from tkx import io_utils, storage
+from tkx import errors, io_utils, storage
 
 # Gin files on remote storage (gs://...) parse like local ones, includes too. (The
 # accelerator bench's gin stand-in, bench/accel_common.py, parses no files and has no
@@ -33,7 +33,7 @@ if hasattr(gin, "config"):
   )
 
 
-class GinConfigError(ValueError):
+class GinConfigError(errors.ConfigError):
   """A gin file or binding that cannot be parsed; the message names it and says how to fix it."""
 
 

@@ -16,6 +16,8 @@ feeds the rows its devices hold; the outputs are gathered on every host.
 Layers here:
 - `DecodeConfig`: greedy / beam search / sampling settings -> `tkx.decoding` fn + kwargs.
 - `Predictor`: token ids in, token ids out (bucketing, padding, progress).
+- `make_predictor` (gin `infer.make_predictor`): the Predictor of the commands and evaluations;
+  the input budget and batch size default here (`DEFAULT_MAX_INPUT_LENGTH`, `default_batch_size`).
 - `predict_mixture` / `predict_input_file`: `tkx infer`'s two modes.
 """
 
@@ -28,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tkx import io_utils, jsonl, multihost
+from tkx import errors, io_utils, jsonl, multihost
 from tkx.checkpoints import directory
 from tkx.data import names as names_lib
 
@@ -36,6 +38,10 @@ log = logging.getLogger(__name__)
 
 # Input lengths are rounded up to one of these (the encoding budget is 1024).
 DEFAULT_INPUT_BUCKETS = (128, 256, 384, 512, 768, 1024)
+# The input token budget (EOS included) of every command and evaluation: Tk-Instruct's.
+DEFAULT_MAX_INPUT_LENGTH = 1024
+# Global decode batch rows, raised to one row per data-parallel device where there are more.
+DEFAULT_BATCH_SIZE = 8
 # Tk-Instruct's evaluation calls transformers 4.18 `generate(max_length=128)`, which for
 # an encoder-decoder counts the decoder start token: at most 127 new tokens (EOS included).
 TK_INSTRUCT_MAX_DECODE_LENGTH = 127
@@ -82,32 +88,38 @@ class DecodeConfig:
         decoding.BeamProcedure.parse(self.beam_procedure),
     )
     if self.num_beams < 1:
-      raise ValueError(f"num_beams must be >= 1, got {self.num_beams}")
+      raise errors.ConfigError(f"num_beams must be >= 1, got {self.num_beams}")
     if self.temperature < 0:
-      raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+      raise errors.ConfigError(
+          f"temperature must be >= 0, got {self.temperature}"
+      )
     if self.num_beams > 1 and self.temperature > 0:
-      raise ValueError(
+      raise errors.ConfigError(
           "choose beam search (num_beams > 1) or sampling (temperature > 0), not both"
       )
     if self.top_k < 0:
-      raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+      raise errors.ConfigError(
+          f"top_k must be >= 0 (0 = off), got {self.top_k}"
+      )
     if not 0.0 <= self.top_p <= 1.0:
-      raise ValueError(f"top_p must be in [0, 1] (0 = off), got {self.top_p}")
+      raise errors.ConfigError(
+          f"top_p must be in [0, 1] (0 = off), got {self.top_p}"
+      )
     if self.top_k and self.top_p:
-      raise ValueError(
+      raise errors.ConfigError(
           f"set top_k or top_p, not both (got top_k={self.top_k}, top_p={self.top_p}); "
           "t5x's sampling applies one filter"
       )
     if (self.top_k or self.top_p) and self.temperature == 0:
-      raise ValueError(
+      raise errors.ConfigError(
           "top_k / top_p only apply to sampling; set temperature > 0"
       )
     if self.alpha is not None and self.num_beams == 1:
-      raise ValueError(
+      raise errors.ConfigError(
           "alpha is the beam search length penalty; set num_beams > 1"
       )
     if self.max_decode_length < 1:
-      raise ValueError(
+      raise errors.ConfigError(
           f"max_decode_length must be >= 1, got {self.max_decode_length}"
       )
 
@@ -152,6 +164,11 @@ def bucket_length(length: int, buckets: Sequence[int]) -> int:
       f"an input of {length} tokens is longer than the largest length bucket "
       f"{max(buckets)}; cut inputs to the budget first"
   )
+
+
+def default_batch_size(partitioner) -> int:
+  """The decode batch when none is given: `DEFAULT_BATCH_SIZE`, at least one row per data-parallel device."""
+  return max(DEFAULT_BATCH_SIZE, partitioner.data_axis_size)
 
 
 def buckets_up_to(
@@ -286,7 +303,8 @@ class Predictor:
     model: an `EncoderDecoderModel` (has `predict_batch`).
     params: its parameters (placed by the partitioner when not yet sharded).
     partitioner: a `tkx.partitioning.Partitioner` (default: one model partition).
-    batch_size: global batch size; a multiple of the data axis size.
+    batch_size: global batch size; a multiple of the data axis size (default
+      `default_batch_size(partitioner)`).
     decode_config: a `DecodeConfig`.
     input_buckets: allowed encoder lengths.
     param_shardings: shardings of `params` (default: from the model's logical axes).
@@ -298,7 +316,7 @@ class Predictor:
       params,
       *,
       partitioner=None,
-      batch_size: int = 8,
+      batch_size: Optional[int] = None,
       decode_config: Optional[DecodeConfig] = None,
       input_buckets: Sequence[int] = DEFAULT_INPUT_BUCKETS,
       param_shardings=None,
@@ -312,12 +330,14 @@ class Predictor:
     self.decode_config = decode_config or DecodeConfig()
     self.input_buckets = tuple(sorted(set(int(b) for b in input_buckets)))
     if not self.input_buckets or self.input_buckets[0] < 1:
-      raise ValueError(
+      raise errors.ConfigError(
           f"input_buckets must be positive lengths, got {input_buckets}"
       )
     data_size = self.partitioner.data_axis_size
+    if batch_size is None:
+      batch_size = default_batch_size(self.partitioner)
     if batch_size < 1 or batch_size % data_size:
-      raise ValueError(
+      raise errors.ConfigError(
           f"batch_size {batch_size} must be a positive multiple of the data axis size "
           f"{data_size} (the batch is split over the 'data' mesh axis)"
       )
@@ -469,6 +489,32 @@ class Predictor:
 
 
 # ----------------------------------------------------------------------------- texts
+@gin.configurable(module="infer")
+def make_predictor(
+    model,
+    params,
+    *,
+    partitioner=None,
+    batch_size: Optional[int] = None,
+    decode_config: Optional[DecodeConfig] = None,
+    max_input_length: int = DEFAULT_MAX_INPUT_LENGTH,
+    input_buckets: Sequence[int] = DEFAULT_INPUT_BUCKETS,
+) -> Predictor:
+  """The Predictor of `tkx infer`, `tkx generate` and the evaluations: inputs up to `max_input_length` tokens.
+
+  Encoder lengths are `input_buckets` below the budget, then the budget itself
+  (`buckets_up_to`); the other settings default as in `Predictor`.
+  """
+  return Predictor(
+      model,
+      params,
+      partitioner=partitioner,
+      batch_size=batch_size,
+      decode_config=decode_config,
+      input_buckets=buckets_up_to(max_input_length, input_buckets),
+  )
+
+
 def encode_texts(
     vocabulary,
     texts: Sequence[str],
@@ -587,7 +633,7 @@ def read_input_file(path: str) -> List[dict]:
     seen.add(record["id"])
     records.append(record)
   if not records:
-    raise ValueError(f"{path}: no input lines (the file is empty)")
+    raise errors.InputFileError(f"{path}: no input lines (the file is empty)")
   return records
 
 
@@ -625,7 +671,7 @@ def resolve_mixture_or_task(name: str):
 
   known = set(seqio.MixtureRegistry.names()) | set(seqio.TaskRegistry.names())
   if name not in known:
-    raise ValueError(
+    raise errors.ConfigError(
         names_lib.close_matches_message("mixture or task", name, known)
         + " (NI mixtures are named <prefix>_<track>_<split>_<encoding>, e.g. ni_default_test_def_pos2;"
         " pass --ni_dir to register another checkout)"
@@ -646,7 +692,7 @@ def ni_subtasks(name: str) -> List[Any]:
     try:
       tasks_lib.task_spec(task.name)
     except KeyError:
-      raise ValueError(
+      raise errors.ConfigError(
           f"{task.name!r} (in {name!r}) is not an NI task registered by "
           "tkx.data.tasks.register_ni; predictions files need the NI task fields"
       ) from None

@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from tkx import io_utils, multihost, optimizers, preemption, storage
+from tkx import errors, io_utils, multihost, optimizers, preemption, storage
 from tkx.checkpoints import directory, layout, orbax_io
 from tkx.step_logger import StepLogger
 from tkx.train_state import TrainState, TrainStateInitializer
@@ -246,10 +246,12 @@ def _check_run_values(
     if value is None and allow_none:
       return
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-      raise ValueError(f"{name} must be a positive integer, got {value!r}")
+      raise errors.ConfigError(
+          f"{name} must be a positive integer, got {value!r}"
+      )
 
   if not isinstance(model_dir, (str, os.PathLike)):
-    raise ValueError(
+    raise errors.ConfigError(
         f"MODEL_DIR must be a string (--gin.MODEL_DIR=\"'/path'\"), got {model_dir!r}"
     )
   positive_int(batch_name, batch_size)
@@ -257,7 +259,7 @@ def _check_run_values(
   if not isinstance(task_feature_lengths, Mapping) or set(
       task_feature_lengths
   ) != {"inputs", "targets"}:
-    raise ValueError(
+    raise errors.ConfigError(
         'TASK_FEATURE_LENGTHS must be {"inputs": N, "targets": M}, got '
         f"{task_feature_lengths!r}"
     )
@@ -374,7 +376,7 @@ def train(
   }
   missing = [name for name, value in required.items() if value is gin.REQUIRED]
   if missing:
-    raise ValueError(
+    raise errors.ConfigError(
         f"trainer.train: set {', '.join(missing)} (e.g. --gin.{missing[0]}=...); "
         "the gin files leave them required"
     )
@@ -386,7 +388,7 @@ def train(
       and vocab_size > config.vocab_size
   ):
     # Ids past the embedding would be clamped silently by the lookup.
-    raise ValueError(
+    raise errors.ConfigError(
         f"the vocabulary has {vocab_size} ids but network.T5Config.vocab_size = "
         f"{config.vocab_size} (check vocab.get_vocabulary.extra_ids and the model gin files)"
     )
@@ -431,7 +433,7 @@ def train(
         if pack
         else ""
     )
-    raise ValueError(
+    raise errors.ConfigError(
         f"{batch_name}={batch_size} must be divisible by the data-parallel size "
         f"{partitioner.data_axis_size} x NUM_MICROBATCHES={num_microbatches}{hint}"
     )
@@ -458,7 +460,7 @@ def train(
   if train_epochs:
     train_steps = train_input.steps_for_epochs(train_epochs)
   if not train_steps:
-    raise ValueError(
+    raise errors.ConfigError(
         "set TRAIN_STEPS (trainer.train.train_steps) or trainer.train.train_epochs"
     )
 
@@ -569,7 +571,7 @@ def train(
     try:
       host_batch, state_after = next(batches)
     except StopIteration:
-      raise ValueError(  # a user's data/settings problem: one line, no traceback
+      raise errors.ConfigError(  # a user's data/settings problem: one line, no traceback
           f"MIXTURE_OR_TASK_NAME={mixture_or_task_name!r} ran out of batches of "
           f"{batch_name}={batch_size} (an empty split, or fewer examples than a batch)"
       ) from None

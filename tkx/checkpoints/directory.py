@@ -19,13 +19,13 @@ import logging
 import os
 from typing import Any, Optional, Sequence
 
-from tkx import gin_utils, io_utils, storage
+from tkx import errors, gin_utils, io_utils, storage
 from tkx.checkpoints import layout, orbax_io
 
 log = logging.getLogger(__name__)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(errors.UserError):
   """A checkpoint that does not fit the model or the layout; the message names the file and field."""
 
 

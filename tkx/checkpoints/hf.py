@@ -41,6 +41,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
+from tkx import errors
 from tkx.models import scan
 from tkx.models.config import T5Config
 
@@ -77,7 +78,7 @@ _ACTIVATIONS_TO_FF = {
 }
 
 
-class CheckpointFormatError(ValueError):
+class CheckpointFormatError(errors.UserError):
   """A checkpoint file is missing, malformed or does not match its config (message names file and field)."""
 
 
@@ -154,7 +155,7 @@ def t5config_to_hf_config(config: T5Config) -> Dict[str, Any]:
   """Hugging Face `config.json` contents for a tkx `T5Config`."""
   acts = tuple(config.mlp_activations)
   if acts not in _ACTIVATIONS_TO_FF:
-    raise ValueError(
+    raise CheckpointFormatError(
         f"T5Config.mlp_activations {acts} has no Hugging Face feed_forward_proj equivalent"
     )
   ff = _ACTIVATIONS_TO_FF[acts]

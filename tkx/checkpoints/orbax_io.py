@@ -27,7 +27,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from tkx import multihost, storage
+from tkx import errors, multihost, storage
 from tkx.checkpoints import layout
 
 STATE_ITEM = layout.STATE_ITEM
@@ -268,7 +268,7 @@ class CheckpointManager:
     return self._unreadable[step]
 
 
-class CheckpointReadError(ValueError):
+class CheckpointReadError(errors.UserError):
   """An agreed checkpoint step failed to restore (message names the step dir and the cause)."""
 
 

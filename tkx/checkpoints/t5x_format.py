@@ -42,6 +42,7 @@ from typing import Any, Dict, Mapping, Optional
 import numpy as np
 from flax import serialization, traverse_util
 
+from tkx import errors
 from tkx.checkpoints import layout
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ _PARAM_PATHS = (
 )
 
 
-class T5xCheckpointError(ValueError):
+class T5xCheckpointError(errors.UserError):
   """The path is not a readable t5x checkpoint (message names the file and the field)."""
 
 

@@ -14,6 +14,7 @@ import difflib
 import os
 import sys
 
+from tkx import errors
 from tkx.commands import infer as infer_command
 
 
@@ -81,7 +82,9 @@ def load_ni_task(name_or_path, ni_dir=None):
         if close
         else f" ({len(known)} tasks there)"
     )
-    raise ValueError(f"unknown NI task {name_or_path!r} in {task_dir}{hint}")
+    raise errors.ConfigError(
+        f"unknown NI task {name_or_path!r} in {task_dir}{hint}"
+    )
   return ni.load_task(ni_dir, name_or_path)
 
 
@@ -101,22 +104,25 @@ def build_prompt(task, text, encoding, vocabulary, max_input_length):
   )
 
 
+GIN_FLAGS = infer_command.GIN_FLAGS
+
+
 def configure(args):
   """Checks the arguments and parses gin, before `tkx.cli` joins the processes."""
   if args.ni_task and args.text is not None:
-    raise ValueError(
+    raise errors.ConfigError(
         "give either the prompt text or --ni_task with --input, not both"
     )
   if args.ni_task is None and args.input is not None:
-    raise ValueError(
+    raise errors.ConfigError(
         "--input needs --ni_task (or pass the whole prompt as the positional text)"
     )
   if args.ni_task is not None and (
       args.input is None or not args.input.strip()
   ):
-    raise ValueError("--ni_task needs a non-empty --input")
+    raise errors.ConfigError("--ni_task needs a non-empty --input")
   if args.ni_task is None and (args.text is None or not args.text.strip()):
-    raise ValueError(
+    raise errors.ConfigError(
         "empty instruction: pass the prompt text, or --ni_task NAME --input TEXT"
     )
   infer_command.parse_gin(args)
@@ -124,8 +130,7 @@ def configure(args):
 
 def main(args):
   import jax
-  from tkx import multihost
-  from tkx import infer
+  from tkx import infer, multihost, partitioning
   from tkx.checkpoints import directory
 
   if args.ni_dir:
@@ -139,11 +144,19 @@ def main(args):
       if args.num_partitions or jax.process_count() > 1
       else jax.local_devices()[:1]
   )
-  partitioner = infer_command.partitioner_from_args(args, devices=devices)
+  # gin (and --num_partitions) apply.
+  partitioner = partitioning.Partitioner(devices=devices)
   loaded = directory.load(
       args.checkpoint, partitioner=partitioner, vocab_path=args.vocab
   )
-  max_input_length = args.max_input_length or 1024
+  # gin (and the decoding, --max_input_length, --input_buckets flags) apply.
+  predictor = infer.make_predictor(
+      loaded.model,
+      loaded.params,
+      partitioner=partitioner,
+      batch_size=partitioner.data_axis_size,
+  )
+  max_input_length = predictor.input_buckets[-1]  # make_predictor's budget
   if args.ni_task is not None:
     task = load_ni_task(args.ni_task, args.ni_dir)
     prompt = build_prompt(
@@ -153,16 +166,6 @@ def main(args):
     prompt = args.text
   if args.show_prompt and multihost.is_primary_host():
     print(prompt, file=sys.stderr)
-  predictor = infer.Predictor(
-      loaded.model,
-      loaded.params,
-      partitioner=partitioner,
-      batch_size=partitioner.data_axis_size,
-      decode_config=infer_command.decode_config_from_args(args),
-      input_buckets=infer.buckets_up_to(
-          max_input_length, infer_command.input_buckets_from_args(args)
-      ),
-  )
   [prediction] = infer.predict_texts(
       predictor,
       loaded.vocabulary,

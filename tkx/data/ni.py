@@ -28,7 +28,7 @@ import os
 import random
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
-from tkx import enums, io_utils
+from tkx import enums, errors, io_utils
 
 TRACKS = ("default", "xlingual")
 # Splits whose tasks keep only their first 100 instances (Tk-Instruct's `subset == "test"`).
@@ -52,7 +52,7 @@ class Selection(enum.Enum):
 DEFAULT_SELECTION = Selection.TK_INSTRUCT
 
 
-class NIDataError(ValueError):
+class NIDataError(errors.UserError):
   """Bad NI input; the message names the file, the task and the field."""
 
   def __init__(

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from tkx import decoding
+from tkx import decoding, errors
 from tkx.models import network  # noqa: F401  (registers network.* with gin)
 
 Array = jax.Array
@@ -146,14 +146,14 @@ def loss_normalizer(value) -> Optional[float]:
     return None
   if isinstance(value, str):
     if value.upper() not in _LOSS_NORMALIZER_NAMES:
-      raise ValueError(
+      raise errors.ConfigError(
           f"loss_normalizing_factor: unknown {value!r}; use None or "
           f"{' / '.join(repr(n) for n in _LOSS_NORMALIZER_NAMES)} (divide by the "
           "number of target tokens) or a positive number"
       )
     return None
   if isinstance(value, bool) or not float(value) > 0:
-    raise ValueError(
+    raise errors.ConfigError(
         f"loss_normalizing_factor must be None, a positive number or "
         f"{' / '.join(repr(n) for n in _LOSS_NORMALIZER_NAMES)}, got {value!r}"
     )

@@ -15,6 +15,7 @@ import json
 import math
 from typing import Any, Dict, List, Optional
 
+from tkx import errors
 from tkx.data import encodings
 
 DEFAULT_ENCODING = "def_pos2"
@@ -39,7 +40,7 @@ MAX_NUM_BEAMS = 16
 MAX_SEED = 2**31 - 1
 
 
-class RequestError(ValueError):
+class RequestError(errors.UserError):
   """A client error: `field` names what is wrong; `status` is the HTTP status to answer."""
 
   def __init__(self, field: str, message: str, status: int = 400):
