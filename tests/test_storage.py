@@ -206,6 +206,26 @@ def test_t5x_initial_checkpoint_on_gcs(gcs, tmp_path):
   jax.tree_util.tree_map(np.testing.assert_array_equal, whole, PARAMS)
 
 
+def test_safetensors_read_by_slice_on_gcs(gcs, tmp_path):
+  """A Hugging Face weight file on gs://: a slice costs its bytes (range reads through tkx.storage)."""
+  import numpy as np
+  from safetensors.numpy import save_file
+
+  from tkx.checkpoints import hf
+
+  kernel = np.arange(64 * 48, dtype=np.float32).reshape(64, 48)
+  save_file({"w": kernel}, str(tmp_path / "model.safetensors"))
+  storage.copy(
+      str(tmp_path / "model.safetensors"), f"{gcs}/hf/model.safetensors"
+  )
+  file = hf.SafetensorsFile(f"{gcs}/hf/model.safetensors")
+  np.testing.assert_array_equal(file.read("w", (slice(8, 16),)), kernel[8:16])
+  np.testing.assert_array_equal(
+      file.read("w", (slice(0, 64), slice(40, 48))), kernel[:, 40:48]
+  )
+  assert file.bytes_read == (8 * 48 + 64 * 8) * 4
+
+
 def _tkx(*args):
   from tkx import cli
 
