@@ -25,6 +25,7 @@ model size (about 0.5 shard-wise: each process reads its share; 1.5 or more whol
 """
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -35,20 +36,24 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402  (puts the repository root on sys.path)
 
-READERS = ("shard-wise tkx", "shard-wise t5x", "whole t5x")
+READERS = ("shard-wise tkx", "shard-wise t5x", "shard-wise hf", "whole t5x")
 # Stored chunk cap: 4 MiB on T5 small is what t5x's 64 MiB is on a 16x larger model
 # (a reader decodes whole chunks, so chunks as large as the arrays defeat slicing).
 CHUNK_BYTES = 4 * 2**20
 
 
-def _model(size):
+def _config(size):
   from tkx import gin_utils
-  from tkx.models import models, network
 
-  config = gin_utils.load_config_from_gin(
+  return gin_utils.load_config_from_gin(
       [f"gin_configs/models/t5_1_1/{size}.gin"], ()
   )
-  return models.EncoderDecoderModel(network.Transformer(config))
+
+
+def _model(size):
+  from tkx.models import models, network
+
+  return models.EncoderDecoderModel(network.Transformer(_config(size)))
 
 
 def _abstract(model):
@@ -63,12 +68,17 @@ def _abstract(model):
 
 
 def write_checkpoints(size, out_dir):
-  """Random float32 params of the model in both formats; returns their bytes."""
+  """Random float32 params of the model in the three formats (once per `out_dir`); returns their bytes."""
   import jax
   import numpy as np
 
-  from tkx.checkpoints import orbax_io, t5x_format
+  from tkx.checkpoints import hf, orbax_io, t5x_format
 
+  if os.path.isdir(os.path.join(out_dir, "hf")):  # written by an earlier run
+    return sum(
+        int(np.prod(a.shape)) * 4
+        for a in jax.tree_util.tree_leaves(_abstract(_model(size)))
+    )
   rng = np.random.default_rng(0)
   params = jax.tree_util.tree_map(
       lambda a: rng.standard_normal(a.shape, np.float32),
@@ -83,6 +93,7 @@ def write_checkpoints(size, out_dir):
       step=0,
       target_chunk_bytes=CHUNK_BYTES,
   )
+  hf.export_hf(_config(size), params, os.path.join(out_dir, "hf"))
   return sum(x.nbytes for x in jax.tree_util.tree_leaves(params))
 
 
@@ -143,6 +154,7 @@ def worker(args):
           {
               "process": jax.process_index(),
               "growth": _status_bytes("VmHWM") - before,
+              "held": _status_bytes("VmRSS") - before,
               "own_shards": own,
           }
       ),
@@ -196,6 +208,13 @@ def main(argv=None):
       "--smoke", action="store_true", help="tiny model, seconds"
   )
   parser.add_argument("--size", default="small", help="t5_1_1 size (gin file)")
+  parser.add_argument(
+      "--readers", default=",".join(READERS), help="comma-separated"
+  )
+  parser.add_argument(
+      "--checkpoint_dir",
+      help="write the checkpoints here once and reuse them (default: a temporary dir)",
+  )
   parser.add_argument("--worker", help=argparse.SUPPRESS)
   parser.add_argument("--checkpoints", help=argparse.SUPPRESS)
   parser.add_argument("--coordinator_address", help=argparse.SUPPRESS)
@@ -206,7 +225,10 @@ def main(argv=None):
     args.reader = args.worker
     return worker(args)
   size = "tiny" if args.smoke else args.size
-  with tempfile.TemporaryDirectory() as out_dir:
+  with contextlib.ExitStack() as stack:
+    out_dir = args.checkpoint_dir or stack.enter_context(
+        tempfile.TemporaryDirectory()
+    )
     common.log(f"writing t5_1_1 {size} checkpoints")
     model_bytes = write_checkpoints(size, out_dir)
     mib = 2**20
@@ -215,12 +237,12 @@ def main(argv=None):
         "CPU devices, params sharded over the 4-way data axis (FSDP: each process "
         f"holds half), {common.cpu_name()}"
     )
-    for reader in READERS[1:2] if args.smoke else READERS:
+    for reader in READERS[1:2] if args.smoke else args.readers.split(","):
       common.log(f"loading with {reader}")
       for r in run_reader(reader, size, out_dir):
         print(
             f"  {reader:15s} process {r['process']}: peak RSS +{r['growth'] / mib:7.1f} MiB "
-            f"(own shards {r['own_shards'] / mib:6.1f} MiB) = "
+            f"(own shards {r['own_shards'] / mib:6.1f} MiB, held after {r['held'] / mib:6.1f}) = "
             f"{r['growth'] / model_bytes:.2f} x the model"
         )
   return 0

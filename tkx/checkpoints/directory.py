@@ -503,6 +503,7 @@ def load_initial_params(path: str, abstract_params, params_shardings):
   """
 
   log.info("Initialising parameters from %s", path)
+  io_utils.return_large_buffers_to_os()  # read buffers leave no lasting peak
   if not storage.exists(path):
     raise FileNotFoundError(f"INITIAL_CHECKPOINT_PATH={path} does not exist")
   params = _read_shard_wise(path, abstract_params, params_shardings)
