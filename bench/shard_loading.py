@@ -2,21 +2,23 @@
 
     python bench/shard_loading.py            # T5 1.1 small, 2 processes x 2 CPU devices
     python bench/shard_loading.py --smoke    # the tiny model, one reader
+    python bench/shard_loading.py --checkpoint_dir /tmp/ck --readers "shard-wise hf"  # one reader, checkpoints kept
 
-Writes a random-valued checkpoint of the model (tkx/orbax format and t5x
-format), then starts 2 local `jax.distributed` processes, 2 CPU devices each, per
+Writes a random-valued checkpoint of the model (tkx/orbax, t5x and Hugging Face
+safetensors formats), then starts 2 local `jax.distributed` processes, 2 CPU devices each, per
 reader; the parameters are sharded 4 ways, so each process
 holds half of them (`Partitioner(shard_params_over_data=True)`: t5x's 2-D parameter
 partitioning, `embed` on the data axis). Each process reports its peak RSS growth while loading
 (Linux: the peak is reset to the current RSS before, `VmHWM` after less `VmRSS` before;
 on the CPU the device buffers are host memory too, so its own half is part of it) and the bytes of its shards. Readers:
 
-- `shard-wise tkx` / `shard-wise t5x`: `directory.load_initial_params` (each
-  process reads only its devices' slices, cast as read);
+- `shard-wise tkx` / `shard-wise t5x` / `shard-wise hf`: `directory.load_initial_params`
+  (each process reads only its devices' slices, cast as read; freed read buffers go
+  back to the OS, `io_utils.return_large_buffers_to_os`);
 - `whole t5x` (the peer, what tkx did before): every process reads the whole
-  params as numpy, casts, then places its slices.
+  params as numpy, casts, then places its slices (glibc's default allocator settings).
 
-Both checkpoints are written with chunks of at most 4 MiB (`CHUNK_BYTES`): on T5
+`held after` is the growth still resident when loading is done. The tkx and t5x checkpoints are written with chunks of at most 4 MiB (`CHUNK_BYTES`): on T5
 small that is what t5x's 64 MiB cap (also `orbax_io.save_params`'s) is on a 16x
 larger model; a reader decodes whole chunks.
 
