@@ -148,13 +148,14 @@ def test_ni_checkout_and_source_cache_on_gcs(gcs, tmp_path, monkeypatch):
 
 
 def test_tfds_data_dir_on_gcs(gcs, tmp_path):
-  """`prepare` uploads to a gs:// data_dir (dataset_info.json last); readers get the same records."""
+  """`prepare` from a gs:// checkout uploads to a gs:// data_dir (dataset_info.json last); the same records."""
   from test_data_common import small_checkout
   from tkx.data import tfds_ni
 
   ni_dir = str(small_checkout(tmp_path / "ni", num_train=2, instances=12))
   local, remote = str(tmp_path / "tfds"), f"{gcs}/tfds"
   tfds_ni.prepare(ni_dir, local, "default")
+  storage.copy_tree(ni_dir, f"{gcs}/tfds-ni")
   uploaded = []
   real_copy = storage.copy
   with pytest.MonkeyPatch.context() as patch:
@@ -163,7 +164,7 @@ def test_tfds_data_dir_on_gcs(gcs, tmp_path):
         "copy",
         lambda src, dst: (uploaded.append(dst), real_copy(src, dst)),
     )
-    tfds_ni.prepare(ni_dir, remote, "default")
+    tfds_ni.prepare(f"{gcs}/tfds-ni", remote, "default")
   assert uploaded[-1].endswith("/dataset_info.json")
   assert all(
       p.startswith(f"{remote}/tkx_natural_instructions/") for p in uploaded
