@@ -386,6 +386,27 @@ def load_task(ni_dir, task_name: str) -> Dict[str, Any]:
   return load_task_file(task_path(ni_dir, task_name), task_name)
 
 
+def iter_tasks(ni_dir, names: Sequence[str], *, lookahead: int = 16):
+  """`load_task` of each name, in order, with up to `lookahead` files read ahead in threads.
+
+  A bucket answers each read in a round trip; reading ahead overlaps them (the
+  order, and so the selection, is unchanged; an error is raised at its task).
+  """
+  import collections
+  from concurrent import futures
+
+  names = list(names)
+  with futures.ThreadPoolExecutor(max_workers=lookahead) as pool:
+    pending = collections.deque(
+        pool.submit(load_task, ni_dir, n) for n in names[:lookahead]
+    )
+    for i in range(len(names)):
+      task = pending.popleft().result()
+      if i + lookahead < len(names):
+        pending.append(pool.submit(load_task, ni_dir, names[i + lookahead]))
+      yield task
+
+
 def load_task_file(path: str, task_name: str) -> Dict[str, Any]:
   """`load_task` for a task file at any path (e.g. one outside a checkout)."""
   try:

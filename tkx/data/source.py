@@ -173,10 +173,13 @@ def _build(key: SourceKey) -> SplitSource:
   )
   tasks, row_task, instances, seen = [], [], [], set()
   start, last_log = time.time(), time.time()
+  tasks_in_order = ni.iter_tasks(
+      key.ni_dir, [name for name in lines if name in present]
+  )
   for count, name in enumerate(lines, 1):
     if name not in present:
       continue
-    task = ni.load_task(key.ni_dir, name)
+    task = next(tasks_in_order)
     chosen = selector.select(task)
     if (
         name not in seen
