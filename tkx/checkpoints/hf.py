@@ -325,7 +325,8 @@ def _read_torch_bin(path: str) -> Dict[str, np.ndarray]:
     raise CheckpointFormatError(
         f"{path}: reading pytorch_model.bin needs torch (pip install tkx[hf])"
     ) from e
-  state = torch.load(path, map_location="cpu", weights_only=True)
+  with storage.local_copy(path) as local:  # torch reads local files
+    state = torch.load(local, map_location="cpu", weights_only=True)
   if not isinstance(state, Mapping):
     raise CheckpointFormatError(
         f"{path}: expected a state dict, got {type(state).__name__}"
