@@ -456,10 +456,11 @@ def _from_slices(sources, abstract_params, params_shardings):
 
 
 def _read_shard_wise(path, abstract_params, params_shardings):
-  """The params of a tkx or t5x (msgpack) checkpoint, each process reading only its devices' slices.
+  """The params of a tkx, Hugging Face (safetensors) or t5x (msgpack) checkpoint, each process reading only its devices' slices.
 
   None when the checkpoint cannot be read so: another layer layout (scanned vs per
-  layer: converted after a whole read) or an orbax-era t5x checkpoint.
+  layer: converted after a whole read), an orbax-era t5x checkpoint or an HF
+  `pytorch_model.bin`.
   """
   import jax
 
@@ -479,9 +480,12 @@ def _read_shard_wise(path, abstract_params, params_shardings):
           params_shardings,
       )
       return orbax_io.load_params(path, target)
-  from tkx.checkpoints import t5x_format
+  from tkx.checkpoints import hf, t5x_format
 
-  sources = t5x_format.open_params(path)
+  if hf.is_hf_checkpoint(path):
+    sources = hf.open_params(path)
+  else:
+    sources = t5x_format.open_params(path)
   if sources is None or scan.is_scanned(sources) != scanned:
     return None
   _check_names_and_shapes(_flat(sources), flat_expected, path)
@@ -489,7 +493,7 @@ def _read_shard_wise(path, abstract_params, params_shardings):
 
 
 def load_initial_params(path: str, abstract_params, params_shardings):
-  """Params from a tkx checkpoint (also those `tkx import-checkpoint` writes) or a t5x checkpoint.
+  """Params from a tkx checkpoint (also those `tkx import-checkpoint` writes), a t5x checkpoint or a Hugging Face T5 dir.
 
   Checked against the model's `abstract_params` (names, shapes), cast to their
   dtypes and placed with `params_shardings`. Each process reads only the slices
@@ -499,13 +503,14 @@ def load_initial_params(path: str, abstract_params, params_shardings):
   """
 
   log.info("Initialising parameters from %s", path)
+  io_utils.return_large_buffers_to_os()  # read buffers leave no lasting peak
   if not storage.exists(path):
     raise FileNotFoundError(f"INITIAL_CHECKPOINT_PATH={path} does not exist")
   params = _read_shard_wise(path, abstract_params, params_shardings)
   if params is not None:
     return params
   log.info(
-      "%s: another layer layout or an orbax-era t5x checkpoint; reading it whole",
+      "%s: another layer layout, an orbax-era t5x checkpoint or an HF .bin; reading it whole",
       path,
   )
   loaded = None
@@ -517,9 +522,12 @@ def load_initial_params(path: str, abstract_params, params_shardings):
     ):  # an orbax-era t5x checkpoint (state/target/...): t5x_format reads those
       loaded = None
   if loaded is None:
-    from tkx.checkpoints import t5x_format
+    from tkx.checkpoints import hf, t5x_format
 
-    loaded = t5x_format.load_params(path)
+    if hf.is_hf_checkpoint(path):
+      _, loaded, _ = hf.import_hf(path)
+    else:
+      loaded = t5x_format.load_params(path)
   from tkx.models import scan
 
   # Per-layer or scanned checkpoints initialise models of either layout.

@@ -11,7 +11,7 @@ stderr). An empty instruction or input is an error. Decoding flags as `tkx infer
 """
 
 import difflib
-import os
+import posixpath
 import sys
 
 from tkx import errors
@@ -51,31 +51,21 @@ def add_arguments(parser):
 
 def load_ni_task(name_or_path, ni_dir=None):
   """A validated task dict from a task name in `ni_dir` or from a .json path; close names on a miss."""
+  from tkx import storage
   from tkx.data import ni
   from tkx.data import tasks as tasks_lib
 
-  if name_or_path.endswith(".json") or os.path.sep in name_or_path:
-    path = os.path.abspath(name_or_path)
-    if not os.path.isfile(path):
+  if name_or_path.endswith(".json") or "/" in name_or_path:
+    path = storage.abspath(name_or_path)
+    if not storage.isfile(path):
       raise FileNotFoundError(f"task file not found: {path}")
-    name = (
-        os.path.basename(path)[: -len(".json")]
-        if path.endswith(".json")
-        else os.path.basename(path)
-    )
+    name = posixpath.basename(path)
+    name = name[: -len(".json")] if name.endswith(".json") else name
     return ni.load_task_file(path, name)
   ni_dir = ni_dir or tasks_lib.EMBEDDED_NI_DIR
-  task_dir = os.path.join(ni_dir, "tasks")
-  if not os.path.isfile(os.path.join(task_dir, name_or_path + ".json")):
-    known = (
-        sorted(
-            n[: -len(".json")]
-            for n in os.listdir(task_dir)
-            if n.endswith(".json")
-        )
-        if os.path.isdir(task_dir)
-        else []
-    )
+  task_dir = storage.join(ni_dir, "tasks")
+  known = sorted(ni.existing_task_names(ni_dir))
+  if name_or_path not in known:
     close = difflib.get_close_matches(name_or_path, known, n=5, cutoff=0.4)
     hint = (
         f"; did you mean {', '.join(close)}?"

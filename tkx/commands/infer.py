@@ -16,7 +16,6 @@ Decoding flags (shared with `tkx eval` and `tkx generate`): greedy by default,
 and `--gin.NAME=VALUE`; flags given on the command line win over gin.
 """
 
-import os
 import sys
 
 from tkx import errors
@@ -185,7 +184,7 @@ configure = parse_gin  # `tkx.cli` parses gin before the processes join
 
 
 def main(args):
-  from tkx import infer, jsonl, multihost, partitioning
+  from tkx import infer, jsonl, multihost, partitioning, storage
   from tkx.checkpoints import directory
 
   if args.input_file and args.ni_dir:
@@ -196,7 +195,7 @@ def main(args):
     from tkx.data import source  # pylint: disable=g-import-not-at-top
 
     source.check_checkout(args.ni_dir)  # before the checkpoint is loaded
-  if args.input_file and not os.path.isfile(args.input_file):
+  if args.input_file and not storage.isfile(args.input_file):
     raise FileNotFoundError(f"input file not found: {args.input_file}")
   if args.mixture:
     from tkx.data import pipeline  # pylint: disable=g-import-not-at-top

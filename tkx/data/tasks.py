@@ -36,7 +36,7 @@ import gin
 import seqio
 import tensorflow as tf
 
-from tkx import errors
+from tkx import errors, storage
 from tkx.data import encodings as enc
 from tkx.data import names
 from tkx.data import ni
@@ -349,7 +349,7 @@ def _register(
     metric_fns,
     per_task_tasks,
 ) -> List[str]:
-  ni_dir = os.path.abspath(os.fspath(ni_dir))
+  ni_dir = storage.abspath(ni_dir)
   if source not in ("json", "tfds"):
     raise errors.ConfigError(f"source must be 'json' or 'tfds', got {source!r}")
   if source == "json":
