@@ -1,13 +1,15 @@
 """t5x's public decoding tests (t5x/decoding_test.py), restated against `tkx.decoding`.
 
 Each test below checks the behaviour one of t5x's public tests checks, with the same
-toy models and expected values, written for pytest. t5x tests that call its private
-helpers (`_temperature_sample_single_trial`, or mock them) are not ported; the
-behaviours they cover are checked through the public functions in
-tests/test_decoding_t5x.py.
+toy models and expected values, written for pytest. t5x's tests that call its private
+helpers (`_temperature_sample_single_trial`, or mock them) are not ported as such; the
+behaviours they cover are checked through the public `temperature_sample` at the end of
+this file and in tests/test_decoding_t5x.py. t5x unrolls loops with `jax.disable_jit`
+to count model calls; these tests count them at run time under one jit (faster).
 """
 
 import functools
+import math
 from unittest import mock
 
 import jax
@@ -369,3 +371,32 @@ def test_beam_search_without_prompt():
       seqs,
       [[[3, 2, 2, 2, 2], [2, 2, 2, 2, 2]], [[2, 3, 3, 3, 3], [3, 3, 3, 3, 3]]],
   )
+
+
+# Behaviours t5x checks through its private `_temperature_sample_single_trial`, checked
+# here through `temperature_sample` (one decode per example: the same loop).
+def test_zero_temperature_is_the_exact_argmax_of_close_large_logits():
+  model = constant_logits(
+      [[1700.47, 1700.48, 1700.51, 1700.45], [3.2, 4.8, -5.3, 5.6]]
+  )
+  seqs, _ = sample(np.zeros((2, 3), np.int32), model, topk=4, temperature=0.0)
+  np.testing.assert_array_equal(seqs[:, 0], [[2, 2, 2], [3, 3, 3]])
+
+
+def test_an_eos_in_the_prompt_does_not_end_the_row():
+  model = constant_logits([[-1e7, -1e7, 0, -1e7], ALWAYS_3])
+  inputs = np.array([[0, 5, 6, 1, 0], [0, 8, 1, 0, 0]], np.int32)
+  seqs, _ = sample(inputs, model, topk=1)
+  np.testing.assert_array_equal(seqs[:, 0], [[5, 6, 1, 2, 2], [8, 1, 3, 3, 3]])
+
+
+@pytest.mark.parametrize("rescale", [True, False])
+def test_greedy_log_probs_count_the_generated_tokens_only(rescale):
+  # p(2) = 0.6, p(3) = 0.4; the prompt 2 2 3 is forced, then two tokens are generated.
+  model = constant_logits([[-1e7, -1e7, math.log(0.6), math.log(0.4)]])
+  inputs = np.array([[0, 2, 2, 3, 0, 0]], np.int32)
+  seqs, scores = sample(inputs, model, topk=1, rescale_log_probs=rescale)
+  np.testing.assert_array_equal(seqs[:, 0], [[2, 2, 3, 2, 2, 2]])
+  # Rescaled to top-1 the greedy choice is certain; otherwise log .6 per generated token.
+  want = 0.0 if rescale else 3 * math.log(0.6)
+  np.testing.assert_allclose(scores, [[want]], atol=1e-5)

@@ -12,7 +12,8 @@ the budget, first tokens kept (with a warning counting them).
 
 Decoding flags (shared with `tkx eval` and `tkx generate`): greedy by default,
 `--num_beams K [--alpha A] [--beam_procedure hf|t5x]` for beam search, `--temperature T [--top_k K]
-[--top_p P] [--seed S]` for sampling. Gin: `--gin_file=gin_configs/runs/infer.gin`
+[--top_p P] [--seed S]` for sampling, `--decode_fn NAME` for any registered method
+(docs/decoding.md). Gin: `--gin_file=gin_configs/runs/infer.gin`
 and `--gin.NAME=VALUE`; flags given on the command line win over gin.
 """
 
@@ -20,6 +21,7 @@ import os
 import sys
 
 DECODE_FLAGS = (
+    "decode_fn",
     "num_beams",
     "alpha",
     "temperature",
@@ -38,6 +40,13 @@ def add_common_arguments(parser, *, checkpoint_required=True):
       help="tkx checkpoint dir (checkpoint_<step>/ + model.gin [+ spm.model]) or one checkpoint_<step>/",
   )
   group = parser.add_argument_group("decoding (default: greedy)")
+  group.add_argument(
+      "--decode_fn",
+      default=None,
+      help="the decoding method by name (tkx.decoding.METHODS: greedy, hf_beam_search, "
+      "beam_search, temperature_sample, or a registered one); default: chosen by "
+      "--num_beams / --temperature",
+  )
   group.add_argument(
       "--num_beams",
       type=int,
@@ -129,7 +138,8 @@ def parse_gin(args):
 
 
 def decode_config_from_args(args):
-  """`infer.DecodeConfig` with the decoding flags given; the others come from gin or the defaults."""
+  """`infer.DecodeConfig` with the decoding flags given (they choose the method:
+  `DecodeConfig.with_settings`); the others come from gin or the defaults."""
   from tkx import infer
 
   given = {
@@ -137,7 +147,7 @@ def decode_config_from_args(args):
       for name in DECODE_FLAGS
       if getattr(args, name, None) is not None
   }
-  return infer.DecodeConfig(**given)
+  return infer.DecodeConfig().with_settings(**given)
 
 
 def partitioner_from_args(args, devices=None):
