@@ -340,7 +340,7 @@ def test_generate_with_t5x_beam_procedure(tiny_checkpoint, capsys):
   printed = capsys.readouterr().out.strip().splitlines()
   loaded = directory.load(tiny_checkpoint)
   config = infer.DecodeConfig(
-      max_decode_length=6, num_beams=2, beam_procedure="t5x"
+      decode_fn="beam_search", max_decode_length=6, num_beams=2
   )
   predictor = infer.Predictor(
       loaded.model, loaded.params, batch_size=8, decode_config=config

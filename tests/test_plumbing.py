@@ -176,7 +176,7 @@ def test_command_flags_become_gin_bindings_that_win_over_gin(monkeypatch):
     for name in (
         "evaluate.evaluate.track",
         "evaluate.evaluate.input_buckets",
-        "infer.DecodeConfig.num_beams",
+        "infer.decode_flags.num_beams",
         "evaluate.evaluate.split",
     ):
       seen[name] = gin_utils.query(name)
@@ -189,7 +189,7 @@ def test_command_flags_become_gin_bindings_that_win_over_gin(monkeypatch):
   assert seen == {
       "evaluate.evaluate.track": "xlingual",
       "evaluate.evaluate.input_buckets": (9, 3),
-      "infer.DecodeConfig.num_beams": 4,
+      "infer.decode_flags.num_beams": 4,
       "evaluate.evaluate.split": (
           None
       ),  # not given: evaluate.evaluate's default applies

@@ -240,18 +240,21 @@ class SharedCheckpoint:
 
   The first call loads the checkpoint (and makes the partitioner); later calls reuse
   both, so each call's `Predictor` finds the parameters already on the devices and,
-  having the same model, partitioner and decoding settings, the same jitted function
-  with its compiled programs. Each call still draws from its own decoding seed, so a
-  sweep gives what separate evaluations give. Another checkpoint is an error, not a reload.
+  from `predict_fns` (owned here), the jitted function of its decoding settings with its
+  compiled programs. Each call still draws from its own decoding seed, so a sweep gives
+  what separate evaluations give. Another checkpoint is an error, not a reload.
   """
 
   def __init__(self):
     self._key = None
     self._partitioner_and_loaded = None
+    self.predict_fns: Optional[infer.PredictFns] = None
 
   def get(self, key, load):
     if self._key is None:
       self._partitioner_and_loaded = load()
+      partitioner, loaded = self._partitioner_and_loaded
+      self.predict_fns = infer.PredictFns(loaded.model, partitioner)
       self._key = key
     elif key != self._key:
       raise ValueError(
@@ -363,6 +366,7 @@ def evaluate(
       decode_config=decode_config,
       max_input_length=max_input_length,
       input_buckets=input_buckets,
+      predict_fns=shared_checkpoint and shared_checkpoint.predict_fns,
   )
   settings = {
       "checkpoint": storage.abspath(checkpoint_path),
@@ -399,11 +403,14 @@ def generation_eval(
     input_buckets: Sequence[int] = infer.DEFAULT_INPUT_BUCKETS,
     max_input_length: int = infer.DEFAULT_MAX_INPUT_LENGTH,
     max_target_length: int = 128,
+    predict_fns: Optional["infer.PredictFns"] = None,
 ) -> Dict[str, float]:
   """A `trainer.train(generation_eval_fn=...)` hook: decode + NI metrics on the current params.
 
   Writes `<model_dir>/generation_eval/step_<step>/` (predictions, metrics.json,
-  summaries) and returns {"generation/<metric>": overall value}. In gin:
+  summaries) and returns {"generation/<metric>": overall value}. A caller that
+  evaluates every N steps passes the `infer.PredictFns` it owns (of this model and
+  partitioner), so each evaluation reuses the compiled decoding programs. In gin:
     trainer.train.generation_eval_fn = @evaluate.generation_eval
     evaluate.generation_eval.mixture_or_task_name = 'ni_default_test_def_pos2'
   """
@@ -418,6 +425,7 @@ def generation_eval(
       decode_config=decode_config,
       max_input_length=max_input_length,
       input_buckets=input_buckets,
+      predict_fns=predict_fns,
   )
   output_dir = storage.join(model_dir, "generation_eval", f"step_{step}")
   results = run_evaluation(

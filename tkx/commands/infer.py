@@ -12,7 +12,8 @@ the budget, first tokens kept (with a warning counting them).
 
 Decoding flags (shared with `tkx eval` and `tkx generate`): greedy by default,
 `--num_beams K [--alpha A] [--beam_procedure hf|t5x]` for beam search, `--temperature T [--top_k K]
-[--top_p P] [--seed S]` for sampling. Gin: `--gin_file=gin_configs/runs/infer.gin`
+[--top_p P] [--seed S]` for sampling, `--decode_fn NAME` for any registered method
+(docs/decoding.md). Gin: `--gin_file=gin_configs/runs/infer.gin`
 and `--gin.NAME=VALUE`; flags given on the command line win over gin.
 """
 
@@ -20,12 +21,15 @@ import sys
 
 from tkx import errors
 
-# The decoding flags of infer, eval, generate and serve: each is a gin binding
-# (`tkx.cli.flag_bindings`), so a flag wins over gin files and the defaults live
-# in `infer.DecodeConfig` and `partitioning.Partitioner`.
+# The decoding flags of infer, eval, generate and serve: each is a gin binding of
+# `infer.decode_flags` (`tkx.cli.flag_bindings`), applied to the run's
+# `infer.DecodeConfig` as the flags choose the method (`DecodeConfig.with_settings`);
+# a flag wins over gin files and the defaults live in `infer.DecodeConfig` and
+# `partitioning.Partitioner`.
 DECODE_FLAGS = {
-    name: f"infer.DecodeConfig.{name}"
+    name: f"infer.decode_flags.{name}"
     for name in (
+        "decode_fn",
         "num_beams",
         "alpha",
         "temperature",
@@ -70,6 +74,13 @@ def add_common_arguments(parser, *, checkpoint_required=True):
       help="tkx checkpoint dir (checkpoint_<step>/ + model.gin [+ spm.model]) or one checkpoint_<step>/",
   )
   group = parser.add_argument_group("decoding (default: greedy)")
+  group.add_argument(
+      "--decode_fn",
+      default=None,
+      help="the decoding method by name (tkx.decoding.METHODS: greedy, hf_beam_search, "
+      "beam_search, temperature_sample, or a registered one); default: chosen by "
+      "--num_beams / --temperature",
+  )
   group.add_argument(
       "--num_beams",
       type=int,

@@ -89,7 +89,7 @@ def main(args):
   from tkx.serve import app as app_lib
   from tkx.serve import metrics as metrics_lib
 
-  decode_config = infer.DecodeConfig()  # gin (and the decoding flags) apply
+  decode_config = infer.run_decode_config()  # gin and the decoding flags apply
   partitioner = partitioning.Partitioner()  # gin (and --num_partitions) apply
   loaded = directory.load(
       args.checkpoint, partitioner=partitioner, vocab_path=args.vocab
