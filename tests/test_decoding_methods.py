@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import toy_decoding
-from tkx import decoding, infer, partitioning
+from tkx import cli, decoding, infer, partitioning
 from tkx.commands import infer as infer_command
 from tkx.serve import schema
 
@@ -105,7 +105,8 @@ def test_a_toy_method_is_one_file_and_one_registration_line(
   parser = argparse.ArgumentParser()
   infer_command.add_common_arguments(parser, checkpoint_required=False)
   args = parser.parse_args(["--decode_fn", "least_likely"])
-  assert infer_command.decode_config_from_args(args).decode_fn == "least_likely"
+  gin.parse_config(cli.flag_bindings(args, infer_command.DECODE_FLAGS))
+  assert infer.run_decode_config().decode_fn == "least_likely"
   request = schema.parse_generate_request(
       json.dumps({"inputs": "x", "decode_fn": "least_likely"}).encode(),
       max_decode_length=5,
@@ -261,3 +262,21 @@ def test_jitted_functions_belong_to_their_owner(table_model):
   assert not hasattr(infer, "_PREDICT_FN_CACHE")
   with pytest.raises(ValueError, match="another model"):
     infer.Predictor(TableModel(), params, batch_size=8, predict_fns=fns)
+
+
+@pytest.mark.parametrize(
+    "flags, method",
+    [
+        ([], "greedy"),
+        (["--num_beams", "4"], "hf_beam_search"),
+        (["--num_beams", "4", "--beam_procedure", "t5x"], "beam_search"),
+        (["--temperature", "0.7", "--top_k", "5"], "temperature_sample"),
+    ],
+)
+def test_command_flags_choose_the_method_through_gin(flags, method):
+  """The flags become `infer.decode_flags` bindings (as `tkx.cli` binds them) and choose the method."""
+  parser = argparse.ArgumentParser()
+  infer_command.add_common_arguments(parser, checkpoint_required=False)
+  args = parser.parse_args(flags)
+  gin.parse_config(cli.flag_bindings(args, infer_command.DECODE_FLAGS))
+  assert infer.run_decode_config().decode_fn == method
