@@ -29,8 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from tkx import io_utils, jsonl, multihost
-from tkx.checkpoints import directory
 from tkx.data import names as names_lib
+from tkx.models import base as models_base
 
 log = logging.getLogger(__name__)
 
@@ -283,7 +283,7 @@ class Predictor:
   """Decodes lists of token ids in length-bucketed, fixed-shape batches.
 
   Args:
-    model: an `EncoderDecoderModel` (has `predict_batch`).
+    model: a `tkx.models.base.BaseModel` (e.g. `models.EncoderDecoderModel`).
     params: its parameters (placed by the partitioner when not yet sharded).
     partitioner: a `tkx.partitioning.Partitioner` (default: one model partition).
     batch_size: global batch size; a multiple of the data axis size.
@@ -322,15 +322,11 @@ class Predictor:
           f"{data_size} (the batch is split over the 'data' mesh axis)"
       )
     self.batch_size = batch_size
-    vocab = getattr(model, "output_vocabulary", None)
-    self.eos_id = (
-        getattr(vocab, "eos_id", EOS_ID) if vocab is not None else EOS_ID
-    )
-    self.pad_id = (
-        getattr(vocab, "pad_id", PAD_ID) if vocab is not None else PAD_ID
-    )
+    vocab = model.output_vocabulary  # a tkx.models.base.BaseModel
+    self.eos_id = model.eos_id
+    self.pad_id = vocab.pad_id if vocab is not None else PAD_ID
     if param_shardings is None:
-      param_shardings = directory.param_shardings_for(model, self.partitioner)
+      param_shardings = models_base.param_shardings(model, self.partitioner)
     self.param_shardings = param_shardings
     self.params = jax.device_put(params, param_shardings)
     # Shapes decoded so far: each is one compiled program.

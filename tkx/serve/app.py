@@ -19,8 +19,8 @@ import jax
 from starlette import applications, concurrency, exceptions, responses, routing
 
 from tkx import infer
-from tkx.checkpoints import directory
 from tkx.data import encodings
+from tkx.models import base as models_base
 from tkx.serve import batcher as batcher_lib
 from tkx.serve import metrics as metrics_lib
 from tkx.serve import playground, schema
@@ -75,7 +75,7 @@ class Generator:
     self.max_input_length = min(max_input_length, max(self.input_buckets))
     self.metrics = metrics
     self._token_fns = encodings.vocabulary_token_fns(self.vocabulary)
-    self._param_shardings = directory.param_shardings_for(
+    self._param_shardings = models_base.param_shardings(
         loaded.model, partitioner
     )
     # Placed once; every Predictor (one per decode setting) then shares these arrays.
