@@ -211,8 +211,17 @@ def get_model_from_gin(
     *,
     clear: bool = True,
 ):
-  """Parses model gin files and builds `models.EncoderDecoderModel()` (loads the vocabulary VOCABULARY names)."""
-  from tkx.models import models
+  """Parses model gin files and builds their `MODEL` (loads the vocabulary VOCABULARY names)."""
+  from tkx.models import models  # noqa: F401  (registers models.* and network.*)
 
   parse(gin_files, bindings, clear=clear)
-  return models.EncoderDecoderModel()
+  if query("%MODEL") is None:
+    raise GinConfigError(
+        f"gin files {list(gin_files)} bind no MODEL (e.g. MODEL = @models.EncoderDecoderModel())"
+    )
+  return model_from_gin()
+
+
+def model_from_gin():
+  """The model the parsed config's `MODEL` macro builds, evaluated as a `%MODEL` reference is (t5x's entry macro)."""
+  return gin.get_configurable(f"MODEL/{_MACRO_SELECTOR}")()

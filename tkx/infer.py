@@ -36,8 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from tkx import decoding, errors, io_utils, jsonl, multihost
-from tkx.checkpoints import directory
 from tkx.data import names as names_lib
+from tkx.models import base as models_base
 
 log = logging.getLogger(__name__)
 
@@ -418,7 +418,7 @@ class PredictFns:
     self.model = model
     self.partitioner = partitioner
     if param_shardings is None:
-      param_shardings = directory.param_shardings_for(model, partitioner)
+      param_shardings = models_base.param_shardings(model, partitioner)
     self.param_shardings = param_shardings
     self.max_entries = max_entries
     self._fns: "collections.OrderedDict" = collections.OrderedDict()
@@ -448,7 +448,7 @@ class Predictor:
   """Decodes lists of token ids in length-bucketed, fixed-shape batches.
 
   Args:
-    model: an `EncoderDecoderModel` (has `predict_batch`).
+    model: a `tkx.models.base.BaseModel` (e.g. `models.EncoderDecoderModel`).
     params: its parameters (placed by the partitioner when not yet sharded).
     partitioner: a `tkx.partitioning.Partitioner` (default: one model partition).
     batch_size: global batch size; a multiple of the data axis size (default
@@ -503,13 +503,9 @@ class Predictor:
           f"{data_size} (the batch is split over the 'data' mesh axis)"
       )
     self.batch_size = batch_size
-    vocab = getattr(model, "output_vocabulary", None)
-    self.eos_id = (
-        getattr(vocab, "eos_id", EOS_ID) if vocab is not None else EOS_ID
-    )
-    self.pad_id = (
-        getattr(vocab, "pad_id", PAD_ID) if vocab is not None else PAD_ID
-    )
+    vocab = model.output_vocabulary  # a tkx.models.base.BaseModel
+    self.eos_id = model.eos_id
+    self.pad_id = vocab.pad_id if vocab is not None else PAD_ID
     if predict_fns is None:
       predict_fns = PredictFns(model, self.partitioner, param_shardings)
     self.param_shardings = predict_fns.param_shardings

@@ -91,7 +91,7 @@ def compute_gradients(
   micro-batches equal the large-batch loss (and so its gradients), exactly as one
   big batch would give. With a fixed `loss_normalizing_factor` the plain sum is it.
   """
-  per_token = getattr(model, "loss_normalizing_factor", None) is None
+  per_token = model.loss_normalizing_factor is None
   total_tokens = jnp.maximum(_num_tokens(batch), 1.0)
 
   def micro_loss(p, micro, rng):
@@ -158,7 +158,7 @@ def make_train_step(
     inject_nan_at_step: Optional[int] = None,
 ):
   """train_step(state, batch) -> (state, metrics); pure, to be jitted by the partitioner."""
-  model_config = getattr(model, "config", None)
+  model_config = model.config  # None: a model without T5 shapes, no FLOP counts
 
   def train_step(state: TrainState, batch):
     dropout_rng = jax.random.fold_in(state.rng, state.step)
@@ -220,7 +220,7 @@ def make_eval_step(model):
   def eval_step(params, batch):
     loss, _ = model.loss_fn(params, batch, None)
     tokens = _num_tokens(batch)
-    per_token = getattr(model, "loss_normalizing_factor", None) is None
+    per_token = model.loss_normalizing_factor is None
     return {
         "loss_sum": loss * tokens if per_token else loss,
         "num_target_tokens": tokens,
@@ -290,7 +290,7 @@ def _model_flops_per_step(model, row_layout, batch_size):
   """Model FLOPs of a step of `batch_size` rows from `model_info` (None for a model without a T5Config)."""
   from tkx.models import model_info
 
-  config = getattr(model, "config", None)
+  config = model.config
   if config is None:
     return None
   return model_info.train_step_flops(
@@ -381,7 +381,7 @@ def train(
         "the gin files leave them required"
     )
   vocab_size = getattr(model.output_vocabulary, "vocab_size", None)
-  config = getattr(model, "config", None)
+  config = model.config
   if (
       vocab_size is not None
       and config is not None

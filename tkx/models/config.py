@@ -67,6 +67,10 @@ class T5Config:
   scan_layers: bool = False
   # "xla" or "cudnn" (see AttentionImpl); a gin string or the enum.
   attention_impl: Any = AttentionImpl.XLA
+  # The module of every attention and MLP projection, by the name it is registered
+  # under (`network.register_dense_layer`): "dense" is T5's plain kernel; an adapter or
+  # a quantized kernel registers another name (see network's dense layer seam).
+  dense_layer: str = "dense"
 
   def __post_init__(self):
     # Gin and JSON hand over lists and strings; keep the dataclass hashable and canonical.
@@ -102,6 +106,10 @@ class T5Config:
           + " or ".join(repr(m.value) for m in AttentionImpl)
       ) from None
     object.__setattr__(self, "scan_layers", bool(self.scan_layers))
+    if not isinstance(self.dense_layer, str) or not self.dense_layer:
+      raise ValueError(
+          f"T5Config.dense_layer must be a registered layer name, got {self.dense_layer!r}"
+      )
     if self.remat_policy not in ("none", "minimal", "full"):
       raise errors.ConfigError(
           f"T5Config.remat_policy: unknown {self.remat_policy!r}; choose none, minimal or full"
