@@ -18,6 +18,7 @@ import pytest
 import toy_decoding
 from tkx import cli, decoding, infer, partitioning
 from tkx.commands import infer as infer_command
+from tkx.models import base as models_base
 from tkx.serve import schema
 
 EOS = 1
@@ -37,18 +38,27 @@ TABLE = np.log(
 )
 
 
-class TableModel:
-  """What `Predictor` needs of a model: `predict_batch` with t5x's decode_fn call."""
+class TableModel(models_base.BaseModel):
+  """A decode-only model (logits from a table by the last token); training is not its use."""
 
-  def predict_batch(
-      self, params, batch, *, decode_fn, max_decode_length, num_decodes=1, **kw
+  def predict_batch_with_aux(
+      self,
+      params,
+      batch,
+      rng=None,
+      *,
+      decode_fn,
+      max_decode_length,
+      num_decodes=1,
+      **kw,
   ):
+    del rng
     rows = batch["encoder_input_tokens"].shape[0]
 
     def tokens_to_logits(state):
       return params["table"][state.cur_token[:, 0]], state.cache
 
-    seqs, _ = decode_fn(
+    seqs, scores = decode_fn(
         inputs=jnp.zeros((rows, max_decode_length), jnp.int32),
         cache={},
         tokens_to_logits=tokens_to_logits,
@@ -56,7 +66,19 @@ class TableModel:
         num_decodes=num_decodes,
         **kw,
     )
-    return seqs[:, -1]
+    return seqs[:, -1], {"scores": scores[:, -1]}
+
+  def loss_fn(self, params, batch, dropout_rng):
+    raise NotImplementedError("decode only")
+
+  def score_batch(self, params, batch):
+    raise NotImplementedError("decode only")
+
+  def get_initial_variables(self, rng, input_shapes, input_types=None):
+    raise NotImplementedError("decode only")
+
+  def variables_logical_axes(self, input_shapes):
+    raise NotImplementedError("decode only")
 
 
 @pytest.fixture(scope="module")
