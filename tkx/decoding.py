@@ -503,7 +503,10 @@ def _sample_single_trial(
     state_callback_fn,
     logit_callback_fn,
 ):
-  """One sample per row of the (already expanded) `inputs`; returns ([rows, length], [rows])."""
+  """One sample per row of the (already expanded) `inputs`; returns ([rows, length], [rows]).
+
+  Long because it keeps t5x's one-function sampling loop (state, step, filters, callbacks) so the two read side by side.
+  """
   static_topk = not _is_tracer(topk)
   static_topp = not _is_tracer(topp)
   if static_topk and static_topp and topp and topk:
@@ -845,6 +848,8 @@ def beam_search(
   Returns:
     sequences [batch, num_decodes, max_decode_len] and scores [batch, num_decodes],
     ascending (best last).
+
+  Long because it keeps t5x's one-function shape (set-up, loop body, finished-list merge, return) so the two read side by side.
   """
   del decode_rng
   beam_size, inputs, batch, max_decode_len, beam_cache = _beam_setup(
@@ -1011,6 +1016,8 @@ def hf_beam_search(
 
   Returns:
     sequences [batch, K, max_decode_len] and scores [batch, K], ascending (best last).
+
+  Long because it is one procedure (transformers' BeamSearchScorer rules) in the same shape as beam_search; the shared steps are the _beam helpers.
   """
   del decode_rng  # deterministic
   early_stopping = EarlyStopping.parse(early_stopping)

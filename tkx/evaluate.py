@@ -44,6 +44,77 @@ def _input_ids(features: Mapping[str, Any]) -> List[int]:
   return [int(t) for t in features["inputs"]]
 
 
+def _decode_every_task(
+    predictor,
+    evaluator,
+    eval_tasks,
+    mixture_or_task_name,
+    split,
+    max_input_length,
+    progress,
+):
+  """One decoding pass over every task's examples (an NI mixture: one stream over its source).
+
+  Returns ({SeqIO task: [((NI task, instance id), input ids)]}, {SeqIO task: output ids}).
+  """
+  examples = {}
+  for task in eval_tasks:
+    examples[task.name] = [
+        (infer.example_key(ex), _input_ids(ex))
+        for ex in evaluator.cached_task_datasets[task.name].as_numpy_iterator()
+    ]
+  flat = [ids for task in eval_tasks for _, ids in examples[task.name]]
+  log.info(
+      "%s: %d examples of %d NI tasks (split %s)",
+      mixture_or_task_name,
+      len(flat),
+      len({k[0] for t in eval_tasks for k, _ in examples[t.name]}),
+      split,
+  )
+  infer.warn_full_budget(flat, max_input_length, mixture_or_task_name)
+  outputs = predictor.predict_ids(
+      flat, progress=progress, desc=f"eval {mixture_or_task_name}"
+  )
+  outputs_by_task, offset = {}, 0
+  for task in eval_tasks:
+    n = len(examples[task.name])
+    outputs_by_task[task.name] = outputs[offset : offset + n]
+    offset += n
+  return examples, outputs_by_task
+
+
+def _seqio_metrics(evaluator, eval_tasks, outputs_by_task, predictor, step):
+  """SeqIO's own metrics of the decoded outputs, {task: {metric: value}}."""
+  # The evaluator hands predict_fn each task's cached, enumerated model dataset.
+  task_of_dataset = {
+      id(evaluator.cached_model_datasets[t.name]): t.name for t in eval_tasks
+  }
+  width = predictor.decode_config.max_decode_length + 1
+  eos = predictor.eos_id
+
+  def predict_fn(dataset, model_feature_shapes=None):
+    # Fixed-width rows as t5x returns them (SeqIO stacks them): ids, EOS, padding.
+    del model_feature_shapes
+    task_outputs = outputs_by_task[task_of_dataset[id(dataset)]]
+    rows = []
+    for index, _ in dataset.as_numpy_iterator():
+      row = np.zeros(width, np.int32)
+      ids = task_outputs[int(index)] + [eos]
+      row[: len(ids)] = ids
+      rows.append((int(index), row))
+    return rows
+
+  metrics_future, _ = evaluator.evaluate(
+      compute_metrics=True, step=step, predict_fn=predict_fn
+  )
+  seqio_task_metrics = {
+      name: {k: float(v) for k, v in metrics.items()}
+      for name, metrics in metrics_future.result().items()
+  }
+  evaluator.close()
+  return seqio_task_metrics
+
+
 def run_evaluation(
     predictor: "infer.Predictor",
     vocabulary,
@@ -97,60 +168,19 @@ def run_evaluation(
         f"{mixture_or_task_name}: no task with split {split!r} and metric functions to evaluate"
     )
 
-  # One decoding pass over every task's examples (an NI mixture: one stream over its source).
-  examples = {}  # SeqIO task name -> [((NI task, instance id), input ids)]
-  for task in eval_tasks:
-    examples[task.name] = [
-        (infer.example_key(ex), _input_ids(ex))
-        for ex in evaluator.cached_task_datasets[task.name].as_numpy_iterator()
-    ]
-  flat = [ids for task in eval_tasks for _, ids in examples[task.name]]
-  log.info(
-      "%s: %d examples of %d NI tasks (split %s)",
+  examples, outputs_by_task = _decode_every_task(
+      predictor,
+      evaluator,
+      eval_tasks,
       mixture_or_task_name,
-      len(flat),
-      len({k[0] for t in eval_tasks for k, _ in examples[t.name]}),
       split,
+      max_input_length,
+      progress,
   )
-  infer.warn_full_budget(flat, max_input_length, mixture_or_task_name)
-  outputs = predictor.predict_ids(
-      flat, progress=progress, desc=f"eval {mixture_or_task_name}"
-  )
-  outputs_by_task, offset = {}, 0
-  for task in eval_tasks:
-    n = len(examples[task.name])
-    outputs_by_task[task.name] = outputs[offset : offset + n]
-    offset += n
   decode_seconds = time.time() - start
-
-  # The evaluator hands predict_fn each task's cached, enumerated model dataset.
-  task_of_dataset = {
-      id(evaluator.cached_model_datasets[t.name]): t.name for t in eval_tasks
-  }
-
-  width = predictor.decode_config.max_decode_length + 1
-  eos = predictor.eos_id
-
-  def predict_fn(dataset, model_feature_shapes=None):
-    # Fixed-width rows as t5x returns them (SeqIO stacks them): ids, EOS, padding.
-    del model_feature_shapes
-    task_outputs = outputs_by_task[task_of_dataset[id(dataset)]]
-    rows = []
-    for index, _ in dataset.as_numpy_iterator():
-      row = np.zeros(width, np.int32)
-      ids = task_outputs[int(index)] + [eos]
-      row[: len(ids)] = ids
-      rows.append((int(index), row))
-    return rows
-
-  metrics_future, _ = evaluator.evaluate(
-      compute_metrics=True, step=step, predict_fn=predict_fn
+  seqio_task_metrics = _seqio_metrics(
+      evaluator, eval_tasks, outputs_by_task, predictor, step
   )
-  seqio_task_metrics = {
-      name: {k: float(v) for k, v in metrics.items()}
-      for name, metrics in metrics_future.result().items()
-  }
-  evaluator.close()
 
   records = []
   for task in eval_tasks:
@@ -263,6 +293,49 @@ class SharedCheckpoint:
     return self._partitioner_and_loaded
 
 
+def _register_eval_name(
+    mixture_or_task_name,
+    ni_dir,
+    vocabulary,
+    *,
+    track,
+    split,
+    encoding,
+    max_input_length,
+    max_num_instances_per_task,
+) -> str:
+  """Registers what `evaluate` decodes (the checkout's split for `encoding`, or the named
+  mixture or task as `tkx infer` registers it); returns its SeqIO name."""
+  from tkx.data import pipeline
+  from tkx.data import tasks as tasks_lib
+
+  if mixture_or_task_name is not None:
+    pipeline.register_ni_for(
+        mixture_or_task_name,
+        ni_dir,
+        vocabulary,
+        max_input_length,
+        must_exist=False,  # run_evaluation names the close matches
+    )
+    return mixture_or_task_name
+  from tkx.metrics import seqio_metrics
+
+  tasks_lib.register_ni(
+      ni_dir,
+      tracks=(track,),
+      encodings=(encoding,),
+      vocabulary=vocabulary,
+      splits=(split,),
+      max_num_instances_per_task=max_num_instances_per_task,
+      max_source_length=max_input_length,
+      per_task_tasks=False,
+      metric_fns=[seqio_metrics.ni_metrics_xlingual]
+      if track == "xlingual"
+      else None,
+  )
+  return tasks_lib.mixture_name(track, split, encoding)
+
+
 @gin.configurable(module="evaluate")
 def evaluate(
     *,
@@ -298,7 +371,6 @@ def evaluate(
   `<checkpoint>/eval_<track>_<split>_encodings`.
   """
   from tkx import partitioning
-  from tkx.data import pipeline
   from tkx.data import tasks as tasks_lib
 
   if output_dir is None:
@@ -333,31 +405,16 @@ def evaluate(
     partitioner, loaded = shared_checkpoint.get(
         (storage.abspath(checkpoint_path), vocab_path), load
     )
-  if mixture_or_task_name is None:
-    from tkx.metrics import seqio_metrics
-
-    tasks_lib.register_ni(
-        ni_dir,
-        tracks=(track,),
-        encodings=(encoding,),
-        vocabulary=loaded.vocabulary,
-        splits=(split,),
-        max_num_instances_per_task=max_num_instances_per_task,
-        max_source_length=max_input_length,
-        per_task_tasks=False,
-        metric_fns=[seqio_metrics.ni_metrics_xlingual]
-        if track == "xlingual"
-        else None,
-    )
-    mixture_or_task_name = tasks_lib.mixture_name(track, split, encoding)
-  else:
-    pipeline.register_ni_for(
-        mixture_or_task_name,
-        ni_dir,
-        loaded.vocabulary,
-        max_input_length,
-        must_exist=False,  # run_evaluation names the close matches
-    )
+  mixture_or_task_name = _register_eval_name(
+      mixture_or_task_name,
+      ni_dir,
+      loaded.vocabulary,
+      track=track,
+      split=split,
+      encoding=encoding,
+      max_input_length=max_input_length,
+      max_num_instances_per_task=max_num_instances_per_task,
+  )
   predictor = infer.make_predictor(
       loaded.model,
       loaded.params,

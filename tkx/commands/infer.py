@@ -68,6 +68,7 @@ GIN_FLAGS = dict(
 
 
 def add_common_arguments(parser, *, checkpoint_required=True):
+  """Long because it is the flag table of infer, eval, generate and serve: one add_argument per flag."""
   parser.add_argument(
       "--checkpoint",
       required=checkpoint_required,

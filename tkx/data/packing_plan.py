@@ -408,6 +408,36 @@ def write_record(
     f.write("\n")
 
 
+def _recorded_layout(
+    model_dir, record, settings
+) -> Tuple[packing.RowLayout, int]:
+  """The layout a resumed run started with (its record wins over different settings, said once)."""
+  layout = packing.RowLayout(
+      record["inputs"], record["targets"], record["encoder_blocks"]
+  )
+  rows = int(record["rows_per_step"])
+  given = (layout.encoder_blocks, layout.targets, rows)
+  if any(
+      not _is_auto(s) and s is not None and s != g
+      for s, g in zip(settings, given)
+  ):
+    _log_once(
+        logging.WARNING,
+        "PACKED_ENCODER_BLOCKS/PACKED_TARGETS_LENGTH/PACKED_BATCH_SIZE = %s differ "
+        "from the layout this run started with (%s); resuming with the recorded one",
+        settings,
+        record,
+    )
+  _log_once(
+      logging.INFO,
+      "PACK: resuming with the recorded layout (%s): %d rows per step of %s",
+      storage.join(model_dir, RECORD_FILE),
+      rows,
+      layout_name(layout),
+  )
+  return layout, rows
+
+
 def resolve_layout(
     *,
     model_dir: str,
@@ -438,30 +468,7 @@ def resolve_layout(
   settings = (encoder_blocks, targets_length, rows_per_step)
   record = read_record(model_dir) if resuming else None
   if record is not None:
-    layout = packing.RowLayout(
-        record["inputs"], record["targets"], record["encoder_blocks"]
-    )
-    rows = int(record["rows_per_step"])
-    given = (layout.encoder_blocks, layout.targets, rows)
-    if any(
-        not _is_auto(s) and s is not None and s != g
-        for s, g in zip(settings, given)
-    ):
-      _log_once(
-          logging.WARNING,
-          "PACKED_ENCODER_BLOCKS/PACKED_TARGETS_LENGTH/PACKED_BATCH_SIZE = %s differ "
-          "from the layout this run started with (%s); resuming with the recorded one",
-          settings,
-          record,
-      )
-    _log_once(
-        logging.INFO,
-        "PACK: resuming with the recorded layout (%s): %d rows per step of %s",
-        storage.join(model_dir, RECORD_FILE),
-        rows,
-        layout_name(layout),
-    )
-    return layout, rows
+    return _recorded_layout(model_dir, record, settings)
   if resuming and any(_is_auto(s) for s in settings):
     _log_once(
         logging.WARNING,

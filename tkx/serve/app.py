@@ -191,6 +191,7 @@ def create_app(
     *,
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
 ) -> applications.Starlette:
+  """Long because the routes are closures over one Generator and its metrics, defined together."""
   metrics = generator.metrics
   max_decode_length = generator.decode_config.max_decode_length
 
