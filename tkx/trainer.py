@@ -360,7 +360,7 @@ class Trainer:
       step_logger: Callable[[int, int], StepLogger],
       started: Optional[float] = None,
   ) -> "Trainer":
-    """The run's state and partitioned steps (nothing is compiled or written yet)."""
+    """The run's state (restored, initial or random) and partitioned steps; nothing is written yet."""
     initializer = TrainStateInitializer(
         model, optimizer, partitioner, random_seed
     )
