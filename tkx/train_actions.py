@@ -30,7 +30,6 @@ here `run(trainer, step)` runs at the steps its `due` names, so evaluation
 itself, preemption and early stopping are actions alike.
 """
 
-import abc
 import enum
 import itertools
 import logging
@@ -54,16 +53,20 @@ class Due(enum.Enum):
   SAVE_THEN_RUN = "save_then_run"  # save this step first (forced), then run()
 
 
-class BaseAction(abc.ABC):
-  """Something that runs between training steps (see the module doc for when)."""
+class BaseAction:
+  """Something that runs between training steps (see the module doc for when).
+
+  Every method does nothing by default: override the ones the feature needs.
+  """
 
   def start(self, trainer) -> None:
     """Once, before the first step (register data, open writers)."""
 
-  @abc.abstractmethod
   def due(self, step: int) -> Due:
     """What this action needs at `step`; cheap, and `Due.NO` on most steps
     (a due action makes the host wait for that step's metrics)."""
+    del step
+    return Due.NO
 
   def run(self, trainer, step: int) -> bool:
     """Runs at a step `due` named (the step's metrics read, any save made); True stops training."""
@@ -80,7 +83,6 @@ class BaseAction(abc.ABC):
     """Always, when the run ends (errors included)."""
 
 
-@gin.configurable(module="train_actions")
 class RunFiles(BaseAction):
   """MODEL_DIR/config.gin (the whole gin config, as t5x) and model.gin at the start,
   operative_config.gin at the end; primary host only.
@@ -99,9 +101,6 @@ class RunFiles(BaseAction):
         trainer.model, trainer.model_dir, comment="Model of a tkx training run."
     )
 
-  def due(self, step):
-    return Due.NO
-
   def end(self, trainer):
     if multihost.is_primary_host():
       with io_utils.atomic_write(
@@ -110,7 +109,6 @@ class RunFiles(BaseAction):
         f.write(gin.operative_config_str())
 
 
-@gin.configurable(module="train_actions")
 class PreemptionSave(BaseAction):
   """SIGTERM / JAX's preemption notice -> save the step every host agrees on, say so once, stop.
 

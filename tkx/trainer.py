@@ -324,11 +324,8 @@ class Trainer:
       step_logger: Optional[Callable[[int, int], StepLogger]] = None,
       started: Optional[float] = None,
   ):
-    self.state, self.start_step, self.input_state = (
-        state,
-        start_step,
-        input_state,
-    )
+    self.state = state
+    self.start_step, self.input_state = start_step, input_state
     self.total_steps = total_steps
     self.train_input, self.checkpoints = train_input, checkpoints
     self.partitioner, self.actions = partitioner, list(actions)
