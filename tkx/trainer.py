@@ -504,12 +504,10 @@ class Trainer:
     step = self.start_step
     for step in range(self.start_step + 1, self.total_steps + 1):
       metrics = self.step(batch)
-      self.input_state = (
-          batch_input_state  # the input position after the trained batch
-      )
-      if (
-          step < self.total_steps
-      ):  # read the next batch while this step computes
+      # The input position after the trained batch.
+      self.input_state = batch_input_state
+      # Read the next batch while this step computes.
+      if step < self.total_steps:
         batch, batch_input_state = self._next_batch()
       # Step n's numbers are read once step n+1 is dispatched (no per-step host wait).
       self._read(pending.push(step, metrics))
@@ -520,9 +518,8 @@ class Trainer:
       )
       save_now = forced or self.checkpoints.should_save(step)
       if save_now or to_run:
-        self._read(
-            pending.flush()
-        )  # this step is finite before it is saved or acted on
+        # This step is finite before it is saved or acted on.
+        self._read(pending.flush())
       if save_now:
         self._save(step, force=forced)
       for action in to_run:
