@@ -367,25 +367,13 @@ class Trainer:
         keep=checkpoint_cfg.keep,
         async_save=checkpoint_cfg.async_save,
     )
-    restored = initializer.restore(checkpoints)
-    if restored is not None:
-      state, data_state = restored
-      start_step = int(state.step)
-      input_state = train_input.state_from_checkpoint(data_state, start_step)
-      log.info(
-          "Resumed from %s/%s (input at %s)",
-          model_dir,
-          layout.step_dir_name(start_step),
-          input_state,
+    try:
+      state, start_step, input_state = cls._initial_state(
+          initializer, checkpoints, checkpoint_cfg, train_input, model_dir
       )
-    elif checkpoint_cfg.initial_checkpoint_path:
-      state = initializer.from_params_checkpoint(
-          checkpoint_cfg.initial_checkpoint_path
-      )
-      start_step, input_state = 0, train_input.initial_state()
-    else:
-      state = initializer.from_scratch()
-      start_step, input_state = 0, train_input.initial_state()
+    except BaseException:
+      checkpoints.close()  # no save thread left behind a bad INITIAL_CHECKPOINT_PATH
+      raise
     data_sharding = partitioner.data_sharding
     train_step = partitioner.partition(
         make_train_step(model, optimizer, learning_rate_fn, num_microbatches),
@@ -415,6 +403,33 @@ class Trainer:
         step_logger=step_logger,
         started=started,
     )
+
+  @staticmethod
+  def _initial_state(
+      initializer, checkpoints, checkpoint_cfg, train_input, model_dir
+  ):
+    """(state, its step, the input position after it): MODEL_DIR's newest checkpoint,
+    else INITIAL_CHECKPOINT_PATH's parameters, else random."""
+    restored = initializer.restore(checkpoints)
+    if restored is not None:
+      state, data_state = restored
+      start_step = int(state.step)
+      input_state = train_input.state_from_checkpoint(data_state, start_step)
+      log.info(
+          "Resumed from %s/%s (input at %s)",
+          model_dir,
+          layout.step_dir_name(start_step),
+          input_state,
+      )
+    elif checkpoint_cfg.initial_checkpoint_path:
+      state = initializer.from_params_checkpoint(
+          checkpoint_cfg.initial_checkpoint_path
+      )
+      start_step, input_state = 0, train_input.initial_state()
+    else:
+      state = initializer.from_scratch()
+      start_step, input_state = 0, train_input.initial_state()
+    return state, start_step, input_state
 
   # -- what actions use ----------------------------------------------------------
   @property
