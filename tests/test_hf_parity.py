@@ -239,7 +239,7 @@ def test_tk_instruct_eval_settings_decode_as_many_tokens_as_its_generate_call(
   finally:
     gin.clear_config()
   assert eval_settings == infer.DecodeConfig()  # the gin and the default agree
-  assert eval_settings.method == "greedy"
+  assert eval_settings.decode_fn == "greedy"
   enc = _inputs(6)[:8]
   with torch.no_grad():
     want = hf_model.generate(

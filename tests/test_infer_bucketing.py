@@ -1,5 +1,6 @@
 """Length buckets: planning, padding, and outputs identical to unbucketed decoding."""
 
+import dataclasses
 import jax
 import numpy as np
 import pytest
@@ -52,45 +53,48 @@ def test_trim_output_stops_at_eos_and_drops_padding():
 
 
 def test_decode_config_validates_and_maps_to_decoding_fns():
+  import inspect
+
   from tkx import decoding
 
-  assert infer.DecodeConfig().decode_fn_and_kwargs() == (decoding.greedy, {})
-  # --num_beams asks for Hugging Face's procedure explicitly, with HF's default alpha.
-  fn, kwargs = infer.DecodeConfig(num_beams=4).decode_fn_and_kwargs()
-  assert fn is decoding.hf_beam_search and kwargs == {
-      "num_decodes": 4,
-      "alpha": 1.0,
-  }
-  fn, kwargs = infer.DecodeConfig(
-      num_beams=4, beam_procedure="t5x"
-  ).decode_fn_and_kwargs()
-  assert fn is decoding.beam_search and kwargs == {
-      "num_decodes": 4,
-      "alpha": 0.6,
-  }
-  fn, kwargs = infer.DecodeConfig(
-      num_beams=2, alpha=0.3, beam_procedure=decoding.BeamProcedure.T5X
-  ).decode_fn_and_kwargs()
+  def fn_and_kwargs(config):
+    fn, kwargs = config.decode_fn_and_kwargs()
+    return inspect.unwrap(fn), kwargs  # through gin: its bindings apply
+
+  assert fn_and_kwargs(infer.DecodeConfig()) == (decoding.greedy, {})
+  # --num_beams asks for Hugging Face's procedure, with HF's default alpha (the function's).
+  fn, kwargs = fn_and_kwargs(infer.DecodeConfig().with_settings(num_beams=4))
+  assert fn is decoding.hf_beam_search and kwargs == {"num_decodes": 4}
+  fn, kwargs = fn_and_kwargs(
+      infer.DecodeConfig().with_settings(num_beams=4, beam_procedure="t5x")
+  )
+  assert fn is decoding.beam_search and kwargs == {"num_decodes": 4}
+  fn, kwargs = fn_and_kwargs(
+      infer.DecodeConfig().with_settings(
+          num_beams=2, alpha=0.3, beam_procedure=decoding.BeamProcedure.T5X
+      )
+  )
   assert fn is decoding.beam_search and kwargs["alpha"] == 0.3
-  fn, kwargs = infer.DecodeConfig(
-      temperature=0.7, top_p=0.9
-  ).decode_fn_and_kwargs()
+  fn, kwargs = fn_and_kwargs(
+      infer.DecodeConfig().with_settings(temperature=0.7, top_p=0.9)
+  )
   assert fn is decoding.temperature_sample and kwargs == {
       "temperature": 0.7,
       "topk": decoding.TOPK_OFF,
       "topp": 0.9,
   }
+  sampling = infer.DecodeConfig(decode_fn="temperature_sample", temperature=1.0)
   with pytest.raises(ValueError, match="not both"):
-    infer.DecodeConfig(num_beams=2, temperature=1.0)
-  with pytest.raises(ValueError, match="set temperature > 0"):
+    infer.DecodeConfig().with_settings(num_beams=2, temperature=1.0)
+  with pytest.raises(ValueError, match="top_k is read by temperature_sample"):
     infer.DecodeConfig(top_k=5)
   with pytest.raises(ValueError, match="top_p"):
-    infer.DecodeConfig(temperature=1.0, top_p=1.5)
+    sampling.with_settings(top_p=1.5)
   with pytest.raises(ValueError, match="top_k or top_p, not both"):
-    infer.DecodeConfig(temperature=1.0, top_k=5, top_p=0.9)
+    sampling.with_settings(top_k=5, top_p=0.9)
   with pytest.raises(ValueError, match="beam procedure"):
-    infer.DecodeConfig(num_beams=2, beam_procedure="gnmt")
-  with pytest.raises(ValueError, match="num_beams > 1"):
+    infer.DecodeConfig().with_settings(num_beams=2, beam_procedure="gnmt")
+  with pytest.raises(ValueError, match="alpha is read by beam_search"):
     infer.DecodeConfig(alpha=0.6)
 
 
@@ -168,7 +172,9 @@ def test_bucketed_beam_search_equals_one_unbucketed_batch(tiny_model):
   model, params = tiny_model
   lengths = [5, 20, 3, 9, 30, 7]
   inputs = _random_inputs(len(lengths), lengths, seed=2)
-  cfg = infer.DecodeConfig(num_beams=3, max_decode_length=8)
+  cfg = infer.DecodeConfig(
+      decode_fn="hf_beam_search", num_beams=3, max_decode_length=8
+  )
   bucketed = infer.Predictor(
       model, params, batch_size=8, decode_config=cfg, input_buckets=(8, 32)
   ).predict_ids(inputs, progress=False)
@@ -217,7 +223,11 @@ def test_sampling_is_reproducible_with_a_seed(tiny_model):
   model, params = tiny_model
   inputs = _random_inputs(3, [6, 9, 4], seed=1)
   cfg = infer.DecodeConfig(
-      temperature=1.0, top_k=20, max_decode_length=8, seed=5
+      decode_fn="temperature_sample",
+      temperature=1.0,
+      top_k=20,
+      max_decode_length=8,
+      seed=5,
   )
   a = infer.Predictor(
       model, params, batch_size=8, decode_config=cfg, input_buckets=(16,)
@@ -226,9 +236,7 @@ def test_sampling_is_reproducible_with_a_seed(tiny_model):
       model, params, batch_size=8, decode_config=cfg, input_buckets=(16,)
   ).predict_ids(inputs, progress=False)
   assert a == b
-  other_seed = infer.DecodeConfig(
-      temperature=1.0, top_k=20, max_decode_length=8, seed=6
-  )
+  other_seed = dataclasses.replace(cfg, seed=6)
   c = infer.Predictor(
       model, params, batch_size=8, decode_config=other_seed, input_buckets=(16,)
   ).predict_ids(inputs, progress=False)

@@ -340,7 +340,7 @@ def test_generate_with_t5x_beam_procedure(tiny_checkpoint, capsys):
   printed = capsys.readouterr().out.strip().splitlines()
   loaded = directory.load(tiny_checkpoint)
   config = infer.DecodeConfig(
-      max_decode_length=6, num_beams=2, beam_procedure="t5x"
+      decode_fn="beam_search", max_decode_length=6, num_beams=2
   )
   predictor = infer.Predictor(
       loaded.model, loaded.params, batch_size=8, decode_config=config
@@ -349,3 +349,35 @@ def test_generate_with_t5x_beam_procedure(tiny_checkpoint, capsys):
       predictor, loaded.vocabulary, [prompt], progress=False
   )
   assert printed == [expected] if expected else printed in ([], [""])
+
+
+@pytest.mark.parametrize("command", ["infer", "eval"])
+def test_infer_and_eval_take_the_same_single_task_name_of_an_ni_dir(
+    command, tiny_checkpoint, embedded_ni_dir, tmp_path, monkeypatch
+):
+  """One task of a split that only --ni_dir has: both commands register it the same way."""
+  task = "task9102_tkx_plural_word_analogy"
+  ni_dir = tmp_path / "ni"
+  (ni_dir / "tasks").mkdir(parents=True)
+  (ni_dir / "splits" / "default").mkdir(parents=True)
+  data = json.loads((embedded_ni_dir / "tasks" / f"{task}.json").read_text())
+  data["Instances"] = data["Instances"][:3]
+  (ni_dir / "tasks" / f"{task}.json").write_text(json.dumps(data))
+  (ni_dir / "splits" / "default" / "heldout_tasks.txt").write_text(task + "\n")
+  # Decoding is not what is checked: every input gets an empty answer (EOS).
+  monkeypatch.setattr(
+      infer.Predictor,
+      "predict_ids",
+      lambda self, inputs, **kw: [[1] for _ in inputs],
+  )
+  name = f"ni_default_heldout_def_pos2_{task}"
+  out = tmp_path / "out"
+  argv = [command, "--checkpoint", tiny_checkpoint, "--mixture", name]
+  argv += ["--ni_dir", str(ni_dir), "--no_progress"]
+  argv += ["--output_file", str(out)] if command == "infer" else []
+  argv += ["--output_dir", str(out)] if command == "eval" else []
+  assert cli.main(argv) == 0
+  records = _read_jsonl(
+      out if command == "infer" else out / "predicted_examples.jsonl"
+  )
+  assert {r["Task"] for r in records} == {task} and len(records) == 3

@@ -1,18 +1,20 @@
-"""A 2-process `tkx train` (jax.distributed on localhost, 2 CPU devices each), SIGKILLed and resumed, is exact.
+"""A 2-process `tkx train` (jax.distributed on localhost, 2 CPU devices each), killed and resumed, is exact.
 
 Each process packs its own data shard, so the hosts' input positions differ; a
-checkpoint holds both (`TrainInput.checkpoint_data_state`). The run is killed
-(both processes, as when a host dies and the job restarts) at random moments and
-resumed, and must end with parameters byte-identical to an uninterrupted
-2-process run; resuming it on one process is refused with one line naming the
-shard counts. The kill moments are drawn from a seed printed in failures
-(TKX_TEST_SEED sets it).
+checkpoint holds both (`TrainInput.checkpoint_data_state`). The run is SIGKILLed
+(both processes, as when a host dies and the job restarts) at a random moment and
+resumed; the packed run is then preempted (SIGTERM to process 1 only, twice: JAX's
+notice stops both at one step, they save it and exit 0) and resumed again. Each
+run must end with parameters byte-identical to an uninterrupted 2-process run;
+resuming it on one process is refused with one line naming the shard counts. The
+moments are drawn from a seed printed in failures (TKX_TEST_SEED sets it).
 """
 
 import functools
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -128,6 +130,41 @@ def _kill_between(jobs, model_dir, step, delay, why):
     proc.wait(timeout=60)
 
 
+def _wait_for_step(jobs, log_path, step, why):
+  deadline = time.time() + 600
+  while f"step {step}/" not in _read(log_path):
+    assert all(p.poll() is None for p, _ in jobs), f"{why}: exited early"
+    assert time.time() < deadline, f"{why}: step {step} never ran"
+    time.sleep(0.01)
+
+
+def _sigterm_second_process(jobs, log_prefix, at_step, why):
+  """Preemption as a spot VM sees it: SIGTERM to process 1 once step `at_step` ran, again while
+  it saves; returns the step the job saved (said once, by process 0) after both exited 0.
+  """
+  primary_log, signalled_log = f"{log_prefix}_0.log", f"{log_prefix}_1.log"
+  _wait_for_step(jobs, primary_log, at_step, why)
+  deadline = time.time() + 600
+  signalled = jobs[1][0]
+  said_before = _read(signalled_log).count("Saving checkpoint")
+  os.kill(signalled.pid, signal.SIGTERM)
+  while _read(signalled_log).count("Saving checkpoint") == said_before:
+    assert signalled.poll() is None, f"{why}: {_read(signalled_log)[-3000:]}"
+    assert time.time() < deadline, f"{why}: no preemption checkpoint started"
+    time.sleep(0.01)
+  os.kill(signalled.pid, signal.SIGTERM)
+  _wait(jobs)
+  saved = re.findall(
+      r"Preempted: saved \S+/checkpoint_(\d+) at step (\d+); exiting with status 0",
+      _read(primary_log),
+  )
+  assert (
+      len(saved) == 1 and saved[0][0] == saved[0][1]
+  ), f"{why}: {_read(primary_log)[-3000:]}"
+  assert "Preempted:" not in _read(signalled_log)  # said once per job
+  return int(saved[0][0])
+
+
 def _assert_same_params(expected_dir, got_dir, step):
   expected = orbax_io.load_params(f"{expected_dir}/checkpoint_{step}")
   got = orbax_io.load_params(f"{got_dir}/checkpoint_{step}")
@@ -152,13 +189,13 @@ def _input_by_shard(model_dir, step):
 @pytest.mark.slow
 @pytest.mark.multiprocess
 @pytest.mark.parametrize(
-    "pack, train_steps, kills",
-    # Packed: killed twice at random moments; unpacked (the cheaper variant): once.
-    [(True, 7, 2), (False, 5, 1)],
+    "pack, train_steps, preempt",
+    # Packed: SIGKILLed, then preempted; unpacked (the cheaper variant): SIGKILLed.
+    [(True, 8, True), (False, 5, False)],
     ids=["packed", "unpacked"],
 )
 def test_two_process_run_killed_and_resumed_is_exact(
-    tmp_path, pack, train_steps, kills
+    tmp_path, pack, train_steps, preempt
 ):
   seed = int(os.environ.get("TKX_TEST_SEED", random.randrange(10**6)))
   rng = random.Random(seed)
@@ -166,18 +203,24 @@ def test_two_process_run_killed_and_resumed_is_exact(
   reference, victim = str(tmp_path / "reference"), str(tmp_path / "victim")
   start = functools.partial(_start, pack=pack, steps=train_steps)
   reference_jobs = start(reference, tmp_path / "reference")
+  # The victim starts once the reference compiled (one compile: the victim reads XLA's cache).
+  _wait_for_step(reference_jobs, tmp_path / "reference_0.log", 1, why)
   jobs = start(victim, tmp_path / "victim")
-  newest = 0
-  for i in range(kills):
-    step = newest + rng.choice((1, 2))
-    _kill_between(jobs, victim, step, rng.uniform(0.0, 0.5), why)
-    newest = max(layout.list_steps(victim))
-    assert newest < train_steps, f"{why}: the run finished before kill {i}"
-    # The next kill waits for a step only this resumed run writes.
-    jobs = start(victim, tmp_path / f"resumed{i}")
+  _kill_between(jobs, victim, rng.choice((1, 2)), rng.uniform(0.0, 0.5), why)
+  newest = max(layout.list_steps(victim))
+  assert newest < train_steps, f"{why}: the run finished before the kill"
+  jobs = start(victim, tmp_path / "resumed0")
+  resumes = 1
+  if preempt:
+    at_step = newest + rng.choice((1, 2))
+    saved = _sigterm_second_process(jobs, tmp_path / "resumed0", at_step, why)
+    assert at_step <= saved < train_steps, f"{why}: saved {saved}"
+    assert max(layout.list_steps(victim)) == saved
+    jobs = start(victim, tmp_path / "resumed1")
+    resumes = 2
   _wait(jobs)
   _wait(reference_jobs)
-  for i in range(kills):
+  for i in range(resumes):
     log = _read(tmp_path / f"resumed{i}_0.log")
     assert "Resumed from" in log, f"{why}: resume {i}:\n{log[-3000:]}"
   _assert_same_params(reference, victim, train_steps)

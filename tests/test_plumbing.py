@@ -75,8 +75,10 @@ def test_no_import_cycles_inside_tkx():
       visit(node)
 
 
-def test_model_config_imports_nothing_from_tkx():
-  assert _tkx_imports()["tkx.models.config"] == set()
+def test_model_config_imports_nothing_from_tkx_but_its_errors():
+  # tkx.errors imports nothing, so the config stays readable without the rest of tkx.
+  assert _tkx_imports()["tkx.models.config"] == {"tkx.errors"}
+  assert _tkx_imports()["tkx.errors"] == set()
 
 
 def test_checkpoint_step_naming_lives_in_one_module():
@@ -159,6 +161,40 @@ def test_every_flag_is_documented_and_train_help_explains_gin(capsys):
       "MIXTURE_OR_TASK_NAME",
   ):
     assert needle in text
+
+
+def test_command_flags_become_gin_bindings_that_win_over_gin(monkeypatch):
+  """eval's flags bind evaluate.evaluate / DecodeConfig once at start-up; flags left out bind nothing."""
+  import gin
+
+  from tkx import gin_utils
+  from tkx.commands import evaluate as eval_command
+
+  seen = {}
+
+  def main(args):
+    for name in (
+        "evaluate.evaluate.track",
+        "evaluate.evaluate.input_buckets",
+        "infer.decode_flags.num_beams",
+        "evaluate.evaluate.split",
+    ):
+      seen[name] = gin_utils.query(name)
+    return 0
+
+  monkeypatch.setattr(eval_command, "main", main)
+  argv = ["eval", "--checkpoint", "c", "--gin.evaluate.evaluate.track='x'"]
+  argv += ["--track", "xlingual", "--num_beams", "4", "--input_buckets", "9,3"]
+  assert cli.run(argv) == 0
+  assert seen == {
+      "evaluate.evaluate.track": "xlingual",
+      "evaluate.evaluate.input_buckets": (9, 3),
+      "infer.decode_flags.num_beams": 4,
+      "evaluate.evaluate.split": (
+          None
+      ),  # not given: evaluate.evaluate's default applies
+  }
+  gin.clear_config()
 
 
 # ------------------------------------------------------------------------------
@@ -400,6 +436,31 @@ def test_debug_log_level_shows_the_traceback(tmp_path):
             "debug",
         ]
     )
+
+
+@pytest.mark.parametrize("bug", [ValueError("boom"), KeyError("boom")])
+def test_an_unexpected_value_or_key_error_keeps_its_traceback(bug, monkeypatch):
+  """Only tkx.errors.UserError (and missing paths) are one-line errors; a bug is not bad input."""
+  from tkx.commands import score
+
+  def main(args):
+    raise bug
+
+  monkeypatch.setattr(score, "main", main)
+  with pytest.raises(type(bug), match="boom"):
+    cli.main(["score", "--predictions", "p.jsonl"])
+
+
+def test_a_user_error_raised_anywhere_is_one_line(monkeypatch, capsys):
+  from tkx import errors
+  from tkx.commands import score
+
+  def main(args):
+    raise errors.ConfigError("--predictions: say which file\nsecond line")
+
+  monkeypatch.setattr(score, "main", main)
+  line = _error_line(capsys, ["score", "--predictions", "p.jsonl"])
+  assert line == "tkx score: error: --predictions: say which file second line"
 
 
 def test_gin_bindings_refused_by_commands_without_gin(capsys):

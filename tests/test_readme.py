@@ -483,8 +483,8 @@ FAST_FORMS: Dict[str, FastForm] = {
     'pip install -e ".[test,hf]"': FastForm(
         skip="installs tkx; this test runs in the installed environment"
     ),
-    "python3 -m pytest -q -n 2 --dist loadgroup tests": FastForm(
-        skip="the test suite itself"
+    "python3 -m pytest -q -n 2 --dist loadgroup --no-loadscope-reorder tests": (
+        FastForm(skip="the test suite itself")
     ),
     (
         "python -m pytest -q tests/test_partitioning_rules.py tests/test_partitioning_t5.py "
@@ -756,8 +756,9 @@ FAST_FORMS: Dict[str, FastForm] = {
     'pip install -e ".[test,tpu]"': FastForm(
         skip="installs libtpu, for TPU hosts"
     ),
+    # The default-settings line runs as its `--quick` line (one run: identical fast forms).
     "python bench/compile_time.py": FastForm(
-        add="--size tiny --batch_size 8 --inputs_length 64 --targets_length 16"
+        add="--quick --size tiny --batch_size 8 --inputs_length 64 --targets_length 16"
     ),
     "python bench/compile_time.py --quick": FastForm(
         add="--size tiny --batch_size 8 --inputs_length 64 --targets_length 16"
@@ -888,6 +889,9 @@ def fast_form(command: str, form: FastForm, work: Work) -> str:
     command = command.replace(old, new)
   if form.add:
     command = f"{command} {form.add}"
+  command = re.sub(
+      " {2,}", " ", command
+  )  # a removed flag leaves no gap: identical forms run once
   for pattern, replacement in PLACEHOLDERS:
     command = re.sub(pattern, replacement, command)
   # Last, so that README placeholders (`/tmp/`) never match inside the scratch paths.
@@ -1091,3 +1095,29 @@ def test_quick_start_bench_checks_a_band_not_a_point(capsys):
   assert quick_start._check_bands({"exact_match": 31.5, "rougeL": 40.9}) == 0
   assert quick_start._check_bands({"exact_match": 12.0, "rougeL": 39.0}) == 1
   assert "exact match 12.0 outside" in capsys.readouterr().err
+
+
+def _anchor(heading: str) -> str:
+  """GitHub's anchor of a heading: lower case, punctuation dropped, spaces as hyphens."""
+  return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_links_between_pages_resolve():
+  """Every relative link of README.md, ARCHITECTURE.md and docs/ names a file (and heading) that exists."""
+  broken = []
+  for document in documents() + [REPO_ROOT / "ARCHITECTURE.md"]:
+    text = document.read_text(encoding="utf-8")
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+      if re.match(r"[a-z]+://", target) or target.startswith("mailto:"):
+        continue
+      path, _, anchor = target.partition("#")
+      linked = (document.parent / path).resolve() if path else document
+      if not linked.exists():
+        broken.append(f"{document.name}: {target} (no such file)")
+      elif anchor and linked.suffix == ".md":
+        headings = re.findall(
+            r"^#+ (.+)$", linked.read_text(encoding="utf-8"), re.M
+        )
+        if anchor not in {_anchor(h) for h in headings}:
+          broken.append(f"{document.name}: {target} (no such heading)")
+  assert not broken, "\n".join(broken)

@@ -38,19 +38,19 @@ def evals(tiny_checkpoint, tmp_path_factory):
   """{"sweep": dir of `--encodings def,pos2`, "def"/"pos2": dirs of separate evals, "calls": counts}."""
   root = tmp_path_factory.mktemp("report")
   calls = {"load_checkpoint": 0, "build_predict_fn": 0}
-  load, build = directory.load, infer.Predictor._build_predict_fn
+  load, build = directory.load, infer._build_predict_fn
 
   def counting_load(*args, **kwargs):
     calls["load_checkpoint"] += 1
     return load(*args, **kwargs)
 
-  def counting_build(self):
+  def counting_build(*args, **kwargs):
     calls["build_predict_fn"] += 1
-    return build(self)
+    return build(*args, **kwargs)
 
   with pytest.MonkeyPatch.context() as patch:
     patch.setattr(directory, "load", counting_load)
-    patch.setattr(infer.Predictor, "_build_predict_fn", counting_build)
+    patch.setattr(infer, "_build_predict_fn", counting_build)
     cli.run(
         [
             "eval",
@@ -64,7 +64,7 @@ def evals(tiny_checkpoint, tmp_path_factory):
         + FAST
     )
   dirs = {"sweep": root / "sweep", "calls": calls}
-  # The last encoding of the sweep alone: it decodes after the first, with the shared state.
+  # The last encoding of the sweep alone, as a separate evaluation.
   for encoding in ENCODINGS[-1:]:
     cli.run(
         [

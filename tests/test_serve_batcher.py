@@ -8,8 +8,12 @@ from tkx import infer
 from tkx.serve import batcher as batcher_lib
 
 GREEDY = infer.DecodeConfig(max_decode_length=4)
-BEAM = infer.DecodeConfig(max_decode_length=4, num_beams=2)
-SAMPLE = infer.DecodeConfig(max_decode_length=4, temperature=0.7, seed=3)
+BEAM = infer.DecodeConfig(
+    decode_fn="hf_beam_search", max_decode_length=4, num_beams=2
+)
+SAMPLE = infer.DecodeConfig(
+    decode_fn="temperature_sample", max_decode_length=4, temperature=0.7, seed=3
+)
 
 
 class _RecordingPredictor:

@@ -127,3 +127,61 @@ def test_tkx_checkpoint_is_restored_into_the_target_shardings(tmp_path):
   ]
   with pytest.raises(directory.CheckpointError, match="missing .*wo"):
     directory.load_initial_params(str(tmp_path / "tkx"), abstract, shardings)
+
+
+def test_hf_safetensors_are_read_by_slice_as_the_import_reads_them(tmp_path):
+  """An HF dir as INITIAL_CHECKPOINT_PATH: each device's slice of each safetensors tensor, cast as read."""
+  if len(jax.devices()) < 8:
+    pytest.skip("needs the 8 host CPU devices of tests/conftest.py")
+  from tkx import gin_utils, partitioning
+  from tkx.checkpoints import hf
+  from tkx.models import models, network
+
+  config = gin_utils.load_config_from_gin(
+      ["gin_configs/models/t5_1_1/tiny.gin"], ()
+  )
+  model = models.EncoderDecoderModel(network.Transformer(config))
+  shapes = models.init_input_shapes()
+  rng = np.random.default_rng(1)
+  params = jax.tree_util.tree_map(  # random values without compiling the init
+      lambda a: rng.standard_normal(a.shape).astype(np.float32),
+      model.params_shapes(shapes),
+  )
+  hf.export_hf(config, params, str(tmp_path / "hf"))
+  # Each param sharded 8 ways over its 'embed' axis: the transposed HF kernels are
+  # then read by column ranges, the embedding by rows.
+  partitioner = partitioning.Partitioner(
+      num_partitions=1, shard_params_over_data=True
+  )
+  shardings = partitioner.logical_to_sharding(model.params_logical_axes(shapes))
+  abstract = jax.tree_util.tree_map(
+      lambda a: jax.ShapeDtypeStruct(a.shape, jnp.bfloat16), params
+  )
+  files = []
+  real_init = hf.SafetensorsFile.__init__
+
+  def spy(self, path):
+    real_init(self, path)
+    files.append(self)
+
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(hf.SafetensorsFile, "__init__", spy)
+    loaded = directory.load_initial_params(
+        str(tmp_path / "hf"), abstract, shardings
+    )
+  _, imported, _ = hf.import_hf(str(tmp_path / "hf"))
+  for path, leaf in jax.tree_util.tree_flatten_with_path(loaded)[0]:
+    want = imported
+    for key in path:
+      want = want[key.key]
+    assert leaf.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(
+        np.asarray(leaf, np.float32),
+        want.astype(jnp.bfloat16).astype(np.float32),
+    )
+  # Every byte read once in all (each device's slice, a replicated array once):
+  # no device reads a whole tensor to keep its slice.
+  (file,) = files
+  assert file.bytes_read == sum(
+      x.nbytes for x in jax.tree_util.tree_leaves(params)
+  )

@@ -95,6 +95,138 @@ def test_gin_file_on_gcs_parses(gcs):
   assert gin_utils.load_config_from_gin([path], []).emb_dim == 48
 
 
+def test_ni_checkout_and_source_cache_on_gcs(gcs, tmp_path, monkeypatch):
+  """NI_DIR on gs://: the same rows as the local checkout; the source cache on gs:// too."""
+  from test_data_common import small_checkout, toy_task
+  from tkx.data import ni, source
+
+  local = str(small_checkout(tmp_path / "ni"))
+  remote = f"{gcs}/ni"
+  storage.copy_tree(local, remote)
+  cache = f"{gcs}/ni-cache"
+  monkeypatch.setenv("TKX_NI_CACHE", cache)
+  assert source.check_checkout(remote) == remote
+  assert ni.split_tasks(remote, "default", "train") == ni.split_tasks(
+      local, "default", "train"
+  )
+
+  def rows(ni_dir):
+    source.clear_memory()
+    src = source.source_for(
+        ni_dir, "default", "train", max_num_instances_per_task=7
+    )
+    return [src.row(i)[1] for i in range(len(src))], src.task_names()
+
+  assert rows(remote) == rows(local)
+  cached = storage.listdir(
+      cache
+  )  # one pickle per checkout (the path is in the key)
+  assert len(cached) == 2
+  # A fresh process reads the cache: no task file is parsed.
+  expected = rows(local)
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(
+        ni, "load_task", lambda *a: pytest.fail("read the JSON, not the cache")
+    )
+    assert rows(remote) == expected
+  # A task rewritten in the bucket (a new object generation) gives another key.
+  name = ni.read_split(remote, "default", "train")[0]
+  task = toy_task(name)
+  task["Instances"] = task["Instances"][::-1]
+  with io_utils.atomic_write(ni.task_path(remote, name)) as f:
+    json.dump(task, f)
+  source.clear_memory()
+  changed = source.source_for(
+      remote, "default", "train", max_num_instances_per_task=7
+  )
+  assert len(storage.listdir(cache)) == 3
+  assert changed.row(0)[1]["id"] != expected[0][0]["id"]
+  # A task file missing from the bucket is named.
+  storage.remove(ni.task_path(remote, name))
+  with pytest.raises(ni.NIDataError, match=name):
+    ni.split_tasks(remote, "default", "train")
+
+
+def test_tfds_data_dir_on_gcs(gcs, tmp_path):
+  """`prepare` from a gs:// checkout uploads to a gs:// data_dir (dataset_info.json last); the same records."""
+  from test_data_common import small_checkout
+  from tkx.data import tfds_ni
+
+  ni_dir = str(small_checkout(tmp_path / "ni", num_train=2, instances=12))
+  local, remote = str(tmp_path / "tfds"), f"{gcs}/tfds"
+  tfds_ni.prepare(ni_dir, local, "default")
+  storage.copy_tree(ni_dir, f"{gcs}/tfds-ni")
+  uploaded = []
+  real_copy = storage.copy
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(
+        storage,
+        "copy",
+        lambda src, dst: (uploaded.append(dst), real_copy(src, dst)),
+    )
+    tfds_ni.prepare(f"{gcs}/tfds-ni", remote, "default")
+  assert uploaded[-1].endswith("/dataset_info.json")
+  assert all(
+      p.startswith(f"{remote}/tkx_natural_instructions/") for p in uploaded
+  )
+  name = tfds_ni.builder_name("default")
+  for split in ("train", "test"):
+    assert list(tfds_ni.iter_split(name, remote, split)) == list(
+        tfds_ni.iter_split(name, local, split)
+    )
+  with pytest.raises(ni_error(), match="tfds_data_dir"):
+    tfds_ni.split_task_names(name, f"{gcs}/no-such-dir", "train")
+
+
+def ni_error():
+  from tkx.data import ni
+
+  return ni.NIDataError
+
+
+def test_t5x_initial_checkpoint_on_gcs(gcs, tmp_path):
+  """A t5x-format INITIAL_CHECKPOINT_PATH on gs://: read by slice through tensorstore's gcs driver."""
+  import jax
+  import numpy as np
+
+  from test_shard_wise_loading import PARAMS, _check, _target
+  from tkx.checkpoints import directory, t5x_format
+
+  if len(jax.devices()) < 8:
+    pytest.skip("needs the 8 host CPU devices of tests/conftest.py")
+  t5x_format.save_params(str(tmp_path / "t5x"), PARAMS, step=3)
+  remote = f"{gcs}/t5x"
+  storage.copy_tree(str(tmp_path / "t5x"), remote)
+  abstract, shardings = _target()
+  _check(
+      directory.load_initial_params(remote, abstract, shardings),
+      abstract,
+      shardings,
+  )
+  whole = t5x_format.load_params(f"{remote}/checkpoint_3")
+  jax.tree_util.tree_map(np.testing.assert_array_equal, whole, PARAMS)
+
+
+def test_safetensors_read_by_slice_on_gcs(gcs, tmp_path):
+  """A Hugging Face weight file on gs://: a slice costs its bytes (range reads through tkx.storage)."""
+  import numpy as np
+  from safetensors.numpy import save_file
+
+  from tkx.checkpoints import hf
+
+  kernel = np.arange(64 * 48, dtype=np.float32).reshape(64, 48)
+  save_file({"w": kernel}, str(tmp_path / "model.safetensors"))
+  storage.copy(
+      str(tmp_path / "model.safetensors"), f"{gcs}/hf/model.safetensors"
+  )
+  file = hf.SafetensorsFile(f"{gcs}/hf/model.safetensors")
+  np.testing.assert_array_equal(file.read("w", (slice(8, 16),)), kernel[8:16])
+  np.testing.assert_array_equal(
+      file.read("w", (slice(0, 64), slice(40, 48))), kernel[:, 40:48]
+  )
+  assert file.bytes_read == (8 * 48 + 64 * 8) * 4
+
+
 def _tkx(*args):
   from tkx import cli
 
@@ -102,11 +234,19 @@ def _tkx(*args):
 
 
 def _train_eval_report(root):
-  """`tkx train` -> `tkx eval` -> `tkx report` with every path under `root`."""
+  """`tkx train` -> `tkx eval` -> `tkx report` -> `tkx infer` with every path under `root`.
+
+  NI_DIR is a copy of the embedded checkout under `root`.
+  """
+  from tkx.data import tasks
+
+  for part in ("tasks", "splits"):
+    storage.copy_tree(f"{tasks.EMBEDDED_NI_DIR}/{part}", f"{root}/ni/{part}")
   _tkx(
       "train",
       "--gin_file=gin_configs/experiments/embedded_tiny.gin",
       f"--gin.MODEL_DIR='{root}/run'",
+      f"--gin.NI_DIR='{root}/ni'",
       "--gin.TRAIN_STEPS=2",
       "--gin.BATCH_SIZE=8",
       "--gin.TASK_FEATURE_LENGTHS={'inputs': 128, 'targets': 16}",
@@ -119,11 +259,27 @@ def _train_eval_report(root):
       f"{root}/run",
       "--mixture",
       EMBEDDED_TRAIN_TASK,
+      "--ni_dir",
+      f"{root}/ni",
       "--max_decode_length",
       "4",
   )
   eval_dir = f"{root}/run/eval_{EMBEDDED_TRAIN_TASK}"
   _tkx("report", f"{root}/run", eval_dir, "--output", f"{root}/r.html")
+  with io_utils.atomic_write(f"{root}/in.jsonl") as f:
+    for i, text in enumerate(("Definition: copy the word. Input: cat", "dog")):
+      f.write(json.dumps({"id": i, "inputs": text}) + "\n")
+  _tkx(
+      "infer",
+      "--checkpoint",
+      f"{root}/run",
+      "--input_file",
+      f"{root}/in.jsonl",
+      "--output_file",
+      f"{root}/out.jsonl",
+      "--max_decode_length",
+      "4",
+  )
   return eval_dir
 
 
@@ -141,6 +297,7 @@ def test_train_eval_report_on_gcs_same_as_local(emulator, gcs, tmp_path):
             f"{eval_dir}/predicted_examples.jsonl"
         ),
         "report": storage.read_text(f"{root}/r.html"),
+        "infer": storage.read_text(f"{root}/out.jsonl"),
         "files": sorted(storage.listdir(f"{root}/run")),
     }
   local, remote = outputs.values()
@@ -153,6 +310,7 @@ def test_train_eval_report_on_gcs_same_as_local(emulator, gcs, tmp_path):
       np.testing.assert_array_equal, remote["params"], local["params"]
   )
   assert remote["predictions"] == local["predictions"]
+  assert remote["infer"] == local["infer"] and remote["infer"].count("\n") == 2
   for key in ("overall", "per_task"):
     assert remote["metrics"].get(key) == local["metrics"].get(key)
   # The page shows the training loss read back from the uploaded event files.

@@ -12,14 +12,18 @@ Everything every command shares happens here, once, before the command runs:
 - logging: one format on stderr; JAX/TensorFlow/absl chatter only at debug;
 - TensorFlow (tf.data, SeqIO) is kept off the accelerators, which JAX owns,
   whenever and however a command imports it (`keep_tensorflow_on_cpu`);
+- flags -> gin: the flags a command lists in `GIN_FLAGS` become gin bindings
+  after the user's `--gin.NAME=VALUE` (`flag_bindings`), so a flag given wins
+  and each default lives in the function the flag binds (docs/configuration.md);
 - gin: a command's `configure(args)` parses its gin files and bindings; then a
   command that runs a model (`joins_processes`) joins the other processes of a
   cluster (`tkx.multihost.initialize`: gin's `multihost.initialize.*`, TKX_*/JAX_*
   variables or the detected cluster), before anything touches a JAX device;
-- errors the user can cause (a missing file, a malformed line, an unknown
-  task, a bad gin binding, a wrong checkpoint) end the command with one line on
-  stderr and exit status 2; `--log_level debug` shows their tracebacks. Other
-  exceptions are bugs and keep their traceback.
+- errors the user can cause (`tkx.errors.UserError` and its subclasses: a
+  malformed line, an unknown task, a bad flag or gin binding, a wrong
+  checkpoint; and a missing file) end the command with one line on stderr and
+  exit status 2; `--log_level debug` shows their tracebacks. Other exceptions,
+  a plain ValueError or KeyError included, are bugs and keep their traceback.
 """
 
 import argparse
@@ -32,6 +36,7 @@ import logging
 import os
 import sys
 
+from tkx.errors import UserError
 from tkx.logs import LOG_LEVELS, setup_logging  # tkx's one log format
 
 
@@ -128,15 +133,12 @@ gin configuration (as t5x):
 """
 
 
-class UserError(Exception):
-  """An error in what the user asked for; `tkx` prints its message as one line."""
-
-
-# Exceptions that mean "the input is wrong", not "tkx is wrong". ValueError covers
-# the data, checkpoint, gin and JSON errors, which all name their file and field.
+# Exceptions that mean "the input is wrong", not "tkx is wrong": `UserError` (the
+# data, checkpoint, gin, flag and JSON errors subclass it; each names its file,
+# flag or field) and a path that is missing or of the wrong kind. Anything else,
+# a plain ValueError or KeyError included, is a bug and keeps its traceback.
 USER_ERRORS = (
     UserError,
-    ValueError,
     FileNotFoundError,
     FileExistsError,
     NotADirectoryError,
@@ -246,6 +248,24 @@ def _split_gin_args(argv):
   return rest, bindings
 
 
+def flag_bindings(args, gin_flags) -> list:
+  """The gin bindings (`SELECTOR = VALUE`) of the flags given, for a command's `GIN_FLAGS`.
+
+  `GIN_FLAGS` maps a flag's dest to the gin parameter it sets, or to
+  (parameter, converter from the flag's value). Flags left out (None) bind
+  nothing, so gin files and the function's default apply; the bindings follow
+  the user's `--gin.NAME=VALUE`, so a flag given wins.
+  """
+  bindings = []
+  for flag, target in gin_flags.items():
+    value = getattr(args, flag, None)
+    if value is None:
+      continue
+    selector, convert = target if isinstance(target, tuple) else (target, None)
+    bindings.append(f"{selector} = {convert(value) if convert else value!r}")
+  return bindings
+
+
 def add_shared_arguments(parser, command: Command) -> None:
   """Flags every command has, and the gin flags of gin-configured commands."""
   parser.add_argument(
@@ -335,7 +355,9 @@ def run(argv) -> int:
   args = command_parser(name, module).parse_args(rest)
   setup_logging(args.log_level)
   if command.uses_gin:
-    args.gin_bindings = gin_bindings
+    args.gin_bindings = gin_bindings + flag_bindings(
+        args, getattr(module, "GIN_FLAGS", {})
+    )
     if hasattr(module, "configure"):
       module.configure(args)
   if command.joins_processes:
@@ -363,8 +385,6 @@ def _one_line(error: BaseException) -> str:
       for line in str(error).strip().splitlines()
       if line.strip() and not line.strip().startswith("In call to configurable")
   )
-  if isinstance(error, KeyError) and len(error.args) == 1:
-    text = str(error.args[0])
   return text or type(error).__name__
 
 

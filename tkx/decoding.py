@@ -16,7 +16,24 @@ calls work), with t5x's defaults and behaviour:
 
 Hugging Face's beam procedure (transformers `generate(num_beams=...)`, step for step) is
 `hf_beam_search`; `tkx infer/eval/generate --num_beams` use it, for parity with the
-released Tk-Instruct evaluation. `BeamProcedure` names the two.
+released Tk-Instruct evaluation. `BeamProcedure` names the two. Both beam searches share
+their set-up and step (`_beam_setup`, `_beam_candidates`, ...); only their rules for the
+finished list and for stopping differ.
+
+Decoding methods are registered by name (`METHODS`, `register_method`): the function and
+the `infer.DecodeConfig` settings it reads. `infer.DecodeConfig.decode_fn` names one
+(gin: `@decoding.beam_search`, t5x's way); command flags and server requests map onto
+them (docs/decoding.md). A new method is one file plus one `register_method` line.
+
+Where tkx deliberately differs from t5x (t5x's public decoding tests pass,
+tests/test_decoding_t5x_suite.py):
+* `greedy` is tkx's (HF `generate()`'s default): scores are the model's log-likelihood,
+  where t5x's greedy (`temperature_sample(topk=1)`) scores 0.
+* `beam_search(initial_index=...)` takes one start position for the batch: its loop
+  index is one scalar, so prompts of one length are prefilled together.
+* `hf_beam_search` has no decoder prompts: Hugging Face's procedure has none to match.
+* `temperature_sample` and `greedy` also take `max_decode_len` (keyword only): the
+  model's `predict_batch` passes every decoding function the output length.
 
 The tkx decoding interface (see ARCHITECTURE.md "Decoding interface"): `cache` comes at
 batch size and every function that decodes several sequences per example repeats its
@@ -30,11 +47,14 @@ Results are `(sequences [batch, n, length], scores [batch, n])`, sorted ascendin
 score (best last: take `[:, -1]`). After EOS a sequence holds padding (0).
 """
 
+import dataclasses
 import enum
 import functools
-from typing import Any, Callable, Mapping, Optional, Tuple, Union
+import inspect
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 import flax
+import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -119,11 +139,6 @@ class BeamProcedure(str, enum.Enum):
   @property
   def decode_fn(self) -> Callable:
     return beam_search if self is BeamProcedure.T5X else hf_beam_search
-
-  @property
-  def default_alpha(self) -> float:
-    """t5x's brevity-penalty alpha 0.6; Hugging Face's `length_penalty` 1.0."""
-    return 0.6 if self is BeamProcedure.T5X else 1.0
 
 
 class LengthPenalty(str, enum.Enum):
@@ -292,6 +307,35 @@ def _decoder_inputs(inputs, max_decode_len: Optional[int]) -> jnp.ndarray:
       )
     inputs = jnp.pad(inputs, ((0, 0), (0, length - inputs.shape[1])))
   return inputs
+
+
+def top_k_two_stage(x: jnp.ndarray, k: int) -> Tuple[jnp.ndarray, jnp.ndarray]:
+  """`lax.top_k(x, k)` over the last axis of [batch, n], in two stages (t5x's name).
+
+  The row is cut into chunks, each chunk's k best are found, then the k best of those:
+  on accelerators this is faster than one top-k over a long row (beams x vocabulary).
+  Values and indices equal `lax.top_k`'s, ties included (the lower index first).
+  """
+  batch, n = x.shape
+  chunk = max(k, int(np.ceil(np.sqrt(n * k))))
+  num_chunks = -(-n // chunk)
+  if num_chunks < 2:
+    return lax.top_k(x, k)
+  padded = jnp.pad(
+      x,
+      ((0, 0), (0, num_chunks * chunk - n)),
+      constant_values=jnp.finfo(x.dtype).min
+      if jnp.issubdtype(x.dtype, jnp.floating)
+      else jnp.iinfo(x.dtype).min,
+  )
+  chunk_values, chunk_indices = lax.top_k(
+      padded.reshape(batch, num_chunks, chunk), min(k, chunk)
+  )
+  # Candidates stay in index order (chunk, then rank), so ties resolve as in one top-k.
+  offsets = (jnp.arange(num_chunks) * chunk)[None, :, None]
+  candidates = (chunk_indices + offsets).reshape(batch, -1)
+  values, picked = lax.top_k(chunk_values.reshape(batch, -1), k)
+  return values, jnp.take_along_axis(candidates, picked, axis=1)
 
 
 # ------------------------------------------------------------------------------
@@ -643,7 +687,7 @@ def greedy(
 
 
 # ------------------------------------------------------------------------------
-# Beam search: t5x's procedure
+# Beam search: the steps both procedures share
 # ------------------------------------------------------------------------------
 def _gather_beams(x: jnp.ndarray, indices: jnp.ndarray) -> jnp.ndarray:
   """x [batch, beams, ...], indices [batch, k] -> [batch, k, ...]."""
@@ -651,11 +695,102 @@ def _gather_beams(x: jnp.ndarray, indices: jnp.ndarray) -> jnp.ndarray:
   return jnp.take_along_axis(x, idx, axis=1)
 
 
-def _top_k_ascending(scores: jnp.ndarray, k: int) -> jnp.ndarray:
-  """Indices of the k largest scores per row, worst first (t5x keeps beams best last)."""
-  return jnp.flip(lax.top_k(scores, k)[1], axis=1)
+def _best_k(scores: jnp.ndarray, k: int, ascending: bool) -> jnp.ndarray:
+  """Indices of the k largest scores per row: best first, or worst first (t5x keeps beams
+  best last)."""
+  indices = lax.top_k(scores, k)[1]
+  return jnp.flip(indices, axis=1) if ascending else indices
 
 
+def _beam_setup(inputs, cache, num_decodes, max_decode_len, cache_offset):
+  """What both beam searches check and build first.
+
+  Returns (k, inputs as int32 [batch, length], batch, max_decode_len (default: inputs'
+  length), the cache with each example's rows repeated k times).
+  """
+  k = _positive_int(num_decodes, "num_decodes")
+  inputs = _decoder_inputs(inputs, None)
+  if max_decode_len is None:
+    max_decode_len = inputs.shape[1]
+  max_decode_len = _positive_int(max_decode_len, "max_decode_len")
+  beam_cache = cache_map(
+      functools.partial(
+          flat_batch_beam_expand, beam_size=k, offset=cache_offset
+      ),
+      cache,
+  )
+  return k, inputs, inputs.shape[0], max_decode_len, beam_cache
+
+
+def _beam_candidates(tokens_to_logits, seqs, scores, cache, i, cur_index):
+  """One decoder step for every beam -> the 2k best (beam, token) continuations.
+
+  `seqs` [batch, k, positions] hold the token to feed at `i`; `scores` [batch, k] are
+  summed log-probabilities. Returns (candidate scores [batch, 2k] best first, their
+  parent beams, their tokens, the stepped cache, still in the old beam order).
+  """
+  batch, k = scores.shape
+  flat_seqs = flatten_beam_dim(seqs)
+  logits, cache = _call_tokens_to_logits(
+      tokens_to_logits,
+      DecodingState(
+          cur_index=cur_index,
+          sequences=flat_seqs,
+          cur_token=lax.dynamic_slice_in_dim(flat_seqs, i, 1, axis=1),
+          cache=cache,
+      ),
+  )
+  vocab = logits.shape[-1]
+  log_probs = jax.nn.log_softmax(unflatten_beam_dim(logits, batch, k))
+  log_probs = log_probs + scores[:, :, None]
+  top_scores, top_indices = lax.top_k(
+      log_probs.reshape(batch, k * vocab), 2 * k
+  )
+  return top_scores, top_indices // vocab, top_indices % vocab, cache
+
+
+def _extend(seqs, parents, tokens, i):
+  """The parents' sequences [batch, n, positions] with `tokens` [batch, n] at `i + 1`."""
+  return lax.dynamic_update_slice_in_dim(
+      _gather_beams(seqs, parents), tokens[:, :, None], i + 1, axis=2
+  )
+
+
+def _keep_live(k, scores, seqs, parents, ended, neg_inf, ascending):
+  """The k best candidates that did not end: (scores, sequences, parent beams)."""
+  scores = scores + ended * neg_inf
+  keep = _best_k(scores, k, ascending)
+  return (
+      jnp.take_along_axis(scores, keep, axis=1),
+      _gather_beams(seqs, keep),
+      jnp.take_along_axis(parents, keep, axis=1),
+  )
+
+
+def _merge_finished(finished, candidates, k, ascending):
+  """The k best of a finished list and new candidates, each (scores, seqs, flags)."""
+  scores, seqs, flags = (
+      jnp.concatenate([old, new], axis=1)
+      for old, new in zip(finished, candidates)
+  )
+  keep = _best_k(scores, k, ascending)
+  return (
+      jnp.take_along_axis(scores, keep, axis=1),
+      _gather_beams(seqs, keep),
+      jnp.take_along_axis(flags, keep, axis=1),
+  )
+
+
+def _follow_parents(cache, parents, cache_offset):
+  """The cache rows of the kept beams' parents (rows move only within an example)."""
+  batch, k = parents.shape
+  flat_rows = (jnp.arange(batch)[:, None] * k + parents).reshape(-1)
+  return _reorder_cache(cache, flat_rows, cache_offset)
+
+
+# ------------------------------------------------------------------------------
+# Beam search: t5x's procedure
+# ------------------------------------------------------------------------------
 def _static_initial_index(initial_index) -> int:
   """beam_search's loop index is one scalar: one start position for the whole batch."""
   if _is_tracer(initial_index):
@@ -712,12 +847,9 @@ def beam_search(
     ascending (best last).
   """
   del decode_rng
-  beam_size = _positive_int(num_decodes, "num_decodes")
-  inputs = _decoder_inputs(inputs, None)
-  batch = inputs.shape[0]
-  if max_decode_len is None:
-    max_decode_len = inputs.shape[1]
-  max_decode_len = _positive_int(max_decode_len, "max_decode_len")
+  beam_size, inputs, batch, max_decode_len, beam_cache = _beam_setup(
+      inputs, cache, num_decodes, max_decode_len, cache_offset
+  )
   positions = max_decode_len + 1  # the start token, then max_decode_len outputs
   # Token forced at each position (0: free); padded so the last step can look one ahead.
   forced_tokens = jnp.pad(
@@ -747,12 +879,7 @@ def beam_search(
       live_seqs=live_seqs0,
       finished_seqs=jnp.zeros((batch, beam_size, positions), jnp.int32),
       finished_flags=jnp.zeros((batch, beam_size), jnp.bool_),
-      cache=cache_map(
-          functools.partial(
-              flat_batch_beam_expand, beam_size=beam_size, offset=cache_offset
-          ),
-          cache,
-      ),
+      cache=beam_cache,
   )
 
   def cond_fn(state):
@@ -772,70 +899,56 @@ def beam_search(
 
   def body_fn(state):
     i = state["cur_index"]
-    live_seqs = state["live_seqs"]
-    flat_seqs = flatten_beam_dim(live_seqs)
-    logits, cache = _call_tokens_to_logits(
+    top_log_probs, top_beams, top_ids, cache = _beam_candidates(
         tokens_to_logits,
-        DecodingState(
-            cur_index=i,
-            sequences=flat_seqs,
-            cur_token=lax.dynamic_slice_in_dim(flat_seqs, i, 1, axis=1),
-            cache=state["cache"],
-        ),
+        state["live_seqs"],
+        state["live_logprobs"],
+        state["cache"],
+        i,
+        cur_index=i,
     )
-    vocab = logits.shape[-1]
-    log_probs = jax.nn.log_softmax(unflatten_beam_dim(logits, batch, beam_size))
-    log_probs = log_probs + state["live_logprobs"][:, :, None]
-    candidates = 2 * beam_size
-    top_log_probs, top_indices = lax.top_k(
-        log_probs.reshape(batch, beam_size * vocab), candidates
-    )
-    top_ids = top_indices % vocab
-    top_beams = top_indices // vocab
-
     # Inside the prompt the forced token replaces the candidates: one beam, scored 0.
     forced = lax.dynamic_index_in_dim(
         forced_tokens, i + 1, axis=1, keepdims=True
     )
     in_prompt = forced != 0
-    prompt_log_probs = jnp.full((batch, candidates), neg_inf).at[:, 0].set(0.0)
+    prompt_log_probs = (
+        jnp.full((batch, 2 * beam_size), neg_inf).at[:, 0].set(0.0)
+    )
     top_log_probs = jnp.where(in_prompt, prompt_log_probs, top_log_probs)
     top_ids = jnp.where(in_prompt, forced, top_ids)
-
-    top_seqs = _gather_beams(live_seqs, top_beams)
-    top_seqs = lax.dynamic_update_slice_in_dim(
-        top_seqs, top_ids[:, :, None], i + 1, axis=2
-    )
+    top_seqs = _extend(state["live_seqs"], top_beams, top_ids, i)
     newly_finished = top_ids == eos_id
 
-    # Live: the K best candidates that did not end.
-    alive_log_probs = top_log_probs + newly_finished * neg_inf
-    alive = _top_k_ascending(alive_log_probs, beam_size)
-    parents = jnp.take_along_axis(top_beams, alive, axis=1)
-    flat_parents = (jnp.arange(batch)[:, None] * beam_size + parents).reshape(
-        -1
+    live_logprobs, live_seqs, parents = _keep_live(
+        beam_size,
+        top_log_probs,
+        top_seqs,
+        top_beams,
+        newly_finished,
+        neg_inf,
+        ascending=True,
     )
-    cache = _reorder_cache(cache, flat_parents, cache_offset)
-
-    # Finished: the K best of the old finished list and the candidates that ended.
     new_scores = top_log_probs / brevity_penalty(alpha, i + 1)
     new_scores = new_scores + (~newly_finished) * neg_inf
-    scores = jnp.concatenate([state["finished_scores"], new_scores], axis=1)
-    keep = _top_k_ascending(scores, beam_size)
+    finished_scores, finished_seqs, finished_flags = _merge_finished(
+        (
+            state["finished_scores"],
+            state["finished_seqs"],
+            state["finished_flags"],
+        ),
+        (new_scores, top_seqs, newly_finished),
+        beam_size,
+        ascending=True,
+    )
     return dict(
         cur_index=i + 1,
-        live_logprobs=jnp.take_along_axis(alive_log_probs, alive, axis=1),
-        finished_scores=jnp.take_along_axis(scores, keep, axis=1),
-        live_seqs=_gather_beams(top_seqs, alive),
-        finished_seqs=_gather_beams(
-            jnp.concatenate([state["finished_seqs"], top_seqs], axis=1), keep
-        ),
-        finished_flags=jnp.take_along_axis(
-            jnp.concatenate([state["finished_flags"], newly_finished], axis=1),
-            keep,
-            axis=1,
-        ),
-        cache=cache,
+        live_logprobs=live_logprobs,
+        finished_scores=finished_scores,
+        live_seqs=live_seqs,
+        finished_seqs=finished_seqs,
+        finished_flags=finished_flags,
+        cache=_follow_parents(cache, parents, cache_offset),
     )
 
   final = lax.while_loop(cond_fn, body_fn, state0)
@@ -902,22 +1015,16 @@ def hf_beam_search(
   del decode_rng  # deterministic
   early_stopping = EarlyStopping.parse(early_stopping)
   length_penalty = LengthPenalty.parse(length_penalty)
-  k = _positive_int(num_decodes, "num_decodes")
-  inputs = _decoder_inputs(inputs, None)
+  k, inputs, batch, length, beam_cache = _beam_setup(
+      inputs, cache, num_decodes, max_decode_len, cache_offset
+  )
   if not _is_tracer(inputs) and np.any(np.asarray(inputs)[:, 1:] != 0):
     raise ValueError(
         "hf_beam_search has no decoder prompts (inputs must be zero after position 0); "
         "use beam_search (t5x's procedure) to force a prompt"
     )
-  length = _positive_int(
-      inputs.shape[1] if max_decode_len is None else max_decode_len,
-      "max_decode_len",
-  )
   divisors = _hf_divisor_table(length, alpha, length_penalty)
-  batch = inputs.shape[0]
-  candidates = (
-      2 * k
-  )  # one EOS token: HF keeps (1 + n_eos) * num_beams candidates
+  # One EOS token: HF keeps (1 + n_eos) * num_beams = 2K candidates.
   neg = jnp.float32(_HF_NEG_INF)
 
   start = inputs[:, :1]
@@ -928,7 +1035,7 @@ def hf_beam_search(
   )
   # Only the first beam is live at the start, so the first step does not pick K copies.
   running_scores0 = jnp.zeros((batch, k), jnp.float32).at[:, 1:].set(neg)
-  top_k_mask = jnp.arange(candidates) < k
+  top_k_mask = jnp.arange(2 * k) < k
   stop_when_full = early_stopping is EarlyStopping.WHEN_FULL
 
   state0 = dict(
@@ -940,48 +1047,25 @@ def hf_beam_search(
       finished_flags=jnp.zeros((batch, k), bool),
       improvable=jnp.ones((batch,), bool),
       done=jnp.array(False),
-      cache=cache_map(
-          functools.partial(
-              flat_batch_beam_expand, beam_size=k, offset=cache_offset
-          ),
-          cache,
-      ),
+      cache=beam_cache,
   )
 
   def body(s):
     i = s["i"]
-    flat_seqs = flatten_beam_dim(s["running_seqs"])
-    logits, cache = _call_tokens_to_logits(
+    top_scores, top_beam, top_token, cache = _beam_candidates(
         tokens_to_logits,
-        DecodingState(
-            cur_index=jnp.full((batch * k,), i, jnp.int32),
-            sequences=flat_seqs,
-            cur_token=lax.dynamic_slice_in_dim(flat_seqs, i, 1, axis=1),
-            cache=s["cache"],
-        ),
+        s["running_seqs"],
+        s["running_scores"],
+        s["cache"],
+        i,
+        cur_index=jnp.full((batch * k,), i, jnp.int32),
     )
-    vocab = logits.shape[-1]
-    log_probs = unflatten_beam_dim(jax.nn.log_softmax(logits), batch, k)
-    log_probs = (log_probs + s["running_scores"][:, :, None]).reshape(
-        batch, k * vocab
-    )
-    top_scores, top_idx = lax.top_k(log_probs, candidates)
-    top_beam = top_idx // vocab
-    top_token = (top_idx % vocab).astype(jnp.int32)
-    top_seqs = lax.dynamic_update_slice_in_dim(
-        _gather_beams(s["running_seqs"], top_beam),
-        top_token[:, :, None],
-        i + 1,
-        axis=2,
-    )
+    top_seqs = _extend(s["running_seqs"], top_beam, top_token, i)
     ends = (top_token == eos_id) | (i + 1 >= length)
 
-    # K best continuations that did not end keep running.
-    run_scores, run_idx = lax.top_k(
-        top_scores + ends.astype(jnp.float32) * neg, k
+    run_scores, running_seqs, parent = _keep_live(
+        k, top_scores, top_seqs, top_beam, ends, neg, ascending=False
     )
-    running_seqs = _gather_beams(top_seqs, run_idx)
-    parent = jnp.take_along_axis(top_beam, run_idx, axis=1)
 
     # Offer the ended ones among the first K to the finished list.
     just_finished = ends & top_k_mask[None, :]
@@ -990,19 +1074,12 @@ def hf_beam_search(
     cand = cand + full.astype(jnp.float32) * neg
     cand = cand + (~s["improvable"])[:, None].astype(jnp.float32) * neg
     cand = cand + (~just_finished).astype(jnp.float32) * neg
-    merged_scores = jnp.concatenate([s["finished_scores"], cand], axis=1)
-    finished_scores, keep = lax.top_k(merged_scores, k)
-    finished_seqs = _gather_beams(
-        jnp.concatenate([s["finished_seqs"], top_seqs], axis=1), keep
+    finished_scores, finished_seqs, finished_flags = _merge_finished(
+        (s["finished_scores"], s["finished_seqs"], s["finished_flags"]),
+        (cand, top_seqs, just_finished),
+        k,
+        ascending=False,
     )
-    finished_flags = jnp.take_along_axis(
-        jnp.concatenate([s["finished_flags"], just_finished], axis=1),
-        keep,
-        axis=1,
-    )
-
-    flat_parent = (jnp.arange(batch)[:, None] * k + parent).reshape(-1)
-    cache = _reorder_cache(cache, flat_parent, cache_offset)
 
     i = i + 1
     if early_stopping is EarlyStopping.NEVER:
@@ -1030,9 +1107,112 @@ def hf_beam_search(
         finished_flags=finished_flags,
         improvable=improvable,
         done=done,
-        cache=cache,
+        cache=_follow_parents(cache, parent, cache_offset),
     )
 
   final = lax.while_loop(lambda s: ~s["done"], body, state0)
   # Finished lists are sorted best first; return best last.
   return final["finished_seqs"][:, ::-1, 1:], final["finished_scores"][:, ::-1]
+
+
+# ------------------------------------------------------------------------------
+# Decoding methods: the names commands, the server and gin choose from
+# ------------------------------------------------------------------------------
+# The `infer.DecodeConfig` settings a method may read; each must be at its default (off)
+# under a method that does not read it.
+SETTINGS = ("num_beams", "alpha", "temperature", "top_k", "top_p")
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodingMethod:
+  """A decoding function under a name, with the `infer.DecodeConfig` settings it reads.
+
+  Attributes:
+    name: what `--decode_fn`, a server request's `decode_fn` and
+      `infer.DecodeConfig.decode_fn` call it.
+    fn: a function with t5x's decoding interface (`inputs, cache, tokens_to_logits,
+      eos_id, ..., num_decodes=...`; see the module doc).
+    settings: `DecodeConfig` setting -> the keyword `fn` takes it as (e.g. `num_beams`
+      -> `num_decodes`). A setting left at None is not passed: the function's default
+      (or its gin binding) applies.
+    uses_rng: the method draws: it gets `decode_rng` (from `DecodeConfig.seed`).
+  """
+
+  name: str
+  fn: Callable
+  settings: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  uses_rng: bool = False
+
+  def configured_fn(self) -> Callable:
+    """`fn` with its gin bindings (e.g. `decoding.hf_beam_search.early_stopping`), if any."""
+    try:
+      return gin.get_configurable(self.fn)
+    except ValueError:  # not known to gin
+      return self.fn
+
+
+METHODS: Dict[str, DecodingMethod] = {}
+
+
+def register_method(
+    name: str,
+    fn: Callable,
+    *,
+    settings: Optional[Mapping[str, str]] = None,
+    uses_rng: bool = False,
+) -> DecodingMethod:
+  """Makes `fn` a decoding method called `name` (one line per method: docs/decoding.md).
+
+  `settings` maps the `infer.DecodeConfig` settings it reads (`SETTINGS`) to its keyword
+  arguments; `uses_rng` if it samples. Registering the same function again is a no-op.
+  """
+  settings = dict(settings or {})
+  unknown = sorted(set(settings) - set(SETTINGS))
+  if unknown:
+    raise ValueError(
+        f"register_method({name!r}): unknown settings {unknown}; the settings are "
+        f"{', '.join(SETTINGS)}"
+    )
+  method = DecodingMethod(name, fn, settings, uses_rng)
+  existing = METHODS.get(name)
+  if existing is not None and existing != method:
+    raise ValueError(
+        f"decoding method {name!r} is already registered "
+        f"({existing.fn.__module__}.{existing.fn.__qualname__})"
+    )
+  METHODS[name] = method
+  return method
+
+
+def get_method(name_or_fn: Union[str, Callable]) -> DecodingMethod:
+  """The registered method of a name or of a function (gin's `@decoding.beam_search` too)."""
+  if isinstance(name_or_fn, str):
+    if name_or_fn in METHODS:
+      return METHODS[name_or_fn]
+    raise ValueError(
+        f"decode_fn {name_or_fn!r} is not a registered decoding method; known: "
+        f"{', '.join(sorted(METHODS))} (tkx.decoding.register_method adds one)"
+    )
+  fn = inspect.unwrap(name_or_fn)  # gin's configurable wrappers
+  for method in METHODS.values():
+    if method.fn is fn:
+      return method
+  raise ValueError(
+      f"decode_fn {getattr(fn, '__qualname__', fn)!r} is not a registered decoding "
+      "method; register it with tkx.decoding.register_method(name, fn, settings=...)"
+  )
+
+
+_BEAM_SETTINGS = {"num_beams": "num_decodes", "alpha": "alpha"}
+register_method("greedy", greedy)
+register_method(
+    "temperature_sample",
+    temperature_sample,
+    settings={"temperature": "temperature", "top_k": "topk", "top_p": "topp"},
+    uses_rng=True,
+)
+register_method("beam_search", beam_search, settings=_BEAM_SETTINGS)
+register_method("hf_beam_search", hf_beam_search, settings=_BEAM_SETTINGS)
+# Gin files name them t5x's way: `infer.DecodeConfig.decode_fn = @decoding.beam_search`.
+for _method in list(METHODS.values()):
+  gin.external_configurable(_method.fn, module="decoding")

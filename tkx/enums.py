@@ -3,6 +3,8 @@
 import enum
 from typing import Type, TypeVar
 
+from tkx import errors
+
 E = TypeVar("E", bound=enum.Enum)
 
 
@@ -13,6 +15,6 @@ def parse_enum(cls: Type[E], value, what: str) -> E:
   try:
     return cls(value)
   except ValueError:
-    raise ValueError(
+    raise errors.ConfigError(
         f"{what} must be one of {[m.value for m in cls]}, got {value!r}"
     ) from None

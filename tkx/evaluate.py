@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import gin
 import numpy as np
 
-from tkx import infer, io_utils, jsonl, multihost, storage
+from tkx import errors, infer, io_utils, jsonl, multihost, storage
 from tkx.checkpoints import directory, layout
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ def run_evaluation(
     )
   splits = {task.splits[0] for task in subtasks}
   if len(splits) != 1:
-    raise ValueError(
+    raise errors.ConfigError(
         f"{mixture_or_task_name}: its tasks have different splits {sorted(splits)}"
     )
   split = splits.pop()
@@ -93,7 +93,7 @@ def run_evaluation(
   )
   eval_tasks = list(evaluator.eval_tasks)
   if not eval_tasks:
-    raise ValueError(
+    raise errors.ConfigError(
         f"{mixture_or_task_name}: no task with split {split!r} and metric functions to evaluate"
     )
 
@@ -240,18 +240,21 @@ class SharedCheckpoint:
 
   The first call loads the checkpoint (and makes the partitioner); later calls reuse
   both, so each call's `Predictor` finds the parameters already on the devices and,
-  having the same model, partitioner and decoding settings, the same jitted function
-  with its compiled programs. Each call still draws from its own decoding seed, so a
-  sweep gives what separate evaluations give. Another checkpoint is an error, not a reload.
+  from `predict_fns` (owned here), the jitted function of its decoding settings with its
+  compiled programs. Each call still draws from its own decoding seed, so a sweep gives
+  what separate evaluations give. Another checkpoint is an error, not a reload.
   """
 
   def __init__(self):
     self._key = None
     self._partitioner_and_loaded = None
+    self.predict_fns: Optional[infer.PredictFns] = None
 
   def get(self, key, load):
     if self._key is None:
       self._partitioner_and_loaded = load()
+      partitioner, loaded = self._partitioner_and_loaded
+      self.predict_fns = infer.PredictFns(loaded.model, partitioner)
       self._key = key
     elif key != self._key:
       raise ValueError(
@@ -264,32 +267,47 @@ class SharedCheckpoint:
 def evaluate(
     *,
     checkpoint_path: str,
-    output_dir: str,
+    output_dir: Optional[str] = None,
     ni_dir: Optional[str] = None,
     track: str = "default",
     split: str = "test",
     encoding: str = "def_pos2",
     mixture_or_task_name: Optional[str] = None,
-    batch_size: int = 8,
+    batch_size: Optional[int] = None,
     decode_config: Optional["infer.DecodeConfig"] = None,
     partitioner=None,
     input_buckets: Sequence[int] = infer.DEFAULT_INPUT_BUCKETS,
-    max_input_length: int = 1024,
+    max_input_length: int = infer.DEFAULT_MAX_INPUT_LENGTH,
     max_target_length: int = 128,
     max_num_instances_per_task: Optional[int] = None,
     vocab_path: Optional[str] = None,
     progress: bool = True,
     shared_checkpoint: Optional[SharedCheckpoint] = None,
+    in_encodings_sweep: bool = False,
 ) -> Dict[str, Any]:
   """Evaluates a tkx checkpoint on an NI test mixture (`tkx eval`).
 
   Registers the checkout's `<track>/<split>` tasks for `encoding` with the
-  checkpoint's vocabulary (or uses `mixture_or_task_name` as registered), then
+  checkpoint's vocabulary (or `mixture_or_task_name`, an NI name registered as
+  `tkx infer` registers it, or any registered SeqIO name), then
   `run_evaluation`. Returns the results dict (also in output_dir/metrics.json).
-  Calls given one `shared_checkpoint` load the checkpoint once between them.
+  `output_dir` defaults to `<checkpoint>/eval_<track>_<split>_<encoding>`
+  (`eval_<mixture>` for a mixture). Calls given one `shared_checkpoint` load the
+  checkpoint once between them; `in_encodings_sweep` (`tkx eval --encodings`)
+  writes `<output_dir>/<encoding>/`, output_dir by default
+  `<checkpoint>/eval_<track>_<split>_encodings`.
   """
   from tkx import partitioning
+  from tkx.data import pipeline
   from tkx.data import tasks as tasks_lib
+
+  if output_dir is None:
+    name = mixture_or_task_name or "_".join(
+        [track, split, "encodings" if in_encodings_sweep else encoding]
+    )
+    output_dir = storage.join(layout.root_of(checkpoint_path), f"eval_{name}")
+  if in_encodings_sweep:
+    output_dir = storage.join(output_dir, encoding)
 
   if (
       mixture_or_task_name is not None
@@ -297,7 +315,7 @@ def evaluate(
   ):
     # A registered mixture has its instance selection fixed; silently ignoring the cap would
     # score other instances than the user asked for.
-    raise ValueError(
+    raise errors.ConfigError(
         "max_num_instances_per_task applies when tkx eval registers the split itself "
         "(--ni_dir/--track/--split/--encoding); it cannot change the registered mixture "
         f"{mixture_or_task_name!r}"
@@ -332,13 +350,23 @@ def evaluate(
         else None,
     )
     mixture_or_task_name = tasks_lib.mixture_name(track, split, encoding)
-  predictor = infer.Predictor(
+  else:
+    pipeline.register_ni_for(
+        mixture_or_task_name,
+        ni_dir,
+        loaded.vocabulary,
+        max_input_length,
+        must_exist=False,  # run_evaluation names the close matches
+    )
+  predictor = infer.make_predictor(
       loaded.model,
       loaded.params,
       partitioner=partitioner,
       batch_size=batch_size,
-      decode_config=decode_config or infer.DecodeConfig(),
-      input_buckets=infer.buckets_up_to(max_input_length, input_buckets),
+      decode_config=decode_config,
+      max_input_length=max_input_length,
+      input_buckets=input_buckets,
+      predict_fns=shared_checkpoint and shared_checkpoint.predict_fns,
   )
   settings = {
       "checkpoint": storage.abspath(checkpoint_path),
@@ -369,31 +397,35 @@ def generation_eval(
     step: int,
     model_dir: str,
     mixture_or_task_name: str = gin.REQUIRED,
-    batch_size: int = 8,
+    batch_size: Optional[int] = None,
     decode_config: Optional["infer.DecodeConfig"] = None,
     partitioner=None,
     input_buckets: Sequence[int] = infer.DEFAULT_INPUT_BUCKETS,
-    max_input_length: int = 1024,
+    max_input_length: int = infer.DEFAULT_MAX_INPUT_LENGTH,
     max_target_length: int = 128,
+    predict_fns: Optional["infer.PredictFns"] = None,
 ) -> Dict[str, float]:
   """An `EvaluationConfig.generation_eval_fn` hook of training: decode + NI metrics on the current params.
 
   Writes `<model_dir>/generation_eval/step_<step>/` (predictions, metrics.json,
-  summaries) and returns {"generation/<metric>": overall value}. In gin:
+  summaries) and returns {"generation/<metric>": overall value}. A caller that
+  evaluates every N steps passes the `infer.PredictFns` it owns (of this model and
+  partitioner), so each evaluation reuses the compiled decoding programs. In gin:
     train_configs.EvaluationConfig.generation_eval_fn = @evaluate.generation_eval
     evaluate.generation_eval.mixture_or_task_name = 'ni_default_test_def_pos2'
   """
   from tkx import partitioning
   from tkx.metrics import ni_metrics
 
-  partitioner = partitioner or partitioning.Partitioner()  # gin bindings apply
-  predictor = infer.Predictor(
+  predictor = infer.make_predictor(
       model,
       params,
-      partitioner=partitioner,
+      partitioner=partitioner or partitioning.Partitioner(),  # gin applies
       batch_size=batch_size,
-      decode_config=decode_config or infer.DecodeConfig(),
-      input_buckets=infer.buckets_up_to(max_input_length, input_buckets),
+      decode_config=decode_config,
+      max_input_length=max_input_length,
+      input_buckets=input_buckets,
+      predict_fns=predict_fns,
   )
   output_dir = storage.join(model_dir, "generation_eval", f"step_{step}")
   results = run_evaluation(

@@ -21,7 +21,7 @@ from typing import Iterator, Sequence
 
 import gin
 
-from tkx import io_utils, storage
+from tkx import errors, io_utils, storage
 
 # Gin files on remote storage (gs://...) parse like local ones, includes too. (The
 # accelerator bench's gin stand-in, bench/accel_common.py, parses no files and has no
@@ -33,7 +33,7 @@ if hasattr(gin, "config"):
   )
 
 
-class GinConfigError(ValueError):
+class GinConfigError(errors.ConfigError):
   """A gin file or binding that cannot be parsed; the message names it and says how to fix it."""
 
 
@@ -211,8 +211,17 @@ def get_model_from_gin(
     *,
     clear: bool = True,
 ):
-  """Parses model gin files and builds `models.EncoderDecoderModel()` (loads the vocabulary VOCABULARY names)."""
-  from tkx.models import models
+  """Parses model gin files and builds their `MODEL` (loads the vocabulary VOCABULARY names)."""
+  from tkx.models import models  # noqa: F401  (registers models.* and network.*)
 
   parse(gin_files, bindings, clear=clear)
-  return models.EncoderDecoderModel()
+  if query("%MODEL") is None:
+    raise GinConfigError(
+        f"gin files {list(gin_files)} bind no MODEL (e.g. MODEL = @models.EncoderDecoderModel())"
+    )
+  return model_from_gin()
+
+
+def model_from_gin():
+  """The model the parsed config's `MODEL` macro builds, evaluated as a `%MODEL` reference is (t5x's entry macro)."""
+  return gin.get_configurable(f"MODEL/{_MACRO_SELECTOR}")()

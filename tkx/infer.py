@@ -14,13 +14,20 @@ split over "data". On several hosts every host builds the same global batch and
 feeds the rows its devices hold; the outputs are gathered on every host.
 
 Layers here:
-- `DecodeConfig`: greedy / beam search / sampling settings -> `tkx.decoding` fn + kwargs.
+- `DecodeConfig`: the decoding method (a `tkx.decoding.METHODS` name) and its settings ->
+  the function + its keyword arguments; `with_settings` maps flags / requests onto it.
+- `PredictFns`: the jitted decoding functions of one model and mesh, owned by whoever
+  decodes repeatedly (state with a lifetime, not a module cache).
 - `Predictor`: token ids in, token ids out (bucketing, padding, progress).
+- `make_predictor` (gin `infer.make_predictor`): the Predictor of the commands and evaluations;
+  the input budget and batch size default here (`DEFAULT_MAX_INPUT_LENGTH`, `default_batch_size`).
 - `predict_mixture` / `predict_input_file`: `tkx infer`'s two modes.
 """
 
+import collections
 import dataclasses
 import logging
+import threading
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import gin
@@ -28,14 +35,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tkx import io_utils, jsonl, multihost
-from tkx.checkpoints import directory
+from tkx import decoding, errors, io_utils, jsonl, multihost
 from tkx.data import names as names_lib
+from tkx.models import base as models_base
 
 log = logging.getLogger(__name__)
 
 # Input lengths are rounded up to one of these (the encoding budget is 1024).
 DEFAULT_INPUT_BUCKETS = (128, 256, 384, 512, 768, 1024)
+# The input token budget (EOS included) of every command and evaluation: Tk-Instruct's.
+DEFAULT_MAX_INPUT_LENGTH = 1024
+# Global decode batch rows, raised to one row per data-parallel device where there are more.
+DEFAULT_BATCH_SIZE = 8
 # Tk-Instruct's evaluation calls transformers 4.18 `generate(max_length=128)`, which for
 # an encoder-decoder counts the decoder start token: at most 127 new tokens (EOS included).
 TK_INSTRUCT_MAX_DECODE_LENGTH = 127
@@ -51,18 +62,20 @@ EOS_ID = 1
 @gin.configurable(module="infer")
 @dataclasses.dataclass(frozen=True)
 class DecodeConfig:
-  """How to decode: greedy (default), beam search (`num_beams` > 1) or sampling (`temperature` > 0).
+  """How to decode: a registered decoding method (`decode_fn`) and its settings.
 
-  Beam search runs `beam_procedure`: Hugging Face's (default, so `tkx infer/eval/generate
-  --num_beams` reproduce HF `generate(num_beams=K, length_penalty=alpha,
-  early_stopping=True)` and the released Tk-Instruct evaluation) or t5x's
-  (`tkx.decoding.beam_search`); `alpha` is that procedure's length penalty (None: HF's
-  1.0, t5x's 0.6). Sampling draws from the softmax at `temperature`, optionally
-  restricted to the `top_k` most likely tokens or (not both, as t5x) to the top-p
-  nucleus; 0 turns either filter off (`tkx.decoding.TOPK_OFF` / `TOPP_OFF`); `seed`
-  makes it reproducible.
+  `decode_fn` names the method explicitly (`tkx.decoding.METHODS`: 'greedy' (default),
+  'hf_beam_search', 'beam_search', 'temperature_sample', or one a user registered); gin
+  may give the function itself, t5x's way (`infer.DecodeConfig.decode_fn =
+  @decoding.beam_search`); it is kept as its name. Each method reads the settings it
+  registered: beam searches `num_beams` and `alpha` (their length penalty; None: the
+  function's default, Hugging Face's 1.0 or t5x's 0.6), sampling `temperature`, `top_k`
+  and `top_p` (0 turns a filter off; not both, as t5x). A setting the method does not read
+  must keep its default, so none is silently ignored. `seed` makes sampling reproducible.
+  Command flags and server requests choose the method from their settings: `with_settings`.
   """
 
+  decode_fn: Any = "greedy"
   num_beams: int = 1
   alpha: Optional[float] = None
   temperature: float = 0.0
@@ -70,76 +83,138 @@ class DecodeConfig:
   top_p: float = 0.0
   max_decode_length: int = DEFAULT_MAX_DECODE_LENGTH
   seed: int = 0
-  beam_procedure: Any = "hf"
 
   def __post_init__(self):
-    from tkx import decoding
-
-    # The one place the procedure's name is read.
-    object.__setattr__(
-        self,
-        "beam_procedure",
-        decoding.BeamProcedure.parse(self.beam_procedure),
-    )
+    method = decoding.get_method(self.decode_fn)
+    object.__setattr__(self, "decode_fn", method.name)  # one spelling
     if self.num_beams < 1:
-      raise ValueError(f"num_beams must be >= 1, got {self.num_beams}")
+      raise errors.ConfigError(f"num_beams must be >= 1, got {self.num_beams}")
     if self.temperature < 0:
-      raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-    if self.num_beams > 1 and self.temperature > 0:
-      raise ValueError(
-          "choose beam search (num_beams > 1) or sampling (temperature > 0), not both"
+      raise errors.ConfigError(
+          f"temperature must be >= 0, got {self.temperature}"
       )
     if self.top_k < 0:
-      raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+      raise errors.ConfigError(
+          f"top_k must be >= 0 (0 = off), got {self.top_k}"
+      )
     if not 0.0 <= self.top_p <= 1.0:
-      raise ValueError(f"top_p must be in [0, 1] (0 = off), got {self.top_p}")
+      raise errors.ConfigError(
+          f"top_p must be in [0, 1] (0 = off), got {self.top_p}"
+      )
     if self.top_k and self.top_p:
-      raise ValueError(
+      raise errors.ConfigError(
           f"set top_k or top_p, not both (got top_k={self.top_k}, top_p={self.top_p}); "
           "t5x's sampling applies one filter"
       )
-    if (self.top_k or self.top_p) and self.temperature == 0:
-      raise ValueError(
-          "top_k / top_p only apply to sampling; set temperature > 0"
-      )
-    if self.alpha is not None and self.num_beams == 1:
-      raise ValueError(
-          "alpha is the beam search length penalty; set num_beams > 1"
-      )
     if self.max_decode_length < 1:
-      raise ValueError(
+      raise errors.ConfigError(
           f"max_decode_length must be >= 1, got {self.max_decode_length}"
       )
+    for setting, off in _OFF_SETTINGS.items():
+      value = getattr(self, setting)
+      if value != off and setting not in method.settings:
+        readers = [
+            m.name for m in decoding.METHODS.values() if setting in m.settings
+        ]
+        raise errors.ConfigError(
+            f"{setting}={value!r} does not apply to decode_fn={method.name!r}, which "
+            f"reads {', '.join(method.settings) or 'no settings'}; {setting} is read "
+            f"by {', '.join(readers) or 'no registered method'}"
+        )
 
   @property
-  def method(self) -> str:
-    if self.num_beams > 1:
-      return "beam_search"
-    return "sample" if self.temperature > 0 else "greedy"
+  def decoding_method(self):
+    """The registered `tkx.decoding.DecodingMethod`."""
+    return decoding.get_method(self.decode_fn)
 
   @property
   def uses_rng(self) -> bool:
-    return self.method == "sample"
+    return self.decoding_method.uses_rng
 
   def decode_fn_and_kwargs(self) -> Tuple[Callable, Dict[str, Any]]:
-    """The `tkx.decoding` function and its keyword arguments (without `decode_rng`)."""
-    from tkx import decoding
+    """The decoding function (with its gin bindings) and the settings it reads, as its
+    keyword arguments (without `decode_rng`)."""
+    method = self.decoding_method
+    kwargs = {
+        keyword: getattr(self, setting)
+        for setting, keyword in method.settings.items()
+        if getattr(self, setting) is not None
+    }
+    return method.configured_fn(), kwargs
 
-    if self.method == "beam_search":
-      alpha = self.alpha
-      if alpha is None:
-        alpha = self.beam_procedure.default_alpha
-      return self.beam_procedure.decode_fn, {
-          "num_decodes": self.num_beams,
-          "alpha": alpha,
-      }
-    if self.method == "sample":
-      return decoding.temperature_sample, {
-          "temperature": self.temperature,
-          "topk": self.top_k,
-          "topp": self.top_p,
-      }
-    return decoding.greedy, {}
+  def with_settings(self, **settings) -> "DecodeConfig":
+    """This config with `settings` (command flags, a server request) applied, the method
+    chosen as those flags mean it.
+
+    `decode_fn` given: that method. Otherwise, when `num_beams`, `temperature` or
+    `beam_procedure` ('hf' | 't5x', a flag only) is given: beam search for num_beams > 1
+    (this config's method if it reads num_beams, else `beam_procedure`'s, Hugging Face's by
+    default), sampling for temperature > 0 (this config's method if it reads temperature,
+    else temperature_sample), else greedy (unless this config's method reads neither).
+    Otherwise this config's method.
+    """
+    settings = dict(settings)
+    procedure = settings.pop("beam_procedure", None)
+    if procedure is not None:
+      procedure = decoding.BeamProcedure.parse(procedure)
+    chooses = procedure is not None or {"num_beams", "temperature"} & set(
+        settings
+    )
+    if "decode_fn" not in settings and chooses:
+      settings["decode_fn"] = self._method_for(
+          settings.get("num_beams", self.num_beams),
+          settings.get("temperature", self.temperature),
+          procedure,
+      )
+    return dataclasses.replace(self, **settings)
+
+  def _method_for(self, num_beams, temperature, procedure) -> str:
+    reads = set(self.decoding_method.settings)
+    beams, samples = num_beams > 1, temperature > 0
+    if beams and samples and not {"num_beams", "temperature"} <= reads:
+      raise errors.ConfigError(
+          "choose beam search (num_beams > 1) or sampling (temperature > 0), not both"
+      )
+    if beams and procedure is not None:
+      return decoding.get_method(procedure.decode_fn).name
+    if beams:
+      return self.decode_fn if "num_beams" in reads else "hf_beam_search"
+    if samples:
+      return self.decode_fn if "temperature" in reads else "temperature_sample"
+    return "greedy" if reads & {"num_beams", "temperature"} else self.decode_fn
+
+
+@gin.configurable(module="infer")
+def decode_flags(
+    decode_fn=None,
+    num_beams=None,
+    alpha=None,
+    temperature=None,
+    top_k=None,
+    top_p=None,
+    max_decode_length=None,
+    seed=None,
+    beam_procedure=None,
+) -> Dict[str, Any]:
+  """The decoding flags given on a command line (`tkx.cli.flag_bindings` binds them here)."""
+  return {name: value for name, value in locals().items() if value is not None}
+
+
+def run_decode_config(
+    decode_config: Optional[DecodeConfig] = None,
+) -> DecodeConfig:
+  """A run's decoding: `decode_config` (default: gin's `DecodeConfig`) with the command's
+  decoding flags applied as they choose the method (`DecodeConfig.with_settings`).
+  """
+  return (decode_config or DecodeConfig()).with_settings(**decode_flags())
+
+
+# Each setting's default: its value when the method does not read it.
+_OFF_SETTINGS = {
+    field.name: field.default
+    for field in dataclasses.fields(DecodeConfig)
+    if field.name in decoding.SETTINGS
+}
 
 
 # ----------------------------------------------------------------------------- bucketing
@@ -152,6 +227,11 @@ def bucket_length(length: int, buckets: Sequence[int]) -> int:
       f"an input of {length} tokens is longer than the largest length bucket "
       f"{max(buckets)}; cut inputs to the budget first"
   )
+
+
+def default_batch_size(partitioner) -> int:
+  """The decode batch when none is given: `DEFAULT_BATCH_SIZE`, at least one row per data-parallel device."""
+  return max(DEFAULT_BATCH_SIZE, partitioner.data_axis_size)
 
 
 def buckets_up_to(
@@ -276,20 +356,109 @@ def cut_to_budget(
 
 
 # ----------------------------------------------------------------------------- predictor
-_PREDICT_FN_CACHE: Dict[tuple, Any] = {}
+def _build_predict_fn(model, partitioner, param_shardings, decode_config):
+  """The jitted `(params, encoder ids, rng) -> best decode ids` for one decoding setting."""
+  decode_fn, decode_kwargs = decode_config.decode_fn_and_kwargs()
+  max_decode_length = decode_config.max_decode_length
+  uses_rng = decode_config.uses_rng
+
+  def predict(params, encoder_input_tokens, rng):
+    batch = {
+        "encoder_input_tokens": encoder_input_tokens,
+        # Only its shape matters to decoding (t5x convention).
+        "decoder_input_tokens": jnp.zeros(
+            (encoder_input_tokens.shape[0], max_decode_length), jnp.int32
+        ),
+    }
+    kwargs = dict(decode_kwargs)
+    if uses_rng:
+      kwargs["decode_rng"] = rng
+    out = model.predict_batch(
+        params,
+        batch,
+        decode_fn=decode_fn,
+        max_decode_length=max_decode_length,
+        **kwargs,
+    )
+    out = out[0] if isinstance(out, tuple) else out
+    # The best decode when several come back.
+    return out[:, -1, :] if out.ndim == 3 else out
+
+  return partitioner.partition(
+      predict,
+      in_shardings=(
+          param_shardings,
+          partitioner.data_sharding,
+          partitioner.replicated,
+      ),
+      out_shardings=partitioner.data_sharding,
+  )
+
+
+class PredictFns:
+  """The jitted decoding functions of one model on one mesh, one per decoding setting.
+
+  Each function keeps its compiled programs (one per batch shape), so whoever decodes
+  the same model repeatedly owns one `PredictFns` and hands it to each `Predictor`:
+  `tkx eval --encodings` (`evaluate.SharedCheckpoint`), the server (`tkx.serve`), an
+  evaluation every N training steps (`evaluate.generation_eval(predict_fns=...)`). The
+  functions live as long as their owner. Settings that differ only in `seed` share one
+  function (the seed is an argument). The `max_entries` settings used last are kept.
+
+  Args:
+    model: the model decoded (has `predict_batch`).
+    partitioner: the mesh and rules it runs under.
+    param_shardings: shardings of its parameters (default: from the logical axes).
+    max_entries: how many decoding settings keep their function.
+  """
+
+  def __init__(
+      self, model, partitioner, param_shardings=None, max_entries: int = 16
+  ):
+    self.model = model
+    self.partitioner = partitioner
+    if param_shardings is None:
+      param_shardings = models_base.param_shardings(model, partitioner)
+    self.param_shardings = param_shardings
+    self.max_entries = max_entries
+    self._fns: "collections.OrderedDict" = collections.OrderedDict()
+    self._lock = (
+        threading.Lock()
+    )  # the server builds Predictors from two threads
+
+  def get(self, decode_config: DecodeConfig) -> Callable:
+    """The function for these settings (built on first use)."""
+    key = dataclasses.replace(decode_config, seed=0)
+    with self._lock:
+      fn = self._fns.pop(key, None)
+      if fn is None:
+        fn = _build_predict_fn(
+            self.model, self.partitioner, self.param_shardings, key
+        )
+      self._fns[key] = fn
+      while len(self._fns) > self.max_entries:
+        self._fns.popitem(last=False)
+    return fn
+
+  def __len__(self) -> int:
+    return len(self._fns)
 
 
 class Predictor:
   """Decodes lists of token ids in length-bucketed, fixed-shape batches.
 
   Args:
-    model: an `EncoderDecoderModel` (has `predict_batch`).
+    model: a `tkx.models.base.BaseModel` (e.g. `models.EncoderDecoderModel`).
     params: its parameters (placed by the partitioner when not yet sharded).
     partitioner: a `tkx.partitioning.Partitioner` (default: one model partition).
-    batch_size: global batch size; a multiple of the data axis size.
+    batch_size: global batch size; a multiple of the data axis size (default
+      `default_batch_size(partitioner)`).
     decode_config: a `DecodeConfig`.
     input_buckets: allowed encoder lengths.
-    param_shardings: shardings of `params` (default: from the model's logical axes).
+    param_shardings: shardings of `params` (default: `predict_fns`', else from the
+      model's logical axes).
+    predict_fns: the `PredictFns` of this model and partitioner to take the jitted
+      function from (default: a new one, owned by this Predictor).
   """
 
   def __init__(
@@ -298,13 +467,23 @@ class Predictor:
       params,
       *,
       partitioner=None,
-      batch_size: int = 8,
+      batch_size: Optional[int] = None,
       decode_config: Optional[DecodeConfig] = None,
       input_buckets: Sequence[int] = DEFAULT_INPUT_BUCKETS,
       param_shardings=None,
+      predict_fns: Optional[PredictFns] = None,
   ):
     from tkx import partitioning
 
+    if predict_fns is not None:
+      if predict_fns.model is not model or (
+          partitioner is not None and predict_fns.partitioner is not partitioner
+      ):
+        raise ValueError(
+            "predict_fns belong to another model or partitioner than the Predictor's"
+        )
+      partitioner = predict_fns.partitioner
+      param_shardings = param_shardings or predict_fns.param_shardings
     self.model = model
     self.partitioner = (
         partitioner or partitioning.Partitioner()
@@ -312,79 +491,31 @@ class Predictor:
     self.decode_config = decode_config or DecodeConfig()
     self.input_buckets = tuple(sorted(set(int(b) for b in input_buckets)))
     if not self.input_buckets or self.input_buckets[0] < 1:
-      raise ValueError(
+      raise errors.ConfigError(
           f"input_buckets must be positive lengths, got {input_buckets}"
       )
     data_size = self.partitioner.data_axis_size
+    if batch_size is None:
+      batch_size = default_batch_size(self.partitioner)
     if batch_size < 1 or batch_size % data_size:
-      raise ValueError(
+      raise errors.ConfigError(
           f"batch_size {batch_size} must be a positive multiple of the data axis size "
           f"{data_size} (the batch is split over the 'data' mesh axis)"
       )
     self.batch_size = batch_size
-    vocab = getattr(model, "output_vocabulary", None)
-    self.eos_id = (
-        getattr(vocab, "eos_id", EOS_ID) if vocab is not None else EOS_ID
-    )
-    self.pad_id = (
-        getattr(vocab, "pad_id", PAD_ID) if vocab is not None else PAD_ID
-    )
-    if param_shardings is None:
-      param_shardings = directory.param_shardings_for(model, self.partitioner)
-    self.param_shardings = param_shardings
-    self.params = jax.device_put(params, param_shardings)
+    vocab = model.output_vocabulary  # a tkx.models.base.BaseModel
+    self.eos_id = model.eos_id
+    self.pad_id = vocab.pad_id if vocab is not None else PAD_ID
+    if predict_fns is None:
+      predict_fns = PredictFns(model, self.partitioner, param_shardings)
+    self.param_shardings = predict_fns.param_shardings
+    self.params = jax.device_put(params, self.param_shardings)
     # Shapes decoded so far: each is one compiled program.
     self.compiled_shapes = set()
     self._rng = jax.random.PRNGKey(self.decode_config.seed)
     self._num_batches = 0
     self.last_plan_stats: Optional[PlanStats] = None
-    # Predictors of the same model, settings and mesh (e.g. an eval every N training
-    # steps) share one jitted function, hence its compiled programs.
-    key = (
-        model,
-        dataclasses.replace(self.decode_config, seed=0),
-        self.partitioner,
-    )
-    if key not in _PREDICT_FN_CACHE:
-      if len(_PREDICT_FN_CACHE) >= 8:
-        _PREDICT_FN_CACHE.pop(next(iter(_PREDICT_FN_CACHE)))
-      _PREDICT_FN_CACHE[key] = self._build_predict_fn()
-    self._predict = _PREDICT_FN_CACHE[key]
-
-  def _build_predict_fn(self):
-    decode_fn, decode_kwargs = self.decode_config.decode_fn_and_kwargs()
-    max_decode_length = self.decode_config.max_decode_length
-    model, uses_rng = self.model, self.decode_config.uses_rng
-
-    def predict(params, encoder_input_tokens, rng):
-      batch = {
-          "encoder_input_tokens": encoder_input_tokens,
-          # Only its shape matters to decoding (t5x convention).
-          "decoder_input_tokens": jnp.zeros(
-              (encoder_input_tokens.shape[0], max_decode_length), jnp.int32
-          ),
-      }
-      kwargs = dict(decode_kwargs)
-      if uses_rng:
-        kwargs["decode_rng"] = rng
-      out = model.predict_batch(
-          params,
-          batch,
-          decode_fn=decode_fn,
-          max_decode_length=max_decode_length,
-          **kwargs,
-      )
-      out = out[0] if isinstance(out, tuple) else out
-      return (
-          out[:, -1, :] if out.ndim == 3 else out
-      )  # best decode when several come back
-
-    p = self.partitioner
-    return p.partition(
-        predict,
-        in_shardings=(self.param_shardings, p.data_sharding, p.replicated),
-        out_shardings=p.data_sharding,
-    )
+    self._predict = predict_fns.get(self.decode_config)
 
   def _dispatch(self, rows: np.ndarray):
     """Starts decoding [batch_size, bucket] global ids; returns the (not yet fetched) device result."""
@@ -469,6 +600,34 @@ class Predictor:
 
 
 # ----------------------------------------------------------------------------- texts
+@gin.configurable(module="infer")
+def make_predictor(
+    model,
+    params,
+    *,
+    partitioner=None,
+    batch_size: Optional[int] = None,
+    decode_config: Optional[DecodeConfig] = None,
+    max_input_length: int = DEFAULT_MAX_INPUT_LENGTH,
+    input_buckets: Sequence[int] = DEFAULT_INPUT_BUCKETS,
+    predict_fns: Optional["PredictFns"] = None,
+) -> Predictor:
+  """The Predictor of `tkx infer`, `tkx generate` and the evaluations: inputs up to `max_input_length` tokens.
+
+  Encoder lengths are `input_buckets` below the budget, then the budget itself
+  (`buckets_up_to`); the other settings default as in `Predictor`.
+  """
+  return Predictor(
+      model,
+      params,
+      partitioner=partitioner,
+      batch_size=batch_size,
+      decode_config=run_decode_config(decode_config),
+      input_buckets=buckets_up_to(max_input_length, input_buckets),
+      predict_fns=predict_fns,
+  )
+
+
 def encode_texts(
     vocabulary,
     texts: Sequence[str],
@@ -587,7 +746,7 @@ def read_input_file(path: str) -> List[dict]:
     seen.add(record["id"])
     records.append(record)
   if not records:
-    raise ValueError(f"{path}: no input lines (the file is empty)")
+    raise errors.InputFileError(f"{path}: no input lines (the file is empty)")
   return records
 
 
@@ -625,7 +784,7 @@ def resolve_mixture_or_task(name: str):
 
   known = set(seqio.MixtureRegistry.names()) | set(seqio.TaskRegistry.names())
   if name not in known:
-    raise ValueError(
+    raise errors.ConfigError(
         names_lib.close_matches_message("mixture or task", name, known)
         + " (NI mixtures are named <prefix>_<track>_<split>_<encoding>, e.g. ni_default_test_def_pos2;"
         " pass --ni_dir to register another checkout)"
@@ -646,7 +805,7 @@ def ni_subtasks(name: str) -> List[Any]:
     try:
       tasks_lib.task_spec(task.name)
     except KeyError:
-      raise ValueError(
+      raise errors.ConfigError(
           f"{task.name!r} (in {name!r}) is not an NI task registered by "
           "tkx.data.tasks.register_ni; predictions files need the NI task fields"
       ) from None

@@ -3,15 +3,15 @@
 import json
 from typing import Any, Iterable, Mapping
 
-from tkx import io_utils, storage
+from tkx import errors, io_utils, storage
 
 
-def line_error(path, line_no, field, message, error=ValueError):
+def line_error(path, line_no, field, message, error=errors.InputFileError):
   """`error("<path>, line <n>, field '<field>': <message>")`, for the caller to raise."""
   return error(f"{path}, line {line_no}, field {field!r}: {message}")
 
 
-def iter_json_objects(path, error=ValueError):
+def iter_json_objects(path, error=errors.InputFileError):
   """Yields `(line_no, record)` for each non-blank line of `path` (lines numbered from 1).
 
   Raises `error` (field '<json>') on a line that is not valid JSON or not a JSON object.

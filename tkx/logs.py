@@ -24,13 +24,19 @@ _CHATTER_PREFIXES = (
     "system_path_file_exists:",  # gin, trying an include under each search path
     "Path not found: ",  # gin, the same (the path is found under a later one)
 )
+# Said by every process of a job (orbax/JAX prefix "[process=N][thread=...]"): tkx's own
+# "Preempted: saved ..." line says it once.
+_CHATTER_PARTS = ("Reached preemption sync point",)
 
 
 class _ChatterFilter(logging.Filter):
   """Drops the library warnings listed in `_CHATTER_PREFIXES` (the handler's level decides the rest)."""
 
   def filter(self, record: logging.LogRecord) -> bool:
-    return not str(record.msg).startswith(_CHATTER_PREFIXES)
+    message = str(record.msg)
+    return not message.startswith(_CHATTER_PREFIXES) and not any(
+        part in message for part in _CHATTER_PARTS
+    )
 
 
 class _StderrHandler(logging.StreamHandler):

@@ -38,6 +38,8 @@ import gin
 import jax
 import numpy as np
 
+from tkx import errors
+
 log = logging.getLogger(__name__)
 
 ENV_COORDINATOR_ADDRESS = "TKX_COORDINATOR_ADDRESS"
@@ -51,7 +53,7 @@ TPU_COORDINATOR_PORT = 8482
 K8S_COORDINATOR_PORT = 55527
 
 
-class ClusterConfigError(ValueError):
+class ClusterConfigError(errors.ConfigError):
   """A cluster set-up tkx cannot start from; the message names the variables."""
 
 

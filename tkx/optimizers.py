@@ -20,6 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from tkx import errors
+
 Schedule = Callable[[jnp.ndarray], jnp.ndarray]
 LearningRate = Union[float, Schedule]
 
@@ -54,7 +56,7 @@ def create_learning_rate_scheduler(
   }
   unknown = [n for n in names if n not in known]
   if unknown:
-    raise ValueError(
+    raise errors.ConfigError(
         f"unknown learning-rate factor(s) {unknown} in {factors!r}; "
         f"known: {sorted(known)}"
     )

@@ -35,6 +35,8 @@ import numpy as np
 from flax.linen import partitioning as nn_partitioning
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from tkx import errors
+
 log = logging.getLogger(__name__)
 
 DATA_AXIS = "data"
@@ -83,7 +85,7 @@ def standard_logical_axis_rules(
   elif dims == (2, 2):
     rules = base + [("embed", MODEL_AXIS), ("embed", DATA_AXIS)]
   else:
-    raise ValueError(
+    raise errors.ConfigError(
         "standard_logical_axis_rules: activation_partitioning_dims="
         f"{activation_partitioning_dims}, parameter_partitioning_dims="
         f"{parameter_partitioning_dims} is not supported (each must be 1 or 2)"
@@ -130,7 +132,7 @@ def _mesh_shape(
       and model_axis_size is not None
       and num_partitions != model_axis_size
   ):
-    raise ValueError(
+    raise errors.ConfigError(
         f"Partitioner: num_partitions={num_partitions} and model_axis_size={model_axis_size} "
         "disagree; set only one of them"
     )
@@ -143,26 +145,26 @@ def _mesh_shape(
     if value is not None and (
         not isinstance(value, (int, np.integer)) or value < 1
     ):
-      raise ValueError(
+      raise errors.ConfigError(
           f"Partitioner: {name} must be a positive integer, got {value!r}"
       )
   if model is None and data is None:
     model = 1
   if model is None:
     if num_devices % data:
-      raise ValueError(
+      raise errors.ConfigError(
           f"Partitioner: data_axis_size={data} does not divide the {num_devices} devices"
       )
     model = num_devices // data
   if data is None:
     if num_devices % model:
-      raise ValueError(
+      raise errors.ConfigError(
           f"Partitioner: model_axis_size/num_partitions={model} does not divide the "
           f"{num_devices} devices"
       )
     data = num_devices // model
   if data * model != num_devices:
-    raise ValueError(
+    raise errors.ConfigError(
         f"Partitioner: data_axis_size={data} x model_axis_size={model} = {data * model}, "
         f"but there are {num_devices} devices"
     )
@@ -272,12 +274,12 @@ def get_mesh(
   if len(submesh) != len(bounds) or any(
       m < 1 or g % m for g, m in zip(bounds, submesh)
   ):
-    raise ValueError(
+    raise errors.ConfigError(
         f"get_mesh: each dimension of model_parallel_submesh {submesh} must divide "
         f"the slice's (x, y, z, cores) = {bounds}"
     )
   if len(devices) != int(np.prod(bounds)):
-    raise ValueError(
+    raise errors.ConfigError(
         f"get_mesh: {len(devices)} devices do not fill the (x, y, z, cores) box "
         f"{bounds} (several slices? set ici_mesh_shape and dcn_mesh_shape)"
     )
@@ -353,7 +355,7 @@ def _devices_by_host(devices) -> np.ndarray:
     by_host.setdefault(device.process_index, []).append(device)
   sizes = {len(v) for v in by_host.values()}
   if len(sizes) != 1:
-    raise ValueError(
+    raise errors.ConfigError(
         f"Partitioner: processes hold different numbers of devices {sorted(sizes)}"
     )
   return np.asarray(
@@ -377,7 +379,7 @@ def _host_grouped(devices, num_partitions: int) -> np.ndarray:
     span = num_partitions // per_host
     if num_hosts % span == 0:
       return hosts.reshape(num_hosts // span, num_partitions)
-  raise ValueError(
+  raise errors.ConfigError(
       f"Partitioner: model axis size {num_partitions} must divide, or be a "
       f"multiple of, the {per_host} devices of each process "
       f"({num_hosts} processes)"
@@ -453,7 +455,7 @@ def _tpu_mesh(devices, num_partitions: int, model_parallel_submesh) -> Mesh:
     if submesh is None or any(g % m for g, m in zip(bounds, submesh)):
       submesh = _grown_submesh(bounds, _tpu_bounds(local), num_partitions)
     if submesh is None or any(g % m for g, m in zip(bounds, submesh)):
-      raise ValueError(
+      raise errors.ConfigError(
           f"Partitioner: no (x, y, z, cores) tile of {num_partitions} devices fits the "
           f"{devices[-1].device_kind} slice {bounds}; set model_parallel_submesh"
       )
@@ -480,7 +482,7 @@ def hybrid_mesh(ici_mesh_shape, dcn_mesh_shape, devices=None) -> Mesh:
       ("dcn_mesh_shape", dcn_mesh_shape),
   ):
     if len(tuple(shape)) != 3 or any(int(v) < 1 for v in shape):
-      raise ValueError(
+      raise errors.ConfigError(
           f"Partitioner: {name} must be 3 positive sizes (replica, data, model), "
           f"got {tuple(shape)!r}"
       )
@@ -500,7 +502,7 @@ def hybrid_mesh(ici_mesh_shape, dcn_mesh_shape, devices=None) -> Mesh:
     )
   except (ValueError, AssertionError, NotImplementedError) as e:
     granule = "process" if by_process else "slice"
-    raise ValueError(
+    raise errors.ConfigError(
         f"Partitioner: ici_mesh_shape={tuple(ici_mesh_shape)} (devices per {granule}) x "
         f"dcn_mesh_shape={tuple(dcn_mesh_shape)} ({granule}s) does not fit the "
         f"{len(devices)} devices: {e}"
@@ -531,7 +533,7 @@ def default_mesh(
   devices = list(devices) if devices else jax.devices(backend)
   if ici_mesh_shape is not None or dcn_mesh_shape is not None:
     if ici_mesh_shape is None or dcn_mesh_shape is None:
-      raise ValueError(
+      raise errors.ConfigError(
           "Partitioner: set both ici_mesh_shape and dcn_mesh_shape, or neither"
       )
     return hybrid_mesh(ici_mesh_shape, dcn_mesh_shape, devices)
@@ -540,7 +542,7 @@ def default_mesh(
   if model_parallel_submesh:
     num_partitions = int(np.prod(model_parallel_submesh))
   if len({getattr(d, "slice_index", 0) for d in devices}) > 1:
-    raise ValueError(
+    raise errors.ConfigError(
         "Partitioner: the devices span several TPU slices; set ici_mesh_shape and "
         "dcn_mesh_shape (data parallelism across slices)"
     )
@@ -605,7 +607,7 @@ def host_data_rows(
   mesh, axes = _mesh_and_batch_axes(partitioner_or_mesh, data_axes)
   blocks, num_blocks = _row_blocks(mesh, axes)
   if batch_size % num_blocks:
-    raise ValueError(
+    raise errors.ConfigError(
         f"batch size {batch_size} is not divisible by the {num_blocks} data-parallel "
         "devices (the data axis size)"
     )
@@ -670,7 +672,7 @@ def data_layout(
       jax.process_index() if process_index is None else process_index
   )
   if process_index not in blocks:
-    raise ValueError(
+    raise errors.ConfigError(
         f"Partitioner: process {process_index} has no device in this mesh and "
         "cannot feed data"
     )
@@ -678,7 +680,7 @@ def data_layout(
   held = set()
   for group in groups:
     if held & group or len(group) != len(groups[0]):
-      raise ValueError(
+      raise errors.ConfigError(
           "Partitioner: hosts hold partly overlapping or unequal sets of data rows "
           f"({sorted(sorted(g) for g in groups)}); use a mesh whose model axis stays "
           "within a host or spans whole hosts"
@@ -686,7 +688,7 @@ def data_layout(
     held |= group
   batch_size = num_blocks if batch_size is None else int(batch_size)
   if batch_size % num_blocks:
-    raise ValueError(
+    raise errors.ConfigError(
         f"Partitioner: global batch size {batch_size} is not divisible by the data "
         f"axis size {num_blocks}"
     )
@@ -848,12 +850,12 @@ def _model_size(
   if model_parallel_submesh is not None:
     submesh = tuple(model_parallel_submesh)
     if len(submesh) != 4:
-      raise ValueError(
+      raise errors.ConfigError(
           "Partitioner: model_parallel_submesh must be an (x, y, z, cores) 4-tuple, "
           f"got {model_parallel_submesh!r}"
       )
     if num_partitions or model_axis_size or data_axis_size:
-      raise ValueError(
+      raise errors.ConfigError(
           "Partitioner: set num_partitions (or the axis sizes) or "
           "model_parallel_submesh, not both"
       )
@@ -862,7 +864,7 @@ def _model_size(
     model = int(tuple(ici_mesh_shape)[-1]) * int(tuple(dcn_mesh_shape)[-1])
     given = model_axis_size if model_axis_size is not None else num_partitions
     if given not in (None, model) or data_axis_size is not None:
-      raise ValueError(
+      raise errors.ConfigError(
           f"Partitioner: ici_mesh_shape={tuple(ici_mesh_shape)} x dcn_mesh_shape="
           f"{tuple(dcn_mesh_shape)} give a model axis of {model}, but num_partitions / "
           f"model_axis_size={given}, data_axis_size={data_axis_size}: set "
@@ -893,14 +895,14 @@ def _checked_rules(
       ]
   for rule in rules:
     if len(rule) != 2 or not isinstance(rule[0], str):
-      raise ValueError(
+      raise errors.ConfigError(
           f"Partitioner: logical axis rule {rule!r} is not a "
           "(logical name, mesh axis) pair"
       )
     targets = rule[1] if isinstance(rule[1], (tuple, list)) else (rule[1],)
     for target in targets:
       if target is not None and target not in mesh_axes:
-        raise ValueError(
+        raise errors.ConfigError(
             f"Partitioner: rule {rule!r} names mesh axis {target!r}; "
             f"the mesh axes are {tuple(mesh_axes)}"
         )
@@ -963,11 +965,11 @@ class Partitioner:
       mesh_settings = (num_partitions, data_axis_size, model_axis_size, devices)
       mesh_settings += (model_parallel_submesh, ici_mesh_shape, dcn_mesh_shape)
       if any(v is not None for v in mesh_settings) or backend:
-        raise ValueError(
+        raise errors.ConfigError(
             "Partitioner: a ready mesh was given; leave the other mesh settings unset"
         )
       if MODEL_AXIS not in mesh.axis_names or DATA_AXIS not in mesh.axis_names:
-        raise ValueError(
+        raise errors.ConfigError(
             f"Partitioner: the mesh's axes {mesh.axis_names} need 'data' and 'model'"
         )
       devices = list(mesh.devices.flat)
@@ -1347,15 +1349,15 @@ class PjitPartitioner(Partitioner):
     del use_cpu_pjit
     hybrid = ici_mesh_shape is not None and dcn_mesh_shape is not None
     if not num_partitions and not model_parallel_submesh and not hybrid:
-      raise ValueError(
+      raise errors.ConfigError(
           "PjitPartitioner: set num_partitions or model_parallel_submesh"
       )
     if num_partitions and model_parallel_submesh:
-      raise ValueError(
+      raise errors.ConfigError(
           "PjitPartitioner: set num_partitions or model_parallel_submesh, not both"
       )
     if not params_on_devices:
-      raise ValueError(
+      raise errors.ConfigError(
           "PjitPartitioner: params_on_devices=False is not supported; tkx keeps "
           "parameters on the devices"
       )
@@ -1394,7 +1396,7 @@ def _check_no_repeated_mesh_axis(
       if axis is None or axis is PartitionSpec.UNCONSTRAINED:
         continue
       if axis in seen:
-        raise ValueError(
+        raise errors.ConfigError(
             f"Partitioner: logical axes {tuple(logical_spec)} map mesh axis {axis!r} "
             f"twice ({mesh_spec})"
         )

@@ -30,7 +30,7 @@ import posixpath
 import re
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from tkx import storage
+from tkx import errors, storage
 from tkx.metrics import baselines as baselines_lib
 from tkx.metrics import ni_metrics
 
@@ -70,43 +70,58 @@ PUBLISHED_RESULTS = (
 )
 
 
-class ReportInputError(ValueError):
+class ReportInputError(errors.InputFileError):
   """A directory `tkx report` cannot read; the message names it and what is missing."""
 
 
 # ----------------------------------------------------------------------------- baselines
 def score_baselines(
-    records: Sequence[Mapping[str, Any]], xlingual: bool
+    records: Sequence[Mapping[str, Any]],
+    xlingual: bool,
+    scores: Optional["BaselineScores"] = None,
 ) -> Dict[str, Any]:
   """The copy baselines on these records' instances: {"baselines": {name: tables}, "skipped": {name: why}}.
 
   The tables are `ni_metrics.score_predictions`'s (without "flat"). A baseline is
   left out, with the reason under "skipped", when a task has no positive example to copy.
+  `scores` keeps the last result, for callers that score the same instances again.
   """
-  # What the baselines read of each record; equal for every encoding of the same instances,
-  # so an encoding sweep scores them once.
-  key = (
-      xlingual,
-      tuple(
-          (
-              r.get("Task"),
-              json.dumps(r.get("Instance"), sort_keys=True),
-              json.dumps(
-                  (r.get("Positive Examples") or [])[:1], sort_keys=True
-              ),
-              json.dumps(r.get("Categories"), sort_keys=True),
-          )
-          for r in records
-      ),
-  )
-  if key not in _LAST_BASELINES:
-    _LAST_BASELINES.clear()
-    _LAST_BASELINES[key] = _score_baselines(records, xlingual)
-  # A copy, which the caller may change.
-  return json.loads(json.dumps(_LAST_BASELINES[key]))
+  return (scores or BaselineScores()).score(records, xlingual)
 
 
-_LAST_BASELINES = {}
+class BaselineScores:
+  """The copy baselines' tables, scored once per set of instances while this object lives.
+
+  Every encoding of an encoding sweep (`tkx eval --encodings`) has the same
+  instances, so one object per command scores them once. It keeps only the last
+  set of instances.
+  """
+
+  def __init__(self):
+    self._key = None
+    self._scored = None
+
+  def score(self, records, xlingual: bool) -> Dict[str, Any]:
+    # What the baselines read of each record: equal for every encoding of the same instances.
+    key = (
+        xlingual,
+        tuple(
+            (
+                r.get("Task"),
+                json.dumps(r.get("Instance"), sort_keys=True),
+                json.dumps(
+                    (r.get("Positive Examples") or [])[:1], sort_keys=True
+                ),
+                json.dumps(r.get("Categories"), sort_keys=True),
+            )
+            for r in records
+        ),
+    )
+    if key != self._key:
+      self._key, self._scored = key, _score_baselines(records, xlingual)
+    return json.loads(
+        json.dumps(self._scored)
+    )  # a copy, which the caller may change
 
 
 def _score_baselines(records, xlingual):
@@ -129,14 +144,16 @@ def _score_baselines(records, xlingual):
   return {"baselines": scored, "skipped": skipped}
 
 
-def write_baselines(output_dir: str) -> Dict[str, Any]:
+def write_baselines(
+    output_dir: str, scores: Optional[BaselineScores] = None
+) -> Dict[str, Any]:
   """Scores the baselines on `output_dir`'s predictions file; writes and returns baselines.json."""
   metrics = _read_json(storage.join(output_dir, METRICS_FILE))
   records = [
       record
       for _, record in _iter_records(storage.join(output_dir, PREDICTIONS_FILE))
   ]
-  result = score_baselines(records, xlingual=metrics["track"] == "xlingual")
+  result = score_baselines(records, metrics["track"] == "xlingual", scores)
   _write_text(
       storage.join(output_dir, BASELINES_FILE),
       json.dumps(result, indent=2, ensure_ascii=False) + "\n",
@@ -189,7 +206,9 @@ def _write_text(path, text):
     f.write(text)
 
 
-def load_eval_run(directory: str, label: str) -> EvalRun:
+def load_eval_run(
+    directory: str, label: str, scores: Optional[BaselineScores] = None
+) -> EvalRun:
   metrics = _read_json(storage.join(directory, METRICS_FILE))
   for field in ("overall", "per_category", "per_task", "settings"):
     if field not in metrics:
@@ -204,7 +223,9 @@ def load_eval_run(directory: str, label: str) -> EvalRun:
     records = [
         r for _, r in _iter_records(storage.join(directory, PREDICTIONS_FILE))
     ]
-    baselines = score_baselines(records, metrics.get("track") == "xlingual")
+    baselines = score_baselines(
+        records, metrics.get("track") == "xlingual", scores
+    )
   return EvalRun(label, storage.abspath(directory), metrics, baselines)
 
 
@@ -279,18 +300,21 @@ def load_dirs(
 ) -> Tuple[List[EvalRun], List[TrainingRun]]:
   """Eval outputs (metrics.json), encoding sweeps (*/metrics.json) and training MODEL_DIRs."""
   eval_runs, training_runs = [], []
+  scores = (
+      BaselineScores()
+  )  # directories of one sweep score their baselines once
   labels = _labels(directories)
   for directory, label in zip(directories, labels):
     if not storage.isdir(directory):
       raise ReportInputError(f"{directory}: no such directory")
     if storage.isfile(storage.join(directory, METRICS_FILE)):
-      eval_runs.append(load_eval_run(directory, label))
+      eval_runs.append(load_eval_run(directory, label, scores))
     elif _is_training_dir(directory):
       training_runs.append(load_training_run(directory, label))
     elif _sweep_subdirs(directory):
       for sub in _sweep_subdirs(directory):
         eval_runs.append(
-            load_eval_run(sub, f"{label}/{posixpath.basename(sub)}")
+            load_eval_run(sub, f"{label}/{posixpath.basename(sub)}", scores)
         )
     else:
       raise ReportInputError(
@@ -896,7 +920,9 @@ def render(
 ) -> str:
   """The report as one self-contained HTML document."""
   if not eval_runs and not training_runs:
-    raise ValueError("a report needs at least one evaluation or training run")
+    raise ReportInputError(
+        "a report needs at least one evaluation or training run"
+    )
   parts = [
       "<!DOCTYPE html>",
       '<html lang="en"><head><meta charset="utf-8">',
@@ -936,9 +962,13 @@ def write_report(
   return path
 
 
-def write_eval_report(output_dir: str, label: Optional[str] = None) -> str:
+def write_eval_report(
+    output_dir: str,
+    label: Optional[str] = None,
+    scores: Optional[BaselineScores] = None,
+) -> str:
   """After `tkx eval` wrote `output_dir`: baselines.json and report.html there."""
-  write_baselines(output_dir)
+  write_baselines(output_dir, scores)
   run = load_eval_run(
       output_dir, label or posixpath.basename(storage.normpath(output_dir))
   )

@@ -5,10 +5,13 @@ files, TFDS `data_dir`) goes through these functions, which take `str` (or `os.P
 return `str` paths, like `os.path`:
 
 - `is_remote(path)`: a `scheme://` path.
-- `exists`, `isdir`, `isfile`, `listdir`, `makedirs`, `remove`, `rmtree`, `copy`, `glob`, `open`,
-  `read_text`, `read_bytes`, `abspath`, `normpath`, `join`.
-- `local_copy(path)` (a context) / `cached_local_copy(path)` (once per process): a local file to hand to readers that only read local files (TensorFlow's event
-  reader, SentencePiece); the path itself when it is local.
+- `exists`, `isdir`, `isfile`, `listdir`, `makedirs`, `remove`, `rmtree`, `copy`, `copy_tree`, `glob`,
+  `open`, `read_text`, `read_bytes`, `abspath`, `normpath`, `join`.
+- `file_versions(directory)`: `{name: "size:version"}` of a directory's files in one listing (cache
+  keys that change when a file does: mtime locally, the object's generation remotely).
+- `local_copy(path)` (a context) / `cached_local_copy(path)` (once per process, `forget_local_copy`):
+  a local file or directory to hand to readers that only read local files (TensorFlow's event and
+  TFRecord readers, SentencePiece); the path itself when it is local.
 - `configure_environment(environ)` (called by `import tkx`): `EPATH_USE_TF=false`, so etils.epath
   (and orbax, which writes through it) uses fsspec/gcsfs for `gs://`; with `STORAGE_EMULATOR_HOST`
   (the variable Google's client libraries read) it hands the emulator to tensorstore
@@ -112,6 +115,40 @@ def listdir(path: PathLike) -> List[str]:
   return sorted(p.name for p in _epath(path).iterdir())
 
 
+def file_versions(directory: PathLike) -> dict:
+  """`{name: "size:version"}` for the files directly in `directory` ({} when it is missing), one listing.
+
+  The version is the modification time in ns locally and the object's generation
+  remotely (a new upload of the same name is a new generation).
+  """
+  directory = os.fspath(directory)
+  if not is_remote(directory):
+    if not os.path.isdir(directory):
+      return {}
+    with os.scandir(directory) as entries:
+      return {
+          e.name: f"{st.st_size}:{st.st_mtime_ns}"
+          for e in entries
+          if e.is_file() and (st := e.stat())
+      }
+  import fsspec
+
+  fs, root = fsspec.core.url_to_fs(directory)
+  try:
+    infos = fs.ls(root, detail=True, refresh=True)
+  except FileNotFoundError:
+    return {}
+  return {
+      posixpath.basename(
+          i["name"].rstrip("/")
+      ): (
+          f"{i.get('size')}:{i.get('generation') or i.get('mtime') or i.get('updated')}"
+      )
+      for i in infos
+      if i.get("type") == "file"
+  }
+
+
 def glob(pattern: PathLike) -> List[str]:
   """Sorted paths matching `pattern` (a `*` in the last components)."""
   pattern = os.fspath(pattern)
@@ -184,26 +221,40 @@ def copy(src: PathLike, dst: PathLike) -> None:
 def copy_tree(src: PathLike, dst: PathLike) -> None:
   """Copies the files under `src` to `dst` (either side local or remote)."""
   src = os.fspath(src)
+  makedirs(dst)
   for name in listdir(src):
     child = join(src, name)
     if isdir(child):
-      makedirs(join(dst, name))
       copy_tree(child, join(dst, name))
     else:
       copy(child, join(dst, name))
 
 
 def cached_local_copy(path: PathLike) -> str:
-  """A local copy of a remote file, downloaded once per process (for readers that keep the path)."""
-  path = os.fspath(path)
+  """A local copy of a remote file or directory, downloaded once per process (for readers that keep the path)."""
+  path = normpath(path)
   if not is_remote(path):
     return path
   if path not in _LOCAL_COPIES:
     directory = tempfile.mkdtemp(prefix="tkx_remote_")
-    local = os.path.join(directory, posixpath.basename(path))
-    copy(path, local)
+    local = os.path.join(directory, posixpath.basename(path) or "file")
+    _copy_to_local(path, local)
     _LOCAL_COPIES[path] = local
   return _LOCAL_COPIES[path]
+
+
+def forget_local_copy(path: PathLike) -> None:
+  """Drops `cached_local_copy(path)`'s copy (after `path` was rewritten)."""
+  local = _LOCAL_COPIES.pop(normpath(path), None)
+  if local is not None:
+    shutil.rmtree(os.path.dirname(local), ignore_errors=True)
+
+
+def _copy_to_local(path: str, local: str) -> None:
+  if isdir(path):
+    copy_tree(path, local)
+  else:
+    copy(path, local)
 
 
 _LOCAL_COPIES = {}
@@ -218,9 +269,5 @@ def local_copy(path: PathLike) -> Iterator[str]:
     return
   with tempfile.TemporaryDirectory(prefix="tkx_remote_") as tmp:
     local = os.path.join(tmp, posixpath.basename(normpath(path)) or "file")
-    if isdir(path):
-      os.makedirs(local)
-      copy_tree(path, local)
-    else:
-      copy(path, local)
+    _copy_to_local(path, local)
     yield local

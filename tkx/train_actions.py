@@ -37,7 +37,7 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 import gin
 
-from tkx import io_utils, multihost, preemption
+from tkx import errors, io_utils, multihost, preemption
 from tkx.checkpoints import directory, layout
 from tkx.data import pipeline as data_pipeline
 from tkx.train_configs import DatasetConfig, EvaluationConfig
@@ -254,11 +254,13 @@ class EarlyStopping(BaseAction):
       min_delta: float = 0.0,
   ):
     if mode not in ("min", "max"):
-      raise ValueError(
+      raise errors.ConfigError(
           f"EarlyStopping.mode must be 'min' or 'max', got {mode!r}"
       )
     if patience < 1:
-      raise ValueError(f"EarlyStopping.patience must be >= 1, got {patience!r}")
+      raise errors.ConfigError(
+          f"EarlyStopping.patience must be >= 1, got {patience!r}"
+      )
     self.metric, self.mode = metric, mode
     self.patience, self.min_delta = patience, min_delta
     self._evaluation: Optional[Evaluate] = None
@@ -268,7 +270,7 @@ class EarlyStopping(BaseAction):
   def start(self, trainer):
     evaluations = [a for a in trainer.actions if isinstance(a, Evaluate)]
     if not evaluations:
-      raise ValueError(
+      raise errors.ConfigError(
           "train_actions.EarlyStopping needs an evaluation: set EVAL_EVERY"
       )
     self._evaluation = evaluations[0]

@@ -23,6 +23,7 @@ from typing import Callable, Mapping, Optional, Union
 
 import gin
 
+from tkx import errors
 from tkx.data import packing
 
 # A packed-layout setting: a number, 'auto' (chosen from the data) or None (see PackingConfig).
@@ -119,12 +120,12 @@ class LoggingConfig:
 # Checks that name the macro (one line, before anything is built)
 # ------------------------------------------------------------------------------
 def check_required(**values_by_macro):
-  """A ValueError naming every macro still bound to %gin.REQUIRED (in the order given)."""
+  """A ConfigError naming every macro still bound to %gin.REQUIRED (in the order given)."""
   missing = [
       name for name, value in values_by_macro.items() if value is gin.REQUIRED
   ]
   if missing:
-    raise ValueError(
+    raise errors.ConfigError(
         f"trainer.train: set {', '.join(missing)} (e.g. --gin.{missing[0]}=...); "
         "the gin files leave them required"
     )
@@ -134,7 +135,9 @@ def _check_positive_int(name, value, allow_none=False):
   if value is None and allow_none:
     return
   if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-    raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    raise errors.ConfigError(
+        f"{name} must be a positive integer, got {value!r}"
+    )
 
 
 def check_run_values(
@@ -142,7 +145,7 @@ def check_run_values(
 ):
   """Errors naming the gin macro for values of the wrong kind (instead of a failure deep in the run)."""
   if not isinstance(model_dir, (str, os.PathLike)):
-    raise ValueError(
+    raise errors.ConfigError(
         f"MODEL_DIR must be a string (--gin.MODEL_DIR=\"'/path'\"), got {model_dir!r}"
     )
   _check_positive_int(batch_name, batch_size)
@@ -150,7 +153,7 @@ def check_run_values(
   if not isinstance(task_feature_lengths, Mapping) or set(
       task_feature_lengths
   ) != {"inputs", "targets"}:
-    raise ValueError(
+    raise errors.ConfigError(
         'TASK_FEATURE_LENGTHS must be {"inputs": N, "targets": M}, got '
         f"{task_feature_lengths!r}"
     )

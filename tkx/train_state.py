@@ -1,8 +1,8 @@
 """A training run's state and who builds it (t5x's `utils.TrainStateInitializer`).
 
 `TrainStateInitializer(model, optimizer, partitioner, random_seed)` works out,
-without allocating anything, the abstract `TrainState` and its shardings (params
-from the model's logical axes; optimizer state following its params), then
+without allocating anything, the abstract `TrainState` and its shardings (params:
+`tkx.models.base.abstract_params`; optimizer state following its params), then
 builds the real state one of three ways: restored from MODEL_DIR's newest
 checkpoint (`restore`), initialised from INITIAL_CHECKPOINT_PATH's params
 (`from_params_checkpoint`) or initialised at random (`from_scratch`).
@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from tkx.checkpoints import directory
-from tkx.models import models
+from tkx.models import base
 
 
 @flax.struct.dataclass
@@ -34,13 +34,11 @@ class TrainStateInitializer:
     self.init_rng, self.state_rng = jax.random.split(
         jax.random.PRNGKey(random_seed)
     )
-    input_shapes = models.init_input_shapes()
-    self._input_shapes = input_shapes
-    self.abstract_params = jax.eval_shape(
-        lambda r: model.get_initial_variables(r, input_shapes), self.init_rng
-    )["params"]
-    self.params_shardings = partitioner.logical_to_sharding(
-        model.params_logical_axes(input_shapes)
+    self._input_shapes = base.init_input_shapes()
+    # Params' shapes, dtypes and shardings (`base.abstract_params`, as every reader of params).
+    self.abstract_params = base.abstract_params(model, partitioner)
+    self.params_shardings = jax.tree_util.tree_map(
+        lambda a: a.sharding, self.abstract_params
     )
     abstract_opt_state = jax.eval_shape(optimizer.init, self.abstract_params)
     replicated = partitioner.replicated

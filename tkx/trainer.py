@@ -50,7 +50,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from tkx import io_utils, optimizers, storage, train_actions, train_configs
+from tkx import errors, io_utils, optimizers, storage, train_actions
+from tkx import train_configs
 from tkx.checkpoints import layout, orbax_io
 from tkx.data import packing
 from tkx.data import packing_plan
@@ -109,7 +110,7 @@ def compute_gradients(
   micro-batches equal the large-batch loss (and so its gradients), exactly as one
   big batch would give. With a fixed `loss_normalizing_factor` the plain sum is it.
   """
-  per_token = getattr(model, "loss_normalizing_factor", None) is None
+  per_token = model.loss_normalizing_factor is None
   total_tokens = jnp.maximum(_num_tokens(batch), 1.0)
 
   def micro_loss(p, micro, rng):
@@ -175,7 +176,7 @@ def make_train_step(
     num_microbatches: int = 1,
 ):
   """train_step(state, batch) -> (state, metrics); pure, to be jitted by the partitioner."""
-  model_config = getattr(model, "config", None)
+  model_config = model.config  # None: a model without T5 shapes, no FLOP counts
 
   def train_step(state: TrainState, batch):
     dropout_rng = jax.random.fold_in(state.rng, state.step)
@@ -229,7 +230,7 @@ def make_eval_step(model):
   def eval_step(params, batch):
     loss, _ = model.loss_fn(params, batch, None)
     tokens = _num_tokens(batch)
-    per_token = getattr(model, "loss_normalizing_factor", None) is None
+    per_token = model.loss_normalizing_factor is None
     return {
         "loss_sum": loss * tokens if per_token else loss,
         "num_target_tokens": tokens,
@@ -555,7 +556,7 @@ class Trainer:
       batch_name = (
           "PACKED_BATCH_SIZE" if self.train_input.pack else "BATCH_SIZE"
       )
-      raise ValueError(  # a user's data/settings problem: one line, no traceback
+      raise errors.ConfigError(  # a user's data/settings problem: one line, no traceback
           f"MIXTURE_OR_TASK_NAME={self.train_input.mixture_or_task_name!r} ran out of "
           f"batches of {batch_name}={self.train_input.batch_size} (an empty split, or "
           "fewer examples than a batch)"
@@ -624,7 +625,7 @@ def _model_flops_per_step(model, row_layout, batch_size):
   """Model FLOPs of a step of `batch_size` rows from `model_info` (None for a model without a T5Config)."""
   from tkx.models import model_info
 
-  config = getattr(model, "config", None)
+  config = model.config
   if config is None:
     return None
   return model_info.train_step_flops(
@@ -658,14 +659,14 @@ def _check_settings(model, model_dir, data, checkpoint_cfg):
       NI_DIR=data.ni_dir,
   )
   vocab_size = getattr(model.output_vocabulary, "vocab_size", None)
-  config = getattr(model, "config", None)
+  config = model.config
   if (
       vocab_size is not None
       and config is not None
       and vocab_size > config.vocab_size
   ):
     # Ids past the embedding would be clamped silently by the lookup.
-    raise ValueError(
+    raise errors.ConfigError(
         f"the vocabulary has {vocab_size} ids but network.T5Config.vocab_size = "
         f"{config.vocab_size} (check vocab.get_vocabulary.extra_ids and the model gin files)"
     )
@@ -702,7 +703,7 @@ def _row_layout_and_batch(
         ni_dir=data.ni_dir,
         vocabulary=model.output_vocabulary,
         feature_lengths=lengths,
-        config=getattr(model, "config", None),
+        config=model.config,
         encoder_blocks=packing_cfg.encoder_blocks,
         targets_length=packing_cfg.targets_length,
         rows_per_step=packing_cfg.batch_size,
@@ -723,7 +724,7 @@ def _row_layout_and_batch(
         if packing_cfg.pack
         else ""
     )
-    raise ValueError(
+    raise errors.ConfigError(
         f"{batch_name}={batch_size} must be divisible by the data-parallel size "
         f"{partitioner.data_axis_size} x NUM_MICROBATCHES={num_microbatches}{hint}"
     )
@@ -752,7 +753,7 @@ def _total_steps(train_input, train_steps, train_epochs) -> int:
   if train_epochs:
     train_steps = train_input.steps_for_epochs(train_epochs)
   if not train_steps:
-    raise ValueError(
+    raise errors.ConfigError(
         "set TRAIN_STEPS (trainer.train.train_steps) or trainer.train.train_epochs"
     )
   return train_steps

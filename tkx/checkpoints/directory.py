@@ -5,12 +5,18 @@ A tkx checkpoint directory (names in `tkx.checkpoints.layout`) holds
 vocabulary, written here from the config of the model the weights belong to)
 and, when the vocabulary came with the weights, `spm.model`.
 
-Writers: `write_model_files` (model.gin [+ spm.model]), `write_checkpoint`
-(params + model files; `tkx import-checkpoint`), `model_gin_text(model)`.
-Readers: `read_config`, `load_vocabulary`, `load` (config, model, sharded
-params, vocabulary: `tkx infer/eval/generate`), `read` (config, numpy params,
-spm path: `tkx export-checkpoint`), `load_initial_params` (a tkx or t5x
-checkpoint into a training run's abstract params).
+model.gin is a model gin file like `gin_configs/models/*/*.gin`: it binds
+`MODEL` (t5x's entry macro) to the model class that was trained, its
+`network.T5Config` (every field, the dense layer included) and the vocabulary,
+and imports the modules those names come from. Readers build the model from it
+(`%MODEL`), never from a class named here.
+
+Writers: `write_model_files` (model.gin [+ spm.model]), `write_model_files_for`
+(a model's), `write_checkpoint` (params + model files; `tkx import-checkpoint`).
+Readers: `read_config`, `load_vocabulary`, `load` (model built from model.gin,
+sharded params, vocabulary: `tkx infer/eval/generate/serve`), `read` (config,
+numpy params, spm path: `tkx export-checkpoint`), `load_initial_params` (a tkx
+or t5x checkpoint into a training run's abstract params).
 """
 
 import dataclasses
@@ -19,13 +25,13 @@ import logging
 import os
 from typing import Any, Optional, Sequence
 
-from tkx import gin_utils, io_utils, storage
+from tkx import errors, gin_utils, io_utils, storage
 from tkx.checkpoints import layout, orbax_io
 
 log = logging.getLogger(__name__)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(errors.UserError):
   """A checkpoint that does not fit the model or the layout; the message names the file and field."""
 
 
@@ -66,6 +72,32 @@ def _gin_literal(value):
   return repr(value)
 
 
+DEFAULT_MODEL_CLASS = "tkx.models.models.EncoderDecoderModel"
+
+
+def gin_selector(cls) -> str:
+  """The name gin knows a registered class by (`models.EncoderDecoderModel`), for a gin file to name it.
+
+  Tried from the most qualified name down (`tkx.models.models.X`, `models.models.X`,
+  `models.X`, `X`), so that the shortest name gin resolves to the class is not reached
+  when a longer one already is unambiguous.
+  """
+  import gin
+
+  parts = cls.__module__.split(".")
+  candidates = [".".join(parts[i:] + [cls.__name__]) for i in range(len(parts))]
+  for selector in candidates + [cls.__name__]:
+    try:
+      if gin.get_configurable(selector) is cls:
+        return selector
+    except ValueError:  # unknown or ambiguous under that name
+      continue
+  raise CheckpointError(
+      f"{cls.__module__}.{cls.__qualname__} is not registered with gin; decorate it with "
+      "@gin.configurable(module=...) so that model.gin can name it as MODEL"
+  )
+
+
 def config_to_gin(
     config,
     *,
@@ -75,18 +107,28 @@ def config_to_gin(
     label_smoothing: float = 0.0,
     loss_normalizing_factor: Optional[float] = None,
     comment: str = "",
+    model_class: str = DEFAULT_MODEL_CLASS,
 ) -> str:
   """A complete model gin file (as `gin_configs/models/*/*.gin`) for a `T5Config`, written as `model.gin`.
 
   Every `T5Config` field is written. `vocab_path` (absolute, e.g. the
   checkpoint's `spm.model`) and `extra_ids` bind `vocab.get_vocabulary`; without
-  a path the embedded sample vocabulary is named. Read back with `read_config`.
+  a path the embedded sample vocabulary is named. `MODEL` builds `model_class`
+  (`module.Class`, registered with gin; see `write_model_files_for`); the
+  modules of the model class and of a non-default `config.dense_layer` are
+  imported. Read back with `read_config` / `load`.
   """
+  from tkx.models import network
+
+  module_name, class_name = model_class.rsplit(".", 1)
+  imports = ["tkx.models.models", "tkx.data.vocab", module_name]
+  if config.dense_layer != "dense":
+    imports.append(network.dense_layer_module(config.dense_layer))
+  model_selector = gin_selector(_import_class(module_name, class_name))
   lines = [f"# {line}" for line in comment.splitlines()] if comment else []
+  lines += ["# Model config written by tkx (tkx.checkpoints.directory)."]
+  lines += [f"import {name}" for name in dict.fromkeys(imports)]
   lines += [
-      "# Model config written by tkx (tkx.checkpoints.directory).",
-      "import tkx.models.models",
-      "import tkx.data.vocab",
       "",
       f"DROPOUT_RATE = {float(config.dropout_rate)!r}",
       f"Z_LOSS = {float(z_loss)!r}",
@@ -100,8 +142,8 @@ def config_to_gin(
   lines += [
       "VOCABULARY = @vocab.get_vocabulary()",
       "",
-      "MODEL = @models.EncoderDecoderModel()",
-      "models.EncoderDecoderModel:",
+      f"MODEL = @{model_selector}()",
+      f"{model_selector}:",
       "  module = @network.Transformer()",
       "  input_vocabulary = %VOCABULARY",
       "  output_vocabulary = %VOCABULARY",
@@ -134,6 +176,7 @@ def write_model_files(
     label_smoothing: float = 0.0,
     loss_normalizing_factor: Optional[float] = None,
     comment: str = "",
+    model_class: str = DEFAULT_MODEL_CLASS,
 ) -> None:
   """Writes `model.gin` (atomically) and, given `spm_model`, copies it to `spm.model`.
 
@@ -157,12 +200,20 @@ def write_model_files(
             label_smoothing=label_smoothing,
             loss_normalizing_factor=loss_normalizing_factor,
             comment=comment,
+            model_class=model_class,
         )
     )
 
 
+def _import_class(module_name: str, class_name: str):
+  import importlib
+
+  return getattr(importlib.import_module(module_name), class_name)
+
+
 def write_model_files_for(model, directory: str, comment: str = "") -> None:
-  """`write_model_files` for an `EncoderDecoderModel`: its config, loss settings and vocabulary.
+  """`write_model_files` for a model (a `BaseModel` over `network.Transformer`): its class, config,
+  loss settings and vocabulary, so that `load` builds the same model.
 
   The embedded vocabulary is named by default (model.gin stays portable); a
   vocabulary file called `spm.model` beside a checkpoint is copied in, so the
@@ -191,6 +242,7 @@ def write_model_files_for(model, directory: str, comment: str = "") -> None:
       label_smoothing=model.label_smoothing,
       loss_normalizing_factor=model.loss_normalizing_factor,
       comment=comment,
+      model_class=f"{type(model).__module__}.{type(model).__name__}",
   )
 
 
@@ -252,28 +304,38 @@ def read_config(root: str, gin_bindings: Sequence[str] = (), clear=True):
       ) from None
 
 
+def _vocabulary_args(root: str, config, vocab_path: Optional[str] = None):
+  """`vocab.get_vocabulary`'s (path, extra_ids) for a checkpoint; None: model.gin's own bindings apply.
+
+  `vocab_path` if given, else the checkpoint's `spm.model` (a remote one copied
+  locally: SentencePiece reads local files); a local file's sentinel ids are
+  model.gin's (else counted), a remote one's the vocabulary's default.
+  """
+  local_spm = storage.join(root, layout.SPM_MODEL)
+  if storage.isfile(local_spm) and storage.is_remote(local_spm):
+    local_spm = storage.cached_local_copy(local_spm)
+  path = vocab_path or (local_spm if storage.isfile(local_spm) else None)
+  if path and "://" not in path:
+    return path, extra_ids_for(path, config)
+  if path:
+    return path, None
+  return None
+
+
 def load_vocabulary(root: str, config, vocab_path: Optional[str] = None):
   """`vocab_path` if given, else the checkpoint's `spm.model`, else what its model.gin names (default: embedded)."""
   from tkx.data import vocab as vocab_lib
 
-  local_spm = storage.join(root, layout.SPM_MODEL)
-  if storage.isfile(local_spm) and storage.is_remote(local_spm):
-    local_spm = storage.cached_local_copy(
-        local_spm
-    )  # SentencePiece reads local files
-  path = vocab_path or (local_spm if storage.isfile(local_spm) else None)
-  if path and "://" not in path:
-    # model.gin may say how many sentinel ids the model was trained with.
-    return vocab_lib.get_vocabulary(path, extra_ids=extra_ids_for(path, config))
-  if path:
-    return vocab_lib.get_vocabulary(path)
-  return (
-      vocab_lib.get_vocabulary()
-  )  # model.gin's vocab.get_vocabulary bindings apply
+  args = _vocabulary_args(root, config, vocab_path)
+  return vocab_lib.get_vocabulary(*args) if args else vocab_lib.get_vocabulary()
 
 
 def build_model(config, vocabulary):
-  """`EncoderDecoderModel(Transformer(config), vocabulary, vocabulary)`."""
+  """The default model for a `T5Config`: `EncoderDecoderModel(Transformer(config), vocabulary, vocabulary)`.
+
+  For tests and benchmarks that have a config and no gin; a checkpoint's model
+  comes from its model.gin (`load`).
+  """
   from tkx.models import models, network
 
   return models.EncoderDecoderModel(
@@ -281,26 +343,21 @@ def build_model(config, vocabulary):
   )
 
 
-def param_shardings_for(model, partitioner):
-  """NamedShardings of the model's params from their logical axes (no allocation)."""
-  from tkx.models import models
+def _model_from_gin(root: str):
+  """The model model.gin's `MODEL` builds (already parsed), a `BaseModel`; else a CheckpointError."""
+  from tkx.models import base
 
-  return partitioner.logical_to_sharding(
-      model.params_logical_axes(models.init_input_shapes())
-  )
-
-
-def abstract_params_for(model, partitioner):
-  """ShapeDtypeStructs of the params carrying their shardings (what `orbax_io.load_params` fills)."""
-  import jax
-  from tkx.models import models
-
-  shapes = model.params_shapes(models.init_input_shapes())
-  return jax.tree_util.tree_map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-      shapes,
-      param_shardings_for(model, partitioner),
-  )
+  path = storage.join(root, layout.MODEL_GIN)
+  if gin_utils.query("%MODEL") is None:
+    raise CheckpointError(
+        f"{path}: binds no MODEL (e.g. MODEL = @models.EncoderDecoderModel())"
+    )
+  model = gin_utils.model_from_gin()
+  if not isinstance(model, base.BaseModel):
+    raise CheckpointError(
+        f"{path}: MODEL builds a {type(model).__name__}, not a tkx.models.base.BaseModel"
+    )
+  return model
 
 
 @dataclasses.dataclass
@@ -320,28 +377,36 @@ def load(
     vocab_path: Optional[str] = None,
     gin_bindings: Sequence[str] = (),
 ) -> LoadedCheckpoint:
-  """model.gin -> config and model, vocabulary, params placed by `partitioner` (default: gin's).
+  """model.gin -> model (its `MODEL`), vocabulary, params placed by `partitioner` (default: gin's).
 
   `path` may be the checkpoint dir (newest step) or one `checkpoint_<step>/`.
-  Keeps gin bindings parsed before (a run file's).
+  Keeps gin bindings parsed before (a run file's); `gin_bindings` and a
+  `vocab_path` (else the checkpoint's `spm.model`) override model.gin's.
   """
+  import gin
+
   from tkx import partitioning
+  from tkx.models import base
 
   root = layout.root_of(path)
   config = read_config(root, gin_bindings, clear=False)
-  vocabulary = load_vocabulary(root, config, vocab_path)
+  vocabulary_args = _vocabulary_args(root, config, vocab_path)
+  if vocabulary_args:
+    gin.bind_parameter("vocab.get_vocabulary.path", vocabulary_args[0])
+    gin.bind_parameter("vocab.get_vocabulary.extra_ids", vocabulary_args[1])
+  model = _model_from_gin(root)
+  vocabulary = model.output_vocabulary
   vocab_size = getattr(vocabulary, "vocab_size", None)
   if vocab_size is not None and vocab_size > config.vocab_size:
     raise CheckpointError(
         f"{root}: the vocabulary has {vocab_size} ids but model.gin sets "
         f"network.T5Config.vocab_size = {config.vocab_size}"
     )
-  model = build_model(config, vocabulary)
   partitioner = partitioner or partitioning.Partitioner()
   step_dir = layout.find_step_dir(path)
   log.info("loading parameters from %s", step_dir)
   params = orbax_io.load_params(
-      step_dir, abstract_params_for(model, partitioner)
+      step_dir, base.abstract_params(model, partitioner)
   )
   return LoadedCheckpoint(
       path=root,
@@ -456,10 +521,11 @@ def _from_slices(sources, abstract_params, params_shardings):
 
 
 def _read_shard_wise(path, abstract_params, params_shardings):
-  """The params of a tkx or t5x (msgpack) checkpoint, each process reading only its devices' slices.
+  """The params of a tkx, Hugging Face (safetensors) or t5x (msgpack) checkpoint, each process reading only its devices' slices.
 
   None when the checkpoint cannot be read so: another layer layout (scanned vs per
-  layer: converted after a whole read) or an orbax-era t5x checkpoint.
+  layer: converted after a whole read), an orbax-era t5x checkpoint or an HF
+  `pytorch_model.bin`.
   """
   import jax
 
@@ -479,9 +545,12 @@ def _read_shard_wise(path, abstract_params, params_shardings):
           params_shardings,
       )
       return orbax_io.load_params(path, target)
-  from tkx.checkpoints import t5x_format
+  from tkx.checkpoints import hf, t5x_format
 
-  sources = t5x_format.open_params(path)
+  if hf.is_hf_checkpoint(path):
+    sources = hf.open_params(path)
+  else:
+    sources = t5x_format.open_params(path)
   if sources is None or scan.is_scanned(sources) != scanned:
     return None
   _check_names_and_shapes(_flat(sources), flat_expected, path)
@@ -489,7 +558,7 @@ def _read_shard_wise(path, abstract_params, params_shardings):
 
 
 def load_initial_params(path: str, abstract_params, params_shardings):
-  """Params from a tkx checkpoint (also those `tkx import-checkpoint` writes) or a t5x checkpoint.
+  """Params from a tkx checkpoint (also those `tkx import-checkpoint` writes), a t5x checkpoint or a Hugging Face T5 dir.
 
   Checked against the model's `abstract_params` (names, shapes), cast to their
   dtypes and placed with `params_shardings`. Each process reads only the slices
@@ -499,13 +568,14 @@ def load_initial_params(path: str, abstract_params, params_shardings):
   """
 
   log.info("Initialising parameters from %s", path)
+  io_utils.return_large_buffers_to_os()  # read buffers leave no lasting peak
   if not storage.exists(path):
     raise FileNotFoundError(f"INITIAL_CHECKPOINT_PATH={path} does not exist")
   params = _read_shard_wise(path, abstract_params, params_shardings)
   if params is not None:
     return params
   log.info(
-      "%s: another layer layout or an orbax-era t5x checkpoint; reading it whole",
+      "%s: another layer layout, an orbax-era t5x checkpoint or an HF .bin; reading it whole",
       path,
   )
   loaded = None
@@ -517,9 +587,12 @@ def load_initial_params(path: str, abstract_params, params_shardings):
     ):  # an orbax-era t5x checkpoint (state/target/...): t5x_format reads those
       loaded = None
   if loaded is None:
-    from tkx.checkpoints import t5x_format
+    from tkx.checkpoints import hf, t5x_format
 
-    loaded = t5x_format.load_params(path)
+    if hf.is_hf_checkpoint(path):
+      _, loaded, _ = hf.import_hf(path)
+    else:
+      loaded = t5x_format.load_params(path)
   from tkx.models import scan
 
   # Per-layer or scanned checkpoints initialise models of either layout.

@@ -30,9 +30,15 @@ of `shared` and must equal it when present.
 
 Feed-forward: HF `feed_forward_proj` "relu" is T5 1.0 (`wi`), "gated-gelu" is T5
 1.1 / LM-adapted / mT5 (`wi_0` with the tanh GELU HF calls gelu_new, `wi_1` linear).
+
+Reading: `.safetensors` files are read by tkx's own `SafetensorsFile` (header
+parsed once; a tensor read by a range of its first axis, so a slice costs about
+its bytes; local or remote through `tkx.storage`; bfloat16 without torch).
+`open_params(model_dir)` gives the t5x-named params as slice readers
+(`directory.load_initial_params` reads an HF dir given as INITIAL_CHECKPOINT_PATH
+shard-wise with them); `pytorch_model.bin` (a pickle) is read whole.
 """
 
-import glob
 import json
 import logging
 import os
@@ -41,6 +47,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
+from tkx import errors, storage
 from tkx.models import scan
 from tkx.models.config import T5Config
 
@@ -77,7 +84,7 @@ _ACTIVATIONS_TO_FF = {
 }
 
 
-class CheckpointFormatError(ValueError):
+class CheckpointFormatError(errors.UserError):
   """A checkpoint file is missing, malformed or does not match its config (message names file and field)."""
 
 
@@ -154,7 +161,7 @@ def t5config_to_hf_config(config: T5Config) -> Dict[str, Any]:
   """Hugging Face `config.json` contents for a tkx `T5Config`."""
   acts = tuple(config.mlp_activations)
   if acts not in _ACTIVATIONS_TO_FF:
-    raise ValueError(
+    raise CheckpointFormatError(
         f"T5Config.mlp_activations {acts} has no Hugging Face feed_forward_proj equivalent"
     )
   ff = _ACTIVATIONS_TO_FF[acts]
@@ -203,29 +210,112 @@ def _torch_to_numpy(tensor):
   return tensor.detach().cpu().numpy()
 
 
-def _read_safetensors(path: str) -> Dict[str, np.ndarray]:
-  from safetensors import safe_open
+_SAFETENSORS_DTYPES = {
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "BF16": "bfloat16",  # ml_dtypes (a JAX dependency)
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U8": np.uint8,
+    "BOOL": np.bool_,
+}
 
-  out = {}
-  try:
-    with safe_open(path, framework="np") as f:
-      for name in f.keys():
-        out[name] = f.get_tensor(name)
-    return out
-  except (
-      TypeError,
-      ValueError,
-  ) as e:  # bfloat16 has no numpy dtype; read through torch
-    try:
-      import safetensors.torch
-    except ImportError:
-      raise CheckpointFormatError(
-          f"{path}: cannot read with numpy ({e}); install torch for bfloat16 files"
+
+class SafetensorsFile:
+  """A `.safetensors` file (local or remote): header read once, tensors read by a range of rows.
+
+  The format is an 8-byte little-endian header size, a JSON header `{name:
+  {dtype, shape, data_offsets}}` and the tensors' C-order bytes, so rows
+  `[a, b)` of a tensor are one contiguous byte range: `read(name, index)` reads
+  only the rows `index` selects, then applies the rest of `index`.
+  """
+
+  def __init__(self, path: str):
+    import ml_dtypes
+
+    self.path = path
+    self.bytes_read = 0  # tensor bytes read so far (benchmarks and tests)
+    with storage.open(path, "rb") as f:
+      size = int.from_bytes(f.read(8), "little")
+      try:
+        header = json.loads(f.read(size))
+      except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointFormatError(
+            f"{path}: not a safetensors file (bad header: {e})"
+        ) from e
+    header.pop("__metadata__", None)
+    self._data_start = 8 + size
+    self._tensors = {}
+    for name, info in header.items():
+      dtype = _SAFETENSORS_DTYPES.get(info.get("dtype"))
+      if dtype is None:
+        raise CheckpointFormatError(
+            f"{path}: tensor {name!r} has unsupported dtype {info.get('dtype')!r}"
+        )
+      dtype = np.dtype(
+          getattr(ml_dtypes, dtype) if isinstance(dtype, str) else dtype
       )
-    return {
-        k: _torch_to_numpy(v)
-        for k, v in safetensors.torch.load_file(path).items()
-    }
+      self._tensors[name] = (
+          dtype,
+          tuple(info["shape"]),
+          info["data_offsets"][0],
+      )
+
+  def names(self):
+    return list(self._tensors)
+
+  def shape(self, name: str) -> Tuple[int, ...]:
+    return self._tensors[name][1]
+
+  def dtype(self, name: str) -> np.dtype:
+    return self._tensors[name][0]
+
+  def read(self, name: str, index=()) -> np.ndarray:
+    """`tensor[index]` (slices), reading only the bytes of the rows (and, in 2-D, columns) it selects."""
+    dtype, shape, offset = self._tensors[name]
+    index = tuple(index) if isinstance(index, tuple) else (index,)
+    index += (slice(None),) * (len(shape) - len(index))
+    if not shape:
+      with storage.open(self.path, "rb") as f:
+        f.seek(self._data_start + offset)
+        data = f.read(dtype.itemsize)
+      self.bytes_read += len(data)
+      return np.frombuffer(data, dtype).reshape(())
+    bounds = [s.indices(n) for s, n in zip(index, shape)]
+    (start, stop, _), rest = bounds[0], bounds[1:]
+    stop = max(start, stop)
+    row = int(np.prod(shape[1:], dtype=np.int64))
+    base = self._data_start + offset
+    with storage.open(self.path, "rb") as f:
+      if (
+          len(shape) == 2
+          and rest[0][2] == 1
+          and rest[0][1] - rest[0][0] < shape[1]
+      ):
+        # A column range: each row's segment (a transposed kernel sharded on its input axis).
+        first, last = rest[0][0], max(rest[0][0], rest[0][1])
+        array = np.empty((stop - start, last - first), dtype)
+        for r in range(start, stop):
+          f.seek(base + (r * row + first) * dtype.itemsize)
+          array[r - start] = np.frombuffer(
+              f.read((last - first) * dtype.itemsize), dtype
+          )
+        index = (slice(None, None, index[0].step), slice(None))
+      else:
+        f.seek(base + start * row * dtype.itemsize)
+        data = f.read((stop - start) * row * dtype.itemsize)
+        array = np.frombuffer(data, dtype).reshape((stop - start,) + shape[1:])
+        index = (slice(None, None, index[0].step),) + index[1:]
+    self.bytes_read += array.nbytes
+    return array[index]
+
+
+def _read_safetensors(path: str) -> Dict[str, np.ndarray]:
+  f = SafetensorsFile(path)
+  return {name: f.read(name) for name in f.names()}
 
 
 def _read_torch_bin(path: str) -> Dict[str, np.ndarray]:
@@ -235,7 +325,8 @@ def _read_torch_bin(path: str) -> Dict[str, np.ndarray]:
     raise CheckpointFormatError(
         f"{path}: reading pytorch_model.bin needs torch (pip install tkx[hf])"
     ) from e
-  state = torch.load(path, map_location="cpu", weights_only=True)
+  with storage.local_copy(path) as local:  # torch reads local files
+    state = torch.load(local, map_location="cpu", weights_only=True)
   if not isinstance(state, Mapping):
     raise CheckpointFormatError(
         f"{path}: expected a state dict, got {type(state).__name__}"
@@ -251,53 +342,105 @@ def _read_weight_file(path: str) -> Dict[str, np.ndarray]:
   )
 
 
-def read_hf_state_dict(model_dir: str) -> Dict[str, np.ndarray]:
-  """All weights of an HF checkpoint dir (single file or sharded with an index), as numpy."""
-  candidates = [
-      ("model.safetensors.index.json", None),
-      (SAFETENSORS_FILE, None),
-      ("pytorch_model.bin.index.json", None),
-      ("pytorch_model.bin", None),
-  ]
-  for name, _ in candidates:
-    path = os.path.join(model_dir, name)
-    if not os.path.exists(path):
+_WEIGHT_FILES = (
+    "model.safetensors.index.json",
+    SAFETENSORS_FILE,
+    "pytorch_model.bin.index.json",
+    "pytorch_model.bin",
+)
+
+
+def weight_files(model_dir: str) -> Tuple[Optional[str], Tuple[str, ...]]:
+  """(the index file or None, the weight files): an index's shards, one file, or every *.safetensors."""
+  for name in _WEIGHT_FILES:
+    path = storage.join(model_dir, name)
+    if not storage.exists(path):
       continue
-    if name.endswith(".index.json"):
-      with open(path) as f:
-        try:
-          index = json.load(f)
-        except json.JSONDecodeError as e:
-          raise CheckpointFormatError(f"{path}: not valid JSON ({e})") from e
-      if "weight_map" not in index:
-        raise CheckpointFormatError(f"{path}: field 'weight_map' is missing")
-      shards = sorted(set(index["weight_map"].values()))
-      state = {}
-      for i, shard in enumerate(shards):
-        log.info("Reading shard %d/%d: %s", i + 1, len(shards), shard)
-        shard_path = os.path.join(model_dir, shard)
-        if not os.path.exists(shard_path):
-          raise CheckpointFormatError(
-              f"{path}: shard {shard!r} listed in 'weight_map' does not exist"
-          )
-        state.update(_read_weight_file(shard_path))
-      missing = sorted(set(index["weight_map"]) - set(state))
-      if missing:
+    if not name.endswith(".index.json"):
+      return None, (path,)
+    try:
+      index = json.loads(storage.read_text(path))
+    except json.JSONDecodeError as e:
+      raise CheckpointFormatError(f"{path}: not valid JSON ({e})") from e
+    if "weight_map" not in index:
+      raise CheckpointFormatError(f"{path}: field 'weight_map' is missing")
+    shards = sorted(set(index["weight_map"].values()))
+    for shard in shards:
+      if not storage.exists(storage.join(model_dir, shard)):
         raise CheckpointFormatError(
-            f"{path}: tensors listed in 'weight_map' not found in shards: {missing[:5]}"
+            f"{path}: shard {shard!r} listed in 'weight_map' does not exist"
         )
-      return state
-    log.info("Reading %s", path)
-    return _read_weight_file(path)
-  other = sorted(glob.glob(os.path.join(model_dir, "*.safetensors")))
+    return path, tuple(storage.join(model_dir, shard) for shard in shards)
+  other = storage.glob(storage.join(model_dir, "*.safetensors"))
   if other:
-    state = {}
-    for path in other:
-      state.update(_read_weight_file(path))
-    return state
+    return None, tuple(other)
   raise CheckpointFormatError(
       f"{model_dir}: no weights found (expected model.safetensors, pytorch_model.bin or a *.index.json)"
   )
+
+
+def read_hf_state_dict(model_dir: str) -> Dict[str, np.ndarray]:
+  """All weights of an HF checkpoint dir (single file or sharded with an index), as numpy."""
+  index, files = weight_files(model_dir)
+  state = {}
+  for i, path in enumerate(files):
+    log.info("Reading %s (%d/%d)", path, i + 1, len(files))
+    state.update(_read_weight_file(path))
+  if index is not None:
+    listed = json.loads(storage.read_text(index))["weight_map"]
+    missing = sorted(set(listed) - set(state))
+    if missing:
+      raise CheckpointFormatError(
+          f"{index}: tensors listed in 'weight_map' not found in shards: {missing[:5]}"
+      )
+  return state
+
+
+class _TensorSlices:
+  """One HF tensor as a t5x param read by slice (`source[index]`): transposed for kernels."""
+
+  def __init__(self, file: SafetensorsFile, name: str, transpose: bool):
+    self._file, self._name, self._transpose = file, name, transpose
+    shape = file.shape(name)
+    self.shape = shape[::-1] if transpose else shape
+    self.dtype = file.dtype(name)
+
+  def __getitem__(self, index) -> np.ndarray:
+    index = index if isinstance(index, tuple) else (index,)
+    if not self._transpose:
+      return self._file.read(self._name, index)
+    index = index + (slice(None),) * (2 - len(index))
+    return self._file.read(self._name, index[::-1]).T
+
+
+def is_hf_checkpoint(path: str) -> bool:
+  return storage.isfile(storage.join(path, CONFIG_FILE))
+
+
+def open_params(model_dir: str) -> Optional[Dict[str, Any]]:
+  """The t5x-named params of an HF checkpoint dir as slice readers (nothing big is read yet).
+
+  Nested dicts whose leaves have `.shape`, `.dtype` and `leaf[index]`, in the
+  per-layer layout; None when the weights are not all in safetensors files
+  (`pytorch_model.bin` is read whole by `read_hf_state_dict`).
+  """
+  _, files = weight_files(model_dir)
+  if not all(f.endswith(".safetensors") for f in files):
+    return None
+  config = hf_config_to_t5config(
+      _read_config(model_dir), source=storage.join(model_dir, CONFIG_FILE)
+  )
+  where = {}
+  for path in files:
+    file = SafetensorsFile(path)
+    where.update({name: file for name in file.names()})
+  params: Dict[str, Any] = {}
+  for hf_name, path, transpose in _entries(where, config, model_dir):
+    node = params
+    for key in path[:-1]:
+      node = node.setdefault(key, {})
+    node[path[-1]] = _TensorSlices(where[hf_name], hf_name, transpose)
+  return params
 
 
 # ------------------------------------------------------------------------------
@@ -415,6 +558,35 @@ _EMBEDDING_ALIASES = (
 )
 
 
+def _aliases(config: T5Config):
+  return _EMBEDDING_ALIASES + (
+      ("lm_head.weight",) if config.logits_via_embedding else ()
+  )
+
+
+def _entries(names, config: T5Config, source: str):
+  """[(hf_name, t5x path, transpose)] of `config`, each HF name present in `names`; no unused name."""
+  entries = []
+  for hf_name, path, transpose in _name_map(config):
+    if hf_name == "lm_head.weight" and hf_name not in names:
+      # Unscaled logits through the shared embedding (a transformers >= 5 "tied" T5 1.1).
+      hf_name = "shared.weight"
+    if hf_name not in names:
+      raise CheckpointFormatError(
+          f"{source}: tensor {hf_name!r} is missing "
+          f"(config: {_describe(config)})"
+      )
+    entries.append((hf_name, path, transpose))
+  used = {name for name, _, _ in entries} | set(_aliases(config))
+  unused = sorted(set(names) - used)
+  if unused:
+    raise CheckpointFormatError(
+        f"{source}: unexpected tensors not used by the config "
+        f"({_describe(config)}): {unused[:8]}{' ...' if len(unused) > 8 else ''}"
+    )
+  return entries
+
+
 def hf_to_params(
     state_dict: Mapping[str, np.ndarray],
     config: T5Config,
@@ -428,36 +600,16 @@ def hf_to_params(
   `consume=True` deletes each tensor from `state_dict` once converted, so that an
   11B checkpoint is not held twice in host memory.
   """
-  entries = []
-  for hf_name, path, transpose in _name_map(config):
-    if hf_name == "lm_head.weight" and hf_name not in state_dict:
-      # Unscaled logits through the shared embedding (a transformers >= 5 "tied" T5 1.1).
-      hf_name = "shared.weight"
-    if hf_name not in state_dict:
-      raise CheckpointFormatError(
-          f"{source}: tensor {hf_name!r} is missing "
-          f"(config: {_describe(config)})"
-      )
-    entries.append((hf_name, path, transpose))
-  used = {name for name, _, _ in entries}
+  entries = _entries(state_dict, config, source)
   shared = state_dict["shared.weight"]
-  for alias in _EMBEDDING_ALIASES + (
-      ("lm_head.weight",) if config.logits_via_embedding else ()
-  ):
+  for alias in _aliases(config):
     if alias in state_dict:
-      used.add(alias)
       if not np.array_equal(np.asarray(state_dict[alias]), np.asarray(shared)):
         raise CheckpointFormatError(
             f"{source}: tensor {alias!r} differs from 'shared.weight' but config.json scales the decoder "
             f"output for tied logits (tie_word_embeddings / scale_decoder_outputs); t5x-style models "
             f"cannot combine scaled logits with a separate LM head"
         )
-  unused = sorted(set(state_dict) - used)
-  if unused:
-    raise CheckpointFormatError(
-        f"{source}: unexpected tensors not used by the config "
-        f"({_describe(config)}): {unused[:8]}{' ...' if len(unused) > 8 else ''}"
-    )
 
   params: Dict[str, Any] = {}
   remaining_uses = {}
@@ -603,10 +755,11 @@ def _unbox(tree):
 
 def resolve_hf_path(path_or_hub_name: str) -> str:
   """A local HF checkpoint dir: the path itself, or a Hub snapshot download (needs network)."""
-  if os.path.isdir(path_or_hub_name):
+  if storage.isdir(path_or_hub_name):
     return path_or_hub_name
   if (
-      os.path.exists(path_or_hub_name)
+      storage.is_remote(path_or_hub_name)
+      or os.path.exists(path_or_hub_name)
       or path_or_hub_name.startswith((".", "/"))
       or path_or_hub_name.count("/") > 1
   ):
@@ -639,28 +792,34 @@ def resolve_hf_path(path_or_hub_name: str) -> str:
     ) from e
 
 
+def _read_config(model_dir: str) -> Dict[str, Any]:
+  config_path = storage.join(model_dir, CONFIG_FILE)
+  if not storage.exists(config_path):
+    raise CheckpointFormatError(f"{model_dir}: {CONFIG_FILE} is missing")
+  try:
+    return json.loads(storage.read_text(config_path))
+  except json.JSONDecodeError as e:
+    raise CheckpointFormatError(f"{config_path}: not valid JSON ({e})") from e
+
+
 def import_hf(
     path_or_hub_name: str, *, dtype=np.float32
 ) -> Tuple[T5Config, Dict[str, Any], Optional[str]]:
   """(T5Config, params, spm_model_path or None) of an HF T5 checkpoint dir or Hub name."""
   model_dir = resolve_hf_path(path_or_hub_name)
-  config_path = os.path.join(model_dir, CONFIG_FILE)
-  if not os.path.exists(config_path):
-    raise CheckpointFormatError(f"{model_dir}: {CONFIG_FILE} is missing")
-  with open(config_path) as f:
-    try:
-      hf_config = json.load(f)
-    except json.JSONDecodeError as e:
-      raise CheckpointFormatError(f"{config_path}: not valid JSON ({e})") from e
   config = hf_config_to_t5config(
-      hf_config, source=config_path, param_dtype=np.dtype(dtype).name
+      _read_config(model_dir),
+      source=storage.join(model_dir, CONFIG_FILE),
+      param_dtype=np.dtype(dtype).name,
   )
   state = read_hf_state_dict(model_dir)
   params = hf_to_params(
       state, config, source=model_dir, dtype=dtype, consume=True
   )
-  spm = os.path.join(model_dir, SPM_FILE)
-  return config, params, (spm if os.path.exists(spm) else None)
+  spm = storage.join(model_dir, SPM_FILE)
+  if storage.is_remote(spm) and storage.isfile(spm):
+    spm = storage.cached_local_copy(spm)  # SentencePiece reads local files
+  return config, params, (spm if storage.isfile(spm) else None)
 
 
 def export_hf(

@@ -27,7 +27,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from tkx import multihost, storage
+from tkx import errors, io_utils, multihost, storage
 from tkx.checkpoints import layout
 
 STATE_ITEM = layout.STATE_ITEM
@@ -158,6 +158,7 @@ class CheckpointManager:
   # -- restore -------------------------------------------------------------------
   def restore(self, step: int, abstract_train_state: Any) -> Tuple[Any, dict]:
     """Restores step `step` into the structure, dtypes and shardings of `abstract_train_state`."""
+    io_utils.return_large_buffers_to_os()  # read buffers leave no lasting peak
     abstract_tree = jax.tree_util.tree_map(
         _abstract, _to_tree(abstract_train_state)
     )
@@ -268,7 +269,7 @@ class CheckpointManager:
     return self._unreadable[step]
 
 
-class CheckpointReadError(ValueError):
+class CheckpointReadError(errors.UserError):
   """An agreed checkpoint step failed to restore (message names the step dir and the cause)."""
 
 
@@ -309,6 +310,25 @@ def _all_processes(value: int) -> list:
       int(v)
       for v in np.asarray(multihost_utils.process_allgather(np.int64(value)))
   ]
+
+
+def _read_window_bytes(stored_params) -> int:
+  """Bytes of params reads in flight (orbax's default is 96 GB: every array at once).
+
+  `stored_params`: the stored arrays' metadata (`.shape`, `.dtype`).
+  The largest chunk-aligned read of one shard: at most 2**rank times its array
+  (a chunk is never larger than the array, so each axis at most doubles); a
+  smaller window would make orbax refuse that read.
+  """
+  return (
+      max(
+          2 ** len(a.shape) * int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize
+          for a in jax.tree_util.tree_leaves(
+              stored_params, is_leaf=lambda x: hasattr(x, "shape")
+          )
+      )
+      + 1
+  )
 
 
 # t5x's chunk cap: a slice of a big array is read without decoding the whole array.
@@ -371,6 +391,7 @@ def load_params(path: str, abstract_params: Any = None) -> Any:
   Without it they come back whole as host numpy arrays.
   """
   state_dir = _state_dir(path)
+  io_utils.return_large_buffers_to_os()
   checkpointer = ocp.PyTreeCheckpointer()
   if abstract_params is None:
     tree = _tree_metadata(state_dir)
@@ -386,6 +407,14 @@ def load_params(path: str, abstract_params: Any = None) -> Any:
     }
   else:
     abstract_params = jax.tree_util.tree_map(_abstract, abstract_params)
+    checkpointer = ocp.Checkpointer(
+        ocp.PyTreeCheckpointHandler(
+            restore_concurrent_gb=_read_window_bytes(
+                _tree_metadata(state_dir).get("params", abstract_params)
+            )
+            / 1e9
+        )
+    )
     item = {"params": abstract_params}
     restore_args = {
         "params": jax.tree_util.tree_map(

@@ -22,6 +22,11 @@ path at the top level instead; both are read). The param names are t5x's
 (`token_embedder/embedding`, `encoder/layers_0/attention/query/kernel`, ...), the
 same tree as tkx's `network.Transformer`.
 
+The checkpoint may be local or remote (`gs://`): files go through `tkx.storage`;
+each array's kvstore is re-rooted under the `checkpoint_<step>` dir being read, as
+t5x does when it reads a copied checkpoint (`file` driver locally, `gcs` with the
+dir's bucket remotely, whatever driver the spec was written with).
+
 What was verified here (offline, tests/test_t5x_format.py): a checkpoint written
 by `save_params` below, which follows the layout above as read from t5x's source
 (msgpack keys, spec dicts with relative `file` kvstore paths, zarr with gzip
@@ -29,9 +34,9 @@ chunks, a `param_states` optimizer subtree, inline arrays next to tensorstore
 ones, the pre-0.1.14 spec form, `PLACEHOLDER://` leaves, bfloat16 arrays), reads
 back bit-exactly, and loads into the tkx model; so does a `{"target", "state"}`
 tree saved with orbax's PyTreeCheckpointer in `checkpoint_<step>/state/`. What was NOT verified: a checkpoint written by t5x
-itself (none is reachable offline), `gs://` checkpoints (gcs kvstore specs are
-mapped to files beside the msgpack, as t5x does when reading a copied
-checkpoint), scanned-layer t5x models (stacked `layers` params), and the
+itself (none is reachable offline), real Cloud Storage (a `gs://` checkpoint is
+read through `tkx.storage` and tensorstore's `gcs` driver against a GCS emulator,
+tests/test_storage.py), scanned-layer t5x models (stacked `layers` params), and the
 `params_axes` / partitioning metadata, which is ignored.
 """
 
@@ -42,6 +47,7 @@ from typing import Any, Dict, Mapping, Optional
 import numpy as np
 from flax import serialization, traverse_util
 
+from tkx import errors, storage
 from tkx.checkpoints import layout
 
 log = logging.getLogger(__name__)
@@ -59,7 +65,7 @@ _PARAM_PATHS = (
 )
 
 
-class T5xCheckpointError(ValueError):
+class T5xCheckpointError(errors.UserError):
   """The path is not a readable t5x checkpoint (message names the file and the field)."""
 
 
@@ -68,23 +74,23 @@ _PLACEHOLDER = "PLACEHOLDER://"
 
 
 def _is_orbax_dir(path: str) -> bool:
-  return os.path.isdir(path) and any(
-      os.path.exists(os.path.join(path, m)) for m in _ORBAX_MARKERS
+  return storage.isdir(path) and any(
+      storage.exists(storage.join(path, m)) for m in _ORBAX_MARKERS
   )
 
 
 def find_orbax_state_dir(path: str) -> Optional[str]:
   """The orbax PyTree dir of a t5x (orbax-era) checkpoint under `path`, or None."""
-  path = os.fspath(path)
-  candidates = [path, os.path.join(path, "state")]
-  if os.path.isdir(path):
+  path = storage.abspath(path)
+  candidates = [path, storage.join(path, "state")]
+  if storage.isdir(path):
     steps = layout.list_steps(path)
     if steps:
-      newest = os.path.join(path, layout.step_dir_name(steps[-1]))
-      candidates += [os.path.join(newest, "state"), newest]
+      newest = storage.join(path, layout.step_dir_name(steps[-1]))
+      candidates += [storage.join(newest, "state"), newest]
   for candidate in candidates:
-    if _is_orbax_dir(candidate) and not os.path.isfile(
-        os.path.join(candidate, CHECKPOINT_FILE)
+    if _is_orbax_dir(candidate) and not storage.isfile(
+        storage.join(candidate, CHECKPOINT_FILE)
     ):
       return candidate
   return None
@@ -108,19 +114,19 @@ def _restore_orbax(state_dir: str) -> Dict[str, Any]:
 
 def find_checkpoint_file(path: str) -> str:
   """The msgpack `checkpoint` file of `path`: that file, a `checkpoint_<step>` dir, or a dir of them (newest)."""
-  path = os.fspath(path)
-  if os.path.isfile(path):
+  path = storage.abspath(path)
+  if storage.isfile(path):
     return path
-  if not os.path.isdir(path):
+  if not storage.isdir(path):
     raise FileNotFoundError(f"t5x checkpoint {path} does not exist")
-  direct = os.path.join(path, CHECKPOINT_FILE)
-  if os.path.isfile(direct):
+  direct = storage.join(path, CHECKPOINT_FILE)
+  if storage.isfile(direct):
     return direct
   steps = [
       step
       for step in layout.list_steps(path)
-      if os.path.isfile(
-          os.path.join(path, layout.step_dir_name(step), CHECKPOINT_FILE)
+      if storage.isfile(
+          storage.join(path, layout.step_dir_name(step), CHECKPOINT_FILE)
       )
   ]
   if not steps:
@@ -128,7 +134,7 @@ def find_checkpoint_file(path: str) -> str:
         f"{path}: no t5x checkpoint (neither a '{CHECKPOINT_FILE}' msgpack file nor "
         "checkpoint_<step>/checkpoint in it)"
     )
-  return os.path.join(path, layout.step_dir_name(steps[-1]), CHECKPOINT_FILE)
+  return storage.join(path, layout.step_dir_name(steps[-1]), CHECKPOINT_FILE)
 
 
 def _is_ts_spec(value) -> bool:
@@ -137,17 +143,29 @@ def _is_ts_spec(value) -> bool:
   ) or (isinstance(value, str) and value.startswith(_PLACEHOLDER))
 
 
+def _kvstore(path: str, ckpt_dir: str) -> Dict[str, str]:
+  """The tensorstore kvstore of `path` (under `ckpt_dir`): `file` locally, `gcs` for gs://."""
+  if not storage.is_remote(path):
+    return {"driver": "file", "path": path}
+  if path.startswith("gs://"):
+    bucket, _, key = path[len("gs://") :].partition("/")
+    return {"driver": "gcs", "bucket": bucket, "path": key}
+  raise T5xCheckpointError(
+      f"{ckpt_dir}: t5x checkpoints are read from local disk or gs:// "
+      f"(tensorstore has no driver for {path.split('://')[0]}://)"
+  )
+
+
 def _localize_spec(spec, ckpt_dir: str) -> Dict[str, Any]:
-  """Spec with its (relative) path made absolute under `ckpt_dir`, on the local file system."""
+  """Spec with its (relative) path re-rooted under `ckpt_dir` (local or gs://)."""
   if isinstance(
       spec, str
   ):  # orbax's aggregate-file placeholder: a zarr dir beside the msgpack file
     return {
         "driver": "zarr",
-        "kvstore": {
-            "driver": "file",
-            "path": os.path.join(ckpt_dir, spec[len(_PLACEHOLDER) :]),
-        },
+        "kvstore": _kvstore(
+            storage.join(ckpt_dir, spec[len(_PLACEHOLDER) :]), ckpt_dir
+        ),
     }
   spec = {k: dict(v) if isinstance(v, Mapping) else v for k, v in spec.items()}
   kvstore = spec["kvstore"]
@@ -161,17 +179,21 @@ def _localize_spec(spec, ckpt_dir: str) -> Dict[str, Any]:
       raise T5xCheckpointError(
           f"{ckpt_dir}/{CHECKPOINT_FILE}: TensorStore spec has no 'path': {spec}"
       )
-    if os.path.isabs(relative) and os.path.exists(relative):
+    if (
+        not storage.is_remote(ckpt_dir)
+        and os.path.isabs(relative)
+        and os.path.exists(relative)
+    ):
       candidate = relative
     else:
-      candidate = os.path.join(ckpt_dir, relative.lstrip("/"))
-      if not os.path.exists(
+      candidate = storage.join(ckpt_dir, relative.lstrip("/"))
+      if not storage.exists(
           candidate
-      ):  # a copied gs:// checkpoint keeps its arrays beside the msgpack
-        candidate = os.path.join(
+      ):  # a copied checkpoint keeps its arrays beside the msgpack
+        candidate = storage.join(
             ckpt_dir, os.path.basename(relative.rstrip("/"))
         )
-    spec["kvstore"] = {"driver": "file", "path": candidate}
+    spec["kvstore"] = _kvstore(candidate, ckpt_dir)
   else:
     raise T5xCheckpointError(
         f"{ckpt_dir}/{CHECKPOINT_FILE}: unsupported TensorStore kvstore driver "
@@ -197,8 +219,7 @@ def read_state_dict(path: str) -> Dict[str, Any]:
   """The whole t5x state dict (msgpack tree with every TensorStore array read in), as numpy."""
   ckpt_file = find_checkpoint_file(path)
   ckpt_dir = os.path.dirname(ckpt_file)
-  with open(ckpt_file, "rb") as f:
-    data = f.read()
+  data = storage.read_bytes(ckpt_file)
   try:
     state = serialization.msgpack_restore(data)
   except Exception as e:
@@ -232,13 +253,13 @@ def read_state_dict(path: str) -> Dict[str, Any]:
 
 def _read_msgpack(ckpt_file: str):
   """The msgpack state tree of a t5x `checkpoint` file (arrays as TensorStore references)."""
-  with open(ckpt_file, "rb") as f:
-    try:
-      return serialization.msgpack_restore(f.read())
-    except Exception as e:
-      raise T5xCheckpointError(
-          f"{ckpt_file}: not a msgpack t5x checkpoint ({e})"
-      ) from e
+  data = storage.read_bytes(ckpt_file)
+  try:
+    return serialization.msgpack_restore(data)
+  except Exception as e:
+    raise T5xCheckpointError(
+        f"{ckpt_file}: not a msgpack t5x checkpoint ({e})"
+    ) from e
 
 
 def _find_params(state: Mapping[str, Any], source: str) -> Mapping[str, Any]:

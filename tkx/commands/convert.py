@@ -13,6 +13,7 @@ import json
 import sys
 
 from tkx import io_utils
+from tkx.commands import ni_selection
 from tkx.data import encodings as enc
 from tkx.data import ni
 from tkx.data import vocab
@@ -21,16 +22,11 @@ _SPLIT_DEFAULT = object()
 
 
 def add_arguments(parser):
-  parser.add_argument(
-      "--ni_dir",
-      default=str(vocab.EMBEDDED_NI_DIR),
-      help="NI checkout with tasks/ and splits/; default: the embedded sample",
-  )
-  parser.add_argument(
-      "--track", default="default", help="splits/<track>/ (default or xlingual)"
-  )
-  parser.add_argument(
-      "--split", default="test", help="splits/<track>/<split>_tasks.txt"
+  ni_selection.add_arguments(
+      parser,
+      max_instances_default=_SPLIT_DEFAULT,
+      max_instances_help="cap after a seeded shuffle (default: 100 for train, none otherwise; "
+      "a negative value means no cap)",
   )
   parser.add_argument(
       "--encoding",
@@ -38,25 +34,6 @@ def add_arguments(parser):
       help="e.g. def, pos2, def_pos2, def_pos2_neg2_expl, name_def_pos2, tk_instruct",
   )
   parser.add_argument("--output", required=True, help="JSONL file to write")
-  parser.add_argument(
-      "--max_num_instances_per_task",
-      type=int,
-      default=_SPLIT_DEFAULT,
-      help="cap after a seeded shuffle (default: 100 for train, none otherwise; "
-      "a negative value means no cap)",
-  )
-  parser.add_argument(
-      "--seed",
-      type=int,
-      default=42,
-      help="seed for instance selection and tk_instruct encoding draws",
-  )
-  parser.add_argument(
-      "--selection",
-      default=ni.DEFAULT_SELECTION.value,
-      choices=[s.value for s in ni.Selection],
-      help="capped splits: Tk-Instruct's one random stream (default) or a shuffle per task",
-  )
   parser.add_argument(
       "--max_source_length",
       type=int,
@@ -67,11 +44,6 @@ def add_arguments(parser):
       "--vocab",
       default=None,
       help="SentencePiece model for the token budget; without it no budget is applied",
-  )
-  parser.add_argument(
-      "--skip_missing",
-      action="store_true",
-      help="skip (with one warning) tasks the split names but whose file is missing",
   )
 
 

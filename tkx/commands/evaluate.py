@@ -14,9 +14,9 @@ writes one `report.html` comparing them. Flags given on the command line win ove
 Decoding flags as `tkx infer` (greedy by default).
 """
 
-import os
+import posixpath
 
-from tkx import storage
+from tkx import errors, storage
 from tkx.commands import infer as infer_command
 
 
@@ -69,30 +69,37 @@ def add_arguments(parser):
   infer_command.add_common_arguments(parser, checkpoint_required=False)
 
 
-_FLAG_TO_ARG = {
-    "checkpoint": "checkpoint_path",
-    "output_dir": "output_dir",
-    "ni_dir": "ni_dir",
-    "track": "track",
-    "split": "split",
-    "encoding": "encoding",
-    "mixture": "mixture_or_task_name",
-    "batch_size": "batch_size",
-    "max_input_length": "max_input_length",
-    "max_num_instances_per_task": "max_num_instances_per_task",
-    "vocab": "vocab_path",
-}
+# Every flag but --encodings and --no_progress is a gin binding of evaluate.evaluate
+# (`tkx.cli.flag_bindings`): a flag wins over gin files, and the defaults live in
+# evaluate.evaluate's signature (or the run's gin file).
+GIN_FLAGS = dict(
+    infer_command.DECODE_FLAGS,
+    checkpoint="evaluate.evaluate.checkpoint_path",
+    output_dir="evaluate.evaluate.output_dir",
+    ni_dir="evaluate.evaluate.ni_dir",
+    track="evaluate.evaluate.track",
+    split="evaluate.evaluate.split",
+    encoding="evaluate.evaluate.encoding",
+    mixture="evaluate.evaluate.mixture_or_task_name",
+    batch_size="evaluate.evaluate.batch_size",
+    max_input_length="evaluate.evaluate.max_input_length",
+    max_num_instances_per_task="evaluate.evaluate.max_num_instances_per_task",
+    vocab="evaluate.evaluate.vocab_path",
+    input_buckets=(
+        "evaluate.evaluate.input_buckets",
+        infer_command.input_buckets_flag,
+    ),
+)
 
 
 configure = infer_command.parse_gin  # before `tkx.cli` joins the processes
 
 
 def main(args):
-  from tkx import evaluate, multihost
-  from tkx.checkpoints import layout
+  from tkx import evaluate, gin_utils
 
   if not args.gin_files and not args.checkpoint:
-    raise ValueError(
+    raise errors.ConfigError(
         "tkx eval needs --checkpoint (or a gin file that sets evaluate.evaluate.checkpoint_path, "
         "e.g. --gin_file=gin_configs/runs/eval.gin --gin.CHECKPOINT_PATH=\"'CKPT'\")"
     )
@@ -104,46 +111,25 @@ def main(args):
     from tkx.data import pipeline  # pylint: disable=g-import-not-at-top
 
     pipeline.check_mixture_name(args.mixture, args.ni_dir, flag="--mixture")
-  kwargs = infer_command.explicit_kwargs(args, _FLAG_TO_ARG)
-  if any(getattr(args, f) is not None for f in infer_command.DECODE_FLAGS):
-    kwargs["decode_config"] = infer_command.decode_config_from_args(args)
-  if args.num_partitions is not None:
-    kwargs["partitioner"] = infer_command.partitioner_from_args(args)
-  if args.input_buckets:
-    kwargs["input_buckets"] = infer_command.input_buckets_from_args(args)
-  if args.no_progress:
-    kwargs["progress"] = False
-  encodings = _parse_encodings(args) if args.encodings is not None else None
-  if (
-      encodings
-      and "output_dir" not in kwargs
-      and _gin_binds("evaluate.evaluate.output_dir")
+  progress = not args.no_progress
+  if args.encodings is None:
+    results = evaluate.evaluate(progress=progress)
+    return _print_summary(results)
+  encodings = _parse_encodings(args)
+  if args.output_dir is None and (
+      gin_utils.query("evaluate.evaluate.output_dir") is not None
   ):
-    raise ValueError(
+    raise errors.ConfigError(
         "tkx eval --encodings writes one directory per encoding under --output_dir; "
         "give --output_dir (the gin binding evaluate.evaluate.output_dir names one "
         "evaluation's directory)"
     )
-  if (
-      "output_dir" not in kwargs
-      and args.checkpoint
-      and not _gin_binds("evaluate.evaluate.output_dir")
-  ):
-    name = args.mixture or "_".join(
-        [
-            _flag_or_gin(args.track, "track"),
-            _flag_or_gin(args.split, "split"),
-            "encodings"
-            if encodings
-            else _flag_or_gin(args.encoding, "encoding"),
-        ]
-    )
-    kwargs["output_dir"] = os.path.join(
-        layout.root_of(args.checkpoint), f"eval_{name}"
-    )
-  if encodings:
-    return _sweep(kwargs, encodings)
-  results = evaluate.evaluate(**kwargs)
+  return _sweep(encodings, progress)
+
+
+def _print_summary(results):
+  from tkx import evaluate, multihost
+
   settings = results["settings"]
   report_path = _write_report(settings["output_dir"])
   if not multihost.is_primary_host():
@@ -161,50 +147,46 @@ def _parse_encodings(args):
   from tkx.data import encodings as encodings_lib
 
   if args.encoding is not None or args.mixture is not None:
-    raise ValueError(
+    raise errors.ConfigError(
         "--encodings evaluates several encodings of the split; it cannot be combined "
         "with --encoding or --mixture"
     )
   names = [name.strip() for name in args.encodings.split(",")]
   if not all(names):
-    raise ValueError(
+    raise errors.ConfigError(
         f"--encodings {args.encodings!r}: an empty name between commas"
     )
   for name in names:
     try:
       encodings_lib.parse_encoding(name)
     except ValueError as e:
-      raise ValueError(f"--encodings: {e}") from None
+      raise errors.ConfigError(f"--encodings: {e}") from None
   duplicates = sorted({n for n in names if names.count(n) > 1})
   if duplicates:
-    raise ValueError(f"--encodings names {', '.join(duplicates)} twice")
+    raise errors.ConfigError(f"--encodings names {', '.join(duplicates)} twice")
   return names
 
 
-def _sweep(kwargs, encodings):
+def _sweep(encodings, progress):
   """One evaluation per encoding, sharing the loaded checkpoint; one report comparing them."""
-  from tkx import evaluate, multihost
+  from tkx import evaluate, multihost, report
   from tkx.metrics import ni_metrics
 
-  if "output_dir" not in kwargs:
-    raise ValueError(
-        "tkx eval --encodings needs --output_dir (or --checkpoint, for the default "
-        "<checkpoint>/eval_<track>_<split>_encodings)"
-    )
-  parent = kwargs.pop("output_dir")
   shared = evaluate.SharedCheckpoint()
-  overall = {}
+  scores = report.BaselineScores()  # every encoding: the same instances
+  overall, parent = {}, None
   primary = multihost.is_primary_host()  # one table per job
   for i, encoding in enumerate(encodings, 1):
     if primary:
       print(f"\n=== encoding {encoding} ({i}/{len(encodings)}) ===")
     results = evaluate.evaluate(
-        **kwargs,
+        progress=progress,
         encoding=encoding,
-        output_dir=os.path.join(parent, encoding),
+        in_encodings_sweep=True,
         shared_checkpoint=shared,
     )
-    _write_report(results["settings"]["output_dir"])
+    _write_report(results["settings"]["output_dir"], scores=scores)
+    parent = posixpath.dirname(results["settings"]["output_dir"])
     overall[encoding] = results["overall"]
   report_path = _write_report(parent, encodings)
   if not primary:
@@ -230,7 +212,7 @@ def _sweep(kwargs, encodings):
   return 0
 
 
-def _write_report(output_dir, encodings=None):
+def _write_report(output_dir, encodings=None, scores=None):
   """report.html (and baselines.json) from what eval wrote; the primary host writes, as eval."""
   from tkx import multihost, report
 
@@ -238,35 +220,4 @@ def _write_report(output_dir, encodings=None):
     return None
   if encodings:
     return report.write_sweep_report(output_dir, encodings)
-  return report.write_eval_report(output_dir)
-
-
-def _flag_or_gin(value, parameter):
-  """The flag's value, else evaluate.evaluate's gin binding, else its default (for naming the output dir)."""
-  import inspect
-
-  import gin
-
-  from tkx import evaluate
-
-  if value is not None:
-    return value
-  selector = f"evaluate.evaluate.{parameter}"
-  if _gin_binds(selector):
-    bound = gin.query_parameter(selector)
-    scoped = getattr(bound, "scoped_selector", "")
-    if scoped.endswith("/gin.macro"):  # %MACRO
-      bound = gin.query_parameter("%" + scoped[: -len("/gin.macro")])
-    if isinstance(bound, str):
-      return bound
-  return inspect.signature(evaluate.evaluate).parameters[parameter].default
-
-
-def _gin_binds(name):
-  import gin
-
-  try:
-    gin.query_parameter(name)
-    return True
-  except (ValueError, KeyError):
-    return False
+  return report.write_eval_report(output_dir, scores=scores)

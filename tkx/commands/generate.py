@@ -11,9 +11,10 @@ stderr). An empty instruction or input is an error. Decoding flags as `tkx infer
 """
 
 import difflib
-import os
+import posixpath
 import sys
 
+from tkx import errors
 from tkx.commands import infer as infer_command
 
 
@@ -50,38 +51,30 @@ def add_arguments(parser):
 
 def load_ni_task(name_or_path, ni_dir=None):
   """A validated task dict from a task name in `ni_dir` or from a .json path; close names on a miss."""
+  from tkx import storage
   from tkx.data import ni
   from tkx.data import tasks as tasks_lib
 
-  if name_or_path.endswith(".json") or os.path.sep in name_or_path:
-    path = os.path.abspath(name_or_path)
-    if not os.path.isfile(path):
+  if name_or_path.endswith(".json") or "/" in name_or_path:
+    path = storage.abspath(name_or_path)
+    if not storage.isfile(path):
       raise FileNotFoundError(f"task file not found: {path}")
-    name = (
-        os.path.basename(path)[: -len(".json")]
-        if path.endswith(".json")
-        else os.path.basename(path)
-    )
+    name = posixpath.basename(path)
+    name = name[: -len(".json")] if name.endswith(".json") else name
     return ni.load_task_file(path, name)
   ni_dir = ni_dir or tasks_lib.EMBEDDED_NI_DIR
-  task_dir = os.path.join(ni_dir, "tasks")
-  if not os.path.isfile(os.path.join(task_dir, name_or_path + ".json")):
-    known = (
-        sorted(
-            n[: -len(".json")]
-            for n in os.listdir(task_dir)
-            if n.endswith(".json")
-        )
-        if os.path.isdir(task_dir)
-        else []
-    )
+  task_dir = storage.join(ni_dir, "tasks")
+  known = sorted(ni.existing_task_names(ni_dir))
+  if name_or_path not in known:
     close = difflib.get_close_matches(name_or_path, known, n=5, cutoff=0.4)
     hint = (
         f"; did you mean {', '.join(close)}?"
         if close
         else f" ({len(known)} tasks there)"
     )
-    raise ValueError(f"unknown NI task {name_or_path!r} in {task_dir}{hint}")
+    raise errors.ConfigError(
+        f"unknown NI task {name_or_path!r} in {task_dir}{hint}"
+    )
   return ni.load_task(ni_dir, name_or_path)
 
 
@@ -101,22 +94,25 @@ def build_prompt(task, text, encoding, vocabulary, max_input_length):
   )
 
 
+GIN_FLAGS = infer_command.GIN_FLAGS
+
+
 def configure(args):
   """Checks the arguments and parses gin, before `tkx.cli` joins the processes."""
   if args.ni_task and args.text is not None:
-    raise ValueError(
+    raise errors.ConfigError(
         "give either the prompt text or --ni_task with --input, not both"
     )
   if args.ni_task is None and args.input is not None:
-    raise ValueError(
+    raise errors.ConfigError(
         "--input needs --ni_task (or pass the whole prompt as the positional text)"
     )
   if args.ni_task is not None and (
       args.input is None or not args.input.strip()
   ):
-    raise ValueError("--ni_task needs a non-empty --input")
+    raise errors.ConfigError("--ni_task needs a non-empty --input")
   if args.ni_task is None and (args.text is None or not args.text.strip()):
-    raise ValueError(
+    raise errors.ConfigError(
         "empty instruction: pass the prompt text, or --ni_task NAME --input TEXT"
     )
   infer_command.parse_gin(args)
@@ -124,8 +120,7 @@ def configure(args):
 
 def main(args):
   import jax
-  from tkx import multihost
-  from tkx import infer
+  from tkx import infer, multihost, partitioning
   from tkx.checkpoints import directory
 
   if args.ni_dir:
@@ -139,11 +134,19 @@ def main(args):
       if args.num_partitions or jax.process_count() > 1
       else jax.local_devices()[:1]
   )
-  partitioner = infer_command.partitioner_from_args(args, devices=devices)
+  # gin (and --num_partitions) apply.
+  partitioner = partitioning.Partitioner(devices=devices)
   loaded = directory.load(
       args.checkpoint, partitioner=partitioner, vocab_path=args.vocab
   )
-  max_input_length = args.max_input_length or 1024
+  # gin (and the decoding, --max_input_length, --input_buckets flags) apply.
+  predictor = infer.make_predictor(
+      loaded.model,
+      loaded.params,
+      partitioner=partitioner,
+      batch_size=partitioner.data_axis_size,
+  )
+  max_input_length = predictor.input_buckets[-1]  # make_predictor's budget
   if args.ni_task is not None:
     task = load_ni_task(args.ni_task, args.ni_dir)
     prompt = build_prompt(
@@ -153,16 +156,6 @@ def main(args):
     prompt = args.text
   if args.show_prompt and multihost.is_primary_host():
     print(prompt, file=sys.stderr)
-  predictor = infer.Predictor(
-      loaded.model,
-      loaded.params,
-      partitioner=partitioner,
-      batch_size=partitioner.data_axis_size,
-      decode_config=infer_command.decode_config_from_args(args),
-      input_buckets=infer.buckets_up_to(
-          max_input_length, infer_command.input_buckets_from_args(args)
-      ),
-  )
   [prediction] = infer.predict_texts(
       predictor,
       loaded.vocabulary,

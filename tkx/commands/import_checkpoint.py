@@ -13,6 +13,8 @@ A Hub name is downloaded with `huggingface_hub` (needs network).
 
 import logging
 
+from tkx import errors
+
 DTYPES = ("float32", "bfloat16")
 
 
@@ -60,7 +62,7 @@ def _import_t5x(args, dtype):
   from tkx.checkpoints import directory, hf, t5x_format
 
   if not args.gin_files:
-    raise ValueError(
+    raise errors.ConfigError(
         "--t5x needs --gin_file with the model config "
         "(e.g. gin_configs/models/t5_1_1/base.gin): t5x checkpoints do not store it"
     )

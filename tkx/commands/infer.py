@@ -12,22 +12,58 @@ the budget, first tokens kept (with a warning counting them).
 
 Decoding flags (shared with `tkx eval` and `tkx generate`): greedy by default,
 `--num_beams K [--alpha A] [--beam_procedure hf|t5x]` for beam search, `--temperature T [--top_k K]
-[--top_p P] [--seed S]` for sampling. Gin: `--gin_file=gin_configs/runs/infer.gin`
+[--top_p P] [--seed S]` for sampling, `--decode_fn NAME` for any registered method
+(docs/decoding.md). Gin: `--gin_file=gin_configs/runs/infer.gin`
 and `--gin.NAME=VALUE`; flags given on the command line win over gin.
 """
 
-import os
 import sys
 
-DECODE_FLAGS = (
-    "num_beams",
-    "alpha",
-    "temperature",
-    "top_k",
-    "top_p",
-    "max_decode_length",
-    "seed",
-    "beam_procedure",
+from tkx import errors
+
+# The decoding flags of infer, eval, generate and serve: each is a gin binding of
+# `infer.decode_flags` (`tkx.cli.flag_bindings`), applied to the run's
+# `infer.DecodeConfig` as the flags choose the method (`DecodeConfig.with_settings`);
+# a flag wins over gin files and the defaults live in `infer.DecodeConfig` and
+# `partitioning.Partitioner`.
+DECODE_FLAGS = {
+    name: f"infer.decode_flags.{name}"
+    for name in (
+        "decode_fn",
+        "num_beams",
+        "alpha",
+        "temperature",
+        "top_k",
+        "top_p",
+        "max_decode_length",
+        "seed",
+        "beam_procedure",
+    )
+}
+DECODE_FLAGS["num_partitions"] = "partitioning.Partitioner.num_partitions"
+
+
+def input_buckets_flag(text: str):
+  """`--input_buckets 128,256` -> (128, 256); a ConfigError naming the flag otherwise."""
+  try:
+    buckets = tuple(int(b) for b in text.split(",") if b.strip())
+  except ValueError:
+    raise errors.ConfigError(
+        f"--input_buckets must be comma-separated integers, got {text!r}"
+    ) from None
+  if not buckets or min(buckets) < 1:
+    raise errors.ConfigError(
+        f"--input_buckets must be positive integers, got {text!r}"
+    )
+  return buckets
+
+
+# infer and generate: the Predictor's settings (`infer.make_predictor`, where their defaults live).
+GIN_FLAGS = dict(
+    DECODE_FLAGS,
+    batch_size="infer.make_predictor.batch_size",
+    max_input_length="infer.make_predictor.max_input_length",
+    input_buckets=("infer.make_predictor.input_buckets", input_buckets_flag),
 )
 
 
@@ -38,6 +74,13 @@ def add_common_arguments(parser, *, checkpoint_required=True):
       help="tkx checkpoint dir (checkpoint_<step>/ + model.gin [+ spm.model]) or one checkpoint_<step>/",
   )
   group = parser.add_argument_group("decoding (default: greedy)")
+  group.add_argument(
+      "--decode_fn",
+      default=None,
+      help="the decoding method by name (tkx.decoding.METHODS: greedy, hf_beam_search, "
+      "beam_search, temperature_sample, or a registered one); default: chosen by "
+      "--num_beams / --temperature",
+  )
   group.add_argument(
       "--num_beams",
       type=int,
@@ -119,65 +162,13 @@ def add_common_arguments(parser, *, checkpoint_required=True):
 
 
 def parse_gin(args):
-  """Parses run gin files and `--gin.X=Y` bindings (imports what run files name)."""
+  """Parses run gin files and `--gin.X=Y` bindings, the flags' bindings last (imports what run files name)."""
   from tkx import evaluate, infer, multihost, partitioning  # noqa: F401  (register configurables)
   from tkx import gin_utils
 
   gin_utils.parse(
       args.gin_files, args.gin_bindings, search_paths=args.gin_search_paths
   )
-
-
-def decode_config_from_args(args):
-  """`infer.DecodeConfig` with the decoding flags given; the others come from gin or the defaults."""
-  from tkx import infer
-
-  given = {
-      name: getattr(args, name)
-      for name in DECODE_FLAGS
-      if getattr(args, name, None) is not None
-  }
-  return infer.DecodeConfig(**given)
-
-
-def partitioner_from_args(args, devices=None):
-  from tkx import partitioning
-
-  kwargs = (
-      {"num_partitions": args.num_partitions}
-      if args.num_partitions is not None
-      else {}
-  )
-  if devices is not None:
-    kwargs["devices"] = devices
-  return partitioning.Partitioner(**kwargs)
-
-
-def input_buckets_from_args(args):
-  from tkx import infer
-
-  if not args.input_buckets:
-    return infer.DEFAULT_INPUT_BUCKETS
-  try:
-    buckets = tuple(int(b) for b in args.input_buckets.split(",") if b.strip())
-  except ValueError:
-    raise ValueError(
-        f"--input_buckets must be comma-separated integers, got {args.input_buckets!r}"
-    ) from None
-  if not buckets or min(buckets) < 1:
-    raise ValueError(
-        f"--input_buckets must be positive integers, got {args.input_buckets!r}"
-    )
-  return buckets
-
-
-def explicit_kwargs(args, names):
-  """{name: value} of the flags given (not None), mapped to function argument names."""
-  return {
-      target: getattr(args, flag)
-      for flag, target in names.items()
-      if getattr(args, flag, None) is not None
-  }
 
 
 def add_arguments(parser):
@@ -204,37 +195,32 @@ configure = parse_gin  # `tkx.cli` parses gin before the processes join
 
 
 def main(args):
-  from tkx import infer, jsonl, multihost
+  from tkx import infer, jsonl, multihost, partitioning, storage
   from tkx.checkpoints import directory
 
   if args.input_file and args.ni_dir:
-    raise ValueError("--ni_dir applies to --mixture, not to --input_file")
+    raise errors.ConfigError(
+        "--ni_dir applies to --mixture, not to --input_file"
+    )
   if args.ni_dir:
     from tkx.data import source  # pylint: disable=g-import-not-at-top
 
     source.check_checkout(args.ni_dir)  # before the checkpoint is loaded
-  if args.input_file and not os.path.isfile(args.input_file):
+  if args.input_file and not storage.isfile(args.input_file):
     raise FileNotFoundError(f"input file not found: {args.input_file}")
   if args.mixture:
     from tkx.data import pipeline  # pylint: disable=g-import-not-at-top
 
     pipeline.check_mixture_name(args.mixture, args.ni_dir, flag="--mixture")
-  partitioner = partitioner_from_args(args)
+  partitioner = partitioning.Partitioner()  # gin (and --num_partitions) apply
   loaded = directory.load(
       args.checkpoint, partitioner=partitioner, vocab_path=args.vocab
   )
-  max_input_length = args.max_input_length or 1024
-  batch_size = args.batch_size or max(8, partitioner.data_axis_size)
-  predictor = infer.Predictor(
-      loaded.model,
-      loaded.params,
-      partitioner=partitioner,
-      batch_size=batch_size,
-      decode_config=decode_config_from_args(args),
-      input_buckets=infer.buckets_up_to(
-          max_input_length, input_buckets_from_args(args)
-      ),
+  # gin (and the decoding, --batch_size, --max_input_length, --input_buckets flags) apply.
+  predictor = infer.make_predictor(
+      loaded.model, loaded.params, partitioner=partitioner
   )
+  max_input_length = predictor.input_buckets[-1]  # make_predictor's budget
   progress = not args.no_progress
   if args.mixture:
     from tkx.data import pipeline  # pylint: disable=g-import-not-at-top

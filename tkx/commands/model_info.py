@@ -15,6 +15,8 @@ import dataclasses
 import json
 import re
 
+from tkx import errors
+
 # name -> (devices JAX sees, bytes of memory per device)
 TARGETS = {
     "gpu-8x80gb": (8, 80 * 2**30),  # 8 x A100/H100 80GB
@@ -29,7 +31,7 @@ def parse_bytes(text: str) -> int:
       r"\s*([0-9.]+)\s*([KMGT]i?B|B)?\s*", str(text), re.IGNORECASE
   )
   if not match:
-    raise ValueError(
+    raise errors.ConfigError(
         f"--device_memory {text!r}: expected a size such as 80GiB, 80GB or 32GiB"
     )
   number, unit = float(match.group(1)), (match.group(2) or "B").upper()
@@ -193,7 +195,7 @@ def _recipe(args, config):
       ("--num_microbatches", microbatches),
   ):
     if int(value) < 1:
-      raise ValueError(f"{flag} must be >= 1, got {value}")
+      raise errors.ConfigError(f"{flag} must be >= 1, got {value}")
   if "auto" in (blocks, targets, rows):
     settings = (blocks, targets or "auto", rows or "auto")
     auto = _auto_layout(config, lengths, int(data), microbatches, settings)
@@ -242,7 +244,7 @@ def configure(args):
   from tkx.commands import train as train_command
 
   if not args.gin_files:
-    raise ValueError(
+    raise errors.ConfigError(
         "give at least one --gin_file (e.g. --gin_file=gin_configs/models/t5_1_1/base.gin)"
     )
   for (
@@ -265,12 +267,12 @@ def main(args):
 
   cfg, recipe = args.model_config, args.recipe
   if args.target and recipe.devices != TARGETS[args.target][0]:
-    raise ValueError(
+    raise errors.ConfigError(
         f"--target {args.target} has {TARGETS[args.target][0]} devices; the mesh "
         f"data={recipe.data} x model={recipe.model} has {recipe.devices}"
     )
   if recipe.batch_rows % (recipe.data * recipe.num_microbatches):
-    raise ValueError(
+    raise errors.ConfigError(
         f"batch of {recipe.batch_rows} rows (--batch_size or the recipe's) is not divisible by "
         f"data={recipe.data} x num_microbatches={recipe.num_microbatches}; tkx train refuses it too"
     )

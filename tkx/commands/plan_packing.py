@@ -11,6 +11,7 @@ and prints them best first; the first is what the trainer would choose
 
 import json
 
+from tkx import errors
 from tkx.data import packing_plan
 
 DEFAULT_MODEL_GIN = "gin_configs/models/t5_1_1/xl.gin"
@@ -24,7 +25,9 @@ def _setting(value: str):
   except ValueError:
     number = 0
   if number < 1:
-    raise ValueError(f"expected a positive integer or 'auto', got {value!r}")
+    raise errors.ConfigError(
+        f"expected a positive integer or 'auto', got {value!r}"
+    )
   return number
 
 
@@ -106,7 +109,9 @@ def _check(args):
       "top",
   ):
     if getattr(args, name) < 1:
-      raise ValueError(f"--{name} must be positive, got {getattr(args, name)}")
+      raise errors.ConfigError(
+          f"--{name} must be positive, got {getattr(args, name)}"
+      )
 
 
 def _row(stats: packing_plan.LayoutStats) -> dict:

@@ -39,7 +39,9 @@ def main(args):
   )
   logging.getLogger("absl").setLevel(logging.WARNING)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  if not os.path.isdir(os.path.join(args.ni_dir, "tasks")):
+  from tkx import storage
+
+  if not storage.isdir(storage.join(args.ni_dir, "tasks")):
     print(
         f"tkx prepare-tfds: --ni_dir {args.ni_dir}: no tasks/ folder (not an NI checkout)",
         file=sys.stderr,
@@ -54,8 +56,13 @@ def main(args):
   except ni.NIDataError as e:
     print(f"tkx prepare-tfds: {e}", file=sys.stderr)
     return 2
+  where = builder.data_dir
+  if data_dir and storage.is_remote(data_dir):  # prepared locally, uploaded
+    where = storage.join(
+        data_dir, tfds_ni.BUILDER_NAME, args.config, str(builder.version)
+    )
   for split, info in builder.info.splits.items():
     print(
-        f"{builder.name}/{args.config} {split}: {info.num_examples} examples in {builder.data_dir}"
+        f"{builder.name}/{args.config} {split}: {info.num_examples} examples in {where}"
     )
   return 0

@@ -9,12 +9,12 @@ tables; `--json` also writes them.
 import json
 import os
 
-from tkx import jsonl
+from tkx import errors, jsonl
 from tkx.data import ni
 from tkx.metrics import ni_metrics
 
 
-class PredictionsFileError(ValueError):
+class PredictionsFileError(errors.InputFileError):
   """A bad line of a predictions file; the message names the file, line and field."""
 
 

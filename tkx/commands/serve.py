@@ -15,6 +15,7 @@ import errno
 import logging
 import socket
 
+from tkx import errors
 from tkx.commands import infer as infer_command
 
 
@@ -55,19 +56,22 @@ def _check_port_free(host: str, port: int):
     reason = (
         "address already in use" if e.errno == errno.EADDRINUSE else e.strerror
     )
-    raise ValueError(f"--host {host} --port {port}: {reason}") from None
+    raise errors.ConfigError(f"--host {host} --port {port}: {reason}") from None
 
 
 configure = infer_command.parse_gin
+GIN_FLAGS = infer_command.DECODE_FLAGS
 
 
 def main(args):
   if not 0 <= args.port <= 65535:
-    raise ValueError(f"--port must be in [0, 65535], got {args.port}")
+    raise errors.ConfigError(f"--port must be in [0, 65535], got {args.port}")
   if args.max_wait_ms < 0:
-    raise ValueError(f"--max_wait_ms must be >= 0, got {args.max_wait_ms}")
+    raise errors.ConfigError(
+        f"--max_wait_ms must be >= 0, got {args.max_wait_ms}"
+    )
   if args.max_request_bytes < 1:
-    raise ValueError(
+    raise errors.ConfigError(
         f"--max_request_bytes must be >= 1, got {args.max_request_bytes}"
     )
   _check_port_free(args.host, args.port)
@@ -75,30 +79,31 @@ def main(args):
 
   cluster = multihost.resolve()  # gin is parsed (configure); nothing joins
   if cluster.is_multi_process:
-    raise ValueError(
+    raise errors.ConfigError(
         f"tkx serve runs as one process, but this is {cluster.describe()}; "
         "serve from one host, or decode on all of them with `tkx infer`"
     )
   import uvicorn
-  from tkx import infer
+  from tkx import infer, partitioning
   from tkx.checkpoints import directory
   from tkx.serve import app as app_lib
   from tkx.serve import metrics as metrics_lib
 
-  decode_config = infer_command.decode_config_from_args(args)
-  partitioner = infer_command.partitioner_from_args(args)
+  decode_config = infer.run_decode_config()  # gin and the decoding flags apply
+  partitioner = partitioning.Partitioner()  # gin (and --num_partitions) apply
   loaded = directory.load(
       args.checkpoint, partitioner=partitioner, vocab_path=args.vocab
   )
-  max_input_length = args.max_input_length or 1024
+  max_input_length = args.max_input_length or infer.DEFAULT_MAX_INPUT_LENGTH
+  buckets = infer.DEFAULT_INPUT_BUCKETS
+  if args.input_buckets:
+    buckets = infer_command.input_buckets_flag(args.input_buckets)
   generator = app_lib.Generator(
       loaded,
       partitioner=partitioner,
-      batch_size=args.batch_size or max(8, partitioner.data_axis_size),
+      batch_size=args.batch_size or infer.default_batch_size(partitioner),
       decode_config=decode_config,
-      input_buckets=infer.buckets_up_to(
-          max_input_length, infer_command.input_buckets_from_args(args)
-      ),
+      input_buckets=infer.buckets_up_to(max_input_length, buckets),
       max_input_length=max_input_length,
       max_wait_s=args.max_wait_ms / 1000.0,
       metrics=metrics_lib.Metrics(),

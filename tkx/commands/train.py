@@ -20,7 +20,7 @@ A run resumes from MODEL_DIR's latest checkpoint when there is one.
 import logging
 import sys
 
-from tkx import gin_utils
+from tkx import errors, gin_utils
 
 # Modules whose configurables run, model and experiment gin files name.
 CONFIGURABLE_MODULES = (
@@ -58,7 +58,7 @@ def parse_gin(gin_files, gin_bindings, search_paths=()):
 def configure(args):
   """gin, before `tkx.cli` joins the processes (so `multihost.initialize.*` bindings count)."""
   if not args.gin_files:
-    raise ValueError(
+    raise errors.ConfigError(
         "give at least one --gin_file (e.g. --gin_file=gin_configs/runs/finetune.gin "
         "--gin_file=gin_configs/models/t5_1_1/small.gin); see tkx train --help"
     )

@@ -24,6 +24,7 @@ import re
 import string
 from typing import Callable, Optional, Union
 
+from tkx import errors
 from tkx.data import ni
 
 PUNCTUATION = frozenset(string.punctuation)
@@ -85,7 +86,7 @@ _PART = re.compile(r"^(name|def|expl|pos(\d+)|neg(\d+))$")
 def parse_encoding(name: str) -> Union[EncodingConfig, str]:
   """`"def_pos2"` -> `EncodingConfig(...)`; `"tk_instruct"` -> `"tk_instruct"`."""
   if not isinstance(name, str) or not name:
-    raise ValueError(
+    raise errors.ConfigError(
         f"Encoding name must be a non-empty string, got {name!r}. {_VALID_FORMS}"
     )
   if name == TK_INSTRUCT:
@@ -103,12 +104,12 @@ def parse_encoding(name: str) -> Union[EncodingConfig, str]:
   for part in name.split("_"):
     match = _PART.match(part)
     if not match:
-      raise ValueError(
+      raise errors.ConfigError(
           f"Unknown part {part!r} in encoding {name!r}. {_VALID_FORMS}"
       )
     kind = part[:3] if part[:3] in ("pos", "neg") else part
     if kind in seen:
-      raise ValueError(
+      raise errors.ConfigError(
           f"Part {kind!r} appears twice in encoding {name!r}. {_VALID_FORMS}"
       )
     seen.add(kind)

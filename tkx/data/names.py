@@ -11,6 +11,7 @@ import difflib
 import re
 from typing import Iterable, Optional, Tuple
 
+from tkx import errors
 from tkx.data import encodings as enc
 from tkx.data import ni
 
@@ -36,7 +37,7 @@ class MixtureName:
 
   def __post_init__(self):
     if self.track not in ni.TRACKS:
-      raise ValueError(
+      raise errors.ConfigError(
           f"NI track must be one of {ni.TRACKS}, got {self.track!r}"
       )
     enc.parse_encoding(self.encoding)  # raises naming the bad part
@@ -68,7 +69,7 @@ class MixtureName:
     """
     parsed = parse_name(name, splits)
     if parsed[1] is not None or parsed[2]:
-      raise ValueError(
+      raise errors.ConfigError(
           f"{name!r} names one NI task or the all-tasks task, not a mixture; "
           f"the mixture is {parsed[0].name!r}"
       )
@@ -118,7 +119,7 @@ def parse_name(
   parsed = _try_parse(name, splits)
   if parsed is not None:
     return parsed, None, False
-  raise ValueError(
+  raise errors.ConfigError(
       f"{name!r} is not an NI name <prefix>_<track>_<split>_<encoding>[_<task>] "
       f"(tracks {', '.join(ni.TRACKS)}; e.g. ni_default_train_def_pos2)"
   )

@@ -19,6 +19,9 @@ for every split, an optional cap is applied after a shuffle. Two shuffles
   per_task     each task shuffled by its own stream seeded from (seed, task name):
                adding or removing a task leaves every other task's selection
                unchanged (for ablations over task sets).
+
+The checkout may be local or remote (`gs://...`): every file access goes through
+`tkx.storage`; which task files exist is read from one listing of `tasks/`.
 """
 
 import enum
@@ -28,7 +31,7 @@ import os
 import random
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
-from tkx import enums, io_utils
+from tkx import enums, errors, io_utils, storage
 
 TRACKS = ("default", "xlingual")
 # Splits whose tasks keep only their first 100 instances (Tk-Instruct's `subset == "test"`).
@@ -52,7 +55,7 @@ class Selection(enum.Enum):
 DEFAULT_SELECTION = Selection.TK_INSTRUCT
 
 
-class NIDataError(ValueError):
+class NIDataError(errors.UserError):
   """Bad NI input; the message names the file, the task and the field."""
 
   def __init__(
@@ -73,21 +76,33 @@ class NIDataError(ValueError):
 
 
 def task_path(ni_dir, task_name: str) -> str:
-  return os.path.join(os.fspath(ni_dir), "tasks", f"{task_name}.json")
+  return storage.join(ni_dir, "tasks", f"{task_name}.json")
 
 
 def split_path(ni_dir, track: str, split: str) -> str:
-  return os.path.join(os.fspath(ni_dir), "splits", track, f"{split}_tasks.txt")
+  return storage.join(ni_dir, "splits", track, f"{split}_tasks.txt")
+
+
+def existing_task_names(ni_dir) -> set:
+  """Names of the task files in `tasks/` (one listing, also remote)."""
+  tasks_dir = storage.join(ni_dir, "tasks")
+  if not storage.isdir(tasks_dir):
+    return set()
+  return {
+      name[: -len(".json")]
+      for name in storage.listdir(tasks_dir)
+      if name.endswith(".json")
+  }
 
 
 def list_splits(ni_dir, track: str) -> List[str]:
   """Split names `<split>` for which `splits/<track>/<split>_tasks.txt` exists."""
-  track_dir = os.path.join(os.fspath(ni_dir), "splits", track)
-  if not os.path.isdir(track_dir):
+  track_dir = storage.join(ni_dir, "splits", track)
+  if not storage.isdir(track_dir):
     return []
   return sorted(
       f[: -len("_tasks.txt")]
-      for f in os.listdir(track_dir)
+      for f in storage.listdir(track_dir)
       if f.endswith("_tasks.txt")
   )
 
@@ -102,7 +117,7 @@ def read_split_lines(
 ) -> tuple:
   """(every task line in file order, repeats included; the distinct names in first-seen order)."""
   path = split_path(ni_dir, track, split)
-  if not os.path.isfile(path):
+  if not storage.isfile(path):
     available = list_splits(ni_dir, track)
     raise NIDataError(
         f"split file not found; splits available for track {track!r}: {available or 'none'}",
@@ -110,7 +125,7 @@ def read_split_lines(
         field=f"splits/{track}/{split}_tasks.txt",
     )
   lines, names, seen, repeated = [], [], set(), []
-  with open(path, encoding="utf-8") as f:
+  with storage.open(path) as f:
     for line_no, line in enumerate(f, 1):
       name = line.strip()
       if not name:
@@ -161,7 +176,8 @@ def split_tasks(
   tasks are dropped with ONE warning that lists all of them.
   """
   names = read_split(ni_dir, track, split)
-  missing = [n for n in names if not os.path.isfile(task_path(ni_dir, n))]
+  existing = existing_task_names(ni_dir)
+  missing = [n for n in names if n not in existing]
   if missing and not skip_missing:
     raise NIDataError(
         f"{len(missing)} task file(s) named by the split do not exist: {', '.join(missing)} "
@@ -213,6 +229,49 @@ def _describe(value) -> str:
   return f"{type(value).__name__} {text}"
 
 
+def _check_string(value, *, path, task, field):
+  if not isinstance(value, str):
+    raise NIDataError(
+        f"expected a string, got {_describe(value)}",
+        file=path,
+        task=task,
+        field=field,
+    )
+
+
+def _check_nonempty_string_list(value, *, path, task, field):
+  _check_string_list(value, nonempty=True, path=path, task=task, field=field)
+
+
+def _check_record(record, *, required, optional, path, task, field):
+  """An example or instance: an object whose `required` keys are present and whose present keys
+  pass their checks (in the order given: the first bad one is named)."""
+  if not isinstance(record, dict):
+    raise NIDataError(
+        f"expected an object with input/output, got {_describe(record)}",
+        file=path,
+        task=task,
+        field=field,
+    )
+  for key, check in {**required, **optional}.items():
+    if key in record:
+      check(record[key], path=path, task=task, field=f"{field}.{key}")
+    elif key in required:
+      raise NIDataError(
+          "missing field", file=path, task=task, field=f"{field}.{key}"
+      )
+
+
+_EXAMPLE_FIELDS = {"input": _check_string, "output": _check_string}
+# `explanation` is optional (Tk-Instruct adds it only when present).
+_EXAMPLE_OPTIONAL = {"explanation": _check_string}
+_INSTANCE_FIELDS = {
+    "input": _check_string,
+    "output": _check_nonempty_string_list,
+}
+_INSTANCE_OPTIONAL = {"id": _check_string}
+
+
 def _check_examples(examples, *, kind, path, task):
   if not isinstance(examples, list):
     raise NIDataError(
@@ -222,34 +281,14 @@ def _check_examples(examples, *, kind, path, task):
         field=kind,
     )
   for i, example in enumerate(examples):
-    field = f"{kind}[{i}]"
-    if not isinstance(example, dict):
-      raise NIDataError(
-          f"expected an object with input/output, got {_describe(example)}",
-          file=path,
-          task=task,
-          field=field,
-      )
-    for key in ("input", "output"):
-      if key not in example:
-        raise NIDataError(
-            "missing field", file=path, task=task, field=f"{field}.{key}"
-        )
-      if not isinstance(example[key], str):
-        raise NIDataError(
-            f"expected a string, got {_describe(example[key])}",
-            file=path,
-            task=task,
-            field=f"{field}.{key}",
-        )
-    # `explanation` is optional (Tk-Instruct adds it only when present).
-    if "explanation" in example and not isinstance(example["explanation"], str):
-      raise NIDataError(
-          f"expected a string, got {_describe(example['explanation'])}",
-          file=path,
-          task=task,
-          field=f"{field}.explanation",
-      )
+    _check_record(
+        example,
+        required=_EXAMPLE_FIELDS,
+        optional=_EXAMPLE_OPTIONAL,
+        path=path,
+        task=task,
+        field=f"{kind}[{i}]",
+    )
 
 
 def validate_task(task: Dict[str, Any], *, path: str, task_name: str) -> None:
@@ -321,43 +360,14 @@ def validate_task(task: Dict[str, Any], *, path: str, task_name: str) -> None:
         field="Instances",
     )
   for i, instance in enumerate(instances):
-    field = f"Instances[{i}]"
-    if not isinstance(instance, dict):
-      raise NIDataError(
-          f"expected an object with input/output, got {_describe(instance)}",
-          file=path,
-          task=task_name,
-          field=field,
-      )
-    if "input" not in instance:
-      raise NIDataError(
-          "missing field", file=path, task=task_name, field=f"{field}.input"
-      )
-    if not isinstance(instance["input"], str):
-      raise NIDataError(
-          f"expected a string, got {_describe(instance['input'])}",
-          file=path,
-          task=task_name,
-          field=f"{field}.input",
-      )
-    if "output" not in instance:
-      raise NIDataError(
-          "missing field", file=path, task=task_name, field=f"{field}.output"
-      )
-    _check_string_list(
-        instance["output"],
-        nonempty=True,
+    _check_record(
+        instance,
+        required=_INSTANCE_FIELDS,
+        optional=_INSTANCE_OPTIONAL,
         path=path,
         task=task_name,
-        field=f"{field}.output",
+        field=f"Instances[{i}]",
     )
-    if "id" in instance and not isinstance(instance["id"], str):
-      raise NIDataError(
-          f"expected a string, got {_describe(instance['id'])}",
-          file=path,
-          task=task_name,
-          field=f"{field}.id",
-      )
 
 
 def load_task(ni_dir, task_name: str) -> Dict[str, Any]:
@@ -370,18 +380,39 @@ def load_task(ni_dir, task_name: str) -> Dict[str, Any]:
   return load_task_file(task_path(ni_dir, task_name), task_name)
 
 
+def iter_tasks(ni_dir, names: Sequence[str], *, lookahead: int = 16):
+  """`load_task` of each name, in order, with up to `lookahead` files read ahead in threads.
+
+  A bucket answers each read in a round trip; reading ahead overlaps them (the
+  order, and so the selection, is unchanged; an error is raised at its task).
+  """
+  import collections
+  from concurrent import futures
+
+  names = list(names)
+  with futures.ThreadPoolExecutor(max_workers=lookahead) as pool:
+    pending = collections.deque(
+        pool.submit(load_task, ni_dir, n) for n in names[:lookahead]
+    )
+    for i in range(len(names)):
+      task = pending.popleft().result()
+      if i + lookahead < len(names):
+        pending.append(pool.submit(load_task, ni_dir, names[i + lookahead]))
+      yield task
+
+
 def load_task_file(path: str, task_name: str) -> Dict[str, Any]:
   """`load_task` for a task file at any path (e.g. one outside a checkout)."""
-  if not os.path.isfile(path):
+  try:
+    with storage.open(path) as f:
+      task = json.load(f)
+  except (FileNotFoundError, IsADirectoryError) as e:
     raise NIDataError(
         "task file does not exist",
         file=path,
         task=task_name,
         field="tasks/<task>.json",
-    )
-  try:
-    with open(path, encoding="utf-8") as f:
-      task = json.load(f)
+    ) from e
   except json.JSONDecodeError as e:
     raise NIDataError(
         f"malformed JSON: {e}", file=path, task=task_name, field="<json>"
@@ -504,7 +535,7 @@ def iter_split_instances(
   if task_names is None:
     present = set(split_tasks(ni_dir, track, split, skip_missing=skip_missing))
   else:  # the caller chose (and reported) the tasks
-    present = {n for n in lines if os.path.isfile(task_path(ni_dir, n))}
+    present = set(lines) & existing_task_names(ni_dir)
   wanted = set(task_names) if task_names is not None else present
   unknown = sorted(wanted - present)
   if unknown:

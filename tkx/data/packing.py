@@ -49,6 +49,8 @@ from typing import (
 
 import numpy as np
 
+from tkx import errors
+
 # Examples looked ahead over (README, "Packed training").
 DEFAULT_WINDOW = 1000
 
@@ -80,7 +82,7 @@ class RowLayout:
   def __post_init__(self):
     for name in ("inputs", "targets", "encoder_blocks"):
       if getattr(self, name) < 1:
-        raise ValueError(
+        raise errors.ConfigError(
             f"packed row {name} must be >= 1, got {getattr(self, name)}"
         )
 
@@ -94,7 +96,7 @@ class RowLayout:
     """Blocks of TASK_FEATURE_LENGTHS inputs; a decoder row of `targets_length` (default: the targets length)."""
     targets = targets_length or feature_lengths["targets"]
     if targets < feature_lengths["targets"]:
-      raise ValueError(
+      raise errors.ConfigError(
           f"the packed decoder row ({targets} tokens) is shorter than an example's "
           f"targets may be (TASK_FEATURE_LENGTHS targets = {feature_lengths['targets']})"
       )
@@ -237,9 +239,13 @@ def packed_batches(
   is filled up with empty rows.
   """
   if batch_size < 1:
-    raise ValueError(f"packed batch_size must be >= 1 rows, got {batch_size}")
+    raise errors.ConfigError(
+        f"packed batch_size must be >= 1 rows, got {batch_size}"
+    )
   if window < 1:
-    raise ValueError(f"packing window must be >= 1 examples, got {window}")
+    raise errors.ConfigError(
+        f"packing window must be >= 1 examples, got {window}"
+    )
   window_start = int(state["window_start"]) if state else 0
   skip_rows = int(state["rows_emitted"]) if state else 0
   stream = iter(open_stream(window_start))

@@ -39,7 +39,7 @@ from typing import List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from tkx import storage
+from tkx import errors, storage
 from tkx.data import packing
 
 log = logging.getLogger(__name__)
@@ -280,7 +280,7 @@ def plan(
   per step (to show the trade-off; the choice is the same).
   """
   if rows_per_step != AUTO and int(rows_per_step) % row_multiple:
-    raise ValueError(
+    raise errors.ConfigError(
         f"PACKED_BATCH_SIZE={rows_per_step} must be divisible by the data-parallel "
         f"size x NUM_MICROBATCHES = {row_multiple}"
     )
@@ -343,7 +343,7 @@ def sample_lengths(
   )
   spec = pipeline.ni_spec(mixture_or_task_name)
   if spec is None:
-    raise ValueError(
+    raise errors.ConfigError(
         f"MIXTURE_OR_TASK_NAME={mixture_or_task_name!r}: 'auto' packed layouts need an "
         "NI name (set PACKED_ENCODER_BLOCKS, PACKED_TARGETS_LENGTH, PACKED_BATCH_SIZE)"
     )
@@ -363,7 +363,7 @@ def _check_setting(name: str, value: Setting, allow_none: bool = False):
   if _is_auto(value) or (value is None and allow_none):
     return
   if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-    raise ValueError(
+    raise errors.ConfigError(
         f"{name} must be a positive integer or 'auto', got {value!r}"
     )
 
@@ -389,7 +389,7 @@ def read_record(model_dir: str) -> Optional[dict]:
       )
       int(record["rows_per_step"])
     except (ValueError, KeyError, TypeError) as e:
-      raise ValueError(
+      raise errors.InputFileError(
           f"{path}: not a packed layout record ({e}); remove it to choose again"
       ) from None
   return record

@@ -46,6 +46,7 @@ from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
 import gin
 import numpy as np
 
+from tkx import errors
 from tkx.data import encodings as enc
 from tkx.data import names as names_lib
 from tkx.data import ni
@@ -119,7 +120,7 @@ def register_ni_for(
     )
   known = set(seqio.MixtureRegistry.names()) | set(seqio.TaskRegistry.names())
   if must_exist and mixture_or_task_name not in known:
-    raise ValueError(
+    raise errors.ConfigError(
         f"{flag}={mixture_or_task_name!r} is not a registered SeqIO task or mixture "
         f"(NI names look like ni_default_train_def_pos2; checkout {checkout})"
     )
@@ -158,7 +159,7 @@ def check_mixture_name(
           "tk_instruct"
       ]
   )
-  raise ValueError(
+  raise errors.ConfigError(
       f"{flag} "
       + names_lib.close_matches_message(
           "mixture or task", mixture_or_task_name, known
@@ -462,7 +463,7 @@ def get_dataset(
   split = split or _split_of(mixture_or_task_name)
   num_shards = shard_info.num_shards if shard_info is not None else 1
   if batch_size % num_shards:
-    raise ValueError(
+    raise errors.ConfigError(
         f"BATCH_SIZE={batch_size} is not divisible by the {num_shards} data shards (hosts)"
     )
   ds = seqio.get_dataset(
@@ -583,7 +584,7 @@ class TrainInput:
     saved = self._saved_position(data_state, start_step)
     if self.kind is InputKind.NI_STREAM and self.pack:
       if "window_start" not in saved:
-        raise ValueError(
+        raise errors.ConfigError(
             f"the checkpoint's input position {saved or data_state} is not a packed "
             "one: resume with the PACK setting the run was started with"
         )
@@ -593,7 +594,7 @@ class TrainInput:
       }
     if self.kind is InputKind.NI_STREAM:
       if "window_start" in saved:
-        raise ValueError(
+        raise errors.ConfigError(
             "the checkpoint's input position is a packed one: resume with PACK=True"
         )
       return {
@@ -609,7 +610,7 @@ class TrainInput:
     if not by_shard:  # older tkx: one position, the primary host's
       if self.num_shards == 1 or self._position_is_global():
         return dict(data_state.get("input") or {})
-      raise ValueError(
+      raise errors.ConfigError(
           f"{layout.step_dir_name(start_step)}: its data_state holds only the first host's input "
           f"position (written before tkx recorded every host's), so the other "
           f"{self.num_shards - 1} data shard(s) cannot resume exactly; start a new "
@@ -634,7 +635,7 @@ class TrainInput:
         )
       return position
     what = "packed rows" if self.pack else "SeqIO's sharded pipeline"
-    raise ValueError(
+    raise errors.ConfigError(
         f"{layout.step_dir_name(start_step)} was written with {saved_shards} data shard(s) "
         f"(hosts), this run has {self.num_shards}: the input ({what}) is per "
         f"shard and cannot resume exactly on a different number; resume with "
@@ -746,7 +747,7 @@ def train_input(
   )
   num_shards = shard_info.num_shards if shard_info is not None else 1
   if batch_size % num_shards:
-    raise ValueError(
+    raise errors.ConfigError(
         f"BATCH_SIZE={batch_size} is not divisible by the {num_shards} data shards (hosts)"
     )
   spec = ni_spec(mixture_or_task_name)
@@ -757,7 +758,7 @@ def train_input(
   elif row_layout is not None and row_layout != packing.RowLayout.for_lengths(
       feature_lengths
   ):
-    raise ValueError(
+    raise errors.ConfigError(
         f"{mixture_or_task_name!r}: packed rows of several encoder blocks or a longer "
         "decoder row (PACKED_ENCODER_BLOCKS, PACKED_TARGETS_LENGTH) need PACK = True "
         "and an NI mixture (SeqIO's own packing makes rows of TASK_FEATURE_LENGTHS)"

@@ -13,7 +13,12 @@ settings and `CACHE_VERSION`; a changed, added or removed task file, split line
 or setting gives another key, so a stale cache is never read. A run on the same
 checkout and settings loads the pickle instead of the JSON (for the full
 1,616-task checkout: seconds instead of minutes). Set TKX_NI_CACHE=off to
-disable, or to a directory to move it.
+disable, or to a directory to move it (local or remote, e.g. `gs://bucket/ni-cache`).
+
+The checkout and the cache may be remote (`gs://...`): both are read through
+`tkx.storage`, the task files' versions come from one listing of `tasks/` (the
+object generation remotely), and a cache file is written with
+`io_utils.atomic_write` (renamed locally, uploaded whole remotely).
 """
 
 import dataclasses
@@ -21,13 +26,13 @@ import hashlib
 import logging
 import os
 import pickle
-import tempfile
 import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from tkx import io_utils, storage
 from tkx.data import ni
 
 log = logging.getLogger(__name__)
@@ -55,8 +60,8 @@ def check_checkout(ni_dir, what: str = "NI checkout") -> str:
   Every command calls this before using a checkout the user named, so a typo is
   an error instead of a silent fall-back to another dataset.
   """
-  path = os.path.abspath(os.fspath(ni_dir))
-  if not os.path.isdir(path):
+  path = storage.abspath(ni_dir)
+  if not storage.isdir(path):
     raise ni.NIDataError(
         f"{what} not found: {path} does not exist or is not a directory"
     )
@@ -138,15 +143,14 @@ class SplitSource:
 def _fingerprint(key: SourceKey) -> str:
   digest = hashlib.sha256()
   digest.update(repr((CACHE_VERSION, dataclasses.astuple(key))).encode())
-  with open(ni.split_path(key.ni_dir, key.track, key.split), "rb") as f:
-    digest.update(f.read())
+  digest.update(
+      storage.read_bytes(ni.split_path(key.ni_dir, key.track, key.split))
+  )
   lines, _ = ni.read_split_lines(key.ni_dir, key.track, key.split)
+  versions = storage.file_versions(storage.join(key.ni_dir, "tasks"))
   for name in dict.fromkeys(lines):
-    try:
-      st = os.stat(ni.task_path(key.ni_dir, name))
-      digest.update(f"{name}:{st.st_size}:{st.st_mtime_ns};".encode())
-    except FileNotFoundError:
-      digest.update(f"{name}:missing;".encode())
+    version = versions.get(f"{name}.json", "missing")
+    digest.update(f"{name}:{version};".encode())
   return digest.hexdigest()[:32]
 
 
@@ -169,10 +173,13 @@ def _build(key: SourceKey) -> SplitSource:
   )
   tasks, row_task, instances, seen = [], [], [], set()
   start, last_log = time.time(), time.time()
+  tasks_in_order = ni.iter_tasks(
+      key.ni_dir, [name for name in lines if name in present]
+  )
   for count, name in enumerate(lines, 1):
     if name not in present:
       continue
-    task = ni.load_task(key.ni_dir, name)
+    task = next(tasks_in_order)
     chosen = selector.select(task)
     if (
         name not in seen
@@ -218,10 +225,10 @@ def load_source(key: SourceKey) -> SplitSource:
     directory = cache_dir()
     path = None
     if directory is not None:
-      path = os.path.join(directory, f"source-{fingerprint}.pkl")
-      if os.path.isfile(path):
+      path = storage.join(directory, f"source-{fingerprint}.pkl")
+      if storage.isfile(path):
         try:
-          with open(path, "rb") as f:
+          with storage.open(path, "rb") as f:
             tasks, row_task, instances = pickle.load(f)
           source = SplitSource(key, tasks, row_task, instances)
           log.info(
@@ -244,13 +251,10 @@ def load_source(key: SourceKey) -> SplitSource:
 
 
 def _write_atomically(path: str, value) -> None:
-  """Another process building the same source at once writes the same bytes; rename is atomic."""
+  """Another process building the same source at once writes the same bytes; the write is atomic."""
   try:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
+    with io_utils.atomic_write(path, "wb") as f:
       pickle.dump(value, f, protocol=pickle.HIGHEST_PROTOCOL)
-    os.replace(tmp, path)
   except OSError as e:
     log.warning("Could not write the NI cache %s (%s); continuing", path, e)
 
@@ -267,7 +271,7 @@ def source_for(
 ) -> SplitSource:
   return load_source(
       SourceKey(
-          os.path.abspath(os.fspath(ni_dir)),
+          storage.abspath(ni_dir),
           track,
           split,
           max_num_instances_per_task,

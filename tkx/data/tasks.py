@@ -36,6 +36,7 @@ import gin
 import seqio
 import tensorflow as tf
 
+from tkx import errors, storage
 from tkx.data import encodings as enc
 from tkx.data import names
 from tkx.data import ni
@@ -237,7 +238,7 @@ def _dataset_fn(spec: NITaskSpec, vocabulary) -> Callable[..., tf.data.Dataset]:
         seed,
     )  # one ordered stream per task; SeqIO shuffles examples
     if split != spec.split:
-      raise ValueError(
+      raise errors.ConfigError(
           f"SeqIO task for NI {spec.ni_task or 'split'!r} has only split {spec.split!r}, "
           f"got {split!r}"
       )
@@ -247,11 +248,35 @@ def _dataset_fn(spec: NITaskSpec, vocabulary) -> Callable[..., tf.data.Dataset]:
   return dataset_fn
 
 
+# What each task tkx registered was registered with: (spec, vocabulary, metric fns, the Task).
+_REGISTERED: Dict[str, tuple] = {}
+
+
+def _registered_as(name: str, spec: NITaskSpec, vocabulary, metric_fns) -> bool:
+  """Whether SeqIO holds the task tkx registered under `name` with exactly these settings."""
+  held = _REGISTERED.get(name)
+  if held is None or name not in seqio.TaskRegistry.names():
+    return False
+  return (
+      held[0] == spec
+      and held[1] is vocabulary
+      and held[2] == tuple(metric_fns)
+      and seqio.TaskRegistry.get(name) is held[3]
+  )
+
+
 def _add_task(name: str, spec: NITaskSpec, vocabulary, metric_fns) -> None:
+  """Registers (or replaces) the task; asked again with the same settings it leaves SeqIO as it is.
+
+  So a command whose steps each make sure of their names (the input, the packing
+  plan, the evaluation) changes the registry once.
+  """
+  if _registered_as(name, spec, vocabulary, metric_fns):
+    return
   if name in seqio.TaskRegistry.names():
     seqio.TaskRegistry.remove(name)  # re-registration replaces: idempotent
   _SPECS[name] = spec
-  seqio.TaskRegistry.add(
+  task = seqio.TaskRegistry.add(
       name,
       source=seqio.FunctionDataSource(
           _dataset_fn(spec, vocabulary), splits=(spec.split,)
@@ -267,10 +292,16 @@ def _add_task(name: str, spec: NITaskSpec, vocabulary, metric_fns) -> None:
       postprocess_fn=references_postprocessor,
       metric_fns=list(metric_fns),
   )
+  _REGISTERED[name] = (spec, vocabulary, tuple(metric_fns), task)
 
 
 def _add_mixture(name: str, task_names: Sequence[str]) -> None:
   if name in seqio.MixtureRegistry.names():
+    held = seqio.MixtureRegistry.get(name)
+    if sorted(t.name for t in held.tasks) == sorted(task_names) and all(
+        t is seqio.TaskRegistry.get(t.name) for t in held.tasks
+    ):
+      return  # the same tasks, as registered now
     seqio.MixtureRegistry.remove(name)
   seqio.MixtureRegistry.add(
       name, [(t, instance_count_rate) for t in task_names]
@@ -318,9 +349,9 @@ def _register(
     metric_fns,
     per_task_tasks,
 ) -> List[str]:
-  ni_dir = os.path.abspath(os.fspath(ni_dir))
+  ni_dir = storage.abspath(ni_dir)
   if source not in ("json", "tfds"):
-    raise ValueError(f"source must be 'json' or 'tfds', got {source!r}")
+    raise errors.ConfigError(f"source must be 'json' or 'tfds', got {source!r}")
   if source == "json":
     source_lib.check_checkout(ni_dir)
   selection = ni.Selection.parse(selection)

@@ -19,17 +19,26 @@ task's `positive_examples` / `negative_examples` (`input`, `output`,
 Records keep generation order (task by task, shuffling disabled) and the builder
 metadata stores each task's record range per split, so one NI task is read as a
 slice `split[start:end]` instead of a filter over the whole split.
+
+`data_dir` may be remote (`gs://...`) through `tkx.storage`: TFDS reads records
+through TensorFlow's file system, which reaches no GCS emulator and is not tkx's
+file layer, so a remote `data_dir` is prepared in a local temporary dir and
+uploaded file by file with `dataset_info.json` last (TFDS counts a dataset as
+prepared only when that file is there: a half upload is never read), and is read
+from a local copy made once per process.
 """
 
 import dataclasses
 import functools
 import logging
 import os
+import tempfile
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import tensorflow_datasets as tfds
 
+from tkx import storage
 from tkx.data import ni
 
 _DESCRIPTION = (
@@ -227,7 +236,28 @@ def builder_name(track: str) -> str:
 
 @functools.lru_cache(maxsize=None)
 def _builder(name: str, data_dir: Optional[str]):
-  return tfds.builder(name, data_dir=data_dir)
+  return tfds.builder(name, data_dir=_local_data_dir(data_dir))
+
+
+def _local_data_dir(data_dir: Optional[str]) -> Optional[str]:
+  """`data_dir` itself when local; a remote one's builder copied to local disk once per process."""
+  if data_dir is None or not storage.is_remote(data_dir):
+    return data_dir
+  remote = storage.join(data_dir, BUILDER_NAME)
+  if not storage.isdir(remote):
+    raise ni.NIDataError(
+        "no prepared dataset there (run `tkx prepare-tfds --data_dir` first)",
+        file=remote,
+        field="tfds_data_dir",
+    )
+  return os.path.dirname(storage.cached_local_copy(remote))
+
+
+def _upload(local_dir: str, remote_dir: str) -> None:
+  """Copies a prepared version dir to `remote_dir`, `dataset_info.json` last (see the module docstring)."""
+  names = sorted(os.listdir(local_dir), key=lambda n: n == "dataset_info.json")
+  for name in names:
+    storage.copy(os.path.join(local_dir, name), storage.join(remote_dir, name))
 
 
 def _task_ranges(
@@ -299,7 +329,19 @@ def iter_split(
 def prepare(
     ni_dir, data_dir: Optional[str] = None, config="default"
 ) -> tfds.core.DatasetBuilder:
-  """Builds (or reuses) the prepared records for one config from a checkout."""
+  """Builds (or reuses) the prepared records for one config from a checkout.
+
+  A remote `data_dir` is prepared locally and uploaded (the returned builder is
+  the local one's; its records are gone, its `info` is what was uploaded).
+  """
+  if data_dir is not None and storage.is_remote(data_dir):
+    with tempfile.TemporaryDirectory(prefix="tkx_tfds_") as local:
+      builder = prepare(ni_dir, local, config)
+      relative = os.path.relpath(builder.data_dir, local)
+      _upload(builder.data_dir, storage.join(data_dir, relative))
+    _builder.cache_clear()
+    storage.forget_local_copy(storage.join(data_dir, BUILDER_NAME))
+    return builder
   builder = TkxNaturalInstructions(config=config, data_dir=data_dir)
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(ni_dir))

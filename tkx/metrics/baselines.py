@@ -9,6 +9,7 @@ without `Instances`), the `Instance` {id, input, output} and the `prediction`,
 so `tkx score` (or Tk-Instruct's own script) reads them like model predictions.
 """
 
+from tkx import errors
 from tkx.data import ni
 
 
@@ -52,7 +53,7 @@ def baseline_records(
 ):
   """Yields the baseline's prediction records for every selected instance of a split."""
   if kind not in BASELINES:
-    raise ValueError(
+    raise errors.ConfigError(
         f"unknown baseline {kind!r}; choose from {', '.join(BASELINES)}"
     )
   predict = BASELINES[kind]

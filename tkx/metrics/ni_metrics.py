@@ -27,7 +27,7 @@ from rouge_score import rouge_scorer
 from rouge_score import scoring
 from rouge_score import tokenizers
 
-from tkx import io_utils
+from tkx import errors, io_utils
 
 METRICS = ("exact_match", "rouge1", "rougeL")
 DEFAULT_METRIC = "rougeL"
@@ -198,7 +198,7 @@ def example_scores(predictions, references, xlingual=False, progress=False):
 def aggregate(scores):
   """Mean of per-example scores x100, rounded to 4 decimals (summed in example order, as the original)."""
   if not scores:
-    raise ValueError("no predictions to score")
+    raise errors.InputFileError("no predictions to score")
   totals = dict.fromkeys(METRICS, 0.0)
   for example in scores:
     for metric in METRICS:
@@ -246,7 +246,7 @@ def _record_fields(record, index):
     task = record["Task"]
     references = record["Instance"]["output"]
   except (KeyError, TypeError) as e:
-    raise ValueError(
+    raise errors.InputFileError(
         f"{where}: missing field {e} (need Task, Instance.output, prediction)"
     ) from None
   if "prediction" in record:
@@ -254,18 +254,20 @@ def _record_fields(record, index):
   elif "Prediction" in record:  # older Tk-Instruct files
     prediction = record["Prediction"]
   else:
-    raise ValueError(f"{where} (task {task}): missing field 'prediction'")
+    raise errors.InputFileError(
+        f"{where} (task {task}): missing field 'prediction'"
+    )
   categories = record.get("Categories")
   if (
       not categories
       or not isinstance(categories, list)
       or not isinstance(categories[0], str)
   ):
-    raise ValueError(
+    raise errors.InputFileError(
         f"{where} (task {task}): field 'Categories' must be a non-empty list of strings"
     )
   if not isinstance(prediction, str):
-    raise ValueError(
+    raise errors.InputFileError(
         f"{where} (task {task}): field 'prediction' must be a string"
     )
   if (
@@ -274,7 +276,7 @@ def _record_fields(record, index):
       or not references
       or not all(isinstance(r, str) for r in references)
   ):
-    raise ValueError(
+    raise errors.InputFileError(
         f"{where} (task {task}): field 'Instance.output' must be a non-empty list of strings"
     )
   return task, categories[0], references, prediction
@@ -293,7 +295,7 @@ def score_predictions(records, xlingual=False, progress=False):
   """
   rows = [_record_fields(record, i) for i, record in enumerate(records)]
   if not rows:
-    raise ValueError("no predictions to score")
+    raise errors.InputFileError("no predictions to score")
   tasks, categories, references, predictions = (
       list(column) for column in zip(*rows)
   )

@@ -4,7 +4,8 @@ One frozen dataclass covers T5 1.0, T5 1.1 / LM-adapted and mT5; the families
 differ only in values (activations, tied logits, vocabulary), which live in
 `gin_configs/models/<family>/<size>.gin`. Gin sees the class as
 `network.T5Config`, the name t5x model gin files use. Reading gin files is
-`tkx.gin_utils`' job; this module imports nothing from tkx.
+`tkx.gin_utils`' job; this module imports nothing from tkx but `tkx.errors`
+(which imports nothing).
 """
 
 import dataclasses
@@ -13,6 +14,8 @@ from typing import Any, Sequence
 
 import gin
 import jax.numpy as jnp
+
+from tkx import errors
 
 
 class AttentionImpl(str, enum.Enum):
@@ -64,6 +67,10 @@ class T5Config:
   scan_layers: bool = False
   # "xla" or "cudnn" (see AttentionImpl); a gin string or the enum.
   attention_impl: Any = AttentionImpl.XLA
+  # The module of every attention and MLP projection, by the name it is registered
+  # under (`network.register_dense_layer`): "dense" is T5's plain kernel; an adapter or
+  # a quantized kernel registers another name (see network's dense layer seam).
+  dense_layer: str = "dense"
 
   def __post_init__(self):
     # Gin and JSON hand over lists and strings; keep the dataclass hashable and canonical.
@@ -72,12 +79,12 @@ class T5Config:
       object.__setattr__(self, name, jnp.dtype(getattr(self, name)).name)
     for name in ("vocab_size", "emb_dim", "num_heads", "head_dim", "mlp_dim"):
       if int(getattr(self, name)) <= 0:
-        raise ValueError(
+        raise errors.ConfigError(
             f"T5Config.{name} must be positive, got {getattr(self, name)!r}"
         )
     for act in self.mlp_activations:
       if act not in ACTIVATIONS:
-        raise ValueError(
+        raise errors.ConfigError(
             f"T5Config.mlp_activations: unknown activation {act!r}; "
             f"choose from {sorted(ACTIVATIONS)}"
         )
@@ -86,7 +93,7 @@ class T5Config:
         self.attention_chunk_rows is not None
         and int(self.attention_chunk_rows) < 0
     ):
-      raise ValueError(
+      raise errors.ConfigError(
           f"T5Config.attention_chunk_rows must be None or >= 0, got {self.attention_chunk_rows!r}"
       )
     try:
@@ -94,13 +101,17 @@ class T5Config:
           self, "attention_impl", AttentionImpl(self.attention_impl)
       )
     except ValueError:
-      raise ValueError(
+      raise errors.ConfigError(
           f"T5Config.attention_impl: unknown {self.attention_impl!r}; choose "
           + " or ".join(repr(m.value) for m in AttentionImpl)
       ) from None
     object.__setattr__(self, "scan_layers", bool(self.scan_layers))
-    if self.remat_policy not in ("none", "minimal", "full"):
+    if not isinstance(self.dense_layer, str) or not self.dense_layer:
       raise ValueError(
+          f"T5Config.dense_layer must be a registered layer name, got {self.dense_layer!r}"
+      )
+    if self.remat_policy not in ("none", "minimal", "full"):
+      raise errors.ConfigError(
           f"T5Config.remat_policy: unknown {self.remat_policy!r}; choose none, minimal or full"
       )
 

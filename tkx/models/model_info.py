@@ -31,7 +31,7 @@ import jax
 import numpy as np
 from jax.sharding import PartitionSpec
 
-from tkx import partitioning
+from tkx import errors, partitioning
 from tkx.models import config as config_lib
 from tkx.models import models, network
 
@@ -118,7 +118,9 @@ def _optimizer(name: str):
     return optimizers.adafactor(1e-3)
   if name == "adamw":
     return optimizers.adamw(1e-3)
-  raise ValueError(f"unknown optimizer {name!r}; choose adafactor or adamw")
+  raise errors.ConfigError(
+      f"unknown optimizer {name!r}; choose adafactor or adamw"
+  )
 
 
 @dataclasses.dataclass
@@ -146,7 +148,9 @@ def memory_per_device(
   dimension; anything else (step counts) -> replicated.
   """
   if data < 1 or model < 1:
-    raise ValueError(f"mesh sizes must be >= 1, got data={data} model={model}")
+    raise errors.ConfigError(
+        f"mesh sizes must be >= 1, got data={data} model={model}"
+    )
   mesh_shape = {"data": data, "model": model}
   rules = logical_axis_rules(shard_params_over_data)
   shapes, logical = abstract_params(config)

@@ -27,8 +27,10 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from tkx import decoding
+from tkx import decoding, errors
+from tkx.models import base
 from tkx.models import network  # noqa: F401  (registers network.* with gin)
+from tkx.models.base import init_input_shapes  # noqa: F401  (models.init_input_shapes, as before)
 
 Array = jax.Array
 PyTree = Any
@@ -146,28 +148,18 @@ def loss_normalizer(value) -> Optional[float]:
     return None
   if isinstance(value, str):
     if value.upper() not in _LOSS_NORMALIZER_NAMES:
-      raise ValueError(
+      raise errors.ConfigError(
           f"loss_normalizing_factor: unknown {value!r}; use None or "
           f"{' / '.join(repr(n) for n in _LOSS_NORMALIZER_NAMES)} (divide by the "
           "number of target tokens) or a positive number"
       )
     return None
   if isinstance(value, bool) or not float(value) > 0:
-    raise ValueError(
+    raise errors.ConfigError(
         f"loss_normalizing_factor must be None, a positive number or "
         f"{' / '.join(repr(n) for n in _LOSS_NORMALIZER_NAMES)}, got {value!r}"
     )
   return float(value)
-
-
-def init_input_shapes(
-    batch_size: int = 1, inputs_length: int = 1, targets_length: int = 1
-) -> dict:
-  """`input_shapes` for `get_initial_variables` & co.; T5's parameter shapes do not depend on them."""
-  return {
-      "encoder_input_tokens": (batch_size, inputs_length),
-      "decoder_input_tokens": (batch_size, targets_length),
-  }
 
 
 # -----------------------------------------------------------------------------
@@ -182,8 +174,12 @@ def get_logical_axes(boxed_variables: PyTree) -> PyTree:
 # The model.
 # -----------------------------------------------------------------------------
 @gin.configurable(module="models")
-class EncoderDecoderModel:
-  """T5-style encoder-decoder wrapper around `network.Transformer` (t5x interface)."""
+class EncoderDecoderModel(base.BaseModel):
+  """T5-style encoder-decoder wrapper around `network.Transformer` (t5x interface).
+
+  Owns its compiled initialisers (`get_initial_variables` jits one per input
+  shape and dtype and keeps it as long as the model lives).
+  """
 
   def __init__(
       self,
@@ -203,15 +199,13 @@ class EncoderDecoderModel:
     self.label_smoothing = float(label_smoothing)
     # None: per target token; else a fixed number every batch's summed loss is divided by.
     self.loss_normalizing_factor = loss_normalizer(loss_normalizing_factor)
+    # Jitted initialisers by (input shapes, input types, unbox): running the
+    # initialisers op by op costs seconds even for tiny models.
+    self._init_fns: dict = {}
 
   @property
   def config(self):
     return self.module.config
-
-  @property
-  def eos_id(self) -> int:
-    vocab = self.output_vocabulary
-    return int(vocab.eos_id) if vocab is not None else 1
 
   # --- initialisation -------------------------------------------------------
   def _init_boxed(
@@ -251,7 +245,6 @@ class EncoderDecoderModel:
       unbox: bool = True,
   ) -> PyTree:
     """{"params": ...} with plain arrays (unbox=False keeps the LogicallyPartitioned boxes)."""
-    # Jitted: running the initialisers op by op costs seconds even for tiny models.
     key = (
         tuple(sorted((k, tuple(v)) for k, v in input_shapes.items())),
         tuple(
@@ -261,15 +254,14 @@ class EncoderDecoderModel:
         ),
         unbox,
     )
-    cache = self.__dict__.setdefault("_jitted_init", {})
-    if key not in cache:
+    if key not in self._init_fns:
 
       def init(rng):
         variables = self._init_boxed(rng, dict(key[0]), dict(key[1]))
         return nn.meta.unbox(variables) if unbox else variables
 
-      cache[key] = jax.jit(init)
-    return cache[key](rng)
+      self._init_fns[key] = jax.jit(init)
+    return self._init_fns[key](rng)
 
   def variables_logical_axes(self, input_shapes: Mapping[str, tuple]) -> PyTree:
     """Logical PartitionSpec per variable, computed with eval_shape (no allocation)."""
@@ -278,16 +270,6 @@ class EncoderDecoderModel:
         jax.random.PRNGKey(0),
     )
     return get_logical_axes(boxed)
-
-  def params_logical_axes(self, input_shapes: Mapping[str, tuple]) -> PyTree:
-    return self.variables_logical_axes(input_shapes)["params"]
-
-  def params_shapes(self, input_shapes: Mapping[str, tuple]) -> PyTree:
-    """ShapeDtypeStructs of the (unboxed) parameters."""
-    return jax.eval_shape(
-        lambda r: self.get_initial_variables(r, input_shapes),
-        jax.random.PRNGKey(0),
-    )["params"]
 
   # --- forward / loss -------------------------------------------------------
   @staticmethod
@@ -472,12 +454,3 @@ class EncoderDecoderModel:
     if return_all_decodes:
       return decodes, {"scores": scores}
     return decodes[:, -1, :], {"scores": scores[:, -1]}
-
-  def predict_batch(
-      self,
-      params: PyTree,
-      batch: Mapping[str, Array],
-      rng: Optional[Array] = None,
-      **kwargs,
-  ) -> Array:
-    return self.predict_batch_with_aux(params, batch, rng, **kwargs)[0]

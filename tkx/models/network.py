@@ -18,6 +18,18 @@ Conventions taken from T5 / t5x:
     logits and softmaxes are float32.
   * Packed examples (segment ids) attend only within their segment; see
     `_row_positions` for why the relative positions need no per-example ids.
+
+The dense layer is a seam: every attention projection (query, key, value, out)
+and every MLP projection (wi / wi_0, wi_1, wo) is built by one dense module,
+chosen by name with `T5Config.dense_layer` (gin: `network.T5Config.dense_layer
+= 'NAME'`) from the layers registered with `@register_dense_layer('NAME')`;
+`Dense` ("dense") is the default. A replacement (an adapter, a quantized
+kernel) is one module with Dense's constructor keywords (`features`,
+`kernel_axes`, `kernel_init`, `dtype`, `param_dtype`, `name`) mapping
+[..., in] to [..., features]; its parameters live under the projection's name
+(`.../attention/query/...`), beside or instead of `kernel`, and `self.name` /
+`self.scope.path` tell it which projection it is. The output layer
+(`decoder/logits_dense`) stays a plain `Dense`. See docs/models.md.
 """
 
 import functools
@@ -95,8 +107,58 @@ class LayerNorm(nn.Module):
     return y * jnp.asarray(scale, self.dtype)
 
 
+# -----------------------------------------------------------------------------
+# The dense layer seam.
+# -----------------------------------------------------------------------------
+# Name (T5Config.dense_layer) -> dense module class (or a factory taking its keywords).
+DENSE_LAYERS: dict = {}
+
+
+def register_dense_layer(name: str):
+  """Class decorator: the module becomes `T5Config.dense_layer = name` for attention and MLP projections.
+
+  Re-registering a name is allowed only for the same class (a module imported
+  again); another class under a taken name is a ValueError.
+  """
+
+  def register(layer):
+    known = DENSE_LAYERS.get(name)
+    if known is not None and _qualified_name(known) != _qualified_name(layer):
+      raise ValueError(
+          f"dense layer {name!r} is already registered as {_qualified_name(known)}"
+      )
+    DENSE_LAYERS[name] = layer
+    return layer
+
+  return register
+
+
+def _qualified_name(layer) -> str:
+  layer = getattr(layer, "func", layer)  # functools.partial factories
+  return f"{layer.__module__}.{layer.__qualname__}"
+
+
+def dense_layer(name: str):
+  """The dense module registered as `name`; ValueError naming T5Config.dense_layer otherwise."""
+  try:
+    return DENSE_LAYERS[name]
+  except KeyError:
+    raise ValueError(
+        f"T5Config.dense_layer: unknown {name!r}; registered: "
+        f"{', '.join(repr(n) for n in sorted(DENSE_LAYERS))} (import the module "
+        "that registers it, e.g. with an `import` line in the gin file)"
+    ) from None
+
+
+def dense_layer_module(name: str) -> str:
+  """The Python module that registers dense layer `name` (what a model.gin must import)."""
+  layer = dense_layer(name)
+  return getattr(layer, "func", layer).__module__
+
+
+@register_dense_layer("dense")
 class Dense(nn.Module):
-  """Bias-free dense layer with a 2-D kernel [in, out] and named axes."""
+  """Bias-free dense layer with a 2-D kernel [in, out] and named axes (T5's projections)."""
 
   features: int
   kernel_axes: Sequence[str]
@@ -432,6 +494,8 @@ class MultiHeadDotProductAttention(nn.Module):
   chunk_rows: Optional[int] = 0  # see `dot_product_attention`
   # Cached decoding steps always use the XLA path (one query per step).
   attention_impl: AttentionImpl = AttentionImpl.XLA
+  # The module of the q/k/v/out projections (see the module doc's dense layer seam).
+  dense_cls: Callable[..., nn.Module] = Dense
 
   @nn.compact
   def __call__(
@@ -450,7 +514,7 @@ class MultiHeadDotProductAttention(nn.Module):
     depth_scaling = float(np.sqrt(self.head_dim))
     query_init = lambda *a: self.kernel_init(*a) / depth_scaling  # noqa: E731
     dense = functools.partial(
-        Dense,
+        self.dense_cls,
         features=joined,
         kernel_axes=("embed", "joined_kv"),
         dtype=self.dtype,
@@ -489,7 +553,7 @@ class MultiHeadDotProductAttention(nn.Module):
   def _output(self, out, features):
     out = out.reshape(out.shape[:2] + (self.num_heads * self.head_dim,))
     out = nn.with_logical_constraint(out, ("batch", "length", "joined_kv"))
-    return Dense(
+    return self.dense_cls(
         features=features,
         kernel_axes=("joined_kv", "embed"),
         kernel_init=self.kernel_init,
@@ -575,33 +639,31 @@ class MlpBlock(nn.Module):
   kernel_init: Initializer = nn.initializers.variance_scaling(
       1.0, "fan_in", "truncated_normal"
   )
+  # The module of the wi / wo projections (see the module doc's dense layer seam).
+  dense_cls: Callable[..., nn.Module] = Dense
 
   @nn.compact
   def __call__(self, inputs: Array, deterministic: bool = True) -> Array:
+    dense = functools.partial(
+        self.dense_cls,
+        kernel_init=self.kernel_init,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+    )
     hidden = None
     for i, act in enumerate(self.activations):
       name = "wi" if len(self.activations) == 1 else f"wi_{i}"
-      x = Dense(
-          self.mlp_dim,
-          ("embed", "mlp"),
-          self.kernel_init,
-          self.dtype,
-          self.param_dtype,
-          name=name,
-      )(inputs)
+      x = dense(features=self.mlp_dim, kernel_axes=("embed", "mlp"), name=name)(
+          inputs
+      )
       x = _activation(act)(x)
       hidden = x if hidden is None else hidden * x
     hidden = nn.with_logical_constraint(hidden, ("batch", "length", "mlp"))
     hidden = nn.Dropout(rate=self.dropout_rate, broadcast_dims=(-2,))(
         hidden, deterministic=deterministic
     )
-    return Dense(
-        inputs.shape[-1],
-        ("mlp", "embed"),
-        self.kernel_init,
-        self.dtype,
-        self.param_dtype,
-        name="wo",
+    return dense(
+        features=inputs.shape[-1], kernel_axes=("mlp", "embed"), name="wo"
     )(hidden)
 
 
@@ -630,12 +692,19 @@ class EncoderLayer(nn.Module):
         cfg.dropout_rate,
         chunk_rows=cfg.attention_chunk_rows,
         attention_impl=cfg.attention_impl,
+        dense_cls=dense_layer(cfg.dense_layer),
         name="attention",
     )(y, y, mask, bias, deterministic=deterministic)
     x = x + _dropout(cfg.dropout_rate)(y, deterministic=deterministic)
     y = norm(name="pre_mlp_layer_norm")(x)
     y = MlpBlock(
-        cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, dt, pdt, name="mlp"
+        cfg.mlp_dim,
+        cfg.mlp_activations,
+        cfg.dropout_rate,
+        dt,
+        pdt,
+        dense_cls=dense_layer(cfg.dense_layer),
+        name="mlp",
     )(y, deterministic=deterministic)
     x = x + _dropout(cfg.dropout_rate)(y, deterministic=deterministic)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
@@ -671,6 +740,7 @@ class DecoderLayer(nn.Module):
         cfg.dropout_rate,
         chunk_rows=cfg.attention_chunk_rows,
         attention_impl=cfg.attention_impl,
+        dense_cls=dense_layer(cfg.dense_layer),
     )
     y = norm(name="pre_self_attention_layer_norm")(x)
     y = attention(name="self_attention")(
@@ -688,7 +758,13 @@ class DecoderLayer(nn.Module):
     x = x + _dropout(cfg.dropout_rate)(y, deterministic=deterministic)
     y = norm(name="pre_mlp_layer_norm")(x)
     y = MlpBlock(
-        cfg.mlp_dim, cfg.mlp_activations, cfg.dropout_rate, dt, pdt, name="mlp"
+        cfg.mlp_dim,
+        cfg.mlp_activations,
+        cfg.dropout_rate,
+        dt,
+        pdt,
+        dense_cls=dense_layer(cfg.dense_layer),
+        name="mlp",
     )(y, deterministic=deterministic)
     x = x + _dropout(cfg.dropout_rate)(y, deterministic=deterministic)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))

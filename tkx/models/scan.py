@@ -17,6 +17,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from tkx import errors
+
 PyTree = Any
 
 STACKS = ("encoder", "decoder")
@@ -78,14 +80,14 @@ def scan_params(params: Mapping) -> PyTree:
     if not indices:
       continue
     if indices != list(range(len(indices))):
-      raise ValueError(
+      raise errors.UserError(
           f"{name}: layers {indices} are not numbered 0..{len(indices) - 1}"
       )
     layers = [stack.pop(f"layers_{i}") for i in indices]
     try:
       stack[SCANNED_KEY] = _tree_map(lambda *xs: _stack_fn(xs), *layers)
     except KeyError as e:
-      raise ValueError(
+      raise errors.UserError(
           f"{name}: the layers do not all have the same parameters ({e} differs)"
       ) from None
     out[name] = stack
@@ -106,7 +108,7 @@ def unscan_params(params: Mapping) -> PyTree:
     sizes = set()
     _tree_map(lambda x: sizes.add(int(np.shape(x)[0])), stacked)
     if len(sizes) != 1:
-      raise ValueError(
+      raise errors.UserError(
           f"{name}/{SCANNED_KEY}: stacked parameters disagree on the number of layers {sorted(sizes)}"
       )
     for i in range(sizes.pop()):

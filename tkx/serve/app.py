@@ -19,7 +19,6 @@ import jax
 from starlette import applications, concurrency, exceptions, responses, routing
 
 from tkx import infer
-from tkx.checkpoints import directory
 from tkx.data import encodings
 from tkx.serve import batcher as batcher_lib
 from tkx.serve import metrics as metrics_lib
@@ -28,7 +27,7 @@ from tkx.serve import playground, schema
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_REQUEST_BYTES = 1 << 20
-# Predictors kept for distinct (non-sampling) decode settings; their programs stay compiled in jax.
+# Predictors (and decoding functions) kept for distinct decode settings.
 _MAX_CACHED_PREDICTORS = 16
 
 
@@ -75,11 +74,15 @@ class Generator:
     self.max_input_length = min(max_input_length, max(self.input_buckets))
     self.metrics = metrics
     self._token_fns = encodings.vocabulary_token_fns(self.vocabulary)
-    self._param_shardings = directory.param_shardings_for(
-        loaded.model, partitioner
+    # The server's decoding functions (one per decode setting, with their compiled
+    # programs): every Predictor, a sampled request's fresh one too, takes its function here.
+    self._predict_fns = infer.PredictFns(
+        loaded.model, partitioner, max_entries=_MAX_CACHED_PREDICTORS
     )
     # Placed once; every Predictor (one per decode setting) then shares these arrays.
-    self._params = jax.device_put(loaded.params, self._param_shardings)
+    self._params = jax.device_put(
+        loaded.params, self._predict_fns.param_shardings
+    )
     self._predictors: "collections.OrderedDict" = collections.OrderedDict()
     self._predictors_lock = threading.Lock()
     self.batcher = batcher_lib.Batcher(
@@ -100,7 +103,7 @@ class Generator:
           batch_size=self.batch_size,
           decode_config=config,
           input_buckets=self.input_buckets,
-          param_shardings=self._param_shardings,
+          predict_fns=self._predict_fns,
       )
 
     if config.uses_rng:
@@ -115,7 +118,8 @@ class Generator:
 
   def _decode_config(self, overrides: Dict[str, Any]) -> infer.DecodeConfig:
     try:
-      return dataclasses.replace(self.decode_config, **overrides)
+      # The request's settings choose the method as the command flags do.
+      return self.decode_config.with_settings(**overrides)
     except ValueError as e:
       # The first line: gin adds an "In call to configurable" line.
       message = str(e).splitlines()[0]

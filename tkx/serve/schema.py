@@ -6,8 +6,10 @@ Two forms:
   "negative_examples": [...], "input": "...", "encoding": "def_pos2"}`: the prompt is built by
   `tkx.data.encodings.encode_source` (the Tk-Instruct collator's format and token budget).
 
-Either form may set `max_decode_length`, `num_beams`, `temperature` and `seed`; the other decoding
-settings are the server's. Unknown fields are refused rather than ignored.
+Either form may set `decode_fn` (a registered decoding method), `max_decode_length`, `num_beams`,
+`temperature` and `seed`; they choose the method as the command flags do
+(`infer.DecodeConfig.with_settings`); the other decoding settings are the server's. Unknown fields
+are refused rather than ignored.
 """
 
 import dataclasses
@@ -15,6 +17,7 @@ import json
 import math
 from typing import Any, Dict, List, Optional
 
+from tkx import errors
 from tkx.data import encodings
 
 DEFAULT_ENCODING = "def_pos2"
@@ -28,6 +31,7 @@ STRUCTURED_FIELDS = (
 )
 # Per-request decoding settings and their JSON types.
 DECODE_FIELDS = {
+    "decode_fn": str,  # a registered decoding method (tkx.decoding.METHODS)
     "max_decode_length": int,
     "num_beams": int,
     "temperature": float,
@@ -39,7 +43,7 @@ MAX_NUM_BEAMS = 16
 MAX_SEED = 2**31 - 1
 
 
-class RequestError(ValueError):
+class RequestError(errors.UserError):
   """A client error: `field` names what is wrong; `status` is the HTTP status to answer."""
 
   def __init__(self, field: str, message: str, status: int = 400):
@@ -116,6 +120,9 @@ def _decode_overrides(body, max_decode_length: int) -> Dict[str, Any]:
     if field not in body:
       continue
     value = body[field]
+    if kind is str:
+      overrides[field] = _string(body, field, required=True, non_empty=True)
+      continue
     numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
     if not numeric or (kind is int and not isinstance(value, int)):
       raise RequestError(
