@@ -239,7 +239,7 @@ def test_eval_of_a_tiny_model_trained_on_the_embedded_sample(tmp_path):
           "EVAL_MIXTURE_OR_TASK_NAME = None",
           "SAVE_EVERY = 1000",
           "TASK_FEATURE_LENGTHS = {'inputs': 128, 'targets': 8}",
-          "trainer.train.async_checkpointing = False",
+          "train_configs.CheckpointConfig.async_save = False",
       ],
   )
   trainer.train()

@@ -47,7 +47,7 @@ ARGS = [
     "--gin.SAVE_EVERY=1",
     "--gin.KEEP_CHECKPOINTS=None",
     "--gin.EVAL_EVERY=None",
-    "--gin.trainer.train.log_every=1",
+    "--gin.train_configs.LoggingConfig.log_every=1",
     "--gin.partitioning.Partitioner.num_partitions=1",
 ]
 

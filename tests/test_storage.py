@@ -251,7 +251,7 @@ def _train_eval_report(root):
       "--gin.BATCH_SIZE=8",
       "--gin.TASK_FEATURE_LENGTHS={'inputs': 128, 'targets': 16}",
       "--gin.EVAL_EVERY=None",
-      "--gin.trainer.train.generation_eval_fn=None",
+      "--gin.train_configs.EvaluationConfig.generation_eval_fn=None",
   )
   _tkx(
       "eval",

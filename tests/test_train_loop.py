@@ -5,8 +5,11 @@ import json
 import os
 
 import gin
+import jax
+import jax.numpy as jnp
+import toy_train_action  # noqa: F401  (registers @toy_train_action.LossLog)
 
-from tkx import cli, gin_utils
+from tkx import cli, gin_utils, train_actions
 from tkx.checkpoints import orbax_io
 
 # A smaller-than-tiny model and short sequences keep each run to a few seconds of compute.
@@ -20,6 +23,25 @@ SMALL_MODEL = [
     '--gin.TASK_FEATURE_LENGTHS={"inputs": 128, "targets": 16}',
     "--gin.BATCH_SIZE=8",
 ]
+
+
+@gin.configurable(module="test_train_loop")
+class PoisonParamsAfter(train_actions.BaseAction):
+  """Fault injection (this file's action): NaN parameters after step `step`, so step+1 is non-finite."""
+
+  def __init__(self, step: int = gin.REQUIRED):
+    self.step = step
+
+  def due(self, step):
+    return train_actions.Due.RUN if step == self.step else train_actions.Due.NO
+
+  def run(self, trainer, step):
+    trainer.state = trainer.state.replace(
+        params=jax.tree_util.tree_map(
+            lambda p: p * jnp.nan, trainer.state.params
+        )
+    )
+    return False
 
 
 def _run(model_dir, *extra):
@@ -95,8 +117,10 @@ def test_train_learns_saves_and_logs(tmp_path, caplog, monkeypatch):
       "--gin.TRAIN_STEPS=40",
       "--gin.SAVE_EVERY=20",
       "--gin.KEEP_CHECKPOINTS=1",
-      "--gin.trainer.train.log_every=5",
+      "--gin.train_configs.LoggingConfig.log_every=5",
       "--gin.LEARNING_RATE=0.02",
+      # A toy action is one class (tests/toy_train_action.py) and this one line.
+      "--gin.trainer.train.actions=[@toy_train_action.LossLog()]",
   )
   assert rc == 0
   # No per-step host wait: step n's metrics are read with step n+1 already dispatched,
@@ -109,6 +133,15 @@ def test_train_learns_saves_and_logs(tmp_path, caplog, monkeypatch):
   losses = _scalars(model_dir / "train", "loss")
   assert sorted(losses) == list(range(5, 41, 5))
   assert losses[40] < losses[5] - 1.0, losses  # learning, not noise
+  # The toy action saw every step's loss, in order (the logged steps' equal TensorBoard's).
+  toy_log = [
+      json.loads(line)
+      for line in (model_dir / "loss_log.jsonl").read_text().splitlines()
+  ]
+  assert [row["step"] for row in toy_log] == list(range(1, 41))
+  for row in toy_log:
+    if row["step"] in losses:
+      assert abs(row["loss"] - losses[row["step"]]) < 1e-6, row
   for tag in (
       "learning_rate",
       "grad_norm",
@@ -122,7 +155,7 @@ def test_train_learns_saves_and_logs(tmp_path, caplog, monkeypatch):
   config = (model_dir / "config.gin").read_text()
   assert "train.model_dir" in config and "T5Config.emb_dim" in config
   assert (
-      "train.mixture_or_task_name"
+      "DatasetConfig.mixture_or_task_name"
       in (model_dir / "operative_config.gin").read_text()
   )
   model_gin = (model_dir / "model.gin").read_text()
@@ -162,7 +195,9 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, caplog):
       model_dir,
       "--gin.TRAIN_STEPS=10",
       "--gin.SAVE_EVERY=2",
-      "--gin.trainer.train.inject_nan_at_step=5",
+      # NaN parameters after step 4 (saved): step 5 is non-finite.
+      "--gin.trainer.train.actions=[@test_train_loop.PoisonParamsAfter()]",
+      "--gin.test_train_loop.PoisonParamsAfter.step=4",
   )
   assert rc == 3
   message = " ".join(

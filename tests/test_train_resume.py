@@ -36,7 +36,7 @@ ARGS = [
     f"--gin.TRAIN_STEPS={TRAIN_STEPS}",
     f"--gin.SAVE_EVERY={SAVE_EVERY}",
     "--gin.EVAL_EVERY=None",
-    "--gin.trainer.train.log_every=1",
+    "--gin.train_configs.LoggingConfig.log_every=1",
 ]
 
 

@@ -155,9 +155,7 @@ def test_nonfinite_steps_are_flagged():
       optimizers.adafactor, learning_rate=1e-2
   )
   state = _init_state(model, optimizer, batch)
-  poisoned = trainer.make_train_step(
-      model, optimizer, 1e-2, 1, inject_nan_at_step=2
-  )
+  step = trainer.make_train_step(model, optimizer, 1e-2, 1)
   # An infinite learning rate: the loss is still finite, the update is not.
   inf_opt = optimizers.create_optimizer(
       optimizers.adafactor, learning_rate=float("inf")
@@ -165,8 +163,12 @@ def test_nonfinite_steps_are_flagged():
   inf_step = trainer.make_train_step(model, inf_opt, float("inf"), 1)
 
   def run(state, inf_state, batch):
-    s1, m1 = poisoned(state, batch)
-    _, m2 = poisoned(s1, batch)
+    s1, m1 = step(state, batch)
+    # NaN parameters (as a fault would leave them): the next step is flagged.
+    poisoned = s1.replace(
+        params=jax.tree_util.tree_map(lambda p: p * jnp.nan, s1.params)
+    )
+    _, m2 = step(poisoned, batch)
     _, m_inf = inf_step(inf_state, batch)
     return m1, m2, m_inf
 

@@ -129,7 +129,7 @@ gin configuration (as t5x):
   --gin.NAME=VALUE        a binding after the files; repeatable. VALUE is a gin
                           literal, so a string needs inner quotes:
                           --gin.MODEL_DIR="'/tmp/run'"  --gin.TRAIN_STEPS=400
-                          --gin.trainer.train.log_every=20
+                          --gin.train_configs.LoggingConfig.log_every=20
 """
 
 

@@ -462,13 +462,13 @@ def generation_eval(
     max_target_length: int = 128,
     predict_fns: Optional["infer.PredictFns"] = None,
 ) -> Dict[str, float]:
-  """A `trainer.train(generation_eval_fn=...)` hook: decode + NI metrics on the current params.
+  """An `EvaluationConfig.generation_eval_fn` hook of training: decode + NI metrics on the current params.
 
   Writes `<model_dir>/generation_eval/step_<step>/` (predictions, metrics.json,
   summaries) and returns {"generation/<metric>": overall value}. A caller that
   evaluates every N steps passes the `infer.PredictFns` it owns (of this model and
   partitioner), so each evaluation reuses the compiled decoding programs. In gin:
-    trainer.train.generation_eval_fn = @evaluate.generation_eval
+    train_configs.EvaluationConfig.generation_eval_fn = @evaluate.generation_eval
     evaluate.generation_eval.mixture_or_task_name = 'ni_default_test_def_pos2'
   """
   from tkx import partitioning

@@ -1,7 +1,17 @@
-"""The train loop: partitioned steps, gradient accumulation, checkpoints, eval, logging.
+"""Training: the step, the `Trainer` that runs it, and `train`, the gin entry point.
 
-`train(...)` is the gin-configurable entry point (`trainer.train`, bound by
-gin_configs/runs/finetune.gin). One step is
+    train(settings)  ->  Trainer.setup(...)  ->  Trainer.run()
+                                                   step, step, ... with actions between
+
+`train(...)` (`trainer.train`, bound by gin_configs/runs/finetune.gin) checks the
+grouped settings (`tkx.train_configs`), chooses the row layout, opens the input,
+and hands over to a `Trainer`: its `setup` restores or initialises the state and
+partitions the steps, its `run` loops. What happens between steps (evaluation,
+preemption save, early stopping, custom logging) is an action
+(`tkx.train_actions`): a feature is added by adding an action, not by growing
+the loop. docs/training.md is the user's page.
+
+One step is
 
     micro-batches (lax.scan) -> summed gradients -> optimizer update
 
@@ -22,31 +32,40 @@ are finite; the loop checks it before any save, so a NaN state is never written,
 and stops with `NonFiniteLossError` naming the step and the last good checkpoint.
 
 No per-step host wait. Step n's metrics are fetched after step n+1 is dispatched
-(`PendingMetrics`); only a step that is saved, evaluated or last is waited for.
+(`PendingMetrics`); only a step that is saved, acted on or last is waited for.
 
 Preemption. SIGTERM (or JAX's preemption notice on a multi-process run) stops
-every host at the same step boundary (`tkx.preemption`); that step is saved, one
-line names the checkpoint, and `train` returns (`tkx train` exits 0). See
-docs/clusters.md.
+every host at the same step boundary (`tkx.preemption`, the `PreemptionSave`
+action); that step is saved, one line names the checkpoint, and `train` returns
+(`tkx train` exits 0). See docs/clusters.md.
 """
 
+import functools
 import logging
-import os
 import time
-from typing import Any, Callable, Mapping, Optional, Union
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import gin
 import jax
 import jax.numpy as jnp
 import optax
 
-from tkx import errors, io_utils, multihost, optimizers, preemption, storage
-from tkx.checkpoints import directory, layout, orbax_io
-from tkx.step_logger import StepLogger
-from tkx.train_state import TrainState, TrainStateInitializer
-from tkx.data import pipeline as data_pipeline
+from tkx import errors, io_utils, optimizers, storage, train_actions
+from tkx import train_configs
+from tkx.checkpoints import layout, orbax_io
 from tkx.data import packing
 from tkx.data import packing_plan
+from tkx.data import pipeline as data_pipeline
+from tkx.step_logger import StepLogger
+from tkx.train_actions import BaseAction, Due, PreemptionSave
+from tkx.train_configs import (
+    CheckpointConfig,
+    DatasetConfig,
+    EvaluationConfig,
+    LoggingConfig,
+    PackingConfig,
+)
+from tkx.train_state import TrainState, TrainStateInitializer
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +174,6 @@ def make_train_step(
     optimizer: optax.GradientTransformation,
     learning_rate_fn,
     num_microbatches: int = 1,
-    inject_nan_at_step: Optional[int] = None,
 ):
   """train_step(state, batch) -> (state, metrics); pure, to be jitted by the partitioner."""
   model_config = model.config  # None: a model without T5 shapes, no FLOP counts
@@ -165,14 +183,6 @@ def make_train_step(
     loss, grads, model_metrics = compute_gradients(
         model, state.params, batch, dropout_rng, num_microbatches
     )
-    if (
-        inject_nan_at_step is not None
-    ):  # fault injection for tests (gin: trainer.train.inject_nan_at_step)
-      poison = jnp.where(state.step + 1 == inject_nan_at_step, jnp.nan, 0.0)
-      loss = loss + poison
-      grads = jax.tree_util.tree_map(
-          lambda g: g + poison.astype(g.dtype), grads
-      )
     grad_norm = optax.global_norm(grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -230,465 +240,11 @@ def make_eval_step(model):
 
 
 # ------------------------------------------------------------------------------
-# Data (the input itself lives in tkx.data.pipeline)
+# The run
 # ------------------------------------------------------------------------------
 def _data_shard_info(partitioner):
   """This host's SeqIO shard (hosts of one model-parallel replica read the same one)."""
   return partitioner.get_data_shard_info() if jax.process_count() > 1 else None
-
-
-def _check_run_values(
-    model_dir, batch_size, batch_name, train_steps, task_feature_lengths
-):
-  """Errors naming the gin macro for values of the wrong kind (instead of a failure deep in the run)."""
-
-  def positive_int(name, value, allow_none=False):
-    if value is None and allow_none:
-      return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-      raise errors.ConfigError(
-          f"{name} must be a positive integer, got {value!r}"
-      )
-
-  if not isinstance(model_dir, (str, os.PathLike)):
-    raise errors.ConfigError(
-        f"MODEL_DIR must be a string (--gin.MODEL_DIR=\"'/path'\"), got {model_dir!r}"
-    )
-  positive_int(batch_name, batch_size)
-  positive_int("TRAIN_STEPS", train_steps, allow_none=True)
-  if not isinstance(task_feature_lengths, Mapping) or set(
-      task_feature_lengths
-  ) != {"inputs", "targets"}:
-    raise errors.ConfigError(
-        'TASK_FEATURE_LENGTHS must be {"inputs": N, "targets": M}, got '
-        f"{task_feature_lengths!r}"
-    )
-  for key, value in task_feature_lengths.items():
-    positive_int(f"TASK_FEATURE_LENGTHS[{key!r}]", value)
-
-
-# ------------------------------------------------------------------------------
-# Run files and throughput
-# ------------------------------------------------------------------------------
-def _write_run_files(model_dir, model):
-  """MODEL_DIR/config.gin (the whole gin config, as t5x) and the trained model's model.gin.
-
-  model.gin (`tkx.checkpoints.directory`) describes the model being trained,
-  dtype and dropout included, so `tkx eval/infer/export-checkpoint` read MODEL_DIR
-  without the training gin files.
-  """
-  if not multihost.is_primary_host():
-    return
-  with io_utils.atomic_write(os.path.join(model_dir, "config.gin")) as f:
-    f.write(gin.config_str())
-  directory.write_model_files_for(
-      model, model_dir, comment="Model of a tkx training run."
-  )
-
-
-def _model_flops_per_step(model, row_layout, batch_size):
-  """Model FLOPs of a step of `batch_size` rows from `model_info` (None for a model without a T5Config)."""
-  from tkx.models import model_info
-
-  config = model.config
-  if config is None:
-    return None
-  return model_info.train_step_flops(
-      config,
-      batch_size,
-      row_layout.inputs,
-      row_layout.targets,
-      encoder_blocks=row_layout.encoder_blocks,
-  )["train_step"]
-
-
-def _peak_flops(configured_per_device):
-  """Peak FLOP/s of all devices (None when the device kind is unknown, e.g. a CPU)."""
-  from tkx.models import model_info
-
-  per_device = configured_per_device or model_info.peak_flops_per_device(
-      jax.devices()[0].device_kind
-  )
-  return float(per_device) * jax.device_count() if per_device else None
-
-
-# ------------------------------------------------------------------------------
-# The loop
-# ------------------------------------------------------------------------------
-@gin.configurable(module="trainer")
-def train(
-    *,
-    model,
-    model_dir: str,
-    mixture_or_task_name: str,
-    task_feature_lengths: Mapping[str, int],
-    train_steps: Optional[int],
-    batch_size: int,
-    train_epochs: Optional[float] = None,
-    optimizer_fn: Callable[
-        ..., optax.GradientTransformation
-    ] = optimizers.adafactor,
-    learning_rate_fn: Any = 1e-3,
-    grad_clip_norm: Optional[float] = None,
-    num_microbatches: int = 1,
-    partitioner=None,
-    initial_checkpoint_path: Optional[str] = None,
-    pack: bool = False,
-    packed_batch_size: Union[int, str, None] = None,
-    packing_window: int = packing.DEFAULT_WINDOW,
-    packed_encoder_blocks: Union[int, str] = 1,
-    packed_targets_length: Union[int, str, None] = None,
-    use_cached: bool = False,
-    ni_dir: Optional[str] = None,
-    data_seed: int = 0,
-    random_seed: int = 0,
-    save_every: int = 1000,
-    keep_checkpoints: Optional[int] = None,
-    async_checkpointing: bool = True,
-    log_every: int = 10,
-    eval_mixture_or_task_name: Optional[str] = None,
-    eval_split: Optional[str] = None,
-    eval_every: Optional[int] = None,
-    eval_batches: int = 10,
-    generation_eval_fn: Optional[Callable[..., Mapping[str, float]]] = None,
-    peak_flops_per_device: Optional[float] = None,
-    inject_nan_at_step: Optional[int] = None,
-    stop_after_step: Optional[int] = None,
-) -> dict:
-  """Trains `model` on a SeqIO mixture; resumes from MODEL_DIR's latest checkpoint when there is one.
-
-  TRAIN_STEPS may be None with `train_epochs` set: steps = floor(epochs x examples / batch),
-  the examples being the mixture's instance count (NI mixtures' rates are instance counts).
-
-  Returns {"step": last step run, "loss": its loss, "state": the final TrainState}.
-  `stop_after_step` ends the loop early without changing the schedule (used to
-  simulate preemption); `inject_nan_at_step` poisons one step (tests).
-  """
-  t_setup = time.time()
-  required = {
-      "MODEL": model,
-      "MODEL_DIR": model_dir,
-      "MIXTURE_OR_TASK_NAME": mixture_or_task_name,
-      "TASK_FEATURE_LENGTHS": task_feature_lengths,
-      "BATCH_SIZE": batch_size,
-      "INITIAL_CHECKPOINT_PATH": initial_checkpoint_path,
-      "NI_DIR": ni_dir,
-  }
-  missing = [name for name, value in required.items() if value is gin.REQUIRED]
-  if missing:
-    raise errors.ConfigError(
-        f"trainer.train: set {', '.join(missing)} (e.g. --gin.{missing[0]}=...); "
-        "the gin files leave them required"
-    )
-  vocab_size = getattr(model.output_vocabulary, "vocab_size", None)
-  config = model.config
-  if (
-      vocab_size is not None
-      and config is not None
-      and vocab_size > config.vocab_size
-  ):
-    # Ids past the embedding would be clamped silently by the lookup.
-    raise errors.ConfigError(
-        f"the vocabulary has {vocab_size} ids but network.T5Config.vocab_size = "
-        f"{config.vocab_size} (check vocab.get_vocabulary.extra_ids and the model gin files)"
-    )
-  model_dir = storage.abspath(model_dir)
-  if partitioner is None:
-    from tkx import partitioning
-
-    partitioner = partitioning.Partitioner()
-  batch_name = "BATCH_SIZE"
-  # The shape of a row of the batch (packed: several examples per row, see finetune.gin).
-  row_layout = packing.RowLayout.for_lengths(task_feature_lengths)
-  if pack:
-    # A step is PACKED_BATCH_SIZE packed rows, not BATCH_SIZE examples.
-    _check_run_values(
-        model_dir, batch_size, "BATCH_SIZE", train_steps, task_feature_lengths
-    )
-    row_layout, batch_size = packing_plan.resolve_layout(
-        model_dir=model_dir,
-        resuming=bool(layout.list_steps(model_dir)),
-        mixture_or_task_name=mixture_or_task_name,
-        ni_dir=ni_dir,
-        vocabulary=model.output_vocabulary,
-        feature_lengths=task_feature_lengths,
-        config=config,
-        encoder_blocks=packed_encoder_blocks,
-        targets_length=packed_targets_length,
-        rows_per_step=packed_batch_size,
-        examples_per_step=batch_size,
-        row_multiple=partitioner.data_axis_size * max(num_microbatches, 1),
-        window=packing_window,
-        seed=data_seed,
-    )
-    batch_name = "PACKED_BATCH_SIZE"
-  _check_run_values(
-      model_dir, batch_size, batch_name, train_steps, task_feature_lengths
-  )
-  if batch_size % (partitioner.data_axis_size * max(num_microbatches, 1)):
-    hint = (
-        "; or let tkx choose the packed rows for these devices: "
-        "--gin.PACKED_ENCODER_BLOCKS=\"'auto'\" --gin.PACKED_TARGETS_LENGTH=\"'auto'\" "
-        "--gin.PACKED_BATCH_SIZE=\"'auto'\" (docs/packing.md)"
-        if pack
-        else ""
-    )
-    raise errors.ConfigError(
-        f"{batch_name}={batch_size} must be divisible by the data-parallel size "
-        f"{partitioner.data_axis_size} x NUM_MICROBATCHES={num_microbatches}{hint}"
-    )
-  learning_rate = learning_rate_fn
-  optimizer = optimizers.create_optimizer(
-      optimizer_fn=optimizer_fn,
-      learning_rate=learning_rate,
-      grad_clip_norm=grad_clip_norm,
-  )
-
-  train_input = data_pipeline.train_input(
-      mixture_or_task_name,
-      ni_dir=ni_dir,
-      vocabulary=model.output_vocabulary,
-      feature_lengths=task_feature_lengths,
-      batch_size=batch_size,
-      data_seed=data_seed,
-      pack=pack,
-      packing_window=packing_window,
-      row_layout=row_layout if pack else None,
-      use_cached=use_cached,
-      shard_info=_data_shard_info(partitioner),
-  )
-  if train_epochs:
-    train_steps = train_input.steps_for_epochs(train_epochs)
-  if not train_steps:
-    raise errors.ConfigError(
-        "set TRAIN_STEPS (trainer.train.train_steps) or trainer.train.train_epochs"
-    )
-
-  # --- state: resumed from MODEL_DIR, else from INITIAL_CHECKPOINT_PATH, else random ---
-  initializer = TrainStateInitializer(
-      model, optimizer, partitioner, random_seed
-  )
-  state_shardings = initializer.state_shardings
-  params_shardings = initializer.params_shardings
-  replicated = partitioner.replicated
-  checkpoints = orbax_io.CheckpointManager(
-      model_dir,
-      save_every=save_every,
-      keep=keep_checkpoints,
-      async_save=async_checkpointing,
-  )
-  restored = initializer.restore(checkpoints)
-  if restored is not None:
-    state, data_state = restored
-    start_step = int(state.step)
-    input_state = train_input.state_from_checkpoint(data_state, start_step)
-    log.info(
-        "Resumed from %s/%s (input at %s)",
-        model_dir,
-        layout.step_dir_name(start_step),
-        input_state,
-    )
-  elif initial_checkpoint_path:
-    state = initializer.from_params_checkpoint(initial_checkpoint_path)
-    start_step, input_state = 0, train_input.initial_state()
-  else:
-    state = initializer.from_scratch()
-    start_step, input_state = 0, train_input.initial_state()
-  if start_step >= train_steps:
-    log.info(
-        "Checkpoint step %d >= TRAIN_STEPS=%d: nothing to do.",
-        start_step,
-        train_steps,
-    )
-    checkpoints.close()
-    return {"step": start_step, "loss": None, "state": state}
-
-  # --- input ---
-  if eval_every:
-    if not eval_mixture_or_task_name:
-      log.warning(
-          "eval_every is set but no eval mixture: evaluating on the training mixture"
-      )
-      eval_mixture_or_task_name = mixture_or_task_name
-    data_pipeline.register_ni_for(
-        eval_mixture_or_task_name,
-        ni_dir,
-        model.output_vocabulary,
-        task_feature_lengths["inputs"],
-    )
-  batches = train_input.batches(input_state)
-
-  # --- compiled step ---
-  data_sharding = partitioner.data_sharding
-  train_step = make_train_step(
-      model, optimizer, learning_rate, num_microbatches, inject_nan_at_step
-  )
-  p_train_step = partitioner.partition(
-      train_step,
-      in_shardings=(state_shardings, data_sharding),
-      out_shardings=(state_shardings, replicated),
-      donate_argnums=(0,),
-  )
-  eval_step = make_eval_step(model)
-  p_eval_step = (
-      partitioner.partition(
-          eval_step,
-          in_shardings=(params_shardings, data_sharding),
-          out_shardings=replicated,
-      )
-      if eval_every
-      else None
-  )
-
-  _write_run_files(model_dir, model)
-  eval_summaries = (
-      io_utils.ScalarWriter(f"{model_dir}/eval") if eval_every else None
-  )
-  steps_logger = StepLogger(
-      model_dir=model_dir,
-      total_steps=train_steps,
-      start_step=start_step,
-      tokens_per_batch=batch_size
-      * (row_layout.encoder_blocks * row_layout.inputs + row_layout.targets),
-      flops_per_step=_model_flops_per_step(model, row_layout, batch_size),
-      peak_flops=_peak_flops(peak_flops_per_device),
-      log_every=log_every,
-  )
-  log.info(
-      "Training %s for steps %d..%d, batch %d, %s; setup %.1fs",
-      mixture_or_task_name,
-      start_step + 1,
-      train_steps,
-      batch_size,
-      f"{num_microbatches} micro-batches"
-      if num_microbatches > 1
-      else "no accumulation",
-      time.time() - t_setup,
-  )
-
-  def next_batch():
-    t0 = time.time()
-    try:
-      host_batch, state_after = next(batches)
-    except StopIteration:
-      raise errors.ConfigError(  # a user's data/settings problem: one line, no traceback
-          f"MIXTURE_OR_TASK_NAME={mixture_or_task_name!r} ran out of batches of "
-          f"{batch_name}={batch_size} (an empty split, or fewer examples than a batch)"
-      ) from None
-    return (
-        partitioner.host_local_to_global(host_batch),
-        state_after,
-        time.time() - t0,
-    )
-
-  last_step = (
-      train_steps
-      if stop_after_step is None
-      else min(train_steps, stop_after_step)
-  )
-  batch, batch_input_state, input_wait = next_batch()
-  steps_logger.add_input_wait(input_wait)
-  metrics_host = {}
-  step = start_step
-  pending = PendingMetrics()
-
-  def step_read(read):
-    """A step's fetched metrics: stop before any save if non-finite, else log them."""
-    nonlocal metrics_host
-    for read_step, host_metrics in read:
-      if not bool(host_metrics["is_finite"]):
-        raise _non_finite_error(read_step, host_metrics, checkpoints, model_dir)
-      metrics_host = host_metrics
-      steps_logger.step_done(
-          read_step, host_metrics, force=read_step == last_step
-      )
-
-  watch = preemption.PreemptionWatch().start()
-  try:
-    for step in range(start_step + 1, last_step + 1):
-      state, metrics = p_train_step(state, batch)
-      input_state = (
-          batch_input_state  # the input position after the trained batch
-      )
-      if (
-          step < last_step
-      ):  # overlap reading the next batch with this step's compute
-        batch, batch_input_state, wait = next_batch()
-        steps_logger.add_input_wait(wait)
-      # Step n's numbers are read once step n+1 is dispatched (no per-step host wait).
-      step_read(pending.push(step, metrics))
-      preempted = watch.reached(step)
-      evaluate_now = eval_every and (
-          step % eval_every == 0 or step == train_steps
-      )
-      save_now = (
-          checkpoints.should_save(step) or step == train_steps or preempted
-      )
-      if save_now or evaluate_now or step == last_step:
-        step_read(pending.flush())  # this step is finite before it is saved
-      if save_now:
-        checkpoints.save(
-            step,
-            state,
-            train_input.checkpoint_data_state(input_state),
-            force=step == train_steps or preempted,
-        )
-      if preempted:
-        _log_preemption_save(checkpoints, model_dir, step)
-        break
-      if evaluate_now:
-        results = evaluate_loss(
-            p_eval_step,
-            state.params,
-            partitioner,
-            eval_mixture_or_task_name,
-            task_feature_lengths,
-            batch_size,
-            eval_split,
-            eval_batches,
-            pack=pack,
-        )
-        if generation_eval_fn is not None:
-          results.update(
-              generation_eval_fn(
-                  model=model,
-                  params=state.params,
-                  step=step,
-                  model_dir=model_dir,
-              )
-              or {}
-          )
-        log.info(
-            "eval step %d: %s",
-            step,
-            ", ".join(f"{k} {v:.4f}" for k, v in results.items()),
-        )
-        eval_summaries.scalars(step, results)
-    checkpoints.wait()
-    last_good = checkpoints.latest_step()
-    if multihost.is_primary_host():
-      with io_utils.atomic_write(
-          os.path.join(model_dir, "operative_config.gin")
-      ) as f:
-        f.write(gin.operative_config_str())
-  finally:
-    watch.close()
-    checkpoints.close()
-    steps_logger.close()
-    if eval_summaries:
-      eval_summaries.close()
-  log.info(
-      "Done at step %d (last checkpoint %s) in %s",
-      step,
-      last_good,
-      io_utils.format_seconds(time.time() - t_setup),
-  )
-  return {
-      "step": step,
-      "loss": float(metrics_host["loss"]) if metrics_host else None,
-      "state": state,
-      "preempted": watch.step is not None,
-  }
 
 
 class PendingMetrics:
@@ -732,57 +288,584 @@ def _non_finite_error(step, metrics_host, checkpoints, model_dir):
   )
 
 
-def _log_preemption_save(checkpoints, model_dir, step):
-  """Waits for the preemption checkpoint, then says once which it is."""
-  checkpoints.wait()
-  if multihost.is_primary_host():
-    log.warning(
-        "Preempted: saved %s/%s at step %d; exiting with status 0 "
-        "(tkx train with the same MODEL_DIR resumes from it)",
+class Trainer:
+  """A training run as an object (t5x's Trainer): `setup`, `step`, `run`.
+
+  `Trainer.setup(...)` builds one from the run's parts: the state (resumed from
+  MODEL_DIR's newest checkpoint, else INITIAL_CHECKPOINT_PATH's parameters,
+  else random), the input position after that state's last batch, and the
+  partitioned train and eval steps. `run()` trains steps start_step+1 ..
+  total_steps, saving every `save_every` steps and the last; `step(batch)` is
+  one step. What runs between steps (evaluation, preemption, early stopping,
+  your own logging) is `actions` (`tkx.train_actions`, whose module doc gives
+  the loop's order). The constructor takes the parts already built, so the loop
+  runs over any step function, input and checkpoint manager of the same shape.
+
+  Attributes for actions: `model`, `model_dir`, `partitioner`, `state`,
+  `start_step`, `total_steps`, `checkpoints`, `actions`, `data_shard_info`,
+  `eval_loss(host_batches)`.
+  """
+
+  def __init__(
+      self,
+      *,
+      state,
+      start_step: int,
+      input_state,
+      total_steps: int,
+      train_step: Callable,
+      train_input,
+      checkpoints,
+      partitioner,
+      actions: Sequence[BaseAction] = (),
+      model=None,
+      model_dir: Optional[str] = None,
+      eval_step: Optional[Callable] = None,
+      num_microbatches: int = 1,
+      step_logger: Optional[Callable[[int, int], StepLogger]] = None,
+      started: Optional[float] = None,
+  ):
+    self.state = state
+    self.start_step, self.input_state = start_step, input_state
+    self.total_steps = total_steps
+    self.train_input, self.checkpoints = train_input, checkpoints
+    self.partitioner, self.actions = partitioner, list(actions)
+    self.model, self.model_dir = model, model_dir
+    self.num_microbatches = num_microbatches
+    self._train_step, self._eval_step = train_step, eval_step
+    self._make_step_logger = step_logger or _quiet_step_logger
+    self.started = time.time() if started is None else started
+    self.step_logger: Optional[StepLogger] = None
+    self.stopped_by: Optional[BaseAction] = None
+    self.last_metrics: Mapping[str, Any] = {}
+    self._batches = None
+
+  @classmethod
+  def setup(
+      cls,
+      *,
+      model,
+      model_dir: str,
+      partitioner,
+      optimizer: optax.GradientTransformation,
+      learning_rate_fn,
+      num_microbatches: int,
+      random_seed: int,
+      train_input,
+      total_steps: int,
+      checkpoint_cfg: CheckpointConfig,
+      actions: Sequence[BaseAction],
+      step_logger: Callable[[int, int], StepLogger],
+      started: Optional[float] = None,
+  ) -> "Trainer":
+    """The run's state (restored, initial or random) and partitioned steps; nothing is written yet."""
+    initializer = TrainStateInitializer(
+        model, optimizer, partitioner, random_seed
+    )
+    checkpoints = orbax_io.CheckpointManager(
         model_dir,
-        layout.step_dir_name(step),
+        save_every=checkpoint_cfg.save_every,
+        keep=checkpoint_cfg.keep,
+        async_save=checkpoint_cfg.async_save,
+    )
+    try:
+      state, start_step, input_state = cls._initial_state(
+          initializer, checkpoints, checkpoint_cfg, train_input, model_dir
+      )
+    except BaseException:
+      checkpoints.close()  # no save thread left behind a bad INITIAL_CHECKPOINT_PATH
+      raise
+    data_sharding = partitioner.data_sharding
+    train_step = partitioner.partition(
+        make_train_step(model, optimizer, learning_rate_fn, num_microbatches),
+        in_shardings=(initializer.state_shardings, data_sharding),
+        out_shardings=(initializer.state_shardings, partitioner.replicated),
+        donate_argnums=(0,),
+    )
+    eval_step = partitioner.partition(
+        make_eval_step(model),
+        in_shardings=(initializer.params_shardings, data_sharding),
+        out_shardings=partitioner.replicated,
+    )
+    return cls(
+        state=state,
+        start_step=start_step,
+        input_state=input_state,
+        total_steps=total_steps,
+        train_step=train_step,
+        eval_step=eval_step,
+        train_input=train_input,
+        checkpoints=checkpoints,
+        partitioner=partitioner,
+        actions=actions,
+        model=model,
+        model_dir=model_dir,
+        num_microbatches=num_microbatches,
+        step_logger=step_logger,
+        started=started,
+    )
+
+  @staticmethod
+  def _initial_state(
+      initializer, checkpoints, checkpoint_cfg, train_input, model_dir
+  ):
+    """(state, its step, the input position after it): MODEL_DIR's newest checkpoint,
+    else INITIAL_CHECKPOINT_PATH's parameters, else random."""
+    restored = initializer.restore(checkpoints)
+    if restored is not None:
+      state, data_state = restored
+      start_step = int(state.step)
+      input_state = train_input.state_from_checkpoint(data_state, start_step)
+      log.info(
+          "Resumed from %s/%s (input at %s)",
+          model_dir,
+          layout.step_dir_name(start_step),
+          input_state,
+      )
+    elif checkpoint_cfg.initial_checkpoint_path:
+      state = initializer.from_params_checkpoint(
+          checkpoint_cfg.initial_checkpoint_path
+      )
+      start_step, input_state = 0, train_input.initial_state()
+    else:
+      state = initializer.from_scratch()
+      start_step, input_state = 0, train_input.initial_state()
+    return state, start_step, input_state
+
+  # -- what actions use ----------------------------------------------------------
+  @property
+  def data_shard_info(self):
+    return _data_shard_info(self.partitioner)
+
+  def step(self, batch):
+    """One training step on a global batch: updates `state`; returns the step's metrics
+    (device arrays, not waited for)."""
+    self.state, metrics = self._train_step(self.state, batch)
+    return metrics
+
+  def eval_loss(self, host_batches: Iterable[Mapping[str, Any]]) -> dict:
+    """Token-weighted loss of the current parameters over host batches (dropout off);
+    {} when they hold no target token."""
+    loss_sum, tokens = 0.0, 0.0
+    for host_batch in host_batches:
+      out = jax.device_get(
+          self._eval_step(
+              self.state.params,
+              self.partitioner.host_local_to_global(host_batch),
+          )
+      )
+      loss_sum += float(out["loss_sum"])
+      tokens += float(out["num_target_tokens"])
+    if not tokens:
+      return {}
+    return {"loss": loss_sum / tokens, "num_target_tokens": tokens}
+
+  # -- the run -------------------------------------------------------------------
+  @property
+  def finished(self) -> bool:
+    return self.start_step >= self.total_steps
+
+  def run(self) -> dict:
+    """Trains to `total_steps` (or until an action stops it); always closes what it opened.
+
+    Returns {"step": last step run, "loss": its loss, "state", "preempted",
+    "last_checkpoint"}; raises `NonFiniteLossError` at a non-finite step.
+    """
+    if self.finished:
+      log.info(
+          "Checkpoint step %d >= TRAIN_STEPS=%d: nothing to do.",
+          self.start_step,
+          self.total_steps,
+      )
+      self.checkpoints.close()
+      return self._result(self.start_step, None)
+    try:
+      self._begin()
+      step = self._loop()
+      self.checkpoints.wait()
+      last_good = self.checkpoints.latest_step()
+      for action in self.actions:
+        action.end(self)
+    finally:
+      self._close()
+    log.info(
+        "Done at step %d (last checkpoint %s) in %s",
         step,
+        last_good,
+        io_utils.format_seconds(time.time() - self.started),
+    )
+    return self._result(step, last_good)
+
+  def _begin(self):
+    for action in self.actions:
+      action.start(self)
+    self._batches = self.train_input.batches(self.input_state)
+    self.step_logger = self._make_step_logger(self.start_step, self.total_steps)
+    log.info(
+        "Training %s for steps %d..%d, batch %d, %s; setup %.1fs",
+        self.train_input.mixture_or_task_name,
+        self.start_step + 1,
+        self.total_steps,
+        self.train_input.batch_size,
+        f"{self.num_microbatches} micro-batches"
+        if self.num_microbatches > 1
+        else "no accumulation",
+        time.time() - self.started,
+    )
+
+  def _loop(self) -> int:
+    """Steps start_step+1..total_steps in the order train_actions' module doc gives; the last step run."""
+    batch, batch_input_state = self._next_batch()
+    pending = PendingMetrics()
+    step = self.start_step
+    for step in range(self.start_step + 1, self.total_steps + 1):
+      metrics = self.step(batch)
+      # The input position after the trained batch.
+      self.input_state = batch_input_state
+      # Read the next batch while this step computes.
+      if step < self.total_steps:
+        batch, batch_input_state = self._next_batch()
+      # Step n's numbers are read once step n+1 is dispatched (no per-step host wait).
+      self._read(pending.push(step, metrics))
+      due = [(action, action.due(step)) for action in self.actions]
+      to_run = [action for action, when in due if when is not Due.NO]
+      forced = step == self.total_steps or any(
+          when is Due.SAVE_THEN_RUN for _, when in due
+      )
+      save_now = forced or self.checkpoints.should_save(step)
+      if save_now or to_run:
+        # This step is finite before it is saved or acted on.
+        self._read(pending.flush())
+      if save_now:
+        self._save(step, force=forced)
+      for action in to_run:
+        if action.run(self, step):
+          self.stopped_by = action
+          break
+      if self.stopped_by is not None:
+        if not save_now:
+          self._save(step, force=True)
+        break
+    return step
+
+  def _next_batch(self):
+    t0 = time.time()
+    try:
+      host_batch, state_after = next(self._batches)
+    except StopIteration:
+      batch_name = (
+          "PACKED_BATCH_SIZE" if self.train_input.pack else "BATCH_SIZE"
+      )
+      raise errors.ConfigError(  # a user's data/settings problem: one line, no traceback
+          f"MIXTURE_OR_TASK_NAME={self.train_input.mixture_or_task_name!r} ran out of "
+          f"batches of {batch_name}={self.train_input.batch_size} (an empty split, or "
+          "fewer examples than a batch)"
+      ) from None
+    batch = self.partitioner.host_local_to_global(host_batch)
+    self.step_logger.add_input_wait(time.time() - t0)
+    return batch, state_after
+
+  def _read(self, read):
+    """Fetched step metrics: stop before any save if non-finite, else log them and hand them to the actions."""
+    for step, host_metrics in read:
+      if not bool(host_metrics["is_finite"]):
+        raise _non_finite_error(
+            step, host_metrics, self.checkpoints, self.model_dir
+        )
+      self.last_metrics = host_metrics
+      self.step_logger.step_done(
+          step, host_metrics, force=step == self.total_steps
+      )
+      for action in self.actions:
+        action.on_metrics(step, host_metrics)
+
+  def _save(self, step: int, force: bool):
+    self.checkpoints.save(
+        step,
+        self.state,
+        self.train_input.checkpoint_data_state(self.input_state),
+        force=force,
+    )
+
+  def _close(self):
+    for action in self.actions:
+      action.close()
+    self.checkpoints.close()
+    if self.step_logger is not None:
+      self.step_logger.close()
+
+  def _result(self, step: int, last_checkpoint: Optional[int]) -> dict:
+    loss = self.last_metrics.get("loss")
+    return {
+        "step": step,
+        "loss": None if loss is None else float(loss),
+        "state": self.state,
+        "preempted": isinstance(self.stopped_by, PreemptionSave),
+        "last_checkpoint": last_checkpoint,
+    }
+
+
+def _quiet_step_logger(start_step, total_steps):
+  """A StepLogger that logs lines but writes no scalars (a Trainer built without one)."""
+  return StepLogger(
+      model_dir=None,
+      total_steps=total_steps,
+      start_step=start_step,
+      tokens_per_batch=0,
+      flops_per_step=None,
+      peak_flops=None,
+      log_every=10,
+  )
+
+
+# ------------------------------------------------------------------------------
+# Set-up helpers of `train`
+# ------------------------------------------------------------------------------
+def _model_flops_per_step(model, row_layout, batch_size):
+  """Model FLOPs of a step of `batch_size` rows from `model_info` (None for a model without a T5Config)."""
+  from tkx.models import model_info
+
+  config = model.config
+  if config is None:
+    return None
+  return model_info.train_step_flops(
+      config,
+      batch_size,
+      row_layout.inputs,
+      row_layout.targets,
+      encoder_blocks=row_layout.encoder_blocks,
+  )["train_step"]
+
+
+def _peak_flops(configured_per_device):
+  """Peak FLOP/s of all devices (None when the device kind is unknown, e.g. a CPU)."""
+  from tkx.models import model_info
+
+  per_device = configured_per_device or model_info.peak_flops_per_device(
+      jax.devices()[0].device_kind
+  )
+  return float(per_device) * jax.device_count() if per_device else None
+
+
+def _check_settings(model, model_dir, data, checkpoint_cfg):
+  """One line naming the macro left required, or a vocabulary larger than the model's."""
+  train_configs.check_required(
+      MODEL=model,
+      MODEL_DIR=model_dir,
+      MIXTURE_OR_TASK_NAME=data.mixture_or_task_name,
+      TASK_FEATURE_LENGTHS=data.task_feature_lengths,
+      BATCH_SIZE=data.batch_size,
+      INITIAL_CHECKPOINT_PATH=checkpoint_cfg.initial_checkpoint_path,
+      NI_DIR=data.ni_dir,
+  )
+  vocab_size = getattr(model.output_vocabulary, "vocab_size", None)
+  config = model.config
+  if (
+      vocab_size is not None
+      and config is not None
+      and vocab_size > config.vocab_size
+  ):
+    # Ids past the embedding would be clamped silently by the lookup.
+    raise errors.ConfigError(
+        f"the vocabulary has {vocab_size} ids but network.T5Config.vocab_size = "
+        f"{config.vocab_size} (check vocab.get_vocabulary.extra_ids and the model gin files)"
     )
 
 
-def evaluate_loss(
-    p_eval_step,
-    params,
+def _row_layout_and_batch(
+    *,
+    model,
+    model_dir,
+    data,
+    packing_cfg,
+    train_steps,
     partitioner,
-    mixture_or_task_name,
-    task_feature_lengths,
-    batch_size,
-    split,
-    max_batches,
-    pack=False,
+    num_microbatches,
 ):
-  """Token-weighted loss over up to `max_batches` batches of the held-out split."""
-  ds = data_pipeline.get_dataset(
-      mixture_or_task_name,
-      task_feature_lengths,
-      batch_size,
-      split=split,
-      shuffle=False,
-      seed=0,
-      pack=pack,
-      num_epochs=1,
+  """(row layout, rows per step) of the run, checked: packed rows from `packing_plan`
+  (recorded / given / 'auto'), else BATCH_SIZE rows of the feature lengths."""
+  row_multiple = partitioner.data_axis_size * max(num_microbatches, 1)
+  lengths = data.task_feature_lengths
+  train_configs.check_run_values(
+      model_dir, data.batch_size, "BATCH_SIZE", train_steps, lengths
+  )
+  row_layout, batch_size, batch_name = (
+      packing.RowLayout.for_lengths(lengths),
+      data.batch_size,
+      "BATCH_SIZE",
+  )
+  if packing_cfg.pack:
+    # A step is PACKED_BATCH_SIZE packed rows, not BATCH_SIZE examples.
+    row_layout, batch_size = packing_plan.resolve_layout(
+        model_dir=model_dir,
+        resuming=bool(layout.list_steps(model_dir)),
+        mixture_or_task_name=data.mixture_or_task_name,
+        ni_dir=data.ni_dir,
+        vocabulary=model.output_vocabulary,
+        feature_lengths=lengths,
+        config=model.config,
+        encoder_blocks=packing_cfg.encoder_blocks,
+        targets_length=packing_cfg.targets_length,
+        rows_per_step=packing_cfg.batch_size,
+        examples_per_step=data.batch_size,
+        row_multiple=row_multiple,
+        window=packing_cfg.window,
+        seed=data.seed,
+    )
+    batch_name = "PACKED_BATCH_SIZE"
+    train_configs.check_run_values(
+        model_dir, batch_size, batch_name, train_steps, lengths
+    )
+  if batch_size % row_multiple:
+    hint = (
+        "; or let tkx choose the packed rows for these devices: "
+        "--gin.PACKED_ENCODER_BLOCKS=\"'auto'\" --gin.PACKED_TARGETS_LENGTH=\"'auto'\" "
+        "--gin.PACKED_BATCH_SIZE=\"'auto'\" (docs/packing.md)"
+        if packing_cfg.pack
+        else ""
+    )
+    raise errors.ConfigError(
+        f"{batch_name}={batch_size} must be divisible by the data-parallel size "
+        f"{partitioner.data_axis_size} x NUM_MICROBATCHES={num_microbatches}{hint}"
+    )
+  return row_layout, batch_size
+
+
+def _open_input(model, data, packing_cfg, row_layout, batch_size, partitioner):
+  """The run's `TrainInput` (`tkx.data.pipeline`): host batches of `batch_size` rows."""
+  return data_pipeline.train_input(
+      data.mixture_or_task_name,
+      ni_dir=data.ni_dir,
+      vocabulary=model.output_vocabulary,
+      feature_lengths=data.task_feature_lengths,
+      batch_size=batch_size,
+      data_seed=data.seed,
+      pack=packing_cfg.pack,
+      packing_window=packing_cfg.window,
+      row_layout=row_layout if packing_cfg.pack else None,
+      use_cached=data.use_cached,
       shard_info=_data_shard_info(partitioner),
   )
-  loss_sum, tokens = 0.0, 0.0
-  for i, host_batch in enumerate(ds.as_numpy_iterator()):
-    if i >= max_batches:
-      break
-    out = jax.device_get(
-        p_eval_step(params, partitioner.host_local_to_global(host_batch))
+
+
+def _total_steps(train_input, train_steps, train_epochs) -> int:
+  """TRAIN_STEPS, or the steps of `train_epochs` epochs of the input."""
+  if train_epochs:
+    train_steps = train_input.steps_for_epochs(train_epochs)
+  if not train_steps:
+    raise errors.ConfigError(
+        "set TRAIN_STEPS (trainer.train.train_steps) or trainer.train.train_epochs"
     )
-    loss_sum += float(out["loss_sum"])
-    tokens += float(out["num_target_tokens"])
-  if not tokens:
-    log.warning(
-        "Eval split %r of %s gave no full batch of %d",
-        split,
-        mixture_or_task_name,
-        batch_size,
-    )
-    return {}
-  return {"loss": loss_sum / tokens, "num_target_tokens": tokens}
+  return train_steps
+
+
+def _step_logger(
+    model,
+    model_dir,
+    row_layout,
+    batch_size,
+    logging_cfg,
+    start_step,
+    total_steps,
+):
+  """The run's StepLogger (throughput of rows of `row_layout`, model FLOPs, MFU)."""
+  return StepLogger(
+      model_dir=model_dir,
+      total_steps=total_steps,
+      start_step=start_step,
+      tokens_per_batch=batch_size
+      * (row_layout.encoder_blocks * row_layout.inputs + row_layout.targets),
+      flops_per_step=_model_flops_per_step(model, row_layout, batch_size),
+      peak_flops=_peak_flops(logging_cfg.peak_flops_per_device),
+      log_every=logging_cfg.log_every,
+  )
+
+
+def _builtin_actions(data, packing_cfg, eval_cfg) -> list:
+  """The actions every run has: run files, the preemption save and, with `eval_cfg.every`, evaluation."""
+  actions = [train_actions.RunFiles(), train_actions.PreemptionSave()]
+  if eval_cfg.every:
+    actions.append(train_actions.Evaluate(eval_cfg, data, packing_cfg.pack))
+  return actions
+
+
+# ------------------------------------------------------------------------------
+# The entry point
+# ------------------------------------------------------------------------------
+@gin.configurable(module="trainer")
+def train(
+    *,
+    model,
+    model_dir: str,
+    train_dataset_cfg: DatasetConfig,
+    packing_cfg: Optional[PackingConfig] = None,
+    checkpoint_cfg: Optional[CheckpointConfig] = None,
+    eval_cfg: Optional[EvaluationConfig] = None,
+    logging_cfg: Optional[LoggingConfig] = None,
+    partitioner=None,
+    train_steps: Optional[int] = None,
+    train_epochs: Optional[float] = None,
+    optimizer_fn: Callable[
+        ..., optax.GradientTransformation
+    ] = optimizers.adafactor,
+    learning_rate_fn: Any = 1e-3,
+    grad_clip_norm: Optional[float] = None,
+    num_microbatches: int = 1,
+    random_seed: int = 0,
+    actions: Sequence[BaseAction] = (),
+) -> dict:
+  """Trains `model` on a SeqIO mixture; resumes from MODEL_DIR's latest checkpoint when there is one.
+
+  Settings come grouped (`tkx.train_configs`, bound by gin_configs/runs/finetune.gin);
+  `actions` run between steps after the built-in ones (`tkx.train_actions`).
+  TRAIN_STEPS may be None with `train_epochs` set: steps = floor(epochs x examples / batch),
+  the examples being the mixture's instance count (NI mixtures' rates are instance counts).
+
+  Returns {"step": last step run, "loss": its loss, "state": the final TrainState,
+  "preempted", "last_checkpoint"}.
+  """
+  started = time.time()
+  data = train_dataset_cfg
+  packing_cfg = packing_cfg or PackingConfig()
+  checkpoint_cfg = checkpoint_cfg or CheckpointConfig()
+  eval_cfg = eval_cfg or EvaluationConfig()
+  logging_cfg = logging_cfg or LoggingConfig()
+  _check_settings(model, model_dir, data, checkpoint_cfg)
+  model_dir = storage.abspath(model_dir)
+  if partitioner is None:
+    from tkx import partitioning
+
+    partitioner = partitioning.Partitioner()
+  row_layout, batch_size = _row_layout_and_batch(
+      model=model,
+      model_dir=model_dir,
+      data=data,
+      packing_cfg=packing_cfg,
+      train_steps=train_steps,
+      partitioner=partitioner,
+      num_microbatches=num_microbatches,
+  )
+  train_input = _open_input(
+      model, data, packing_cfg, row_layout, batch_size, partitioner
+  )
+  total_steps = _total_steps(train_input, train_steps, train_epochs)
+  trainer = Trainer.setup(
+      model=model,
+      model_dir=model_dir,
+      partitioner=partitioner,
+      optimizer=optimizers.create_optimizer(
+          optimizer_fn, learning_rate_fn, grad_clip_norm
+      ),
+      learning_rate_fn=learning_rate_fn,
+      num_microbatches=num_microbatches,
+      random_seed=random_seed,
+      train_input=train_input,
+      total_steps=total_steps,
+      checkpoint_cfg=checkpoint_cfg,
+      actions=_builtin_actions(data, packing_cfg, eval_cfg) + list(actions),
+      step_logger=functools.partial(
+          _step_logger, model, model_dir, row_layout, batch_size, logging_cfg
+      ),
+      started=started,
+  )
+  return trainer.run()

@@ -11,7 +11,9 @@ both (gin_configs/experiments/), then --gin.NAME=VALUE bindings. The run file's
 macros are what a user sets: MODEL_DIR and MIXTURE_OR_TASK_NAME (required),
 TRAIN_STEPS, BATCH_SIZE, TASK_FEATURE_LENGTHS, LEARNING_RATE, NUM_MICROBATCHES,
 INITIAL_CHECKPOINT_PATH, NI_DIR, SAVE_EVERY, EVAL_EVERY, ...; any argument of a
-configurable can be bound too (--gin.trainer.train.log_every=20).
+configurable can be bound too (--gin.train_configs.LoggingConfig.log_every=20).
+Settings are grouped in `tkx.train_configs`; what runs between steps is an
+action (`tkx.train_actions`); docs/training.md.
 A run resumes from MODEL_DIR's latest checkpoint when there is one.
 """
 
@@ -28,6 +30,8 @@ CONFIGURABLE_MODULES = (
     "tkx.multihost",
     "tkx.optimizers",
     "tkx.partitioning",
+    "tkx.train_actions",
+    "tkx.train_configs",
     "tkx.trainer",
 )
 
