@@ -32,6 +32,13 @@ entries that produce its inputs. The failure message of
 `test_every_readme_command_has_a_fast_form` prints the exact key. A command that
 cannot run here gets `FastForm(skip="why")`. Keep fast forms fast: the whole
 module should stay within a few minutes on a 2-core CPU.
+
+Contract (the names other modules rely on; change one only together with its users):
+- Reads every command of README's ```bash blocks (every fenced block must name a language), maps each
+  through `FAST_FORMS` (one entry per README command: `sub`, `add`, `skip`, `network`, `before`,
+  `check`) and `PLACEHOLDERS`, and runs it with `bash -c` from a scratch checkout layout beside a link to
+  the shared NI sample. A README command without an entry, an entry without a README command, or a
+  network command not marked `# needs network` fails. How to add a command: the module docstring.
 """
 
 import dataclasses

@@ -1,4 +1,8 @@
-"""tkx: Tk-Instruct on JAX/Flax with t5x conventions."""
+"""tkx: Tk-Instruct on JAX/Flax with t5x conventions.
+
+Contract (the names other modules rely on; change one only together with its users):
+- No import cycles inside `tkx` (lazy imports included; `tests/test_plumbing.py` checks it).
+"""
 
 __version__ = "0.1.0"
 

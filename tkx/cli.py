@@ -24,6 +24,19 @@ Everything every command shares happens here, once, before the command runs:
   checkpoint; and a missing file) end the command with one line on stderr and
   exit status 2; `--log_level debug` shows their tracebacks. Other exceptions,
   a plain ValueError or KeyError included, are bugs and keep their traceback.
+
+Contract (the names other modules rely on; change one only together with its users):
+- `cli.COMMANDS[name] = Command(module, help, uses_gin)`; `cli.run(argv)` runs a command (errors propagate);
+  `cli.main(argv=None)` is the console script: user errors (`cli.USER_ERRORS`: `tkx.errors.UserError` and its
+  subclasses — data, checkpoint, gin, flag, JSON errors —, missing/existing files) become one stderr line
+  `tkx NAME: error: ...` and exit 2, re-raised with `--log_level debug`; any other exception (a plain
+  `ValueError`/`KeyError` included) is a bug and keeps its traceback. A gin command's flags listed in its module's
+  `GIN_FLAGS` become gin bindings after the user's (`cli.flag_bindings`), so a flag wins and defaults live in the
+  bound function (docs/configuration.md). Before a command module is imported:
+  `keep_tensorflow_on_cpu()` (an import hook hides GPUs from TensorFlow right after `import tensorflow`, its C++
+  start-up lines silenced unless debug) and `setup_logging(level)` (format `cli.LOG_FORMAT`). Shared flags:
+  `--log_level`; with `uses_gin`: `--gin_file`, `--gin_search_path`, `--gin.NAME=VALUE` -> `args.gin_files`,
+  `args.gin_search_paths`, `args.gin_bindings` (`"NAME = VALUE"`).
 """
 
 import argparse

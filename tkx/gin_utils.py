@@ -13,6 +13,12 @@ One policy for every caller:
   not a setting: `parse` refuses it before any work, naming the macro, where it
   was bound and the close names that are read. `MODEL` (t5x's entry macro, read
   by the commands themselves) is always read.
+
+Contract (the names other modules rely on; change one only together with its users):
+- `gin_utils.parse(gin_files, bindings, search_paths=(), clear=True)`: files resolved by `resolve_gin_file`
+  (as given, search paths, checkout); never skips unknown names (gin files import the modules they name; commands
+  import their run files' modules first); errors -> `GinConfigError(errors.ConfigError)` naming the file or `--gin.` flag
+  (with the inner-quotes fix). `gin_utils.query(name, default=None)`.
 """
 
 import difflib

@@ -12,6 +12,12 @@
   (never into a log file), and a log line every `log_every_s` seconds either way.
 - `return_large_buffers_to_os()`: freed large host buffers go back to the OS (glibc), so the
   read buffers of a checkpoint leave no lasting peak (called by the checkpoint readers).
+
+Contract (the names other modules rely on; change one only together with its users):
+- `io_utils.atomic_write(path, mode="w")` (context manager; temp file + rename; gfile for `gs://`),
+  `io_utils.ScalarWriter(log_dir).scalars(step, {tag: value})` (primary host only; `None` values skipped),
+  `io_utils.Progress(total, desc, enabled)`, `io_utils.REPO_ROOT`. Who writes shared files:
+  `multihost.is_primary_host()`. `jsonl.iter_json_objects(path)`, `jsonl.write_jsonl(path, records) -> count`.
 """
 
 import contextlib

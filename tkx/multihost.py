@@ -21,6 +21,20 @@ coordinator, ...) is a `ClusterConfigError` naming the variables.
 
 `python -m tkx.multihost` joins the processes and prints the environment, the
 mesh, each host's data rows and a cross-process sum: a quick cluster check.
+
+Contract (the names other modules rely on; change one only together with its users):
+- `initialize(coordinator_address=None, num_processes=None, process_id=None, local_device_ids=None,
+  initialization_timeout=300)` (gin `multihost.initialize`) — `tkx.cli` calls it once for every command with
+  `Command.joins_processes` (train, eval, infer, generate, model-info), after the command's `configure(args)` parsed
+  gin and before any JAX device is touched. Each setting from the first of: arguments/gin, `TKX_*`, `JAX_*`
+  (`_COORDINATOR_ADDRESS`, `_NUM_PROCESSES`, `_PROCESS_ID`, `_LOCAL_DEVICE_IDS`), the first detected cluster
+  (`DETECTORS`: Open MPI 4/5, SLURM, GKE TPU, Kubernetes Indexed Job/JobSet, Cloud TPU VM metadata). All settings
+  are passed to `jax.distributed.initialize(..., cluster_detection_method="deactivate")`. No-op for one process.
+- `resolve(...) -> ClusterSettings(environment, coordinator_address, num_processes, process_id, local_device_ids)`
+  (reads, starts nothing; `tkx serve` uses it to refuse clusters); `settings()` what `initialize` used.
+  Half-configured environments raise `ClusterConfigError(errors.ConfigError)` naming the variables.
+- `local_devices_for_task(local_rank, tasks_on_node, visible_devices)`: one task per node -> all GPUs (None).
+- `is_primary_host()` (process 0 writes shared files and says job-wide log lines), `sync(name)`.
 """
 
 import argparse

@@ -11,6 +11,11 @@
   `optax.GradientTransformation`; the trainer only sees this.
 
 Every function is gin-configurable under `optimizers.<name>`.
+
+Contract (the names other modules rely on; change one only together with its users):
+- `optimizers.adafactor(learning_rate, decay_rate=0.8, clipping_threshold=1.0, multiply_by_parameter_scale=True, ...)`,
+  `optimizers.adamw(learning_rate, ...)`, `optimizers.create_learning_rate_scheduler(factors=..., ...)` (t5x's factors),
+  `optimizers.create_optimizer(optimizer_fn, learning_rate, grad_clip_norm=None) -> optax.GradientTransformation`.
 """
 
 from typing import Callable, Optional, Union

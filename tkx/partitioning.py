@@ -18,6 +18,46 @@ its own devices hold, read off the mesh for any device order
 (`host_data_rows`, `Partitioner.host_rows`, t5x's `get_data_layout` contract,
 `LocalChunker`). Hosts holding the same rows (a model replica spanning hosts)
 form a replica set and read the same data shard. See docs/partitioning.md.
+
+Contract (the names other modules rely on; change one only together with its users):
+- `Partitioner(num_partitions=None, data_axis_size=None, model_axis_size=None, logical_axis_rules=None, shard_params_over_data=False,
+  devices=None, model_parallel_submesh=None, ici_mesh_shape=None, dcn_mesh_shape=None, backend=None, mesh=None)`
+  - `.mesh` (axes `("data", "model")`, or `("replica", "data", "model")` with ici/dcn shapes; built by `default_mesh`, or
+    the `mesh` given), `.data_axes` (mesh axes of the batch: `("data",)` or `("replica", "data")`),
+    `.logical_to_sharding(logical_axes_tree)`,
+  - `.partition(fn, in_shardings, out_shardings, static_argnums=(), donate_argnums=())`,
+  - `.host_local_to_global(batch)` (host-local numpy batch = the rows `.host_rows(batch_size)` names, in order ->
+    global `jax.Array` split over `.data_axes`; each device gets its rows for any device order),
+  - `.data_sharding` (batch dim over `.data_axes`), `.replicated`, `.data_axis_size` (= t5x's `data_mesh_size`: parts
+    the batch splits into), `.model_axis_size`,
+  - `.get_logical_axes(variables)` / `.get_shardings(variables)` (boxed or `params_axes` annotations; arrays or eval_shape),
+  - `.optimizer_state_shardings(opt_state, params, params_shardings)` (state leaves follow their param; factored dims dropped),
+  - `.get_data_layout(batch_size=None, host_index=None) -> DataLayout(batch_size, shard_id, num_shards,
+    is_first_host_in_replica_set)` (t5x's contract; `.per_host_batch_size`, `.shard_info`), read off the mesh;
+    `.get_data_shard_info() -> seqio.ShardInfo`; hosts holding the same rows share a shard; partly overlapping
+    hosts are a ValueError,
+  - `.host_rows(batch_size, process_index=None) -> np.ndarray` the global rows a host feeds, ascending,
+  - `.global_to_host(tree)` (global arrays -> full numpy on every host).
+- `host_data_rows(partitioner_or_mesh, batch_size) -> {process_index: ((start, stop), ...)}` every host's rows
+  (one range per host on meshes tkx builds); for `python -m tkx.multihost`. `data_layout(mesh, batch_size,
+  process_index, data_axes)` the layout of any mesh.
+- t5x's mesh functions, same meaning, also on mock devices: `bounds_from_last_device`, `get_coords`,
+  `get_mesh(model_parallel_submesh, input_devices=(), input_local_devices=(), tile_by_host_if_needed=True, backend=None)`
+  (tile over the torus, Z-major rule, repetitions ordered by host where a host's rows would not be one block),
+  `get_cpu_mesh()`, `get_gpu_mesh(num_partitions, devices=None)` (model inside a node first),
+  `default_mesh(num_partitions, model_parallel_submesh=None, backend=None, ici_mesh_shape=None, dcn_mesh_shape=None,
+  *, devices=None)` (t5x's TPU default tiles, else host-first tiles; GPU/CPU placement honours `num_partitions`),
+  `hybrid_mesh(ici_mesh_shape, dcn_mesh_shape, devices=None)`, `LocalChunker(mesh, process_index=None)`
+  (`num_chunks`, `chunk_ids`, `get_local_chunk_info`, `get_shard_id`, `get_replica_id`), `LocalChunkInfo`.
+- `standard_logical_axis_rules(activation_partitioning_dims=1, parameter_partitioning_dims=1, additional_rules=None)` —
+  t5x's rules, same order ((2, x) adds `embed→model`, (x, 2) adds `embed→data`); `Partitioner(shard_params_over_data=True)`
+  uses `parameter_partitioning_dims=2`. A scanned-layers rule goes in `additional_rules` (or replaces `("layers", None)`).
+  On a hybrid mesh `batch→data` becomes `batch→("replica", "data")`. `update_logical_axis_rules(rules, overrides)`
+  (t5x's) re-points names in place and appends new ones.
+- `PjitPartitioner(num_partitions=None, model_parallel_submesh=None, params_on_devices=True, backend=None,
+  ici_mesh_shape=None, dcn_mesh_shape=None, logical_axis_rules=None, use_cpu_pjit=False)` — t5x's constructor over
+  `Partitioner` (gin `partitioning.PjitPartitioner.*`); `model_parallel_submesh` is a torus tile, ici/dcn shapes give the
+  hybrid mesh (num_partitions then ignored, as in t5x); `params_on_devices=False` raises.
 """
 
 import collections

@@ -16,6 +16,12 @@ the same MODEL_DIR resumes from it. Once a preemption is noted, further SIGTERMs
 are only logged (the checkpoint being written is finished, never cut short;
 checkpoints are written to a temporary directory and renamed, so even SIGKILL
 leaves the previous ones intact).
+
+Contract (the names other modules rely on; change one only together with its users):
+- `PreemptionWatch().start()` / `.reached(step)` (every host, every step) / `.close()`: one process — a SIGTERM
+  handler; several — `multihost_utils.reached_preemption_sync_point`. The `train_actions.PreemptionSave` action
+  saves at that step, logs `Preempted: saved <MODEL_DIR>/checkpoint_<step> ...` once, and `train()` returns
+  (`"preempted": True`; exit 0).
 """
 
 import logging

@@ -20,6 +20,27 @@ on the run's own predictions file, with the prediction replaced by the
 instance input (copy input) or the task's first positive example's output
 (copy demo), and are kept beside it in `baselines.json`. Table cells carry
 `data-run` / `data-source` / `data-key` attributes naming the JSON value they show.
+
+Contract (the names other modules rely on; change one only together with its users):
+- Reads only what `tkx eval` writes (`metrics.json`, `predicted_examples.jsonl`) and training `MODEL_DIR`s
+  (`train/`, `eval/` event files; `generation_eval/step_<N>/metrics.json`); never the evaluator's internals.
+- `score_baselines(records, xlingual, scores=None) -> {"baselines": {"copy_input"|"copy_demo": score_predictions tables
+  without "flat"}, "skipped": {name: why}}`: the prediction of each record replaced as `metrics.baselines` does,
+  scored by `ni_metrics.score_predictions`. `write_baselines(output_dir, scores=None)` writes it as `baselines.json`.
+  `BaselineScores()` owns the last scores (one per command: an encoding sweep, a `tkx report` of several dirs)
+  and scores the same instances once.
+- `load_dirs(dirs) -> (eval_runs, training_runs)`; `render(eval_runs, training_runs, title) -> str` (HTML);
+  `write_report(path, ...)`; `write_eval_report(output_dir)` (baselines + report of one eval) and
+  `write_sweep_report(output_dir, encodings)`. Errors: `ReportInputError` (names the directory/file).
+- The page: inline CSS, inline SVG (`svg.fonttype = none`, RDF metadata dropped), no script, no external
+  reference. Charts are `<figure id="chart-overall">`, `chart-categories`, `chart-loss-<i>`,
+  `chart-generation-<i>`; numeric cells carry `data-run`, `data-source` (`metrics.json`,
+  `baselines.json:<baseline>`, `generation_eval/step_<N>/metrics.json`) and `data-key` (a `/` path in that JSON).
+- `evaluate.SharedCheckpoint`: `evaluate.evaluate(..., shared_checkpoint=s)` calls load the checkpoint (and make
+  the partitioner) once; each call builds its own `Predictor` from the `infer.PredictFns` the SharedCheckpoint owns
+  (the same jitted function for the same decoding settings) and a fresh decoding seed.
+  `evaluate.generation_eval(..., predict_fns=None)`: a caller evaluating every N steps passes the `PredictFns` it owns. `tkx eval --encodings` is a loop over
+  `evaluate.evaluate` with one `SharedCheckpoint`.
 """
 
 import dataclasses

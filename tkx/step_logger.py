@@ -15,6 +15,14 @@ useful share when the step reports `num_useful_flops` / `num_computed_flops`
 costs, `tkx.data.packing.flop_counts`), else to the real tokens; MFU divides
 them by the devices' peak (`model_info.peak_flops_per_device`, or
 `peak_flops_per_device` when given).
+
+Contract (the names other modules rely on; change one only together with its users):
+- `step_logger.StepLogger(model_dir, total_steps, start_step, tokens_per_batch, flops_per_step, peak_flops, log_every)`:
+  `.add_input_wait(s)`, `.step_done(step, host_metrics, force=False)`, `.close()`. Counts `num_real_tokens` (else
+  every batch position) for tokens/s; with `num_computed_tokens` logs `token efficiency NN.N%` and writes the
+  `token_efficiency` scalar; with `num_useful_flops` / `num_computed_flops` logs `FLOP efficiency NN.N%` and
+  writes `flop_efficiency`; model FLOPs come from `model_info.train_step_flops` scaled to that share (else to the
+  real tokens).
 """
 
 import logging

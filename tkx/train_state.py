@@ -6,6 +6,12 @@ without allocating anything, the abstract `TrainState` and its shardings (params
 builds the real state one of three ways: restored from MODEL_DIR's newest
 checkpoint (`restore`), initialised from INITIAL_CHECKPOINT_PATH's params
 (`from_params_checkpoint`) or initialised at random (`from_scratch`).
+
+Contract (the names other modules rely on; change one only together with its users):
+- `train_state.TrainState(step, params, opt_state, rng)` (flax struct, also `trainer.TrainState`); what a training
+  checkpoint's `state/` holds. `train_state.TrainStateInitializer(model, optimizer, partitioner, random_seed)`:
+  `.abstract_state`, `.state_shardings`, `.params_shardings`, `.restore(checkpoint_manager) -> (state, data_state) | None`,
+  `.from_params_checkpoint(path)`, `.from_scratch()`.
 """
 
 from typing import Any

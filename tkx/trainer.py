@@ -38,6 +38,34 @@ Preemption. SIGTERM (or JAX's preemption notice on a multi-process run) stops
 every host at the same step boundary (`tkx.preemption`, the `PreemptionSave`
 action); that step is saved, one line names the checkpoint, and `train` returns
 (`tkx train` exits 0). See docs/clusters.md.
+
+Contract (the names other modules rely on; change one only together with its users):
+- `trainer.make_train_step(model, optimizer, learning_rate_fn, num_microbatches=1) -> train_step(state, batch) -> (state, metrics)`
+  (pure; jit/partition it yourself); metrics: loss, grad_norm, update_norm, learning_rate, num_target_tokens, is_finite,
+  z_loss, accuracy, and `num_real_tokens` / `num_computed_tokens` (token efficiency = their ratio; tokens/s and MFU
+  should count real tokens), `num_examples` (packed segments or non-empty rows), and for a model with a `config`
+  `num_useful_flops` / `num_computed_flops` (`packing.flop_counts`). `trainer.compute_gradients(model, params, batch, dropout_rng, num_microbatches)`.
+- `trainer.train(*, model, model_dir, train_dataset_cfg, packing_cfg, checkpoint_cfg, eval_cfg, logging_cfg,
+  partitioner, train_steps, train_epochs, optimizer_fn, learning_rate_fn, grad_clip_norm, num_microbatches,
+  random_seed, actions)` (gin `trainer.train`, bound by `gin_configs/runs/finetune.gin`; the `*_cfg` are
+  `tkx.train_configs` dataclasses, each field bound to a run macro) -> `{"step", "loss", "state", "preempted",
+  "last_checkpoint"}`; raises `trainer.NonFiniteLossError`. It checks, opens the input, then
+  `trainer.Trainer.setup(...)` (state resumed / initial / random, partitioned steps) and `.run()`; `Trainer.step(batch)`,
+  `Trainer.eval_loss(host_batches)`. Step metrics are read one step late (`trainer.PendingMetrics`: step n's after
+  step n+1 is dispatched); a step to be saved, acted on or the last is read first (never save a non-finite step).
+- `train_actions.BaseAction`: `start(trainer)`, `due(step) -> Due.{NO, RUN, SAVE_THEN_RUN}` (every step, every host),
+  `run(trainer, step) -> stop?` (after the step's read and save; a stop saves that step, later actions skipped),
+  `on_metrics(step, metrics)`, `end(trainer)`, `close()`. Built-in: `RunFiles`, `PreemptionSave`, `Evaluate` (with
+  `EvaluationConfig.every`; hook `generation_eval_fn(*, model, params, step, model_dir) -> {name: float}`), then
+  the run's `actions` (e.g. `EarlyStopping`). docs/training.md.
+- A training run's `data_state` JSON: `{"input_by_shard": [state of data shard k], "input": the primary's state,
+  "batch_size", "data_seed", "mixture"}` (`TrainInput.checkpoint_data_state`, all-gathered at the save: call it on
+  every host at the same step); `TrainInput.state_from_checkpoint` takes this host's shard's, and on another number
+  of shards resumes only the unpacked NI index (global) and refuses packed/SeqIO input with a ValueError naming both
+  numbers. Older checkpoints (`input` only, `consumed_batches`) are read where valid for every host.
+- `MODEL_DIR` of a run is a tkx checkpoint directory (`model.gin` written by the trainer) plus `config.gin`,
+  `operative_config.gin`, `train/` and `eval/` TensorBoard logs, and for packed runs `packed_layout.json` (the row
+  layout and rows per step the run trains with; `packing_plan.resolve_layout` reuses it on resume).
 """
 
 import functools

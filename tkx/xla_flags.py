@@ -11,6 +11,12 @@ collectives with its latency-hiding scheduler), so none are added.
 
 Every flag here is one XLA's common flag registry knows (tested against the
 installed jaxlib: an unknown flag in XLA_FLAGS aborts the process).
+
+Contract (the names other modules rely on; change one only together with its users):
+- `apply_defaults(environ=os.environ) -> str` (called by `import tkx`, before JAX starts a backend): when
+  `gpu_possible(environ)` (a `jax_plugins.xla_cuda12|13` plugin is installed and `JAX_PLATFORMS` allows GPUs) and
+  `TKX_XLA_DEFAULTS` is not "0", appends `GPU_DEFAULTS` flags the user's `XLA_FLAGS` lacks; returns what it added.
+  `merge_flags(user, defaults)`, `parse_flags(s)`. Every default must be known to the installed jaxlib (tested).
 """
 
 import importlib.util

@@ -16,6 +16,20 @@ Encoding names compose `name`, `def`, `pos<k>`, `neg<k>`, `expl` with `_`
 (`def_pos2`, `name_def_pos2_neg2_expl`, ...); `none` is the bare input and
 `tk_instruct` the collator's random mixture of five encodings, drawn per
 instance from a seed and the instance id.
+
+Contract (the names other modules rely on; change one only together with its users):
+- `EncodingConfig(add_task_name, add_task_definition, num_pos_examples, num_neg_examples, add_explanation)`,
+  `.name` the canonical encoding name.
+- `parse_encoding(name) -> EncodingConfig | "tk_instruct"`; `TK_INSTRUCT_ENCODINGS` (the five). Names join
+  `name`, `def`, `pos<k>`, `neg<k>`, `expl` with `_`; `none` is the bare input.
+- `encode_source(task: dict, instance: dict, config, *, max_source_length=1024, token_count=None, truncate=None, seed=42) -> str`
+  `token_count(text) -> int` counts tokens *including EOS* (as the HF tokenizer does); `truncate(text, n) -> str`
+  decodes the first n tokens. Without them no budget is applied. `config` may be a name or `"tk_instruct"`
+  (drawn from `seed` and the instance id).
+- `vocabulary_token_fns(vocabulary) -> (token_count, truncate)` for any `seqio.Vocabulary`.
+- `make_example(task, instance, encoding, *, split, seed, ...) -> {"id","task","category","inputs","targets","references"}`
+  text fields shared by SeqIO and `tkx convert`; `targets` = seeded reference for training splits,
+  first reference for test splits; `references` = all outputs.
 """
 
 import dataclasses

@@ -4,6 +4,12 @@ Every command (train, infer, eval, generate) and the registry use `MixtureName`
 so that they accept the same names. A per-task SeqIO name appends the NI task
 (`<mixture>_<taskname>`, task names start with `task<digits>`); the task holding
 all of a split's instances is `<mixture>_all_tasks`.
+
+Contract (the names other modules rely on; change one only together with its users):
+- `MixtureName(prefix, track, split, encoding)` (frozen; validates track and encoding): `.name`,
+  `.all_tasks_name` (`<name>_all_tasks`), `.task_name(ni_task)`, `MixtureName.parse(name, splits=None)`.
+  `parse_name(name, splits=None) -> (MixtureName, ni_task | None, is_all_tasks)`; ValueError for non-NI names.
+  Train, infer, eval and generate all go through it (via `pipeline.register_ni_for`).
 """
 
 import dataclasses

@@ -22,6 +22,27 @@ for every split, an optional cap is applied after a shuffle. Two shuffles
 
 The checkout may be local or remote (`gs://...`): every file access goes through
 `tkx.storage`; which task files exist is read from one listing of `tasks/`.
+
+Contract (the names other modules rely on; change one only together with its users):
+- `class NIDataError(errors.UserError)` — message names file, task and field (also `.file`, `.task`, `.field`).
+- `read_split(ni_dir, track, split) -> list[str]` task names of `splits/<track>/<split>_tasks.txt`
+  (a repeated name is read once, with a warning).
+- `split_tasks(ni_dir, track, split, *, skip_missing=False) -> list[str]` the same, every task file checked
+  to exist (one listing of `tasks/`, `existing_task_names(ni_dir)`): missing -> `NIDataError`, or with
+  `skip_missing` ONE warning listing them all. `ni_dir` may be local or remote (`gs://`, through `tkx.storage`).
+- `load_task(ni_dir, task_name) -> dict` the validated task JSON, plus `"Task": task_name`,
+  `Definition` kept as in the file (string or list); instances without `id` (older schema) get
+  `<task>-<index in file>`.
+- `Selection` enum: `TK_INSTRUCT` (default, `DEFAULT_SELECTION`): one `random.Random(seed)` stream, each task
+  of the split file in order (repeats included) `shuffle`d in full then capped — Tk-Instruct's exact choice;
+  `PER_TASK`: each task its own stream seeded by `(seed, task name)`. `Selection.parse(str|Selection)`.
+- `SplitSelector(split, cap, seed, selection).select(task) -> list[instance]`, called for every split-file
+  line in order; test splits `test`/`official_test` first keep 100. `iter_split_instances(ni_dir, track,
+  split, *, max_num_instances_per_task, seed, selection, skip_missing, task_names, progress)` yields
+  `(task, instance)` under it. `select_instances(task, split, cap, seed)` is the `per_task` rule for one task.
+  `read_split_lines(...) -> (lines with repeats, distinct names)`. `default_max_num_instances(split)`: 100 for
+  `train`, None otherwise (Tk-Instruct's defaults).
+- `task_category(task) -> str` first `Categories` entry; `task_definition(task) -> str` the string used.
 """
 
 import enum

@@ -33,6 +33,32 @@ repacks that window).
 
 `open_stream(start)` is the data layer's: tokenised examples (1-D int32
 `inputs`/`targets`, EOS included, unpadded) from global example index `start`.
+
+Contract (the names other modules rely on; change one only together with its users):
+- `RowLayout(inputs, targets, encoder_blocks=1)` (frozen): a row is `encoder_blocks` encoder blocks of `inputs`
+  tokens and one decoder row of `targets` tokens; `RowLayout.for_lengths(feature_lengths, encoder_blocks=1,
+  targets_length=None)` (a decoder row shorter than the targets length is a ValueError); `.encoder_shape`
+  (`(inputs,)` for one block, else `(blocks, inputs)`).
+- `packed_batches(open_stream, *, batch_size, layout, window, state=None) -> Iterator[(batch, state)]`:
+  `open_stream(start) -> Iterator[{"inputs", "targets"}]` (1-D int32, EOS included, unpadded, within the
+  layout; from global example index `start`, this host's shard). Yields numpy batches of `batch_size` rows with
+  exactly SeqIO's `EncDecFeatureConverter(pack=True)` keys and int32 arrays (`encoder_input_tokens`,
+  `encoder_segment_ids`, `encoder_positions`, `decoder_target_tokens`, `decoder_input_tokens` shifted right per
+  segment, `decoder_segment_ids`, `decoder_positions`, `decoder_loss_weights`); with one block exactly SeqIO's
+  arrays, with several the encoder arrays are `[rows, blocks, inputs]` and segment ids run through the row's
+  blocks. After each batch the JSON state `{"window_start", "rows_emitted"}`; `state=` continues bit-identically.
+  Every example lands whole in exactly one block of one row; windows of `window` consecutive examples are packed
+  by `pack_window`; a batch may take rows of two windows; only the stream's last batch has empty (all-zero) rows.
+  An example longer than a block or the decoder row raises `ValueError` naming its index.
+- `pack_window(input_lengths, target_lengths, layout) -> rows of blocks of indices`; `build_rows(rows, layout)`;
+  `count_packed_rows(input_lengths, target_lengths, layout, window)` (steps of an epoch = ceil(rows / rows per step)).
+- The network (`network.Transformer.__call__`) takes `[batch, blocks, length]` encoder features (packed only):
+  each block is encoded alone, the decoder row attends to the blocks side by side.
+- `token_counts(batch) -> (real, computed)` (numpy or jax, packed or not: encoder tokens > 0 + targets with loss
+  weight > 0; all encoder + decoder positions), `token_efficiency(batch) -> float`, `num_examples(batch)`.
+- `segment_lengths(batch) -> (inputs, targets)` `[rows, S]` token counts of each example (packed: segment s in
+  column s-1, S = decoder row length; unpacked: one column); `flop_counts(batch, config) -> (useful, computed)`
+  training FLOPs: each example alone at its lengths vs the batch's shape (`model_info.forward_flops` x 3).
 """
 
 import dataclasses

@@ -29,6 +29,21 @@ input position of a packed checkpoint means something only with its layout).
 FLOP efficiency: useful / computed model FLOPs (`tkx.data.packing.flop_counts`
 for a batch; `measure` for lengths), from `tkx.models.model_info.forward_flops`.
 Without a model config (a model that is not a T5) the token efficiency decides.
+
+Contract (the names other modules rely on; change one only together with its users):
+- `AUTO = "auto"`; `plan(input_lengths, target_lengths, *, feature_lengths, examples_per_step, row_multiple,
+  window, config, encoder_blocks, targets_length, rows_per_step, prune=True) -> [LayoutStats]` best first: candidates
+  (`candidates(...)`: blocks 1..8, decoder rows >= the targets length, multiples of 8 around the sample's demand; a
+  non-'auto' setting fixed) measured by `measure(layout, inputs, targets, *, window, config, rows_per_step)` (packs as
+  `count_packed_rows`; whole steps), ranked: examples per step within 25% of `examples_per_step` first, then FLOP
+  efficiency (token efficiency without a config). `LayoutStats`: `.layout`, `.rows_per_step`, `.examples_per_step`,
+  `.encoder_fill`, `.decoder_fill`, `.token_efficiency`, `.flop_efficiency`, `.describe()`.
+- `sample_lengths(name, *, ni_dir, vocabulary, feature_lengths, size, seed) -> (inputs, targets)` a seeded sample of
+  an NI name's examples, encoded as the run encodes them (`NIStream.lengths_at`).
+- `resolve_layout(*, model_dir, resuming, ...) -> (RowLayout, rows per step)` (the trainer's one call): resuming
+  with `MODEL_DIR/packed_layout.json` -> the recorded layout; all settings given -> them; else `plan(...)[0]`;
+  logs once, records it (primary host). `read_record(model_dir)`, `write_record(...)`, `RECORD_FILE`.
+- `example_flops(config, inputs, targets)`, `row_flops(config, layout)`: training FLOPs (`model_info.forward_flops`).
 """
 
 import dataclasses

@@ -33,6 +33,30 @@ per step), and packed or SeqIO input is refused with one line naming both number
 
 Names that are not NI names keep SeqIO's pipeline (`get_dataset`), resumed by
 skipping the batches already consumed.
+
+Contract (the names other modules rely on; change one only together with its users):
+- `register_ni_for(name, ni_dir=None, vocabulary=None, max_source_length=None, *, flag=...)` registers the
+  split an NI name names (the per-task task only when the name is one), checks a named checkout; non-NI names
+  must already be registered. Asked again with the same settings it leaves SeqIO's registry as it is
+  (`tasks._add_task`), so a command changes the registry once. `check_mixture_name(name, ni_dir, flag=)`: the
+  one name check of `tkx infer` and `tkx eval` (both then register through `register_ni_for`). `ni_spec(name)`, `num_examples(name)`, `steps_for_epochs(name, epochs, batch)`.
+- `NIStream(spec, vocabulary, feature_lengths, data_seed, shard_id, num_shards, workers, lookahead)`:
+  `examples_per_epoch`; `row_of(index)` = `rows[permutation(epoch)[index % N]]`, permutation from
+  PCG64(`data_seed`, epoch); **`open_stream(start) -> Iterator[dict]`**: this host's examples (global index
+  `i >= start`, `i % num_shards == shard_id`), each `{"inputs", "targets": 1-D int32 (EOS included, cut to the
+  feature lengths, unpadded), "index": i}`, encoded + tokenized in a thread pool, in order.
+  `shard_row_positions(end)`: k into `rows` of this host's indices below `end`; `lengths_at(positions) ->
+  (inputs, targets)` token counts, each row encoded once (packed steps per epoch).
+- Batchers: `padded_batches(open_stream, *, batch_size, feature_lengths, state) -> Iterator[(batch, state)]`
+  (this host's `batch_size` rows; EncDecFeatureConverter's unpacked arrays; state `{"next_index"}` = next
+  batch's first global index, the same on every host). `tkx.data.packing.packed_batches(open_stream, *,
+  batch_size, layout, window, state)` has the same shape (PACK=True).
+- `train_input(name, *, ni_dir, vocabulary, feature_lengths, batch_size, data_seed, pack, packing_window,
+  row_layout, use_cached, shard_info) -> TrainInput` (`row_layout`: packed NI rows, default one block of the
+  feature lengths; anything else without PACK or for a non-NI name is a ValueError) with `.batches(state)`, `.initial_state()`, `.state_from_checkpoint(data_state,
+  step)` (this host's shard's position; reads older `consumed_batches` checkpoints), `.checkpoint_data_state(state)`
+  (`{"input_by_shard", "input", "batch_size", "data_seed", "mixture"}`, see `tkx.optimizers / tkx.trainer`), `.steps_for_epochs(epochs)`. `get_dataset(...)` (gin
+  `trainer.get_dataset`): SeqIO batches for non-NI names, SeqIO packing and held-out loss.
 """
 
 import collections

@@ -19,6 +19,18 @@ The checkout and the cache may be remote (`gs://...`): both are read through
 `tkx.storage`, the task files' versions come from one listing of `tasks/` (the
 object generation remotely), and a cache file is written with
 `io_utils.atomic_write` (renamed locally, uploaded whole remotely).
+
+Contract (the names other modules rely on; change one only together with its users):
+- `check_checkout(ni_dir) -> abspath`: `NIDataError` naming the path unless it is a directory with
+  `splits/<track>/*_tasks.txt`. Every command calls it on a checkout the user named.
+- `SourceKey(ni_dir, track, split, max_num_instances_per_task, seed, selection, skip_missing)`;
+  `source_for(ni_dir, track, split, *, max_num_instances_per_task, seed, selection, skip_missing) -> SplitSource`
+  (memory, then disk cache keyed by a fingerprint of key + split-file bytes + task files' size and mtime
+  (object generation remotely; `storage.file_versions`) + `CACHE_VERSION`, then the JSON). `cache_dir()` from
+  `TKX_NI_CACHE` (`off` disables; local or remote, written with `io_utils.atomic_write`). `tfds_source(...)`
+  for prepared records.
+- `SplitSource`: `len`, `row(i) -> (task dict without Instances, instance {id,input,output})`, `tasks`,
+  `row_task` (int32 row -> task index), `task_rows(ni_task) -> range` (contiguous), `lookup(ni_task, id)`.
 """
 
 import dataclasses

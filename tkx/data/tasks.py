@@ -24,6 +24,32 @@ reference lists and `predictions` as a list of strings.
 Training does not go through SeqIO: `tkx.data.pipeline` reads the same source
 with exact epochs and O(1) resume. The embedded sample `tasks/` is registered on
 import (prefix `ni`) when its vocabulary is present.
+
+Contract (the names other modules rely on; change one only together with its users):
+- `register_ni(ni_dir=None, tracks=("default",), encodings=("def_pos2",), vocabulary=None, *, splits=("train","test"),
+  prefix="ni", max_num_instances_per_task=<Tk-Instruct defaults>, seed=42, max_source_length=1024,
+  skip_missing=False, source="json"|"tfds", tfds_data_dir=None, metric_fns=None, selection="tk_instruct",
+  per_task_tasks=True) -> list[str]` (gin-configurable) registers, per (track, split, encoding), ONE task
+  `<mixture>_all_tasks` over the split's `SplitSource` and the mixture `<prefix>_<track>_<split>_<encoding>` =
+  that task; with `per_task_tasks` (True, or a collection of names) also `<mixture>_<taskname>` (rows of the
+  same source). Only split files are read (and task files stat'ed); characters SeqIO rejects, e.g. `-`, become
+  `_`; returns the mixture names; re-registration replaces (idempotent). `task_spec(seqio_name) -> NITaskSpec`
+  (`.split_source()`, `.rows()`, `ni_task` None for the all-tasks task); `iter_examples(spec, vocabulary)`.
+  The embedded `tasks/` is registered on import of `tkx.data.tasks` (prefix `ni`, tracks default + xlingual,
+  encodings def, pos2, def_pos2, def_pos2_neg2, def_pos2_neg2_expl, tk_instruct).
+- The SeqIO split of a task is the NI split name (`train`, `test`). `TASK_FEATURE_LENGTHS = {"inputs": 1024, "targets": 128}`.
+- Output features `{"inputs", "targets"}` (add_eos=True) with any `seqio.Vocabulary`; task datasets also
+  carry string scalars `id`, `task`, `category`, the string vector `references` (shape [None], every
+  reference output) and `inputs_pretokenized`/`targets_pretokenized`. (Mixtures keep only the output
+  features, as SeqIO does; the evaluator reads the task datasets, so it sees everything.) Eval and infer
+  decode the mixture as one stream; records are looked up by `(task, id)` (`infer.example_key`,
+  `infer.records_for_task`) and per-task / per-category tables come from those fields.
+- Eval contract: `postprocess_fn` = `references_postprocessor`: for targets it returns the example's
+  `references` as a `list[str]`; predictions pass through as strings. So metric functions receive
+  `targets: list[list[str]]` and `predictions: list[str]`. Default `metric_fns` is
+  `[tkx.metrics.seqio_metrics.ni_metrics]` (`ni_metrics_xlingual` for the xlingual track; imported
+  when metrics are computed).
+- `get_vocabulary(path=None)` in `tkx.data.vocab`: default is the embedded model `tasks/spm/tkx_sample.model`.
 """
 
 import dataclasses

@@ -26,6 +26,17 @@ file layer, so a remote `data_dir` is prepared in a local temporary dir and
 uploaded file by file with `dataset_info.json` last (TFDS counts a dataset as
 prepared only when that file is there: a half upload is never read), and is read
 from a local copy made once per process.
+
+Contract (the names other modules rely on; change one only together with its users):
+- Builder `tkx_natural_instructions` (configs `default`, `xlingual` = track; splits `train`, `test`; checkout =
+  manual dir; selection fixed at build time). Records: `id, task, category, definition, input, outputs[],
+  positive_examples[]/negative_examples[] {input, output, explanation, has_explanation}`; order kept and
+  `info.metadata["task_ranges"][split][task] = [start, end)`. `prepare(ni_dir, data_dir, config)`,
+  `from_record(record) -> (task, instance)`. The command line is `tkx prepare-tfds`
+  (`tkx/commands/prepare_tfds.py`), never `python -m tkx.data.tfds_ni`: TFDS resolves a builder through
+  its module's package, and a module run as `__main__` has none. A training run reads the records with
+  the gin bindings `register_ni.source = 'tfds'`, `register_ni.tfds_data_dir = '<data_dir>'`
+  (`trainer.register_ni_for` calls the gin-configurable `register_ni`).
 """
 
 import dataclasses
