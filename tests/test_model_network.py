@@ -64,7 +64,7 @@ def flat(tree, is_leaf=None):
 
 
 def expected_params(cfg):
-  """name -> (shape, logical axes) exactly as ARCHITECTURE.md lists them."""
+  """name -> (shape, logical axes) exactly as the contract of `tkx.models` (its docstring) lists them."""
   e, j, m = cfg.emb_dim, cfg.num_heads * cfg.head_dim, cfg.mlp_dim
   out = {"token_embedder/embedding": ((cfg.vocab_size, e), ("vocab", "embed"))}
   mlp_in = ["wi"] if len(cfg.mlp_activations) == 1 else ["wi_0", "wi_1"]
