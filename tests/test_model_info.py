@@ -284,3 +284,22 @@ def test_cli_reads_the_recipe_and_judges_a_target(capsys):
         ["model-info", "--gin_file", recipe_file, "--target", "tpu-v4-32"]
         + ["--batch_size", "2"]
     )
+
+
+def test_flops_of_traced_lengths_for_an_11b_model():
+  """The train step counts FLOPs of traced lengths: an 11B model's per-token counts exceed int32."""
+  cfg = config_lib.T5Config(
+      vocab_size=32128,
+      emb_dim=4096,
+      num_heads=64,
+      head_dim=64,
+      mlp_dim=10240,
+      num_encoder_layers=24,
+      num_decoder_layers=24,
+      mlp_activations=("gelu", "linear"),
+  )
+  traced = jax.jit(lambda i, t: model_info.forward_flops(cfg, i, t))
+  dense, attention = traced(jnp.float32([2048.0]), jnp.float32([128.0]))
+  want_dense, want_attention = model_info.forward_flops(cfg, 2048, 128)
+  assert float(dense[0]) == pytest.approx(want_dense, rel=1e-6)
+  assert float(attention[0]) == pytest.approx(want_attention, rel=1e-6)

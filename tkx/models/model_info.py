@@ -345,6 +345,10 @@ def forward_flops(
   its own lengths, what `tkx.data.packing.flop_counts` calls useful.
   """
   n = _matmul_params(config)
+  if not all(isinstance(x, int) for x in (inputs_length, targets_length)):
+    # Array lengths (traced in the train step): a Python int over 2**31 (a 3B model's
+    # per-token matmul parameters) cannot enter a jax product, so the counts go in as floats.
+    n = {name: float(count) for name, count in n.items()}
   b, lt = batch_size, targets_length
   blocks, block = encoder_blocks, inputs_length
   li = blocks * block  # encoder tokens per row
