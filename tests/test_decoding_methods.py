@@ -302,3 +302,14 @@ def test_command_flags_choose_the_method_through_gin(flags, method):
   args = parser.parse_args(flags)
   gin.parse_config(cli.flag_bindings(args, infer_command.DECODE_FLAGS))
   assert infer.run_decode_config().decode_fn == method
+
+
+def test_an_unknown_method_or_dense_layer_is_a_user_error():
+  """A mistyped name is the user's (one line from `tkx`), not a bug's traceback."""
+  from tkx import errors
+  from tkx.models import network
+
+  with pytest.raises(errors.ConfigError, match="tyop"):
+    decoding.get_method("tyop")
+  with pytest.raises(errors.ConfigError, match="T5Config.dense_layer"):
+    network.dense_layer("tyop")

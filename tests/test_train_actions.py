@@ -262,3 +262,46 @@ def test_a_non_finite_step_is_never_saved_or_handed_to_actions():
       ("a.metrics", 3),
   ]
   assert action.closed and not action.ended
+
+
+def test_generation_evaluations_share_one_set_of_compiled_decoding(monkeypatch):
+  """Every evaluation hands the hook the same PredictFns (the programs the first compiled);
+  a hook without that parameter is called as before."""
+  from types import SimpleNamespace
+
+  from tkx import infer
+
+  made = []
+
+  class CountedPredictFns:
+
+    def __init__(self, model, partitioner):
+      made.append((model, partitioner))
+
+  monkeypatch.setattr(infer, "PredictFns", CountedPredictFns)
+  trainer = SimpleNamespace(
+      model="model",
+      partitioner="mesh",
+      state=SimpleNamespace(params={}),
+      model_dir="d",
+  )
+  seen = []
+
+  def sharing_hook(
+      *, model, params, step, model_dir, partitioner=None, predict_fns=None
+  ):
+    assert partitioner == "mesh"  # the run's, so predict_fns' programs fit it
+    seen.append(predict_fns)
+
+  def plain_hook(*, model, params, step, model_dir):
+    seen.append(step)
+
+  action = Evaluate(
+      EvaluationConfig(), DatasetConfig("mix", {"inputs": 8, "targets": 4}, 8)
+  )
+  for step in (10, 20):
+    sharing_hook(**action._hook_arguments(sharing_hook, trainer, step))  # pylint: disable=protected-access
+  plain_hook(**action._hook_arguments(plain_hook, trainer, 30))  # pylint: disable=protected-access
+  assert made == [("model", "mesh")]
+  assert seen[0] is seen[1] and isinstance(seen[0], CountedPredictFns)
+  assert seen[2] == 30

@@ -61,7 +61,7 @@ import numpy as np
 from flax import traverse_util
 from jax import lax
 
-from tkx import enums
+from tkx import enums, errors
 
 PyTree = Any
 
@@ -1196,7 +1196,7 @@ def get_method(name_or_fn: Union[str, Callable]) -> DecodingMethod:
   if isinstance(name_or_fn, str):
     if name_or_fn in METHODS:
       return METHODS[name_or_fn]
-    raise ValueError(
+    raise errors.ConfigError(
         f"decode_fn {name_or_fn!r} is not a registered decoding method; known: "
         f"{', '.join(sorted(METHODS))} (tkx.decoding.register_method adds one)"
     )

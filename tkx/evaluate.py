@@ -477,7 +477,12 @@ def generation_eval(
   predictor = infer.make_predictor(
       model,
       params,
-      partitioner=partitioner or partitioning.Partitioner(),  # gin applies
+      # The partitioner of `predict_fns` when given (its programs are for that mesh);
+      # else gin's.
+      partitioner=partitioner
+      or (
+          predict_fns.partitioner if predict_fns else partitioning.Partitioner()
+      ),
       batch_size=batch_size,
       decode_config=decode_config,
       max_input_length=max_input_length,

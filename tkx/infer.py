@@ -263,7 +263,7 @@ def plan_batches(
   first tokens, which put examples of one task (one definition) together; their
   outputs have similar lengths, so fewer finished rows keep stepping while one
   long output decodes (decode-step waste on NI test inputs, embedded vocabulary,
-  reference lengths, batch 8: 51% -> 36%; README "Packed training").
+  reference lengths, batch 8: 51% -> 36%; docs/packing.md).
   """
 
   def key(index):

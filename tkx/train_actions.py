@@ -31,6 +31,7 @@ itself, preemption and early stopping are actions alike.
 """
 
 import enum
+import inspect
 import itertools
 import logging
 from typing import Dict, List, Mapping, Optional, Tuple
@@ -160,12 +161,14 @@ class Evaluate(BaseAction):
     self.history: List[Tuple[int, Dict[str, float]]] = []
     self.total_steps: Optional[int] = None
     self._summaries = None
+    self._predict_fns = None  # the generation hook's compiled decoding, kept between evaluations
 
   def start(self, trainer):
     if not self.mixture_or_task_name:
-      log.warning(
-          "eval_every is set but no eval mixture: evaluating on the training mixture"
-      )
+      if multihost.is_primary_host():  # once per job
+        log.warning(
+            "EVAL_EVERY is set but EVAL_MIXTURE_OR_TASK_NAME is None: evaluating on the training mixture"
+        )
       self.mixture_or_task_name = self.data.mixture_or_task_name
     data_pipeline.register_ni_for(
         self.mixture_or_task_name,
@@ -186,15 +189,7 @@ class Evaluate(BaseAction):
     results = self.held_out_loss(trainer)
     fn = self.config.generation_eval_fn
     if fn is not None:
-      results.update(
-          fn(
-              model=trainer.model,
-              params=trainer.state.params,
-              step=step,
-              model_dir=trainer.model_dir,
-          )
-          or {}
-      )
+      results.update(fn(**self._hook_arguments(fn, trainer, step)) or {})
     log.info(
         "eval step %d: %s",
         step,
@@ -205,9 +200,35 @@ class Evaluate(BaseAction):
     self.history.append((step, results))
     return False
 
+  def _hook_arguments(self, fn, trainer, step) -> Dict:
+    """The generation hook's arguments; a hook that takes `predict_fns` (as
+    `evaluate.generation_eval` does) gets this action's, so each evaluation reuses the
+    decoding programs the first one compiled."""
+    arguments = dict(
+        model=trainer.model,
+        params=trainer.state.params,
+        step=step,
+        model_dir=trainer.model_dir,
+    )
+    parameters = inspect.signature(fn).parameters
+    if "partitioner" in parameters:
+      arguments["partitioner"] = (
+          trainer.partitioner
+      )  # the run's mesh, not a new one
+    if "predict_fns" in parameters:
+      from tkx import infer  # pylint: disable=g-import-not-at-top
+
+      if self._predict_fns is None:
+        self._predict_fns = infer.PredictFns(trainer.model, trainer.partitioner)
+      arguments["predict_fns"] = self._predict_fns
+    return arguments
+
   def held_out_loss(self, trainer) -> Dict[str, float]:
-    """Token-weighted loss of the current parameters over up to `batches` batches of the held-out split."""
-    batch_size = self.data.batch_size
+    """Token-weighted loss of the current parameters over up to `batches` batches of the held-out split.
+
+    Batches of the run's own rows per step (PACKED_BATCH_SIZE rows when packed), the shape the
+    eval step was compiled for and the data axis divides."""
+    batch_size = trainer.train_input.batch_size
     ds = data_pipeline.get_dataset(
         self.mixture_or_task_name,
         self.data.task_feature_lengths,

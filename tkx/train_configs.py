@@ -131,7 +131,7 @@ def check_required(**values_by_macro):
     )
 
 
-def _check_positive_int(name, value, allow_none=False):
+def check_positive_int(name, value, allow_none=False):
   if value is None and allow_none:
     return
   if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -148,8 +148,8 @@ def check_run_values(
     raise errors.ConfigError(
         f"MODEL_DIR must be a string (--gin.MODEL_DIR=\"'/path'\"), got {model_dir!r}"
     )
-  _check_positive_int(batch_name, batch_size)
-  _check_positive_int("TRAIN_STEPS", train_steps, allow_none=True)
+  check_positive_int(batch_name, batch_size)
+  check_positive_int("TRAIN_STEPS", train_steps, allow_none=True)
   if not isinstance(task_feature_lengths, Mapping) or set(
       task_feature_lengths
   ) != {"inputs", "targets"}:
@@ -158,4 +158,4 @@ def check_run_values(
         f"{task_feature_lengths!r}"
     )
   for key, value in task_feature_lengths.items():
-    _check_positive_int(f"TASK_FEATURE_LENGTHS[{key!r}]", value)
+    check_positive_int(f"TASK_FEATURE_LENGTHS[{key!r}]", value)

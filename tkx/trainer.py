@@ -741,9 +741,7 @@ def _row_layout_and_batch(
         seed=data.seed,
     )
     batch_name = "PACKED_BATCH_SIZE"
-    train_configs.check_run_values(
-        model_dir, batch_size, batch_name, train_steps, lengths
-    )
+    train_configs.check_positive_int(batch_name, batch_size)
   if batch_size % row_multiple:
     hint = (
         "; or let tkx choose the packed rows for these devices: "

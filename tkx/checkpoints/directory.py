@@ -393,7 +393,8 @@ def load(
   vocabulary_args = _vocabulary_args(root, config, vocab_path)
   if vocabulary_args:
     gin.bind_parameter("vocab.get_vocabulary.path", vocabulary_args[0])
-    gin.bind_parameter("vocab.get_vocabulary.extra_ids", vocabulary_args[1])
+    if vocabulary_args[1] is not None:  # else model.gin's binding stands
+      gin.bind_parameter("vocab.get_vocabulary.extra_ids", vocabulary_args[1])
   model = _model_from_gin(root)
   vocabulary = model.output_vocabulary
   vocab_size = getattr(vocabulary, "vocab_size", None)

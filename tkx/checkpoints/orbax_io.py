@@ -396,7 +396,7 @@ def load_params(path: str, abstract_params: Any = None) -> Any:
   if abstract_params is None:
     tree = _tree_metadata(state_dir)
     if "params" not in tree:
-      raise KeyError(
+      raise CheckpointReadError(
           f"{state_dir} has no 'params' entry (found {sorted(tree)})"
       )
     item = {"params": jax.tree_util.tree_map(lambda _: 0, tree["params"])}

@@ -219,13 +219,7 @@ def read_state_dict(path: str) -> Dict[str, Any]:
   """The whole t5x state dict (msgpack tree with every TensorStore array read in), as numpy."""
   ckpt_file = find_checkpoint_file(path)
   ckpt_dir = os.path.dirname(ckpt_file)
-  data = storage.read_bytes(ckpt_file)
-  try:
-    state = serialization.msgpack_restore(data)
-  except Exception as e:
-    raise T5xCheckpointError(
-        f"{ckpt_file}: not a msgpack t5x checkpoint ({e})"
-    ) from e
+  state = _read_msgpack(ckpt_file)
   if not isinstance(state, Mapping):
     raise T5xCheckpointError(
         f"{ckpt_file}: expected a dict at the top level, got {type(state).__name__}"

@@ -144,7 +144,8 @@ def main(args):
       loaded.model,
       loaded.params,
       partitioner=partitioner,
-      batch_size=partitioner.data_axis_size,
+      # One prompt: a batch of one row per data-parallel device, unless --batch_size says.
+      batch_size=args.batch_size or partitioner.data_axis_size,
   )
   max_input_length = predictor.input_buckets[-1]  # make_predictor's budget
   if args.ni_task is not None:

@@ -77,7 +77,7 @@ import numpy as np
 
 from tkx import errors
 
-# Examples looked ahead over (README, "Packed training").
+# Examples looked ahead over (docs/packing.md).
 DEFAULT_WINDOW = 1000
 
 FEATURES = (

@@ -92,7 +92,7 @@
     max_decode_length=127, seed=0)`: `decode_fn` a registered name or function (gin `@decoding.beam_search`), kept as the
     name; a setting the method does not read must keep its default (ValueError naming it). `decode_fn_and_kwargs()` ->
     (the function through gin, so its own bindings apply; the settings it reads, None ones left out: alpha None = the
-    function's default). `with_settings(**flags)` is how command flags (`commands/infer.decode_config_from_args`) and
+    function's default). `with_settings(**flags)` is how command flags (bound as `infer.decode_flags`, applied by `infer.run_decode_config`) and
     server requests choose the method (num_beams > 1: beam search, the config's if it reads num_beams, else
     `beam_procedure`'s (HF default); temperature > 0: sampling; else greedy; `decode_fn` given: that one). 127 =
     Tk-Instruct's `generate(max_length=128)` less the start token (`infer.TK_INSTRUCT_MAX_DECODE_LENGTH`; eval.gin/infer.gin too).

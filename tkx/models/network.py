@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from tkx import errors
 from tkx.models.config import AttentionImpl, T5Config
 
 log = logging.getLogger(__name__)
@@ -139,11 +140,11 @@ def _qualified_name(layer) -> str:
 
 
 def dense_layer(name: str):
-  """The dense module registered as `name`; ValueError naming T5Config.dense_layer otherwise."""
+  """The dense module registered as `name`; a ConfigError naming T5Config.dense_layer otherwise."""
   try:
     return DENSE_LAYERS[name]
   except KeyError:
-    raise ValueError(
+    raise errors.ConfigError(
         f"T5Config.dense_layer: unknown {name!r}; registered: "
         f"{', '.join(repr(n) for n in sorted(DENSE_LAYERS))} (import the module "
         "that registers it, e.g. with an `import` line in the gin file)"

@@ -66,7 +66,7 @@ class Generator:
   ):
     self.loaded = loaded
     self.vocabulary = loaded.vocabulary
-    self.eos_id = getattr(self.vocabulary, "eos_id", infer.EOS_ID)
+    self.eos_id = loaded.model.eos_id  # as infer.Predictor takes it
     self.partitioner = partitioner
     self.batch_size = batch_size
     self.decode_config = decode_config
