@@ -190,11 +190,12 @@ class Evaluate(BaseAction):
     fn = self.config.generation_eval_fn
     if fn is not None:
       results.update(fn(**self._hook_arguments(fn, trainer, step)) or {})
-    log.info(
-        "eval step %d: %s",
-        step,
-        ", ".join(f"{k} {v:.4f}" for k, v in results.items()),
-    )
+    if multihost.is_primary_host():  # once per job
+      log.info(
+          "eval step %d: %s",
+          step,
+          ", ".join(f"{k} {v:.4f}" for k, v in results.items()),
+      )
     if self._summaries is not None:
       self._summaries.scalars(step, results)
     self.history.append((step, results))

@@ -78,7 +78,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from tkx import errors, io_utils, optimizers, storage, train_actions
+from tkx import errors, io_utils, multihost, optimizers, storage, train_actions
 from tkx import train_configs
 from tkx.checkpoints import layout, orbax_io
 from tkx.data import packing
@@ -516,12 +516,13 @@ class Trainer:
         action.end(self)
     finally:
       self._close()
-    log.info(
-        "Done at step %d (last checkpoint %s) in %s",
-        step,
-        last_good,
-        io_utils.format_seconds(time.time() - self.started),
-    )
+    if multihost.is_primary_host():  # once per job
+      log.info(
+          "Done at step %d (last checkpoint %s) in %s",
+          step,
+          last_good,
+          io_utils.format_seconds(time.time() - self.started),
+      )
     return self._result(step, last_good)
 
   def _begin(self):
