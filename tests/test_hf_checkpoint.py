@@ -313,6 +313,19 @@ def test_errors_name_file_and_field(tmp_path, monkeypatch):
   untied_head = dict(state, **{"lm_head.weight": state["shared.weight"] + 1})
   with pytest.raises(hf.CheckpointFormatError, match="lm_head.weight"):
     hf.hf_to_params(untied_head, config)
+  # The same check when the dir is read by slice (an INITIAL_CHECKPOINT_PATH).
+  from safetensors.numpy import save_file
+
+  untied_dir = tmp_path / "untied_head"
+  shutil.copytree(good, untied_dir)
+  for stale in untied_dir.glob("*.safetensors*"):
+    stale.unlink()
+  save_file(
+      {k: np.ascontiguousarray(v) for k, v in untied_head.items()},
+      str(untied_dir / "model.safetensors"),
+  )
+  with pytest.raises(hf.CheckpointFormatError, match="lm_head.weight"):
+    hf.open_params(str(untied_dir))
   extra = dict(
       state,
       **{"encoder.block.9.layer.0.layer_norm.weight": np.ones(16, np.float32)},

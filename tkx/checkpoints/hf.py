@@ -417,6 +417,21 @@ def is_hf_checkpoint(path: str) -> bool:
   return storage.isfile(storage.join(path, CONFIG_FILE))
 
 
+def _check_aliases(names, read, config, source) -> None:
+  """A tensor the tied logits alias (`lm_head.weight`) must equal `shared.weight`, however read."""
+  aliases = [alias for alias in _aliases(config) if alias in names]
+  if not aliases:
+    return
+  shared = np.asarray(read("shared.weight"))
+  for alias in aliases:
+    if not np.array_equal(np.asarray(read(alias)), shared):
+      raise CheckpointFormatError(
+          f"{source}: tensor {alias!r} differs from 'shared.weight' but config.json scales the decoder "
+          f"output for tied logits (tie_word_embeddings / scale_decoder_outputs); t5x-style models "
+          f"cannot combine scaled logits with a separate LM head"
+      )
+
+
 def open_params(model_dir: str) -> Optional[Dict[str, Any]]:
   """The t5x-named params of an HF checkpoint dir as slice readers (nothing big is read yet).
 
@@ -434,6 +449,7 @@ def open_params(model_dir: str) -> Optional[Dict[str, Any]]:
   for path in files:
     file = SafetensorsFile(path)
     where.update({name: file for name in file.names()})
+  _check_aliases(where, lambda name: where[name].read(name), config, model_dir)
   params: Dict[str, Any] = {}
   for hf_name, path, transpose in _entries(where, config, model_dir):
     node = params
@@ -601,15 +617,7 @@ def hf_to_params(
   11B checkpoint is not held twice in host memory.
   """
   entries = _entries(state_dict, config, source)
-  shared = state_dict["shared.weight"]
-  for alias in _aliases(config):
-    if alias in state_dict:
-      if not np.array_equal(np.asarray(state_dict[alias]), np.asarray(shared)):
-        raise CheckpointFormatError(
-            f"{source}: tensor {alias!r} differs from 'shared.weight' but config.json scales the decoder "
-            f"output for tied logits (tie_word_embeddings / scale_decoder_outputs); t5x-style models "
-            f"cannot combine scaled logits with a separate LM head"
-        )
+  _check_aliases(state_dict, lambda name: state_dict[name], config, source)
 
   params: Dict[str, Any] = {}
   remaining_uses = {}
