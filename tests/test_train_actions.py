@@ -305,3 +305,21 @@ def test_generation_evaluations_share_one_set_of_compiled_decoding(monkeypatch):
   assert made == [("model", "mesh")]
   assert seen[0] is seen[1] and isinstance(seen[0], CountedPredictFns)
   assert seen[2] == 30
+
+
+def test_a_run_resumed_at_its_last_step_reports_that_checkpoint():
+  events = []
+  trainer = trainer_lib.Trainer(
+      state=0,
+      start_step=5,
+      input_state={"read": 5},
+      total_steps=5,
+      train_step=fake_step,
+      train_input=FakeInput(),
+      checkpoints=FakeCheckpoints(events, 2),
+      partitioner=FakePartitioner(),
+      actions=[],
+  )
+  result = trainer.run()
+  assert result["step"] == 5 and result["last_checkpoint"] == 5
+  assert events == []  # nothing trained, nothing saved

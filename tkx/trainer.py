@@ -506,7 +506,8 @@ class Trainer:
           self.total_steps,
       )
       self.checkpoints.close()
-      return self._result(self.start_step, None)
+      # The step it resumed from is the run's last checkpoint.
+      return self._result(self.start_step, self.start_step)
     try:
       self._begin()
       step = self._loop()
