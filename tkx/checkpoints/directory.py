@@ -381,12 +381,13 @@ def load(
 
   `path` may be the checkpoint dir (newest step) or one `checkpoint_<step>/`.
   Keeps gin bindings parsed before (a run file's); `gin_bindings` and a
-  `vocab_path` (else the checkpoint's `spm.model`) override model.gin's.
+  `vocab_path` (else the checkpoint's `spm.model`) override model.gin's. The model and
+  params are quantized as gin's `quantize.quantize_checkpoint.mode` says (`--quantize`).
   """
   import gin
 
   from tkx import partitioning
-  from tkx.models import base
+  from tkx.models import base, quantize
 
   root = layout.root_of(path)
   config = read_config(root, gin_bindings, clear=False)
@@ -409,7 +410,7 @@ def load(
   params = orbax_io.load_params(
       step_dir, base.abstract_params(model, partitioner)
   )
-  return LoadedCheckpoint(
+  loaded = LoadedCheckpoint(
       path=root,
       step=layout.step_of(step_dir),
       config=config,
@@ -417,6 +418,8 @@ def load(
       params=params,
       vocabulary=vocabulary,
   )
+  # --quantize / gin's `quantize.quantize_checkpoint.mode` (none by default): checkpoints stay float.
+  return quantize.quantize_checkpoint(loaded, partitioner)
 
 
 def read(path: str, *, load_params: bool = True):

@@ -43,6 +43,17 @@ DECODE_FLAGS = {
 DECODE_FLAGS["num_partitions"] = "partitioning.Partitioner.num_partitions"
 
 
+def quantize_flag(text: str) -> str:
+  """`--quantize int8` -> the mode for its gin binding; a ConfigError naming the flag otherwise."""
+  from tkx.models import quantize  # pylint: disable=g-import-not-at-top
+
+  return quantize.quantize_flag(text)
+
+
+# The checkpoint's weights as loaded (tkx.models.quantize; every command that decodes).
+DECODE_FLAGS["quantize"] = ("quantize.quantize_checkpoint.mode", quantize_flag)
+
+
 def input_buckets_flag(text: str):
   """`--input_buckets 128,256` -> (128, 256); a ConfigError naming the flag otherwise."""
   try:
@@ -151,6 +162,12 @@ def add_common_arguments(parser, *, checkpoint_required=True):
       help="model-parallel partitions (size of the 'model' mesh axis; default 1)",
   )
   group.add_argument(
+      "--quantize",
+      default=None,
+      help="hold the attention and MLP kernels as: none (float, as the checkpoint) or int8 "
+      "(weight-only, per output channel; docs/quantization.md). Default none",
+  )
+  group.add_argument(
       "--vocab",
       default=None,
       help="SentencePiece model overriding the checkpoint's vocabulary",
@@ -165,6 +182,7 @@ def add_common_arguments(parser, *, checkpoint_required=True):
 def parse_gin(args):
   """Parses run gin files and `--gin.X=Y` bindings, the flags' bindings last (imports what run files name)."""
   from tkx import evaluate, infer, multihost, partitioning  # noqa: F401  (register configurables)
+  from tkx.models import quantize  # noqa: F401
   from tkx import gin_utils
 
   gin_utils.parse(

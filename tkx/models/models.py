@@ -17,6 +17,7 @@ Decoding interface (t5x's; see `tkx.decoding`, flattened beams as in t5x):
   given to it is already repeated num_decodes times (example-major).
 """
 
+import copy
 import functools
 import math
 import enum
@@ -206,6 +207,13 @@ class EncoderDecoderModel(base.BaseModel):
   @property
   def config(self):
     return self.module.config
+
+  def with_module(self, module: nn.Module) -> "EncoderDecoderModel":
+    """This model (vocabularies, loss settings) over another module, e.g. a quantized one; own initialisers."""
+    model = copy.copy(self)
+    model.module = module
+    model._init_fns = {}
+    return model
 
   # --- initialisation -------------------------------------------------------
   def _init_boxed(
