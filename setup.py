@@ -57,6 +57,8 @@ setuptools.setup(
         ),
         # Hugging Face interop (import/export checkpoints, parity tests, benchmarks).
         "hf": ["torch==2.13.0", "transformers==5.24.0"],
+        # bench/decode.py's CTranslate2 rows (float32 and int8 of the HF export).
+        "bench": ["ctranslate2==4.8.5"],
         # Accelerators: the same JAX as the CPU pin, with its CUDA 12 plugins (CUDA/cuDNN
         # pip wheels included) or with the libtpu that jax[tpu]==0.10.2 names.
         "cuda12": [

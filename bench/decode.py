@@ -1,17 +1,24 @@
-"""Greedy decoding throughput: tkx (JAX, length buckets) against Hugging Face PyTorch `generate`.
+"""Greedy decoding throughput: tkx float32 / int8 against HF transformers and CTranslate2 float32 / int8.
 
-Both decode the same inputs with the same weights in the same run:
+All decode the same inputs with the same weights in the same run:
   * inputs: test instances of the shared NI sample, encoded `def_pos2` with the
     1024-token budget (the embedded SentencePiece vocabulary counts tokens), up
     to 128 output tokens;
   * weights: a random T5 1.1 `small` (8+8 layers, d_model 512, vocab 32,128) built
-    in transformers with a fixed seed, converted with `tkx.checkpoints.hf`;
-  * batches: the same examples per batch for both (`infer.plan_batches`:
+    in transformers with a fixed seed and converted with `tkx.checkpoints.hf`;
+    saved as a tkx checkpoint and exported with `tkx export-checkpoint` (the peer,
+    HF transformers `generate`, loads that export), which CTranslate2's
+    `TransformersConverter` converts to float32 and to int8 (its int8 also
+    quantizes activations, per token, at run time); tkx int8 is `--quantize int8`'s
+    conversion (weight-only, per output channel);
+  * batches: the same examples per batch for all (`infer.plan_batches`:
     shortest first, so batches hold neighbours in length). tkx pads each batch
     to its length bucket (`infer.DEFAULT_INPUT_BUCKETS`) and fills the last one
-    with dummy rows; PyTorch pads each batch to its longest input.
-Compilation (tkx) and a warm-up call (PyTorch) are excluded from the timings.
-Outputs are compared token for token (trimmed at EOS) and the agreement printed.
+    with dummy rows; PyTorch and CTranslate2 pad each batch to its longest input.
+Compilation (tkx) and a warm-up call (the others) are excluded from the timings.
+Each system's examples/s is printed with its ratio to the peer's, and its outputs
+compared with the peer's token for token (trimmed at EOS). CTranslate2 rows need
+`pip install -e ".[bench]"` (skipped, saying so, without it).
 
     python bench/decode.py [--quick] [--num_examples N] [--batch_size B] [--ni_dir DIR]
 """
@@ -187,11 +194,116 @@ def run_hf(hf_model, inputs, plan, max_decode_length):
   return outputs
 
 
+def export_models(model, params, work_dir):
+  """The tkx weights as a tkx checkpoint -> `tkx export-checkpoint` (HF) -> CTranslate2 float32 and int8.
+
+  Returns {"hf": dir, "float32": dir, "int8": dir}; CTranslate2 dirs only when it is installed.
+  """
+  from tkx import cli
+  from tkx.checkpoints import directory, orbax_io
+
+  checkpoint = os.path.join(work_dir, "tkx")
+  orbax_io.save_params(checkpoint, params, step=0)
+  with open(os.path.join(checkpoint, "model.gin"), "w", encoding="utf-8") as f:
+    f.write(directory.config_to_gin(model.config))
+  dirs = {"hf": os.path.join(work_dir, "hf")}
+  cli.run(["export-checkpoint", "--checkpoint", checkpoint, "--hf", dirs["hf"]])
+  if ctranslate2_module() is not None:
+    from ctranslate2 import converters
+
+    for quantization in ("float32", "int8"):
+      dirs[quantization] = os.path.join(work_dir, f"ct2_{quantization}")
+      converters.TransformersConverter(dirs["hf"]).convert(
+          dirs[quantization], quantization=quantization, force=True
+      )
+  return dirs
+
+
+def ctranslate2_module():
+  try:
+    import ctranslate2
+
+    return ctranslate2
+  except ImportError:
+    return None
+
+
+def run_ctranslate2(model_dir, compute_type, inputs, plan, max_decode_length):
+  """CTranslate2's greedy `translate_batch` on the same batches; (outputs, seconds, warm-up excluded)."""
+  import json
+
+  import ctranslate2
+
+  translator = ctranslate2.Translator(
+      model_dir,
+      device="cpu",
+      compute_type=compute_type,
+      intra_threads=os.cpu_count() or 1,
+  )
+  with open(
+      os.path.join(model_dir, "shared_vocabulary.json"), encoding="utf-8"
+  ) as f:
+    pieces = json.load(
+        f
+    )  # index = token id (HF's vocabulary, padded to vocab_size)
+  ids = {piece: i for i, piece in enumerate(pieces)}
+
+  def translate(indices, length):
+    batch = [[pieces[t] for t in inputs[i]] for i in indices]
+    results = translator.translate_batch(
+        batch, beam_size=1, max_decoding_length=length, max_input_length=0
+    )
+    return [trim([ids[p] for p in r.hypotheses[0]]) for r in results]
+
+  translate([0], 4)  # warm-up
+  outputs = [None] * len(inputs)
+  start = time.perf_counter()
+  for _, indices in plan:
+    for i, out in zip(indices, translate(indices, max_decode_length)):
+      outputs[i] = out
+  return outputs, time.perf_counter() - start
+
+
+def tkx_predictor(model, params, args, buckets):
+  import jax
+  from tkx import infer, partitioning
+
+  return infer.Predictor(
+      model,
+      params,
+      partitioner=partitioning.Partitioner(
+          num_partitions=1, devices=jax.devices()[:1]
+      ),
+      batch_size=args.batch_size,
+      decode_config=infer.DecodeConfig(
+          max_decode_length=args.max_decode_length
+      ),
+      input_buckets=buckets,
+  )
+
+
+def run_tkx(predictor, inputs, plan):
+  """(outputs, seconds, compile seconds): every bucket used compiled first, outside the timing."""
+  start = time.perf_counter()
+  predictor.predict_ids(
+      [inputs[indices[0]] for _, indices in {b: i for b, i in plan}.items()],
+      progress=False,
+  )
+  compile_s = time.perf_counter() - start
+  start = time.perf_counter()
+  outputs = predictor.predict_ids(inputs, progress=False)
+  return outputs, time.perf_counter() - start, compile_s
+
+
 def main(argv=None):
   args = parse_args(argv)
+  import tempfile
+
   import jax
   import torch
-  from tkx import infer, partitioning
+  import transformers
+  from tkx import infer
+  from tkx.models import quantize
 
   if not os.path.isdir(os.path.join(args.ni_dir, "tasks")):
     raise SystemExit(f"NI checkout not found at {args.ni_dir} (pass --ni_dir)")
@@ -199,7 +311,7 @@ def main(argv=None):
   print(
       f"devices: {jax.devices()}; torch threads: {torch.get_num_threads()}; cpus: {os.cpu_count()}"
   )
-  hf_model, model, params, vocabulary = build_models(size, args.seed)
+  _, model, params, vocabulary = build_models(size, args.seed)
   inputs = load_inputs(
       args.ni_dir,
       args.num_examples,
@@ -213,72 +325,71 @@ def main(argv=None):
       f"{np.mean(lengths):.0f} max {max(lengths)}; T5 1.1 {args.model}; greedy, "
       f"{args.max_decode_length} output tokens max; batch {args.batch_size}"
   )
-
   buckets = infer.buckets_up_to(args.max_input_length)
   plan = infer.plan_batches(lengths, args.batch_size, buckets)
-  predictor = infer.Predictor(
-      model,
-      params,
-      partitioner=partitioning.Partitioner(
-          num_partitions=1, devices=jax.devices()[:1]
-      ),
-      batch_size=args.batch_size,
-      decode_config=infer.DecodeConfig(
-          max_decode_length=args.max_decode_length
-      ),
-      input_buckets=buckets,
-  )
-  # Compile every bucket used (one example each) and warm PyTorch up, outside the timings.
-  t = time.time()
-  predictor.predict_ids(
-      [inputs[indices[0]] for _, indices in {b: i for b, i in plan}.items()],
-      progress=False,
-  )
-  compile_s = time.time() - t
-  run_hf(hf_model, [inputs[0]], [(0, [0])], 4)
+  quantized = quantize.quantize_model(model)
+  qparams = quantize.quantize_params(params, quantized)
 
-  t = time.time()
-  ours = predictor.predict_ids(inputs, progress=False)
-  ours_s = time.time() - t
-  t = time.time()
-  theirs = run_hf(hf_model, inputs, plan, args.max_decode_length)
-  theirs_s = time.time() - t
+  rows = {}  # name -> (outputs, seconds, note)
+  with tempfile.TemporaryDirectory() as work_dir:
+    dirs = export_models(model, params, work_dir)
+    # The peer: the exported HF model in transformers (as CTranslate2 converts it).
+    hf_model = transformers.T5ForConditionalGeneration.from_pretrained(
+        dirs["hf"]
+    ).eval()
+    run_hf(hf_model, [inputs[0]], [(0, [0])], 4)  # warm-up
+    start = time.perf_counter()
+    outputs = run_hf(hf_model, inputs, plan, args.max_decode_length)
+    rows[PEER] = (outputs, time.perf_counter() - start, "")
+    for compute_type in ("float32", "int8"):
+      name = f"CTranslate2 {compute_type}"
+      if compute_type not in dirs:
+        print(
+            f"{name}: skipped, ctranslate2 is not installed (pip install -e '.[bench]')"
+        )
+        continue
+      rows[name] = run_ctranslate2(
+          dirs[compute_type], compute_type, inputs, plan, args.max_decode_length
+      ) + ("",)
+  for name, (m, p) in {
+      "tkx float32": (model, params),
+      "tkx int8": (quantized, qparams),
+  }.items():
+    predictor = tkx_predictor(m, p, args, buckets)
+    outputs, seconds, compile_s = run_tkx(predictor, inputs, plan)
+    note = (
+        f"+{compile_s:.1f}s compiling {len(predictor.compiled_shapes)} programs"
+    )
+    rows[name] = (outputs, seconds, note)
+  print_table(rows, inputs)
+  return 0
 
-  same = sum(a == b for a, b in zip(ours, theirs))
-  positions = sum(max(len(a), len(b)) for a, b in zip(ours, theirs))
-  agree = sum(sum(x == y for x, y in zip(a, b)) for a, b in zip(ours, theirs))
-  out_tokens = sum(len(o) for o in ours)
-  print(f"\n{'':28s}{'examples/s':>12s}{'seconds':>10s}")
+
+PEER = "HF transformers"
+
+
+def print_table(rows, inputs):
+  """examples/s, seconds, the ratio to the peer and outputs identical to the peer's, per system."""
+  peer_outputs, peer_s, _ = rows[PEER]
   print(
-      f"{'tkx (JAX, length buckets)':28s}{len(inputs) / ours_s:12.3f}{ours_s:10.2f}"
-      f"   (+{compile_s:.1f}s compiling {len(predictor.compiled_shapes)} programs)"
+      f"\n{'':20s}{'examples/s':>11s}{'seconds':>9s}{'vs ' + PEER:>20s}"
+      f"{'same as HF':>12s}{'token agreement':>17s}"
   )
-  print(
-      f"{'HF transformers generate':28s}{len(inputs) / theirs_s:12.3f}{theirs_s:10.2f}"
-  )
-  print(
-      f"speed-up: {theirs_s / ours_s:.2f}x   ({out_tokens} output tokens, "
-      f"{out_tokens / len(inputs):.1f} per example)"
-  )
-  print(
-      f"identical outputs: {same}/{len(inputs)}; token agreement {agree}/{positions} "
-      f"({100.0 * agree / max(positions, 1):.2f}%)"
-  )
-  if same < len(inputs):
-    first = next(i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b)
-    split = next(
-        (
-            k
-            for k, (x, y) in enumerate(zip(ours[first], theirs[first]))
-            if x != y
-        ),
-        min(len(ours[first]), len(theirs[first])),
+  for name, (outputs, seconds, note) in rows.items():
+    same = sum(a == b for a, b in zip(outputs, peer_outputs))
+    positions = sum(max(len(a), len(b)) for a, b in zip(outputs, peer_outputs))
+    agree = sum(
+        sum(x == y for x, y in zip(a, b)) for a, b in zip(outputs, peer_outputs)
     )
     print(
-        f"first difference: example {first} at output token {split} (float32 near-ties between XLA and "
-        f"PyTorch kernels on a random model)"
+        f"{name:20s}{len(inputs) / seconds:11.3f}{seconds:9.2f}{peer_s / seconds:19.2f}x"
+        f"{same:>7d}/{len(inputs):<4d}{100.0 * agree / max(positions, 1):16.2f}%  {note}"
     )
-  return 0
+  out_tokens = sum(len(o) for o in peer_outputs)
+  print(
+      f"({out_tokens} output tokens from {PEER}, {out_tokens / len(inputs):.1f} per example; "
+      "differences are float near-ties between kernels on a random model, or int8 rounding)"
+  )
 
 
 if __name__ == "__main__":
