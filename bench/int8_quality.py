@@ -50,16 +50,24 @@ def parse_args(argv=None):
       "(embedded vocabulary), e.g. t5_1_1/small",
   )
   parser.add_argument(
-      "--ni_dir", default=None, help="NI checkout (default: the embedded tasks/)"
+      "--ni_dir",
+      default=None,
+      help="NI checkout (default: the embedded tasks/)",
   )
   parser.add_argument("--mixture", default=MIXTURE)
   parser.add_argument(
-      "--max_decode_length", type=int, default=127, help="default 127 (Tk-Instruct's)"
+      "--max_decode_length",
+      type=int,
+      default=127,
+      help="default 127 (Tk-Instruct's)",
   )
   parser.add_argument("--max_input_length", type=int, default=1024)
   parser.add_argument("--batch_size", type=int, default=16)
   parser.add_argument(
-      "--num_examples", type=int, default=None, help="the first N inputs (default all)"
+      "--num_examples",
+      type=int,
+      default=None,
+      help="the first N inputs (default all)",
   )
   parser.add_argument("--seed", type=int, default=0, help="--random's seed")
   parser.add_argument(
@@ -100,7 +108,12 @@ def load_model(args, partitioner):
   params = jax.jit(
       lambda r: model.get_initial_variables(r, base.init_input_shapes())
   )(jax.random.PRNGKey(args.seed))["params"]
-  return f"random {args.random} (seed {args.seed})", model, params, model.output_vocabulary
+  return (
+      f"random {args.random} (seed {args.seed})",
+      model,
+      params,
+      model.output_vocabulary,
+  )
 
 
 def test_inputs(args, vocabulary):
@@ -108,11 +121,16 @@ def test_inputs(args, vocabulary):
   from tkx import infer
   from tkx.data import pipeline
 
-  pipeline.register_ni_for(args.mixture, args.ni_dir, vocabulary, args.max_input_length)
+  pipeline.register_ni_for(
+      args.mixture, args.ni_dir, vocabulary, args.max_input_length
+  )
   lengths = {"inputs": args.max_input_length, "targets": 128}
   out = []
   for task in infer.ni_subtasks(args.mixture):
-    out += [(task.name, k, ids) for k, ids in infer.task_inputs(task, task.splits[0], lengths)]
+    out += [
+        (task.name, k, ids)
+        for k, ids in infer.task_inputs(task, task.splits[0], lengths)
+    ]
   return out[: args.num_examples] if args.num_examples else out
 
 
@@ -125,11 +143,18 @@ def decode(model, params, inputs, args, partitioner):
       params,
       partitioner=partitioner,
       batch_size=args.batch_size,
-      decode_config=infer.DecodeConfig(max_decode_length=args.max_decode_length),
+      decode_config=infer.DecodeConfig(
+          max_decode_length=args.max_decode_length
+      ),
       input_buckets=infer.buckets_up_to(args.max_input_length),
   )
-  buckets = {infer.bucket_length(len(ids), predictor.input_buckets): ids for ids in inputs}
-  predictor.predict_ids(list(buckets.values()), progress=False)  # compiles each bucket
+  buckets = {
+      infer.bucket_length(len(ids), predictor.input_buckets): ids
+      for ids in inputs
+  }
+  predictor.predict_ids(
+      list(buckets.values()), progress=False
+  )  # compiles each bucket
   start = time.perf_counter()
   outputs = predictor.predict_ids(inputs, progress=False, log_plan=False)
   return outputs, time.perf_counter() - start
@@ -153,7 +178,9 @@ def main(argv=None):
   from tkx import partitioning
   from tkx.models import quantize
 
-  partitioner = partitioning.Partitioner(num_partitions=1, devices=jax.devices()[:1])
+  partitioner = partitioning.Partitioner(
+      num_partitions=1, devices=jax.devices()[:1]
+  )
   name, model, params, vocabulary = load_model(args, partitioner)
   rows = test_inputs(args, vocabulary)
   inputs = [ids for _, _, ids in rows]
@@ -170,7 +197,9 @@ def main(argv=None):
       f"{name}: {len(inputs)} inputs of {args.mixture}, greedy, "
       f"{args.max_decode_length} tokens max, batch {args.batch_size}"
   )
-  print(f"\n{'':10s}{'ROUGE-L':>9s}{'EM':>8s}{'examples/s':>12s}{'param MB':>10s}")
+  print(
+      f"\n{'':10s}{'ROUGE-L':>9s}{'EM':>8s}{'examples/s':>12s}{'param MB':>10s}"
+  )
   for label, s, seconds, p in (
       ("float32", float_scores, float_s, params),
       ("int8", int8_scores, int8_s, qparams),
@@ -186,7 +215,11 @@ def main(argv=None):
   )
   if args.smoke:
     return 0
-  return 0 if identical >= IDENTICAL_AT_LEAST and abs(rouge_delta) <= ROUGE_L_WITHIN else 1
+  return (
+      0
+      if identical >= IDENTICAL_AT_LEAST and abs(rouge_delta) <= ROUGE_L_WITHIN
+      else 1
+  )
 
 
 if __name__ == "__main__":

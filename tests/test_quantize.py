@@ -191,7 +191,7 @@ def test_infer_quantize_int8_end_to_end_and_from_gin(
   assert direct == by_flag
 
 
-@pytest.mark.parametrize("command", ["infer", "generate"])
+@pytest.mark.parametrize("command", ["infer", "generate", "eval", "serve"])
 def test_an_unknown_quantize_value_is_one_line_naming_the_flag(
     tiny_checkpoint, tmp_path, capsys, command
 ):
@@ -199,7 +199,7 @@ def test_an_unknown_quantize_value_is_one_line_naming_the_flag(
   if command == "infer":
     argv += ["--input_file", str(_input_file(tmp_path))]
     argv += ["--output_file", str(tmp_path / "o.jsonl")]
-  else:
+  elif command == "generate":
     argv += ["hello"]
   assert cli.main(argv) == 2
   err = capsys.readouterr().err.strip()

@@ -24,6 +24,8 @@
   `network.DENSE_LAYERS`; `MultiHeadDotProductAttention.dense_cls` / `MlpBlock.dense_cls` (from
   `T5Config.dense_layer`) build q/k/v/out and wi/wo with keywords `features, kernel_axes, kernel_init, dtype,
   param_dtype, name`; `logits_dense` stays `Dense`. The default is `Dense` itself (tree and numbers unchanged).
+  `quantize.Int8Dense` is registered as "int8" (int8 `kernel` + `kernel_scale [out]`); `quantize.quantize_checkpoint`
+  (gin mode, `--quantize`) turns a loaded float checkpoint into it (docs/quantization.md).
 - `base.BaseModel` (abstract; t5x's): `loss_fn`, `score_batch`, `predict_batch_with_aux`, `get_initial_variables`,
   `variables_logical_axes` abstract; `eval_fn`, `predict_batch`, `params_logical_axes`, `params_shapes`, `eos_id`
   given; attributes `input_vocabulary`, `output_vocabulary`, `loss_normalizing_factor` (None: per token), `config`
@@ -47,7 +49,8 @@
   `encode(...)`, `decode(encoded, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens, ..., decode=True, ...)`
   — as t5x's `network.Transformer`.
 - `models.EncoderDecoderModel(module, input_vocabulary, output_vocabulary, z_loss=1e-4, label_smoothing=0.0, loss_normalizing_factor=None)`
-  implements `base.BaseModel`; owns its jitted initialisers (one per input shapes/types)
+  implements `base.BaseModel`; owns its jitted initialisers (one per input shapes/types);
+  `with_module(module)`: the same model over another module (own initialisers; `quantize.quantize_model` uses it)
   - `get_initial_variables(rng, input_shapes) -> variables`
   - `loss_fn(params, batch, dropout_rng) -> (loss, metrics)`; batch keys are SeqIO's `EncDecFeatureConverter`
     output (`encoder_input_tokens`, `decoder_input_tokens`, `decoder_target_tokens`, `decoder_loss_weights`,
