@@ -21,6 +21,8 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 MIXTURE = "ni_default_test_def_pos2"
@@ -189,6 +191,18 @@ def main(argv=None):
   float_out, float_s = decode(model, params, inputs, args, partitioner)
   int8_out, int8_s = decode(quantized, qparams, inputs, args, partitioner)
   identical = sum(a == b for a, b in zip(float_out, int8_out)) / len(inputs)
+  first_token = sum(a[:1] == b[:1] for a, b in zip(float_out, int8_out)) / len(
+      inputs
+  )
+  # Where greedy paths part: the first differing position of each differing pair.
+  splits = [
+      next(
+          (k for k, (x, y) in enumerate(zip(a, b)) if x != y),
+          min(len(a), len(b)),
+      )
+      for a, b in zip(float_out, int8_out)
+      if a != b
+  ]
   float_scores = scores(rows, float_out, vocabulary)
   int8_scores = scores(rows, int8_out, vocabulary)
   rouge_delta = int8_scores["rougeL"] - float_scores["rougeL"]
@@ -212,6 +226,11 @@ def main(argv=None):
       f"\nidentical outputs: {100 * identical:.1f}% (need >= {100 * IDENTICAL_AT_LEAST:.0f}%); "
       f"ROUGE-L int8 - float32: {rouge_delta:+.2f} (need within {ROUGE_L_WITHIN}); "
       f"int8 examples/s / float32's: {float_s / int8_s:.2f}x"
+  )
+  print(
+      f"first output token identical: {100 * first_token:.1f}%; differing outputs part at "
+      f"token {np.median(splits) if splits else 0:.0f} (median) of "
+      f"{np.mean([len(a) for a in float_out]):.1f} float32 tokens per output (mean)"
   )
   if args.smoke:
     return 0
