@@ -884,6 +884,11 @@ FAST_FORMS: Dict[str, FastForm] = {
         "python bench/decode.py --num_examples 16 --batch_size 8 --ni_dir "
         "/path/to/natural-instructions"
     ): FastForm(add="--smoke"),
+    # --- docs/quantization.md (the decode smoke is the one above, run once)
+    "python bench/int8_quality.py --smoke": FastForm(),
+    "python bench/decode.py --smoke": FastForm(
+        sub=(("--smoke", "--quick --smoke"),)
+    ),
 }
 
 
