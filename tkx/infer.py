@@ -200,6 +200,28 @@ def decode_flags(
   return {name: value for name, value in locals().items() if value is not None}
 
 
+# Activation dtypes a decoding command may choose over the checkpoint's (`--dtype`).
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@gin.configurable(module="infer")
+def model_overrides(dtype: Optional[str] = None) -> Tuple[str, ...]:
+  """Gin bindings that decoding commands apply over a checkpoint's model.gin (`directory.load`).
+
+  `dtype` (`--dtype`): the activation dtype (parameters keep theirs); float16
+  is for GPUs without bfloat16 (T5's residual stream stays float32 there, see
+  `T5Config.residual_dtype`).
+  """
+  if dtype is None:
+    return ()
+  if dtype not in DTYPES:
+    raise errors.ConfigError(
+        f"--dtype (infer.model_overrides.dtype): unknown {dtype!r}; choose from "
+        + ", ".join(DTYPES)
+    )
+  return (f"network.T5Config.dtype = {dtype!r}",)
+
+
 def run_decode_config(
     decode_config: Optional[DecodeConfig] = None,
 ) -> DecodeConfig:

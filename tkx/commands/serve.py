@@ -92,7 +92,10 @@ def main(args):
   decode_config = infer.run_decode_config()  # gin and the decoding flags apply
   partitioner = partitioning.Partitioner()  # gin (and --num_partitions) apply
   loaded = directory.load(
-      args.checkpoint, partitioner=partitioner, vocab_path=args.vocab
+      args.checkpoint,
+      partitioner=partitioner,
+      vocab_path=args.vocab,
+      gin_bindings=infer.model_overrides(),
   )
   max_input_length = args.max_input_length or infer.DEFAULT_MAX_INPUT_LENGTH
   buckets = infer.DEFAULT_INPUT_BUCKETS

@@ -497,6 +497,9 @@ class MultiHeadDotProductAttention(nn.Module):
   attention_impl: AttentionImpl = AttentionImpl.XLA
   # The module of the q/k/v/out projections (see the module doc's dense layer seam).
   dense_cls: Callable[..., nn.Module] = Dense
+  # dtype of the `out` projection, which writes into the residual stream (None: dtype;
+  # float32 under float16, see `T5Config.residual_dtype`).
+  output_dtype: Any = None
 
   @nn.compact
   def __call__(
@@ -558,7 +561,7 @@ class MultiHeadDotProductAttention(nn.Module):
         features=features,
         kernel_axes=("joined_kv", "embed"),
         kernel_init=self.kernel_init,
-        dtype=self.dtype,
+        dtype=self.output_dtype or self.dtype,
         param_dtype=self.param_dtype,
         name="out",
     )(out)
@@ -642,9 +645,13 @@ class MlpBlock(nn.Module):
   )
   # The module of the wi / wo projections (see the module doc's dense layer seam).
   dense_cls: Callable[..., nn.Module] = Dense
+  # dtype of the activations' product and of `wo` (None: dtype; float32 under
+  # float16, where the product overflows first; see `T5Config.residual_dtype`).
+  output_dtype: Any = None
 
   @nn.compact
   def __call__(self, inputs: Array, deterministic: bool = True) -> Array:
+    output_dtype = self.output_dtype or self.dtype
     dense = functools.partial(
         self.dense_cls,
         kernel_init=self.kernel_init,
@@ -657,14 +664,17 @@ class MlpBlock(nn.Module):
       x = dense(features=self.mlp_dim, kernel_axes=("embed", "mlp"), name=name)(
           inputs
       )
-      x = _activation(act)(x)
+      x = _activation(act)(x.astype(output_dtype))
       hidden = x if hidden is None else hidden * x
     hidden = nn.with_logical_constraint(hidden, ("batch", "length", "mlp"))
     hidden = nn.Dropout(rate=self.dropout_rate, broadcast_dims=(-2,))(
         hidden, deterministic=deterministic
     )
     return dense(
-        features=inputs.shape[-1], kernel_axes=("mlp", "embed"), name="wo"
+        features=inputs.shape[-1],
+        kernel_axes=("mlp", "embed"),
+        dtype=output_dtype,
+        name="wo",
     )(hidden)
 
 
@@ -694,6 +704,7 @@ class EncoderLayer(nn.Module):
         chunk_rows=cfg.attention_chunk_rows,
         attention_impl=cfg.attention_impl,
         dense_cls=dense_layer(cfg.dense_layer),
+        output_dtype=cfg.residual_dtype,
         name="attention",
     )(y, y, mask, bias, deterministic=deterministic)
     x = x + _dropout(cfg.dropout_rate)(y, deterministic=deterministic)
@@ -705,6 +716,7 @@ class EncoderLayer(nn.Module):
         dt,
         pdt,
         dense_cls=dense_layer(cfg.dense_layer),
+        output_dtype=cfg.residual_dtype,
         name="mlp",
     )(y, deterministic=deterministic)
     x = x + _dropout(cfg.dropout_rate)(y, deterministic=deterministic)
@@ -742,6 +754,7 @@ class DecoderLayer(nn.Module):
         chunk_rows=cfg.attention_chunk_rows,
         attention_impl=cfg.attention_impl,
         dense_cls=dense_layer(cfg.dense_layer),
+        output_dtype=cfg.residual_dtype,
     )
     y = norm(name="pre_self_attention_layer_norm")(x)
     y = attention(name="self_attention")(
@@ -765,6 +778,7 @@ class DecoderLayer(nn.Module):
         dt,
         pdt,
         dense_cls=dense_layer(cfg.dense_layer),
+        output_dtype=cfg.residual_dtype,
         name="mlp",
     )(y, deterministic=deterministic)
     x = x + _dropout(cfg.dropout_rate)(y, deterministic=deterministic)
@@ -986,7 +1000,7 @@ class Transformer(nn.Module):
     self.token_embedder = Embed(
         cfg.vocab_size,
         cfg.emb_dim,
-        dtype=cfg.activation_dtype,
+        dtype=cfg.residual_dtype,  # the embeddings start the residual stream
         param_dtype=cfg.parameter_dtype,
     )
     self.encoder = Encoder(cfg, shared_embedding=self.token_embedder)
