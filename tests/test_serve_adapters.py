@@ -298,3 +298,32 @@ def test_bad_adapters_are_one_line_errors_naming_the_flag(
   twice = adapters_lib.read("qv", adapter_dirs["qv"])
   with pytest.raises(errors.ConfigError, match="'qv' is given more than once"):
     adapters_lib.Adapters([twice, twice], base)
+
+
+def test_tkx_serve_flags_fail_in_one_line_and_log_the_adapters_once(
+    tiny_checkpoint, adapter_dirs, capsys, caplog
+):
+  from tkx import cli
+  from tkx.commands import serve as serve_command
+
+  for adapter, message in (
+      ("qv", "--adapter qv: expected NAME=PATH"),
+      ("gone=/nonexistent", "--adapter gone=/nonexistent: checkpoint"),
+  ):
+    argv = ["serve", "--checkpoint", tiny_checkpoint, "--port", "0"]
+    assert cli.main(argv + ["--adapter", adapter]) == 2
+    err = [
+        line for line in capsys.readouterr().err.splitlines() if "error" in line
+    ]
+    assert len(err) == 1, err
+    assert err[0].startswith(f"tkx serve: error: {message}"), err
+  loaded = directory.load(tiny_checkpoint)
+  flags = [("qv", adapter_dirs["qv"]), ("mlp", adapter_dirs["mlp"])]
+  with caplog.at_level("INFO"):
+    served = serve_command._load_adapters(flags, loaded)
+  lines = [
+      r.getMessage() for r in caplog.records if "LoRA adapter" in r.getMessage()
+  ]
+  assert served.names == ("qv", "mlp") and len(lines) == 1
+  assert "qv (rank 2, alpha 4, query+value)" in lines[0]
+  assert "mlp (rank 4, alpha 2, wi+wo)" in lines[0]

@@ -3,7 +3,7 @@
 `tkx serve --adapter NAME=PATH` (repeatable) names tkx LoRA checkpoints: model dirs whose
 model.gin sets `network.T5Config.dense_layer = 'lora'` and binds `lora.LoraConfig`, with the
 adapters (`<projection>/lora_a`, `lora_b`) among their parameters (a full LoRA model's or only
-the adapters); the base weights are the server's own checkpoint. Each adapter must fit that
+the adapters; only the adapters are read); the base weights are the server's own checkpoint. Each adapter must fit that
 base: its projections exist there and its shapes match the kernels'.
 
 One compiled program serves every adapter (`tkx.models.lora`'s per-row adapters): the served
@@ -132,20 +132,30 @@ def _weights(params: Mapping) -> Dict[Path, Tuple[np.ndarray, np.ndarray]]:
   return {k: tuple(v) for k, v in out.items()}
 
 
-def read(name: str, path: str) -> Adapter:
-  """The adapter of a tkx LoRA checkpoint dir (or one of its `checkpoint_<step>/`)."""
+def _read_adapter_params(path: str) -> Mapping:
+  """Only the LoRA leaves of a checkpoint's params (a whole LoRA model's base weights are not read)."""
   from tkx.checkpoints import orbax_io
 
+  stored = orbax_io.params_metadata(path)
+  wanted = lora.adapter_params(stored or {})
+  if not wanted:
+    return {}
+  abstract = jax.tree_util.tree_map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), wanted
+  )
+  return orbax_io.load_params(path, abstract)
+
+
+def read(name: str, path: str) -> Adapter:
+  """The adapter of a tkx LoRA checkpoint dir (or one of its `checkpoint_<step>/`)."""
   flag = f"{name}={path}"
   try:
-    root = layout.root_of(path)
-    config = _read_config(flag, root)
-    params = orbax_io.load_params(layout.find_step_dir(path))
+    config = _read_config(flag, layout.root_of(path))
+    weights = _weights(_read_adapter_params(path))
   except (errors.UserError, FileNotFoundError) as e:
     if str(e).startswith("--adapter"):
       raise
     raise _flag_error(flag, str(e)) from None
-  weights = _weights(params)
   if not weights:
     raise _flag_error(
         flag, "the checkpoint holds no LoRA parameters (lora_a, lora_b)"
