@@ -10,6 +10,7 @@ metrics, /healthz and the playground.
 
 import dataclasses
 import threading
+import types
 
 import gin
 import jax
@@ -295,6 +296,16 @@ def test_bad_adapters_are_one_line_errors_naming_the_flag(
       r"but the base's is \[32, 32\]",
   ):
     adapters_lib.Adapters([adapter], base)
+  base_config = directory.read_config(tiny_checkpoint)
+  for changed, message in (
+      (dict(scan_layers=True), "scans its layers"),
+      (dict(dense_layer="lora"), "serve adapters on a plain base"),
+  ):
+    model = types.SimpleNamespace(
+        module=None, config=dataclasses.replace(base_config, **changed)
+    )
+    with pytest.raises(errors.ConfigError, match=f"--adapter: .*{message}"):
+      adapters_lib.check_base(model)
   twice = adapters_lib.read("qv", adapter_dirs["qv"])
   with pytest.raises(errors.ConfigError, match="'qv' is given more than once"):
     adapters_lib.Adapters([twice, twice], base)

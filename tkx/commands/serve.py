@@ -86,6 +86,7 @@ def _load_adapters(flags, loaded):
     return None
   from tkx.serve import adapters as adapters_lib
 
+  adapters_lib.check_base(loaded.model)
   adapters = adapters_lib.Adapters(
       [adapters_lib.read(name, path) for name, path in flags], loaded.params
   )

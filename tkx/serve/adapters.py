@@ -20,7 +20,8 @@ Contract (the names other modules rely on; change one only together with its use
 - `read(name, path) -> Adapter` (its `LoraConfig` and adapters by projection path);
   `Adapters(adapters: Sequence[Adapter], base_params)`: checked against the base, stacked;
   `.names`, `.index(name)` (0: base; unknown -> `schema.RequestError` naming it),
-  `.model(base_model)` (the served model), `.rows(base_params, partitioner, batch_size)`
+  `.model(base_model)` (the served model; `check_base(model)` says first whether a base can
+  take adapters), `.rows(base_params, partitioner, batch_size)`
   -> `RowParams`.
 - `RowParams.param_shardings`, `.initial` (every row the base) and `RowParams(adapter_ids)`:
   the parameter tree of one batch (per-row `lora_a` [batch_size, in, rank] gathered on the
@@ -239,7 +240,7 @@ class Adapters:
     stacked = {}
     for keys in self._served_paths(base_params):
       kernel = _subtree(base_params, keys + ("kernel",))
-      (fan_in, fan_out), dtype = np.shape(kernel), np.asarray(kernel).dtype
+      (fan_in, fan_out), dtype = kernel.shape, kernel.dtype
       a = np.zeros((rows, fan_in, rank), dtype)
       b = np.zeros((rows, rank, fan_out), dtype)
       for row, adapter in enumerate(self.adapters, start=1):
@@ -281,21 +282,7 @@ class Adapters:
 
   def model(self, base_model):
     """The base model with the served LoRA layout on its projections (same class and settings)."""
-    config = getattr(base_model, "config", None)
-    if config is None or not hasattr(base_model, "module"):
-      raise errors.ConfigError(
-          f"--adapter: the base model {type(base_model).__name__} has no T5 module to adapt"
-      )
-    if config.scan_layers:
-      raise errors.ConfigError(
-          "--adapter: the base checkpoint scans its layers (T5Config.scan_layers); "
-          "per-row adapters need the per-layer layout"
-      )
-    if config.dense_layer != "dense":
-      raise errors.ConfigError(
-          f"--adapter: the base checkpoint's dense layer is {config.dense_layer!r}; "
-          "serve adapters on a plain base (tkx export-checkpoint merges a LoRA checkpoint)"
-      )
+    config = check_base(base_model)
     served = copy.copy(base_model)
     served.module = base_model.module.clone(
         config=dataclasses.replace(
@@ -309,6 +296,26 @@ class Adapters:
     return RowParams(
         self, base_params, partitioner, param_shardings, batch_size
     )
+
+
+def check_base(base_model):
+  """The base model's T5Config if per-row adapters can adapt it (plain, per-layer); else a ConfigError."""
+  config = getattr(base_model, "config", None)
+  if config is None or not hasattr(base_model, "module"):
+    raise errors.ConfigError(
+        f"--adapter: the base model {type(base_model).__name__} has no T5 module to adapt"
+    )
+  if config.scan_layers:
+    raise errors.ConfigError(
+        "--adapter: the base checkpoint scans its layers (T5Config.scan_layers); "
+        "per-row adapters need the per-layer layout"
+    )
+  if config.dense_layer != "dense":
+    raise errors.ConfigError(
+        f"--adapter: the base checkpoint's dense layer is {config.dense_layer!r}; "
+        "serve adapters on a plain base (tkx export-checkpoint merges a LoRA checkpoint)"
+    )
+  return config
 
 
 def _insert(tree: Mapping, keys: Path, leaves: Mapping) -> dict:
