@@ -5,7 +5,8 @@
 
 `POST /v1/generate` takes `{"inputs": "<prompt>"}` or `{"definition", "positive_examples",
 "negative_examples", "input", "encoding"}` (plus optional `max_decode_length`, `num_beams`,
-`temperature`, `seed`, and `adapter`: a LoRA adapter served with `--adapter NAME=PATH`) and answers `{"prediction", "input_tokens", "output_tokens", "truncated"}`.
+`temperature`, `seed`, and `adapter`: a LoRA adapter served with `--adapter NAME=PATH`) and
+answers `{"prediction", "input_tokens", "output_tokens", "truncated"}`.
 `GET /` is a playground page, `GET /healthz` a liveness check, `GET /metrics` Prometheus metrics.
 Answers are those of `tkx infer` with the same flags; SIGTERM or Ctrl-C finishes the requests in
 flight, then exits.
@@ -74,12 +75,6 @@ def _check_port_free(host: str, port: int):
     raise errors.ConfigError(f"--host {host} --port {port}: {reason}") from None
 
 
-def adapters_flag(text: str):
-  from tkx.serve import adapters as adapters_lib
-
-  return adapters_lib.parse_flag(text)
-
-
 def _load_adapters(flags, loaded):
   """The `--adapter`s read and checked against the base (None without any); logged once."""
   if not flags:
@@ -116,7 +111,9 @@ def main(args):
     raise errors.ConfigError(
         f"--max_request_bytes must be >= 1, got {args.max_request_bytes}"
     )
-  adapter_flags = [adapters_flag(text) for text in args.adapter]
+  from tkx.serve import adapters as adapters_lib
+
+  adapter_flags = [adapters_lib.parse_flag(text) for text in args.adapter]
   _check_port_free(args.host, args.port)
   from tkx import multihost
 

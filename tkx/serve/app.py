@@ -2,9 +2,10 @@
 
 `Generator` turns validated requests into token ids exactly as `tkx infer` does (ready prompts:
 `infer.cut_to_budget` of the vocabulary's encoding; structured ones: the Tk-Instruct encoder with
-the token budget first) and hands them to the `Batcher`, with the row of the LoRA adapter
-each names (`tkx.serve.adapters`: with adapters the model decodes every row with its own). `create_app` wraps it in Starlette: every
-client error is a 4xx JSON `{"error": "<field>: <what is wrong>"}` and leaves the server serving.
+the token budget first) and hands them to the `Batcher`, each with the row of the LoRA adapter it
+names (`tkx.serve.adapters`: with adapters, every row of a batch decodes with its own).
+`create_app` wraps it in Starlette: every client error is a 4xx JSON
+`{"error": "<field>: <what is wrong>"}` and leaves the server serving.
 """
 
 import asyncio
