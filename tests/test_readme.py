@@ -847,6 +847,9 @@ FAST_FORMS: Dict[str, FastForm] = {
         sub=(("--max_decode_length 16", "--max_decode_length 4"),),
         add="--requests_per_client 1 --peer_requests 2",
     ),
+    "python bench/serve.py --adapters 4 --models tiny --max_decode_length 8": (
+        FastForm(add="--smoke")
+    ),
     # --- packed training: the tiny model on 16 examples (one HF batch)
     "python bench/train_throughput.py --ni_dir ../shared/natural-instructions --model small": FastForm(
         sub=(("--model small", "--model tiny"),), add="--examples 16"

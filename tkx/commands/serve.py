@@ -1,11 +1,12 @@
 """`tkx serve`: keep a checkpoint loaded and answer instructions over HTTP, batching concurrent requests.
 
     tkx serve --checkpoint CKPT [--host 127.0.0.1] [--port 8000] [--batch_size 8] [--max_wait_ms 10]
-              [--max_request_bytes 1048576] [decoding flags of tkx infer]
+              [--max_request_bytes 1048576] [--adapter NAME=PATH ...] [decoding flags of tkx infer]
 
 `POST /v1/generate` takes `{"inputs": "<prompt>"}` or `{"definition", "positive_examples",
 "negative_examples", "input", "encoding"}` (plus optional `max_decode_length`, `num_beams`,
-`temperature`, `seed`) and answers `{"prediction", "input_tokens", "output_tokens", "truncated"}`.
+`temperature`, `seed`, and `adapter`: a LoRA adapter served with `--adapter NAME=PATH`) and
+answers `{"prediction", "input_tokens", "output_tokens", "truncated"}`.
 `GET /` is a playground page, `GET /healthz` a liveness check, `GET /metrics` Prometheus metrics.
 Answers are those of `tkx infer` with the same flags; SIGTERM or Ctrl-C finishes the requests in
 flight, then exits.
@@ -40,6 +41,21 @@ def add_arguments(parser):
       default=1 << 20,
       help="largest request body accepted; larger ones get 413 (default 1 MiB)",
   )
+  parser.add_argument(
+      "--adapter",
+      action="append",
+      default=[],
+      metavar="NAME=PATH",
+      help="serve a LoRA adapter (a tkx LoRA checkpoint dir of this base model) as NAME; "
+      'repeatable. Requests choose one with "adapter": "NAME" (none: the base model)',
+  )
+  parser.add_argument(
+      "--adapter_batches",
+      choices=("mixed", "per_adapter"),
+      default="mixed",
+      help="mixed (default): requests for different adapters share a batch; per_adapter: "
+      "one adapter per batch (for comparison: bench/serve.py --adapters)",
+  )
   # --checkpoint, gin and the decoding flags (incl. --batch_size, --max_input_length,
   # --input_buckets) exactly as `tkx infer` takes them.
   infer_command.add_common_arguments(parser)
@@ -59,6 +75,27 @@ def _check_port_free(host: str, port: int):
     raise errors.ConfigError(f"--host {host} --port {port}: {reason}") from None
 
 
+def _load_adapters(flags, loaded):
+  """The `--adapter`s read and checked against the base (None without any); logged once."""
+  if not flags:
+    return None
+  from tkx.serve import adapters as adapters_lib
+
+  adapters_lib.check_base(loaded.model)
+  adapters = adapters_lib.Adapters(
+      [adapters_lib.read(name, path) for name, path in flags], loaded.params
+  )
+  logging.getLogger(__name__).info(
+      "serving %d LoRA adapter(s) on %s: %s; one layout: rank %d, %s",
+      len(adapters.names),
+      loaded.path,
+      adapters.describe(),
+      adapters.config.rank,
+      "+".join(adapters.config.targets),
+  )
+  return adapters
+
+
 configure = infer_command.parse_gin
 GIN_FLAGS = infer_command.DECODE_FLAGS
 
@@ -74,6 +111,9 @@ def main(args):
     raise errors.ConfigError(
         f"--max_request_bytes must be >= 1, got {args.max_request_bytes}"
     )
+  from tkx.serve import adapters as adapters_lib
+
+  adapter_flags = [adapters_lib.parse_flag(text) for text in args.adapter]
   _check_port_free(args.host, args.port)
   from tkx import multihost
 
@@ -110,6 +150,8 @@ def main(args):
       max_input_length=max_input_length,
       max_wait_s=args.max_wait_ms / 1000.0,
       metrics=metrics_lib.Metrics(),
+      adapters=_load_adapters(adapter_flags, loaded),
+      mixed_adapter_batches=args.adapter_batches == "mixed",
   )
   app = app_lib.create_app(generator, max_request_bytes=args.max_request_bytes)
   logging.getLogger(__name__).info(

@@ -28,6 +28,8 @@ Contract (the names other modules rely on; change one only together with its use
   i's adapter to row i of x. When x has k times as many rows (decoding expands
   each row into k consecutive beams), each adapter row is repeated k times. An
   all-zero row is "no adapter". (Per-layer layout only.)
+- `dense_layer_for(config)`: a registered dense-layer name for LoRA with that
+  exact config (models built in code, e.g. the server's adapter layout).
 - `merge(params, config)`: the plain T5 tree, kernel + scale * a @ b per adapted
   projection, adapter leaves gone. `is_adapter_param(path)`.
 - Dropout on the adapter's input runs when the module is applied with a
@@ -35,6 +37,7 @@ Contract (the names other modules rely on; change one only together with its use
 """
 
 import dataclasses
+import functools
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import gin
@@ -238,3 +241,20 @@ def num_adapter_params(params: Mapping) -> int:
   return int(
       sum(np.prod(np.shape(x)) for x in jax.tree.leaves(adapter_params(params)))
   )
+
+
+def dense_layer_for(config: LoraConfig) -> str:
+  """A dense-layer name for LoRA with exactly `config` (not gin's), registered on first use.
+
+  For a model built in code whose adapters are not gin's (`tkx.serve.adapters`:
+  one layout that holds every served adapter).
+  """
+  name = (
+      f"lora(rank={config.rank},alpha={config.alpha},"
+      f"targets={'+'.join(config.targets)},stacks={'+'.join(config.stacks)})"
+  )
+  if name not in network.DENSE_LAYERS:
+    network.register_dense_layer(name)(
+        functools.partial(LoraDense, config=config)
+    )
+  return name
