@@ -1,14 +1,39 @@
-"""`tkx export-checkpoint`: a tkx checkpoint -> a Hugging Face T5 checkpoint.
+"""`tkx export-checkpoint`: a tkx checkpoint -> Hugging Face T5, t5x, and (LoRA) a peft adapter.
 
     tkx export-checkpoint --checkpoint ckpts/run1 --hf exported/run1
+    tkx export-checkpoint --checkpoint ckpts/run1 --t5x exported/run1_t5x
+    tkx export-checkpoint --checkpoint ckpts/lora1 --peft exported/lora1_adapter \
+        --hf exported/lora1_base --lora_weights base
 
-Writes `config.json`, `model.safetensors` and, when the vocabulary is a local
-SentencePiece file (the checkpoint's `spm.model`, or the one its model.gin names),
-the tokenizer (`spiece.model` and transformers' tokenizer files); load them with
-`transformers.T5ForConditionalGeneration.from_pretrained` and
-`transformers.AutoTokenizer.from_pretrained`.
+`--hf` writes `config.json`, `model.safetensors` and, when the vocabulary is a
+local SentencePiece file (the checkpoint's `spm.model`, or the one its model.gin
+names), the tokenizer (`spiece.model` and transformers' tokenizer files); load
+them with `transformers.T5ForConditionalGeneration.from_pretrained` and
+`transformers.AutoTokenizer.from_pretrained`. `--t5x` writes a t5x checkpoint
+`checkpoint_<step>/` (msgpack + TensorStore zarr; `t5x_format.save_params`).
+
+A LoRA checkpoint (model.gin: `network.T5Config.dense_layer = 'lora'` and
+`lora.LoraConfig.*`; params with `lora_a`/`lora_b` beside the adapted kernels):
+`--lora_weights merged` (the default) writes through `--hf`/`--t5x` the plain
+model that computes what the LoRA model computes (`lora.merge`);
+`--lora_weights base` writes the base model without the adapters, which is what
+`--peft DIR` adapters (`adapter_config.json` + `adapter_model.safetensors`,
+`peft_format.export_peft`) load onto with
+`peft.PeftModel.from_pretrained(base, DIR)`. `--peft_base` is recorded as the
+adapter's `base_model_name_or_path` (default: the `--hf` dir when it gets the
+base, else none).
 `--checkpoint` is a tkx checkpoint dir (its newest step) or one `checkpoint_<step>/`.
 """
+
+import enum
+import os
+
+from tkx import errors
+
+
+class LoraWeights(enum.Enum):
+  MERGED = "merged"  # base + scale * lora_a @ lora_b: the LoRA model's function
+  BASE = "base"  # the kernels the adapters were trained on
 
 
 def add_arguments(parser):
@@ -19,23 +44,107 @@ def add_arguments(parser):
       "or one checkpoint_<step>/",
   )
   parser.add_argument(
-      "--hf",
-      required=True,
-      metavar="OUT_DIR",
-      help="directory to write the HF checkpoint to",
+      "--hf", metavar="OUT_DIR", help="directory to write the HF checkpoint to"
   )
+  parser.add_argument(
+      "--t5x",
+      metavar="OUT_DIR",
+      help="directory to write a t5x checkpoint (checkpoint_<step>/) to",
+  )
+  parser.add_argument(
+      "--peft",
+      metavar="OUT_DIR",
+      help="LoRA checkpoints: directory to write the Hugging Face peft adapter to",
+  )
+  parser.add_argument(
+      "--lora_weights",
+      choices=[w.value for w in LoraWeights],
+      default=LoraWeights.MERGED.value,
+      help="LoRA checkpoints: what --hf/--t5x get: the merged model (default) "
+      "or the base without adapters (what --peft adapters load onto)",
+  )
+  parser.add_argument(
+      "--peft_base",
+      metavar="NAME_OR_DIR",
+      help="the peft adapter's base_model_name_or_path (default: the --hf dir "
+      "with --lora_weights base, else none)",
+  )
+
+
+def _lora_config(config, params, args):
+  """The checkpoint's LoraConfig (model.gin's bindings) when its params hold adapters, else None."""
+  from tkx.models import lora
+
+  if not lora.adapter_params(params):
+    if args.peft:
+      raise errors.ConfigError(
+          f"--peft: {args.checkpoint} holds no LoRA adapters "
+          f"(model.gin's network.T5Config.dense_layer is {config.dense_layer!r})"
+      )
+    return None
+  if config.dense_layer != "lora":
+    raise errors.ConfigError(
+        f"{args.checkpoint}: params hold LoRA adapters but model.gin's "
+        f"network.T5Config.dense_layer is {config.dense_layer!r}, not 'lora': "
+        "the adapters' scale (lora.LoraConfig) is unknown"
+    )
+  return lora.LoraConfig()  # as model.gin binds it (parsed by directory.read)
+
+
+def _plain_params(params, lora_config, weights: LoraWeights):
+  import jax
+  import numpy as np
+  from tkx.checkpoints import peft_format
+  from tkx.models import lora
+
+  if lora_config is None:
+    return params
+  if weights is LoraWeights.BASE:
+    return peft_format.without_adapters(params)
+  return jax.tree.map(np.asarray, lora.merge(params, lora_config))
 
 
 def main(args):
-  from tkx.checkpoints import directory, hf
+  from tkx.checkpoints import directory, hf, layout, peft_format, t5x_format
 
+  if not (args.hf or args.t5x or args.peft):
+    raise errors.ConfigError(
+        "tkx export-checkpoint: give at least one of --hf, --t5x, --peft"
+    )
   config, params, spm = directory.read(args.checkpoint)
-  hf.export_hf(
-      config,
-      params,
-      args.hf,
-      spm_model=spm,
-      extra_ids=directory.extra_ids_for(spm, config) if spm else 0,
-  )
-  print(f"wrote Hugging Face checkpoint {args.hf}")
+  lora_config = _lora_config(config, params, args)
+  weights = LoraWeights(args.lora_weights)
+  plain_config = config.replace(dense_layer="dense")
+  if args.hf or args.t5x:
+    plain = _plain_params(params, lora_config, weights)
+    hf.check_params(plain, plain_config, source=args.checkpoint)
+  if args.hf:
+    hf.export_hf(
+        plain_config,
+        plain,
+        args.hf,
+        spm_model=spm,
+        extra_ids=directory.extra_ids_for(spm, config) if spm else 0,
+    )
+    print(
+        f"wrote Hugging Face checkpoint {args.hf}{_what(lora_config, weights)}"
+    )
+  if args.t5x:
+    step = layout.step_of(layout.find_step_dir(args.checkpoint))
+    out = t5x_format.save_params(args.t5x, plain, step=step)
+    print(f"wrote t5x checkpoint {out}{_what(lora_config, weights)}")
+  if args.peft:
+    base = args.peft_base
+    if base is None and args.hf and weights is LoraWeights.BASE:
+      base = os.path.abspath(args.hf)
+    peft_format.export_peft(config, lora_config, params, args.peft, base)
+    print(f"wrote peft LoRA adapter {args.peft}")
   return 0
+
+
+def _what(lora_config, weights: LoraWeights) -> str:
+  if lora_config is None:
+    return ""
+  if weights is LoraWeights.BASE:
+    return " (the base model, LoRA adapters left out)"
+  return " (LoRA adapters merged)"
