@@ -341,6 +341,28 @@ def test_adapters_tkx_cannot_compute_exactly_are_refused(tmp_path):
         ]
     )
   del model
+  save_file(tensors, str(weights))
+
+  # A LoRA checkpoint without its base's kernels cannot be merged: said, not a KeyError.
+  config, params, _ = hf.import_hf(str(tmp_path / "base"))
+  lora_config, adapters = peft_format.read_peft(str(adapter), config)
+  only = tmp_path / "adapters_only"
+  directory.write_checkpoint(
+      config.replace(dense_layer="lora"),
+      lora.adapter_params(peft_format.with_adapters(params, adapters)),
+      str(only),
+      extra_gin=lora.gin_bindings(lora_config),
+  )
+  with pytest.raises(errors.UserError, match="missing .*kernel"):
+    cli.run(
+        [
+            "export-checkpoint",
+            "--checkpoint",
+            str(only),
+            "--hf",
+            str(tmp_path / "y"),
+        ]
+    )
 
   # --peft needs a LoRA checkpoint; an export needs an output.
   plain = tmp_path / "plain"

@@ -91,16 +91,20 @@ def _lora_config(config, params, args):
   return lora.LoraConfig()  # as model.gin binds it (parsed by directory.read)
 
 
-def _plain_params(params, lora_config, weights: LoraWeights):
+def _plain_params(
+    params, lora_config, weights: LoraWeights, plain_config, source
+):
+  """The plain T5 params --hf/--t5x write (checked against the config)."""
   import jax
   import numpy as np
-  from tkx.checkpoints import peft_format
+  from tkx.checkpoints import hf, peft_format
   from tkx.models import lora
 
-  if lora_config is None:
-    return params
-  if weights is LoraWeights.BASE:
-    return peft_format.without_adapters(params)
+  base = params if lora_config is None else peft_format.without_adapters(params)
+  # Checked before merging: a LoRA checkpoint must hold the base's kernels too.
+  hf.check_params(base, plain_config, source=source)
+  if lora_config is None or weights is LoraWeights.BASE:
+    return base
   return jax.tree.map(np.asarray, lora.merge(params, lora_config))
 
 
@@ -116,8 +120,9 @@ def main(args):
   weights = LoraWeights(args.lora_weights)
   plain_config = config.replace(dense_layer="dense")
   if args.hf or args.t5x:
-    plain = _plain_params(params, lora_config, weights)
-    hf.check_params(plain, plain_config, source=args.checkpoint)
+    plain = _plain_params(
+        params, lora_config, weights, plain_config, args.checkpoint
+    )
   if args.hf:
     hf.export_hf(
         plain_config,
