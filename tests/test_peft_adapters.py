@@ -118,13 +118,8 @@ def _tkx_lora_checkpoint(path, ff, tied, lora_config, scan_layers):
       )
   config = config.replace(dense_layer="lora", scan_layers=scan_layers)
   params = peft_format.with_adapters(hf.hf_to_params(state, config), adapters)
-  directory.write_checkpoint(
-      config,
-      params,
-      str(path),
-      step=7,
-      extra_gin=lora.gin_bindings(lora_config),
-  )
+  gin.parse_config(lora.gin_bindings(lora_config))  # what model.gin records
+  directory.write_checkpoint(config, params, str(path), step=7)
   return config, params
 
 
@@ -347,11 +342,11 @@ def test_adapters_tkx_cannot_compute_exactly_are_refused(tmp_path):
   config, params, _ = hf.import_hf(str(tmp_path / "base"))
   lora_config, adapters = peft_format.read_peft(str(adapter), config)
   only = tmp_path / "adapters_only"
+  gin.parse_config(lora.gin_bindings(lora_config))
   directory.write_checkpoint(
       config.replace(dense_layer="lora"),
       lora.adapter_params(peft_format.with_adapters(params, adapters)),
       str(only),
-      extra_gin=lora.gin_bindings(lora_config),
   )
   with pytest.raises(errors.UserError, match="missing .*kernel"):
     cli.run(

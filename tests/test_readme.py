@@ -412,6 +412,7 @@ def _check_imported(path):
 
 def _write_lora_checkpoint(work):
   """docs/adapters.md's `ckpts/lora1`: the tiny model with random rank-4 adapters on q and v, as a LoRA run writes it."""
+  import gin
   import numpy as np
 
   from tkx.checkpoints import directory, hf, peft_format
@@ -436,12 +437,14 @@ def _write_lora_checkpoint(work):
       for _, path in hf.projection_modules(plain)
       if lora_config.is_target(path)
   }
+  gin.parse_config(
+      lora.gin_bindings(lora_config)
+  )  # model.gin records gin's LoraConfig
   directory.write_checkpoint(
       config.replace(dense_layer="lora"),
       peft_format.with_adapters(params, adapters),
       str(out),
       spm_model=spm,
-      extra_gin=lora.gin_bindings(lora_config),
   )
 
 

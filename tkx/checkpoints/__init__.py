@@ -15,11 +15,11 @@
   `root_of(path)` (the dir holding model.gin; FileNotFoundError naming the path otherwise). The only place that
   spells `checkpoint_<step>` (t5x uses the same names).
 - `directory`: `config_to_gin(config, vocab_path=None, extra_ids=None, z_loss, label_smoothing,
-  loss_normalizing_factor, comment, extra_gin="") -> str` (a complete model gin file with every `T5Config` field,
-  then `extra_gin`: the dense layer's own bindings, e.g. `lora.gin_bindings(lora_config)`);
+  loss_normalizing_factor, comment) -> str` (a complete model gin file with every `T5Config` field, and gin's
+  `lora.LoraConfig()` when the dense layer is "lora");
   `write_model_files(dir, config, spm_model=None, ...)` (model.gin, atomically, + spm.model copy);
   `write_model_files_for(model, dir)` (from a model: its class, config, loss settings, vocabulary; what the trainer writes, so model.gin
-  describes the trained model); `write_checkpoint(config, params, dir, spm_model=None, step=0, extra_gin="")` (import);
+  describes the trained model); `write_checkpoint(config, params, dir, spm_model=None, step=0)` (import);
   `sentinel_ids_for(spm, vocab_size)` (T5's 100-sentinel rule); `read_config(root, bindings=(), clear=True)`;
   `load_vocabulary(root, config, vocab_path=None)`; `build_model(config, vocabulary)` (the default model of a
   config, for tests/benches); model.gin binds `MODEL` to the model's class (`gin_selector(cls)`: the name gin knows

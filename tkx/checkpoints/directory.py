@@ -108,7 +108,6 @@ def config_to_gin(
     loss_normalizing_factor: Optional[float] = None,
     comment: str = "",
     model_class: str = DEFAULT_MODEL_CLASS,
-    extra_gin: str = "",
 ) -> str:
   """A complete model gin file (as `gin_configs/models/*/*.gin`) for a `T5Config`, written as `model.gin`.
 
@@ -117,8 +116,8 @@ def config_to_gin(
   a path the embedded sample vocabulary is named. `MODEL` builds `model_class`
   (`module.Class`, registered with gin; see `write_model_files_for`); the
   modules of the model class and of a non-default `config.dense_layer` are
-  imported. `extra_gin` (bindings of the dense layer's own settings, e.g.
-  `lora.gin_bindings`) is appended. Read back with `read_config` / `load`.
+  imported. With the dense layer "lora", gin's `lora.LoraConfig()` (what the
+  model was built with) is bound too. Read back with `read_config` / `load`.
   """
   from tkx.models import network
 
@@ -164,7 +163,11 @@ def config_to_gin(
       value = tuple(value)
     lines.append(f"  {field.name} = {_gin_literal(value)}")
   lines.append("  dropout_rate = %DROPOUT_RATE")
-  return "\n".join(lines) + "\n" + (f"\n{extra_gin}" if extra_gin else "")
+  if config.dense_layer == "lora":
+    from tkx.models import lora
+
+    lines += ["", lora.gin_bindings(lora.LoraConfig()).rstrip("\n")]
+  return "\n".join(lines) + "\n"
 
 
 def write_model_files(
@@ -179,7 +182,6 @@ def write_model_files(
     loss_normalizing_factor: Optional[float] = None,
     comment: str = "",
     model_class: str = DEFAULT_MODEL_CLASS,
-    extra_gin: str = "",
 ) -> None:
   """Writes `model.gin` (atomically) and, given `spm_model`, copies it to `spm.model`.
 
@@ -204,7 +206,6 @@ def write_model_files(
             loss_normalizing_factor=loss_normalizing_factor,
             comment=comment,
             model_class=model_class,
-            extra_gin=extra_gin,
         )
     )
 
@@ -260,7 +261,6 @@ def write_checkpoint(
     comment: str = "",
     vocab_path: Optional[str] = None,
     extra_ids: Optional[int] = None,
-    extra_gin: str = "",
 ) -> str:
   """A params-only tkx checkpoint dir: `checkpoint_<step>/`, `model.gin` [+ `spm.model`]; returns the dir."""
   out_dir = os.path.abspath(out_dir)
@@ -273,7 +273,6 @@ def write_checkpoint(
       vocab_path=vocab_path,
       extra_ids=extra_ids,
       comment=comment,
-      extra_gin=extra_gin,
   )
   log.info("Wrote %s", step_dir)
   return out_dir

@@ -119,12 +119,15 @@ def _peft_base(args):
 
 
 def _add_peft(args, config, params, comment):
-  """(config, params, extra model.gin, comment) with the --peft adapter added to the base."""
+  """(config, params, comment) with the --peft adapter added to the base; gin's LoraConfig bound to it."""
+  import gin
   from tkx.checkpoints import peft_format
   from tkx.models import lora
 
   lora_config, adapters = peft_format.read_peft(args.peft, config)
   params = peft_format.with_adapters(params, adapters)
+  # model.gin records gin's LoraConfig (directory.config_to_gin) for the dense layer "lora".
+  gin.parse_config(lora.gin_bindings(lora_config))
   logging.info(
       "%s: LoRA rank %d, alpha %s on %s of the %s",
       args.peft,
@@ -134,12 +137,7 @@ def _add_peft(args, config, params, comment):
       " and ".join(lora_config.stacks),
   )
   comment = f"Imported by tkx import-checkpoint: peft adapter {args.peft} on {comment}"
-  return (
-      config.replace(dense_layer="lora"),
-      params,
-      lora.gin_bindings(lora_config),
-      comment,
-  )
+  return config.replace(dense_layer="lora"), params, comment
 
 
 def main(args):
@@ -160,11 +158,8 @@ def main(args):
   else:
     config, params, vocab_path, extra_ids = _read_t5x(args, args.dtype)
     comment = f"t5x checkpoint {args.t5x}"  # no vocabulary: the gin files' one
-  extra_gin = ""
   if args.peft:
-    config, params, extra_gin, comment = _add_peft(
-        args, config, params, comment
-    )
+    config, params, comment = _add_peft(args, config, params, comment)
   else:
     comment = f"Imported by tkx import-checkpoint from {comment}"
   out = directory.write_checkpoint(
@@ -176,7 +171,6 @@ def main(args):
       vocab_path=vocab_path,
       extra_ids=extra_ids,
       comment=comment,
-      extra_gin=extra_gin,
   )
   if args.hf and spm is None:
     logging.warning(
