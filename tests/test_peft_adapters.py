@@ -286,7 +286,7 @@ def test_peft_adapter_imports_with_the_same_logits_and_exports_back(
   ] == sorted(targets)
 
 
-def test_adapters_tkx_cannot_compute_exactly_are_refused(tmp_path):
+def test_refusals_and_a_checkpoint_of_adapters_only_merged_over_its_base(tmp_path):
   model = _peft_adapter(tmp_path, "relu", True, ["q", "v"])
   adapter = tmp_path / "adapter"
   config_file = adapter / peft_format.ADAPTER_CONFIG_FILE
@@ -348,7 +348,7 @@ def test_adapters_tkx_cannot_compute_exactly_are_refused(tmp_path):
       lora.adapter_params(peft_format.with_adapters(params, adapters)),
       str(only),
   )
-  with pytest.raises(errors.UserError, match="missing .*kernel"):
+  with pytest.raises(errors.UserError, match="missing .*kernel.*--base"):
     cli.run(
         [
             "export-checkpoint",
@@ -358,6 +358,36 @@ def test_adapters_tkx_cannot_compute_exactly_are_refused(tmp_path):
             str(tmp_path / "y"),
         ]
     )
+  # With its base: the merged model of the whole LoRA checkpoint, bit for bit.
+  whole = tmp_path / "whole"
+  cli.run(
+      [
+          "import-checkpoint",
+          "--peft",
+          str(adapter),
+          "--hf",
+          str(tmp_path / "base"),
+          "--output",
+          str(whole),
+      ]
+  )
+  for ckpt, base in ((whole, []), (only, ["--base", str(tmp_path / "base")])):
+    cli.run(
+        [
+            "export-checkpoint",
+            "--checkpoint",
+            str(ckpt),
+            "--hf",
+            str(ckpt / "hf"),
+            *base,
+        ]
+    )
+  merged = [
+      load_file(str(c / "hf" / "model.safetensors")) for c in (whole, only)
+  ]
+  assert sorted(merged[0]) == sorted(merged[1])
+  for name, value in merged[0].items():
+    np.testing.assert_array_equal(merged[1][name], value, err_msg=name)
 
   # --peft needs a LoRA checkpoint; an export needs an output.
   plain = tmp_path / "plain"

@@ -22,6 +22,9 @@ model that computes what the LoRA model computes (`lora.merge`);
 `peft.PeftModel.from_pretrained(base, DIR)`. `--peft_base` is recorded as the
 adapter's `base_model_name_or_path` (default: the `--hf` dir when it gets the
 base, else none).
+A checkpoint that holds the adapters only (an adapter run's) is merged over
+the base that `--base` names (a tkx, t5x or HF checkpoint), by default the one
+its model.gin names (`adapters.base_checkpoint.path`); `--peft` needs no base.
 `--checkpoint` is a tkx checkpoint dir (its newest step) or one `checkpoint_<step>/`.
 """
 
@@ -29,6 +32,9 @@ import enum
 import os
 
 from tkx import errors
+
+# Where an adapter checkpoint's model.gin names its base (tkx.models.adapters, the LoRA training runs).
+BASE_BINDING = "adapters.base_checkpoint.path"
 
 
 class LoraWeights(enum.Enum):
@@ -62,6 +68,12 @@ def add_arguments(parser):
       default=LoraWeights.MERGED.value,
       help="LoRA checkpoints: what --hf/--t5x get: the merged model (default) "
       "or the base without adapters (what --peft adapters load onto)",
+  )
+  parser.add_argument(
+      "--base",
+      metavar="CHECKPOINT",
+      help="LoRA checkpoints holding the adapters only: the base checkpoint (tkx, "
+      "t5x or HF dir) for --hf/--t5x (default: the one model.gin names)",
   )
   parser.add_argument(
       "--peft_base",
@@ -101,14 +113,50 @@ def _plain_params(
   from tkx.models import lora
 
   base = params if lora_config is None else peft_format.without_adapters(params)
-  # Checked before merging: a LoRA checkpoint must hold the base's kernels too.
-  hf.check_params(base, plain_config, source=source)
+  try:  # before merging: the base's kernels must be there
+    hf.check_params(base, plain_config, source=source)
+  except hf.CheckpointFormatError as e:
+    if lora_config is None:
+      raise
+    raise hf.CheckpointFormatError(
+        f"{e}; a checkpoint of LoRA adapters only needs its base: --base CHECKPOINT"
+    ) from None
   if lora_config is None or weights is LoraWeights.BASE:
     return base
   return jax.tree.map(np.asarray, lora.merge(params, lora_config))
 
 
+def _read_base(path: str):
+  """numpy params (adapters dropped) of a tkx, Hugging Face or t5x checkpoint."""
+  from tkx.checkpoints import hf, orbax_io, peft_format, t5x_format
+
+  if orbax_io.is_tkx_checkpoint(path):
+    params = orbax_io.load_params(path)
+  elif hf.is_hf_checkpoint(path):
+    _, params, _ = hf.import_hf(path)
+  else:
+    params = t5x_format.load_params(path)
+  return peft_format.without_adapters(params)
+
+
+def _over_base(params, base_path):
+  """The checkpoint's params laid over its base's (the base's kernels where it holds adapters only)."""
+  from tkx.models import scan
+
+  base = scan.to_layout(_read_base(base_path), scan.is_scanned(params))
+
+  def lay(under, over):
+    out = dict(under)
+    for key, value in over.items():
+      mapping = isinstance(value, dict) and isinstance(out.get(key), dict)
+      out[key] = lay(out[key], value) if mapping else value
+    return out
+
+  return lay(base, scan.to_layout(params, scan.is_scanned(params)))
+
+
 def main(args):
+  from tkx import gin_utils
   from tkx.checkpoints import directory, hf, layout, peft_format, t5x_format
 
   if not (args.hf or args.t5x or args.peft):
@@ -117,6 +165,9 @@ def main(args):
     )
   config, params, spm = directory.read(args.checkpoint)
   lora_config = _lora_config(config, params, args)
+  base_path = args.base or gin_utils.query(BASE_BINDING)
+  if lora_config is not None and base_path and (args.hf or args.t5x):
+    params = _over_base(params, base_path)
   weights = LoraWeights(args.lora_weights)
   plain_config = config.replace(dense_layer="dense")
   if args.hf or args.t5x:
