@@ -288,15 +288,13 @@ def _checked_pair(pair, module, path, rank, config, source):
   )
 
 
-def with_adapters(
-    params: Mapping[str, Any], adapters, dtype=None
-) -> Dict[str, Any]:
-  """`params` (either layout) with `lora_a`/`lora_b` beside each adapted kernel, in the params' layout."""
+def with_adapters(params: Mapping[str, Any], adapters) -> Dict[str, Any]:
+  """`params` (either layout) with `lora_a`/`lora_b` beside each adapted kernel (its dtype), in the params' layout."""
   scanned = scan.is_scanned(params)
   out = scan.unscan_params(hf._unbox(params))  # pylint: disable=protected-access
   for path, (a, b) in adapters.items():
     node = _node(out, path, "base params")
-    kernel_dtype = dtype or np.asarray(node["kernel"]).dtype
+    kernel_dtype = np.asarray(node["kernel"]).dtype
     node["lora_a"] = np.asarray(a).astype(kernel_dtype)
     node["lora_b"] = np.asarray(b).astype(kernel_dtype)
   return scan.to_layout(out, scanned)
