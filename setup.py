@@ -56,7 +56,7 @@ setuptools.setup(
             + SERVE
         ),
         # Hugging Face interop (import/export checkpoints, parity tests, benchmarks).
-        "hf": ["torch==2.13.0", "transformers==5.24.0"],
+        "hf": ["torch==2.13.0", "transformers==5.24.0", "peft==0.21.2"],
         # Accelerators: the same JAX as the CPU pin, with its CUDA 12 plugins (CUDA/cuDNN
         # pip wheels included) or with the libtpu that jax[tpu]==0.10.2 names.
         "cuda12": [

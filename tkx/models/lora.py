@@ -34,6 +34,8 @@ Contract (the names other modules rely on; change one only together with its use
   projection, adapter leaves gone. `is_adapter_param(path)`.
 - Dropout on the adapter's input runs when the module is applied with a
   "dropout" rng (training) and `dropout_rate > 0`; never in evaluation.
+- `gin_bindings(config)`: the `lora.LoraConfig.*` lines of a model.gin that
+  rebuild `config` (with `network.T5Config.dense_layer = 'lora'`).
 """
 
 import dataclasses
@@ -100,6 +102,15 @@ class LoraConfig:
     if projection.startswith("wi_"):
       projection = "wi"
     return projection in self.targets
+
+
+def gin_bindings(config: LoraConfig) -> str:
+  """model.gin lines binding gin's `lora.LoraConfig` to `config` (what the dense layer "lora" reads)."""
+  values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+  values["targets"], values["stacks"] = list(config.targets), list(
+      config.stacks
+  )
+  return "".join(f"lora.LoraConfig.{k} = {v!r}\n" for k, v in values.items())
 
 
 def is_adapter_param(path: Sequence[str]) -> bool:
