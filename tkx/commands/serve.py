@@ -15,9 +15,30 @@ flight, then exits.
 import errno
 import logging
 import socket
+from typing import Optional, Sequence
+
+import gin
 
 from tkx import errors
 from tkx.commands import infer as infer_command
+
+
+@gin.configurable(module="serve")
+def batch_shape(
+    batch_size: Optional[int] = None,
+    max_input_length: Optional[int] = None,
+    input_buckets: Optional[Sequence[int]] = None,
+) -> dict:
+  """The server's batch size and input lengths (`--batch_size`, `--max_input_length`, `--input_buckets`).
+
+  None: the defaults of `tkx infer` (`infer.default_batch_size`,
+  `infer.DEFAULT_MAX_INPUT_LENGTH`, `infer.DEFAULT_INPUT_BUCKETS`), applied in `main`.
+  """
+  return dict(
+      batch_size=batch_size,
+      max_input_length=max_input_length,
+      input_buckets=input_buckets,
+  )
 
 
 def add_arguments(parser):
@@ -97,7 +118,15 @@ def _load_adapters(flags, loaded):
 
 
 configure = infer_command.parse_gin
-GIN_FLAGS = infer_command.DECODE_FLAGS
+GIN_FLAGS = dict(
+    infer_command.DECODE_FLAGS,
+    batch_size="serve.batch_shape.batch_size",
+    max_input_length="serve.batch_shape.max_input_length",
+    input_buckets=(
+        "serve.batch_shape.input_buckets",
+        infer_command.input_buckets_flag,
+    ),
+)
 
 
 def main(args):
@@ -137,14 +166,13 @@ def main(args):
       vocab_path=args.vocab,
       gin_bindings=infer.model_overrides(),
   )
-  max_input_length = args.max_input_length or infer.DEFAULT_MAX_INPUT_LENGTH
-  buckets = infer.DEFAULT_INPUT_BUCKETS
-  if args.input_buckets:
-    buckets = infer_command.input_buckets_flag(args.input_buckets)
+  shape = batch_shape()  # gin and the flags apply; None: tkx infer's defaults
+  max_input_length = shape["max_input_length"] or infer.DEFAULT_MAX_INPUT_LENGTH
+  buckets = shape["input_buckets"] or infer.DEFAULT_INPUT_BUCKETS
   generator = app_lib.Generator(
       loaded,
       partitioner=partitioner,
-      batch_size=args.batch_size or infer.default_batch_size(partitioner),
+      batch_size=shape["batch_size"] or infer.default_batch_size(partitioner),
       decode_config=decode_config,
       input_buckets=infer.buckets_up_to(max_input_length, buckets),
       max_input_length=max_input_length,
