@@ -40,7 +40,7 @@ Contract (the names other modules rely on; change one only together with its use
 
 import dataclasses
 import functools
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import gin
 import jax
@@ -119,34 +119,16 @@ def is_adapter_param(path: Sequence[str]) -> bool:
 
 
 @network.register_dense_layer("lora")
-class LoraDense(nn.Module):
+class LoraDense(network.Dense):
   """`network.Dense` plus a low-rank update where the `LoraConfig` targets this projection."""
 
-  features: int
-  kernel_axes: Sequence[str]
-  kernel_init: Callable = nn.initializers.variance_scaling(
-      1.0, "fan_in", "truncated_normal"
-  )
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
   # None: the gin-bound `LoraConfig()` (what `T5Config.dense_layer = 'lora'` gets).
   config: Optional[LoraConfig] = None
 
   @nn.compact
   def __call__(self, x):
     cfg = self.config or LoraConfig()
-    kernel = network._param(  # pylint: disable=protected-access
-        self,
-        "kernel",
-        self.kernel_init,
-        (x.shape[-1], self.features),
-        self.param_dtype,
-        self.kernel_axes,
-    )
-    flat = jnp.asarray(x, self.dtype).reshape((-1, x.shape[-1]))
-    out = jnp.dot(flat, jnp.asarray(kernel, self.dtype)).reshape(
-        x.shape[:-1] + (self.features,)
-    )
+    out = self.project(x)
     if not cfg.is_target(self.scope.path):
       return out
     lora_a, lora_b = self._adapter(x.shape[-1], cfg.rank)

@@ -171,6 +171,10 @@ class Dense(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
+    return self.project(x)
+
+  def project(self, x: Array) -> Array:
+    """x @ kernel, creating the kernel; what a subclass (an adapter) adds its update to."""
     kernel = _param(
         self,
         "kernel",
