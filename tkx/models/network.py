@@ -687,6 +687,50 @@ def _dropout(rate):
   return nn.Dropout(rate=rate, broadcast_dims=(-2,))
 
 
+def _layer_norm(cfg: T5Config, name: str) -> LayerNorm:
+  return LayerNorm(
+      epsilon=cfg.layer_norm_epsilon,
+      dtype=cfg.activation_dtype,
+      param_dtype=cfg.parameter_dtype,
+      name=name,
+  )
+
+
+def _attention(
+    cfg: T5Config, name: str, **kwargs
+) -> MultiHeadDotProductAttention:
+  return MultiHeadDotProductAttention(
+      cfg.num_heads,
+      cfg.head_dim,
+      cfg.activation_dtype,
+      cfg.parameter_dtype,
+      cfg.dropout_rate,
+      chunk_rows=cfg.attention_chunk_rows,
+      attention_impl=cfg.attention_impl,
+      dense_cls=dense_layer(cfg.dense_layer),
+      output_dtype=cfg.residual_dtype,
+      name=name,
+      **kwargs,
+  )
+
+
+def _mlp_sublayer(cfg: T5Config, x, deterministic: bool):
+  """The pre-norm MLP sublayer both stacks end their layers with, and its residual."""
+  y = _layer_norm(cfg, "pre_mlp_layer_norm")(x)
+  y = MlpBlock(
+      cfg.mlp_dim,
+      cfg.mlp_activations,
+      cfg.dropout_rate,
+      cfg.activation_dtype,
+      cfg.parameter_dtype,
+      dense_cls=dense_layer(cfg.dense_layer),
+      output_dtype=cfg.residual_dtype,
+      name="mlp",
+  )(y, deterministic=deterministic)
+  x = x + _dropout(cfg.dropout_rate)(y, deterministic=deterministic)
+  return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+
 class EncoderLayer(nn.Module):
   config: T5Config
   scanned: bool = False  # under nn.scan: return (carry, None)
@@ -694,37 +738,12 @@ class EncoderLayer(nn.Module):
   @nn.compact
   def __call__(self, x, mask, bias, deterministic: bool = True):
     cfg = self.config
-    dt, pdt = cfg.activation_dtype, cfg.parameter_dtype
-    norm = functools.partial(
-        LayerNorm, epsilon=cfg.layer_norm_epsilon, dtype=dt, param_dtype=pdt
+    y = _layer_norm(cfg, "pre_attention_layer_norm")(x)
+    y = _attention(cfg, "attention")(
+        y, y, mask, bias, deterministic=deterministic
     )
-    y = norm(name="pre_attention_layer_norm")(x)
-    y = MultiHeadDotProductAttention(
-        cfg.num_heads,
-        cfg.head_dim,
-        dt,
-        pdt,
-        cfg.dropout_rate,
-        chunk_rows=cfg.attention_chunk_rows,
-        attention_impl=cfg.attention_impl,
-        dense_cls=dense_layer(cfg.dense_layer),
-        output_dtype=cfg.residual_dtype,
-        name="attention",
-    )(y, y, mask, bias, deterministic=deterministic)
     x = x + _dropout(cfg.dropout_rate)(y, deterministic=deterministic)
-    y = norm(name="pre_mlp_layer_norm")(x)
-    y = MlpBlock(
-        cfg.mlp_dim,
-        cfg.mlp_activations,
-        cfg.dropout_rate,
-        dt,
-        pdt,
-        dense_cls=dense_layer(cfg.dense_layer),
-        output_dtype=cfg.residual_dtype,
-        name="mlp",
-    )(y, deterministic=deterministic)
-    x = x + _dropout(cfg.dropout_rate)(y, deterministic=deterministic)
-    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    x = _mlp_sublayer(cfg, x, deterministic)
     return (x, None) if self.scanned else x
 
 
@@ -744,29 +763,13 @@ class DecoderLayer(nn.Module):
       decode: bool = False,
   ):
     cfg = self.config
-    dt, pdt = cfg.activation_dtype, cfg.parameter_dtype
-    norm = functools.partial(
-        LayerNorm, epsilon=cfg.layer_norm_epsilon, dtype=dt, param_dtype=pdt
-    )
-    attention = functools.partial(
-        MultiHeadDotProductAttention,
-        cfg.num_heads,
-        cfg.head_dim,
-        dt,
-        pdt,
-        cfg.dropout_rate,
-        chunk_rows=cfg.attention_chunk_rows,
-        attention_impl=cfg.attention_impl,
-        dense_cls=dense_layer(cfg.dense_layer),
-        output_dtype=cfg.residual_dtype,
-    )
-    y = norm(name="pre_self_attention_layer_norm")(x)
-    y = attention(name="self_attention")(
+    y = _layer_norm(cfg, "pre_self_attention_layer_norm")(x)
+    y = _attention(cfg, "self_attention")(
         y, y, decoder_mask, bias, decode=decode, deterministic=deterministic
     )
     x = x + _dropout(cfg.dropout_rate)(y, deterministic=deterministic)
-    y = norm(name="pre_cross_attention_layer_norm")(x)
-    y = attention(static_kv=True, name="encoder_decoder_attention")(
+    y = _layer_norm(cfg, "pre_cross_attention_layer_norm")(x)
+    y = _attention(cfg, "encoder_decoder_attention", static_kv=True)(
         y,
         encoded,
         encoder_decoder_mask,
@@ -774,19 +777,7 @@ class DecoderLayer(nn.Module):
         deterministic=deterministic,
     )
     x = x + _dropout(cfg.dropout_rate)(y, deterministic=deterministic)
-    y = norm(name="pre_mlp_layer_norm")(x)
-    y = MlpBlock(
-        cfg.mlp_dim,
-        cfg.mlp_activations,
-        cfg.dropout_rate,
-        dt,
-        pdt,
-        dense_cls=dense_layer(cfg.dense_layer),
-        output_dtype=cfg.residual_dtype,
-        name="mlp",
-    )(y, deterministic=deterministic)
-    x = x + _dropout(cfg.dropout_rate)(y, deterministic=deterministic)
-    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    x = _mlp_sublayer(cfg, x, deterministic)
     return (x, None) if self.scanned else x
 
 
