@@ -56,7 +56,7 @@ setuptools.setup(
             + SERVE
         ),
         # Hugging Face interop (import/export checkpoints, parity tests, benchmarks).
-        "hf": ["torch==2.13.0", "transformers==5.24.0"],
+        "hf": ["torch==2.13.0", "transformers==5.24.0", "peft==0.21.2"],
         # bench/decode.py's CTranslate2 rows (float32 and int8 of the HF export).
         "bench": ["ctranslate2==4.8.5"],
         # Accelerators: the same JAX as the CPU pin, with its CUDA 12 plugins (CUDA/cuDNN

@@ -18,6 +18,15 @@ Prints requests/s, p50/p95 latency, the server's mean batch (requests) and decod
 (from its /metrics), and ratios to the peer and to concurrency 1.
 
     python bench/serve.py [--models tiny,small] [--max_decode_length 32] [--requests_per_client 2]
+
+Many adapters (`--adapters N`, the first of --models): N random LoRA adapters of that model
+(ranks 4, 8, 8, 16, ..., query and value), served by one `tkx serve --adapter ...` with
+`--batch_size` = the `--clients` (32) concurrent clients, each request naming the next adapter
+in turn. The same requests run against `--adapter_batches mixed` (requests for different
+adapters share a batch) and `per_adapter` (one adapter per batch: the peer), one server each,
+same run; prints requests/s and output tokens/s of both and their ratio.
+
+    python bench/serve.py --adapters 4 [--clients 32] [--requests_per_client 4] [--smoke]
 """
 
 import argparse
@@ -89,6 +98,131 @@ def make_checkpoint(name, path):
     f.write(directory.config_to_gin(cfg))
 
 
+def make_adapters(checkpoint, count, workdir):
+  """`count` tkx LoRA checkpoint dirs of `checkpoint`'s model: [(name, path)], random adapters.
+
+  Ranks cycle 4, 8, 8, 16 with alpha 16 (so scales differ and are folded), on query and
+  value; `lora_b` is random (not peft's zeros) so that every adapter changes the answers.
+  """
+  import dataclasses
+
+  import jax
+  import numpy as np
+  from tkx.checkpoints import directory, orbax_io
+  from tkx.models import lora  # noqa: F401  (registers the 'lora' dense layer)
+
+  base_config = directory.read_config(checkpoint)
+  base = orbax_io.load_params(checkpoint)
+  adapters = []
+  for index in range(count):
+    rank = (4, 8, 8, 16)[index % 4]
+    rng = np.random.default_rng(index)
+    params = jax.tree_util.tree_map(np.asarray, base)
+    for path, kernel in jax.tree_util.tree_leaves_with_path(base):
+      keys = [k.key for k in path]
+      if keys[-1] != "kernel" or keys[-2] not in ("query", "value"):
+        continue
+      node = params
+      for key in keys[:-1]:
+        node = node[key]
+      node["lora_a"] = rng.normal(0, 0.05, (kernel.shape[0], rank)).astype(
+          np.float32
+      )
+      node["lora_b"] = rng.normal(0, 0.05, (rank, kernel.shape[1])).astype(
+          np.float32
+      )
+    name, path = f"adapter{index}", os.path.join(workdir, f"adapter{index}")
+    orbax_io.save_params(path, params, step=1)
+    with open(os.path.join(path, "model.gin"), "w") as f:
+      f.write(
+          directory.config_to_gin(
+              dataclasses.replace(base_config, dense_layer="lora")
+          )
+      )
+      f.write(
+          f"lora.LoraConfig.rank = {rank}\nlora.LoraConfig.alpha = 16.0\n"
+          "lora.LoraConfig.targets = ('query', 'value')\n"
+      )
+    adapters.append((name, path))
+  return adapters
+
+
+def bench_adapters(args, workdir, prompts):
+  """{mode: (requests/s, output tokens/s, latencies, mean batch)} for mixed and per-adapter batches."""
+  name = args.models.split(",")[0]
+  checkpoint = os.path.join(workdir, name)
+  os.makedirs(checkpoint)
+  common.log(
+      f"{name}: writing a random checkpoint and {args.adapters} adapters"
+  )
+  make_checkpoint(name, checkpoint)
+  adapters = make_adapters(checkpoint, args.adapters, workdir)
+  flags = ["--batch_size", str(args.clients)]
+  for adapter, path in adapters:
+    flags += ["--adapter", f"{adapter}={path}"]
+  names = [a for a, _ in adapters]
+  total = args.clients * args.requests_per_client
+  results = {}
+  for mode in ("mixed", "per_adapter"):
+    common.log(f"{name}: tkx serve --adapter_batches {mode}")
+    server = ServerProcess(
+        checkpoint,
+        args.max_decode_length,
+        os.path.join(workdir, f"{mode}.log"),
+        flags=flags + ["--adapter_batches", mode],
+    )
+    try:
+      server.wait_ready()
+      common.log(f"{mode}: warm-up (compiles the buckets the prompts use)")
+      run_clients(server.url, prompts, args.clients, args.clients, names)
+      before = server_stats(server.url)
+      common.log(f"{mode}: {args.clients} clients, {total} requests")
+      start = time.perf_counter()
+      rps, lat, tokens = run_clients(
+          server.url, prompts, args.clients, total, names
+      )
+      seconds = time.perf_counter() - start
+      rows_sum, batches, _ = (
+          a - b for a, b in zip(server_stats(server.url), before)
+      )
+      results[mode] = (rps, tokens / seconds, lat, rows_sum / max(batches, 1))
+    finally:
+      server.close()
+  return name, results
+
+
+def print_adapters(name, results, args, cpu):
+  print(
+      f"\ntkx serve, {args.adapters} LoRA adapters on one model ({name}), {args.clients} "
+      f"concurrent clients, --batch_size {args.clients}; {cpu} ({os.cpu_count()} CPUs); greedy, "
+      f"at most {args.max_decode_length} output tokens, random weights"
+  )
+  header = f"{'batches':12} {'req/s':>7} {'tok/s':>8} {'p50 s':>7} {'p95 s':>7} {'batch':>6}"
+  print(header)
+  print("-" * len(header))
+  for mode, (rps, tps, lat, batch) in results.items():
+    print(
+        f"{mode:12} {rps:7.2f} {tps:8.1f} {statistics.median(lat):7.3f} "
+        f"{percentile(lat, 95):7.3f} {batch:6.1f}"
+    )
+  ratio = results["mixed"][0] / results["per_adapter"][0]
+  print(f"mixed / per_adapter: {ratio:.2f}x requests/s")
+  print(
+      json.dumps(
+          {
+              "cpu": cpu,
+              "adapters": args.adapters,
+              "clients": args.clients,
+              "results": {
+                  m: dict(rps=r[0], tokens_per_s=r[1], mean_batch=r[3])
+                  for m, r in results.items()
+              },
+              "mixed_over_per_adapter": ratio,
+          }
+      )
+  )
+
+
 def sample_prompts(count):
   """`def_pos2` prompts of the embedded sample's test instances (1024-token budget)."""
   from tkx.commands import generate
@@ -150,7 +284,13 @@ def run_peer(checkpoint, prompts, max_decode_length):
 
 class ServerProcess:
 
-  def __init__(self, checkpoint, max_decode_length, log_path):
+  def __init__(
+      self,
+      checkpoint,
+      max_decode_length,
+      log_path,
+      flags=("--batch_size", "8"),
+  ):
     with socket.socket() as sock:
       sock.bind(("127.0.0.1", 0))
       self.port = sock.getsockname()[1]
@@ -159,7 +299,7 @@ class ServerProcess:
     self.log_path = log_path
     self.proc = subprocess.Popen(
         [sys.executable, "-m", "tkx.cli", "serve", "--checkpoint", checkpoint]
-        + ["--port", str(self.port), "--batch_size", "8"]
+        + ["--port", str(self.port), *flags]
         + ["--max_decode_length", str(max_decode_length)],
         stdout=self._log,
         stderr=subprocess.STDOUT,
@@ -189,11 +329,20 @@ class ServerProcess:
     self._log.close()
 
 
-def run_clients(url, prompts, concurrency, total):
-  """(requests/s, latencies): `concurrency` threads send `total` requests back to back."""
+def run_clients(url, prompts, concurrency, total, adapters=()):
+  """(requests/s, latencies, output tokens): `concurrency` threads send `total` requests back to back.
+
+  With `adapters` (names), request i names adapters[i % len(adapters)].
+  """
   import httpx
 
-  latencies, lock, next_index = [], threading.Lock(), [0]
+  latencies, lock, next_index, tokens = [], threading.Lock(), [0], [0]
+
+  def body(index):
+    out = {"inputs": prompts[index % len(prompts)]}
+    if adapters:
+      out["adapter"] = adapters[index % len(adapters)]
+    return out
 
   def client():
     with httpx.Client(base_url=url, timeout=600) as http:
@@ -204,20 +353,19 @@ def run_clients(url, prompts, concurrency, total):
         if index >= total:
           return
         t0 = time.perf_counter()
-        response = http.post(
-            "/v1/generate", json={"inputs": prompts[index % len(prompts)]}
-        )
+        response = http.post("/v1/generate", json=body(index))
         elapsed = time.perf_counter() - t0
         if response.status_code != 200:
           raise RuntimeError(f"HTTP {response.status_code}: {response.text}")
         with lock:
           latencies.append(elapsed)
+          tokens[0] += response.json()["output_tokens"]
 
   start = time.perf_counter()
   with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
     for future in [pool.submit(client) for _ in range(concurrency)]:
       future.result()
-  return total / (time.perf_counter() - start), latencies
+  return total / (time.perf_counter() - start), latencies, tokens[0]
 
 
 def server_stats(url):
@@ -259,7 +407,7 @@ def bench_model(name, args, workdir, prompts):
       total = max(8, concurrency * args.requests_per_client)
       before = server_stats(server.url)
       common.log(f"{name}: concurrency {concurrency}, {total} requests")
-      rps, lat = run_clients(server.url, prompts, concurrency, total)
+      rps, lat, _ = run_clients(server.url, prompts, concurrency, total)
       rows_sum, batches, decode_s = (
           a - b for a, b in zip(server_stats(server.url), before)
       )
@@ -290,7 +438,26 @@ def main(argv=None):
       help="requests per client thread at each concurrency (at least 8 in all)",
   )
   parser.add_argument("--peer_requests", type=int, default=16)
+  parser.add_argument(
+      "--adapters",
+      type=int,
+      default=0,
+      help="N > 0: the many-adapters comparison with N adapters (see above)",
+  )
+  parser.add_argument(
+      "--clients",
+      type=int,
+      default=32,
+      help="concurrent clients of --adapters (also the server's --batch_size)",
+  )
+  parser.add_argument(
+      "--smoke",
+      action="store_true",
+      help="a short run (its figures mean nothing): tiny, 4 output tokens, 1 request per client",
+  )
   args = parser.parse_args(argv)
+  if args.smoke:
+    args.models, args.max_decode_length, args.requests_per_client = "tiny", 4, 1
   names = [n for n in args.models.split(",") if n]
   for n in names:
     if n not in MODELS:
@@ -299,6 +466,11 @@ def main(argv=None):
       )
   prompts = sample_prompts(64)
   cpu = cpu_name()
+  if args.adapters > 0:
+    with tempfile.TemporaryDirectory(prefix="tkx_bench_serve_") as workdir:
+      name, results = bench_adapters(args, workdir, prompts)
+    print_adapters(name, results, args, cpu)
+    return
   results = {}
   with tempfile.TemporaryDirectory(prefix="tkx_bench_serve_") as workdir:
     for name in names:

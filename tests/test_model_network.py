@@ -410,13 +410,14 @@ def test_bfloat16_activations_run_with_float32_params():
   loss, _ = jax.jit(model.loss_fn)(params, batch, jax.random.PRNGKey(1))
   assert np.isfinite(float(loss))
   inputs = batch["encoder_input_tokens"]
-  encoded = model.module.apply(
-      {"params": params},
-      inputs,
-      enable_dropout=False,
-      method=model.module.encode,
-  )
-  cache = model.initial_cache(params, encoded, inputs, 6)
+
+  def cache_of(p):
+    encoded = model.module.apply(
+        {"params": p}, inputs, enable_dropout=False, method=model.module.encode
+    )
+    return model.initial_cache(p, encoded, inputs, 6)
+
+  cache = jax.eval_shape(cache_of, params)  # the dtypes, nothing computed
   assert (
       cache["decoder"]["layers_0"]["self_attention"]["cached_key"].dtype
       == jnp.bfloat16

@@ -410,6 +410,57 @@ def _check_imported(path):
   return check
 
 
+def _write_lora_checkpoint(work):
+  """docs/adapters.md's `ckpts/lora1`: the tiny model with random rank-4 adapters on q and v, as a LoRA run writes it."""
+  import gin
+  import numpy as np
+
+  from tkx.checkpoints import directory, hf, peft_format
+  from tkx.models import lora
+
+  out = work.checkout / "ckpts" / "lora1"
+  if out.exists():
+    return
+  config, params, spm = directory.read(str(work.tiny))
+  lora_config = lora.LoraConfig(rank=4, alpha=8.0)
+  rng = np.random.default_rng(0)
+  plain = config.replace(dense_layer="dense")
+  adapters = {
+      path: (
+          rng.normal(
+              size=(hf.expected_shapes(plain)[path + ("kernel",)][0], 4)
+          ),
+          rng.normal(
+              size=(4, hf.expected_shapes(plain)[path + ("kernel",)][1])
+          ),
+      )
+      for _, path in hf.projection_modules(plain)
+      if lora_config.is_target(path)
+  }
+  gin.parse_config(
+      lora.gin_bindings(lora_config)
+  )  # model.gin records gin's LoraConfig
+  directory.write_checkpoint(
+      config.replace(dense_layer="lora"),
+      peft_format.with_adapters(params, adapters),
+      str(out),
+      spm_model=spm,
+  )
+
+
+def _check_peft_adapter(work, result):
+  adapter = work.checkout / "exported" / "lora1_adapter"
+  config = json.loads((adapter / "adapter_config.json").read_text())
+  assert (config["peft_type"], config["r"], config["target_modules"]) == (
+      "LORA",
+      4,
+      ["q", "v"],
+  )
+  assert config["base_model_name_or_path"] == str(
+      work.checkout / "exported" / "lora1_base"
+  )
+
+
 def _copy_eval_runs(work):
   """README's `tkx report` inputs: two runs' eval dirs (copies of the tiny model's eval)."""
   evaluated = work.tiny / "eval_default_test_def_pos2"
@@ -664,6 +715,19 @@ FAST_FORMS: Dict[str, FastForm] = {
         before=_write_t5x_checkpoint,
         check=_check_imported("ckpts/t5x_xl"),
     ),
+    # --- docs/adapters.md: a LoRA checkpoint (the tiny model + random adapters) out and back in
+    (
+        "tkx export-checkpoint --checkpoint ckpts/lora1 --hf exported/lora1_merged "
+        "--t5x exported/lora1_t5x"
+    ): FastForm(before=_write_lora_checkpoint),
+    (
+        "tkx export-checkpoint --checkpoint ckpts/lora1 --peft exported/lora1_adapter "
+        "--hf exported/lora1_base --lora_weights base"
+    ): FastForm(before=_write_lora_checkpoint, check=_check_peft_adapter),
+    (
+        "tkx import-checkpoint --peft exported/lora1_adapter --hf exported/lora1_base "
+        "--output ckpts/lora1_again"
+    ): FastForm(check=_check_imported("ckpts/lora1_again")),
     # --- training: the published recipe (tiny stand-in model), finetune.gin, TFDS, multi-host
     "tkx import-checkpoint --hf google/t5-xl-lm-adapt --output /ckpt/t5-xl-lm-adapt": FastForm(
         network=True, sub=(("google/t5-xl-lm-adapt", "exported/run1"),)
@@ -846,6 +910,9 @@ FAST_FORMS: Dict[str, FastForm] = {
     "python bench/serve.py --models tiny --max_decode_length 16": FastForm(
         sub=(("--max_decode_length 16", "--max_decode_length 4"),),
         add="--requests_per_client 1 --peer_requests 2",
+    ),
+    "python bench/serve.py --adapters 4 --models tiny --max_decode_length 8": (
+        FastForm(add="--smoke")
     ),
     # --- packed training: the tiny model on 16 examples (one HF batch)
     "python bench/train_throughput.py --ni_dir ../shared/natural-instructions --model small": FastForm(

@@ -512,3 +512,24 @@ def test_sigterm_finishes_requests_in_flight_then_exits(server):
   assert "shut down" in server.log().rsplit("stopping the decoder", 1)[-1]
   with pytest.raises(httpx.TransportError):
     httpx.get(server.url + "/healthz", timeout=5)
+
+
+def test_batch_shape_flags_are_gin_bindings_with_infers_defaults():
+  import argparse
+
+  import gin
+
+  from tkx import cli
+  from tkx.commands import serve as serve_command
+
+  parser = argparse.ArgumentParser()
+  serve_command.add_arguments(parser)
+  args = parser.parse_args(
+      ["--checkpoint", "x", "--batch_size", "3", "--input_buckets", "16,32"]
+  )
+  bindings = cli.flag_bindings(args, serve_command.GIN_FLAGS)
+  assert "serve.batch_shape.batch_size = 3" in bindings
+  gin.parse_config(bindings)
+  assert serve_command.batch_shape() == dict(
+      batch_size=3, max_input_length=None, input_buckets=(16, 32)
+  )

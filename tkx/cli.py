@@ -110,12 +110,12 @@ COMMANDS = {
     ),
     "import-checkpoint": Command(
         "tkx.commands.import_checkpoint",
-        "Hugging Face / t5x checkpoint -> tkx checkpoint",
+        "Hugging Face / t5x checkpoint (+ peft adapter) -> tkx checkpoint",
         uses_gin=True,
     ),
     "export-checkpoint": Command(
         "tkx.commands.export_checkpoint",
-        "tkx checkpoint -> Hugging Face checkpoint",
+        "tkx checkpoint -> Hugging Face / t5x checkpoint, peft adapter",
     ),
     "model-info": Command(
         "tkx.commands.model_info",

@@ -396,7 +396,10 @@ def evaluate(
   def load():
     chosen = partitioner or partitioning.Partitioner()  # gin bindings apply
     return chosen, directory.load(
-        checkpoint_path, partitioner=chosen, vocab_path=vocab_path
+        checkpoint_path,
+        partitioner=chosen,
+        vocab_path=vocab_path,
+        gin_bindings=infer.model_overrides(),
     )
 
   if shared_checkpoint is None:

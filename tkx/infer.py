@@ -200,6 +200,28 @@ def decode_flags(
   return {name: value for name, value in locals().items() if value is not None}
 
 
+# Activation dtypes a decoding command may choose over the checkpoint's (`--dtype`).
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@gin.configurable(module="infer")
+def model_overrides(dtype: Optional[str] = None) -> Tuple[str, ...]:
+  """Gin bindings that decoding commands apply over a checkpoint's model.gin (`directory.load`).
+
+  `dtype` (`--dtype`): the activation dtype (parameters keep theirs); float16
+  is for GPUs without bfloat16 (T5's residual stream stays float32 there, see
+  `T5Config.residual_dtype`).
+  """
+  if dtype is None:
+    return ()
+  if dtype not in DTYPES:
+    raise errors.ConfigError(
+        f"--dtype (infer.model_overrides.dtype): unknown {dtype!r}; choose from "
+        + ", ".join(DTYPES)
+    )
+  return (f"network.T5Config.dtype = {dtype!r}",)
+
+
 def run_decode_config(
     decode_config: Optional[DecodeConfig] = None,
 ) -> DecodeConfig:
@@ -517,14 +539,15 @@ class Predictor:
     self.last_plan_stats: Optional[PlanStats] = None
     self._predict = predict_fns.get(self.decode_config)
 
-  def _dispatch(self, rows: np.ndarray):
-    """Starts decoding [batch_size, bucket] global ids; returns the (not yet fetched) device result."""
+  def _dispatch(self, rows: np.ndarray, params=None):
+    """Starts decoding [batch_size, bucket] global ids (with `params`, default the Predictor's); returns the (not yet fetched) device result."""
     local = rows[self.partitioner.host_rows(self.batch_size)]
     global_rows = self.partitioner.host_local_to_global(local)
     rng = jax.random.fold_in(self._rng, self._num_batches)
     self._num_batches += 1
     self.compiled_shapes.add(rows.shape)
-    return self._predict(self.params, global_rows, rng)
+    params = self.params if params is None else params
+    return self._predict(params, global_rows, rng)
 
   def _fetch(self, out) -> np.ndarray:
     """[batch_size, max_decode_length] outputs on this host."""
@@ -537,12 +560,16 @@ class Predictor:
       progress: bool = True,
       desc: str = "decoding",
       log_plan: bool = True,
+      batch_params: Optional[Callable[[List[int]], Any]] = None,
   ) -> List[List[int]]:
     """Token ids (each ending in EOS, within the largest bucket) -> output ids (no EOS).
 
     An empty input (no token, or only EOS) is not decoded; its output is empty.
     `log_plan=False` keeps the padding/waste summary in `last_plan_stats` only
-    (a server calls this once per batch; a run logs it once).
+    (a server calls this once per batch; a run logs it once). `batch_params`, when
+    given, maps the indices (into `inputs`) of a batch's real rows, in row order
+    (dummy rows follow), to the parameters that batch decodes with (per-row
+    adapters: `tkx.serve.adapters`); by default every batch uses the Predictor's.
     """
     inputs = [list(ids) for ids in inputs]
     outputs: List[Optional[List[int]]] = [None] * len(inputs)
@@ -586,7 +613,10 @@ class Predictor:
         ids = inputs[todo[position]]
         rows[row, :] = self.pad_id
         rows[row, : len(ids)] = ids
-      out = self._dispatch(rows)
+      params = None
+      if batch_params is not None:
+        params = batch_params([todo[p] for p in batch_positions])
+      out = self._dispatch(rows, params)
       if pending is not None:
         collect(*pending)
       pending = (bucket, batch_positions, out)

@@ -15,7 +15,8 @@
   `root_of(path)` (the dir holding model.gin; FileNotFoundError naming the path otherwise). The only place that
   spells `checkpoint_<step>` (t5x uses the same names).
 - `directory`: `config_to_gin(config, vocab_path=None, extra_ids=None, z_loss, label_smoothing,
-  loss_normalizing_factor, comment) -> str` (a complete model gin file with every `T5Config` field);
+  loss_normalizing_factor, comment) -> str` (a complete model gin file with every `T5Config` field, and gin's
+  `lora.LoraConfig()` when the dense layer is "lora");
   `write_model_files(dir, config, spm_model=None, ...)` (model.gin, atomically, + spm.model copy);
   `write_model_files_for(model, dir)` (from a model: its class, config, loss settings, vocabulary; what the trainer writes, so model.gin
   describes the trained model); `write_checkpoint(config, params, dir, spm_model=None, step=0)` (import);
@@ -31,7 +32,11 @@
 - `hf.import_hf(path_or_hub_name, dtype=float32) -> (T5Config, params, spm_model_path | None)`;
   `hf.export_hf(config, params, out_dir, spm_model=None, extra_ids=0)`;
   `hf.hf_to_params(state_dict, config)` / `hf.params_to_hf(params, config)`; `hf.hf_tokenizer(spm_path, extra_ids)`
-  (HF `T5Tokenizer` equal to seqio's vocabulary). Errors: `hf.CheckpointFormatError` (names file and tensor/field).
+  (HF `T5Tokenizer` equal to seqio's vocabulary); `hf.projection_modules(config)` ([(HF module, t5x module path)] of
+  the attention/MLP projections). Errors: `hf.CheckpointFormatError` (names file and tensor/field).
+- `peft_format`: Hugging Face peft LoRA adapter dirs: `export_peft(config, lora_config, params, out_dir,
+  base_model_name_or_path=None)`, `read_peft(adapter_dir, config) -> (LoraConfig, {t5x module path: (lora_a,
+  lora_b)})`, `with_adapters(params, adapters)`, `without_adapters(params)` (docs/adapters.md).
 - `t5x_format.load_params(path, dtype=None) -> params` (numpy, t5x names) from a t5x checkpoint: its `checkpoint`
   msgpack file, a `checkpoint_<step>/` dir or a dir of them (newest); `t5x_format.save_params(dir, params, step)`
   writes the same layout; `t5x_format.open_params(path)` the params as arrays read by slice (`leaf[index]`:

@@ -116,7 +116,8 @@ def config_to_gin(
   a path the embedded sample vocabulary is named. `MODEL` builds `model_class`
   (`module.Class`, registered with gin; see `write_model_files_for`); the
   modules of the model class and of a non-default `config.dense_layer` are
-  imported. Read back with `read_config` / `load`.
+  imported. With the dense layer "lora", gin's `lora.LoraConfig()` (what the
+  model was built with) is bound too. Read back with `read_config` / `load`.
   """
   from tkx.models import network
 
@@ -162,6 +163,10 @@ def config_to_gin(
       value = tuple(value)
     lines.append(f"  {field.name} = {_gin_literal(value)}")
   lines.append("  dropout_rate = %DROPOUT_RATE")
+  if config.dense_layer == "lora":
+    from tkx.models import lora
+
+    lines += ["", lora.gin_bindings(lora.LoraConfig()).rstrip("\n")]
   return "\n".join(lines) + "\n"
 
 

@@ -567,6 +567,23 @@ def _name_map(config: T5Config):
   return entries
 
 
+_PROJECTIONS = ("query", "key", "value", "out", "wo")
+
+
+def projection_modules(config: T5Config):
+  """[(HF module name, t5x module path)] of every attention and MLP projection (the LoRA targets).
+
+  E.g. ("decoder.block.0.layer.1.EncDecAttention.q",
+  ("decoder", "layers_0", "encoder_decoder_attention", "query")); per-layer paths.
+  """
+  return [
+      (hf_name[: -len(".weight")], path[:-1])
+      for hf_name, path, _ in _name_map(config)
+      if path[-1] == "kernel"
+      and (path[-2] in _PROJECTIONS or path[-2].startswith("wi"))
+  ]
+
+
 # HF state-dict entries that alias `shared.weight` (saved by older checkpoints).
 _EMBEDDING_ALIASES = (
     "encoder.embed_tokens.weight",

@@ -137,7 +137,10 @@ def main(args):
   # gin (and --num_partitions) apply.
   partitioner = partitioning.Partitioner(devices=devices)
   loaded = directory.load(
-      args.checkpoint, partitioner=partitioner, vocab_path=args.vocab
+      args.checkpoint,
+      partitioner=partitioner,
+      vocab_path=args.vocab,
+      gin_bindings=infer.model_overrides(),
   )
   # gin (and the decoding, --max_input_length, --input_buckets flags) apply.
   predictor = infer.make_predictor(

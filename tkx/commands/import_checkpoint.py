@@ -4,11 +4,19 @@
     tkx import-checkpoint --hf /path/to/hf_dir --output ckpts/mine [--dtype bfloat16]
     tkx import-checkpoint --t5x gs_copy/checkpoint_1000000 --gin_file gin_configs/models/t5_1_1/base.gin \
         --output ckpts/t5x_base
+    tkx import-checkpoint --peft my_adapter --hf /path/to/hf_base --output ckpts/my_lora
 
 The output directory gets `checkpoint_<step>/` (orbax, params only), `model.gin`
 (the model config: from the HF `config.json`, or from the gin files given for a
 t5x checkpoint) and `spm.model` (the HF `spiece.model`, when there is one).
 A Hub name is downloaded with `huggingface_hub` (needs network).
+
+`--peft ADAPTER_DIR` (a Hugging Face peft LoRA adapter: adapter_config.json +
+adapter_model.safetensors) adds the adapter to the base that `--hf` or `--t5x`
+names (without either: the adapter's `base_model_name_or_path`): the output is a
+tkx LoRA checkpoint, the base's params with `lora_a`/`lora_b` beside each adapted
+kernel (`peft_format.read_peft`), and a model.gin that rebuilds the LoRA model
+(`network.T5Config.dense_layer = 'lora'`, `lora.LoraConfig.*`).
 """
 
 import logging
@@ -19,7 +27,7 @@ DTYPES = ("float32", "bfloat16")
 
 
 def add_arguments(parser):
-  source = parser.add_mutually_exclusive_group(required=True)
+  source = parser.add_mutually_exclusive_group()
   source.add_argument(
       "--hf",
       metavar="DIR_OR_HUB_NAME",
@@ -29,6 +37,12 @@ def add_arguments(parser):
       "--t5x",
       metavar="PATH",
       help="t5x checkpoint dir (checkpoint_<step>/ with a msgpack 'checkpoint' file) or its parent",
+  )
+  parser.add_argument(
+      "--peft",
+      metavar="ADAPTER_DIR",
+      help="Hugging Face peft LoRA adapter dir to add to the --hf/--t5x base "
+      "(default base: the adapter's base_model_name_or_path)",
   )
   parser.add_argument(
       "--output", required=True, help="tkx checkpoint dir to create"
@@ -57,9 +71,10 @@ def _check_output(path):
     )
 
 
-def _import_t5x(args, dtype):
+def _read_t5x(args, dtype):
+  """(config, params, vocab_path, extra_ids) of the --t5x checkpoint and its --gin_file config."""
   from tkx import gin_utils
-  from tkx.checkpoints import directory, hf, t5x_format
+  from tkx.checkpoints import hf, t5x_format
 
   if not args.gin_files:
     raise errors.ConfigError(
@@ -75,17 +90,7 @@ def _import_t5x(args, dtype):
 
   params = scan.to_layout(params, config.scan_layers)
   params = _cast(params, dtype)
-  config = config.replace(param_dtype=dtype)
-  # A t5x checkpoint carries no vocabulary: keep the one the gin files name.
-  return directory.write_checkpoint(
-      config,
-      params,
-      args.output,
-      step=args.step,
-      vocab_path=vocab_path,
-      extra_ids=extra_ids,
-      comment=f"Imported by tkx import-checkpoint from t5x checkpoint {args.t5x}",
-  )
+  return config.replace(param_dtype=dtype), params, vocab_path, extra_ids
 
 
 def _cast(params, dtype):
@@ -98,29 +103,81 @@ def _cast(params, dtype):
   )
 
 
+def _peft_base(args):
+  """--hf for --peft without a base: the adapter's base_model_name_or_path."""
+  from tkx.checkpoints import peft_format
+
+  base = peft_format.read_adapter_config(args.peft).get(
+      "base_model_name_or_path"
+  )
+  if not base:
+    raise errors.ConfigError(
+        f"--peft {args.peft}: adapter_config.json names no base_model_name_or_path; "
+        "give the base with --hf or --t5x"
+    )
+  return base
+
+
+def _add_peft(args, config, params, comment):
+  """(config, params, comment) with the --peft adapter added to the base; gin's LoraConfig bound to it."""
+  import gin
+  from tkx.checkpoints import peft_format
+  from tkx.models import lora
+
+  lora_config, adapters = peft_format.read_peft(args.peft, config)
+  params = peft_format.with_adapters(params, adapters)
+  # model.gin records gin's LoraConfig (directory.config_to_gin) for the dense layer "lora".
+  gin.parse_config(lora.gin_bindings(lora_config))
+  logging.info(
+      "%s: LoRA rank %d, alpha %s on %s of the %s",
+      args.peft,
+      lora_config.rank,
+      lora_config.alpha,
+      "/".join(lora_config.targets),
+      " and ".join(lora_config.stacks),
+  )
+  comment = f"Imported by tkx import-checkpoint: peft adapter {args.peft} on {comment}"
+  return config.replace(dense_layer="lora"), params, comment
+
+
 def main(args):
   import jax.numpy as jnp
   from tkx.checkpoints import directory, hf
 
   _check_output(args.output)
+  if not (args.hf or args.t5x):
+    if not args.peft:
+      raise errors.ConfigError(
+          "tkx import-checkpoint: give --hf or --t5x (and --peft for a LoRA adapter)"
+      )
+    args.hf = _peft_base(args)
+  spm = vocab_path = extra_ids = None
   if args.hf:
     config, params, spm = hf.import_hf(args.hf, dtype=jnp.dtype(args.dtype))
-    out = directory.write_checkpoint(
-        config,
-        params,
-        args.output,
-        spm_model=spm,
-        step=args.step,
-        comment=f"Imported by tkx import-checkpoint from Hugging Face {args.hf}",
-    )
-    if spm is None:
-      logging.warning(
-          "%s has no spiece.model: model.gin names the embedded sample vocabulary; "
-          "pass --vocab to tkx infer/eval or copy the right SentencePiece model to %s/spm.model",
-          args.hf,
-          out,
-      )
+    comment = f"Hugging Face {args.hf}"
   else:
-    out = _import_t5x(args, args.dtype)
+    config, params, vocab_path, extra_ids = _read_t5x(args, args.dtype)
+    comment = f"t5x checkpoint {args.t5x}"  # no vocabulary: the gin files' one
+  if args.peft:
+    config, params, comment = _add_peft(args, config, params, comment)
+  else:
+    comment = f"Imported by tkx import-checkpoint from {comment}"
+  out = directory.write_checkpoint(
+      config,
+      params,
+      args.output,
+      spm_model=spm,
+      step=args.step,
+      vocab_path=vocab_path,
+      extra_ids=extra_ids,
+      comment=comment,
+  )
+  if args.hf and spm is None:
+    logging.warning(
+        "%s has no spiece.model: model.gin names the embedded sample vocabulary; "
+        "pass --vocab to tkx infer/eval or copy the right SentencePiece model to %s/spm.model",
+        args.hf,
+        out,
+    )
   print(f"wrote tkx checkpoint {out}")
   return 0

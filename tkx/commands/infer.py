@@ -41,6 +41,8 @@ DECODE_FLAGS = {
     )
 }
 DECODE_FLAGS["num_partitions"] = "partitioning.Partitioner.num_partitions"
+# Not decoding, but shared by the same four commands: applied over the checkpoint's model.gin.
+DECODE_FLAGS["dtype"] = "infer.model_overrides.dtype"
 
 
 def quantize_flag(text: str) -> str:
@@ -173,6 +175,13 @@ def add_common_arguments(parser, *, checkpoint_required=True):
       help="SentencePiece model overriding the checkpoint's vocabulary",
   )
   parser.add_argument(
+      "--dtype",
+      default=None,
+      choices=("float32", "bfloat16", "float16"),
+      help="activation dtype instead of the checkpoint's (float16: GPUs without bfloat16; "
+      "T5's residual stream stays float32, docs/models.md)",
+  )
+  parser.add_argument(
       "--no_progress",
       action="store_true",
       help="no progress bar (log lines only)",
@@ -233,7 +242,10 @@ def main(args):
     pipeline.check_mixture_name(args.mixture, args.ni_dir, flag="--mixture")
   partitioner = partitioning.Partitioner()  # gin (and --num_partitions) apply
   loaded = directory.load(
-      args.checkpoint, partitioner=partitioner, vocab_path=args.vocab
+      args.checkpoint,
+      partitioner=partitioner,
+      vocab_path=args.vocab,
+      gin_bindings=infer.model_overrides(),
   )
   # gin (and the decoding, --batch_size, --max_input_length, --input_buckets flags) apply.
   predictor = infer.make_predictor(

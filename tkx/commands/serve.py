@@ -1,11 +1,12 @@
 """`tkx serve`: keep a checkpoint loaded and answer instructions over HTTP, batching concurrent requests.
 
     tkx serve --checkpoint CKPT [--host 127.0.0.1] [--port 8000] [--batch_size 8] [--max_wait_ms 10]
-              [--max_request_bytes 1048576] [decoding flags of tkx infer]
+              [--max_request_bytes 1048576] [--adapter NAME=PATH ...] [decoding flags of tkx infer]
 
 `POST /v1/generate` takes `{"inputs": "<prompt>"}` or `{"definition", "positive_examples",
 "negative_examples", "input", "encoding"}` (plus optional `max_decode_length`, `num_beams`,
-`temperature`, `seed`) and answers `{"prediction", "input_tokens", "output_tokens", "truncated"}`.
+`temperature`, `seed`, and `adapter`: a LoRA adapter served with `--adapter NAME=PATH`) and
+answers `{"prediction", "input_tokens", "output_tokens", "truncated"}`.
 `GET /` is a playground page, `GET /healthz` a liveness check, `GET /metrics` Prometheus metrics.
 Answers are those of `tkx infer` with the same flags; SIGTERM or Ctrl-C finishes the requests in
 flight, then exits.
@@ -14,9 +15,30 @@ flight, then exits.
 import errno
 import logging
 import socket
+from typing import Optional, Sequence
+
+import gin
 
 from tkx import errors
 from tkx.commands import infer as infer_command
+
+
+@gin.configurable(module="serve")
+def batch_shape(
+    batch_size: Optional[int] = None,
+    max_input_length: Optional[int] = None,
+    input_buckets: Optional[Sequence[int]] = None,
+) -> dict:
+  """The server's batch size and input lengths (`--batch_size`, `--max_input_length`, `--input_buckets`).
+
+  None: the defaults of `tkx infer` (`infer.default_batch_size`,
+  `infer.DEFAULT_MAX_INPUT_LENGTH`, `infer.DEFAULT_INPUT_BUCKETS`), applied in `main`.
+  """
+  return dict(
+      batch_size=batch_size,
+      max_input_length=max_input_length,
+      input_buckets=input_buckets,
+  )
 
 
 def add_arguments(parser):
@@ -40,6 +62,21 @@ def add_arguments(parser):
       default=1 << 20,
       help="largest request body accepted; larger ones get 413 (default 1 MiB)",
   )
+  parser.add_argument(
+      "--adapter",
+      action="append",
+      default=[],
+      metavar="NAME=PATH",
+      help="serve a LoRA adapter (a tkx LoRA checkpoint dir of this base model) as NAME; "
+      'repeatable. Requests choose one with "adapter": "NAME" (none: the base model)',
+  )
+  parser.add_argument(
+      "--adapter_batches",
+      choices=("mixed", "per_adapter"),
+      default="mixed",
+      help="mixed (default): requests for different adapters share a batch; per_adapter: "
+      "one adapter per batch (for comparison: bench/serve.py --adapters)",
+  )
   # --checkpoint, gin and the decoding flags (incl. --batch_size, --max_input_length,
   # --input_buckets) exactly as `tkx infer` takes them.
   infer_command.add_common_arguments(parser)
@@ -59,8 +96,37 @@ def _check_port_free(host: str, port: int):
     raise errors.ConfigError(f"--host {host} --port {port}: {reason}") from None
 
 
+def _load_adapters(flags, loaded):
+  """The `--adapter`s read and checked against the base (None without any); logged once."""
+  if not flags:
+    return None
+  from tkx.serve import adapters as adapters_lib
+
+  adapters_lib.check_base(loaded.model)
+  adapters = adapters_lib.Adapters(
+      [adapters_lib.read(name, path) for name, path in flags], loaded.params
+  )
+  logging.getLogger(__name__).info(
+      "serving %d LoRA adapter(s) on %s: %s; one layout: rank %d, %s",
+      len(adapters.names),
+      loaded.path,
+      adapters.describe(),
+      adapters.config.rank,
+      "+".join(adapters.config.targets),
+  )
+  return adapters
+
+
 configure = infer_command.parse_gin
-GIN_FLAGS = infer_command.DECODE_FLAGS
+GIN_FLAGS = dict(
+    infer_command.DECODE_FLAGS,
+    batch_size="serve.batch_shape.batch_size",
+    max_input_length="serve.batch_shape.max_input_length",
+    input_buckets=(
+        "serve.batch_shape.input_buckets",
+        infer_command.input_buckets_flag,
+    ),
+)
 
 
 def main(args):
@@ -74,6 +140,9 @@ def main(args):
     raise errors.ConfigError(
         f"--max_request_bytes must be >= 1, got {args.max_request_bytes}"
     )
+  from tkx.serve import adapters as adapters_lib
+
+  adapter_flags = [adapters_lib.parse_flag(text) for text in args.adapter]
   _check_port_free(args.host, args.port)
   from tkx import multihost
 
@@ -92,21 +161,25 @@ def main(args):
   decode_config = infer.run_decode_config()  # gin and the decoding flags apply
   partitioner = partitioning.Partitioner()  # gin (and --num_partitions) apply
   loaded = directory.load(
-      args.checkpoint, partitioner=partitioner, vocab_path=args.vocab
+      args.checkpoint,
+      partitioner=partitioner,
+      vocab_path=args.vocab,
+      gin_bindings=infer.model_overrides(),
   )
-  max_input_length = args.max_input_length or infer.DEFAULT_MAX_INPUT_LENGTH
-  buckets = infer.DEFAULT_INPUT_BUCKETS
-  if args.input_buckets:
-    buckets = infer_command.input_buckets_flag(args.input_buckets)
+  shape = batch_shape()  # gin and the flags apply; None: tkx infer's defaults
+  max_input_length = shape["max_input_length"] or infer.DEFAULT_MAX_INPUT_LENGTH
+  buckets = shape["input_buckets"] or infer.DEFAULT_INPUT_BUCKETS
   generator = app_lib.Generator(
       loaded,
       partitioner=partitioner,
-      batch_size=args.batch_size or infer.default_batch_size(partitioner),
+      batch_size=shape["batch_size"] or infer.default_batch_size(partitioner),
       decode_config=decode_config,
       input_buckets=infer.buckets_up_to(max_input_length, buckets),
       max_input_length=max_input_length,
       max_wait_s=args.max_wait_ms / 1000.0,
       metrics=metrics_lib.Metrics(),
+      adapters=_load_adapters(adapter_flags, loaded),
+      mixed_adapter_batches=args.adapter_batches == "mixed",
   )
   app = app_lib.create_app(generator, max_request_bytes=args.max_request_bytes)
   logging.getLogger(__name__).info(

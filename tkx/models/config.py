@@ -123,6 +123,20 @@ class T5Config:
   def parameter_dtype(self):
     return jnp.dtype(self.param_dtype)
 
+  @property
+  def residual_dtype(self):
+    """The residual stream's dtype: float32 when computing in float16, else `dtype`.
+
+    T5's residual stream and its writers (attention `out`, MLP `wo`) exceed
+    float16's 65504 on real checkpoints (T5 1.1, mT5), giving inf and NaN. As
+    Hugging Face keeps `wo` in float32 (`_keep_in_fp32_modules`), tkx keeps the
+    stream and the projections that write into it in float32; where HF then
+    clamps the stream to float16's range, tkx never narrows it, so nothing is
+    clamped. bfloat16 and float32 are unchanged (bfloat16 has float32's range).
+    """
+    dtype = jnp.dtype(self.dtype)
+    return jnp.dtype(jnp.float32) if dtype == jnp.float16 else dtype
+
   def replace(self, **changes) -> "T5Config":
     return dataclasses.replace(self, **changes)
 

@@ -28,14 +28,19 @@ Contract (the names other modules rely on; change one only together with its use
   i's adapter to row i of x. When x has k times as many rows (decoding expands
   each row into k consecutive beams), each adapter row is repeated k times. An
   all-zero row is "no adapter". (Per-layer layout only.)
+- `dense_layer_for(config)`: a registered dense-layer name for LoRA with that
+  exact config (models built in code, e.g. the server's adapter layout).
 - `merge(params, config)`: the plain T5 tree, kernel + scale * a @ b per adapted
   projection, adapter leaves gone. `is_adapter_param(path)`.
 - Dropout on the adapter's input runs when the module is applied with a
   "dropout" rng (training) and `dropout_rate > 0`; never in evaluation.
+- `gin_bindings(config)`: the `lora.LoraConfig.*` lines of a model.gin that
+  rebuild `config` (with `network.T5Config.dense_layer = 'lora'`).
 """
 
 import dataclasses
-from typing import Any, Callable, Mapping, Optional, Sequence
+import functools
+from typing import Mapping, Optional, Sequence
 
 import gin
 import jax
@@ -99,40 +104,31 @@ class LoraConfig:
     return projection in self.targets
 
 
+def gin_bindings(config: LoraConfig) -> str:
+  """model.gin lines binding gin's `lora.LoraConfig` to `config` (what the dense layer "lora" reads)."""
+  values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+  values["targets"], values["stacks"] = list(config.targets), list(
+      config.stacks
+  )
+  return "".join(f"lora.LoraConfig.{k} = {v!r}\n" for k, v in values.items())
+
+
 def is_adapter_param(path: Sequence[str]) -> bool:
   """Whether a parameter path (keys from the tree root) names a LoRA parameter."""
   return bool(path) and path[-1] in ADAPTER_PARAM_NAMES
 
 
 @network.register_dense_layer("lora")
-class LoraDense(nn.Module):
+class LoraDense(network.Dense):
   """`network.Dense` plus a low-rank update where the `LoraConfig` targets this projection."""
 
-  features: int
-  kernel_axes: Sequence[str]
-  kernel_init: Callable = nn.initializers.variance_scaling(
-      1.0, "fan_in", "truncated_normal"
-  )
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
   # None: the gin-bound `LoraConfig()` (what `T5Config.dense_layer = 'lora'` gets).
   config: Optional[LoraConfig] = None
 
   @nn.compact
   def __call__(self, x):
     cfg = self.config or LoraConfig()
-    kernel = network._param(  # pylint: disable=protected-access
-        self,
-        "kernel",
-        self.kernel_init,
-        (x.shape[-1], self.features),
-        self.param_dtype,
-        self.kernel_axes,
-    )
-    flat = jnp.asarray(x, self.dtype).reshape((-1, x.shape[-1]))
-    out = jnp.dot(flat, jnp.asarray(kernel, self.dtype)).reshape(
-        x.shape[:-1] + (self.features,)
-    )
+    out = self.project(x)
     if not cfg.is_target(self.scope.path):
       return out
     lora_a, lora_b = self._adapter(x.shape[-1], cfg.rank)
@@ -238,3 +234,20 @@ def num_adapter_params(params: Mapping) -> int:
   return int(
       sum(np.prod(np.shape(x)) for x in jax.tree.leaves(adapter_params(params)))
   )
+
+
+def dense_layer_for(config: LoraConfig) -> str:
+  """A dense-layer name for LoRA with exactly `config` (not gin's), registered on first use.
+
+  For a model built in code whose adapters are not gin's (`tkx.serve.adapters`:
+  one layout that holds every served adapter).
+  """
+  name = (
+      f"lora(rank={config.rank},alpha={config.alpha},"
+      f"targets={'+'.join(config.targets)},stacks={'+'.join(config.stacks)})"
+  )
+  if name not in network.DENSE_LAYERS:
+    network.register_dense_layer(name)(
+        functools.partial(LoraDense, config=config)
+    )
+  return name

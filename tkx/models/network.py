@@ -171,6 +171,10 @@ class Dense(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
+    return self.project(x)
+
+  def project(self, x: Array) -> Array:
+    """x @ kernel, creating the kernel; what a subclass (an adapter) adds its update to."""
     kernel = _param(
         self,
         "kernel",
@@ -497,6 +501,9 @@ class MultiHeadDotProductAttention(nn.Module):
   attention_impl: AttentionImpl = AttentionImpl.XLA
   # The module of the q/k/v/out projections (see the module doc's dense layer seam).
   dense_cls: Callable[..., nn.Module] = Dense
+  # dtype of the `out` projection, which writes into the residual stream (None: dtype;
+  # float32 under float16, see `T5Config.residual_dtype`).
+  output_dtype: Any = None
 
   @nn.compact
   def __call__(
@@ -558,7 +565,7 @@ class MultiHeadDotProductAttention(nn.Module):
         features=features,
         kernel_axes=("joined_kv", "embed"),
         kernel_init=self.kernel_init,
-        dtype=self.dtype,
+        dtype=self.output_dtype or self.dtype,
         param_dtype=self.param_dtype,
         name="out",
     )(out)
@@ -642,9 +649,13 @@ class MlpBlock(nn.Module):
   )
   # The module of the wi / wo projections (see the module doc's dense layer seam).
   dense_cls: Callable[..., nn.Module] = Dense
+  # dtype of the activations' product and of `wo` (None: dtype; float32 under
+  # float16, where the product overflows first; see `T5Config.residual_dtype`).
+  output_dtype: Any = None
 
   @nn.compact
   def __call__(self, inputs: Array, deterministic: bool = True) -> Array:
+    output_dtype = self.output_dtype or self.dtype
     dense = functools.partial(
         self.dense_cls,
         kernel_init=self.kernel_init,
@@ -657,20 +668,67 @@ class MlpBlock(nn.Module):
       x = dense(features=self.mlp_dim, kernel_axes=("embed", "mlp"), name=name)(
           inputs
       )
-      x = _activation(act)(x)
+      x = _activation(act)(x.astype(output_dtype))
       hidden = x if hidden is None else hidden * x
     hidden = nn.with_logical_constraint(hidden, ("batch", "length", "mlp"))
     hidden = nn.Dropout(rate=self.dropout_rate, broadcast_dims=(-2,))(
         hidden, deterministic=deterministic
     )
     return dense(
-        features=inputs.shape[-1], kernel_axes=("mlp", "embed"), name="wo"
+        features=inputs.shape[-1],
+        kernel_axes=("mlp", "embed"),
+        dtype=output_dtype,
+        name="wo",
     )(hidden)
 
 
 def _dropout(rate):
   # t5x shares the residual dropout mask along the length axis.
   return nn.Dropout(rate=rate, broadcast_dims=(-2,))
+
+
+def _layer_norm(cfg: T5Config, name: str) -> LayerNorm:
+  return LayerNorm(
+      epsilon=cfg.layer_norm_epsilon,
+      dtype=cfg.activation_dtype,
+      param_dtype=cfg.parameter_dtype,
+      name=name,
+  )
+
+
+def _attention(
+    cfg: T5Config, name: str, **kwargs
+) -> MultiHeadDotProductAttention:
+  return MultiHeadDotProductAttention(
+      cfg.num_heads,
+      cfg.head_dim,
+      cfg.activation_dtype,
+      cfg.parameter_dtype,
+      cfg.dropout_rate,
+      chunk_rows=cfg.attention_chunk_rows,
+      attention_impl=cfg.attention_impl,
+      dense_cls=dense_layer(cfg.dense_layer),
+      output_dtype=cfg.residual_dtype,
+      name=name,
+      **kwargs,
+  )
+
+
+def _mlp_sublayer(cfg: T5Config, x, deterministic: bool):
+  """The pre-norm MLP sublayer both stacks end their layers with, and its residual."""
+  y = _layer_norm(cfg, "pre_mlp_layer_norm")(x)
+  y = MlpBlock(
+      cfg.mlp_dim,
+      cfg.mlp_activations,
+      cfg.dropout_rate,
+      cfg.activation_dtype,
+      cfg.parameter_dtype,
+      dense_cls=dense_layer(cfg.dense_layer),
+      output_dtype=cfg.residual_dtype,
+      name="mlp",
+  )(y, deterministic=deterministic)
+  x = x + _dropout(cfg.dropout_rate)(y, deterministic=deterministic)
+  return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
 
 class EncoderLayer(nn.Module):
@@ -680,35 +738,12 @@ class EncoderLayer(nn.Module):
   @nn.compact
   def __call__(self, x, mask, bias, deterministic: bool = True):
     cfg = self.config
-    dt, pdt = cfg.activation_dtype, cfg.parameter_dtype
-    norm = functools.partial(
-        LayerNorm, epsilon=cfg.layer_norm_epsilon, dtype=dt, param_dtype=pdt
+    y = _layer_norm(cfg, "pre_attention_layer_norm")(x)
+    y = _attention(cfg, "attention")(
+        y, y, mask, bias, deterministic=deterministic
     )
-    y = norm(name="pre_attention_layer_norm")(x)
-    y = MultiHeadDotProductAttention(
-        cfg.num_heads,
-        cfg.head_dim,
-        dt,
-        pdt,
-        cfg.dropout_rate,
-        chunk_rows=cfg.attention_chunk_rows,
-        attention_impl=cfg.attention_impl,
-        dense_cls=dense_layer(cfg.dense_layer),
-        name="attention",
-    )(y, y, mask, bias, deterministic=deterministic)
     x = x + _dropout(cfg.dropout_rate)(y, deterministic=deterministic)
-    y = norm(name="pre_mlp_layer_norm")(x)
-    y = MlpBlock(
-        cfg.mlp_dim,
-        cfg.mlp_activations,
-        cfg.dropout_rate,
-        dt,
-        pdt,
-        dense_cls=dense_layer(cfg.dense_layer),
-        name="mlp",
-    )(y, deterministic=deterministic)
-    x = x + _dropout(cfg.dropout_rate)(y, deterministic=deterministic)
-    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    x = _mlp_sublayer(cfg, x, deterministic)
     return (x, None) if self.scanned else x
 
 
@@ -728,28 +763,13 @@ class DecoderLayer(nn.Module):
       decode: bool = False,
   ):
     cfg = self.config
-    dt, pdt = cfg.activation_dtype, cfg.parameter_dtype
-    norm = functools.partial(
-        LayerNorm, epsilon=cfg.layer_norm_epsilon, dtype=dt, param_dtype=pdt
-    )
-    attention = functools.partial(
-        MultiHeadDotProductAttention,
-        cfg.num_heads,
-        cfg.head_dim,
-        dt,
-        pdt,
-        cfg.dropout_rate,
-        chunk_rows=cfg.attention_chunk_rows,
-        attention_impl=cfg.attention_impl,
-        dense_cls=dense_layer(cfg.dense_layer),
-    )
-    y = norm(name="pre_self_attention_layer_norm")(x)
-    y = attention(name="self_attention")(
+    y = _layer_norm(cfg, "pre_self_attention_layer_norm")(x)
+    y = _attention(cfg, "self_attention")(
         y, y, decoder_mask, bias, decode=decode, deterministic=deterministic
     )
     x = x + _dropout(cfg.dropout_rate)(y, deterministic=deterministic)
-    y = norm(name="pre_cross_attention_layer_norm")(x)
-    y = attention(static_kv=True, name="encoder_decoder_attention")(
+    y = _layer_norm(cfg, "pre_cross_attention_layer_norm")(x)
+    y = _attention(cfg, "encoder_decoder_attention", static_kv=True)(
         y,
         encoded,
         encoder_decoder_mask,
@@ -757,18 +777,7 @@ class DecoderLayer(nn.Module):
         deterministic=deterministic,
     )
     x = x + _dropout(cfg.dropout_rate)(y, deterministic=deterministic)
-    y = norm(name="pre_mlp_layer_norm")(x)
-    y = MlpBlock(
-        cfg.mlp_dim,
-        cfg.mlp_activations,
-        cfg.dropout_rate,
-        dt,
-        pdt,
-        dense_cls=dense_layer(cfg.dense_layer),
-        name="mlp",
-    )(y, deterministic=deterministic)
-    x = x + _dropout(cfg.dropout_rate)(y, deterministic=deterministic)
-    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    x = _mlp_sublayer(cfg, x, deterministic)
     return (x, None) if self.scanned else x
 
 
@@ -986,7 +995,7 @@ class Transformer(nn.Module):
     self.token_embedder = Embed(
         cfg.vocab_size,
         cfg.emb_dim,
-        dtype=cfg.activation_dtype,
+        dtype=cfg.residual_dtype,  # the embeddings start the residual stream
         param_dtype=cfg.parameter_dtype,
     )
     self.encoder = Encoder(cfg, shared_embedding=self.token_embedder)

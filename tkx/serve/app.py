@@ -2,8 +2,10 @@
 
 `Generator` turns validated requests into token ids exactly as `tkx infer` does (ready prompts:
 `infer.cut_to_budget` of the vocabulary's encoding; structured ones: the Tk-Instruct encoder with
-the token budget first) and hands them to the `Batcher`. `create_app` wraps it in Starlette: every
-client error is a 4xx JSON `{"error": "<field>: <what is wrong>"}` and leaves the server serving.
+the token budget first) and hands them to the `Batcher`, each with the row of the LoRA adapter it
+names (`tkx.serve.adapters`: with adapters, every row of a batch decodes with its own).
+`create_app` wraps it in Starlette: every client error is a 4xx JSON
+`{"error": "<field>: <what is wrong>"}` and leaves the server serving.
 """
 
 import asyncio
@@ -13,13 +15,15 @@ import dataclasses
 import logging
 import threading
 import time
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import jax
 from starlette import applications, concurrency, exceptions, responses, routing
 
 from tkx import infer
 from tkx.data import encodings
+from tkx.models import base as models_base
+from tkx.serve import adapters as adapters_lib
 from tkx.serve import batcher as batcher_lib
 from tkx.serve import metrics as metrics_lib
 from tkx.serve import playground, schema
@@ -36,6 +40,8 @@ class PreparedRequest:
   ids: List[int]  # ending in EOS, within the token budget
   config: infer.DecodeConfig
   truncated: bool  # the prompt (or its examples) did not fit the budget
+  adapter: int = 0  # the stacked adapter row (0: the base model)
+  adapter_name: str = adapters_lib.BASE  # for metrics
 
 
 class Generator:
@@ -50,6 +56,9 @@ class Generator:
     max_input_length: the token budget, EOS included.
     max_wait_s: how long a batch waits to fill.
     metrics: a `Metrics`.
+    adapters: the served LoRA `adapters_lib.Adapters` (None: the base model only).
+    mixed_adapter_batches: whether requests for different adapters share a batch
+      (False: one adapter per batch, for comparison).
   """
 
   def __init__(
@@ -63,8 +72,11 @@ class Generator:
       max_input_length: int,
       max_wait_s: float,
       metrics: metrics_lib.Metrics,
+      adapters: Optional[adapters_lib.Adapters] = None,
+      mixed_adapter_batches: bool = True,
   ):
     self.loaded = loaded
+    self.adapters = adapters
     self.vocabulary = loaded.vocabulary
     self.eos_id = loaded.model.eos_id  # as infer.Predictor takes it
     self.partitioner = partitioner
@@ -74,15 +86,28 @@ class Generator:
     self.max_input_length = min(max_input_length, max(self.input_buckets))
     self.metrics = metrics
     self._token_fns = encodings.vocabulary_token_fns(self.vocabulary)
+    row_params = None
+    if adapters is None:
+      self.model, params, shardings = loaded.model, loaded.params, None
+    else:
+      self.model = adapters.model(loaded.model)
+      row_params = adapters.rows(
+          loaded.params,
+          partitioner,
+          models_base.param_shardings(self.model, partitioner),
+          batch_size,
+      )
+      params, shardings = row_params.initial, row_params.param_shardings
     # The server's decoding functions (one per decode setting, with their compiled
     # programs): every Predictor, a sampled request's fresh one too, takes its function here.
     self._predict_fns = infer.PredictFns(
-        loaded.model, partitioner, max_entries=_MAX_CACHED_PREDICTORS
+        self.model,
+        partitioner,
+        param_shardings=shardings,
+        max_entries=_MAX_CACHED_PREDICTORS,
     )
     # Placed once; every Predictor (one per decode setting) then shares these arrays.
-    self._params = jax.device_put(
-        loaded.params, self._predict_fns.param_shardings
-    )
+    self._params = jax.device_put(params, self._predict_fns.param_shardings)
     self._predictors: "collections.OrderedDict" = collections.OrderedDict()
     self._predictors_lock = threading.Lock()
     self.batcher = batcher_lib.Batcher(
@@ -90,6 +115,8 @@ class Generator:
         batch_size=batch_size,
         max_wait_s=max_wait_s,
         metrics=metrics,
+        params_for_rows=row_params,
+        mixed_adapters=mixed_adapter_batches,
     )
 
   def predictor_for(self, config: infer.DecodeConfig) -> infer.Predictor:
@@ -97,7 +124,7 @@ class Generator:
 
     def make():
       return infer.Predictor(
-          self.loaded.model,
+          self.model,
           self._params,
           partitioner=self.partitioner,
           batch_size=self.batch_size,
@@ -144,13 +171,31 @@ class Generator:
     )
     return prompt, prompt != full
 
+  @property
+  def adapter_names(self) -> Tuple[str, ...]:
+    return self.adapters.names if self.adapters is not None else ()
+
+  def adapter_row(self, name: Optional[str]) -> int:
+    """The stacked row of a request's adapter (0: none); unknown -> RequestError naming it."""
+    if self.adapters is not None:
+      return self.adapters.index(name)
+    if name is not None:
+      raise schema.RequestError(
+          "adapter",
+          f"unknown adapter {name!r} (this server serves none: tkx serve --adapter NAME=PATH)",
+      )
+    return 0
+
   def prepare(self, request: schema.GenerateRequest) -> PreparedRequest:
+    row = self.adapter_row(request.adapter)
     config = self._decode_config(request.decode_overrides)
     prompt, truncated = self.prompt_of(request)
     ids, cut = infer.cut_to_budget(
         self.vocabulary.encode(prompt), self.max_input_length, self.eos_id
     )
-    return PreparedRequest(ids, config, truncated or cut)
+    return PreparedRequest(
+        ids, config, truncated or cut, row, request.adapter or adapters_lib.BASE
+    )
 
   def answer(self, prepared: PreparedRequest, output_ids) -> Dict[str, Any]:
     [prediction] = infer.decode_ids(self.vocabulary, [output_ids])
@@ -194,6 +239,7 @@ def create_app(
   """Long because the routes are closures over one Generator and its metrics, defined together."""
   metrics = generator.metrics
   max_decode_length = generator.decode_config.max_decode_length
+  page = playground.page(generator.adapter_names)
 
   async def generate(request):
     start = time.monotonic()
@@ -204,6 +250,7 @@ def create_app(
       metrics.in_flight.dec()
 
   async def answer_generate(request, start):
+    prepared = None  # its adapter labels the per-adapter metrics once known
     try:
       body = await _read_body(request, max_request_bytes)
       parsed = schema.parse_generate_request(
@@ -211,25 +258,24 @@ def create_app(
       )
       prepared = await concurrency.run_in_threadpool(generator.prepare, parsed)
       try:
-        future = generator.batcher.submit(prepared.ids, prepared.config)
+        future = generator.batcher.submit(
+            prepared.ids, prepared.config, prepared.adapter
+        )
       except RuntimeError as e:  # shutting down
-        metrics.requests.labels("503").inc()
+        metrics.count_request(503, prepared.adapter_name)
         return _error(503, str(e))
       output_ids = await asyncio.wrap_future(future)
     except schema.RequestError as e:
-      metrics.requests.labels(str(e.status)).inc()
+      metrics.count_request(e.status, prepared and prepared.adapter_name)
       return _error(e.status, str(e))
     except Exception:  # pylint: disable=broad-except
       log.exception("generate request failed")
-      metrics.requests.labels("500").inc()
+      metrics.count_request(500, prepared and prepared.adapter_name)
       return _error(500, "internal error while decoding (see the server log)")
     answer = generator.answer(prepared, output_ids)
-    metrics.requests.labels("200").inc()
-    metrics.latency_seconds.observe(time.monotonic() - start)
-    metrics.input_tokens.inc(answer["input_tokens"])
-    metrics.output_tokens.inc(answer["output_tokens"])
-    if answer["truncated"]:
-      metrics.truncated.inc()
+    metrics.count_answer(
+        answer, prepared.adapter_name, time.monotonic() - start
+    )
     return responses.JSONResponse(answer)
 
   async def healthz(request):
@@ -240,6 +286,7 @@ def create_app(
             "checkpoint": generator.loaded.path,
             "batch_size": generator.batch_size,
             "max_input_length": generator.max_input_length,
+            "adapters": list(generator.adapter_names),
             "decoding": dataclasses.asdict(generator.decode_config),
         }
     )
@@ -252,7 +299,7 @@ def create_app(
 
   async def index(request):
     del request
-    return responses.HTMLResponse(playground.PAGE)
+    return responses.HTMLResponse(page)
 
   async def http_error(request, exc):
     del request

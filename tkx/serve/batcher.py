@@ -7,6 +7,12 @@ request's arrival for the batch to fill. Requests with other settings wait for a
 a Predictor's random stream depends on the batch and row, so only alone, as the first batch of
 a Predictor seeded with the request's seed, is a sampled answer reproducible (and equal to
 `tkx infer --seed S` on a one-line input file).
+
+Each request names a served LoRA adapter by its row in the stacked adapters
+(`tkx.serve.adapters`; 0: the base model). Requests for different adapters share a batch:
+`params_for_rows` turns the batch's adapter rows into its parameters (each row applies its own
+adapter). `mixed_adapters=False` batches one adapter at a time instead (the comparison
+`bench/serve.py --adapters` measures).
 """
 
 import collections
@@ -15,7 +21,7 @@ import dataclasses
 import logging
 import threading
 import time
-from typing import Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
 from tkx import infer
 
@@ -28,6 +34,7 @@ class _Job:
   config: infer.DecodeConfig
   future: concurrent.futures.Future
   enqueued: float  # time.monotonic()
+  adapter: int = 0  # the stacked adapter row (0: the base model)
 
 
 def batch_key(config: infer.DecodeConfig) -> infer.DecodeConfig:
@@ -43,6 +50,9 @@ class Batcher:
     batch_size: the most requests per batch (the Predictor's batch size).
     max_wait_s: how long a batch waits for more requests after its oldest one arrived.
     metrics: a `tkx.serve.metrics.Metrics` (batch sizes, queue and decode times).
+    params_for_rows: the adapter rows of a batch's requests -> its parameters
+      (`tkx.serve.adapters.RowParams`); None: the Predictor's own (no adapters).
+    mixed_adapters: whether requests for different adapters share a batch.
   """
 
   def __init__(
@@ -52,8 +62,12 @@ class Batcher:
       batch_size: int,
       max_wait_s: float,
       metrics=None,
+      params_for_rows: Optional[Callable[[Sequence[int]], Any]] = None,
+      mixed_adapters: bool = True,
   ):
     self.predictor_for = predictor_for
+    self.params_for_rows = params_for_rows
+    self.mixed_adapters = mixed_adapters
     self.batch_size = batch_size
     self.max_wait_s = max_wait_s
     self.metrics = metrics
@@ -66,10 +80,16 @@ class Batcher:
     self._thread.start()
 
   def submit(
-      self, ids: Sequence[int], config: infer.DecodeConfig
+      self, ids: Sequence[int], config: infer.DecodeConfig, adapter: int = 0
   ) -> concurrent.futures.Future:
-    """Queues ids (ending in EOS, within the largest bucket); the future gives the output ids."""
-    job = _Job(list(ids), config, concurrent.futures.Future(), time.monotonic())
+    """Queues ids (ending in EOS, within the largest bucket) for `adapter`'s row; the future gives the output ids."""
+    job = _Job(
+        list(ids),
+        config,
+        concurrent.futures.Future(),
+        time.monotonic(),
+        adapter,
+    )
     with self._cond:
       if self._closed:
         raise RuntimeError("the server is shutting down")
@@ -89,6 +109,10 @@ class Batcher:
     if self.metrics is not None:
       self.metrics.queue_depth.set(len(self._pending))
 
+  def _key(self, job: _Job):
+    key = batch_key(job.config)
+    return key if self.mixed_adapters else (key, job.adapter)
+
   def _limit(self, config: infer.DecodeConfig) -> int:
     return 1 if config.uses_rng else self.batch_size
 
@@ -99,11 +123,11 @@ class Batcher:
           return None
         self._cond.wait()
       first = self._pending[0]
-      key = batch_key(first.config)
+      key = self._key(first)
       limit = self._limit(first.config)
       deadline = first.enqueued + self.max_wait_s
       while True:
-        batch = [j for j in self._pending if batch_key(j.config) == key][:limit]
+        batch = [j for j in self._pending if self._key(j) == key][:limit]
         remaining = deadline - time.monotonic()
         if len(batch) >= limit or remaining <= 0 or self._closed:
           break
@@ -112,6 +136,16 @@ class Batcher:
         self._pending.remove(job)
       self._set_depth()
       return batch
+
+  def _batch_params(self, adapters: List[int]) -> dict:
+    """`predict_ids`' per-batch parameters for these requests' adapters (none without adapters)."""
+    if self.params_for_rows is None:
+      return {}
+    return {
+        "batch_params": lambda indices: self.params_for_rows(
+            [adapters[i] for i in indices]
+        )
+    }
 
   def _run(self):
     while True:
@@ -126,7 +160,10 @@ class Batcher:
       try:
         predictor = self.predictor_for(batch[0].config)
         outputs = predictor.predict_ids(
-            [j.ids for j in batch], progress=False, log_plan=False
+            [j.ids for j in batch],
+            progress=False,
+            log_plan=False,
+            **self._batch_params([j.adapter for j in batch]),
         )
       except Exception as e:  # pylint: disable=broad-except
         log.exception("decoding a batch of %d request(s) failed", len(batch))

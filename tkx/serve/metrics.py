@@ -1,5 +1,7 @@
 """Prometheus metrics of one server (its own registry, so several servers in a process stay apart)."""
 
+from typing import Optional
+
 import prometheus_client
 
 # Seconds: from a millisecond queue wait to a long beam search on a large model.
@@ -23,7 +25,11 @@ _BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 class Metrics:
-  """Requests by status, batch sizes, queue time, decode time and request latency."""
+  """Requests by status, batch sizes, queue time, decode time and request latency.
+
+  The `adapter_*` series repeat requests, latency and tokens per served LoRA adapter
+  (label `adapter`: its `--adapter` name, or "base" for requests without one).
+  """
 
   content_type = prometheus_client.CONTENT_TYPE_LATEST
 
@@ -69,6 +75,31 @@ class Metrics:
     self.truncated = prometheus_client.Counter(
         "truncated_prompts", "prompts cut to the token budget", **kw
     )
+    self.adapter_requests = prometheus_client.Counter(
+        "adapter_requests",
+        "generate requests answered, by adapter (base: none) and HTTP status",
+        ["adapter", "status"],
+        **kw,
+    )
+    self.adapter_latency_seconds = prometheus_client.Histogram(
+        "adapter_request_latency_seconds",
+        "time from a generate request's arrival to its answer (2xx only), by adapter",
+        ["adapter"],
+        buckets=_LATENCY_BUCKETS,
+        **kw,
+    )
+    self.adapter_input_tokens = prometheus_client.Counter(
+        "adapter_input_tokens",
+        "prompt tokens decoded (EOS included), by adapter",
+        ["adapter"],
+        **kw,
+    )
+    self.adapter_output_tokens = prometheus_client.Counter(
+        "adapter_output_tokens",
+        "tokens generated (EOS not included), by adapter",
+        ["adapter"],
+        **kw,
+    )
     self.in_flight = prometheus_client.Gauge(
         "requests_in_flight",
         "generate requests received and not yet answered",
@@ -77,6 +108,24 @@ class Metrics:
     self.queue_depth = prometheus_client.Gauge(
         "queue_depth", "requests waiting for a batch", **kw
     )
+
+  def count_request(self, status: int, adapter: Optional[str]) -> None:
+    """One answered request; `adapter` None: refused before its adapter was known (or unknown)."""
+    self.requests.labels(str(status)).inc()
+    if adapter is not None:
+      self.adapter_requests.labels(adapter, str(status)).inc()
+
+  def count_answer(self, answer: dict, adapter: str, seconds: float) -> None:
+    """A 200 answer: latency, tokens and truncation, overall and for its adapter."""
+    self.count_request(200, adapter)
+    self.latency_seconds.observe(seconds)
+    self.adapter_latency_seconds.labels(adapter).observe(seconds)
+    self.input_tokens.inc(answer["input_tokens"])
+    self.adapter_input_tokens.labels(adapter).inc(answer["input_tokens"])
+    self.output_tokens.inc(answer["output_tokens"])
+    self.adapter_output_tokens.labels(adapter).inc(answer["output_tokens"])
+    if answer["truncated"]:
+      self.truncated.inc()
 
   def render(self) -> bytes:
     return prometheus_client.generate_latest(self.registry)

@@ -1,8 +1,16 @@
 """The playground page served at `/`: a form (definition, examples, input, settings) that calls
 `/v1/generate` and shows the answer. Self-contained: no external scripts, styles or fonts.
+
+`page(adapters)`: the page with the served LoRA adapters in its "Adapter" select box (first
+option: the base model); `PAGE` is the page of a server without adapters.
 """
 
-PAGE = """<!doctype html>
+import html
+from typing import Sequence
+
+_ADAPTER_OPTIONS = "<!--adapter options-->"
+
+_TEMPLATE = """<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
@@ -53,6 +61,11 @@ PAGE = """<!doctype html>
       <div><label for="neg1_output">Output</label><input type="text" id="neg1_output" value=""></div>
     </div>
   </fieldset>
+  <label for="adapter">Adapter</label>
+  <select id="adapter">
+    <option value="" selected>(base model)</option>
+    <!--adapter options-->
+  </select>
   <label for="input">Input</label>
   <textarea id="input" name="input">France</textarea>
   <div class="settings">
@@ -102,6 +115,7 @@ PAGE = """<!doctype html>
       if (text) body[field] = parse(text);
     }
     if (!body.encoding.includes("def")) delete body.definition;
+    if ($("adapter").value) body.adapter = $("adapter").value;
     return body;
   }
   $("form").addEventListener("submit", async (event) => {
@@ -134,3 +148,15 @@ PAGE = """<!doctype html>
 </body>
 </html>
 """
+
+
+def page(adapters: Sequence[str] = ()) -> str:
+  """The playground with `adapters` (served adapter names) to choose from."""
+  options = "\n    ".join(
+      f'<option value="{html.escape(name)}">{html.escape(name)}</option>'
+      for name in adapters
+  )
+  return _TEMPLATE.replace(_ADAPTER_OPTIONS, options)
+
+
+PAGE = page()

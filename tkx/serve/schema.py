@@ -6,7 +6,8 @@ Two forms:
   "negative_examples": [...], "input": "...", "encoding": "def_pos2"}`: the prompt is built by
   `tkx.data.encodings.encode_source` (the Tk-Instruct collator's format and token budget).
 
-Either form may set `decode_fn` (a registered decoding method), `max_decode_length`, `num_beams`,
+Either form may name its LoRA `adapter` (one the server serves, `tkx serve --adapter`; absent
+or null: the base model) and set `decode_fn` (a registered decoding method), `max_decode_length`, `num_beams`,
 `temperature` and `seed`; they choose the method as the command flags do
 (`infer.DecodeConfig.with_settings`); the other decoding settings are the server's. Unknown fields
 are refused rather than ignored.
@@ -37,6 +38,8 @@ DECODE_FIELDS = {
     "temperature": float,
     "seed": int,
 }
+# The served LoRA adapter a request decodes with (absent or null: the base model).
+ADAPTER_FIELD = "adapter"
 EXAMPLE_FIELDS = ("input", "output", "explanation")
 # Each beam count is its own set of compiled programs; keep clients from asking for unbounded ones.
 MAX_NUM_BEAMS = 16
@@ -61,6 +64,7 @@ class GenerateRequest:
   instance: Optional[Dict[str, Any]] = None
   encoding: Any = None  # encodings.EncodingConfig or encodings.TK_INSTRUCT
   decode_overrides: Dict[str, Any] = dataclasses.field(default_factory=dict)
+  adapter: Optional[str] = None  # a served adapter's name; None: the base model
 
 
 def _type_name(value) -> str:
@@ -170,14 +174,20 @@ def parse_generate_request(
   if not isinstance(data, dict):
     raise RequestError("body", f"must be a JSON object, got {_type_name(data)}")
   known = set(PROMPT_FIELDS) | set(STRUCTURED_FIELDS) | set(DECODE_FIELDS)
+  known.add(ADAPTER_FIELD)
   for field in data:
     if field not in known:
       raise RequestError(
           field,
           "unknown field (give inputs, or definition/positive_examples/negative_examples/"
-          "input/encoding; optionally " + "/".join(DECODE_FIELDS) + ")",
+          "input/encoding; optionally "
+          + "/".join((ADAPTER_FIELD,) + tuple(DECODE_FIELDS))
+          + ")",
       )
   overrides = _decode_overrides(data, max_decode_length)
+  adapter = None
+  if data.get(ADAPTER_FIELD) is not None:
+    adapter = _string(data, ADAPTER_FIELD, required=True, non_empty=True)
   structured = [f for f in STRUCTURED_FIELDS if f in data]
   if "inputs" in data or not structured:
     if structured:
@@ -186,7 +196,9 @@ def parse_generate_request(
           f"give either a ready prompt (inputs) or its parts ({', '.join(structured)}), not both",
       )
     prompt = _string(data, "inputs", required=True, non_empty=True)
-    return GenerateRequest(prompt=prompt, decode_overrides=overrides)
+    return GenerateRequest(
+        prompt=prompt, decode_overrides=overrides, adapter=adapter
+    )
 
   encoding_name = data.get("encoding", DEFAULT_ENCODING)
   if not isinstance(encoding_name, str):
@@ -216,4 +228,5 @@ def parse_generate_request(
       instance=instance,
       encoding=encoding,
       decode_overrides=overrides,
+      adapter=adapter,
   )
