@@ -210,3 +210,28 @@ def test_model_info_adapters_keep_gradients_and_optimizer_state_of_the_adapters_
   assert comparison["adapters"]["gradients"] == 4 * n_adapters
   assert comparison["full"]["gradients"] == full.param_bytes_per_device
   assert "full fine-tuning vs adapters" in model_info.format_report(info)
+
+
+def test_xla_adapter_step_holds_the_base_as_an_argument_and_donates_only_the_adapters():
+  from tkx.models import xla_memory
+
+  config = tiny_config(dense_layer="lora")
+  recipe = xla_memory.Recipe(
+      data=8,
+      optimizer="adamw",
+      batch_rows=8,
+      inputs_length=8,
+      targets_length=4,
+      trainable="adapters",
+  )
+  step = xla_memory.analyse(config, recipe)["train_step"]
+  mem = model_info.memory_per_device(
+      config, data=8, optimizer="adamw", trainable="adapters"
+  )
+  state = mem.trainable_bytes_per_device + mem.optimizer_bytes_per_device
+  # The whole model is an argument; only the adapters' state is donated (aliased).
+  assert (
+      step["arguments"]
+      >= mem.param_bytes_per_device + mem.optimizer_bytes_per_device
+  )
+  assert state <= step["aliased"] <= state + 64, (step, state)
