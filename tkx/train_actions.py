@@ -210,7 +210,9 @@ class Evaluate(BaseAction):
     decoding programs the first one compiled."""
     arguments = dict(
         model=trainer.model,
-        params=trainer.params,
+        # An adapter run's whole model is the adapters over the frozen base
+        # (`Trainer.params`); a Trainer-like object without it: its state's.
+        params=getattr(trainer, "params", None) or trainer.state.params,
         step=step,
         model_dir=trainer.model_dir,
     )
