@@ -235,3 +235,13 @@ def test_xla_adapter_step_holds_the_base_as_an_argument_and_donates_only_the_ada
       >= mem.param_bytes_per_device + mem.optimizer_bytes_per_device
   )
   assert state <= step["aliased"] <= state + 64, (step, state)
+
+
+def test_an_adapter_checkpoint_whose_base_is_gone_is_one_clear_error(tmp_path):
+  gin.bind_parameter(adapters.BASE_BINDING, str(tmp_path / "gone"))
+  with pytest.raises(
+      directory.CheckpointError, match="the adapters' base .*gone"
+  ):
+    directory._load_params_over_base(  # pylint: disable=protected-access
+        str(tmp_path / "checkpoint_4"), {}
+    )

@@ -466,6 +466,11 @@ def _load_params_over_base(step_dir: str, abstract_params):
   base_path = gin_utils.query(adapters.BASE_BINDING)
   if not base_path:
     return orbax_io.load_params(step_dir, abstract_params)
+  if not storage.exists(base_path):
+    raise CheckpointError(
+        f"{step_dir}: the adapters' base {base_path} does not exist (model.gin's "
+        f"{adapters.BASE_BINDING}: put the base there or edit that line)"
+    )
   trained, frozen = adapters.split(abstract_params)
   log.info("adapters over the base %s", base_path)
   shardings = jax.tree_util.tree_map(lambda a: a.sharding, frozen)
