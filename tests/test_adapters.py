@@ -82,12 +82,15 @@ def test_split_and_combine_partition_the_tree():
 def test_gradients_are_the_adapters_only_and_equal_the_full_gradients_there():
   model, params = init_params(tiny_config(dense_layer="lora", prompt_length=2))
   trained, frozen = adapters.split(params)
-  loss, grads, _ = trainer.compute_gradients(
-      model, trained, BATCH, None, frozen_params=frozen
-  )
-  full_loss, full_grads, _ = trainer.compute_gradients(
-      model, params, BATCH, None
-  )
+  # Jitted: op by op the backward pass of even a tiny model takes seconds.
+  loss, grads, _ = jax.jit(
+      lambda t, f: trainer.compute_gradients(
+          model, t, BATCH, None, frozen_params=f
+      )
+  )(trained, frozen)
+  full_loss, full_grads, _ = jax.jit(
+      lambda p: trainer.compute_gradients(model, p, BATCH, None)
+  )(params)
   assert jax.tree_util.tree_structure(grads) == jax.tree_util.tree_structure(
       trained
   )
@@ -100,44 +103,41 @@ def test_gradients_are_the_adapters_only_and_equal_the_full_gradients_there():
   )
 
 
+def forward_fn(model):
+  """Jitted teacher-forced logits (op by op a forward pass takes seconds)."""
+  return jax.jit(
+      lambda p, enc, dec, tgt: model.module.apply(
+          {"params": p}, enc, dec, tgt, enable_dropout=False
+      )
+  )
+
+
 def test_prompt_positions_are_valid_and_padding_still_masked():
   config = tiny_config(prompt_length=3)
   model, params = init_params(config)
+  forward = forward_fn(model)
   module = model.module
-  encoded = module.apply(
-      {"params": params},
+  encoded = jax.eval_shape(
+      lambda p, x: module.apply(
+          {"params": p}, x, enable_dropout=False, method=module.encode
+      ),
+      params,
       BATCH["encoder_input_tokens"],
-      enable_dropout=False,
-      method=module.encode,
   )
   assert encoded.shape == (2, 3 + 6, 16)
+  tokens = [BATCH[k] for k in ("encoder_input_tokens", "decoder_input_tokens")]
+  tokens.append(BATCH["decoder_target_tokens"])
+  logits = forward(params, *tokens)
   # More padding changes nothing: the prompt is always attended, padding never.
-  padded = np.pad(BATCH["encoder_input_tokens"], ((0, 0), (0, 4)))
-  logits = model.module.apply(
-      {"params": params},
-      **{k: v for k, v in BATCH.items() if k != "decoder_loss_weights"},
-      enable_dropout=False,
+  padded = np.pad(tokens[0], ((0, 0), (0, 4)))
+  np.testing.assert_allclose(
+      logits, forward(params, padded, *tokens[1:]), rtol=1e-5, atol=1e-6
   )
-  logits_padded = model.module.apply(
-      {"params": params},
-      padded,
-      BATCH["decoder_input_tokens"],
-      BATCH["decoder_target_tokens"],
-      enable_dropout=False,
-  )
-  np.testing.assert_allclose(logits, logits_padded, rtol=1e-5, atol=1e-6)
   # The prompt matters (a different prompt, different logits).
   other = jax.tree_util.tree_map_with_path(
       lambda p, v: v * 2.0 if adapters.is_adapter_path(p) else v, params
   )
-  assert not np.allclose(
-      logits,
-      model.module.apply(
-          {"params": other},
-          **{k: v for k, v in BATCH.items() if k != "decoder_loss_weights"},
-          enable_dropout=False,
-      ),
-  )
+  assert not np.allclose(logits, forward(other, *tokens))
 
 
 def test_prompt_tuned_greedy_decoding_equals_teacher_forced_argmax():
@@ -145,19 +145,15 @@ def test_prompt_tuned_greedy_decoding_equals_teacher_forced_argmax():
   model, params = init_params(config, seed=3)
   inputs = BATCH["encoder_input_tokens"]
   decoded = np.asarray(
-      model.predict_batch(
-          params, {"encoder_input_tokens": inputs}, max_decode_length=4
-      )
+      jax.jit(
+          lambda p, x: model.predict_batch(
+              p, {"encoder_input_tokens": x}, max_decode_length=4
+          )
+      )(params, inputs)
   )
   # Teacher forcing on the decoded tokens (no cache, the full masks) picks the same tokens.
   shifted = np.pad(decoded, ((0, 0), (1, 0)))[:, :-1]
-  logits = model.module.apply(
-      {"params": params},
-      inputs,
-      shifted,
-      np.ones_like(decoded),
-      enable_dropout=False,
-  )
+  logits = forward_fn(model)(params, inputs, shifted, np.ones_like(decoded))
   np.testing.assert_array_equal(np.argmax(logits, -1), decoded)
 
 
