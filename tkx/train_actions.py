@@ -99,7 +99,10 @@ class RunFiles(BaseAction):
     with io_utils.atomic_write(f"{trainer.model_dir}/config.gin") as f:
       f.write(gin.config_str())
     directory.write_model_files_for(
-        trainer.model, trainer.model_dir, comment="Model of a tkx training run."
+        trainer.model,
+        trainer.model_dir,
+        comment="Model of a tkx training run.",
+        base_checkpoint=getattr(trainer, "base_checkpoint", None),
     )
 
   def end(self, trainer):
@@ -207,7 +210,9 @@ class Evaluate(BaseAction):
     decoding programs the first one compiled."""
     arguments = dict(
         model=trainer.model,
-        params=trainer.state.params,
+        # An adapter run's whole model is the adapters over the frozen base
+        # (`Trainer.params`); a Trainer-like object without it: its state's.
+        params=getattr(trainer, "params", None) or trainer.state.params,
         step=step,
         model_dir=trainer.model_dir,
     )

@@ -9,6 +9,9 @@ shape, tkx's fields):
   EvaluationConfig  held-out loss (and a generation hook) every N steps
   LoggingConfig     the step line and TensorBoard scalars every N steps; peak FLOP/s for MFU
 
+and which parameters it trains (`Trainable`, TRAINABLE: all of them, or only
+the adapters over a frozen base; docs/adapters.md).
+
 gin_configs/runs/finetune.gin binds every field to a run macro (BATCH_SIZE,
 SAVE_EVERY, EVAL_EVERY, ...), so `--gin.MACRO=...` is how a user sets them; a
 field without a macro is bound directly (`--gin.LoggingConfig.log_every=20`).
@@ -18,6 +21,7 @@ reported with its name (not as gin's error about an argument).
 """
 
 import dataclasses
+import enum
 import os
 from typing import Callable, Mapping, Optional, Union
 
@@ -114,6 +118,29 @@ class LoggingConfig:
 
   log_every: int = 10
   peak_flops_per_device: Optional[float] = None
+
+
+class Trainable(enum.Enum):
+  """Which parameters a run trains (TRAINABLE; `trainer.train.trainable`)."""
+
+  # Full fine-tuning: every parameter has gradients and optimizer state.
+  ALL = "all"
+  # Parameter-efficient: only the adapters (LoRA's lora_a/lora_b, the tuned prompt;
+  # `tkx.models.adapters`). The base is read from INITIAL_CHECKPOINT_PATH, held
+  # outside the train state (no gradients, no optimizer state, not copied per step)
+  # and named in model.gin; checkpoints hold the adapters only.
+  ADAPTERS = "adapters"
+
+  @classmethod
+  def parse(cls, value) -> "Trainable":
+    if isinstance(value, cls):
+      return value
+    try:
+      return cls(str(value).lower())
+    except ValueError:
+      raise errors.ConfigError(
+          f"TRAINABLE must be one of {[m.value for m in cls]}, got {value!r}"
+      ) from None
 
 
 # ------------------------------------------------------------------------------

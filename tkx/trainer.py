@@ -40,18 +40,21 @@ action); that step is saved, one line names the checkpoint, and `train` returns
 (`tkx train` exits 0). See docs/clusters.md.
 
 Contract (the names other modules rely on; change one only together with its users):
-- `trainer.make_train_step(model, optimizer, learning_rate_fn, num_microbatches=1) -> train_step(state, batch) -> (state, metrics)`
-  (pure; jit/partition it yourself); metrics: loss, grad_norm, update_norm, learning_rate, num_target_tokens, is_finite,
+- `trainer.make_train_step(model, optimizer, learning_rate_fn, num_microbatches=1) -> train_step(state, batch[, frozen_params])
+  -> (state, metrics)` (pure; jit/partition it yourself; with `frozen_params` the state's params are the trained part,
+  `tkx.models.adapters.combine`d with the frozen base for the loss, gradients only w.r.t. the trained part); metrics: loss, grad_norm, update_norm, learning_rate, num_target_tokens, is_finite,
   z_loss, accuracy, and `num_real_tokens` / `num_computed_tokens` (token efficiency = their ratio; tokens/s and MFU
   should count real tokens), `num_examples` (packed segments or non-empty rows), and for a model with a `config`
-  `num_useful_flops` / `num_computed_flops` (`packing.flop_counts`). `trainer.compute_gradients(model, params, batch, dropout_rng, num_microbatches)`.
+  `num_useful_flops` / `num_computed_flops` (`packing.flop_counts`). `trainer.compute_gradients(model, params, batch, dropout_rng,
+  num_microbatches, frozen_params=None)`.
 - `trainer.train(*, model, model_dir, train_dataset_cfg, packing_cfg, checkpoint_cfg, eval_cfg, logging_cfg,
   partitioner, train_steps, train_epochs, optimizer_fn, learning_rate_fn, grad_clip_norm, num_microbatches,
-  random_seed, actions)` (gin `trainer.train`, bound by `gin_configs/runs/finetune.gin`; the `*_cfg` are
+  random_seed, actions, trainable)` (gin `trainer.train`, bound by `gin_configs/runs/finetune.gin`; the `*_cfg` are
   `tkx.train_configs` dataclasses, each field bound to a run macro) -> `{"step", "loss", "state", "preempted",
   "last_checkpoint"}`; raises `trainer.NonFiniteLossError`. It checks, opens the input, then
   `trainer.Trainer.setup(...)` (state resumed / initial / random, partitioned steps) and `.run()`; `Trainer.step(batch)`,
-  `Trainer.eval_loss(host_batches)`. Step metrics are read one step late (`trainer.PendingMetrics`: step n's after
+  `Trainer.eval_loss(host_batches)`, `Trainer.params` (the whole model's: the state's, or adapters over the frozen base),
+  `Trainer.base_checkpoint` (an adapter run's base, recorded in model.gin; None otherwise). Step metrics are read one step late (`trainer.PendingMetrics`: step n's after
   step n+1 is dispatched); a step to be saved, acted on or the last is read first (never save a non-finite step).
 - `train_actions.BaseAction`: `start(trainer)`, `due(step) -> Due.{NO, RUN, SAVE_THEN_RUN}` (every step, every host),
   `run(trainer, step) -> stop?` (after the step's read and save; a stop saves that step, later actions skipped),
@@ -84,6 +87,7 @@ from tkx.checkpoints import layout, orbax_io
 from tkx.data import packing
 from tkx.data import packing_plan
 from tkx.data import pipeline as data_pipeline
+from tkx.models import adapters
 from tkx.step_logger import StepLogger
 from tkx.train_actions import BaseAction, Due, PreemptionSave
 from tkx.train_configs import (
@@ -92,7 +96,9 @@ from tkx.train_configs import (
     EvaluationConfig,
     LoggingConfig,
     PackingConfig,
+    Trainable,
 )
+from tkx import train_state
 from tkx.train_state import TrainState, TrainStateInitializer
 
 log = logging.getLogger(__name__)
@@ -129,9 +135,17 @@ def _split_microbatches(batch, num_microbatches):
 
 
 def compute_gradients(
-    model, params, batch, dropout_rng, num_microbatches: int = 1
+    model,
+    params,
+    batch,
+    dropout_rng,
+    num_microbatches: int = 1,
+    frozen_params=None,
 ):
   """(loss, grads, metrics) of the whole batch, accumulated over micro-batches.
+
+  With `frozen_params` the model runs on `params` combined with them
+  (`tkx.models.adapters.combine`) and the gradients are `params`' only.
 
   The model normalises each call's loss by that call's target tokens; scaling a
   micro-batch's loss by its share of the batch's target tokens makes the sum over
@@ -142,6 +156,8 @@ def compute_gradients(
   total_tokens = jnp.maximum(_num_tokens(batch), 1.0)
 
   def micro_loss(p, micro, rng):
+    if frozen_params is not None:
+      p = adapters.combine(p, frozen_params)
     loss, metrics = model.loss_fn(p, micro, rng)
     share = _num_tokens(micro) / total_tokens if per_token else 1.0
     return loss * share, metrics
@@ -203,13 +219,22 @@ def make_train_step(
     learning_rate_fn,
     num_microbatches: int = 1,
 ):
-  """train_step(state, batch) -> (state, metrics); pure, to be jitted by the partitioner."""
+  """train_step(state, batch[, frozen_params]) -> (state, metrics); pure, to be jitted by the partitioner.
+
+  With `frozen_params` (an adapter run) `state.params` are the adapters: only
+  they get gradients and optimizer updates; the frozen base is an input.
+  """
   model_config = model.config  # None: a model without T5 shapes, no FLOP counts
 
-  def train_step(state: TrainState, batch):
+  def train_step(state: TrainState, batch, frozen_params=None):
     dropout_rng = jax.random.fold_in(state.rng, state.step)
     loss, grads, model_metrics = compute_gradients(
-        model, state.params, batch, dropout_rng, num_microbatches
+        model,
+        state.params,
+        batch,
+        dropout_rng,
+        num_microbatches,
+        frozen_params=frozen_params,
     )
     grad_norm = optax.global_norm(grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -330,8 +355,11 @@ class Trainer:
   runs over any step function, input and checkpoint manager of the same shape.
 
   Attributes for actions: `model`, `model_dir`, `partitioner`, `state`,
-  `start_step`, `total_steps`, `checkpoints`, `actions`, `data_shard_info`,
-  `eval_loss(host_batches)`.
+  `params`, `start_step`, `total_steps`, `checkpoints`, `actions`,
+  `data_shard_info`, `base_checkpoint`, `eval_loss(host_batches)`.
+
+  An adapter run (`Trainable.ADAPTERS`) holds `frozen_params`, the base model,
+  beside the state and hands them to every step (not donated, never copied).
   """
 
   def __init__(
@@ -352,8 +380,11 @@ class Trainer:
       num_microbatches: int = 1,
       step_logger: Optional[Callable[[int, int], StepLogger]] = None,
       started: Optional[float] = None,
+      frozen_params=None,
+      base_checkpoint: Optional[str] = None,
   ):
     self.state = state
+    self.frozen_params, self.base_checkpoint = frozen_params, base_checkpoint
     self.start_step, self.input_state = start_step, input_state
     self.total_steps = total_steps
     self.train_input, self.checkpoints = train_input, checkpoints
@@ -385,11 +416,16 @@ class Trainer:
       actions: Sequence[BaseAction],
       step_logger: Callable[[int, int], StepLogger],
       started: Optional[float] = None,
+      trainable: Trainable = Trainable.ALL,
   ) -> "Trainer":
     """The run's state (restored, initial or random) and partitioned steps; nothing is written yet."""
     initializer = TrainStateInitializer(
-        model, optimizer, partitioner, random_seed
+        model, optimizer, partitioner, random_seed, trainable
     )
+    adapter_run = initializer.trainable is Trainable.ADAPTERS
+    base_checkpoint = None
+    if adapter_run and checkpoint_cfg.initial_checkpoint_path:
+      base_checkpoint = storage.abspath(checkpoint_cfg.initial_checkpoint_path)
     checkpoints = orbax_io.CheckpointManager(
         model_dir,
         save_every=checkpoint_cfg.save_every,
@@ -397,16 +433,31 @@ class Trainer:
         async_save=checkpoint_cfg.async_save,
     )
     try:
+      frozen = (
+          initializer.load_frozen_base(base_checkpoint)
+          if base_checkpoint
+          else None
+      )
       state, start_step, input_state = cls._initial_state(
-          initializer, checkpoints, checkpoint_cfg, train_input, model_dir
+          initializer,
+          checkpoints,
+          checkpoint_cfg,
+          train_input,
+          model_dir,
+          frozen,
       )
     except BaseException:
       checkpoints.close()  # no save thread left behind a bad INITIAL_CHECKPOINT_PATH
       raise
     data_sharding = partitioner.data_sharding
+    in_shardings = (initializer.state_shardings, data_sharding)
+    if (
+        adapter_run
+    ):  # the frozen base: an input, not donated (it is reused every step)
+      in_shardings += (initializer.frozen_shardings,)
     train_step = partitioner.partition(
         make_train_step(model, optimizer, learning_rate_fn, num_microbatches),
-        in_shardings=(initializer.state_shardings, data_sharding),
+        in_shardings=in_shardings,
         out_shardings=(initializer.state_shardings, partitioner.replicated),
         donate_argnums=(0,),
     )
@@ -431,14 +482,22 @@ class Trainer:
         num_microbatches=num_microbatches,
         step_logger=step_logger,
         started=started,
+        frozen_params=frozen,
+        base_checkpoint=base_checkpoint,
     )
 
   @staticmethod
   def _initial_state(
-      initializer, checkpoints, checkpoint_cfg, train_input, model_dir
+      initializer,
+      checkpoints,
+      checkpoint_cfg,
+      train_input,
+      model_dir,
+      frozen=None,
   ):
     """(state, its step, the input position after it): MODEL_DIR's newest checkpoint,
-    else INITIAL_CHECKPOINT_PATH's parameters, else random."""
+    else INITIAL_CHECKPOINT_PATH's parameters (an adapter run: fresh adapters over
+    the `frozen` base read from it), else random."""
     restored = initializer.restore(checkpoints)
     if restored is not None:
       state, data_state = restored
@@ -450,6 +509,9 @@ class Trainer:
           layout.step_dir_name(start_step),
           input_state,
       )
+    elif frozen is not None:
+      state = initializer.from_frozen_base(frozen)
+      start_step, input_state = 0, train_input.initial_state()
     elif checkpoint_cfg.initial_checkpoint_path:
       state = initializer.from_params_checkpoint(
           checkpoint_cfg.initial_checkpoint_path
@@ -465,10 +527,18 @@ class Trainer:
   def data_shard_info(self):
     return _data_shard_info(self.partitioner)
 
+  @property
+  def params(self):
+    """The whole model's parameters: the state's, or the adapters over the frozen base."""
+    if self.frozen_params is None:
+      return self.state.params
+    return adapters.combine(self.state.params, self.frozen_params)
+
   def step(self, batch):
     """One training step on a global batch: updates `state`; returns the step's metrics
     (device arrays, not waited for)."""
-    self.state, metrics = self._train_step(self.state, batch)
+    frozen = () if self.frozen_params is None else (self.frozen_params,)
+    self.state, metrics = self._train_step(self.state, batch, *frozen)
     return metrics
 
   def eval_loss(self, host_batches: Iterable[Mapping[str, Any]]) -> dict:
@@ -478,7 +548,7 @@ class Trainer:
     for host_batch in host_batches:
       out = jax.device_get(
           self._eval_step(
-              self.state.params,
+              self.params,
               self.partitioner.host_local_to_global(host_batch),
           )
       )
@@ -841,6 +911,7 @@ def train(
     num_microbatches: int = 1,
     random_seed: int = 0,
     actions: Sequence[BaseAction] = (),
+    trainable: Any = Trainable.ALL,
 ) -> dict:
   """Trains `model` on a SeqIO mixture; resumes from MODEL_DIR's latest checkpoint when there is one.
 
@@ -848,6 +919,8 @@ def train(
   `actions` run between steps after the built-in ones (`tkx.train_actions`).
   TRAIN_STEPS may be None with `train_epochs` set: steps = floor(epochs x examples / batch),
   the examples being the mixture's instance count (NI mixtures' rates are instance counts).
+  `trainable` (TRAINABLE: 'all' or 'adapters', `train_configs.Trainable`) picks the
+  parameters trained; 'adapters' trains LoRA / the prompt over INITIAL_CHECKPOINT_PATH.
 
   Returns {"step": last step run, "loss": its loss, "state": the final TrainState,
   "preempted", "last_checkpoint"}.
@@ -859,6 +932,12 @@ def train(
   eval_cfg = eval_cfg or EvaluationConfig()
   logging_cfg = logging_cfg or LoggingConfig()
   _check_settings(model, model_dir, data, checkpoint_cfg)
+  trainable = Trainable.parse(trainable)
+  if (
+      trainable is Trainable.ADAPTERS
+      and not checkpoint_cfg.initial_checkpoint_path
+  ):
+    raise errors.ConfigError(train_state.NO_BASE_ERROR)
   model_dir = storage.abspath(model_dir)
   if partitioner is None:
     from tkx import partitioning
@@ -895,5 +974,6 @@ def train(
           _step_logger, model, model_dir, row_layout, batch_size, logging_cfg
       ),
       started=started,
+      trainable=trainable,
   )
   return trainer.run()

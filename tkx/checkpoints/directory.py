@@ -7,9 +7,12 @@ and, when the vocabulary came with the weights, `spm.model`.
 
 model.gin is a model gin file like `gin_configs/models/*/*.gin`: it binds
 `MODEL` (t5x's entry macro) to the model class that was trained, its
-`network.T5Config` (every field, the dense layer included) and the vocabulary,
-and imports the modules those names come from. Readers build the model from it
-(`%MODEL`), never from a class named here.
+`network.T5Config` (every field, the dense layer included), the `lora.LoraConfig`
+when the dense layer is "lora", and the vocabulary, and imports the modules
+those names come from. Readers build the model from it (`%MODEL`), never from a
+class named here. An adapter checkpoint (a `TRAINABLE='adapters'` run) holds
+the adapters only and its model.gin names the base (`adapters.base_checkpoint.path`,
+`tkx.models.adapters`); `load` reads the base from there and the adapters from the step.
 
 Writers: `write_model_files` (model.gin [+ spm.model]), `write_model_files_for`
 (a model's), `write_checkpoint` (params + model files; `tkx import-checkpoint`).
@@ -108,6 +111,7 @@ def config_to_gin(
     loss_normalizing_factor: Optional[float] = None,
     comment: str = "",
     model_class: str = DEFAULT_MODEL_CLASS,
+    base_checkpoint: Optional[str] = None,
 ) -> str:
   """A complete model gin file (as `gin_configs/models/*/*.gin`) for a `T5Config`, written as `model.gin`.
 
@@ -116,8 +120,9 @@ def config_to_gin(
   a path the embedded sample vocabulary is named. `MODEL` builds `model_class`
   (`module.Class`, registered with gin; see `write_model_files_for`); the
   modules of the model class and of a non-default `config.dense_layer` are
-  imported. With the dense layer "lora", gin's `lora.LoraConfig()` (what the
-  model was built with) is bound too. Read back with `read_config` / `load`.
+  imported. The "lora" layer's settings are gin's `lora.LoraConfig()` now;
+  `base_checkpoint` marks an adapter checkpoint and names its base. Read back
+  with `read_config` / `load`.
   """
   from tkx.models import network
 
@@ -163,11 +168,30 @@ def config_to_gin(
       value = tuple(value)
     lines.append(f"  {field.name} = {_gin_literal(value)}")
   lines.append("  dropout_rate = %DROPOUT_RATE")
+  lines += _adapter_lines(config, base_checkpoint)
+  return "\n".join(lines) + "\n"
+
+
+def _adapter_lines(config, base_checkpoint: Optional[str]) -> list:
+  """model.gin's LoraConfig bindings (dense layer "lora") and an adapter checkpoint's base."""
+  lines = []
   if config.dense_layer == "lora":
     from tkx.models import lora
 
-    lines += ["", lora.gin_bindings(lora.LoraConfig()).rstrip("\n")]
-  return "\n".join(lines) + "\n"
+    lora_config = lora.LoraConfig()  # what the model was built with
+    lines += ["", "lora.LoraConfig:"]
+    for field in dataclasses.fields(lora_config):
+      lines.append(
+          f"  {field.name} = {_gin_literal(getattr(lora_config, field.name))}"
+      )
+  if base_checkpoint:
+    lines += [
+        "",
+        "# The adapters of this checkpoint train over this base (tkx.models.adapters).",
+        "import tkx.models.adapters",
+        f"adapters.base_checkpoint.path = {_gin_literal(str(base_checkpoint))}",
+    ]
+  return lines
 
 
 def write_model_files(
@@ -182,6 +206,7 @@ def write_model_files(
     loss_normalizing_factor: Optional[float] = None,
     comment: str = "",
     model_class: str = DEFAULT_MODEL_CLASS,
+    base_checkpoint: Optional[str] = None,
 ) -> None:
   """Writes `model.gin` (atomically) and, given `spm_model`, copies it to `spm.model`.
 
@@ -206,6 +231,7 @@ def write_model_files(
             loss_normalizing_factor=loss_normalizing_factor,
             comment=comment,
             model_class=model_class,
+            base_checkpoint=base_checkpoint,
         )
     )
 
@@ -216,9 +242,15 @@ def _import_class(module_name: str, class_name: str):
   return getattr(importlib.import_module(module_name), class_name)
 
 
-def write_model_files_for(model, directory: str, comment: str = "") -> None:
+def write_model_files_for(
+    model,
+    directory: str,
+    comment: str = "",
+    base_checkpoint: Optional[str] = None,
+) -> None:
   """`write_model_files` for a model (a `BaseModel` over `network.Transformer`): its class, config,
-  loss settings and vocabulary, so that `load` builds the same model.
+  loss settings and vocabulary, so that `load` builds the same model (`base_checkpoint`:
+  an adapter run's base).
 
   The embedded vocabulary is named by default (model.gin stays portable); a
   vocabulary file called `spm.model` beside a checkpoint is copied in, so the
@@ -248,6 +280,7 @@ def write_model_files_for(model, directory: str, comment: str = "") -> None:
       loss_normalizing_factor=model.loss_normalizing_factor,
       comment=comment,
       model_class=f"{type(model).__module__}.{type(model).__name__}",
+      base_checkpoint=base_checkpoint,
   )
 
 
@@ -412,7 +445,7 @@ def load(
   partitioner = partitioner or partitioning.Partitioner()
   step_dir = layout.find_step_dir(path)
   log.info("loading parameters from %s", step_dir)
-  params = orbax_io.load_params(
+  params = _load_params_over_base(
       step_dir, base.abstract_params(model, partitioner)
   )
   loaded = LoadedCheckpoint(
@@ -425,6 +458,29 @@ def load(
   )
   # --quantize / gin's `quantize.quantize_checkpoint.mode` (none by default): checkpoints stay float.
   return quantize.quantize_checkpoint(loaded, partitioner)
+
+
+def _load_params_over_base(step_dir: str, abstract_params):
+  """A step's params; for an adapter checkpoint (model.gin names a base) its adapters over the base's params."""
+  import jax
+
+  from tkx.models import adapters
+
+  base_path = gin_utils.query(adapters.BASE_BINDING)
+  if not base_path:
+    return orbax_io.load_params(step_dir, abstract_params)
+  if not storage.exists(base_path):
+    raise CheckpointError(
+        f"{step_dir}: the adapters' base {base_path} does not exist (model.gin's "
+        f"{adapters.BASE_BINDING}: put the base there or edit that line)"
+    )
+  trained, frozen = adapters.split(abstract_params)
+  log.info("adapters over the base %s", base_path)
+  shardings = jax.tree_util.tree_map(lambda a: a.sharding, frozen)
+  return adapters.combine(
+      orbax_io.load_params(step_dir, trained),
+      load_initial_params(base_path, frozen, shardings),
+  )
 
 
 def read(path: str, *, load_params: bool = True):

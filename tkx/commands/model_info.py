@@ -204,6 +204,7 @@ def _recipe(args, config):
     )
   if rows is None:  # a model gin file alone: one row per data-parallel device
     rows = data * microbatches
+  trainable, lora_fields = _adapter_settings(config)
   return xla_memory.Recipe(
       data=int(data),
       model=int(model),
@@ -223,7 +224,23 @@ def _recipe(args, config):
       num_microbatches=microbatches,
       decode_batch=int(args.decode_batch or data),
       max_decode_length=int(lengths.get("targets", 128)),
+      trainable=trainable,
+      lora=lora_fields,
   )
+
+
+def _adapter_settings(config):
+  """The recipe's TRAINABLE ('all' / 'adapters') and, with LoRA, gin's LoraConfig fields."""
+  from tkx import gin_utils, train_configs
+
+  trainable = train_configs.Trainable.parse(
+      gin_utils.query("%TRAINABLE", "all")
+  ).value
+  if config.dense_layer != "lora":
+    return trainable, None
+  from tkx.models import lora
+
+  return trainable, dataclasses.asdict(lora.LoraConfig())
 
 
 def _device_memory(args):
@@ -287,6 +304,7 @@ def main(args):
       targets_length=recipe.targets_length,
       encoder_blocks=recipe.encoder_blocks,
       num_microbatches=recipe.num_microbatches,
+      trainable=recipe.trainable,
   )
   info["recipe"] = dataclasses.asdict(recipe)
   if not multihost.is_primary_host():  # one report per job

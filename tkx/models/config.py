@@ -71,6 +71,9 @@ class T5Config:
   # under (`network.register_dense_layer`): "dense" is T5's plain kernel; an adapter or
   # a quantized kernel registers another name (see network's dense layer seam).
   dense_layer: str = "dense"
+  # Prompt tuning (Lester et al., 2021; tkx.models.prompt): this many learned vectors are
+  # prepended to the encoder's input embeddings (0: none). docs/adapters.md.
+  prompt_length: int = 0
 
   def __post_init__(self):
     # Gin and JSON hand over lists and strings; keep the dataclass hashable and canonical.
@@ -106,6 +109,11 @@ class T5Config:
           + " or ".join(repr(m.value) for m in AttentionImpl)
       ) from None
     object.__setattr__(self, "scan_layers", bool(self.scan_layers))
+    if isinstance(self.prompt_length, bool) or int(self.prompt_length) < 0:
+      raise errors.ConfigError(
+          f"T5Config.prompt_length must be >= 0, got {self.prompt_length!r}"
+      )
+    object.__setattr__(self, "prompt_length", int(self.prompt_length))
     if not isinstance(self.dense_layer, str) or not self.dense_layer:
       raise ValueError(
           f"T5Config.dense_layer must be a registered layer name, got {self.dense_layer!r}"

@@ -19,6 +19,13 @@ The usual 6 * N * tokens estimate is reported beside it. Packed rows of G
 encoder blocks of Li tokens sharing one decoder row (`encoder_blocks`): the
 encoder terms count G * Li tokens, its attention G * Li^2, the cross-attention
 Lt * G * Li.
+
+Adapters (docs/adapters.md): with `trainable="adapters"` gradients, optimizer
+state, the accumulation buffer and the update's temporaries cover only the
+adapter parameters (`tkx.models.adapters`; LoRA's rank from gin's
+`lora.LoraConfig`), the frozen base being held once; activations are those of
+full fine-tuning (the backward pass still runs through every layer).
+`adapter_comparison` puts full fine-tuning of the base beside the adapter run.
 """
 
 import dataclasses
@@ -33,7 +40,7 @@ from jax.sharding import PartitionSpec
 
 from tkx import errors, partitioning
 from tkx.models import config as config_lib
-from tkx.models import models, network
+from tkx.models import adapters, models, network
 
 MODULES = ("token_embedder", "encoder", "decoder", "logits")
 
@@ -50,11 +57,22 @@ def build_model(config: config_lib.T5Config) -> models.EncoderDecoderModel:
   return models.EncoderDecoderModel(network.Transformer(config))
 
 
+def abstract_params(config: config_lib.T5Config):
+  """(ShapeDtypeStruct tree, logical PartitionSpec tree) of the parameters (do not mutate)."""
+  lora_config = None
+  # The adapters' shapes come from gin's LoraConfig.
+  if config.dense_layer == "lora":
+    from tkx.models import lora
+
+    lora_config = lora.LoraConfig()
+  return _abstract_params(config, lora_config)
+
+
 @functools.lru_cache(
     maxsize=8
 )  # tracing a 24+24-layer model takes seconds; configs are hashable
-def abstract_params(config: config_lib.T5Config):
-  """(ShapeDtypeStruct tree, logical PartitionSpec tree) of the parameters (do not mutate)."""
+def _abstract_params(config: config_lib.T5Config, lora_config):
+  del lora_config  # part of the cache key: build_model reads it from gin
   model = build_model(config)
   shapes = models.init_input_shapes()
   return model.params_shapes(shapes), model.params_logical_axes(shapes)
@@ -131,6 +149,10 @@ class MemoryReport:
   optimizer: str
   optimizer_bytes_total: int
   optimizer_bytes_per_device: int
+  trainable: str = "all"  # train_configs.Trainable's value
+  trainable_params: int = 0
+  # Bytes of the parameters with gradients and optimizer state.
+  trainable_bytes_per_device: int = 0
 
 
 def memory_per_device(
@@ -139,8 +161,11 @@ def memory_per_device(
     model: int = 1,
     shard_params_over_data: bool = False,
     optimizer: str = "adafactor",
+    trainable: str = "all",
 ) -> MemoryReport:
   """Bytes of parameters and optimizer state on each device of a data x model mesh.
+
+  `trainable="adapters"`: the optimizer state of the adapter parameters only.
 
   Optimizer state leaves are matched to the parameter whose path they carry:
   same shape -> the parameter's sharding; one dimension fewer (Adafactor's
@@ -162,7 +187,7 @@ def memory_per_device(
       )[0]
   }
   param_spec, param_shape = {}, {}
-  total = per_device = 0
+  total = per_device = trained_count = trained_per_device = 0
   for p, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]:
     path = _path(p)
     spec = mesh_spec(leaf.shape, logical_by_path[path], rules, mesh_shape)
@@ -170,7 +195,12 @@ def memory_per_device(
     nbytes = int(np.prod(leaf.shape)) * leaf.dtype.itemsize
     total += nbytes
     per_device += math.ceil(nbytes / _shard_factor(spec, mesh_shape))
+    if trainable == "all" or adapters.is_adapter_path(p):
+      trained_count += int(np.prod(leaf.shape))
+      trained_per_device += math.ceil(nbytes / _shard_factor(spec, mesh_shape))
 
+  if trainable == "adapters":
+    shapes = adapters.split(shapes)[0]
   opt_state = jax.eval_shape(_optimizer(optimizer).init, shapes)
   opt_total = opt_per_device = 0
   for p, leaf in jax.tree_util.tree_flatten_with_path(opt_state)[0]:
@@ -191,7 +221,15 @@ def memory_per_device(
       )
     opt_per_device += math.ceil(nbytes / _shard_factor(spec, mesh_shape))
   return MemoryReport(
-      mesh_shape, total, per_device, optimizer, opt_total, opt_per_device
+      mesh_shape,
+      total,
+      per_device,
+      optimizer,
+      opt_total,
+      opt_per_device,
+      trainable,
+      trained_count,
+      trained_per_device,
   )
 
 
@@ -282,22 +320,24 @@ def training_memory_per_device(
     targets_length: int = 128,
     encoder_blocks: int = 1,
     num_microbatches: int = 1,
+    trainable: str = "all",
 ) -> TrainingMemory:
   """Parameters + optimizer state + gradients + accumulation buffer + activations, per device.
 
   `batch_rows` is the global batch (rows over all data-parallel devices); each device
   holds `batch_rows / data / num_microbatches` rows of activations at a time.
+  `trainable="adapters"`: gradients and optimizer buffers of the adapters only.
   """
   mem = memory_per_device(
-      config, data, model, shard_params_over_data, optimizer
+      config, data, model, shard_params_over_data, optimizer, trainable
   )
   rows = max(batch_rows // (data * max(num_microbatches, 1)), 1)
   act = activation_bytes_per_device(
       config, rows, inputs_length, targets_length, encoder_blocks, model
   )
-  grads = mem.param_bytes_per_device
+  grads = mem.trainable_bytes_per_device
   accumulation = grads if num_microbatches > 1 else 0
-  update = UPDATE_TEMPORARIES * mem.param_bytes_per_device
+  update = UPDATE_TEMPORARIES * grads
   backward = act["layers"] + act["logits"] + grads
   total = (
       mem.param_bytes_per_device
@@ -458,29 +498,30 @@ def report(
     targets_length: int = 128,
     encoder_blocks: int = 1,
     num_microbatches: int = 1,
+    trainable: str = "all",
 ) -> Dict[str, Any]:
   """Everything `tkx model-info` prints, as a dict (`batch_size`: rows per step, all devices)."""
-  return {
+  step = dict(
+      data=data,
+      model=model,
+      shard_params_over_data=shard_params_over_data,
+      optimizer=optimizer,
+      batch_rows=batch_size,
+      inputs_length=inputs_length,
+      targets_length=targets_length,
+      encoder_blocks=encoder_blocks,
+      num_microbatches=num_microbatches,
+  )
+  info = {
       "config": dataclasses.asdict(config),
       "params": count_params(config),
       "memory": dataclasses.asdict(
           memory_per_device(
-              config, data, model, shard_params_over_data, optimizer
+              config, data, model, shard_params_over_data, optimizer, trainable
           )
       ),
       "training_memory": dataclasses.asdict(
-          training_memory_per_device(
-              config,
-              data=data,
-              model=model,
-              shard_params_over_data=shard_params_over_data,
-              optimizer=optimizer,
-              batch_rows=batch_size,
-              inputs_length=inputs_length,
-              targets_length=targets_length,
-              encoder_blocks=encoder_blocks,
-              num_microbatches=num_microbatches,
-          )
+          training_memory_per_device(config, trainable=trainable, **step)
       ),
       "flops": train_step_flops(
           config, batch_size, inputs_length, targets_length, encoder_blocks
@@ -493,6 +534,37 @@ def report(
           "num_microbatches": num_microbatches,
       },
       "shard_params_over_data": shard_params_over_data,
+      "trainable": trainable,
+  }
+  if trainable == "adapters":
+    info["adapter_comparison"] = adapter_comparison(config, **step)
+  return info
+
+
+def adapter_comparison(config: config_lib.T5Config, **step) -> Dict[str, Any]:
+  """The train step per device of full fine-tuning of the base (no adapters) and of the adapter run.
+
+  `step`: `training_memory_per_device`'s keywords. Returns {"full": TrainingMemory dict,
+  "adapters": TrainingMemory dict, "trainable_params": the adapters' count}.
+  """
+  base = dataclasses.replace(config, dense_layer="dense", prompt_length=0)
+  return {
+      "full": dataclasses.asdict(
+          training_memory_per_device(base, trainable="all", **step)
+      ),
+      "adapters": dataclasses.asdict(
+          training_memory_per_device(config, trainable="adapters", **step)
+      ),
+      "trainable_params": (
+          memory_per_device(
+              config,
+              step["data"],
+              step["model"],
+              step["shard_params_over_data"],
+              step["optimizer"],
+              "adapters",
+          ).trainable_params
+      ),
   }
 
 
@@ -547,6 +619,7 @@ def verdict(
       targets_length=shapes["targets_length"],
       encoder_blocks=shapes["encoder_blocks"],
       num_microbatches=shapes["num_microbatches"],
+      trainable=info.get("trainable", "all"),
   )
   # Scale the formula by XLA's own figure, so that a candidate is judged on XLA's terms.
   scale = need / info["training_memory"]["total"]
@@ -622,6 +695,7 @@ def format_report(info: Dict[str, Any]) -> str:
       f"{'params + state':<24}{human_bytes(mem['param_bytes_total'] + mem['optimizer_bytes_total']):>14}"
       f"{human_bytes(mem['param_bytes_per_device'] + mem['optimizer_bytes_per_device']):>14}",
       "",
+      *_format_adapter_comparison(info),
       *_format_training_memory(info),
       "",
       f"training FLOPs (batch {sh['batch_size']}, inputs {sh['inputs_length']}, targets {sh['targets_length']}):",
@@ -629,6 +703,34 @@ def format_report(info: Dict[str, Any]) -> str:
       f"(attention {fl['attention_fraction']:.1%} of it; 6N estimate {human(fl['six_n_per_token'], 'FLOP')})",
   ]
   return "\n".join(lines)
+
+
+def _format_adapter_comparison(info: Dict[str, Any]) -> List[str]:
+  """Full fine-tuning of the base beside the adapter run, per device (formula)."""
+  comparison = info.get("adapter_comparison")
+  if not comparison:
+    return []
+  full, ours = comparison["full"], comparison["adapters"]
+  lines = [
+      f"full fine-tuning vs adapters (trainable {comparison['trainable_params']:,} "
+      f"parameters, {comparison['trainable_params'] / max(info['params']['total'], 1):.3%}), "
+      "per device, formula:",
+      f"  {'':<22}{'full':>14}{'adapters':>14}",
+  ]
+  for name in (
+      "params",
+      "gradients",
+      "optimizer_state",
+      "accumulation",
+      "update",
+      "activations",
+      "logits",
+      "total",
+  ):
+    lines.append(
+        f"  {name:<22}{human_bytes(full[name]):>14}{human_bytes(ours[name]):>14}"
+    )
+  return lines + [""]
 
 
 def _format_training_memory(info: Dict[str, Any]) -> List[str]:

@@ -43,6 +43,7 @@ import numpy as np
 from flax import linen as nn
 
 from tkx import errors
+from tkx.models import prompt as prompt_lib
 from tkx.models.config import AttentionImpl, T5Config
 
 log = logging.getLogger(__name__)
@@ -847,9 +848,18 @@ class Encoder(nn.Module):
   def __call__(self, tokens, mask, positions=None, deterministic: bool = True):
     cfg = self.config
     x = self.shared_embedding(tokens.astype(jnp.int32))
+    if (
+        cfg.prompt_length
+    ):  # prompt tuning: learned vectors first (tkx.models.prompt)
+      x = prompt_lib.Prompt(
+          cfg.prompt_length,
+          cfg.activation_dtype,
+          cfg.parameter_dtype,
+          name="prompt",
+      )(x, self.shared_embedding.embedding)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
     x = _dropout(cfg.dropout_rate)(x, deterministic=deterministic)
-    pos = _row_positions(tokens)
+    pos = _row_positions(x[..., 0])
     bias = RelativePositionBiases(
         cfg.relative_attention_num_buckets,
         cfg.relative_attention_max_distance,
@@ -1009,7 +1019,7 @@ class Transformer(nn.Module):
       *,
       enable_dropout: bool = True,
   ):
-    valid = encoder_input_tokens > 0
+    valid = self._encoder_valid(encoder_input_tokens, encoder_segment_ids)
     mask = make_attention_mask(valid, valid)
     if encoder_segment_ids is not None:
       mask = jnp.logical_and(
@@ -1024,6 +1034,15 @@ class Transformer(nn.Module):
         encoder_positions,
         deterministic=not enable_dropout,
     )
+
+  def _encoder_valid(self, encoder_input_tokens, encoder_segment_ids=None):
+    """Which encoder positions are real: the tokens, after a tuned prompt's positions."""
+    length = self.config.prompt_length
+    if length and encoder_segment_ids is not None:
+      raise errors.ConfigError(
+          "network.T5Config.prompt_length: prompt tuning does not pack rows; set PACK = False"
+      )
+    return prompt_lib.valid_with_prompt(encoder_input_tokens > 0, length)
 
   def decode(
       self,
@@ -1043,14 +1062,15 @@ class Transformer(nn.Module):
       # One query per step: causality comes from the cache index, padding is irrelevant.
       decoder_mask = None
       encoder_decoder_mask = make_attention_mask(
-          jnp.ones_like(decoder_target_tokens), encoder_input_tokens > 0
+          jnp.ones_like(decoder_target_tokens),
+          self._encoder_valid(encoder_input_tokens),
       )
     else:
       decoder_mask = make_decoder_mask(
           decoder_target_tokens, decoder_segment_ids
       )
       encoder_decoder_mask = make_attention_mask(
-          decoder_target_tokens > 0, encoder_input_tokens > 0
+          decoder_target_tokens > 0, self._encoder_valid(encoder_input_tokens)
       )
     if encoder_segment_ids is not None:
       if decode:

@@ -12,6 +12,10 @@ The mesh needs as many devices as the target has; `run_on_cpu_devices(config, re
 The CPU compiler stands in for the target's: its fusion and buffer assignment differ from the
 GPU/TPU compilers', so the figures are XLA's plan on CPU for the target's shapes and shardings
 (docs/memory.md compares them with the formula in `tkx.models.model_info`).
+
+An adapter recipe (`Recipe.trainable="adapters"`, LoRA's settings in `Recipe.lora`)
+compiles the adapter step as `tkx train` does: the state holds the adapters, the
+frozen base is a third, non-donated argument (docs/adapters.md).
 """
 
 import dataclasses
@@ -19,7 +23,7 @@ import json
 import os
 import subprocess
 import sys
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +44,10 @@ class Recipe:
   num_microbatches: int = 1
   decode_batch: int = 0  # 0: no decode step
   max_decode_length: int = 128
+  trainable: str = "all"  # train_configs.Trainable's value
+  lora: Optional[Dict[str, Any]] = (
+      None  # lora.LoraConfig's fields (dense layer "lora")
+  )
 
   @property
   def devices(self) -> int:
@@ -111,8 +119,14 @@ def analyse(config, recipe: Recipe) -> Dict[str, Any]:
       model_axis_size=recipe.model,
       shard_params_over_data=recipe.shard_params_over_data,
   )
-  initializer = TrainStateInitializer(model, optimizer, partitioner)
+  initializer = TrainStateInitializer(
+      model, optimizer, partitioner, trainable=recipe.trainable
+  )
   data_sharding = partitioner.data_sharding
+  in_shardings, frozen = (initializer.state_shardings, data_sharding), ()
+  if initializer.abstract_frozen is not None:  # an adapter run: the frozen base
+    in_shardings += (initializer.frozen_shardings,)
+    frozen = (initializer.abstract_frozen,)
 
   def abstract_batch(shapes):
     return {
@@ -124,12 +138,12 @@ def analyse(config, recipe: Recipe) -> Dict[str, Any]:
       trainer.make_train_step(
           model, optimizer, lambda s: 1e-3, recipe.num_microbatches
       ),
-      in_shardings=(initializer.state_shardings, data_sharding),
+      in_shardings=in_shardings,
       out_shardings=(initializer.state_shardings, partitioner.replicated),
       donate_argnums=(0,),
   )
   compiled = step.lower(
-      initializer.abstract_state, abstract_batch(batch_specs(recipe))
+      initializer.abstract_state, abstract_batch(batch_specs(recipe)), *frozen
   ).compile()
   result = {"devices": recipe.devices, "train_step": _per_device(compiled)}
   if recipe.decode_batch:
@@ -146,7 +160,7 @@ def analyse(config, recipe: Recipe) -> Dict[str, Any]:
         "decoder_input_tokens": (recipe.decode_batch, recipe.max_decode_length),
     }
     compiled = decode.lower(
-        initializer.abstract_state.params, abstract_batch(shapes)
+        initializer.abstract_params, abstract_batch(shapes)
     ).compile()
     result["decode_step"] = _per_device(compiled)
   return result
@@ -195,7 +209,18 @@ def _main():
   fields = request["config"]
   fields["mlp_activations"] = tuple(fields["mlp_activations"])
   config = config_lib.T5Config(**fields)
-  print(json.dumps(analyse(config, Recipe(**request["recipe"]))))
+  recipe = Recipe(**request["recipe"])
+  if recipe.lora:  # the parent's gin LoraConfig, bound here
+    import gin
+
+    from tkx.models import lora  # noqa: F401  (registers "lora")
+
+    for name, value in recipe.lora.items():
+      gin.bind_parameter(
+          f"lora.LoraConfig.{name}",
+          tuple(value) if isinstance(value, list) else value,
+      )
+  print(json.dumps(analyse(config, recipe)))
 
 
 if __name__ == "__main__":
