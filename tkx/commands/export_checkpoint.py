@@ -34,7 +34,6 @@ import os
 from tkx import errors
 
 # Where an adapter checkpoint's model.gin names its base (tkx.models.adapters, the LoRA training runs).
-BASE_BINDING = "adapters.base_checkpoint.path"
 
 
 class LoraWeights(enum.Enum):
@@ -165,7 +164,9 @@ def main(args):
     )
   config, params, spm = directory.read(args.checkpoint)
   lora_config = _lora_config(config, params, args)
-  base_path = args.base or gin_utils.query(BASE_BINDING)
+  from tkx.models import adapters  # pylint: disable=g-import-not-at-top
+
+  base_path = args.base or gin_utils.query(adapters.BASE_BINDING)
   if lora_config is not None and base_path and (args.hf or args.t5x):
     params = _over_base(params, base_path)
   weights = LoraWeights(args.lora_weights)
