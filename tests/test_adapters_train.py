@@ -117,7 +117,7 @@ def test_lora_run_trains_and_saves_only_adapters_names_its_base_and_resumes_exac
   )
   model_gin = (reference / "model.gin").read_text()
   assert f"adapters.base_checkpoint.path = {str(base_dir)!r}" in model_gin
-  assert "lora.LoraConfig:\n  rank = 8\n  alpha = 16.0" in model_gin
+  assert "lora.LoraConfig.rank = 8\nlora.LoraConfig.alpha = 16.0" in model_gin
 
   # A reader builds base + adapters from model.gin alone; the base is unchanged.
   gin.clear_config()

@@ -178,12 +178,8 @@ def _adapter_lines(config, base_checkpoint: Optional[str]) -> list:
   if config.dense_layer == "lora":
     from tkx.models import lora
 
-    lora_config = lora.LoraConfig()  # what the model was built with
-    lines += ["", "lora.LoraConfig:"]
-    for field in dataclasses.fields(lora_config):
-      lines.append(
-          f"  {field.name} = {_gin_literal(getattr(lora_config, field.name))}"
-      )
+    # gin's LoraConfig: what the model was built with.
+    lines += ["", lora.gin_bindings(lora.LoraConfig()).rstrip("\n")]
   if base_checkpoint:
     lines += [
         "",
