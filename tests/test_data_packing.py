@@ -1,5 +1,6 @@
 """Packing: SeqIO's packed format, every example once and whole, exact resume, efficiency, same loss."""
 
+import functools
 import json
 
 import jax
@@ -239,6 +240,24 @@ def _tiny_model():
   return models.EncoderDecoderModel(network.Transformer(cfg))
 
 
+@functools.lru_cache(maxsize=None)
+def _model_state_and_step():
+  """One model, initial state and jitted step for both layouts (one init, one compile per shape)."""
+  model = _tiny_model()
+  optimizer = optimizers.create_optimizer(optimizers.adamw, learning_rate=1e-3)
+  params = model.get_initial_variables(
+      jax.random.PRNGKey(0),
+      {"encoder_input_tokens": (1, 32), "decoder_input_tokens": (1, 8)},
+  )["params"]
+  state = trainer.TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      opt_state=optimizer.init(params),
+      rng=jax.random.PRNGKey(1),
+  )
+  return model, state, jax.jit(trainer.make_train_step(model, optimizer, 1e-3))
+
+
 def _unpacked(examples):
   rows = [[[e]] for e in examples]
   batch = packing.build_rows(rows, LAYOUT)
@@ -274,19 +293,7 @@ def test_packed_and_unpacked_training_give_the_same_loss(layout):
   )
   assert int(packing.num_examples(packed)) == 12
   unpacked = _unpacked(examples)
-  model = _tiny_model()
-  optimizer = optimizers.create_optimizer(optimizers.adamw, learning_rate=1e-3)
-  params = model.get_initial_variables(
-      jax.random.PRNGKey(0),
-      {"encoder_input_tokens": (1, 32), "decoder_input_tokens": (1, 8)},
-  )["params"]
-  state = trainer.TrainState(
-      step=jnp.zeros((), jnp.int32),
-      params=params,
-      opt_state=optimizer.init(params),
-      rng=jax.random.PRNGKey(1),
-  )
-  step = jax.jit(trainer.make_train_step(model, optimizer, 1e-3))
+  model, state, step = _model_state_and_step()
   _, m_packed = step(state, packed)
   _, m_unpacked = step(state, unpacked)
   assert float(m_packed["loss"]) == pytest.approx(

@@ -435,14 +435,23 @@ def test_cache_offset_for_scanned_layers():
       "token_sum": jnp.zeros((2, 2), jnp.int32),
       "cache_index": jnp.zeros((2,), jnp.int32),
   }
+  # Each search jitted whole (one program, not op by op): the same decodes.
   for search in (decoding.beam_search, decoding.hf_beam_search):
-    want = search(inputs, flat_cache, flat_model, EOS, 3)
-    got = search(inputs, layered_cache, layered_model, EOS, 3, cache_offset=1)
+    want = jax.jit(lambda x, c: search(x, c, flat_model, EOS, 3))(
+        inputs, flat_cache
+    )
+    got = jax.jit(
+        lambda x, c: search(x, c, layered_model, EOS, 3, cache_offset=1)
+    )(inputs, layered_cache)
     np.testing.assert_array_equal(got[0], want[0])
-  want = decoding.temperature_sample(
-      inputs, flat_cache, flat_model, EOS, num_decodes=3
-  )
-  got = decoding.temperature_sample(
-      inputs, layered_cache, layered_model, EOS, num_decodes=3, cache_offset=1
-  )
+  want = jax.jit(
+      lambda x, c: decoding.temperature_sample(
+          x, c, flat_model, EOS, num_decodes=3
+      )
+  )(inputs, flat_cache)
+  got = jax.jit(
+      lambda x, c: decoding.temperature_sample(
+          x, c, layered_model, EOS, num_decodes=3, cache_offset=1
+      )
+  )(inputs, layered_cache)
   np.testing.assert_array_equal(got[0], want[0])

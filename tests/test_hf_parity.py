@@ -104,18 +104,19 @@ def test_encoder_outputs_and_logits_match(pair):
         decoder_input_ids=torch.tensor(dec_in),
     )
   module = model.module
-  encoded = module.apply(
-      {"params": params},
-      jnp.asarray(enc),
-      enable_dropout=False,
-      method=module.encode,
-  )
-  logits = module.apply(
-      {"params": params},
-      jnp.asarray(enc),
-      jnp.asarray(dec_in),
-      jnp.asarray(targets),
-      enable_dropout=False,
+
+  @jax.jit  # one program instead of op by op: the same two forward passes
+  def encoded_and_logits(p, enc, dec_in, targets):
+    encoded = module.apply(
+        {"params": p}, enc, enable_dropout=False, method=module.encode
+    )
+    logits = module.apply(
+        {"params": p}, enc, dec_in, targets, enable_dropout=False
+    )
+    return encoded, logits
+
+  encoded, logits = encoded_and_logits(
+      params, jnp.asarray(enc), jnp.asarray(dec_in), jnp.asarray(targets)
   )
   valid = (
       enc > 0
@@ -301,11 +302,10 @@ def test_logits_match_with_more_decoder_than_encoder_layers():
         attention_mask=torch.tensor(enc > 0),
         decoder_input_ids=torch.tensor(dec_in),
     ).logits.numpy()
-  got = network.Transformer(config).apply(
-      {"params": params},
-      jnp.asarray(enc),
-      jnp.asarray(dec_in),
-      jnp.asarray(targets),
-      enable_dropout=False,
-  )
+  module = network.Transformer(config)
+  got = jax.jit(  # one program instead of op by op: the same forward pass
+      lambda p, e, d, t: module.apply(
+          {"params": p}, e, d, t, enable_dropout=False
+      )
+  )(params, jnp.asarray(enc), jnp.asarray(dec_in), jnp.asarray(targets))
   np.testing.assert_allclose(np.asarray(got), want, atol=1e-4)

@@ -78,7 +78,10 @@ def _max_abs_diff(a, b):
 @pytest.mark.slow
 def test_scanned_tree_has_a_leading_layers_axis():
   model = _model(scan_layers=True)
-  params = model.get_initial_variables(jax.random.PRNGKey(0), SHAPES)["params"]
+  # Only the tree and its shapes are checked: traced, nothing computed.
+  params = jax.eval_shape(
+      lambda r: model.get_initial_variables(r, SHAPES), jax.random.PRNGKey(0)
+  )["params"]
   assert "layers_0" not in params["encoder"]
   enc = params["encoder"]["layers"]
   assert enc["attention"]["query"]["kernel"].shape == (3, 32, 32)
@@ -169,13 +172,15 @@ def test_scanned_cache_is_stacked_per_layer():
   model = _model(scan_layers=True)
   params = scan.scan_params(_unscanned_params())
   batch = _batch()
-  encoded = model.module.apply(
-      {"params": params},
-      batch["encoder_input_tokens"],
-      enable_dropout=False,
-      method=model.module.encode,
-  )
-  cache = model.initial_cache(params, encoded, batch["encoder_input_tokens"], 7)
+
+  def cache_of(p, inputs):
+    encoded = model.module.apply(
+        {"params": p}, inputs, enable_dropout=False, method=model.module.encode
+    )
+    return model.initial_cache(p, encoded, inputs, 7)
+
+  # Only the shapes are checked: traced, nothing computed.
+  cache = jax.eval_shape(cache_of, params, batch["encoder_input_tokens"])
   layers = cache["decoder"]["layers"]
   assert layers["self_attention"]["cached_key"].shape == (2, 2, 4, 7, 8)
   assert layers["self_attention"]["cache_index"].shape == (2,)

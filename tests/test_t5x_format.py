@@ -33,9 +33,10 @@ def tiny_params():
   config = _tiny_config()
   module = network.Transformer(config)
   tokens = jnp.ones((1, 4), jnp.int32)
-  params = module.init(
-      jax.random.PRNGKey(0), tokens, tokens, tokens, enable_dropout=False
-  )["params"]
+  # jitted: the same initial values, without compiling the forward pass op by op
+  params = jax.jit(
+      lambda rng: module.init(rng, tokens, tokens, tokens, enable_dropout=False)
+  )(jax.random.PRNGKey(0))["params"]
   params = jax.tree_util.tree_map(
       np.asarray,
       jax.tree_util.tree_map(
@@ -112,12 +113,13 @@ def test_loaded_params_drive_the_model(tmp_path, tiny_params):
   t5x_format.save_params(str(tmp_path), params, step=7)
   loaded = t5x_format.load_params(str(tmp_path))
   tokens = jnp.array([[5, 6, 7, 1]], jnp.int32)
-  want = module.apply(
-      {"params": params}, tokens, tokens, tokens, enable_dropout=False
+  forward = jax.jit(  # one program for both parameter sets
+      lambda p: module.apply(
+          {"params": p}, tokens, tokens, tokens, enable_dropout=False
+      )
   )
-  got = module.apply(
-      {"params": loaded}, tokens, tokens, tokens, enable_dropout=False
-  )
+  want = forward(params)
+  got = forward(loaded)
   np.testing.assert_array_equal(np.asarray(want), np.asarray(got))
 
 

@@ -52,7 +52,8 @@ def _init_state(model, optimizer, batch):
       "encoder_input_tokens": batch["encoder_input_tokens"].shape,
       "decoder_input_tokens": batch["decoder_input_tokens"].shape,
   }
-  params = model.get_initial_variables(jax.random.PRNGKey(0), shapes)["params"]
+  init = jax.jit(lambda rng: model.get_initial_variables(rng, shapes))
+  params = init(jax.random.PRNGKey(0))["params"]  # jitted: not op by op
   return trainer.TrainState(
       step=jnp.zeros((), jnp.int32),
       params=params,
