@@ -286,7 +286,9 @@ def test_peft_adapter_imports_with_the_same_logits_and_exports_back(
   ] == sorted(targets)
 
 
-def test_refusals_and_a_checkpoint_of_adapters_only_merged_over_its_base(tmp_path):
+def test_refusals_and_a_checkpoint_of_adapters_only_merged_over_its_base(
+    tmp_path,
+):
   model = _peft_adapter(tmp_path, "relu", True, ["q", "v"])
   adapter = tmp_path / "adapter"
   config_file = adapter / peft_format.ADAPTER_CONFIG_FILE
