@@ -83,10 +83,18 @@ def models():
   return adapted, plain, params, CONFIG
 
 
-def forward(module, params, **tokens):
-  return module.apply(
-      {"params": params}, **(tokens or TOKENS), enable_dropout=False
+@functools.lru_cache(maxsize=None)
+def _jitted_apply(module):
+  # One compiled program per module (eager op-by-op calls cost a minute here).
+  return jax.jit(
+      lambda params: module.apply(
+          {"params": params}, **TOKENS, enable_dropout=False
+      )
   )
+
+
+def forward(module, params):
+  return _jitted_apply(module)(params)
 
 
 def test_adapters_sit_beside_every_targeted_kernel_with_rank_axes(models):
