@@ -11,10 +11,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import tiny_models
+
 from tkx import trainer
 from tkx.checkpoints import directory
 from tkx.models import adapters, lora, model_info, models, network
-from tkx.models import config as config_lib
 
 
 @pytest.fixture(autouse=True)
@@ -25,20 +26,7 @@ def clean_gin():
 
 
 def tiny_config(**overrides):
-  kw = dict(
-      vocab_size=32,
-      emb_dim=16,
-      num_heads=2,
-      head_dim=8,
-      mlp_dim=24,
-      num_encoder_layers=1,
-      num_decoder_layers=1,
-      mlp_activations=("gelu", "linear"),
-      logits_via_embedding=False,
-      dropout_rate=0.0,
-  )
-  kw.update(overrides)
-  return config_lib.T5Config(**kw)
+  return tiny_models.t5_config(**{"vocab_size": 32, **overrides})
 
 
 BATCH = dict(

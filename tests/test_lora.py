@@ -8,9 +8,10 @@ import jax
 import numpy as np
 import pytest
 
+import tiny_models
+
 from tkx import errors
 from tkx.models import lora, network
-from tkx.models import config as config_lib
 
 TOKENS = dict(
     encoder_input_tokens=np.array([[5, 9, 3, 1, 0], [7, 2, 2, 8, 1]], np.int32),
@@ -27,20 +28,7 @@ def clean_gin():
 
 
 def tiny_config(**overrides):
-  kw = dict(
-      vocab_size=32,
-      emb_dim=16,
-      num_heads=2,
-      head_dim=8,
-      mlp_dim=24,
-      num_encoder_layers=1,
-      num_decoder_layers=1,
-      mlp_activations=("gelu", "linear"),
-      logits_via_embedding=False,
-      dropout_rate=0.0,
-  )
-  kw.update(overrides)
-  return config_lib.T5Config(**kw)
+  return tiny_models.t5_config(**{"vocab_size": 32, **overrides})
 
 
 def paths(tree):

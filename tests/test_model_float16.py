@@ -8,6 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import tiny_models
+
 from tkx.models import config as config_lib
 from tkx.models import models, network
 
@@ -18,18 +20,8 @@ SHAPES = {"encoder_input_tokens": (2, 24), "decoder_input_tokens": (2, 8)}
 
 
 def _config(dtype):
-  return config_lib.T5Config(
-      vocab_size=128,
-      emb_dim=32,
-      num_heads=2,
-      head_dim=16,
-      mlp_dim=64,
-      num_encoder_layers=1,
-      num_decoder_layers=1,
-      mlp_activations=("gelu", "linear"),
-      logits_via_embedding=False,
-      dropout_rate=0.0,
-      dtype=dtype,
+  return tiny_models.t5_config(
+      vocab_size=128, emb_dim=32, head_dim=16, mlp_dim=64, dtype=dtype
   )
 
 

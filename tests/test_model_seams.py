@@ -9,11 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import tiny_models
+
 import toy_dense
 from tkx import gin_utils, partitioning, train_state
 from tkx.checkpoints import directory, orbax_io
 from tkx.models import base, models, network
-from tkx.models import config as config_lib
 
 SHAPES = {"encoder_input_tokens": (2, 8), "decoder_input_tokens": (2, 6)}
 PROJECTIONS = re.compile(
@@ -30,20 +31,7 @@ def clean_gin():
 
 
 def tiny_config(**overrides):
-  kw = dict(
-      vocab_size=64,
-      emb_dim=16,
-      num_heads=2,
-      head_dim=8,
-      mlp_dim=24,
-      num_encoder_layers=1,
-      num_decoder_layers=1,
-      mlp_activations=("gelu", "linear"),
-      logits_via_embedding=False,
-      dropout_rate=0.0,
-  )
-  kw.update(overrides)
-  return config_lib.T5Config(**kw)
+  return tiny_models.t5_config(**{**overrides})
 
 
 def tiny_model(**overrides):

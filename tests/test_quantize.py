@@ -8,30 +8,28 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import tiny_models
+
 from tkx import cli, infer, partitioning
 from tkx.checkpoints import directory
 from tkx.data import vocab as vocab_lib
 from tkx.models import base, network, quantize
-from tkx.models import config as config_lib
 
 PROJECTIONS = {"query", "key", "value", "out", "wi", "wi_0", "wi_1", "wo"}
 
 
 def _tiny_config(**overrides):
-  settings = dict(
-      vocab_size=1024,
-      emb_dim=32,
-      num_heads=2,
-      head_dim=16,
-      mlp_dim=64,
-      num_encoder_layers=2,
-      num_decoder_layers=2,
-      mlp_activations=("gelu", "linear"),
-      logits_via_embedding=False,
-      dropout_rate=0.0,
+  return tiny_models.t5_config(
+      **{
+          "vocab_size": 1024,
+          "emb_dim": 32,
+          "head_dim": 16,
+          "mlp_dim": 64,
+          "num_encoder_layers": 2,
+          "num_decoder_layers": 2,
+          **overrides,
+      }
   )
-  settings.update(overrides)
-  return config_lib.T5Config(**settings)
 
 
 def _model_and_params(cfg, seed=1):
