@@ -18,13 +18,6 @@ from tkx.checkpoints import directory
 from tkx.models import adapters, lora, model_info, models, network
 
 
-@pytest.fixture(autouse=True)
-def clean_gin():
-  gin.clear_config()
-  yield
-  gin.clear_config()
-
-
 def tiny_config(**overrides):
   return tiny_models.t5_config(**{"vocab_size": 32, **overrides})
 

@@ -7,6 +7,8 @@ import shutil
 import numpy as np
 import pytest
 
+import tiny_models
+
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
@@ -25,27 +27,7 @@ VOCAB = (
 
 
 def _hf_model(ff, tied, seed=0):
-  config = transformers.T5Config(
-      vocab_size=VOCAB,
-      d_model=16,
-      d_kv=4,
-      d_ff=24,
-      num_layers=2,
-      num_heads=2,
-      relative_attention_num_buckets=8,
-      relative_attention_max_distance=16,
-      feed_forward_proj=ff,
-      tie_word_embeddings=tied,
-      dropout_rate=0.0,
-      decoder_start_token_id=0,
-      pad_token_id=0,
-      eos_token_id=1,
-  )
-  torch.manual_seed(seed)
-  model = transformers.T5ForConditionalGeneration(config).eval()
-  if not tied:  # T5 1.1: an LM head of its own
-    model.lm_head.weight = torch.nn.Parameter(torch.randn(VOCAB, 16))
-  return model
+  return tiny_models.hf_t5(ff, tied, seed, vocab_size=VOCAB)
 
 
 def _state(model):

@@ -20,13 +20,6 @@ TOKENS = dict(
 )
 
 
-@pytest.fixture(autouse=True)
-def clean_gin():
-  gin.clear_config()
-  yield
-  gin.clear_config()
-
-
 def tiny_config(**overrides):
   return tiny_models.t5_config(**{"vocab_size": 32, **overrides})
 

@@ -23,13 +23,6 @@ PROJECTIONS = re.compile(
 )
 
 
-@pytest.fixture(autouse=True)
-def clean_gin():
-  gin.clear_config()
-  yield
-  gin.clear_config()
-
-
 def tiny_config(**overrides):
   return tiny_models.t5_config(**{**overrides})
 

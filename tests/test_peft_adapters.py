@@ -14,6 +14,8 @@ import jax
 import numpy as np
 import pytest
 
+import tiny_models
+
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
@@ -40,35 +42,8 @@ T5_VERSIONS = [("relu", True), ("gated-gelu", False)]
 IDS = ["t5_1_0", "t5_1_1"]
 
 
-@pytest.fixture(autouse=True)
-def clean_gin():
-  gin.clear_config()
-  yield
-  gin.clear_config()
-
-
 def _hf_model(ff, tied, seed=0):
-  config = transformers.T5Config(
-      vocab_size=VOCAB,
-      d_model=16,
-      d_kv=4,
-      d_ff=24,
-      num_layers=2,
-      num_heads=2,
-      relative_attention_num_buckets=8,
-      relative_attention_max_distance=16,
-      feed_forward_proj=ff,
-      tie_word_embeddings=tied,
-      dropout_rate=0.0,
-      decoder_start_token_id=0,
-      pad_token_id=0,
-      eos_token_id=1,
-  )
-  torch.manual_seed(seed)
-  model = transformers.T5ForConditionalGeneration(config).eval()
-  if not tied:  # T5 1.1: an LM head of its own
-    model.lm_head.weight = torch.nn.Parameter(torch.randn(VOCAB, 16))
-  return model
+  return tiny_models.hf_t5(ff, tied, seed, vocab_size=VOCAB)
 
 
 def _hf_logits(model):
