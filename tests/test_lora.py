@@ -11,7 +11,7 @@ import pytest
 import tiny_models
 
 from tkx import errors
-from tkx.models import lora, network
+from tkx.models import adapters, lora, network
 
 TOKENS = dict(
     encoder_input_tokens=np.array([[5, 9, 3, 1, 0], [7, 2, 2, 8, 1]], np.int32),
@@ -89,7 +89,7 @@ def test_adapters_sit_beside_every_targeted_kernel_with_rank_axes(models):
     assert a.shape == (flat[proj + "/kernel"].shape[0], cfg.rank)
     assert b.shape == (cfg.rank, flat[proj + "/kernel"].shape[1])
   assert "decoder/logits_dense/lora_a" not in flat
-  assert lora.num_adapter_params(params) == sum(
+  assert adapters.num_params(adapters.split(params)[0]) == sum(
       v.size for k, v in flat.items() if k.endswith(("lora_a", "lora_b"))
   )
 

@@ -300,12 +300,4 @@ def with_adapters(params: Mapping[str, Any], adapters) -> Dict[str, Any]:
   return scan.to_layout(out, scanned)
 
 
-def without_adapters(params: Mapping[str, Any]) -> Dict[str, Any]:
-  """The base model's params: every LoRA leaf dropped, the kernels as they are (not merged)."""
-  if not isinstance(params, Mapping):
-    return params
-  return {
-      k: without_adapters(v)
-      for k, v in params.items()
-      if k not in lora.ADAPTER_PARAM_NAMES
-  }
+without_adapters = lora.without_adapters  # (public name kept for export)

@@ -31,7 +31,7 @@ Contract (the names other modules rely on; change one only together with its use
 - `dense_layer_for(config)`: a registered dense-layer name for LoRA with that
   exact config (models built in code, e.g. the server's adapter layout).
 - `merge(params, config)`: the plain T5 tree, kernel + scale * a @ b per adapted
-  projection, adapter leaves gone. `is_adapter_param(path)`.
+  projection, adapter leaves gone. `without_adapters(params)`: the base, adapter leaves dropped.
 - Dropout on the adapter's input runs when the module is applied with a
   "dropout" rng (training) and `dropout_rate > 0`; never in evaluation.
 - `gin_bindings(config)`: the `lora.LoraConfig.*` lines of a model.gin that
@@ -43,9 +43,7 @@ import functools
 from typing import Mapping, Optional, Sequence
 
 import gin
-import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import linen as nn
 
 from tkx import errors
@@ -111,11 +109,6 @@ def gin_bindings(config: LoraConfig) -> str:
       config.stacks
   )
   return "".join(f"lora.LoraConfig.{k} = {v!r}\n" for k, v in values.items())
-
-
-def is_adapter_param(path: Sequence[str]) -> bool:
-  """Whether a parameter path (keys from the tree root) names a LoRA parameter."""
-  return bool(path) and path[-1] in ADAPTER_PARAM_NAMES
 
 
 @network.register_dense_layer("lora")
@@ -230,10 +223,15 @@ def adapter_params(params: Mapping) -> dict:
   return walk(params)
 
 
-def num_adapter_params(params: Mapping) -> int:
-  return int(
-      sum(np.prod(np.shape(x)) for x in jax.tree.leaves(adapter_params(params)))
-  )
+def without_adapters(params: Mapping) -> dict:
+  """The base model's params: every LoRA leaf dropped, the kernels as they are (not merged)."""
+  if not isinstance(params, Mapping):
+    return params
+  return {
+      k: without_adapters(v)
+      for k, v in params.items()
+      if k not in ADAPTER_PARAM_NAMES
+  }
 
 
 def dense_layer_for(config: LoraConfig) -> str:

@@ -356,7 +356,9 @@ class RowParams:
       self.param_shardings = _insert(
           self.param_shardings, keys_name[:-1], {keys_name[-1]: sharding}
       )
-    self._base = jax.device_put(base_params, _base_only(param_shardings))
+    self._base = jax.device_put(
+        base_params, lora.without_adapters(param_shardings)
+    )
     flat_sharding = [
         row_sharding[k + (n,)]
         for k in self.paths
@@ -380,6 +382,8 @@ class RowParams:
       raise ValueError(
           f"{len(adapter_ids)} rows > batch size {self.batch_size}"
       )
+    if not any(adapter_ids) and hasattr(self, "initial"):
+      return self.initial  # every row the base model: nothing to gather
     ids = np.zeros((self.batch_size,), np.int32)
     ids[: len(adapter_ids)] = adapter_ids
     leaves = self._gather(self._stacked, ids)
@@ -391,14 +395,3 @@ class RowParams:
           dict(zip(lora.ADAPTER_PARAM_NAMES, leaves[2 * i : 2 * i + 2])),
       )
     return params
-
-
-def _base_only(tree):
-  """`tree` without the adapter leaves (the base checkpoint's layout)."""
-  if not isinstance(tree, Mapping):
-    return tree
-  return {
-      k: _base_only(v)
-      for k, v in tree.items()
-      if k not in lora.ADAPTER_PARAM_NAMES
-  }
